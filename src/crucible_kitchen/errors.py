@@ -1,0 +1,298 @@
+"""Every exception crucible-kitchen raises, as one tree under :class:`KitchenError`.
+
+This module is the bottom layer of the package: it imports nothing from crucible-kitchen, and
+every other layer may import it.
+
+::
+
+    KitchenError
+    ├── Shutdown                    raised by a child to exit with reason "shutdown"
+    ├── ActorError                  talking to an actor failed
+    │   ├── ActorExited             the actor died before it replied
+    │   ├── ActorNotRunning         no live actor behind the reference ("noproc")
+    │   ├── CallTimeout             no reply within the timeout  (also a TimeoutError)
+    │   ├── MailboxFull             cast_nowait into a full mailbox
+    │   └── MessageTypeError        the message is not in the actor's protocol  (also a TypeError)
+    ├── BackendError                a call through a port to a backend failed
+    │   ├── TransientBackendError   may succeed if re-sent (timeout, lost connection, overload)
+    │   └── PermanentBackendError   re-sending cannot help
+    │       ├── InvalidRequest      the backend refused the request's content  (also a ValueError)
+    │       ├── RequestIdConflict   a request_id was reused for a different request
+    │       └── ResourceNotFound    no dataset, blob, model or checkpoint by that name
+    │                               (also a LookupError)
+    ├── CheckpointError             a checkpoint cannot be written or read; names the path
+    │   ├── CheckpointCorrupted     a file is missing, truncated or fails its sha256 check
+    │   ├── CheckpointExists        the target already exists  (also a FileExistsError)
+    │   └── CheckpointMismatch      a sound checkpoint that does not fit the model or config
+    ├── DataError                   a dataset file or row is malformed; names the row and field
+    │                               (also a ValueError)
+    ├── MessageDecodeError          bytes that are not a valid message  (also a ValueError)
+    ├── PortError                   an adapter is missing or does not implement its port
+    ├── RenderError                 a conversation cannot be rendered or a completion parsed
+    │                               (also a ValueError)
+    ├── TrainingInputError          bad arguments to the training math: shapes, schedule steps,
+    │                               token ids  (also a ValueError)
+    └── SupervisorError             a supervisor refused a request or gave up
+        ├── ChildSpecError          invalid flags or child specification  (also a ValueError)
+        ├── ChildStartError         a child failed to start ("failed_to_start_child")
+        ├── ChildNotFound           no child with that id  (also a LookupError)
+        ├── ChildStateError         the child is in the wrong state ("running", "restarting", ...)
+        ├── RestartIntensityExceeded  too many restarts in the window: gave up (also a Shutdown)
+        └── SupervisorNotRunning    the supervisor has stopped
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crucible_kitchen.supervisors import ExitReason
+
+__all__ = (
+    "ActorError",
+    "ActorExited",
+    "ActorNotRunning",
+    "BackendError",
+    "CallTimeout",
+    "CheckpointCorrupted",
+    "CheckpointError",
+    "CheckpointExists",
+    "CheckpointMismatch",
+    "ChildNotFound",
+    "ChildSpecError",
+    "ChildStartError",
+    "ChildStateError",
+    "DataError",
+    "InvalidRequest",
+    "KitchenError",
+    "MailboxFull",
+    "MessageDecodeError",
+    "MessageTypeError",
+    "PermanentBackendError",
+    "PortError",
+    "RenderError",
+    "RequestIdConflict",
+    "ResourceNotFound",
+    "RestartIntensityExceeded",
+    "Shutdown",
+    "SupervisorError",
+    "SupervisorNotRunning",
+    "TrainingInputError",
+    "TransientBackendError",
+)
+
+
+class KitchenError(Exception):
+    """Root of every exception raised by crucible-kitchen."""
+
+
+class Shutdown(KitchenError):
+    """Raise inside an actor to stop it with exit reason ``shutdown`` (OTP's ``{shutdown, Term}``).
+
+    A ``transient`` child that raises it is not restarted; a ``permanent`` one is.
+    """
+
+    def __init__(self, reason: str = "shutdown") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ActorError(KitchenError):
+    """Talking to an actor failed."""
+
+    def __init__(self, message: str, *, actor: str) -> None:
+        super().__init__(message)
+        self.actor = actor
+
+
+class ActorExited(ActorError):
+    """The actor exited before it replied to a call; ``reason`` says how it exited."""
+
+    def __init__(self, message: str, *, actor: str, reason: ExitReason) -> None:
+        super().__init__(message, actor=actor)
+        self.reason = reason
+
+
+class ActorNotRunning(ActorError):
+    """No live actor stands behind the reference (OTP's ``noproc``)."""
+
+
+class CallTimeout(ActorError, TimeoutError):
+    """No reply arrived within the call's timeout. A late reply is dropped."""
+
+    def __init__(self, message: str, *, actor: str, timeout: float) -> None:
+        super().__init__(message, actor=actor)
+        self.timeout = timeout
+
+
+class MailboxFull(ActorError):
+    """``cast_nowait`` found the actor's bounded mailbox full."""
+
+
+class MessageTypeError(ActorError, TypeError):
+    """The message is not one of the types the actor declared it accepts."""
+
+
+class BackendError(KitchenError):
+    """A call through a port to a backend failed.
+
+    ``port`` names the port (``"training_client"``), ``operation`` the method (``"optim_step"``)
+    and ``request_id`` the request, when it had one. A foreign error is in ``__cause__``.
+    """
+
+    def __init__(
+        self, message: str, *, port: str, operation: str, request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.port = port
+        self.operation = operation
+        self.request_id = request_id
+
+
+class TransientBackendError(BackendError):
+    """The call may succeed if re-sent with the same ``request_id`` (timeout, overload, 5xx).
+
+    A transiently failed request had no effect on the backend.
+    """
+
+
+class PermanentBackendError(BackendError):
+    """Re-sending the call cannot help (bad request, missing permission, unsupported feature)."""
+
+
+class InvalidRequest(PermanentBackendError, ValueError):
+    """The backend refused the request's content; the text names the bad argument."""
+
+
+class RequestIdConflict(PermanentBackendError):
+    """A ``request_id`` already used for one request was sent with a different request."""
+
+
+class ResourceNotFound(PermanentBackendError, LookupError):
+    """No dataset, blob, model or checkpoint exists under the name in ``resource``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        port: str,
+        operation: str,
+        resource: str,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, port=port, operation=operation, request_id=request_id)
+        self.resource = resource
+
+
+class CheckpointError(KitchenError):
+    """A checkpoint could not be written or read; ``path`` is the file or directory at fault."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CheckpointCorrupted(CheckpointError):
+    """A checkpoint file is missing, truncated, unparsable or fails its sha256 check."""
+
+
+class CheckpointExists(CheckpointError, FileExistsError):
+    """Something already exists where a checkpoint was to be written; nothing is overwritten."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A sound checkpoint that does not fit the model it is loaded into.
+
+    ``differences`` lists each mismatch: a config field, a tensor, missing optimizer state.
+    """
+
+    def __init__(self, message: str, *, path: str, differences: list[str]) -> None:
+        super().__init__(message, path=path)
+        self.differences = differences
+
+
+class PortError(KitchenError):
+    """An adapter is missing for a port, or does not implement it; ``problems`` lists why."""
+
+    def __init__(self, message: str, *, port: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.port = port
+        self.problems = problems or []
+
+
+class MessageDecodeError(KitchenError, ValueError):
+    """Bytes that do not decode to a valid message; the text names the bad field's path."""
+
+
+class DataError(KitchenError, ValueError):
+    """A dataset file or row is malformed; the text names the file, the row and the field."""
+
+
+class RenderError(KitchenError, ValueError):
+    """A conversation cannot be rendered into tokens, or a sampled completion cannot be parsed."""
+
+
+class TrainingInputError(KitchenError, ValueError):
+    """Bad arguments to the training math: mismatched shapes, a step out of range, bad token ids."""
+
+
+class SupervisorError(KitchenError):
+    """A supervisor refused a request, or gave up."""
+
+
+class ChildSpecError(SupervisorError, ValueError):
+    """Invalid supervisor flags or child specification; every problem is listed at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            "invalid supervisor specification:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+        self.problems = problems
+
+
+class ChildStartError(SupervisorError):
+    """A child failed to start; the cause is in ``__cause__`` and in ``cause``."""
+
+    def __init__(self, message: str, *, child_id: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.child_id = child_id
+        self.cause = cause
+
+
+class ChildNotFound(SupervisorError, LookupError):
+    """The supervisor has no child with that id."""
+
+    def __init__(self, child_id: str) -> None:
+        super().__init__(f"no child with id {child_id!r}")
+        self.child_id = child_id
+
+
+class ChildStateError(SupervisorError):
+    """The child is in a state that does not allow the request.
+
+    ``state`` is OTP's word for it: ``"running"``, ``"restarting"`` or ``"already_present"``.
+    """
+
+    def __init__(self, message: str, *, child_id: str, state: str) -> None:
+        super().__init__(message)
+        self.child_id = child_id
+        self.state = state
+
+
+class RestartIntensityExceeded(SupervisorError, Shutdown):
+    """More restarts than ``intensity`` within ``period`` seconds: the supervisor gave up.
+
+    It is a :class:`Shutdown`, so the supervisor exits with reason ``shutdown`` as in OTP: its
+    parent restarts it only if it is a ``permanent`` child. ``last_exit`` is the exit that
+    tipped it over; its error, if any, is also ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, supervisor: str, last_exit: ExitReason | None) -> None:
+        super().__init__(message)
+        self.reason = "reached_max_restart_intensity"
+        self.supervisor = supervisor
+        self.last_exit = last_exit
+
+
+class SupervisorNotRunning(SupervisorError):
+    """The supervisor has stopped and takes no more requests."""
