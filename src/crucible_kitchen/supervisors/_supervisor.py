@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from anyio.abc import TaskStatus
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
 
 __all__ = (
     "AutoShutdown",
@@ -275,7 +277,9 @@ class Supervisor(Child):
         self._lock = anyio.Lock(fast_acquire=True)
         self._state: Literal["created", "starting", "running", "stopping", "stopped"] = "created"
         self._incarnation: Incarnation | None = None
-        self._events_tx, self._events_rx = anyio.create_memory_object_stream[_Event](math.inf)
+        self._events: (
+            tuple[MemoryObjectSendStream[_Event], MemoryObjectReceiveStream[_Event]] | None
+        ) = None
         self._children_tg: anyio.abc.TaskGroup | None = None
         self._timers_tg: anyio.abc.TaskGroup | None = None
         self._stopped = anyio.Event()
@@ -352,6 +356,7 @@ class Supervisor(Child):
                 "must return a new Supervisor each time"
             )
         self._incarnation = incarnation
+        self._events = events = anyio.create_memory_object_stream[_Event](math.inf)
         outcome: BaseException | None = None
         try:
             async with anyio.create_task_group() as children:
@@ -376,7 +381,8 @@ class Supervisor(Child):
                     timers.cancel_scope.cancel()
         finally:
             self._state = "stopped"
-            self._events_tx.close()
+            for stream in events:
+                stream.close()
             last = ExitReason(ExitKind.SHUTDOWN, "supervisor stopped")
             for slot in self._slots:
                 slot.close_mailbox(slot.last_exit or last)
@@ -399,8 +405,9 @@ class Supervisor(Child):
 
     def _post(self, event: _Event) -> None:
         # Once the supervisor has stopped, nobody is left to act on an event.
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._events_tx.send_nowait(event)
+        if self._events is not None:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._events[0].send_nowait(event)
 
     def _child_exited(self, incarnation: Incarnation) -> None:
         self._post(_ChildExited(incarnation))
@@ -411,7 +418,8 @@ class Supervisor(Child):
 
     async def _control_loop(self) -> BaseException | None:
         """Handle events one at a time until the supervisor must stop; return what to raise."""
-        async for event in self._events_rx:
+        assert self._events is not None
+        async for event in self._events[1]:
             if isinstance(event, _StopRequested):
                 return None
             async with self._lock:
@@ -437,7 +445,7 @@ class Supervisor(Child):
         if restart == "permanent" or (restart == "transient" and reason.abnormal):
             if reason.abnormal:
                 logger.warning(
-                    "supervisor %r: child %r exited (%s); restarting",
+                    "supervisor %r: child %r exited: %s",
                     self.name,
                     slot.id,
                     reason,
@@ -579,8 +587,7 @@ class Supervisor(Child):
         if isinstance(instance, Actor):
             slot.open_mailbox()
             slot.accepts = type(instance)._ck_accepts
-        slot.incarnations += 1
-        incarnation = Incarnation(slot, instance, slot.incarnations)
+        incarnation = Incarnation(slot, instance, slot.incarnations + 1)
         startup = _Startup()
         slot.incarnation = incarnation
         assert self._children_tg is not None
@@ -602,6 +609,7 @@ class Supervisor(Child):
             assert startup.error is not None
             raise self._start_error(slot, startup.error) from startup.error
         slot.state = SlotState.RUNNING
+        slot.incarnations = incarnation.number
         return instance if isinstance(instance, Supervisor) else slot.ref
 
     def _start_error(self, slot: Slot, cause: BaseException) -> ChildStartError:
