@@ -6,6 +6,7 @@ each test here names the item it checks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -311,10 +312,8 @@ async def test_otp15_restart_types(restart: str, message: object, restarted: boo
     log = Log()
     async with open_supervisor([probe(log, "a", restart=restart)]) as sup:
         ref = sup.ref("a")
-        try:
+        with contextlib.suppress(ActorExited):
             await ref.call(message)
-        except ActorExited:
-            pass
         await settle()
         assert ref.alive is restarted
         if restart == "temporary":

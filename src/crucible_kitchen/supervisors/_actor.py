@@ -178,6 +178,7 @@ class Incarnation:
     """One start of a child: its instance, cancel scope, pending calls and exit."""
 
     __slots__ = (
+        "cleanup_scope",
         "current_call",
         "deferred",
         "exited",
@@ -195,6 +196,8 @@ class Incarnation:
         self.instance = instance
         self.number = number
         self.scope = anyio.CancelScope()
+        self.cleanup_scope: anyio.CancelScope | None = None
+        """Bounds ``on_stop``; a kill cancels it too."""
         self.exited = anyio.Event()
         self.reason: ExitReason | None = None
         self.stopping = False
@@ -215,6 +218,8 @@ class Incarnation:
         if not self.exited.is_set():
             self.killed = True
             self.instance._ck_kill(self)
+            if self.cleanup_scope is not None:
+                self.cleanup_scope.cancel()
 
     def reason_when_returned(self) -> ExitReason:
         if self.killed:
@@ -419,6 +424,7 @@ class Actor(Child, Generic[M]):
         slot = incarnation.slot
         shutdown = DEFAULT_SHUTDOWN if slot is None else slot.spec.cleanup_timeout()
         with anyio.CancelScope(shield=True) as scope:
+            incarnation.cleanup_scope = scope
             if shutdown is not None:
                 scope.deadline = anyio.current_time() + shutdown
             try:
@@ -426,7 +432,9 @@ class Actor(Child, Generic[M]):
             except Exception as exc:
                 logger.error("actor %r: on_stop failed", incarnation.name, exc_info=exc)
                 return ExitReason(ExitKind.CRASH, "on_stop failed", exc)
-        if scope.cancelled_caught:
+        if incarnation.killed and not incarnation.stopping:
+            return ExitReason(ExitKind.KILLED, "killed during on_stop", reason.error)
+        if scope.cancelled_caught:  # its own deadline, or its supervisor's kill after it
             logger.warning("actor %r: on_stop exceeded its shutdown timeout", incarnation.name)
             return ExitReason(ExitKind.KILLED, "shutdown_timeout", reason.error)
         return reason

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeAlias, TypeVar
 
 import msgspec
 
 from crucible_kitchen.errors import MessageDecodeError
 
-if TYPE_CHECKING:
-    from ._exit import ExitRecord
+from ._exit import ExitRecord
 
 T = TypeVar("T")
 
+Count: TypeAlias = Annotated[int, msgspec.Meta(ge=0)]
 
-class Message(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+
+class _KeywordOnlyMeta(msgspec.StructMeta):
+    """Makes every subclass keyword-only too (msgspec applies ``kw_only`` per class)."""
+
+    def __new__(
+        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kwargs: Any
+    ) -> _KeywordOnlyMeta:
+        kwargs.setdefault("kw_only", True)
+        return super().__new__(mcls, name, bases, namespace, **kwargs)
+
+
+class Message(msgspec.Struct, metaclass=_KeywordOnlyMeta, frozen=True, tag=True):
     """Base for actor messages: frozen, keyword-only, tagged with the class name.
 
     Declare one message class per request and a union per actor protocol::
@@ -72,17 +83,17 @@ class ChildInfo(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """``None`` while no incarnation has run (an ignored start, say)."""
     restart: Literal["permanent", "transient", "temporary"]
     state: Literal["running", "restarting", "stopped"]
-    incarnation: int
+    incarnation: Count
     """How many times this child has been started (1 after the first start)."""
 
 
 class ChildCounts(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """``Supervisor.count_children()``, as OTP's ``count_children/1``."""
 
-    specs: int
-    active: int
-    supervisors: int
-    workers: int
+    specs: Count
+    active: Count
+    supervisors: Count
+    workers: Count
 
 
 class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -90,12 +101,12 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
     actor: str
     state: Literal["running", "restarting", "stopped", "deleted"]
-    incarnation: int
-    mailbox_used: int
-    mailbox_size: int
-    calls_handled: int
-    casts_handled: int
-    dead_letters: int
+    incarnation: Count
+    mailbox_used: Count
+    mailbox_size: Count
+    calls_handled: Count
+    casts_handled: Count
+    dead_letters: Count
     """Casts dropped because the actor stopped for good while they were queued."""
     last_exit: ExitRecord | None
 
@@ -105,10 +116,10 @@ class SupervisorStatistics(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
     supervisor: str
     strategy: str
-    children: int
-    active: int
-    restarts: int
+    children: Count
+    active: Count
+    restarts: Count
     """Restarts performed since the supervisor started (failed attempts included)."""
-    restarts_in_window: int
-    intensity: int
-    period: float
+    restarts_in_window: Count
+    intensity: Count
+    period: Annotated[float, msgspec.Meta(gt=0)]

@@ -872,8 +872,16 @@ class open_supervisor:
         try:
             return bool(await self._host.__aexit__(*exc_info))
         except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:
+            interrupts, _ = group.split((KeyboardInterrupt, SystemExit))
+            error = _first_leaf(interrupts) if interrupts else None
+            if error is None and len(group.exceptions) == 1:
                 error = group.exceptions[0]
-                error.__suppress_context__ = True
-                raise error from error.__cause__
-            raise
+            if error is None:
+                raise
+            error.__suppress_context__ = True
+            raise error from error.__cause__
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
