@@ -1,0 +1,339 @@
+"""A decoder-only transformer with a key/value cache, and the log-probability helpers.
+
+Build models with :func:`build_model`: it initialises every weight from a local
+``torch.Generator`` and never touches torch's global RNG, so the same seed gives the same
+weights on any run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig, resolve_device
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for the named ``stream`` of ``seed``."""
+    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def dropout(x: Tensor, p: float, generator: torch.Generator, *, training: bool) -> Tensor:
+    """Inverted dropout drawing its mask from ``generator`` (so training stays reproducible)."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return x * keep / (1.0 - p)
+
+
+class KVCache:
+    """Per-layer keys and values of a batch, preallocated to ``capacity`` positions.
+
+    ``length`` positions are filled; a forward pass with the cache appends its tokens after them.
+    """
+
+    def __init__(self, keys: list[Tensor], values: list[Tensor], length: int = 0) -> None:
+        self.keys = keys
+        self.values = values
+        self.length = length
+
+    @property
+    def batch_size(self) -> int:
+        """Rows in the cache."""
+        return self.keys[0].shape[0]
+
+    @property
+    def capacity(self) -> int:
+        """Positions the cache can hold."""
+        return self.keys[0].shape[2]
+
+    def repeat_batch(self, times: int) -> KVCache:
+        """A copy with each row repeated ``times`` times in a row (``repeat_interleave``)."""
+        return KVCache(
+            [k.repeat_interleave(times, dim=0) for k in self.keys],
+            [v.repeat_interleave(times, dim=0) for v in self.values],
+            self.length,
+        )
+
+
+def _rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
+    inverse_frequencies = 1.0 / (theta ** (exponents / head_dim))
+    angles = positions.to(torch.float32)[:, None] * inverse_frequencies[None, :]
+    return angles.cos(), angles.sin()
+
+
+def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` of shape (batch, heads, seq, head_dim) in float32, "rotate half" layout."""
+    first, second = x.to(torch.float32).chunk(2, dim=-1)
+    rotated = torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+    return rotated.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention with optional grouped-query key/value heads and RoPE."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.kv_heads
+        self.head_dim = config.head_dim
+        self.q = nn.Linear(config.d_model, config.n_heads * config.head_dim, bias=False)
+        self.k = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=False)
+        self.v = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=False)
+        self.o = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        cache: tuple[Tensor, Tensor, int] | None,
+    ) -> Tensor:
+        """Attend over ``x`` (batch, seq, d_model), plus the cached prefix when ``cache`` is given.
+
+        ``cache`` is (keys, values, filled length) of this layer; the new keys and values are
+        written into it in place.
+        """
+        batch, seq, _ = x.shape
+        q = self.q(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q = _apply_rope(q, *rope)
+            k = _apply_rope(k, *rope)
+        start = 0
+        if cache is not None:
+            keys, values, start = cache
+            keys[:, :, start : start + seq] = k
+            values[:, :, start : start + seq] = v
+            k, v = keys[:, :, : start + seq], values[:, :, : start + seq]
+        grouped = self.n_kv_heads != self.n_heads
+        if start == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
+        else:
+            mask = None  # a single new token may see every key
+            if seq > 1:
+                # Query i sits at absolute position start + i and sees keys 0 .. start + i.
+                query_positions = torch.arange(start, start + seq, device=x.device)
+                key_positions = torch.arange(start + seq, device=x.device)
+                mask = key_positions[None, :] <= query_positions[:, None]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=grouped)
+        merged = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
+        projected: Tensor = self.o(merged)
+        return projected
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the MLP to ``x`` (..., d_model)."""
+        out: Tensor = self.down(F.silu(self.gate(x)) * self.up(x))
+        return out
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each on a residual branch."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = FeedForward(config)
+        self.dropout_p = config.dropout
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        cache: tuple[Tensor, Tensor, int] | None,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """Run the block on ``x`` (batch, seq, d_model)."""
+        attended = self.attn(self.attn_norm(x), rope, cache)
+        x = x + dropout(attended, self.dropout_p, generator, training=self.training)
+        transformed = self.mlp(self.mlp_norm(x))
+        return x + dropout(transformed, self.dropout_p, generator, training=self.training)
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model. Construct it with :func:`build_model`.
+
+    Calling the constructor directly builds the modules on the current default device with
+    torch's own (global-RNG) init; :func:`build_model` builds on the meta device instead and
+    initialises from a seed.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_embed = (
+            nn.Embedding(config.max_seq_len, config.d_model)
+            if config.positions == "learned"
+            else None
+        )
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = (
+            None
+            if config.tie_embeddings
+            else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        )
+        # Shared with LoRA layers; its state is saved with the training state in checkpoints.
+        self.dropout_generator = torch.Generator()
+        # Set by apply_lora; part of the model's identity in checkpoints.
+        self.lora_config: LoraConfig | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.embed.weight.device
+
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty :class:`KVCache` for ``batch_size`` rows (capacity defaults to max_seq_len)."""
+        config = self.config
+        capacity = config.max_seq_len if capacity is None else capacity
+        shape = (batch_size, config.kv_heads, capacity, config.head_dim)
+        weight = self.embed.weight
+        return KVCache(
+            [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers],
+            [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers],
+        )
+
+    def forward(self, tokens: Tensor, *, cache: KVCache | None = None) -> Tensor:
+        """Logits (batch, seq, vocab) for ``tokens`` (batch, seq) of int64 ids.
+
+        With ``cache``, ``tokens`` continue the cached prefix: their positions start at
+        ``cache.length``, they attend to the cached keys, and the cache grows by ``seq``.
+
+        Raises:
+            ValueError: the sequence would run past ``max_seq_len`` or the cache's capacity.
+        """
+        seq = tokens.shape[1]
+        start = 0 if cache is None else cache.length
+        limit = self.config.max_seq_len
+        if cache is not None:
+            limit = min(limit, cache.capacity)
+        if start + seq > limit:
+            raise ValueError(
+                f"{start + seq} positions exceed the limit of {limit} (max_seq_len or cache size)"
+            )
+        positions = torch.arange(start, start + seq, device=tokens.device)
+        x: Tensor = self.embed(tokens)
+        rope = None
+        if self.pos_embed is None:
+            rope = _rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        else:
+            x = x + self.pos_embed(positions)[None]
+        x = dropout(x, self.config.dropout, self.dropout_generator, training=self.training)
+        for index, block in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[index], cache.values[index], start)
+            x = block(x, rope, layer_cache, self.dropout_generator)
+        if cache is not None:
+            cache.length = start + seq
+        x = self.norm(x)
+        if self.head is None:
+            return F.linear(x, self.embed.weight)
+        logits: Tensor = self.head(x)
+        return logits
+
+
+@torch.no_grad()
+def _initialise(model: Transformer, generator: torch.Generator) -> None:
+    std = model.config.init_std
+    # GPT-2 style: shrink the projections that write into the residual stream by depth.
+    residual_std = std / math.sqrt(2 * model.config.n_layers)
+    for name, parameter in model.named_parameters():
+        if parameter.ndim == 1:
+            parameter.fill_(1.0)
+        elif name.endswith((".o.weight", ".down.weight")):
+            parameter.normal_(0.0, residual_std, generator=generator)
+        else:
+            parameter.normal_(0.0, std, generator=generator)
+
+
+def build_model(config: ModelConfig, *, seed: int) -> Transformer:
+    """A freshly initialised model on ``config.device`` in ``config.dtype``, in training mode.
+
+    Weights are drawn on the CPU in float32 from a generator seeded with ``seed``, then moved,
+    so a seed gives the same initial weights on every device.
+    """
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.to_empty(device="cpu")
+    _initialise(model, torch.Generator().manual_seed(derive_seed(seed, "init")))
+    device = resolve_device(config.device)
+    model.to(device=device, dtype=config.torch_dtype)
+    model.dropout_generator = torch.Generator(device=device).manual_seed(
+        derive_seed(seed, "dropout")
+    )
+    return model
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Number of parameters of a model built from ``config`` (allocates no memory)."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def target_logprobs(
+    model: Transformer, input_tokens: Tensor, target_tokens: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Log-probability of each target token given its prefix, differentiable.
+
+    ``out[b, i] = log p(target_tokens[b, i] | input_tokens[b, : i + 1])``. Sequences are padded
+    on the right; ``mask`` (bool, same shape) marks real positions, and padded positions give 0.
+
+    Args:
+        model: The model to score with.
+        input_tokens: (batch, seq) int64 token ids.
+        target_tokens: (batch, seq) int64 ids of the next token at each position.
+        mask: Optional (batch, seq) bool; ``True`` where a target is real.
+
+    Returns:
+        (batch, seq) float32 log-probabilities.
+    """
+    logits = model(input_tokens)
+    targets = target_tokens if mask is None else target_tokens.masked_fill(~mask, 0)
+    logprobs = -F.cross_entropy(logits.to(torch.float32).transpose(1, 2), targets, reduction="none")
+    return logprobs if mask is None else logprobs.masked_fill(~mask, 0.0)
+
+
+def pad_right(
+    sequences: Sequence[Sequence[int]],
+    *,
+    pad_value: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Stack token lists into a right-padded (batch, longest) int64 tensor and its bool mask.
+
+    Raises:
+        ValueError: ``sequences`` is empty.
+    """
+    if not sequences:
+        raise ValueError("pad_right needs at least one sequence")
+    longest = max(len(sequence) for sequence in sequences)
+    tokens = torch.full((len(sequences), longest), pad_value, dtype=torch.int64)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.bool)
+    for row, sequence in enumerate(sequences):
+        tokens[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.int64)
+        mask[row, : len(sequence)] = True
+    return tokens.to(device), mask.to(device)
