@@ -20,6 +20,8 @@ every other layer may import it.
     │       ├── RequestIdConflict   a request_id was reused for a different request
     │       └── ResourceNotFound    no dataset, blob, model or checkpoint by that name
     │                               (also a LookupError)
+    ├── ConfigError                 invalid configuration; every problem listed with its path
+    │                               (also a ValueError)
     ├── CheckpointError             a checkpoint cannot be written or read; names the path
     │   ├── CheckpointCorrupted     a file is missing, truncated or fails its sha256 check
     │   ├── CheckpointExists        the target already exists  (also a FileExistsError)
@@ -28,10 +30,16 @@ every other layer may import it.
     │                               (also a ValueError)
     ├── MessageDecodeError          bytes that are not a valid message  (also a ValueError)
     ├── PortError                   an adapter is missing or does not implement its port
+    ├── RecipeNotFound              no recipe or workflow by that name  (also a LookupError)
     ├── RenderError                 a conversation cannot be rendered or a completion parsed
     │                               (also a ValueError)
     ├── TrainingInputError          bad arguments to the training math: shapes, schedule steps,
     │                               token ids  (also a ValueError)
+    ├── WorkflowError               a workflow is invalid, or a run of it failed
+    │   ├── WorkflowDefinitionError the workflow is malformed; raised when it is defined
+    │   │                           (also a ValueError)
+    │   ├── StageFailed             a stage failed for good; names the stage, path and attempt
+    │   └── RunCancelled            the run was cancelled before it finished
     └── SupervisorError             a supervisor refused a request or gave up
         ├── ChildSpecError          invalid flags or child specification  (also a ValueError)
         ├── ChildStartError         a child failed to start ("failed_to_start_child")
@@ -62,6 +70,7 @@ __all__ = (
     "ChildSpecError",
     "ChildStartError",
     "ChildStateError",
+    "ConfigError",
     "DataError",
     "InvalidRequest",
     "KitchenError",
@@ -70,15 +79,20 @@ __all__ = (
     "MessageTypeError",
     "PermanentBackendError",
     "PortError",
+    "RecipeNotFound",
     "RenderError",
     "RequestIdConflict",
     "ResourceNotFound",
     "RestartIntensityExceeded",
+    "RunCancelled",
     "Shutdown",
+    "StageFailed",
     "SupervisorError",
     "SupervisorNotRunning",
     "TrainingInputError",
     "TransientBackendError",
+    "WorkflowDefinitionError",
+    "WorkflowError",
 )
 
 
@@ -296,3 +310,57 @@ class RestartIntensityExceeded(SupervisorError, Shutdown):
 
 class SupervisorNotRunning(SupervisorError):
     """The supervisor has stopped and takes no more requests."""
+
+
+class ConfigError(KitchenError, ValueError):
+    """Invalid configuration. ``problems`` lists every error at once, each with its field path."""
+
+    def __init__(self, problems: list[str], *, source: str = "config") -> None:
+        super().__init__(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+        self.source = source
+
+
+class RecipeNotFound(KitchenError, LookupError):
+    """No recipe or workflow is registered under that name."""
+
+    def __init__(self, name: str, *, known: list[str]) -> None:
+        super().__init__(f"no recipe or workflow named {name!r}; known: {', '.join(known)}")
+        self.name = name
+        self.known = known
+
+
+class WorkflowError(KitchenError):
+    """A workflow is invalid, or a run of it failed."""
+
+
+class WorkflowDefinitionError(WorkflowError, ValueError):
+    """The workflow is malformed; ``problems`` lists every problem found at definition time."""
+
+    def __init__(self, workflow: str, problems: list[str]) -> None:
+        super().__init__(
+            f"workflow {workflow!r} is invalid:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+        self.workflow = workflow
+        self.problems = problems
+
+
+class StageFailed(WorkflowError):
+    """A stage failed for good: no attempts left, or an error that retrying cannot fix.
+
+    The original exception is ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, stage: str, path: str, attempt: int) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.path = path
+        self.attempt = attempt
+
+
+class RunCancelled(WorkflowError):
+    """The run was cancelled before it finished; its cleanup stages ran."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} was cancelled")
+        self.run_id = run_id

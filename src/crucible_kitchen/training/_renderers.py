@@ -1,0 +1,592 @@
+"""Chat renderers: conversations to tokens and loss weights, and sampled tokens back to messages.
+
+A renderer splits each message into a *header* (role markup the model reads but does not
+write), an *output* (the content plus end-of-turn markup: what the model writes) and, for the
+role-colon format only, a *stop overlap* (the part of the stop sequence that the next header
+would repeat). Each piece is encoded separately, so the tokens of a generation prompt are
+always a prefix of the tokens of the supervised example for the same conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from enum import StrEnum
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import msgspec
+
+from crucible_kitchen.errors import RenderError, TrainingInputError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from crucible_kitchen.training._tokenizer import ChatTokenizer
+
+__all__ = (
+    "RENDERERS",
+    "ChatMLRenderer",
+    "Llama3Renderer",
+    "Message",
+    "NextTokenExample",
+    "ParseTermination",
+    "ParsedResponse",
+    "RenderedMessage",
+    "Renderer",
+    "RoleColonRenderer",
+    "SupervisedExample",
+    "TrainOnWhat",
+    "build_text_completion_example",
+    "get_renderer",
+)
+
+_ROLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+class Message(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
+    """One chat message.
+
+    Attributes:
+        role: ``"system"``, ``"user"``, ``"assistant"``, ``"tool"`` or another identifier.
+        content: The text.
+        trainable: Whether the message is trained on; used only by
+            ``TrainOnWhat.CUSTOMIZED``, and must be left ``None`` otherwise.
+
+    Decoding JSON into a ``Message`` rejects unknown fields (``tool_calls``, ``name``, ...)
+    rather than silently dropping them. ``trainable`` is omitted when encoding if ``None``.
+    """
+
+    role: str
+    content: str
+    trainable: bool | None = None
+
+
+class TrainOnWhat(StrEnum):
+    """Which tokens of a conversation get loss weight 1 (all others get 0).
+
+    Headers (role markup) are trained only with ``ALL_TOKENS``; BOS never is.
+    """
+
+    LAST_ASSISTANT_MESSAGE = "last_assistant_message"
+    """The last assistant message; messages after it are dropped from the example (they
+    could not change its loss). tinker-cookbook instead trains nothing when the conversation
+    does not end with an assistant message."""
+    LAST_ASSISTANT_TURN = "last_assistant_turn"
+    """Every assistant message after the last user message."""
+    ALL_ASSISTANT_MESSAGES = "all_assistant_messages"
+    """Every assistant message."""
+    ALL_MESSAGES = "all_messages"
+    """The content of every message, but not the headers."""
+    ALL_TOKENS = "all_tokens"
+    """Every token but BOS, headers included."""
+    ALL_USER_AND_SYSTEM_MESSAGES = "all_user_and_system_messages"
+    """Every user and system message."""
+    CUSTOMIZED = "customized"
+    """The messages whose ``trainable`` is true; every message must set it."""
+
+
+class ParseTermination(StrEnum):
+    """How a sampled completion ended."""
+
+    STOP_SEQUENCE = "stop_sequence"
+    """It ended with the renderer's stop sequence, as a well-formed turn does."""
+    EOS = "eos"
+    """It ended with the tokenizer's EOS token instead (still a clean end)."""
+    MALFORMED = "malformed"
+    """No clean end: cut off by ``max_tokens``, several stop sequences, or stop then EOS."""
+
+    @property
+    def is_clean(self) -> bool:
+        """Whether the completion ended the way a finished turn ends."""
+        return self is not ParseTermination.MALFORMED
+
+
+class ParsedResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """A sampled completion parsed back into an assistant message."""
+
+    message: Message
+    termination: ParseTermination
+
+
+class RenderedMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One message as text pieces; see the module docstring for what each piece is."""
+
+    header: str
+    output: str
+    stop_overlap: str = ""
+
+
+class NextTokenExample(msgspec.Struct, frozen=True, kw_only=True):
+    """Aligned inputs and targets for next-token prediction: position ``i`` of
+    ``input_tokens`` predicts ``target_tokens[i]``, whose loss weight is ``weights[i]``."""
+
+    input_tokens: tuple[int, ...]
+    target_tokens: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+class SupervisedExample(msgspec.Struct, frozen=True, kw_only=True):
+    """A rendered sequence and one loss weight per token (weight of predicting that token)."""
+
+    tokens: tuple[int, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.weights):
+            raise RenderError(
+                f"tokens and weights differ in length: {len(self.tokens)} != {len(self.weights)}"
+            )
+
+    @property
+    def num_loss_tokens(self) -> int:
+        """How many tokens have a non-zero weight."""
+        return sum(1 for w in self.weights if w != 0)
+
+    def to_next_token_example(
+        self,
+        *,
+        max_length: int | None = None,
+        reduction: Literal["none", "mean"] = "none",
+    ) -> NextTokenExample:
+        """Shift by one token for next-token prediction, after truncating to ``max_length``.
+
+        ``tokens[:max_length]`` is split into ``input_tokens = tokens[:-1]`` and
+        ``target_tokens = tokens[1:]``; the weights move with the targets
+        (``weights[1:]``), as in tinker-cookbook's ``datum_from_tokens_weights``. With
+        ``reduction="mean"`` the weights are scaled to sum to 1, so a ``cross_entropy``
+        (sum) loss over a batch is the sum of per-example mean NLLs; with ``"none"`` they are
+        kept as they are. Truncation can remove every trained token; check
+        ``sum(weights)`` if that matters.
+
+        Raises:
+            TrainingInputError: ``max_length < 2`` or an unknown ``reduction``.
+            RenderError: fewer than two tokens remain.
+        """
+        if max_length is not None and max_length < 2:
+            raise TrainingInputError(f"max_length must be at least 2, got {max_length}")
+        if reduction not in ("none", "mean"):
+            raise TrainingInputError(f"reduction must be 'none' or 'mean', got {reduction!r}")
+        tokens = self.tokens[:max_length]
+        if len(tokens) < 2:
+            raise RenderError(f"next-token prediction needs at least 2 tokens, got {len(tokens)}")
+        weights = self.weights[1 : len(tokens)]
+        if reduction == "mean":
+            total = sum(weights)
+            if total > 0:
+                weights = tuple(w / total for w in weights)
+        return NextTokenExample(input_tokens=tokens[:-1], target_tokens=tokens[1:], weights=weights)
+
+
+def _check_messages(messages: Sequence[Message]) -> None:
+    for index, message in enumerate(messages):
+        if not isinstance(message, Message):
+            raise RenderError(f"message {index}: expected a Message, got {type(message).__name__}")
+        if not _ROLE_PATTERN.fullmatch(message.role):
+            raise RenderError(f"message {index}: role {message.role!r} is not an identifier")
+        if not isinstance(message.content, str):
+            raise RenderError(
+                f"message {index}: content must be a string, got {type(message.content).__name__}"
+            )
+
+
+class Renderer(ABC):
+    """Renders conversations for training and sampling, and parses sampled completions.
+
+    Subclasses define :meth:`render_message`, :meth:`stop_sequences` and
+    :meth:`parse_response`, and list in ``required_special_tokens`` the markup that must be a
+    single special token of the tokenizer (checked when the renderer is built).
+    """
+
+    name: ClassVar[str]
+    required_special_tokens: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, tokenizer: ChatTokenizer) -> None:
+        """Bind the renderer to ``tokenizer``.
+
+        Raises:
+            RenderError: the tokenizer lacks one of ``required_special_tokens``.
+        """
+        missing = [t for t in self.required_special_tokens if tokenizer.special_token_id(t) is None]
+        if missing:
+            raise RenderError(
+                f"renderer {self.name!r} needs special tokens {missing} that the tokenizer "
+                "does not have"
+            )
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> ChatTokenizer:
+        """The tokenizer the renderer encodes with."""
+        return self._tokenizer
+
+    @property
+    def has_extension_property(self) -> bool:
+        """Whether each turn's prompt is a token prefix of the next turn's (history is never
+        rewritten), so a multi-turn trajectory fits in one datum. True for every renderer here."""
+        return True
+
+    def _special_id(self, token: str) -> int:
+        token_id = self._tokenizer.special_token_id(token)
+        if token_id is None:
+            raise RenderError(f"the tokenizer has no special token {token!r}")
+        return token_id
+
+    def bos_tokens(self) -> list[int]:
+        """Tokens that open every sequence (empty by default)."""
+        return []
+
+    @abstractmethod
+    def render_message(self, message: Message, *, index: int) -> RenderedMessage:
+        """Split ``message``, the ``index``-th of its conversation, into text pieces."""
+
+    @abstractmethod
+    def stop_sequences(self) -> list[int] | list[str]:
+        """What the sampler should stop at: token ids or strings (Tinker's ``stop``)."""
+
+    @abstractmethod
+    def parse_response(self, tokens: Sequence[int]) -> ParsedResponse:
+        """Parse a sampled completion into an assistant message.
+
+        ``tokens`` are the sampled tokens including the stop sequence, as a sampler returns
+        them when it stops at one of :meth:`stop_sequences`.
+        """
+
+    def build_generation_prompt(
+        self, messages: Sequence[Message], *, role: str = "assistant", prefill: str | None = None
+    ) -> list[int]:
+        """Tokens to sample the next ``role`` message from: BOS, every message, then the
+        header of the new message and the ``prefill`` text, if any.
+
+        Raises:
+            RenderError: a message or ``role`` is invalid.
+        """
+        _check_messages([*messages, Message(role=role, content="")])
+        tokens = self.bos_tokens()
+        for index, message in enumerate(messages):
+            rendered = self.render_message(message, index=index)
+            tokens += self._tokenizer.encode(rendered.header)
+            tokens += self._tokenizer.encode(rendered.output)
+        header = self.render_message(Message(role=role, content=""), index=len(messages)).header
+        tokens += self._tokenizer.encode(header)
+        if prefill:
+            tokens += self._tokenizer.encode(prefill)
+        return tokens
+
+    def build_supervised_example(
+        self,
+        messages: Sequence[Message],
+        train_on_what: TrainOnWhat = TrainOnWhat.LAST_ASSISTANT_MESSAGE,
+    ) -> SupervisedExample:
+        """Tokens of the conversation and a 0/1 weight per token, chosen by ``train_on_what``.
+
+        The tokens are BOS, then for each message its header and output; the last message
+        also gets its stop overlap (weighted like its output), so the model learns to emit
+        the whole stop sequence.
+
+        Raises:
+            RenderError: ``train_on_what`` is unknown, the conversation is empty or invalid,
+                ``trainable`` is set (or missing) against ``train_on_what``, or no token would
+                be trained.
+        """
+        try:
+            train_on_what = TrainOnWhat(train_on_what)
+        except ValueError:
+            raise RenderError(
+                f"unknown train_on_what {train_on_what!r}; expected one of "
+                f"{', '.join(m.value for m in TrainOnWhat)}"
+            ) from None
+        _check_messages(messages)
+        if not messages:
+            raise RenderError("cannot build a supervised example from an empty conversation")
+        customized = train_on_what is TrainOnWhat.CUSTOMIZED
+        for index, message in enumerate(messages):
+            if customized and message.trainable is None:
+                raise RenderError(
+                    f"message {index}: train_on_what=customized needs 'trainable' on every message"
+                )
+            if not customized and message.trainable is not None:
+                raise RenderError(
+                    f"message {index}: 'trainable' is set but train_on_what={train_on_what.value}"
+                    "; use train_on_what=customized"
+                )
+        roles = [m.role for m in messages]
+        last_user = max((i for i, r in enumerate(roles) if r == "user"), default=-1)
+        if train_on_what is TrainOnWhat.LAST_ASSISTANT_MESSAGE:
+            if "assistant" not in roles:
+                raise RenderError("train_on_what=last_assistant_message: no assistant message")
+            last_assistant = len(roles) - 1 - roles[::-1].index("assistant")
+            messages = messages[: last_assistant + 1]
+            trained = [i == last_assistant for i in range(len(messages))]
+        elif train_on_what is TrainOnWhat.LAST_ASSISTANT_TURN:
+            trained = [r == "assistant" and i > last_user for i, r in enumerate(roles)]
+        elif train_on_what is TrainOnWhat.ALL_ASSISTANT_MESSAGES:
+            trained = [r == "assistant" for r in roles]
+        elif train_on_what in (TrainOnWhat.ALL_MESSAGES, TrainOnWhat.ALL_TOKENS):
+            trained = [True] * len(roles)
+        elif train_on_what is TrainOnWhat.ALL_USER_AND_SYSTEM_MESSAGES:
+            trained = [r in ("user", "system") for r in roles]
+        else:
+            trained = [bool(m.trainable) for m in messages]
+        return self._build_example(
+            messages,
+            trained,
+            train_headers=train_on_what is TrainOnWhat.ALL_TOKENS,
+            what=f"train_on_what={train_on_what.value}",
+        )
+
+    def build_prompt_completion_example(
+        self, prompt: Sequence[Message], completion: Sequence[Message]
+    ) -> SupervisedExample:
+        """A supervised example trained on the ``completion`` messages only (TRL's
+        ``completion_only_loss`` for conversational prompt/completion data).
+
+        Raises:
+            RenderError: ``completion`` is empty, a message is invalid or sets ``trainable``.
+        """
+        if not completion:
+            raise RenderError("prompt/completion example: the completion has no message")
+        messages = [*prompt, *completion]
+        _check_messages(messages)
+        for index, message in enumerate(messages):
+            if message.trainable is not None:
+                raise RenderError(
+                    f"message {index}: 'trainable' is not used by prompt/completion examples"
+                )
+        trained = [False] * len(prompt) + [True] * len(completion)
+        return self._build_example(messages, trained, train_headers=False, what="completion")
+
+    def _build_example(
+        self,
+        messages: Sequence[Message],
+        trained: Sequence[bool],
+        *,
+        train_headers: bool,
+        what: str,
+    ) -> SupervisedExample:
+        tokens = self.bos_tokens()
+        weights = [0.0] * len(tokens)
+
+        def add(text: str, weight: bool) -> None:
+            piece = self._tokenizer.encode(text)
+            tokens.extend(piece)
+            weights.extend([1.0 if weight else 0.0] * len(piece))
+
+        for index, (message, is_trained) in enumerate(zip(messages, trained, strict=True)):
+            rendered = self.render_message(message, index=index)
+            add(rendered.header, train_headers)
+            add(rendered.output, is_trained)
+            if index == len(messages) - 1:
+                add(rendered.stop_overlap, is_trained)
+        if not any(weights):
+            raise RenderError(f"{what} selects no token of this conversation to train on")
+        return SupervisedExample(tokens=tuple(tokens), weights=tuple(weights))
+
+    def _parse_at_stop_token(self, tokens: Sequence[int], stop_token: str) -> ParsedResponse:
+        """Parse a completion that should end with one ``stop_token``; the content is the
+        text before it (the first one, if several)."""
+        stop_id = self._special_id(stop_token)
+        eos_id = self._tokenizer.eos_token_id
+        tokens = list(tokens)
+        if stop_id in tokens:
+            end = tokens.index(stop_id)
+            termination = (
+                ParseTermination.STOP_SEQUENCE
+                if tokens.count(stop_id) == 1
+                else ParseTermination.MALFORMED
+            )
+        elif eos_id is not None and tokens and tokens[-1] == eos_id:
+            end, termination = len(tokens) - 1, ParseTermination.EOS
+        else:
+            end, termination = len(tokens), ParseTermination.MALFORMED
+        content = self._tokenizer.decode(tokens[:end])
+        return ParsedResponse(
+            message=Message(role="assistant", content=content), termination=termination
+        )
+
+
+class RoleColonRenderer(Renderer):
+    """``User: <content>\\n\\nAssistant: <content>\\n\\n`` (tinker-cookbook's ``role_colon``).
+
+    The stop sequence is the string ``"\\n\\nUser:"``; the ``"User:"`` part is the stop
+    overlap of an assistant message. Content is stripped of surrounding whitespace when
+    parsed. BOS is the tokenizer's own BOS token, if it has one.
+    """
+
+    name = "role_colon"
+    stop_string: ClassVar[str] = "\n\nUser:"
+
+    def bos_tokens(self) -> list[int]:
+        """The tokenizer's BOS token, if it has one."""
+        bos = self._tokenizer.bos_token_id
+        return [] if bos is None else [bos]
+
+    def render_message(self, message: Message, *, index: int) -> RenderedMessage:
+        """``"Role:"`` / ``" content\\n\\n"`` / ``"User:"`` for assistant messages."""
+        return RenderedMessage(
+            header=message.role.capitalize() + ":",
+            output=" " + message.content + "\n\n",
+            stop_overlap="User:" if message.role == "assistant" else "",
+        )
+
+    def stop_sequences(self) -> list[str]:
+        """``["\\n\\nUser:"]``."""
+        return [self.stop_string]
+
+    def parse_response(self, tokens: Sequence[int]) -> ParsedResponse:
+        """Split the text at ``"\\n\\nUser:"``.
+
+        One delimiter: ``STOP_SEQUENCE``. None but a final EOS token: ``EOS``. Otherwise
+        (none, several, or a delimiter followed by EOS): ``MALFORMED``. The content is the
+        stripped text before the first delimiter.
+        """
+        tokens = list(tokens)
+        eos_id = self._tokenizer.eos_token_id
+        ended_with_eos = eos_id is not None and bool(tokens) and tokens[-1] == eos_id
+        if ended_with_eos:
+            tokens = tokens[:-1]
+        pieces = self._tokenizer.decode(tokens).split(self.stop_string)
+        if len(pieces) == 1:
+            termination = ParseTermination.EOS if ended_with_eos else ParseTermination.MALFORMED
+        elif len(pieces) == 2 and not ended_with_eos:
+            termination = ParseTermination.STOP_SEQUENCE
+        else:
+            termination = ParseTermination.MALFORMED
+        return ParsedResponse(
+            message=Message(role="assistant", content=pieces[0].strip()), termination=termination
+        )
+
+
+class Llama3Renderer(Renderer):
+    """The Llama 3 chat template, as tinker-cookbook renders it::
+
+        <|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>
+        <|start_header_id|>assistant<|end_header_id|>\\n\\nHello<|eot_id|>
+
+    (without the line break). A ``tool`` message is rendered with role ``ipython`` and
+    content ``{"output": ...}``. Sampling stops at ``<|eot_id|>``.
+    """
+
+    name = "llama3"
+    required_special_tokens = (
+        "<|begin_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+    )
+
+    def bos_tokens(self) -> list[int]:
+        """``<|begin_of_text|>``."""
+        return [self._special_id("<|begin_of_text|>")]
+
+    def render_message(self, message: Message, *, index: int) -> RenderedMessage:
+        """Header ``<|start_header_id|>role<|end_header_id|>\\n\\n``; output content +
+        ``<|eot_id|>``."""
+        is_tool = message.role == "tool"
+        role = "ipython" if is_tool else message.role
+        content = json.dumps({"output": message.content}) if is_tool else message.content
+        return RenderedMessage(
+            header=f"<|start_header_id|>{role}<|end_header_id|>\n\n",
+            output=content + "<|eot_id|>",
+        )
+
+    def stop_sequences(self) -> list[int]:
+        """The id of ``<|eot_id|>``."""
+        return [self._special_id("<|eot_id|>")]
+
+    def parse_response(self, tokens: Sequence[int]) -> ParsedResponse:
+        """Content before ``<|eot_id|>``: ``STOP_SEQUENCE`` if there is exactly one, ``EOS``
+        if there is none but the last token is EOS, ``MALFORMED`` otherwise."""
+        return self._parse_at_stop_token(tokens, "<|eot_id|>")
+
+
+class ChatMLRenderer(Renderer):
+    """The ChatML template used by Qwen models (no thinking blocks)::
+
+        <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>
+
+    The newline between messages belongs to the next header, as in tinker-cookbook's Qwen
+    renderers. A ``tool`` message is rendered as a ``user`` message wrapped in
+    ``<tool_response>`` tags. There is no BOS. Sampling stops at ``<|im_end|>``.
+    """
+
+    name = "chatml"
+    required_special_tokens = ("<|im_start|>", "<|im_end|>")
+
+    def render_message(self, message: Message, *, index: int) -> RenderedMessage:
+        """Header ``[\\n]<|im_start|>role\\n``; output content + ``<|im_end|>``."""
+        is_tool = message.role == "tool"
+        role = "user" if is_tool else message.role
+        content = (
+            f"<tool_response>\n{message.content}\n</tool_response>" if is_tool else message.content
+        )
+        newline = "\n" if index > 0 else ""
+        return RenderedMessage(
+            header=f"{newline}<|im_start|>{role}\n", output=content + "<|im_end|>"
+        )
+
+    def stop_sequences(self) -> list[int]:
+        """The id of ``<|im_end|>``."""
+        return [self._special_id("<|im_end|>")]
+
+    def parse_response(self, tokens: Sequence[int]) -> ParsedResponse:
+        """Content before ``<|im_end|>``: ``STOP_SEQUENCE`` if there is exactly one, ``EOS``
+        if there is none but the last token is EOS, ``MALFORMED`` otherwise."""
+        return self._parse_at_stop_token(tokens, "<|im_end|>")
+
+
+RENDERERS: Mapping[str, type[Renderer]] = {
+    cls.name: cls for cls in (RoleColonRenderer, Llama3Renderer, ChatMLRenderer)
+}
+"""Every renderer by name."""
+
+
+def get_renderer(name: str, tokenizer: ChatTokenizer) -> Renderer:
+    """The renderer called ``name`` (a key of :data:`RENDERERS`), bound to ``tokenizer``.
+
+    Raises:
+        RenderError: no renderer has that name, or the tokenizer lacks its special tokens.
+    """
+    try:
+        renderer_class = RENDERERS[name]
+    except KeyError:
+        raise RenderError(
+            f"unknown renderer {name!r}; expected one of {', '.join(sorted(RENDERERS))}"
+        ) from None
+    return renderer_class(tokenizer)
+
+
+def build_text_completion_example(
+    tokenizer: ChatTokenizer,
+    prompt: str,
+    completion: str,
+    *,
+    add_bos: bool = True,
+    add_eos: bool = True,
+) -> SupervisedExample:
+    """A plain-text (non-chat) prompt/completion example, trained on the completion only.
+
+    Tokens: ``[BOS] + encode(prompt) + encode(completion) + [EOS]``; weight 1 on the
+    completion and EOS, 0 elsewhere.
+
+    Raises:
+        RenderError: BOS/EOS is asked for but the tokenizer has none, or nothing is trained.
+    """
+    tokens: list[int] = []
+    if add_bos:
+        if tokenizer.bos_token_id is None:
+            raise RenderError("add_bos=True but the tokenizer has no BOS token")
+        tokens.append(tokenizer.bos_token_id)
+    tokens += tokenizer.encode(prompt)
+    num_prompt_tokens = len(tokens)
+    tokens += tokenizer.encode(completion)
+    if add_eos:
+        if tokenizer.eos_token_id is None:
+            raise RenderError("add_eos=True but the tokenizer has no EOS token")
+        tokens.append(tokenizer.eos_token_id)
+    if len(tokens) == num_prompt_tokens:
+        raise RenderError("the completion is empty and add_eos=False: nothing to train on")
+    weights = [0.0] * num_prompt_tokens + [1.0] * (len(tokens) - num_prompt_tokens)
+    return SupervisedExample(tokens=tuple(tokens), weights=tuple(weights))
