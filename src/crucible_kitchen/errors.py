@@ -33,6 +33,8 @@ every other layer may import it.
     ├── RecipeNotFound              no recipe or workflow by that name  (also a LookupError)
     ├── RenderError                 a conversation cannot be rendered or a completion parsed
     │                               (also a ValueError)
+    ├── TelemetryError              a bad telemetry handler spec, or a tracing exporter that is
+    │                               unknown or not installed
     ├── TrainingInputError          bad arguments to the training math: shapes, schedule steps,
     │                               token ids  (also a ValueError)
     ├── WorkflowError               a workflow is invalid, or a run of it failed
@@ -89,6 +91,7 @@ __all__ = (
     "StageFailed",
     "SupervisorError",
     "SupervisorNotRunning",
+    "TelemetryError",
     "TrainingInputError",
     "TransientBackendError",
     "WorkflowDefinitionError",
@@ -244,6 +247,10 @@ class DataError(KitchenError, ValueError):
 
 class RenderError(KitchenError, ValueError):
     """A conversation cannot be rendered into tokens, or a sampled completion cannot be parsed."""
+
+
+class TelemetryError(KitchenError):
+    """A telemetry handler spec is invalid, or a tracing exporter is unknown or not installed."""
 
 
 class TrainingInputError(KitchenError, ValueError):

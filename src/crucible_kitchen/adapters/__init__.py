@@ -1,0 +1,8 @@
+"""Adapters: one subpackage per backend, each implementing ports from ``crucible_kitchen.ports``.
+
+``noop`` (in memory, deterministic, instant) and ``local_torch`` (real training with torch).
+An adapter imports ports, errors, training and its own third-party library, nothing else.
+Importing this package imports no backend.
+"""
+
+from __future__ import annotations

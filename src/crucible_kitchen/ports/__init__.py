@@ -1,0 +1,126 @@
+"""The ports: one ``typing.Protocol`` per backend capability, and the data types they exchange.
+
+Stages talk to backends only through these protocols; adapters (``crucible_kitchen.adapters``)
+implement them. This package imports neither the runtime, nor any adapter, nor torch.
+
+Conventions every port follows:
+
+- Calls that reach a training or sampling backend return a :class:`BackendFuture` at once, so
+  a workflow can keep several requests in flight; other ports' calls are awaited directly.
+- Every mutating call takes a keyword ``request_id``. Adapters deduplicate on it: a re-sent
+  request gets the first one's result and its effect is applied once.
+- Backend failures are :class:`~crucible_kitchen.errors.BackendError` subclasses; foreign
+  exceptions are translated at the adapter's edge.
+"""
+
+from __future__ import annotations
+
+from crucible_kitchen.ports._blob_store import BlobStore as BlobStore
+from crucible_kitchen.ports._catalog import PORT_PROTOCOLS as PORT_PROTOCOLS
+from crucible_kitchen.ports._catalog import PortName as PortName
+from crucible_kitchen.ports._catalog import check_adapter as check_adapter
+from crucible_kitchen.ports._catalog import protocol_problems as protocol_problems
+from crucible_kitchen.ports._dataset_store import DatasetStore as DatasetStore
+from crucible_kitchen.ports._env import Env as Env
+from crucible_kitchen.ports._env_group_builder import EnvGroupBuilder as EnvGroupBuilder
+from crucible_kitchen.ports._evaluator import Evaluator as Evaluator
+from crucible_kitchen.ports._future import BackendFuture as BackendFuture
+from crucible_kitchen.ports._metrics_store import MetricsStore as MetricsStore
+from crucible_kitchen.ports._model_registry import ModelRegistry as ModelRegistry
+from crucible_kitchen.ports._renderer import Renderer as Renderer
+from crucible_kitchen.ports._sampling_client import SamplingClient as SamplingClient
+from crucible_kitchen.ports._tokenizer import Tokenizer as Tokenizer
+from crucible_kitchen.ports._training_client import TrainingClient as TrainingClient
+from crucible_kitchen.ports._types import LOSS_FN_INPUTS as LOSS_FN_INPUTS
+from crucible_kitchen.ports._types import AdamParams as AdamParams
+from crucible_kitchen.ports._types import BlobInfo as BlobInfo
+from crucible_kitchen.ports._types import CustomLossFn as CustomLossFn
+from crucible_kitchen.ports._types import CustomLossOutput as CustomLossOutput
+from crucible_kitchen.ports._types import DatasetInfo as DatasetInfo
+from crucible_kitchen.ports._types import DatasetRow as DatasetRow
+from crucible_kitchen.ports._types import Datum as Datum
+from crucible_kitchen.ports._types import EncodedTextChunk as EncodedTextChunk
+from crucible_kitchen.ports._types import EvalResult as EvalResult
+from crucible_kitchen.ports._types import ForwardBackwardOutput as ForwardBackwardOutput
+from crucible_kitchen.ports._types import ImageChunk as ImageChunk
+from crucible_kitchen.ports._types import LoadStateResponse as LoadStateResponse
+from crucible_kitchen.ports._types import LossFnType as LossFnType
+from crucible_kitchen.ports._types import Message as Message
+from crucible_kitchen.ports._types import MetricPoint as MetricPoint
+from crucible_kitchen.ports._types import ModelArtifact as ModelArtifact
+from crucible_kitchen.ports._types import ModelInfo as ModelInfo
+from crucible_kitchen.ports._types import ModelInput as ModelInput
+from crucible_kitchen.ports._types import ModelInputChunk as ModelInputChunk
+from crucible_kitchen.ports._types import OptimStepResponse as OptimStepResponse
+from crucible_kitchen.ports._types import RegisteredModel as RegisteredModel
+from crucible_kitchen.ports._types import SampledSequence as SampledSequence
+from crucible_kitchen.ports._types import SampleResponse as SampleResponse
+from crucible_kitchen.ports._types import SamplingParams as SamplingParams
+from crucible_kitchen.ports._types import SaveStateResponse as SaveStateResponse
+from crucible_kitchen.ports._types import (
+    SaveWeightsForSamplerResponse as SaveWeightsForSamplerResponse,
+)
+from crucible_kitchen.ports._types import StepResult as StepResult
+from crucible_kitchen.ports._types import StopCondition as StopCondition
+from crucible_kitchen.ports._types import StopReason as StopReason
+from crucible_kitchen.ports._types import TensorData as TensorData
+from crucible_kitchen.ports._types import TensorDType as TensorDType
+from crucible_kitchen.ports._types import TokensWithLogprobs as TokensWithLogprobs
+from crucible_kitchen.ports._types import TrainOnWhat as TrainOnWhat
+from crucible_kitchen.ports._types import Trajectory as Trajectory
+from crucible_kitchen.ports._types import Transition as Transition
+
+__all__ = (
+    "LOSS_FN_INPUTS",
+    "PORT_PROTOCOLS",
+    "AdamParams",
+    "BackendFuture",
+    "BlobInfo",
+    "BlobStore",
+    "CustomLossFn",
+    "CustomLossOutput",
+    "DatasetInfo",
+    "DatasetRow",
+    "DatasetStore",
+    "Datum",
+    "EncodedTextChunk",
+    "Env",
+    "EnvGroupBuilder",
+    "EvalResult",
+    "Evaluator",
+    "ForwardBackwardOutput",
+    "ImageChunk",
+    "LoadStateResponse",
+    "LossFnType",
+    "Message",
+    "MetricPoint",
+    "MetricsStore",
+    "ModelArtifact",
+    "ModelInfo",
+    "ModelInput",
+    "ModelInputChunk",
+    "ModelRegistry",
+    "OptimStepResponse",
+    "PortName",
+    "RegisteredModel",
+    "Renderer",
+    "SampleResponse",
+    "SampledSequence",
+    "SamplingClient",
+    "SamplingParams",
+    "SaveStateResponse",
+    "SaveWeightsForSamplerResponse",
+    "StepResult",
+    "StopCondition",
+    "StopReason",
+    "TensorDType",
+    "TensorData",
+    "Tokenizer",
+    "TokensWithLogprobs",
+    "TrainOnWhat",
+    "TrainingClient",
+    "Trajectory",
+    "Transition",
+    "check_adapter",
+    "protocol_problems",
+)

@@ -1,0 +1,41 @@
+"""Test helpers for users and for our own tests: port conformance checks, latency injection.
+
+Fault injection for the noop backend lives with it, in ``crucible_kitchen.adapters.noop``
+(:class:`~crucible_kitchen.adapters.noop.FaultPlan`).
+"""
+
+from __future__ import annotations
+
+from crucible_kitchen.testing._latency import with_latency as with_latency
+from crucible_kitchen.testing._port_conformance import check_blob_store as check_blob_store
+from crucible_kitchen.testing._port_conformance import check_dataset_store as check_dataset_store
+from crucible_kitchen.testing._port_conformance import (
+    check_env_group_builder as check_env_group_builder,
+)
+from crucible_kitchen.testing._port_conformance import check_evaluator as check_evaluator
+from crucible_kitchen.testing._port_conformance import check_metrics_store as check_metrics_store
+from crucible_kitchen.testing._port_conformance import (
+    check_model_registry as check_model_registry,
+)
+from crucible_kitchen.testing._port_conformance import check_renderer as check_renderer
+from crucible_kitchen.testing._port_conformance import (
+    check_sampling_client as check_sampling_client,
+)
+from crucible_kitchen.testing._port_conformance import check_tokenizer as check_tokenizer
+from crucible_kitchen.testing._port_conformance import (
+    check_training_client as check_training_client,
+)
+
+__all__ = (
+    "check_blob_store",
+    "check_dataset_store",
+    "check_env_group_builder",
+    "check_evaluator",
+    "check_metrics_store",
+    "check_model_registry",
+    "check_renderer",
+    "check_sampling_client",
+    "check_tokenizer",
+    "check_training_client",
+    "with_latency",
+)
