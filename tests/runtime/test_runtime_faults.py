@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import anyio
 import pytest
 from _probe import Crash, Hang, Knobs, Log, Note, Ping, Probe
 
 from crucible_kitchen.errors import ActorExited, ChildStartError
-from crucible_kitchen.supervisors import Actor, ChildSpec, ExitKind, Supervisor, open_supervisor
+from crucible_kitchen.supervisors import ChildSpec, ExitKind, Supervisor, open_supervisor
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leaked_tasks")]
 
@@ -124,15 +126,41 @@ async def test_three_levels_escalate_to_the_root() -> None:
     assert middle_exit.error.supervisor == "middle"
 
 
+_INTERRUPT_SCRIPT = """
+import sys, anyio
+from crucible_kitchen.supervisors import Actor, ChildSpec, Message, open_supervisor
+
+class Ping(Message):
+    pass
+
 class Interrupter(Actor[Ping]):
-    async def handle_call(self, message: Ping) -> None:
+    async def handle_call(self, message):
         raise KeyboardInterrupt
 
+class Tidy(Actor[Ping]):
+    async def on_stop(self, reason):
+        print("tidy stopped:", reason.kind.value, flush=True)
 
-async def test_keyboard_interrupt_is_never_restarted_and_tears_the_tree_down() -> None:
-    log = Log()
-    with pytest.raises(KeyboardInterrupt):
-        async with open_supervisor(
-            [ChildSpec("a", Probe, (log, "a")), ChildSpec("k", Interrupter)]
-        ) as sup:
-            await sup.ref("k").call(Ping(), timeout=None)
+async def main():
+    async with open_supervisor([ChildSpec("tidy", Tidy), ChildSpec("k", Interrupter)]) as sup:
+        await sup.ref("k").call(Ping(), timeout=None)
+
+try:
+    anyio.run(main, backend=sys.argv[1])
+except KeyboardInterrupt:
+    print("KeyboardInterrupt reached the top", flush=True)
+    sys.exit(3)
+"""
+
+
+async def test_keyboard_interrupt_is_never_restarted_and_tears_the_tree_down(
+    anyio_backend: str,
+) -> None:
+    # In a child process: on asyncio a KeyboardInterrupt escapes the event loop itself.
+    process = await anyio.run_process(
+        [sys.executable, "-c", _INTERRUPT_SCRIPT, anyio_backend], check=False
+    )
+    output = process.stdout.decode()
+    assert process.returncode == 3, process.stderr.decode()
+    assert "KeyboardInterrupt reached the top" in output
+    assert "tidy stopped: shutdown" in output

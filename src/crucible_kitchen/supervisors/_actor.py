@@ -400,6 +400,18 @@ class Actor(Child, Generic[M]):
         """Exit normally once the message being handled is done (its reply is still sent)."""
         self._ck_stop_requested = True
 
+    def on_stop_request(self) -> bool:
+        """Called when the supervisor asks this actor to stop (OTP's trapped exit signal).
+
+        Return False (the default) to be cancelled at once. Return True to wind down by
+        yourself: return from :meth:`run` within the shutdown timeout, or be killed.
+        """
+        return False
+
+    def _ck_request_stop(self, incarnation: Incarnation) -> None:
+        if not self.on_stop_request():
+            incarnation.scope.cancel()
+
     def defer_reply(self) -> ReplyHandle:
         """Inside ``handle_call``: answer later, from anywhere, through the returned handle.
 
@@ -442,16 +454,20 @@ class Actor(Child, Generic[M]):
 
 async def _reply(call: _Call, actor: str, timeout: float | None) -> Any:
     """Wait for a call's outcome; on timeout, abandon it and raise CallTimeout."""
-    if timeout is None:
-        await call.done.wait()
-    else:
-        with anyio.move_on_after(timeout):
+    try:
+        if timeout is None:
             await call.done.wait()
-        if not call.done.is_set():
-            call.abandoned = True
-            raise CallTimeout(
-                f"actor {actor!r} did not reply within {timeout} s", actor=actor, timeout=timeout
-            )
+        else:
+            with anyio.move_on_after(timeout):
+                await call.done.wait()
+    except BaseException:  # the caller was cancelled: don't run its request late
+        call.abandoned = True
+        raise
+    if timeout is not None and not call.done.is_set():
+        call.abandoned = True
+        raise CallTimeout(
+            f"actor {actor!r} did not reply within {timeout} s", actor=actor, timeout=timeout
+        )
     if call.error is not None:
         raise call.error
     return call.value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeAlias, TypeVar, dataclass_transform
 
 import msgspec
 
@@ -15,6 +15,7 @@ T = TypeVar("T")
 Count: TypeAlias = Annotated[int, msgspec.Meta(ge=0)]
 
 
+@dataclass_transform(frozen_default=True, kw_only_default=True)
 class _KeywordOnlyMeta(msgspec.StructMeta):
     """Makes every subclass keyword-only too (msgspec applies ``kw_only`` per class)."""
 

@@ -46,7 +46,7 @@ from ._exit import ExitKind, ExitReason
 from ._messages import ChildCounts, ChildInfo, SupervisorStatistics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -155,7 +155,23 @@ class _StopRequested:
     __slots__ = ()
 
 
-_Event: TypeAlias = _ChildExited | _RetryRestart | _StopRequested
+class _ApiRequest:
+    """A dynamic-API operation, run by the control loop; the caller waits for ``done``."""
+
+    __slots__ = ("done", "error", "operation", "value")
+
+    def __init__(self, operation: Callable[[], Awaitable[Any]]) -> None:
+        self.operation = operation
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+_Event: TypeAlias = _ChildExited | _RetryRestart | _StopRequested | _ApiRequest
 
 _CHILD_STATES: Final[dict[SlotState, Literal["running", "restarting", "stopped"]]] = {
     SlotState.RUNNING: "running",
@@ -252,6 +268,8 @@ class Supervisor(Child):
             )
         if max_children is not None and (not isinstance(max_children, int) or max_children < 0):
             problems.append(f"max_children must be None or an integer >= 0, not {max_children!r}")
+        elif max_children is not None and len(specs) > max_children:
+            problems.append(f"{len(specs)} children exceed max_children={max_children}")
         seen: set[str] = set()
         for spec in specs:
             problems.extend(_spec_problems(spec, auto_shutdown))
@@ -274,7 +292,6 @@ class Supervisor(Child):
         self._by_id: dict[str, Slot] = {}
         self._restarts: deque[float] = deque()
         self._restart_total = 0
-        self._lock = anyio.Lock(fast_acquire=True)
         self._state: Literal["created", "starting", "running", "stopping", "stopped"] = "created"
         self._incarnation: Incarnation | None = None
         self._events: (
@@ -366,9 +383,8 @@ class Supervisor(Child):
                     self._timers_tg = timers
                     self._state = "starting"
                     try:
-                        async with self._lock:
-                            for spec in self._initial_specs:
-                                await self._add_and_start(spec)
+                        for spec in self._initial_specs:
+                            await self._add_and_start(spec)
                     except ChildStartError as exc:
                         outcome = exc
                     else:
@@ -376,13 +392,20 @@ class Supervisor(Child):
                         ready()
                         outcome = await self._control_loop()
                     self._state = "stopping"
-                    async with self._lock:
-                        await self._terminate_all()
+                    await self._terminate_all()
                     timers.cancel_scope.cancel()
         finally:
             self._state = "stopped"
-            for stream in events:
-                stream.close()
+            events[0].close()
+            refused = SupervisorNotRunning(f"supervisor {self.name!r} stopped")
+            while True:  # nobody will run the requests still queued: tell their callers
+                try:
+                    event = events[1].receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                if isinstance(event, _ApiRequest):
+                    event.fail(refused)
+            events[1].close()
             last = ExitReason(ExitKind.SHUTDOWN, "supervisor stopped")
             for slot in self._slots:
                 slot.close_mailbox(slot.last_exit or last)
@@ -422,12 +445,17 @@ class Supervisor(Child):
         async for event in self._events[1]:
             if isinstance(event, _StopRequested):
                 return None
-            async with self._lock:
-                with anyio.CancelScope(shield=True):
-                    if isinstance(event, _ChildExited):
-                        outcome = await self._on_child_exited(event.incarnation)
-                    else:
-                        outcome = await self._on_retry(event)
+            if isinstance(event, _ApiRequest):
+                try:
+                    event.value = await event.operation()
+                except Exception as exc:
+                    event.error = exc
+                event.done.set()
+                continue
+            if isinstance(event, _ChildExited):
+                outcome = await self._on_child_exited(event.incarnation)
+            else:
+                outcome = await self._on_retry(event)
             if outcome is not None:
                 return outcome
         return None
@@ -587,6 +615,7 @@ class Supervisor(Child):
         if isinstance(instance, Actor):
             slot.open_mailbox()
             slot.accepts = type(instance)._ck_accepts
+        slot.state = SlotState.RESTARTING  # messages sent while it starts are queued for it
         incarnation = Incarnation(slot, instance, slot.incarnations + 1)
         startup = _Startup()
         slot.incarnation = incarnation
@@ -675,6 +704,20 @@ class Supervisor(Child):
         except KeyError:
             raise ChildNotFound(child_id) from None
 
+    async def _request(self, operation: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``operation`` in the control loop, between the handling of two events.
+
+        All changes to the children happen in that one task, in order, so a caller that is
+        cancelled (or is itself the child being stopped) cannot leave them half done.
+        """
+        self._running()
+        request = _ApiRequest(operation)
+        self._post(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.value
+
     async def start_child(self, spec: ChildSpec) -> ActorRef[Any] | Supervisor | None:
         """Add a child and start it; return once it is ready.
 
@@ -691,30 +734,29 @@ class Supervisor(Child):
         problems = _spec_problems(spec, self.auto_shutdown)
         if problems:
             raise ChildSpecError(problems)
-        self._running()
-        async with self._lock:
-            self._running()
+
+        async def start() -> ActorRef[Any] | Supervisor | None:
             existing = self._by_id.get(spec.id)
             if existing is not None:
-                running = existing.state is SlotState.RUNNING
                 raise ChildStateError(
                     f"supervisor {self.name!r} already has a child {spec.id!r}",
                     child_id=spec.id,
-                    state="running" if running else "already_present",
+                    state="running" if existing.state is SlotState.RUNNING else "already_present",
                 )
-            with anyio.CancelScope(shield=True):
-                started = await self._add_and_start(spec)
-            return started  # noqa: RET504  (mypy: a cancel scope might swallow the return)
+            return await self._add_and_start(spec)
+
+        return await self._request(start)  # type: ignore[no-any-return]
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child (its spec is kept, unless temporary). Never triggers auto shutdown."""
-        self._running()
-        async with self._lock:
+
+        async def terminate() -> None:
             slot = self._slot(child_id)
-            with anyio.CancelScope(shield=True):
-                await self._terminate(slot, SlotState.STOPPED)
+            await self._terminate(slot, SlotState.STOPPED)
             if slot.spec.restart == "temporary":
                 self._remove(slot, slot.last_exit or ExitReason(ExitKind.SHUTDOWN))
+
+        await self._request(terminate)
 
     async def restart_child(self, child_id: str) -> ActorRef[Any] | Supervisor | None:
         """Start a stopped child again from its spec.
@@ -724,22 +766,17 @@ class Supervisor(Child):
             ChildStateError: it is ``"running"`` or ``"restarting"``.
             ChildStartError: it failed to start (it stays stopped).
         """
-        self._running()
-        async with self._lock:
-            slot = self._slot(child_id)
-            if slot.state is not SlotState.STOPPED:
-                raise ChildStateError(
-                    f"child {child_id!r} is {slot.state.value}",
-                    child_id=child_id,
-                    state=slot.state.value,
-                )
-            with anyio.CancelScope(shield=True):
-                try:
-                    started = await self._start_incarnation(slot)
-                except ChildStartError:
-                    slot.state = SlotState.STOPPED
-                    raise
-            return started
+
+        async def restart() -> ActorRef[Any] | Supervisor | None:
+            slot = self._stopped_slot(child_id)
+            try:
+                return await self._start_incarnation(slot)
+            except ChildStartError:
+                slot.state = SlotState.STOPPED
+                slot.drain(slot.last_exit or ExitReason(ExitKind.SHUTDOWN))
+                raise
+
+        return await self._request(restart)  # type: ignore[no-any-return]
 
     async def delete_child(self, child_id: str) -> None:
         """Forget a stopped child's spec.
@@ -748,16 +785,22 @@ class Supervisor(Child):
             ChildNotFound: no such child.
             ChildStateError: it is ``"running"`` or ``"restarting"``.
         """
-        self._running()
-        async with self._lock:
-            slot = self._slot(child_id)
-            if slot.state is not SlotState.STOPPED:
-                raise ChildStateError(
-                    f"child {child_id!r} is {slot.state.value}",
-                    child_id=child_id,
-                    state=slot.state.value,
-                )
+
+        async def delete() -> None:
+            slot = self._stopped_slot(child_id)
             self._remove(slot, slot.last_exit or ExitReason(ExitKind.SHUTDOWN))
+
+        await self._request(delete)
+
+    def _stopped_slot(self, child_id: str) -> Slot:
+        slot = self._slot(child_id)
+        if slot.state is not SlotState.STOPPED:
+            raise ChildStateError(
+                f"child {child_id!r} is {slot.state.value}",
+                child_id=child_id,
+                state=slot.state.value,
+            )
+        return slot
 
     def ref(self, child_id: str) -> ActorRef[Any]:
         """The reference of an actor child (valid across its restarts)."""

@@ -73,12 +73,14 @@ class CallCounters:
 
     ``calls`` counts every call received, ``applied`` the requests that took effect,
     ``deduplicated`` the re-sent requests answered from an earlier one, and ``faulted`` the
-    calls an injected failure or hang hit.
+    calls an injected failure or hang hit. ``log`` lists every applied request, in order, as
+    ``(method, request_id)``: compare it between runs to prove exactly-once effects.
     """
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.applied: Counter[str] = Counter()
+        self.log: list[tuple[str, str | None]] = []
         self.deduplicated: Counter[str] = Counter()
         self.faulted: Counter[str] = Counter()
 
@@ -183,6 +185,7 @@ class RequestLedger:
 
         value = effect()
         self.counters.applied[method] += 1
+        self.counters.log.append((method, request_id))
         future: NoopFuture[T] = NoopFuture(lambda: value, ready_at=self._ready_at(fault))
         if request_id is not None:
             self._records[request_id] = _Record(method, fingerprint, future)

@@ -1,0 +1,126 @@
+"""The layering of DESIGN.md section 2, checked on every module's imports."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "crucible_kitchen"
+
+# What each top-level part of the package may import from crucible_kitchen (besides itself).
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "supervisors": {"errors"},
+    "ports": {"errors"},
+    "training": {"errors"},
+    "telemetry": {"errors"},
+    "adapters": {"errors", "ports", "training"},
+    "stages": {"errors", "ports", "training", "telemetry"},
+    "workflows": {"errors", "supervisors", "stages", "ports", "training", "telemetry"},
+    "recipes": {"errors", "workflows", "stages", "ports", "training", "telemetry"},
+    "testing": {
+        "errors",
+        "supervisors",
+        "ports",
+        "training",
+        "telemetry",
+        "adapters",
+        "stages",
+        "workflows",
+        "recipes",
+        "kitchen",
+        "__init__",
+    },
+    "kitchen": {
+        "errors",
+        "supervisors",
+        "ports",
+        "training",
+        "telemetry",
+        "adapters",
+        "stages",
+        "workflows",
+        "recipes",
+    },
+    "service": {"__init__", "errors", "kitchen", "telemetry", "recipes", "ports"},
+    "cli": {"__init__", "errors", "kitchen", "telemetry", "recipes", "ports"},
+    "__init__": {
+        "errors",
+        "supervisors",
+        "kitchen",
+        "ports",
+        "telemetry",
+        "recipes",
+        "workflows",
+        "stages",
+    },
+}
+HEAVY = ("torch", "aiohttp", "opentelemetry.sdk", "trio", "safetensors", "tokenizers", "numpy")
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under ``if TYPE_CHECKING:`` (type-only imports bind nothing)."""
+    nodes: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names = []
+    package = ".".join(("crucible_kitchen", *path.relative_to(PACKAGE).parent.parts))
+    for node in _runtime_nodes(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.append(module)
+    return names
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_each_module_imports_only_the_layers_below_it(path: Path) -> None:
+    part = _part(path)
+    allowed = ALLOWED[part] | {part}
+    for name in _imports(path):
+        if not name.startswith("crucible_kitchen"):
+            continue
+        target = name.split(".")[1] if "." in name else "__init__"
+        assert target in allowed, f"{path.relative_to(PACKAGE)} ({part}) imports {name}"
+        if part == "adapters" and target == "adapters":
+            own = path.relative_to(PACKAGE).parts[1]
+            assert name.split(".")[2] == own, f"an adapter imports another backend: {name}"
+
+
+def test_importing_the_package_stays_light() -> None:
+    code = "import sys, crucible_kitchen; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split()
+    heavy = [m for m in loaded if m.split(".")[0] in HEAVY or m.startswith(HEAVY)]
+    assert not heavy, f"`import crucible_kitchen` imported {heavy}"
