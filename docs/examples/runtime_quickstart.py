@@ -11,11 +11,11 @@ import anyio
 from crucible_kitchen.supervisors import Actor, ChildSpec, ExitKind, Message, open_supervisor
 
 
-class Record(Message, frozen=True):  # sent with cast: fire and forget
+class Record(Message):  # sent with cast: fire and forget
     loss: float
 
 
-class Mean(Message, frozen=True):  # sent with call: request and reply
+class Mean(Message):  # sent with call: request and reply
     pass
 
 

@@ -8,6 +8,7 @@ import pytest
 from _probe import Crash, Hang, Knobs, Log, Note, Ping, Probe, StopNormally
 
 from crucible_kitchen.errors import (
+    ActorExited,
     ActorNotRunning,
     CallTimeout,
     ChildStartError,
@@ -193,3 +194,49 @@ async def test_kill_takes_down_a_whole_subtree_without_cleanup() -> None:
         await anyio.wait_all_tasks_blocked()
         assert root.child_supervisor("inner") is not first  # restarted: permanent
     assert log.of("stop") == ["leaf"]  # only the restarted leaf's orderly stop at the end
+
+
+async def test_a_cancelled_caller_abandons_its_queued_request() -> None:
+    log = Log()
+    knobs = Knobs()
+    async with open_supervisor([ChildSpec("a", Probe, (log, "a", knobs))]) as sup:
+        ref = sup.ref("a")
+        ref.cast_nowait(Hang())
+        await anyio.wait_all_tasks_blocked()
+        with anyio.move_on_after(0.01):
+            await ref.call(Note(text="never"), timeout=None)
+        ref.kill()  # the hung incarnation dies; the next one skips the abandoned call
+        assert await ref.call(Ping()) == ("a", 2, 0)
+    assert knobs.notes == []
+
+
+async def test_messages_sent_during_the_first_start_are_queued() -> None:
+    log = Log()
+    gate = anyio.Event()
+    knobs = Knobs(start_gate=gate)
+    async with open_supervisor() as sup, anyio.create_task_group() as tg:
+        tg.start_soon(sup.start_child, ChildSpec("a", Probe, (log, "a", knobs)))
+        await anyio.wait_all_tasks_blocked()
+        sup.ref("a").cast_nowait(Note(text="early"))
+        gate.set()
+    assert knobs.notes == ["1:early"] or log.of("start") == ["a"]
+
+
+class SelfTerminator(Actor[Ping]):
+    def __init__(self, supervisor: list[Supervisor]) -> None:
+        self.supervisor = supervisor
+
+    async def handle_call(self, message: Ping) -> None:
+        await self.supervisor[0].terminate_child(self.id)
+
+
+async def test_an_actor_may_terminate_itself_through_its_supervisor() -> None:
+    holder: list[Supervisor] = []
+    async with open_supervisor([ChildSpec("me", SelfTerminator, (holder,))]) as sup:
+        holder.append(sup)
+        ref = sup.ref("me")
+        with pytest.raises(ActorExited) as caught:
+            await ref.call(Ping())
+        assert caught.value.reason.kind is ExitKind.SHUTDOWN
+        await anyio.wait_all_tasks_blocked()
+        assert sup.which_children()[0].state == "stopped"

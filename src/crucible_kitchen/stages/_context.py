@@ -1,0 +1,215 @@
+"""The Context: everything a stage sees, and the only state a run carries between stages."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from crucible_kitchen.errors import PortError
+
+if TYPE_CHECKING:
+    from crucible_kitchen.telemetry import TelemetryBus
+
+__all__ = ("Context", "RunInfo", "derive_seed")
+
+FaultHook = Callable[[str, "Context", str], Awaitable[None]]
+"""``await hook(point, ctx, operation)`` at each fault point (see ``stages._faults``)."""
+
+_NO_LOOPS: Final[dict[str, int]] = {}
+
+
+def derive_seed(*parts: object) -> int:
+    """A 64-bit seed from any parts, stable across processes and Python versions."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class RunInfo:
+    """What every context of one run shares: identity, seed, ports, telemetry, tracing."""
+
+    __slots__ = (
+        "config",
+        "fault_hook",
+        "ports",
+        "recipe",
+        "run_dir",
+        "run_id",
+        "seed",
+        "telemetry",
+        "tracer",
+        "workflow",
+    )
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        config: Any,
+        ports: Mapping[str, Any],
+        seed: int,
+        telemetry: TelemetryBus,
+        tracer: Any = None,
+        recipe: str | None = None,
+        run_dir: str | None = None,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.config = config
+        self.ports = ports
+        self.seed = seed
+        self.telemetry = telemetry
+        self.tracer = tracer
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.fault_hook = fault_hook
+
+
+class Context:
+    """A run's state as one stage execution sees it.
+
+    A stage gets a private copy (:meth:`fork`) and may change it freely: ``state`` (any
+    values, replaced rather than mutated in place), ``metrics`` (floats for the result),
+    ``step``. The workflow commits the copy only if the stage succeeds, so a crashed attempt
+    leaves no trace. Everything else is read-only: ``config``, ports (:meth:`port`), the loop
+    position (``loops``, :meth:`item`), deterministic RNG streams (:meth:`rng`) and request ids
+    (:meth:`request_id`).
+    """
+
+    __slots__ = (
+        "_request_counts",
+        "attempt",
+        "items",
+        "loops",
+        "metrics",
+        "path",
+        "run",
+        "state",
+        "step",
+    )
+
+    def __init__(
+        self,
+        run: RunInfo,
+        *,
+        state: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        loops: dict[str, int] | None = None,
+        items: dict[str, Any] | None = None,
+        step: int = 0,
+        path: str = "",
+        attempt: int = 0,
+    ) -> None:
+        self.run = run
+        self.state: dict[str, Any] = {} if state is None else state
+        self.metrics: dict[str, float] = {} if metrics is None else metrics
+        self.loops: dict[str, int] = _NO_LOOPS if loops is None else loops
+        self.items: dict[str, Any] = {} if items is None else items
+        self.step = step
+        self.path = path
+        self.attempt = attempt
+        self._request_counts: dict[str, int] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Context run={self.run.run_id} path={self.path!r} step={self.step} "
+            f"loops={self.loops} state={sorted(self.state)}>"
+        )
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def config(self) -> Any:
+        """The run's validated configuration (a pydantic model for recipes)."""
+        return self.run.config
+
+    def fork(self, *, path: str | None = None, attempt: int | None = None) -> Context:
+        """A copy whose ``state``, ``metrics``, ``loops`` and ``items`` can change independently."""
+        return Context(
+            self.run,
+            state=dict(self.state),
+            metrics=dict(self.metrics),
+            loops=dict(self.loops) if self.loops else _NO_LOOPS,
+            items=dict(self.items) if self.items else {},
+            step=self.step,
+            path=self.path if path is None else path,
+            attempt=self.attempt if attempt is None else attempt,
+        )
+
+    def enter_loop(self, name: str, index: int, item: Any) -> Context:
+        """A copy positioned at ``index`` (with ``item``) of the loop ``name``."""
+        ctx = self.fork()
+        ctx.loops = {**self.loops, name: index}
+        ctx.items[name] = item
+        return ctx
+
+    def leave_loop(self, name: str) -> None:
+        if name in self.loops:
+            self.loops = {k: v for k, v in self.loops.items() if k != name}
+        self.items.pop(name, None)
+
+    def item(self, loop: str) -> Any:
+        """The current item of the enclosing loop ``loop``."""
+        try:
+            return self.items[loop]
+        except KeyError:
+            raise KeyError(
+                f"not inside a loop named {loop!r} (loops: {list(self.loops)})"
+            ) from None
+
+    def port(self, name: str) -> Any:
+        """The adapter bound to the port ``name`` (e.g. ``"training_client"``).
+
+        Raises:
+            PortError: no adapter is bound to that port in this run.
+        """
+        try:
+            adapter = self.run.ports[name]
+        except KeyError:
+            raise PortError(
+                f"no adapter for port {name!r} in this run (bound: {sorted(self.run.ports)})",
+                port=name,
+            ) from None
+        hook = self.run.fault_hook
+        if hook is not None:
+            from crucible_kitchen.stages._faults import FaultProxy
+
+            return FaultProxy(adapter, self, hook)
+        return adapter
+
+    def request_id(self, operation: str) -> str:
+        """A deterministic id for a mutating port call made by this stage execution.
+
+        It depends on the run, the stage's node path, the loop position, the operation and how
+        many times this execution asked for that operation before — never on the attempt — so
+        a stage re-executed after a crash sends the same ids and adapters apply each effect once.
+        """
+        counts = self._request_counts
+        if counts is None:
+            counts = self._request_counts = {}
+        n = counts.get(operation, 0)
+        counts[operation] = n + 1
+        position = ",".join(f"{k}={v}" for k, v in self.loops.items())
+        return f"{self.run.run_id}/{self.path}[{position}]/{operation}#{n}"
+
+    def rng(self, name: str) -> random.Random:
+        """A random stream named ``name``, fixed by the run seed, stage path and loop position.
+
+        A re-executed stage draws exactly the same numbers.
+        """
+        return random.Random(
+            derive_seed(self.run.seed, name, self.path, sorted(self.loops.items()))
+        )
+
+    def seed_for(self, name: str) -> int:
+        """A 64-bit seed for libraries with their own generators (torch, numpy)."""
+        return derive_seed(self.run.seed, name, self.path, sorted(self.loops.items()))
+
+    def emit(self, event: Any) -> None:
+        """Send a telemetry event for this run."""
+        self.run.telemetry.emit(event)

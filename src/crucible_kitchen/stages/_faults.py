@@ -1,0 +1,72 @@
+"""Where fault injection reaches into stage executions: around every port call and await.
+
+The engine sets :data:`current_stage_kill` while a stage executes; a run's fault hook (from
+``crucible_kitchen.testing``) sees each point and may kill the stage's actor there.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = ("FaultPoint", "FaultProxy", "current_stage_kill")
+
+FaultPoint = str
+"""``"execute"`` (a stage execution begins), ``"before_call"`` (a port call is about to be
+made), ``"after_submit"`` (it returned its future), ``"awaiting"`` (a future is being awaited)."""
+
+current_stage_kill: ContextVar[Callable[[], None] | None] = ContextVar(
+    "current_stage_kill", default=None
+)
+"""Kills the actor of the stage execution running in this task (set by the engine)."""
+
+FaultHookFn = Callable[[FaultPoint, "Context", str], Awaitable[None]]
+
+
+class _FaultFuture:
+    __slots__ = ("_ctx", "_future", "_hook", "_operation")
+
+    def __init__(self, future: Any, ctx: Context, hook: FaultHookFn, operation: str) -> None:
+        self._future = future
+        self._ctx = ctx
+        self._hook = hook
+        self._operation = operation
+
+    async def result(self) -> Any:
+        await self._hook("awaiting", self._ctx, self._operation)
+        return await self._future.result()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._future, name)
+
+
+class FaultProxy:
+    """Wraps an adapter so that the run's fault hook sees every call and every await."""
+
+    __slots__ = ("_adapter", "_ctx", "_hook")
+
+    def __init__(self, adapter: Any, ctx: Context, hook: FaultHookFn) -> None:
+        self._adapter = adapter
+        self._ctx = ctx
+        self._hook = hook
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._adapter, name)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+        ctx, hook = self._ctx, self._hook
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            await hook("before_call", ctx, name)
+            outcome = await attribute(*args, **kwargs)
+            await hook("after_submit", ctx, name)
+            if callable(getattr(outcome, "result", None)):
+                return _FaultFuture(outcome, ctx, hook, name)
+            return outcome
+
+        return call

@@ -1,0 +1,550 @@
+"""How a run executes: the run's supervision tree, the stage actors and the workflow actor.
+
+::
+
+    run supervisor (one_for_one, auto_shutdown=any_significant)
+    ├── stages supervisor   one StageActor per main stage (restarted on crash or kill)
+    ├── cleanup supervisor  one StageActor per cleanup stage (outlives a failed main tree)
+    └── workflow actor      significant: walks the tree and owns the committed Context
+
+The workflow actor sends ``Execute`` to a stage's actor with ``call(timeout=stage timeout)``
+and commits the context it gets back. If the stage actor crashes or is killed, its supervisor
+restarts it and the workflow actor re-sends the same ``Execute`` (attempt + 1) within the
+stage's retry policy; once that supervisor gives up, the run fails with :class:`StageFailed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import anyio.lowlevel
+
+from crucible_kitchen.errors import (
+    ActorExited,
+    ActorNotRunning,
+    CallTimeout,
+    StageFailed,
+    WorkflowError,
+)
+from crucible_kitchen.stages._faults import current_stage_kill
+from crucible_kitchen.supervisors import (
+    Actor,
+    ActorRef,
+    ChildSpec,
+    ExitKind,
+    Message,
+    Supervisor,
+)
+from crucible_kitchen.telemetry import (
+    StageException,
+    StageStart,
+    StageStop,
+    TelemetryBus,
+    WorkflowException,
+    WorkflowStart,
+    WorkflowStop,
+    extract_context,
+    inject_context,
+    record_exception,
+    start_run_span,
+    start_stage_span,
+)
+
+from ._dsl import (
+    AsyncLoopNode,
+    ConditionalNode,
+    LoopNode,
+    Node,
+    ParallelNode,
+    StageNode,
+    StreamLoopNode,
+    Workflow,
+)
+
+if TYPE_CHECKING:
+    from crucible_kitchen.stages import Context, RunInfo
+
+__all__ = ("Execute", "RunOutcome", "RunPlan", "RunStatus", "build_run_supervisor")
+
+logger = logging.getLogger("crucible_kitchen.workflows")
+
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+
+_MISSING = object()
+
+
+class Execute(Message):
+    """Run your stage on this context (attempt ``attempt``) and reply with the new context."""
+
+    context: Any
+    attempt: int
+    trace: dict[str, str] | None = None
+
+
+@dataclass
+class RunOutcome:
+    """Filled in by the workflow actor as the run ends."""
+
+    status: RunStatus = "running"
+    context: Context | None = None
+    error: BaseException | None = None
+    finished: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass
+class RunPlan:
+    """Everything one run needs, fixed before it starts."""
+
+    workflow: Workflow
+    run: RunInfo
+    initial: Context
+    max_restarts: int = 3
+    restart_window: float = 5.0
+    cleanup_timeout: float = 60.0
+    outcome: RunOutcome = field(default_factory=RunOutcome)
+    run_supervisor: Supervisor | None = None
+
+
+class StageActor(Actor[Execute]):
+    """Runs one stage node; a crash here is the stage's crash, and its supervisor restarts it."""
+
+    def __init__(self, node: StageNode, path: str) -> None:
+        self.node = node
+        self.path = path
+
+    async def handle_call(self, message: Execute) -> Context:
+        node = self.node
+        ctx: Context = message.context.fork(path=self.path, attempt=message.attempt)
+        run = ctx.run
+        loops = dict(ctx.loops)
+        run.telemetry.emit(
+            StageStart(stage=node.name, path=self.path, attempt=message.attempt, loop=loops)
+        )
+        span = None
+        if run.tracer is not None:
+            span = start_stage_span(
+                run.tracer,
+                extract_context(message.trace or {}),
+                node.name,
+                _stage_attributes(run, node.name, self.path, message.attempt, loops),
+            )
+        started = time.perf_counter()
+        token = current_stage_kill.set(self.ref.kill)
+        try:
+            if run.fault_hook is not None:
+                await run.fault_hook("execute", ctx, node.name)
+            result = await node.stage.execute(ctx)
+        except BaseException as exc:
+            if span is not None:
+                record_exception(span, exc)
+                span.end()
+            raise
+        finally:
+            current_stage_kill.reset(token)
+        if span is not None:
+            span.end()
+        if result is not None:
+            ctx = result
+        run.telemetry.emit(
+            StageStop(
+                stage=node.name,
+                path=self.path,
+                attempt=message.attempt,
+                loop=loops,
+                duration_s=time.perf_counter() - started,
+            )
+        )
+        return ctx
+
+
+def _stage_attributes(
+    run: RunInfo, stage: str, path: str, attempt: int, loops: dict[str, int]
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "crucible_kitchen.run_id": run.run_id,
+        "crucible_kitchen.workflow": run.workflow,
+        "crucible_kitchen.stage": stage,
+        "crucible_kitchen.stage.path": path,
+        "crucible_kitchen.attempt": attempt,
+    }
+    for name, index in loops.items():
+        attributes[f"crucible_kitchen.loop.{name}"] = index
+    return attributes
+
+
+class TelemetrySink(Actor[Any]):
+    """Feeds the run's async telemetry handlers; on stop, closes the bus and lets them drain."""
+
+    def __init__(self, bus: TelemetryBus) -> None:
+        self.bus = bus
+
+    async def run(self) -> None:
+        await self.bus.run_async_handlers()
+
+    def on_stop_request(self) -> bool:
+        self.bus.close()
+        return True
+
+
+class WorkflowActor(Actor[Any]):
+    """Walks the workflow tree, sending each stage to its actor; owns the committed context."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.plan = plan
+        self.committed: Context = plan.initial
+        self.refs: dict[str, ActorRef[Execute]] = {}
+        self.trace: dict[str, str] | None = None
+        self.last_errors: dict[str, BaseException | None] = {}
+
+    async def on_start(self) -> None:
+        sup = self.plan.run_supervisor
+        assert sup is not None
+        workflow = self.plan.workflow
+        cleanup = workflow.cleanup_stage_names()
+        for node in workflow.stages():
+            group = "cleanup" if node.name in cleanup else "stages"
+            self.refs[node.name] = sup.child_supervisor(group).ref(node.name)
+
+    async def run(self) -> None:
+        plan, run = self.plan, self.plan.run
+        outcome = plan.outcome
+        started = time.perf_counter()
+        run.telemetry.emit(
+            WorkflowStart(workflow=run.workflow, recipe=run.recipe, config=_jsonable(run.config))
+        )
+        span = None
+        if run.tracer is not None:
+            span = start_run_span(
+                run.tracer,
+                f"workflow {run.workflow}",
+                {
+                    "crucible_kitchen.run_id": run.run_id,
+                    "crucible_kitchen.workflow": run.workflow,
+                },
+            )
+            self.trace = inject_context(span)
+        try:
+            self.committed = await self._run_nodes(plan.workflow.nodes, plan.initial)
+            outcome.status = "completed"
+        except anyio.get_cancelled_exc_class():
+            outcome.status = "cancelled"
+            raise
+        except Exception as exc:
+            outcome.status = "failed"
+            outcome.error = exc
+        finally:
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + plan.cleanup_timeout
+                await self._cleanup()
+            outcome.context = self.committed
+            cancelled: bool = outcome.status == "cancelled"
+            duration = time.perf_counter() - started
+            if outcome.error is None:
+                run.telemetry.emit(
+                    WorkflowStop(
+                        workflow=run.workflow,
+                        status="cancelled" if cancelled else "completed",
+                        duration_s=duration,
+                        steps=self.committed.step,
+                        metrics=dict(self.committed.metrics),
+                    )
+                )
+            else:
+                error = outcome.error
+                run.telemetry.emit(
+                    WorkflowException(
+                        workflow=run.workflow,
+                        stage=getattr(error, "stage", None),
+                        path=getattr(error, "path", None),
+                        attempt=getattr(error, "attempt", 0),
+                        error_type=type(error).__name__,
+                        error_message=str(error),
+                        duration_s=duration,
+                    )
+                )
+            if span is not None:
+                if outcome.error is not None:
+                    record_exception(span, outcome.error)
+                span.end()
+            outcome.finished.set()
+
+    async def _cleanup(self) -> None:
+        """Run the cleanup nodes on the last committed context; their errors are reported."""
+        if not self.plan.workflow.cleanup:
+            return
+        try:
+            self.committed = await self._run_nodes(self.plan.workflow.cleanup, self.committed)
+        except Exception as exc:
+            outcome = self.plan.outcome
+            if outcome.error is None:
+                outcome.status = "failed"
+                outcome.error = exc
+
+    # ------------------------------------------------------------------ the interpreter
+
+    async def _run_nodes(self, nodes: tuple[Node, ...], ctx: Context) -> Context:
+        for node in nodes:
+            ctx = await self._run_node(node, ctx)
+        return ctx
+
+    async def _run_node(self, node: Node, ctx: Context) -> Context:
+        match node:
+            case StageNode():
+                return await self._execute(node, ctx)
+            case LoopNode(name=name, over=over, body=body):
+                items = range(over) if isinstance(over, int) else over(ctx)
+                for index, item in enumerate(items):
+                    ctx = await self._run_nodes(body, ctx.enter_loop(name, index, item))
+                    ctx.leave_loop(name)
+                return ctx
+            case ConditionalNode(when=when, then=then, otherwise=otherwise):
+                return await self._run_nodes(then if when(ctx) else otherwise, ctx)
+            case ParallelNode():
+                return await self._parallel(node, ctx)
+            case AsyncLoopNode():
+                return await self._async_loop(node, ctx)
+            case StreamLoopNode():
+                return await self._stream_loop(node, ctx)
+        raise AssertionError(node)
+
+    async def _execute(self, node: StageNode, ctx: Context) -> Context:
+        ref = self.refs[node.name]
+        run = ctx.run
+        policy = node.retry
+        path = self.plan.workflow.paths[node.name]
+        attempt = 0
+        last: BaseException | None = None
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                committed: Context = await ref.call(
+                    Execute(context=ctx, attempt=attempt, trace=self.trace),
+                    timeout=node.timeout,
+                )
+            except CallTimeout:
+                ref.kill()
+                error: BaseException | None = TimeoutError(
+                    f"stage {node.name!r} took longer than {node.timeout} s"
+                )
+            except ActorExited as exc:
+                reason = exc.reason
+                error = reason.error if reason.kind is ExitKind.CRASH else None
+            except ActorNotRunning as exc:
+                cause = last or exc
+                raise StageFailed(
+                    f"stage {node.name!r} failed on attempt {attempt - 1}: its supervisor gave "
+                    f"up after too many restarts; last error: {_describe(cause)}",
+                    stage=node.name,
+                    path=path,
+                    attempt=attempt - 1,
+                ) from cause
+            else:
+                self.committed = committed
+                return committed
+            last = error or last
+            will_retry = policy.retries(error, attempt)
+            run.telemetry.emit(
+                StageException(
+                    stage=node.name,
+                    path=path,
+                    attempt=attempt,
+                    loop=dict(ctx.loops),
+                    duration_s=time.perf_counter() - started,
+                    error_type="Killed" if error is None else type(error).__name__,
+                    error_message="the stage's actor was killed" if error is None else str(error),
+                    will_retry=will_retry,
+                )
+            )
+            if not will_retry:
+                await _rollback(node, ctx, error)
+                raise StageFailed(
+                    f"stage {node.name!r} failed on attempt {attempt}: {_describe(error)}",
+                    stage=node.name,
+                    path=path,
+                    attempt=attempt,
+                ) from error
+            delay = policy.delay(attempt)
+            if delay > 0:
+                await anyio.sleep(delay)
+
+    async def _parallel(self, node: ParallelNode, base: Context) -> Context:
+        results: list[Context | None] = [None] * len(node.branches)
+        limiter = anyio.CapacityLimiter(node.max_concurrency or len(node.branches))
+
+        async def branch(index: int, nodes: tuple[Node, ...]) -> None:
+            async with limiter:
+                results[index] = await self._run_nodes(nodes, base.fork())
+
+        await _first_error(
+            lambda tg: [tg.start_soon(branch, i, b) for i, b in enumerate(node.branches)]
+        )
+        finished = [ctx for ctx in results if ctx is not None]
+        if node.merge is not None:
+            return node.merge(base, finished)
+        return _merge(node.name, base, finished)
+
+    async def _async_loop(self, node: AsyncLoopNode, ctx: Context) -> Context:
+        send, receive = anyio.create_memory_object_stream[tuple[int, Any]](node.buffer)
+        latest = [ctx]
+        items = range(node.over) if isinstance(node.over, int) else node.over(ctx)
+
+        async def produce() -> None:
+            async with send:
+                for index, item in enumerate(items):
+                    produced = await self._run_nodes(
+                        node.produce, latest[0].enter_loop(node.name, index, item)
+                    )
+                    await send.send((index, produced.state.get(node.output)))
+
+        async def consume() -> None:
+            async with receive:
+                async for index, value in receive:
+                    done = await self._run_nodes(
+                        node.consume, latest[0].enter_loop(node.name, index, value)
+                    )
+                    done.leave_loop(node.name)
+                    latest[0] = done
+
+        await _first_error(lambda tg: [tg.start_soon(produce), tg.start_soon(consume)])
+        return latest[0]
+
+    async def _stream_loop(self, node: StreamLoopNode, ctx: Context) -> Context:
+        send, receive = anyio.create_memory_object_stream[Any](node.prefetch)
+        source = node.source(ctx)
+        latest = [ctx]
+
+        async def fetch() -> None:
+            async with send:
+                if isinstance(source, AsyncIterable):
+                    async for item in source:
+                        await send.send(item)
+                else:
+                    for item in source:
+                        await send.send(item)
+
+        async def body() -> None:
+            async with receive:
+                index = 0
+                async for item in receive:
+                    done = await self._run_nodes(
+                        node.body, latest[0].enter_loop(node.name, index, item)
+                    )
+                    done.leave_loop(node.name)
+                    latest[0] = done
+                    index += 1
+
+        await _first_error(lambda tg: [tg.start_soon(fetch), tg.start_soon(body)])
+        return latest[0]
+
+
+async def _first_error(start: Callable[[anyio.abc.TaskGroup], object]) -> None:
+    """Run tasks in a group; on failure raise the first real error, not an exception group."""
+    try:
+        async with anyio.create_task_group() as tg:
+            start(tg)
+    except BaseExceptionGroup as group:
+        cancelled = anyio.get_cancelled_exc_class()
+        real, _ = group.split(lambda e: not isinstance(e, cancelled | BaseExceptionGroup))
+        if real is None:
+            raise
+        leaf: BaseException = real
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+
+
+def _merge(name: str, base: Context, branches: list[Context]) -> Context:
+    merged = base.fork()
+    owners: dict[tuple[str, str], int] = {}
+    for index, branch in enumerate(branches):
+        for section in ("state", "metrics"):
+            before: dict[str, Any] = getattr(base, section)
+            after: dict[str, Any] = getattr(branch, section)
+            for key, value in after.items():
+                if before.get(key, _MISSING) is value:
+                    continue
+                if (section, key) in owners:
+                    raise WorkflowError(
+                        f"parallel {name!r}: branches {owners[(section, key)]} and {index} "
+                        f"both changed {section}[{key!r}]; pass merge= to combine them"
+                    )
+                owners[(section, key)] = index
+                getattr(merged, section)[key] = value
+    merged.step = max([base.step, *(b.step for b in branches)])
+    return merged
+
+
+async def _rollback(node: StageNode, ctx: Context, error: BaseException | None) -> None:
+    """The stage's own cleanup hook after it failed for good; its errors are only logged."""
+    try:
+        await node.stage.cleanup(ctx, error)
+    except Exception:
+        logger.exception("stage %r: cleanup after failure raised", node.name)
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "its actor was killed"
+    return f"{type(error).__name__}: {error}"
+
+
+def _jsonable(config: Any) -> dict[str, Any]:
+    dump = getattr(config, "model_dump", None)
+    if callable(dump):
+        result = dump(mode="json")
+        return result if isinstance(result, dict) else {"config": result}
+    if isinstance(config, dict):
+        return dict(config)
+    return {"config": repr(config)}
+
+
+def build_run_supervisor(plan: RunPlan) -> Supervisor:
+    """The supervision tree of one run (see the module docstring)."""
+    workflow = plan.workflow
+    cleanup = workflow.cleanup_stage_names()
+
+    def stage_group(name: str, nodes: Iterable[StageNode]) -> ChildSpec:
+        specs = [
+            ChildSpec(node.name, StageActor, (node, workflow.paths[node.name]), mailbox_size=4)
+            for node in nodes
+        ]
+        return ChildSpec(
+            name,
+            lambda: Supervisor(
+                specs,
+                intensity=plan.max_restarts,
+                period=plan.restart_window,
+                name=f"{plan.run.run_id}/{name}",
+            ),
+            restart="temporary",
+            shutdown="infinity",
+        )
+
+    stages = workflow.stages()
+    children = [
+        ChildSpec("telemetry", TelemetrySink, (plan.run.telemetry,), restart="temporary"),
+        stage_group("stages", [n for n in stages if n.name not in cleanup]),
+        stage_group("cleanup", [n for n in stages if n.name in cleanup]),
+        ChildSpec(
+            "workflow",
+            WorkflowActor,
+            (plan,),
+            restart="temporary",
+            significant=True,
+            shutdown=plan.cleanup_timeout + 5.0
+            if math.isfinite(plan.cleanup_timeout)
+            else "infinity",
+        ),
+    ]
+    supervisor = Supervisor(
+        children, auto_shutdown="any_significant", intensity=0, name=f"run {plan.run.run_id}"
+    )
+    plan.run_supervisor = supervisor
+    return supervisor
