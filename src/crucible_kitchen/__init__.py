@@ -16,6 +16,14 @@ torch, aiohttp, opentelemetry-sdk and trio are never imported by ``import crucib
 from __future__ import annotations
 
 from crucible_kitchen.errors import KitchenError as KitchenError
+from crucible_kitchen.kitchen import Adapters as Adapters
+from crucible_kitchen.kitchen import Kitchen as Kitchen
+from crucible_kitchen.kitchen import RunHandle as RunHandle
+from crucible_kitchen.kitchen import RunResult as RunResult
+from crucible_kitchen.recipes import Recipe as Recipe
+from crucible_kitchen.stages import Context as Context
+from crucible_kitchen.stages import RetryPolicy as RetryPolicy
+from crucible_kitchen.stages import Stage as Stage
 from crucible_kitchen.supervisors import Actor as Actor
 from crucible_kitchen.supervisors import ActorRef as ActorRef
 from crucible_kitchen.supervisors import ChildSpec as ChildSpec
@@ -24,18 +32,28 @@ from crucible_kitchen.supervisors import ExitReason as ExitReason
 from crucible_kitchen.supervisors import Message as Message
 from crucible_kitchen.supervisors import Supervisor as Supervisor
 from crucible_kitchen.supervisors import open_supervisor as open_supervisor
+from crucible_kitchen.workflows import Workflow as Workflow
 
 __version__ = "0.1.0"
 
 __all__ = (
     "Actor",
     "ActorRef",
+    "Adapters",
     "ChildSpec",
+    "Context",
     "ExitKind",
     "ExitReason",
+    "Kitchen",
     "KitchenError",
     "Message",
+    "Recipe",
+    "RetryPolicy",
+    "RunHandle",
+    "RunResult",
+    "Stage",
     "Supervisor",
+    "Workflow",
     "__version__",
     "open_supervisor",
 )

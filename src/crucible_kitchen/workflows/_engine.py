@@ -49,6 +49,7 @@ from crucible_kitchen.telemetry import (
     WorkflowException,
     WorkflowStart,
     WorkflowStop,
+    add_event,
     extract_context,
     inject_context,
     record_exception,
@@ -200,6 +201,7 @@ class WorkflowActor(Actor[Any]):
         self.committed: Context = plan.initial
         self.refs: dict[str, ActorRef[Execute]] = {}
         self.trace: dict[str, str] | None = None
+        self.span: Any = None
         self.last_errors: dict[str, BaseException | None] = {}
 
     async def on_start(self) -> None:
@@ -229,6 +231,7 @@ class WorkflowActor(Actor[Any]):
                 },
             )
             self.trace = inject_context(span)
+            self.span = span
         try:
             self.committed = await self._run_nodes(plan.workflow.nodes, plan.initial)
             outcome.status = "completed"
@@ -362,6 +365,17 @@ class WorkflowActor(Actor[Any]):
                     will_retry=will_retry,
                 )
             )
+            if self.span is not None:
+                add_event(
+                    self.span,
+                    "stage.retry" if will_retry else "stage.failed",
+                    {
+                        "crucible_kitchen.stage": node.name,
+                        "crucible_kitchen.attempt": attempt,
+                        "exception.type": "Killed" if error is None else type(error).__name__,
+                        "exception.message": "killed" if error is None else str(error),
+                    },
+                )
             if not will_retry:
                 await _rollback(node, ctx, error)
                 raise StageFailed(
