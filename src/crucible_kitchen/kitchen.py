@@ -33,7 +33,7 @@ from crucible_kitchen.errors import (
 )
 from crucible_kitchen.ports import PORT_PROTOCOLS, protocol_problems
 from crucible_kitchen.recipes import BUILTIN_RECIPES, Recipe
-from crucible_kitchen.stages import Context, RunInfo
+from crucible_kitchen.stages import Context, ContextSnapshot, RunInfo
 from crucible_kitchen.supervisors import ChildSpec, Supervisor, open_supervisor
 from crucible_kitchen.telemetry import TelemetryBus, TelemetryEvent, build_handler, get_tracer
 from crucible_kitchen.workflows import Workflow
@@ -259,11 +259,18 @@ class Kitchen:
         tracer_provider: Any = None,
         seed: int = 0,
         run_id: str | None = None,
+        resume: ContextSnapshot | None = None,
     ) -> RunResult:
         """Run ``target`` to its end and return the result (see :meth:`RunHandle.wait`)."""
         async with cls.open(tracer_provider=tracer_provider) as kitchen:
             run = await kitchen.start(
-                target, config, adapters=adapters, telemetry=telemetry, seed=seed, run_id=run_id
+                target,
+                config,
+                adapters=adapters,
+                telemetry=telemetry,
+                seed=seed,
+                run_id=run_id,
+                resume=resume,
             )
             result = await run.wait()
         return result  # noqa: RET504  (mypy: the context manager might swallow an exception)
@@ -375,11 +382,17 @@ class Kitchen:
         restart_window: float = 5.0,
         cleanup_timeout: float = 60.0,
         initial_state: Mapping[str, Any] | None = None,
+        resume: ContextSnapshot | None = None,
     ) -> RunHandle:
         """Start a run and return its handle once all of its actors are ready.
 
         Raises:
             ConfigError, PortError, RecipeNotFound: as :meth:`dry_run`, before anything starts.
+
+        ``resume`` continues a run from a checkpoint's :class:`ContextSnapshot`: its state,
+        metrics and step are restored and the loops skip the iterations already done (see
+        ``RunPlan.resume_loops``). Backend state (weights, optimizer) is the stages' business:
+        they find the snapshot's state and load the checkpoint it names.
         """
         recipe = _resolve(self._recipes, target)
         validated = recipe.config(config)
@@ -403,10 +416,13 @@ class Kitchen:
             recipe=recipe.name if recipe.name != workflow.name or target is recipe else None,
             fault_hook=fault_hook,
         )
+        initial = Context(info) if resume is None else Context.restore(info, resume)
+        initial.state.update(initial_state or {})
         plan = RunPlan(
             workflow=workflow,
             run=info,
-            initial=Context(info, state=dict(initial_state or {})),
+            initial=initial,
+            resume_loops={} if resume is None else dict(resume.loops),
             max_restarts=max_restarts,
             restart_window=restart_window,
             cleanup_timeout=cleanup_timeout,

@@ -6,6 +6,7 @@ Stages talk to backends only through ports (``ctx.port(name)``); they never impo
 from __future__ import annotations
 
 from crucible_kitchen.stages._context import Context as Context
+from crucible_kitchen.stages._context import ContextSnapshot as ContextSnapshot
 from crucible_kitchen.stages._context import RunInfo as RunInfo
 from crucible_kitchen.stages._context import derive_seed as derive_seed
 from crucible_kitchen.stages._stage import FunctionStage as FunctionStage
@@ -15,6 +16,7 @@ from crucible_kitchen.stages._stage import as_stage as as_stage
 
 __all__ = (
     "Context",
+    "ContextSnapshot",
     "FunctionStage",
     "RetryPolicy",
     "RunInfo",

@@ -7,17 +7,34 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from crucible_kitchen.errors import PortError
 
 if TYPE_CHECKING:
     from crucible_kitchen.telemetry import TelemetryBus
 
-__all__ = ("Context", "RunInfo", "derive_seed")
+__all__ = ("Context", "ContextSnapshot", "RunInfo", "derive_seed")
 
 FaultHook = Callable[[str, "Context", str], Awaitable[None]]
 """``await hook(point, ctx, operation)`` at each fault point (see ``stages._faults``)."""
 
 _NO_LOOPS: Final[dict[str, int]] = {}
+
+
+class ContextSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What a checkpoint keeps of a context, to resume the run exactly where it was.
+
+    ``state`` holds the values that serialize to JSON (the others, such as datasets and
+    futures, are rebuilt by the stages that run again on resume); ``loops`` is the position,
+    outermost loop first; ``path`` the stage that took it.
+    """
+
+    state: dict[str, Any]
+    metrics: dict[str, float]
+    step: int
+    loops: dict[str, int]
+    path: str
 
 
 def derive_seed(*parts: object) -> int:
@@ -209,6 +226,29 @@ class Context:
     def seed_for(self, name: str) -> int:
         """A 64-bit seed for libraries with their own generators (torch, numpy)."""
         return derive_seed(self.run.seed, name, self.path, sorted(self.loops.items()))
+
+    def snapshot(self) -> ContextSnapshot:
+        """This context as a :class:`ContextSnapshot` (for a checkpoint's payload)."""
+        state = {}
+        for key, value in self.state.items():
+            try:
+                state[key] = msgspec.json.decode(msgspec.json.encode(value))
+            except (TypeError, msgspec.EncodeError):
+                continue  # not data: rebuilt on resume by the stages that made it
+        return ContextSnapshot(
+            state=state,
+            metrics=dict(self.metrics),
+            step=self.step,
+            loops=dict(self.loops),
+            path=self.path,
+        )
+
+    @classmethod
+    def restore(cls, run: RunInfo, snapshot: ContextSnapshot) -> Context:
+        """A context to resume a run from ``snapshot`` (outside any loop)."""
+        return cls(
+            run, state=dict(snapshot.state), metrics=dict(snapshot.metrics), step=snapshot.step
+        )
 
     def emit(self, event: Any) -> None:
         """Send a telemetry event for this run."""

@@ -110,6 +110,11 @@ class RunPlan:
     cleanup_timeout: float = 60.0
     outcome: RunOutcome = field(default_factory=RunOutcome)
     run_supervisor: Supervisor | None = None
+    resume_loops: dict[str, int] = field(default_factory=dict)
+    """Where a resumed run continues: the loop positions (outermost first) at which its last
+    checkpoint was taken. Those loops skip the iterations already done; the innermost one
+    continues with the iteration after the checkpoint. Nodes outside those iterations run again,
+    so they must be repeatable (loading, shuffling by ``ctx.rng``, rendering)."""
 
 
 class StageActor(Actor[Execute]):
@@ -202,6 +207,7 @@ class WorkflowActor(Actor[Any]):
         self.refs: dict[str, ActorRef[Execute]] = {}
         self.trace: dict[str, str] | None = None
         self.span: Any = None
+        self.resume = dict(plan.resume_loops)
         self.last_errors: dict[str, BaseException | None] = {}
 
     async def on_start(self) -> None:
@@ -302,7 +308,10 @@ class WorkflowActor(Actor[Any]):
                 return await self._execute(node, ctx)
             case LoopNode(name=name, over=over, body=body):
                 items = range(over) if isinstance(over, int) else over(ctx)
+                start = self._resume_from(name)
                 for index, item in enumerate(items):
+                    if index < start:
+                        continue
                     ctx = await self._run_nodes(body, ctx.enter_loop(name, index, item))
                     ctx.leave_loop(name)
                 return ctx
@@ -315,6 +324,13 @@ class WorkflowActor(Actor[Any]):
             case StreamLoopNode():
                 return await self._stream_loop(node, ctx)
         raise AssertionError(node)
+
+    def _resume_from(self, loop: str) -> int:
+        """The first index a loop runs: 0, or where a resumed run left it."""
+        if not self.resume or next(iter(self.resume)) != loop:
+            return 0
+        index = self.resume.pop(loop)
+        return index if self.resume else index + 1  # the innermost loop resumes after it
 
     async def _execute(self, node: StageNode, ctx: Context) -> Context:
         ref = self.refs[node.name]
@@ -443,10 +459,15 @@ class WorkflowActor(Actor[Any]):
                     for item in source:
                         await send.send(item)
 
+        start = self._resume_from(node.name)
+
         async def body() -> None:
             async with receive:
                 index = 0
                 async for item in receive:
+                    if index < start:
+                        index += 1
+                        continue
                     done = await self._run_nodes(
                         node.body, latest[0].enter_loop(node.name, index, item)
                     )
