@@ -24,12 +24,13 @@ from crucible_kitchen.errors import (
 )
 
 from ._exit import NOPROC, ExitKind, ExitReason, classify_exit
+from ._mailbox import Mailbox
 from ._messages import ActorStatistics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from anyio import TaskHandle
 
     from ._supervisor import ChildSpec
 
@@ -110,8 +111,7 @@ class Slot:
         "incarnations",
         "is_supervisor",
         "last_exit",
-        "mailbox_rx",
-        "mailbox_tx",
+        "mailbox",
         "ref",
         "spec",
         "state",
@@ -128,8 +128,7 @@ class Slot:
         self.calls_handled = 0
         self.casts_handled = 0
         self.dead_letters = 0
-        self.mailbox_tx: MemoryObjectSendStream[object] | None = None
-        self.mailbox_rx: MemoryObjectReceiveStream[object] | None = None
+        self.mailbox: Mailbox[object] | None = None
         self.ref: ActorRef[Any] | None = None
 
     @property
@@ -137,20 +136,19 @@ class Slot:
         return self.spec.id
 
     def open_mailbox(self) -> None:
-        if self.mailbox_tx is None:
-            tx, rx = anyio.create_memory_object_stream[object](self.spec.mailbox_size)
-            self.mailbox_tx, self.mailbox_rx = tx, rx
+        if self.mailbox is None:
+            self.mailbox = Mailbox(self.spec.mailbox_size)
             self.ref = ActorRef(self)
 
     def drain(self, reason: ExitReason) -> None:
         """Fail every queued call and count every queued cast: nobody will read them."""
-        if self.mailbox_rx is None:
+        if self.mailbox is None:
             return
         error: ActorExited | None = None
         while True:
             try:
-                item = self.mailbox_rx.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                item = self.mailbox.get_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
                 return
             if type(item) is _Call:
                 error = error or _exited_error(self.id, reason)
@@ -160,10 +158,9 @@ class Slot:
 
     def close_mailbox(self, reason: ExitReason) -> None:
         self.state = SlotState.DELETED
+        if self.mailbox is not None:
+            self.mailbox.close()
         self.drain(reason)
-        if self.mailbox_tx is not None and self.mailbox_rx is not None:
-            self.mailbox_tx.close()
-            self.mailbox_rx.close()
 
 
 def _exited_error(actor: str, reason: ExitReason) -> ActorExited:
@@ -175,30 +172,33 @@ def _exited_error(actor: str, reason: ExitReason) -> ActorExited:
 
 
 class Incarnation:
-    """One start of a child: its instance, cancel scope, pending calls and exit."""
+    """One start of a child: its instance, its task, pending calls and exit."""
 
     __slots__ = (
+        "_exited",
         "cleanup_scope",
         "current_call",
         "deferred",
-        "exited",
+        "done",
         "instance",
         "killed",
         "number",
         "reason",
-        "scope",
         "slot",
         "stopping",
+        "task",
     )
 
     def __init__(self, slot: Slot | None, instance: Child, number: int) -> None:
         self.slot = slot
         self.instance = instance
         self.number = number
-        self.scope = anyio.CancelScope()
+        self.task: TaskHandle[None] | None = None
+        """Set by whoever spawns it; cancelling it is how a child is stopped or killed."""
         self.cleanup_scope: anyio.CancelScope | None = None
         """Bounds ``on_stop``; a kill cancels it too."""
-        self.exited = anyio.Event()
+        self.done = False
+        self._exited: anyio.Event | None = None
         self.reason: ExitReason | None = None
         self.stopping = False
         """Its supervisor asked it to stop: the exit is expected, not a reason to restart."""
@@ -210,21 +210,34 @@ class Incarnation:
     def name(self) -> str:
         return "<root>" if self.slot is None else self.slot.id
 
+    @property
+    def exited(self) -> anyio.Event:
+        """Set once the incarnation has ended (made on first use: most are never awaited)."""
+        if self._exited is None:
+            self._exited = anyio.Event()
+            if self.done:
+                self._exited.set()
+        return self._exited
+
     def request_stop(self) -> None:
         self.stopping = True
         self.instance._ck_request_stop(self)
 
     def kill(self) -> None:
-        if not self.exited.is_set():
+        if not self.done:
             self.killed = True
             self.instance._ck_kill(self)
             if self.cleanup_scope is not None:
                 self.cleanup_scope.cancel()
 
+    def cancel(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+
     def reason_when_returned(self) -> ExitReason:
         if self.killed:
             return ExitReason(ExitKind.KILLED, "killed")
-        if self.stopping or self.scope.cancelled_caught:
+        if self.stopping:
             return ExitReason(ExitKind.SHUTDOWN)
         return ExitReason(ExitKind.NORMAL)
 
@@ -238,7 +251,9 @@ class Incarnation:
                 call.fail(error)
         self.current_call = None
         self.deferred.clear()
-        self.exited.set()
+        self.done = True
+        if self._exited is not None:
+            self._exited.set()
 
 
 class Child:
@@ -251,10 +266,10 @@ class Child:
         return reason
 
     def _ck_request_stop(self, incarnation: Incarnation) -> None:
-        incarnation.scope.cancel()
+        incarnation.cancel()
 
     def _ck_kill(self, incarnation: Incarnation) -> None:
-        incarnation.scope.cancel()
+        incarnation.cancel()
 
 
 async def run_incarnation(
@@ -269,8 +284,7 @@ async def run_incarnation(
     child = incarnation.instance
     escaping: BaseException | None = None
     try:
-        with incarnation.scope:
-            await child._ck_run(incarnation, startup.ready)
+        await child._ck_run(incarnation, startup.ready)
         reason = incarnation.reason_when_returned()
     except BaseException as exc:
         try:
@@ -368,8 +382,8 @@ class Actor(Child, Generic[M]):
         incarnation = self._ck_incarnation
         slot = incarnation.slot
         assert slot is not None
-        assert slot.mailbox_rx is not None
-        receive = slot.mailbox_rx.receive
+        assert slot.mailbox is not None
+        receive = slot.mailbox.get
         while not self._ck_stop_requested:
             item = await receive()
             if type(item) is _Call:
@@ -410,7 +424,7 @@ class Actor(Child, Generic[M]):
 
     def _ck_request_stop(self, incarnation: Incarnation) -> None:
         if not self.on_stop_request():
-            incarnation.scope.cancel()
+            incarnation.cancel()
 
     def defer_reply(self) -> ReplyHandle:
         """Inside ``handle_call``: answer later, from anywhere, through the returned handle.
@@ -564,7 +578,7 @@ class ActorRef(Generic[M]):
         """True while an incarnation is running."""
         return self._slot.state is SlotState.RUNNING
 
-    def _check(self, message: object) -> MemoryObjectSendStream[object]:
+    def _check(self, message: object) -> Mailbox[object]:
         slot = self._slot
         if slot.state is SlotState.STOPPED or slot.state is SlotState.DELETED:
             raise ActorNotRunning(f"actor {slot.id!r} is not running", actor=slot.id)
@@ -575,13 +589,13 @@ class ActorRef(Generic[M]):
                 f"actor {slot.id!r} accepts {names}, not {type(message).__name__}",
                 actor=slot.id,
             )
-        assert slot.mailbox_tx is not None
-        return slot.mailbox_tx
+        assert slot.mailbox is not None
+        return slot.mailbox
 
     async def _put(self, item: object, message: object, timeout: float | None) -> None:
         mailbox = self._check(message)
         try:
-            mailbox.send_nowait(item)
+            mailbox.put_nowait(item)
             return
         except anyio.WouldBlock:
             pass
@@ -589,7 +603,7 @@ class ActorRef(Generic[M]):
             raise ActorNotRunning(f"actor {self.id!r} is gone", actor=self.id) from None
         with anyio.move_on_after(timeout):
             try:
-                await mailbox.send(item)
+                await mailbox.put(item)
             except anyio.ClosedResourceError:
                 raise ActorNotRunning(f"actor {self.id!r} is gone", actor=self.id) from None
             return
@@ -625,7 +639,7 @@ class ActorRef(Generic[M]):
         call = _Call(message)
         mailbox = self._check(message)
         try:
-            mailbox.send_nowait(call)  # the fast path: no checkpoint, no extra cancel scope
+            mailbox.put_nowait(call)  # the fast path: no checkpoint, no extra cancel scope
         except anyio.WouldBlock:
             start = anyio.current_time()
             await self._put(call, message, timeout)
@@ -643,7 +657,7 @@ class ActorRef(Generic[M]):
         """Queue a message now, or raise :class:`MailboxFull`."""
         mailbox = self._check(message)
         try:
-            mailbox.send_nowait(message)
+            mailbox.put_nowait(message)
         except anyio.WouldBlock:
             raise MailboxFull(f"actor {self.id!r}'s mailbox is full", actor=self.id) from None
         except anyio.ClosedResourceError:
@@ -669,13 +683,13 @@ class ActorRef(Generic[M]):
     def statistics(self) -> ActorStatistics:
         """A snapshot of the mailbox and counters."""
         slot = self._slot
-        stats = slot.mailbox_tx.statistics() if slot.mailbox_tx is not None else None
+        mailbox = slot.mailbox
         state: Literal["running", "restarting", "stopped", "deleted"] = slot.state.value
         return ActorStatistics(
             actor=slot.id,
             state=state,
             incarnation=slot.incarnations,
-            mailbox_used=0 if stats is None else stats.current_buffer_used,
+            mailbox_used=0 if mailbox is None else len(mailbox),
             mailbox_size=slot.spec.mailbox_size,
             calls_handled=slot.calls_handled,
             casts_handled=slot.casts_handled,

@@ -337,7 +337,7 @@ class Supervisor(Child):
                             await incarnation.exited.wait()
                         raise
         except anyio.get_cancelled_exc_class():
-            if incarnation.exited.is_set():
+            if incarnation.done:
                 _raise_if_gave_up(incarnation)  # a failure outranks the cancellation
             raise
         if startup.error is not None:
@@ -347,7 +347,7 @@ class Supervisor(Child):
     async def stop(self) -> None:
         """Stop every child in reverse start order, then the supervisor; wait until done."""
         incarnation = self._incarnation
-        if incarnation is None or incarnation.exited.is_set():
+        if incarnation is None or incarnation.done:
             return
         incarnation.request_stop()
         await incarnation.exited.wait()
@@ -422,7 +422,7 @@ class Supervisor(Child):
                 slot.incarnation.kill()
         if self._children_tg is not None:
             self._children_tg.cancel_scope.cancel()
-        incarnation.scope.cancel()
+        incarnation.cancel()
 
     # ---------------------------------------------------------------- the control loop
 
@@ -589,8 +589,9 @@ class Supervisor(Child):
         self._by_id[spec.id] = slot
         try:
             started = await self._start_incarnation(slot)
-        except ChildStartError as exc:
-            self._remove(slot, ExitReason(ExitKind.CRASH, "failed to start", exc.cause))
+        except BaseException as exc:
+            cause = exc.cause if isinstance(exc, ChildStartError) else exc
+            self._remove(slot, ExitReason(ExitKind.CRASH, "failed to start", cause))
             raise
         if started is None and spec.restart == "temporary":
             self._remove(slot, ExitReason(ExitKind.NORMAL, "ignored"))
@@ -620,21 +621,25 @@ class Supervisor(Child):
         startup = _Startup()
         slot.incarnation = incarnation
         assert self._children_tg is not None
-        self._children_tg.start_soon(
-            run_incarnation, incarnation, startup, self._child_exited, name=f"{self.name}/{slot.id}"
+        incarnation.task = self._children_tg.create_task(
+            run_incarnation(incarnation, startup, self._child_exited), name=slot.id
         )
-        if spec.start_timeout is None:
-            await startup.event.wait()
-        else:
-            with anyio.move_on_after(spec.start_timeout):
+        try:
+            if spec.start_timeout is None:
                 await startup.event.wait()
-            if not startup.event.is_set():
+            else:
+                with anyio.move_on_after(spec.start_timeout):
+                    await startup.event.wait()
                 startup.fail(TimeoutError(f"not ready within {spec.start_timeout} s"))
+        finally:  # timed out, or the starter was cancelled: the half-started child must go
+            if not startup.succeeded:
+                startup.fail(RuntimeError("the start was abandoned"))
                 incarnation.kill()
-                await incarnation.exited.wait()
+                with anyio.CancelScope(shield=True):
+                    await incarnation.exited.wait()
+                slot.incarnation = None
+                slot.last_exit = incarnation.reason
         if not startup.succeeded:
-            slot.incarnation = None
-            slot.last_exit = incarnation.reason
             assert startup.error is not None
             raise self._start_error(slot, startup.error) from startup.error
         slot.state = SlotState.RUNNING
@@ -662,7 +667,7 @@ class Supervisor(Child):
                 if timeout is not None:
                     with anyio.move_on_after(timeout):
                         await incarnation.exited.wait()
-                    if not incarnation.exited.is_set():
+                    if not incarnation.done:
                         logger.warning(
                             "supervisor %r: child %r did not stop within %g s; killing",
                             self.name,
@@ -735,17 +740,18 @@ class Supervisor(Child):
         if problems:
             raise ChildSpecError(problems)
 
-        async def start() -> ActorRef[Any] | Supervisor | None:
-            existing = self._by_id.get(spec.id)
-            if existing is not None:
-                raise ChildStateError(
-                    f"supervisor {self.name!r} already has a child {spec.id!r}",
-                    child_id=spec.id,
-                    state="running" if existing.state is SlotState.RUNNING else "already_present",
-                )
-            return await self._add_and_start(spec)
-
-        return await self._request(start)  # type: ignore[no-any-return]
+        self._running()  # from here to the start of the child nothing awaits: no race
+        existing = self._by_id.get(spec.id)
+        if existing is not None:
+            raise ChildStateError(
+                f"supervisor {self.name!r} already has a child {spec.id!r}",
+                child_id=spec.id,
+                state="running" if existing.state is SlotState.RUNNING else "already_present",
+            )
+        # Started from the caller's task (a spawn costs about one task switch, as
+        # TaskGroup.start does): a caller cancelled meanwhile kills the half-started child and
+        # leaves no spec behind.
+        return await self._add_and_start(spec)
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child (its spec is kept, unless temporary). Never triggers auto shutdown."""
