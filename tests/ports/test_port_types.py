@@ -15,11 +15,14 @@ from crucible_kitchen.ports import (
     LOSS_FN_INPUTS,
     AdamParams,
     BlobInfo,
+    CuratedExample,
     CustomLossOutput,
     DatasetInfo,
     Datum,
     EncodedTextChunk,
     EvalResult,
+    FeedbackExport,
+    FeedbackTrigger,
     ForwardBackwardOutput,
     ImageChunk,
     LoadStateResponse,
@@ -204,6 +207,19 @@ STRATEGIES: dict[type[msgspec.Struct], st.SearchStrategy[Any]] = {
         final_observation=model_inputs,
     ),
     Transition: transitions,
+    FeedbackTrigger: st.builds(
+        FeedbackTrigger, kind=name, value=finite, threshold=finite, detail=name
+    ),
+    CuratedExample: st.builds(
+        CuratedExample, example_id=name, prompt=name, response=name, source=name, score=finite
+    ),
+    FeedbackExport: st.builds(
+        FeedbackExport,
+        dataset=name,
+        split=name,
+        num_examples=st.integers(0, 100),
+        format=st.sampled_from(["jsonl", "parquet"]),
+    ),
 }
 
 STRUCT_TYPES = sorted(STRATEGIES, key=lambda cls: cls.__name__)

@@ -24,6 +24,11 @@ from crucible_kitchen.ports._dataset_store import DatasetStore as DatasetStore
 from crucible_kitchen.ports._env import Env as Env
 from crucible_kitchen.ports._env_group_builder import EnvGroupBuilder as EnvGroupBuilder
 from crucible_kitchen.ports._evaluator import Evaluator as Evaluator
+from crucible_kitchen.ports._feedback_client import CuratedExample as CuratedExample
+from crucible_kitchen.ports._feedback_client import ExportFormat as ExportFormat
+from crucible_kitchen.ports._feedback_client import FeedbackClient as FeedbackClient
+from crucible_kitchen.ports._feedback_client import FeedbackExport as FeedbackExport
+from crucible_kitchen.ports._feedback_client import FeedbackTrigger as FeedbackTrigger
 from crucible_kitchen.ports._future import BackendFuture as BackendFuture
 from crucible_kitchen.ports._metrics_store import MetricsStore as MetricsStore
 from crucible_kitchen.ports._model_registry import ModelRegistry as ModelRegistry
@@ -77,6 +82,7 @@ __all__ = (
     "BackendFuture",
     "BlobInfo",
     "BlobStore",
+    "CuratedExample",
     "CustomLossFn",
     "CustomLossOutput",
     "DatasetInfo",
@@ -88,6 +94,10 @@ __all__ = (
     "EnvGroupBuilder",
     "EvalResult",
     "Evaluator",
+    "ExportFormat",
+    "FeedbackClient",
+    "FeedbackExport",
+    "FeedbackTrigger",
     "ForwardBackwardOutput",
     "ImageChunk",
     "LoadStateResponse",

@@ -10,6 +10,7 @@ from crucible_kitchen.errors import PortError
 from crucible_kitchen.ports._blob_store import BlobStore
 from crucible_kitchen.ports._dataset_store import DatasetStore
 from crucible_kitchen.ports._evaluator import Evaluator
+from crucible_kitchen.ports._feedback_client import FeedbackClient
 from crucible_kitchen.ports._metrics_store import MetricsStore
 from crucible_kitchen.ports._model_registry import ModelRegistry
 from crucible_kitchen.ports._renderer import Renderer
@@ -26,6 +27,7 @@ PortName: TypeAlias = Literal[
     "blob_store",
     "dataset_store",
     "evaluator",
+    "feedback_client",
     "metrics_store",
     "model_registry",
     "renderer",
@@ -40,6 +42,7 @@ PORT_PROTOCOLS: Final[Mapping[PortName, type]] = MappingProxyType(
         "blob_store": BlobStore,
         "dataset_store": DatasetStore,
         "evaluator": Evaluator,
+        "feedback_client": FeedbackClient,
         "metrics_store": MetricsStore,
         "model_registry": ModelRegistry,
         "renderer": Renderer,

@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 from crucible_kitchen.recipes._builtin import BUILTIN_RECIPES as BUILTIN_RECIPES
+from crucible_kitchen.recipes._configs import AdamConfig as AdamConfig
+from crucible_kitchen.recipes._configs import DistillationConfig as DistillationConfig
+from crucible_kitchen.recipes._configs import FeedbackLoopConfig as FeedbackLoopConfig
+from crucible_kitchen.recipes._configs import PreferenceConfig as PreferenceConfig
+from crucible_kitchen.recipes._configs import ReinforcementConfig as ReinforcementConfig
+from crucible_kitchen.recipes._configs import SupervisedConfig as SupervisedConfig
+from crucible_kitchen.recipes._configs import TrainingConfig as TrainingConfig
 from crucible_kitchen.recipes._recipe import Recipe as Recipe
 from crucible_kitchen.recipes._recipe import validate_config as validate_config
 
-__all__ = ("BUILTIN_RECIPES", "Recipe", "validate_config")
+__all__ = (
+    "BUILTIN_RECIPES",
+    "AdamConfig",
+    "DistillationConfig",
+    "FeedbackLoopConfig",
+    "PreferenceConfig",
+    "Recipe",
+    "ReinforcementConfig",
+    "SupervisedConfig",
+    "TrainingConfig",
+    "validate_config",
+)

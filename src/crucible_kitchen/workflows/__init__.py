@@ -5,6 +5,11 @@ See ``docs/guides/custom-workflows.md``.
 
 from __future__ import annotations
 
+from crucible_kitchen.workflows._builtin import distillation_workflow as distillation_workflow
+from crucible_kitchen.workflows._builtin import feedback_loop_workflow as feedback_loop_workflow
+from crucible_kitchen.workflows._builtin import preference_workflow as preference_workflow
+from crucible_kitchen.workflows._builtin import reinforcement_workflow as reinforcement_workflow
+from crucible_kitchen.workflows._builtin import supervised_workflow as supervised_workflow
 from crucible_kitchen.workflows._dsl import Workflow as Workflow
 from crucible_kitchen.workflows._dsl import async_loop as async_loop
 from crucible_kitchen.workflows._dsl import conditional as conditional
@@ -17,8 +22,13 @@ __all__ = (
     "Workflow",
     "async_loop",
     "conditional",
+    "distillation_workflow",
+    "feedback_loop_workflow",
     "loop",
     "parallel",
+    "preference_workflow",
+    "reinforcement_workflow",
     "stage",
     "stream_loop",
+    "supervised_workflow",
 )

@@ -22,6 +22,9 @@ from crucible_kitchen.adapters.noop._faults import Hang as Hang
 from crucible_kitchen.adapters.noop._faults import Latency as Latency
 from crucible_kitchen.adapters.noop._faults import PermanentFailure as PermanentFailure
 from crucible_kitchen.adapters.noop._faults import TransientFailure as TransientFailure
+from crucible_kitchen.adapters.noop._feedback_client import (
+    NoopFeedbackClient as NoopFeedbackClient,
+)
 from crucible_kitchen.adapters.noop._ledger import CallCounters as CallCounters
 from crucible_kitchen.adapters.noop._ledger import NoopFuture as NoopFuture
 from crucible_kitchen.adapters.noop._metrics_store import NoopMetricsStore as NoopMetricsStore
@@ -50,6 +53,7 @@ __all__ = (
     "NoopEnv",
     "NoopEnvGroupBuilder",
     "NoopEvaluator",
+    "NoopFeedbackClient",
     "NoopFuture",
     "NoopMetricsStore",
     "NoopModelRegistry",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from crucible_kitchen.adapters.noop._blob_store import NoopBlobStore
 from crucible_kitchen.adapters.noop._dataset_store import NoopDatasetStore
 from crucible_kitchen.adapters.noop._evaluator import NoopEvaluator
+from crucible_kitchen.adapters.noop._feedback_client import NoopFeedbackClient
 from crucible_kitchen.adapters.noop._metrics_store import NoopMetricsStore
 from crucible_kitchen.adapters.noop._model_registry import NoopModelRegistry
 from crucible_kitchen.adapters.noop._renderer import NoopRenderer
@@ -36,6 +37,7 @@ def noop_adapters(
         "blob_store": NoopBlobStore(faults=faults),
         "dataset_store": NoopDatasetStore(seed=seed, num_rows=num_rows, faults=faults),
         "evaluator": NoopEvaluator(faults=faults),
+        "feedback_client": NoopFeedbackClient(seed=seed, faults=faults),
         "metrics_store": NoopMetricsStore(faults=faults),
         "model_registry": NoopModelRegistry(seed=seed, faults=faults),
         "renderer": NoopRenderer(tokenizer),

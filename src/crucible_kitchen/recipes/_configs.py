@@ -1,0 +1,257 @@
+"""The config models of the built-in recipes (pydantic v2; unknown keys are errors).
+
+Defaults are small, so that a run on the noop adapters takes well under a second; field
+names follow tinker-cookbook's configs. Steps are optimizer steps, counted from 0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+from pydantic import Field
+
+from crucible_kitchen.ports import ExportFormat, TrainOnWhat
+from crucible_kitchen.training import AdvantageNormalization, LRSchedule
+
+__all__ = (
+    "AdamConfig",
+    "DistillationConfig",
+    "FeedbackLoopConfig",
+    "PreferenceConfig",
+    "ReinforcementConfig",
+    "SupervisedConfig",
+    "TrainingConfig",
+)
+
+
+class _Config(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class AdamConfig(_Config):
+    """AdamW settings of every optimizer step (the learning rate comes from the schedule)."""
+
+    beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="First-moment decay.")
+    beta2: float = Field(default=0.95, ge=0.0, lt=1.0, description="Second-moment decay.")
+    eps: float = Field(default=1e-8, gt=0.0, description="Denominator epsilon.")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="Decoupled weight decay.")
+    grad_clip_norm: float = Field(default=0.0, ge=0.0, description="Gradient norm clip; 0 is off.")
+
+
+class TrainingConfig(_Config):
+    """What every built-in training workflow shares: optimizer, schedule, saves, evals."""
+
+    model_name: str = Field(
+        default="crucible-model",
+        min_length=1,
+        description="Name the trained model is registered as.",
+    )
+    model_version: str | None = Field(
+        default=None, min_length=1, description="Registered version; by default the run id."
+    )
+    learning_rate: float = Field(default=1e-4, gt=0.0, description="Base learning rate.")
+    lr_schedule: LRSchedule = Field(
+        default="linear", description="constant, linear or cosine decay."
+    )
+    warmup_steps: int = Field(
+        default=0, ge=0, description="Linear warmup steps (capped at the run's total steps)."
+    )
+    adam: AdamConfig = Field(default_factory=AdamConfig, description="AdamW settings.")
+    save_every: int = Field(
+        default=0, ge=0, description="Save a checkpoint every N steps; 0 is off."
+    )
+    checkpoint_prefix: str = Field(
+        default="step",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Checkpoint names are '<prefix>_<step:06d>'.",
+    )
+    eval_every: int = Field(default=0, ge=0, description="Evaluate every N steps; 0 is off.")
+    final_eval: bool = Field(default=True, description="Evaluate once more after the last step.")
+    eval_split: str = Field(
+        default="test", min_length=1, description="Split of the dataset to evaluate."
+    )
+    eval_examples: int | None = Field(
+        default=32,
+        ge=1,
+        description="Evaluate on at most this many rows; None for the whole split.",
+    )
+    use_evaluator: bool = Field(
+        default=True,
+        description="Also score sampler weights with the 'evaluator' port when evaluating.",
+    )
+    register_model: bool = Field(
+        default=True, description="Register the final weights with the 'model_registry' port."
+    )
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates at all."""
+        return self.eval_every > 0 or self.final_eval
+
+
+class _SupervisedTraining(TrainingConfig):
+    """Supervised training on rendered conversations, pipelined (also used by the feedback loop)."""
+
+    batch_size: int = Field(default=8, ge=1, description="Examples per optimizer step.")
+    epochs: int = Field(default=1, ge=1, description="Passes over the dataset.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")
+    max_length: int = Field(
+        default=512, ge=2, description="Tokens per example; longer ones are cut."
+    )
+    train_on_what: TrainOnWhat = Field(
+        default="last_assistant_message", description="Which tokens of a conversation carry weight."
+    )
+    shuffle: bool = Field(default=True, description="Reshuffle the examples every epoch.")
+    pipeline_depth: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Steps submitted ahead of the one awaited (tinker-cookbook submit_ahead).",
+    )
+    max_examples: int | None = Field(
+        default=None, ge=1, description="Use at most this many training rows."
+    )
+
+
+class SupervisedConfig(_SupervisedTraining):
+    """Supervised fine-tuning (SFT) with the cross-entropy loss."""
+
+    dataset: str = Field(default="chat_tasks", min_length=1, description="Dataset store name.")
+    split: str = Field(default="train", min_length=1, description="Split to train on.")
+
+
+class ReinforcementConfig(TrainingConfig):
+    """GRPO-style RL on verifiable problems (rows with ``question`` and integer ``answer``)."""
+
+    dataset: str = Field(default="arithmetic_rl", min_length=1, description="Dataset store name.")
+    split: str = Field(default="train", min_length=1, description="Split the problems come from.")
+    learning_rate: float = Field(default=4e-5, gt=0.0, description="Base learning rate.")
+    lr_schedule: LRSchedule = Field(
+        default="constant", description="constant, linear or cosine decay."
+    )
+    num_batches: int = Field(
+        default=4, ge=1, description="Optimizer steps (one batch of groups each)."
+    )
+    groups_per_batch: int = Field(default=4, ge=1, description="Problems per batch.")
+    group_size: int = Field(
+        default=4, ge=1, description="Rollouts per problem (samples per prompt)."
+    )
+    max_tokens: int = Field(default=16, ge=1, description="Tokens per sampled reply.")
+    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature.")
+    max_turns: int = Field(default=4, ge=1, description="Episode length limit, in agent turns.")
+    format_coef: float = Field(
+        default=0.1, ge=0.0, description="Reward penalty for a reply that does not end properly."
+    )
+    loss_fn: Literal["importance_sampling", "ppo"] = Field(
+        default="importance_sampling", description="Backend policy loss."
+    )
+    clip_low_threshold: float = Field(default=0.8, gt=0.0, description="PPO ratio clip, low side.")
+    clip_high_threshold: float = Field(
+        default=1.2, gt=0.0, description="PPO ratio clip, high side."
+    )
+    advantage_normalization: AdvantageNormalization = Field(
+        default="none", description="none (tinker-cookbook), group_std or batch_std (TRL)."
+    )
+    remove_constant_reward_groups: bool = Field(
+        default=False, description="Drop groups whose rewards are all equal (they teach nothing)."
+    )
+    kl_penalty_coef: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="KL penalty against the 'sampling_client' port (the reference); 0 is off.",
+    )
+    kl_discount_factor: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="KL penalty discount."
+    )
+    sampler_refresh_every: int = Field(
+        default=1, ge=1, description="Save weights for the sampler every N steps (1 is on-policy)."
+    )
+    mode: Literal["sync", "async"] = Field(
+        default="sync",
+        description="sync: deterministic on-policy loop; async: sample while training.",
+    )
+    max_steps_off_policy: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="async mode: batches sampled ahead of training (staleness).",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _clip_range(self) -> ReinforcementConfig:
+        if self.clip_low_threshold >= self.clip_high_threshold:
+            raise ValueError("clip_low_threshold must be below clip_high_threshold")
+        return self
+
+
+class PreferenceConfig(TrainingConfig):
+    """DPO on (prompt, chosen, rejected) rows, against the frozen initial weights."""
+
+    dataset: str = Field(
+        default="preference_tasks", min_length=1, description="Dataset store name."
+    )
+    split: str = Field(default="train", min_length=1, description="Split to train on.")
+    learning_rate: float = Field(default=1e-5, gt=0.0, description="Base learning rate.")
+    dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature beta.")
+    batch_size: int = Field(default=4, ge=1, description="Preference pairs per optimizer step.")
+    epochs: int = Field(default=1, ge=1, description="Passes over the pairs.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")
+    max_length: int = Field(
+        default=512, ge=2, description="Tokens per sequence; longer ones are cut."
+    )
+    max_examples: int | None = Field(default=None, ge=1, description="Use at most this many pairs.")
+    shuffle: bool = Field(default=True, description="Reshuffle the pairs every epoch.")
+    pipeline_depth: int = Field(
+        default=1, ge=0, le=16, description="Steps submitted ahead of the one awaited."
+    )
+
+
+class DistillationConfig(TrainingConfig):
+    """On-policy distillation: the student samples, the 'teacher_sampling_client' scores."""
+
+    dataset: str = Field(
+        default="chat_tasks", min_length=1, description="Dataset store name (prompts)."
+    )
+    split: str = Field(default="train", min_length=1, description="Split the prompts come from.")
+    lr_schedule: LRSchedule = Field(
+        default="constant", description="constant, linear or cosine decay."
+    )
+    num_batches: int = Field(default=4, ge=1, description="Optimizer steps.")
+    prompts_per_batch: int = Field(default=4, ge=1, description="Prompts per batch.")
+    samples_per_prompt: int = Field(default=2, ge=1, description="Student samples per prompt.")
+    max_tokens: int = Field(default=16, ge=1, description="Tokens per sampled reply.")
+    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature.")
+    kl_coef: float = Field(default=1.0, gt=0.0, description="Weight of the per-token reverse KL.")
+    kl_discount_factor: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Reverse-KL discount."
+    )
+    sampler_refresh_every: int = Field(
+        default=1, ge=1, description="Save weights for the sampler every N steps (1 is on-policy)."
+    )
+
+
+class FeedbackLoopConfig(_SupervisedTraining):
+    """Retrain a deployed model on its curated production feedback when a trigger fires."""
+
+    deployment_id: str = Field(
+        default="default", min_length=1, description="The deployment to watch."
+    )
+    curate_limit: int | None = Field(
+        default=64, ge=1, description="Curate at most this many examples; None for all."
+    )
+    min_examples: int = Field(
+        default=8, ge=1, description="Retrain only with at least this many curated examples."
+    )
+    export_format: ExportFormat = Field(default="jsonl", description="File format of the export.")
+    final_eval: bool = Field(
+        default=True, description="Evaluate the retrained model before registering."
+    )
+    batch_size: int = Field(default=4, ge=1, description="Examples per optimizer step.")
+
+    @pydantic.model_validator(mode="after")
+    def _registers(self) -> FeedbackLoopConfig:
+        if not self.register_model:
+            raise ValueError("register_model must be true: the new baseline is a registered model")
+        return self

@@ -1,0 +1,727 @@
+"""What the built-in workflows share: in-flight training steps, saves, evals, registration.
+
+State keys written here (values are never mutated in place, only replaced):
+
+- ``"in_flight"``: :class:`InFlightStep` records, oldest first, submitted but not awaited;
+- ``"dataset"``: the name of the dataset being trained on (evaluation reads its eval split);
+- ``"eval_rows"``: the evaluation rows; ``"last_eval_step"``: the step last evaluated;
+- ``"sampler"`` / ``"sampler_step"``: a sampling client over the weights after that step;
+- ``"checkpoints"``, ``"final_state_path"``, ``"final_sampler_path"``,
+  ``"registered_model_id"``/``"registered_model_version"``, and ``"artifacts"`` (what the
+  run result reports).
+
+Every stage reads its settings from ``ctx.config`` (one of the recipes' config models).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from crucible_kitchen.errors import (
+    BackendError,
+    ConfigError,
+    DataError,
+    PermanentBackendError,
+    PortError,
+    RenderError,
+    TrainingInputError,
+)
+from crucible_kitchen.ports import (
+    AdamParams,
+    Datum,
+    Message,
+    MetricPoint,
+    ModelArtifact,
+    ModelInput,
+    TensorData,
+    Trajectory,
+)
+from crucible_kitchen.stages._stage import RetryPolicy, Stage
+from crucible_kitchen.telemetry import (
+    EvalComplete,
+    ModelRegistered,
+    TrainingCheckpoint,
+    TrainingEpoch,
+)
+from crucible_kitchen.training import scheduled_learning_rate
+
+if TYPE_CHECKING:
+    from crucible_kitchen.ports import (
+        BackendFuture,
+        CustomLossFn,
+        DatasetRow,
+        ForwardBackwardOutput,
+        LossFnType,
+        OptimStepResponse,
+        Renderer,
+        SamplingClient,
+        Tokenizer,
+        TrainOnWhat,
+    )
+    from crucible_kitchen.stages._context import Context
+    from crucible_kitchen.telemetry import BaseEvent
+
+__all__ = (
+    "AwaitTrainingSteps",
+    "BuiltinStage",
+    "FlushMetrics",
+    "InFlightStep",
+    "LoadDataset",
+    "LoadEvalRows",
+    "RefreshSampler",
+    "RegisterModel",
+    "RunEvaluator",
+    "SaveCheckpoint",
+    "SaveFinalWeights",
+    "ShuffleEpoch",
+    "batches_this_epoch",
+    "checkpoint_due",
+    "eval_due",
+    "final_eval_due",
+    "next_token_datum",
+    "rl_datums",
+    "row_messages",
+    "sampler_is_stale",
+)
+
+IN_FLIGHT: Final = "in_flight"
+
+_BAD_INPUT: Final = (
+    PermanentBackendError,
+    ConfigError,
+    PortError,
+    DataError,
+    RenderError,
+    TrainingInputError,
+)
+
+
+class BuiltinStage(Stage):
+    """Base of the built-in stages: a crash is retried, bad data or config is not."""
+
+    retry: ClassVar[RetryPolicy] = RetryPolicy(never_retry=_BAD_INPUT)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+_PROMPT_REPLY_KEYS: Final = (
+    ("prompt", "completion"),
+    ("prompt", "response"),
+    ("instruction", "response"),
+    ("input", "output"),
+)
+
+
+def row_messages(row: DatasetRow, index: int) -> list[Message]:
+    """The conversation of a dataset row.
+
+    Accepted shapes: ``messages`` (a list of ``{"role", "content"}``), or a prompt and a reply
+    as ``prompt``/``completion``, ``prompt``/``response``, ``instruction``/``response`` or
+    ``input``/``output`` (strings).
+
+    Raises:
+        DataError: the row has none of these shapes; names the row.
+    """
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages:
+        return [as_message(item, index) for item in messages]
+    for prompt_key, reply_key in _PROMPT_REPLY_KEYS:
+        prompt, reply = row.get(prompt_key), row.get(reply_key)
+        if isinstance(prompt, str) and isinstance(reply, str):
+            return [Message(role="user", content=prompt), Message(role="assistant", content=reply)]
+    raise DataError(
+        f"row {index}: expected 'messages' or a prompt and a reply "
+        f"({', '.join('/'.join(keys) for keys in _PROMPT_REPLY_KEYS)}); got {sorted(row)}"
+    )
+
+
+def as_message(item: object, index: int) -> Message:
+    """A ``{"role", "content"}`` mapping of row ``index`` as a message.
+
+    Raises:
+        DataError: it is not such a mapping of strings.
+    """
+    if isinstance(item, Mapping):
+        role, content = item.get("role"), item.get("content")
+        if isinstance(role, str) and isinstance(content, str):
+            return Message(role=role, content=content)
+    raise DataError(f"row {index}: a message must have string 'role' and 'content', got {item!r}")
+
+
+def next_token_datum(
+    tokens: Sequence[int], weights: Sequence[float], max_length: int
+) -> Datum | None:
+    """The datum that predicts ``tokens[1:]`` from ``tokens[:-1]`` with ``weights[1:]``.
+
+    Sequences are cut to their first ``max_length`` tokens first (tinker-cookbook's
+    ``datum_from_model_input_weights``). ``None`` when nothing with weight is left.
+    """
+    tokens, weights = list(tokens[:max_length]), list(weights[:max_length])
+    if len(tokens) < 2 or not any(w > 0 for w in weights[1:]):
+        return None
+    return Datum(
+        model_input=ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={
+            "target_tokens": TensorData(dtype="int64", data=tuple(tokens[1:])),
+            "weights": TensorData(dtype="float32", data=tuple(float(w) for w in weights[1:])),
+        },
+    )
+
+
+def render_row(
+    row: DatasetRow,
+    index: int,
+    renderer: Renderer,
+    tokenizer: Tokenizer,
+    *,
+    train_on_what: TrainOnWhat,
+    max_length: int,
+) -> Datum | None:
+    """A supervised datum from a row: a conversation through the renderer, or a plain
+    ``text`` row through the tokenizer (every token after the first weighted).
+
+    Raises:
+        DataError: the row has no usable shape.
+        RenderError: ``train_on_what`` selects nothing in the conversation.
+    """
+    text = row.get("text")
+    if isinstance(text, str) and "messages" not in row:
+        tokens = tokenizer.encode(text, add_special_tokens=True)
+        if tokenizer.eos_token_id is not None:
+            tokens.append(tokenizer.eos_token_id)
+        return next_token_datum(tokens, [1.0] * len(tokens), max_length)
+    model_input, weights = renderer.build_supervised_example(
+        row_messages(row, index), train_on_what=train_on_what
+    )
+    return next_token_datum(model_input.to_ints(), [float(w) for w in weights.data], max_length)
+
+
+def datum_weights(datum: Datum) -> tuple[float, ...]:
+    """The ``weights`` loss input of a datum, as floats."""
+    return tuple(float(w) for w in datum.loss_fn_inputs["weights"].data)
+
+
+def datum_sequence(datum: Datum) -> ModelInput:
+    """The whole token sequence of a datum: its input plus its last target token."""
+    targets = datum.loss_fn_inputs["target_tokens"].data
+    return datum.model_input.append_int(int(targets[-1]))
+
+
+def rl_datums(trajectory: Trajectory, advantage: float) -> list[tuple[Datum, tuple[float, ...]]]:
+    """The training data of one trajectory, each datum with its action mask.
+
+    Turns are merged into one datum while each observation extends the sequence so far
+    (tinker-cookbook's ``trajectory_to_data``); otherwise a new datum starts. Per target
+    token: ``logprobs`` holds the sampler's logprob (0 on observation tokens) and
+    ``advantages`` the trajectory's advantage on action tokens (0 elsewhere).
+
+    Raises:
+        TrainingInputError: an action has no sampler logprobs.
+    """
+    out: list[tuple[Datum, tuple[float, ...]]] = []
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    mask: list[float] = []
+
+    def flush() -> None:
+        if len(tokens) >= 2:
+            datum = Datum(
+                model_input=ModelInput.from_ints(tokens[:-1]),
+                loss_fn_inputs={
+                    "target_tokens": TensorData(dtype="int64", data=tuple(tokens[1:])),
+                    "logprobs": TensorData(dtype="float32", data=tuple(logprobs[1:])),
+                    "advantages": TensorData(
+                        dtype="float32", data=tuple(advantage * m for m in mask[1:])
+                    ),
+                },
+            )
+            out.append((datum, tuple(mask[1:])))
+        tokens.clear()
+        logprobs.clear()
+        mask.clear()
+
+    for transition in trajectory.transitions:
+        observation = transition.observation.to_ints()
+        if tokens and observation[: len(tokens)] == tokens:
+            observation = observation[len(tokens) :]
+        else:
+            flush()
+        action = transition.action
+        if action.logprobs is None:
+            raise TrainingInputError("an action has no sampler logprobs; RL needs them")
+        tokens.extend(observation)
+        logprobs.extend([0.0] * len(observation))
+        mask.extend([0.0] * len(observation))
+        tokens.extend(action.tokens)
+        logprobs.extend(action.logprobs)
+        mask.extend([1.0] * len(action.tokens))
+    flush()
+    return out
+
+
+def with_advantages(datum: Datum, advantages: Sequence[float]) -> Datum:
+    """A copy of an RL datum with other per-token advantages."""
+    inputs = dict(datum.loss_fn_inputs)
+    inputs["advantages"] = TensorData(dtype="float32", data=tuple(float(a) for a in advantages))
+    return Datum(model_input=datum.model_input, loss_fn_inputs=inputs)
+
+
+async def sequence_logprobs(
+    ctx: Context, client: SamplingClient, data: Sequence[Datum], operation: str
+) -> list[list[float]]:
+    """The target-token logprobs of each datum's sequence under another model.
+
+    Every request is submitted before any is awaited; position 0 (unscored) is dropped so
+    the values align with the datums' targets.
+    """
+    futures = [
+        await client.compute_logprobs(
+            datum_sequence(datum), request_id=ctx.request_id(f"{operation}/{index}")
+        )
+        for index, datum in enumerate(data)
+    ]
+    scored: list[list[float]] = []
+    for future in futures:
+        values = (await future.result())[1:]
+        scored.append([0.0 if v is None else float(v) for v in values])
+    return scored
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer steps
+
+
+def learning_rate(ctx: Context, step: int, total_steps: int) -> float:
+    """The scheduled learning rate of ``step`` (0-based) out of ``total_steps``."""
+    config = ctx.config
+    total = max(total_steps, step + 1)
+    return scheduled_learning_rate(
+        step,
+        total,
+        float(config.learning_rate),
+        schedule=config.lr_schedule,
+        warmup_steps=min(int(config.warmup_steps), total),
+    )
+
+
+def adam_params(ctx: Context, lr: float) -> AdamParams:
+    """The AdamW parameters of one step: the config's ``adam`` settings and ``lr``."""
+    adam = ctx.config.adam
+    return AdamParams(
+        learning_rate=lr,
+        beta1=float(adam.beta1),
+        beta2=float(adam.beta2),
+        eps=float(adam.eps),
+        weight_decay=float(adam.weight_decay),
+        grad_clip_norm=float(adam.grad_clip_norm),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightStep:
+    """One optimizer step submitted to the backend and not yet awaited.
+
+    ``masks`` holds one mask per datum where the loss needs one beyond the datum itself
+    (the action tokens in RL), ``metrics`` what the step's metrics row adds to the result.
+    """
+
+    step: int
+    total_steps: int
+    epoch: int
+    lr: float
+    data: tuple[Datum, ...]
+    forward_backward: BackendFuture[ForwardBackwardOutput]
+    optim: BackendFuture[OptimStepResponse]
+    masks: tuple[tuple[float, ...], ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    ends_epoch: bool = False
+
+
+async def submit_training_step(
+    ctx: Context,
+    data: Sequence[Datum],
+    *,
+    total_steps: int,
+    loss_fn: LossFnType | None = None,
+    loss_fn_config: Mapping[str, float | str] | None = None,
+    custom_loss: CustomLossFn | None = None,
+    epoch: int = 0,
+    masks: Sequence[tuple[float, ...]] = (),
+    metrics: Mapping[str, float] | None = None,
+    ends_epoch: bool = False,
+) -> InFlightStep:
+    """Submit one forward-backward and its optimizer step without awaiting either.
+
+    Exactly one of ``loss_fn`` (a named backend loss) and ``custom_loss`` is given. The step
+    is ``ctx.step``, which then advances; its record joins ``ctx.state["in_flight"]``.
+    """
+    client = ctx.port("training_client")
+    step = ctx.step
+    lr = learning_rate(ctx, step, total_steps)
+    batch = tuple(data)
+    if custom_loss is not None:
+        forward_backward = await client.forward_backward_custom(
+            batch, custom_loss, request_id=ctx.request_id("forward_backward_custom")
+        )
+    else:
+        assert loss_fn is not None, "a named loss_fn or a custom_loss is needed"
+        forward_backward = await client.forward_backward(
+            batch, loss_fn, loss_fn_config, request_id=ctx.request_id("forward_backward")
+        )
+    optim = await client.optim_step(adam_params(ctx, lr), request_id=ctx.request_id("optim_step"))
+    record = InFlightStep(
+        step=step,
+        total_steps=total_steps,
+        epoch=epoch,
+        lr=lr,
+        data=batch,
+        forward_backward=forward_backward,
+        optim=optim,
+        masks=tuple(masks),
+        metrics=dict(metrics or {}),
+        ends_epoch=ends_epoch,
+    )
+    ctx.state[IN_FLIGHT] = (*ctx.state.get(IN_FLIGHT, ()), record)
+    ctx.step = step + 1
+    return record
+
+
+async def record_metrics(ctx: Context, step: int, row: Mapping[str, float]) -> None:
+    """Put a metrics row in ``ctx.metrics`` (latest values win) and the metrics store."""
+    ctx.metrics.update(row)
+    points = [
+        MetricPoint(run_id=ctx.run_id, name=name, step=step, value=float(value))
+        for name, value in sorted(row.items())
+    ]
+    await ctx.port("metrics_store").record(points, request_id=ctx.request_id("record_metrics"))
+
+
+class AwaitTrainingSteps(BuiltinStage, abc.ABC):
+    """Await in-flight steps, oldest first, until at most ``pipeline_depth`` remain.
+
+    With ``drain=True`` (and in workflows without pipelining) it awaits all of them. Each
+    awaited step's metrics row goes to ``ctx.metrics`` and the metrics store, and its
+    telemetry event is emitted (and the epoch's, after the last step of an epoch).
+
+    A killed execution is retried (the futures are in the context); a backend error is not:
+    a future keeps its error, and the requests submitted after the failed one have run.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("metrics_store",)
+    retry: ClassVar[RetryPolicy] = RetryPolicy(never_retry=(*_BAD_INPUT, BackendError))
+    pipelined: ClassVar[bool] = True
+
+    def __init__(self, *, drain: bool = False) -> None:
+        self.drain = drain
+
+    async def execute(self, ctx: Context) -> Context:
+        in_flight: tuple[InFlightStep, ...] = ctx.state.get(IN_FLIGHT, ())
+        keep = 0 if self.drain or not self.pipelined else int(ctx.config.pipeline_depth)
+        while len(in_flight) > keep:
+            oldest = in_flight[0]
+            output = await oldest.forward_backward.result()
+            optim = await oldest.optim.result()
+            row = {**oldest.metrics, **self.report(oldest, output)}
+            row.update({f"optim/{k}": float(v) for k, v in optim.metrics.items()})
+            await record_metrics(ctx, oldest.step, row)
+            ctx.emit(self.event(oldest, row))
+            if oldest.ends_epoch:
+                ctx.emit(
+                    TrainingEpoch(
+                        epoch=oldest.epoch,
+                        total_epochs=ctx.state.get("num_epochs"),
+                        step=oldest.step + 1,
+                        metrics=dict(ctx.metrics),
+                    )
+                )
+            in_flight = in_flight[1:]
+            ctx.state[IN_FLIGHT] = in_flight
+        return ctx
+
+    @abc.abstractmethod
+    def report(self, step: InFlightStep, output: ForwardBackwardOutput) -> dict[str, float]:
+        """The metrics a finished step's output gives (its own ``metrics`` are added)."""
+
+    @abc.abstractmethod
+    def event(self, step: InFlightStep, row: Mapping[str, float]) -> BaseEvent:
+        """The telemetry event of a finished step with its whole metrics ``row``."""
+
+
+def training_logprobs(output: ForwardBackwardOutput) -> list[list[float]]:
+    """The learner's target logprobs of each datum, from a forward(-backward) output."""
+    return [[float(v) for v in item["logprobs"].data] for item in output.loss_fn_outputs]
+
+
+# --------------------------------------------------------------------------------------------
+# Data order, epochs
+
+
+class ShuffleEpoch(BuiltinStage):
+    """Fix this epoch's data order: a seeded permutation (identity with ``shuffle=False``)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    async def execute(self, ctx: Context) -> Context:
+        order = list(range(len(ctx.state[self.source])))
+        if ctx.config.shuffle:
+            ctx.rng("data_order").shuffle(order)
+        ctx.state["order"] = tuple(order)
+        return ctx
+
+
+def batch_of(ctx: Context, source: str, batch_size: int) -> list[Any]:
+    """The items of ``ctx.state[source]`` in the current batch of the current epoch."""
+    index = ctx.loops["batches"]
+    order: tuple[int, ...] = ctx.state["order"]
+    items: Sequence[Any] = ctx.state[source]
+    return [items[i] for i in order[index * batch_size : (index + 1) * batch_size]]
+
+
+def plan_steps(
+    ctx: Context, num_items: int, batch_size: int, epochs: int, max_steps: int | None
+) -> None:
+    """Store the step plan of an epoch-based workflow: full batches per epoch, total steps.
+
+    Raises:
+        DataError: there is not one full batch.
+    """
+    num_batches = num_items // batch_size
+    if num_batches == 0:
+        raise DataError(
+            f"{num_items} usable examples do not fill one batch of {batch_size}; "
+            "lower batch_size or add data"
+        )
+    total = num_batches * epochs if max_steps is None else min(num_batches * epochs, max_steps)
+    ctx.state["num_batches"] = num_batches
+    ctx.state["total_steps"] = total
+    ctx.state["num_epochs"] = math.ceil(total / num_batches)
+
+
+def last_batch_of_epoch(ctx: Context) -> bool:
+    """Whether the current batch is the last of the current epoch."""
+    return ctx.loops["batches"] == len(batches_this_epoch(ctx)) - 1
+
+
+def batches_this_epoch(ctx: Context) -> range:
+    """The batch indices of the current epoch (the last epoch may stop early)."""
+    num_batches = int(ctx.state["num_batches"])
+    remaining = int(ctx.state["total_steps"]) - ctx.loops["epochs"] * num_batches
+    return range(max(0, min(num_batches, remaining)))
+
+
+class LoadDataset(BuiltinStage):
+    """Read the training rows of ``dataset``/``split`` (at most ``max_examples``)."""
+
+    requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
+
+    async def execute(self, ctx: Context) -> Context:
+        config = ctx.config
+        store = ctx.port("dataset_store")
+        indices = None
+        if config.max_examples is not None:
+            size = (await store.describe(config.dataset)).splits.get(config.split, 0)
+            indices = range(min(size, int(config.max_examples)))
+        rows = await store.read_rows(config.dataset, split=config.split, indices=indices)
+        ctx.state["dataset"] = config.dataset
+        ctx.state["train_rows"] = tuple(rows)
+        return ctx
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers, checkpoints, evaluation, registration
+
+
+def _set_artifact(ctx: Context, key: str, value: str) -> None:
+    ctx.state["artifacts"] = {**ctx.state.get("artifacts", {}), key: value}
+
+
+async def _sampler_for_current_weights(ctx: Context, name: str) -> tuple[str, SamplingClient]:
+    client = ctx.port("training_client")
+    future = await client.save_weights_for_sampler(
+        name, request_id=ctx.request_id("save_weights_for_sampler")
+    )
+    path = (await future.result()).path
+    sampler: SamplingClient = await client.create_sampling_client(path)
+    return path, sampler
+
+
+class RefreshSampler(BuiltinStage):
+    """Save the current weights for sampling and sample from them from now on."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        batch = ctx.loops.get("batches")
+        name = f"sampler_{ctx.step:06d}" if batch is None else f"sampler_batch_{batch:06d}"
+        _, sampler = await _sampler_for_current_weights(ctx, name)
+        ctx.state["sampler"] = sampler
+        ctx.state["sampler_step"] = ctx.step
+        return ctx
+
+
+def sampler_is_stale(ctx: Context) -> bool:
+    """Whether the sampler is missing or ``sampler_refresh_every`` steps old."""
+    last = ctx.state.get("sampler_step")
+    if last is None or "sampler" not in ctx.state:
+        return True
+    return ctx.step - int(last) >= int(ctx.config.sampler_refresh_every)
+
+
+class SaveCheckpoint(BuiltinStage):
+    """Save weights and optimizer state as ``<checkpoint_prefix>_<step>``."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        name = f"{ctx.config.checkpoint_prefix}_{ctx.step:06d}"
+        future = await ctx.port("training_client").save_state(
+            name, request_id=ctx.request_id("save_state")
+        )
+        path = (await future.result()).path
+        ctx.state["checkpoints"] = (*ctx.state.get("checkpoints", ()), path)
+        _set_artifact(ctx, "last_checkpoint", path)
+        ctx.emit(
+            TrainingCheckpoint(step=ctx.step, epoch=ctx.loops.get("epochs"), name=name, path=path)
+        )
+        return ctx
+
+
+def checkpoint_due(ctx: Context) -> bool:
+    """Whether ``save_every`` calls for a checkpoint after the step just submitted."""
+    every = int(ctx.config.save_every)
+    return every > 0 and ctx.step > 0 and ctx.step % every == 0
+
+
+class SaveFinalWeights(BuiltinStage):
+    """Save the final state (resumable) and the final sampler weights (to serve)."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        client = ctx.port("training_client")
+        state_future = await client.save_state("final", request_id=ctx.request_id("save_state"))
+        sampler_future = await client.save_weights_for_sampler(
+            "final", request_id=ctx.request_id("save_weights_for_sampler")
+        )
+        state_path = (await state_future.result()).path
+        sampler_path = (await sampler_future.result()).path
+        ctx.state["final_state_path"] = state_path
+        ctx.state["final_sampler_path"] = sampler_path
+        _set_artifact(ctx, "final_state", state_path)
+        _set_artifact(ctx, "final_sampler_weights", sampler_path)
+        ctx.emit(TrainingCheckpoint(step=ctx.step, name="final", path=state_path))
+        return ctx
+
+
+class LoadEvalRows(BuiltinStage):
+    """Read the evaluation rows: ``eval_split`` of the dataset, at most ``eval_examples``."""
+
+    requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
+
+    async def execute(self, ctx: Context) -> Context:
+        store = ctx.port("dataset_store")
+        dataset = str(ctx.state["dataset"])
+        info = await store.describe(dataset)
+        size = info.splits.get(ctx.config.eval_split)
+        if size is None:
+            raise DataError(
+                f"dataset {dataset!r} has no split {ctx.config.eval_split!r} to evaluate on "
+                f"(splits: {', '.join(info.splits)}); set eval_split, or final_eval=false "
+                "and eval_every=0"
+            )
+        limit = ctx.config.eval_examples
+        count = size if limit is None else min(size, int(limit))
+        rows = await store.read_rows(dataset, split=ctx.config.eval_split, indices=range(count))
+        ctx.state["eval_rows"] = tuple(rows)
+        return ctx
+
+
+def eval_due(ctx: Context) -> bool:
+    """Whether ``eval_every`` calls for an evaluation after the step just submitted."""
+    every = int(ctx.config.eval_every)
+    return every > 0 and ctx.step > 0 and ctx.step % every == 0
+
+
+def final_eval_due(ctx: Context) -> bool:
+    """Whether the final evaluation is wanted and the last step was not evaluated already."""
+    return bool(ctx.config.final_eval) and ctx.state.get("last_eval_step") != ctx.step
+
+
+class RunEvaluator(BuiltinStage):
+    """Score the current weights with the evaluator port on the evaluation rows."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client", "evaluator", "metrics_store")
+
+    async def execute(self, ctx: Context) -> Context:
+        rows = ctx.state["eval_rows"]
+        path, sampler = await _sampler_for_current_weights(ctx, f"eval_{ctx.step:06d}")
+        result = await ctx.port("evaluator").evaluate(sampler, rows)
+        metrics = {k: float(v) for k, v in result.metrics.items()}
+        row = {f"eval/{k}": v for k, v in metrics.items()}
+        row["eval/num_samples"] = float(result.num_samples)
+        await record_metrics(ctx, ctx.step, row)
+        ctx.state["last_eval_step"] = ctx.step
+        ctx.emit(
+            EvalComplete(
+                model=path,
+                dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
+                step=ctx.step,
+                sample_count=result.num_samples,
+                metrics=metrics,
+            )
+        )
+        return ctx
+
+
+class RegisterModel(BuiltinStage):
+    """Register the final sampler weights, with their metrics and lineage."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client", "model_registry")
+
+    async def execute(self, ctx: Context) -> Context:
+        config = ctx.config
+        info = ctx.port("training_client").get_info()
+        version = config.model_version or ctx.run_id
+        artifact = ModelArtifact(
+            name=config.model_name,
+            version=version,
+            artifact_uri=ctx.state["final_sampler_path"],
+            metadata={
+                "base_model": info.base_model,
+                "config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+            },
+            metrics={k: v for k, v in sorted(ctx.metrics.items()) if math.isfinite(v)},
+            lineage={
+                "run_id": ctx.run_id,
+                "workflow": ctx.run.workflow,
+                "dataset": str(ctx.state.get("dataset", "")),
+                "steps": str(ctx.step),
+                "state": str(ctx.state.get("final_state_path", "")),
+            },
+        )
+        registered = await ctx.port("model_registry").register(
+            artifact, request_id=ctx.request_id("register")
+        )
+        ctx.state["registered_model_id"] = registered.model_id
+        ctx.state["registered_model_version"] = version
+        _set_artifact(ctx, "model_id", registered.model_id)
+        ctx.emit(ModelRegistered(model_id=registered.model_id, name=artifact.name, version=version))
+        return ctx
+
+
+class FlushMetrics(BuiltinStage):
+    """Make every recorded metric durable (a cleanup stage: it runs however the run ends)."""
+
+    requires: ClassVar[tuple[str, ...]] = ("metrics_store",)
+
+    async def execute(self, ctx: Context) -> Context:
+        await ctx.port("metrics_store").flush()
+        return ctx

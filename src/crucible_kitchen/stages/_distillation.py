@@ -1,0 +1,216 @@
+"""On-policy distillation stages: the student samples, the teacher scores every sampled token.
+
+The advantage of each sampled token is minus the per-token reverse KL to the teacher
+(tinker-cookbook's ``train_on_policy``), trained with the ``importance_sampling`` loss. The
+teacher is the sampling client bound to the port ``teacher_sampling_client``; it must share
+the student's tokenizer and renderer.
+
+State: ``"prompts"`` (conversations, in run order), ``"distill_batch"`` (an
+:class:`~crucible_kitchen.stages.RlBatch`), ``"step_metrics"``, plus the shared keys of
+``_common`` (``"sampler"`` is the student).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from crucible_kitchen.errors import DataError, TrainingInputError
+from crucible_kitchen.ports import (
+    Message,
+    ModelInput,
+    SamplingParams,
+    TokensWithLogprobs,
+    Trajectory,
+    Transition,
+)
+from crucible_kitchen.stages._common import (
+    AwaitTrainingSteps,
+    BuiltinStage,
+    InFlightStep,
+    rl_datums,
+    row_messages,
+    sequence_logprobs,
+    submit_training_step,
+    with_advantages,
+)
+from crucible_kitchen.stages._reinforcement import RlBatch, policy_step_metrics
+from crucible_kitchen.telemetry import DistillationStep
+from crucible_kitchen.training import reverse_kl_advantages
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from crucible_kitchen.ports import DatasetRow, Datum, ForwardBackwardOutput, SamplingClient
+    from crucible_kitchen.stages._context import Context
+
+__all__ = (
+    "AwaitDistillationSteps",
+    "LoadPrompts",
+    "SampleStudent",
+    "ScoreWithTeacher",
+    "SubmitDistillationStep",
+)
+
+_SEED_MASK: Final = 0x7FFFFFFF
+_PROMPT_KEYS: Final = ("prompt", "question", "instruction", "input")
+
+
+def prompt_messages(row: DatasetRow, index: int) -> tuple[Message, ...]:
+    """The prompt of a row: its conversation up to the last user turn, or a prompt string.
+
+    Raises:
+        DataError: the row has neither.
+    """
+    if "messages" in row:
+        messages = row_messages(row, index)
+        while messages and messages[-1].role == "assistant":
+            messages.pop()
+        if messages:
+            return tuple(messages)
+    for key in _PROMPT_KEYS:
+        value = row.get(key)
+        if isinstance(value, str) and value:
+            return (Message(role="user", content=value),)
+    raise DataError(
+        f"row {index}: expected 'messages' or a prompt ({', '.join(_PROMPT_KEYS)}); "
+        f"got {sorted(row)}"
+    )
+
+
+class LoadPrompts(BuiltinStage):
+    """Read the prompts of ``dataset``/``split`` and fix their order for the run."""
+
+    requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
+
+    async def execute(self, ctx: Context) -> Context:
+        config = ctx.config
+        rows = await ctx.port("dataset_store").read_rows(config.dataset, split=config.split)
+        prompts = [prompt_messages(row, index) for index, row in enumerate(rows)]
+        if not prompts:
+            raise DataError(f"dataset {config.dataset!r}/{config.split!r} has no prompts")
+        ctx.rng("prompt_order").shuffle(prompts)
+        ctx.state["dataset"] = config.dataset
+        ctx.state["prompts"] = tuple(prompts)
+        return ctx
+
+
+class SampleStudent(BuiltinStage):
+    """Sample ``samples_per_prompt`` replies per prompt of this batch from the student."""
+
+    requires: ClassVar[tuple[str, ...]] = ("renderer",)
+
+    async def execute(self, ctx: Context) -> Context:
+        config = ctx.config
+        prompts: tuple[tuple[Message, ...], ...] = ctx.state["prompts"]
+        per_batch = int(config.prompts_per_batch)
+        first = ctx.loops["batches"] * per_batch
+        renderer = ctx.port("renderer")
+        sampler: SamplingClient = ctx.state["sampler"]
+        stop = renderer.get_stop_sequences()
+        requests = []
+        for j in range(per_batch):
+            prompt = renderer.build_generation_prompt(prompts[(first + j) % len(prompts)])
+            operation = f"sample/{j}"
+            params = SamplingParams(
+                max_tokens=int(config.max_tokens),
+                temperature=float(config.temperature),
+                stop=stop,
+                seed=ctx.seed_for(operation) & _SEED_MASK,
+            )
+            future = await sampler.sample(
+                prompt,
+                int(config.samples_per_prompt),
+                params,
+                request_id=ctx.request_id(operation),
+            )
+            requests.append((prompt, future))
+        data: list[Datum] = []
+        masks: list[tuple[float, ...]] = []
+        for prompt, future in requests:
+            for sequence in (await future.result()).sequences:
+                trajectory = Trajectory(
+                    transitions=(
+                        Transition(
+                            observation=prompt,
+                            action=TokensWithLogprobs(
+                                tokens=sequence.tokens, logprobs=sequence.logprobs
+                            ),
+                            reward=0.0,
+                            episode_done=True,
+                        ),
+                    ),
+                    final_observation=ModelInput.empty(),
+                )
+                for datum, mask in rl_datums(trajectory, 0.0):
+                    data.append(datum)
+                    masks.append(mask)
+        if not data:
+            raise TrainingInputError("the student's samples produced no training data")
+        ctx.state["distill_batch"] = RlBatch(data=tuple(data), masks=tuple(masks))
+        return ctx
+
+
+class ScoreWithTeacher(BuiltinStage):
+    """Score the student's samples with the teacher; advantage = -kl_coef * reverse KL."""
+
+    requires: ClassVar[tuple[str, ...]] = ("teacher_sampling_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        batch: RlBatch = ctx.state["distill_batch"]
+        teacher = await sequence_logprobs(
+            ctx, ctx.port("teacher_sampling_client"), batch.data, "teacher_logprobs"
+        )
+        adjusted = reverse_kl_advantages(
+            batch.advantages(),
+            batch.sampling_logprobs(),
+            teacher,
+            [list(m) for m in batch.masks],
+            coef=float(ctx.config.kl_coef),
+            discount_factor=float(ctx.config.kl_discount_factor),
+        )
+        data = tuple(
+            with_advantages(d, a) for d, a in zip(batch.data, adjusted.advantages, strict=True)
+        )
+        ctx.state["distill_batch"] = RlBatch(data=data, masks=batch.masks)
+        ctx.state["step_metrics"] = {"distill/teacher_kl": adjusted.metrics["teacher_kl"]}
+        return ctx
+
+
+class SubmitDistillationStep(BuiltinStage):
+    """Submit the distillation batch's ``importance_sampling`` step, unawaited."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        batch: RlBatch = ctx.state["distill_batch"]
+        await submit_training_step(
+            ctx,
+            batch.data,
+            total_steps=int(ctx.config.num_batches),
+            loss_fn="importance_sampling",
+            masks=batch.masks,
+            metrics=ctx.state.get("step_metrics", {}),
+        )
+        return ctx
+
+
+class AwaitDistillationSteps(AwaitTrainingSteps):
+    """Await the distillation step (on-policy: at once) and log loss and teacher KL."""
+
+    pipelined: ClassVar[bool] = False
+
+    def report(self, step: InFlightStep, output: ForwardBackwardOutput) -> dict[str, float]:
+        return policy_step_metrics("distill", step, output)
+
+    def event(self, step: InFlightStep, row: Mapping[str, float]) -> DistillationStep:
+        teacher_kl = row.get("distill/teacher_kl", math.nan)
+        return DistillationStep(
+            step=step.step,
+            loss=row["distill/loss"],
+            teacher_kl=teacher_kl,
+            num_sequences=int(row["distill/sequences"]),
+            num_tokens=int(row["distill/tokens"]),
+            lr=step.lr,
+            metrics=dict(row),
+        )

@@ -1,0 +1,286 @@
+"""DPO stages: preference pairs, reference logprobs (once), custom-loss steps.
+
+The DPO loss is computed on this side of the port from the backend's per-token logprobs
+(``forward_backward_custom``), torch-free: :class:`DpoLoss` returns the loss and its exact
+gradient with respect to those logprobs.
+
+State: ``"train_rows"`` (read, then replaced by) ``"pairs"`` (``(chosen, rejected)`` datums),
+``"reference_logprobs"`` (aligned with ``"pairs"``), the step plan, plus the shared keys of
+``_common``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from crucible_kitchen.errors import DataError, RenderError, TrainingInputError
+from crucible_kitchen.ports import CustomLossOutput, Message, TensorData
+from crucible_kitchen.stages._common import (
+    AwaitTrainingSteps,
+    BuiltinStage,
+    InFlightStep,
+    as_message,
+    batch_of,
+    datum_weights,
+    last_batch_of_epoch,
+    next_token_datum,
+    plan_steps,
+    submit_training_step,
+    training_logprobs,
+)
+from crucible_kitchen.telemetry import DpoDatasetBuilt, DpoStep
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from crucible_kitchen.ports import DatasetRow, Datum, ForwardBackwardOutput, Renderer
+    from crucible_kitchen.stages._context import Context
+
+__all__ = (
+    "AwaitDpoSteps",
+    "BuildPreferenceDataset",
+    "ComputeReferenceLogprobs",
+    "DpoLoss",
+    "SubmitDpoStep",
+)
+
+
+def _log_sigmoid(x: float) -> float:
+    """``log(sigmoid(x))`` without overflow or cancellation."""
+    return -(max(-x, 0.0) + math.log1p(math.exp(-abs(x))))
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+@dataclass(frozen=True, slots=True)
+class DpoLoss:
+    """The DPO loss as a :data:`~crucible_kitchen.ports.CustomLossFn` (tinker-cookbook's math).
+
+    Data come as pairs: chosen at even, rejected at odd positions. With ``w`` a datum's
+    weights (1 on the completion), a sequence's logprob is the weighted token *sum*::
+
+        dc = sum(w * lp(chosen)) - sum(w * lpref(chosen))     # dr likewise for rejected
+        loss = mean over pairs of -log(sigmoid(beta * (dc - dr)))
+
+    so d(loss)/d(lp[t]) = -sigmoid(-beta * (dc - dr)) * beta * w[t] / n on chosen tokens,
+    with the opposite sign on rejected ones. Metrics (means over pairs): ``dpo_loss``,
+    ``accuracy`` (dc > dr), ``chosen_reward`` (beta * dc), ``rejected_reward`` (beta * dr),
+    ``margin`` (their difference); and ``num_pairs``.
+
+    Args:
+        beta: the DPO temperature.
+        reference_logprobs: per datum, the frozen reference's target logprobs.
+    """
+
+    beta: float
+    reference_logprobs: tuple[tuple[float, ...], ...]
+
+    def __call__(self, data: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
+        """The loss of ``data`` given the policy's ``logprobs`` of each datum.
+
+        Raises:
+            TrainingInputError: the data are not pairs, or lengths disagree.
+        """
+        n = len(data) // 2
+        if len(data) % 2 or n == 0:
+            raise TrainingInputError(f"DPO needs (chosen, rejected) pairs, got {len(data)} data")
+        if not len(logprobs) == len(self.reference_logprobs) == len(data):
+            raise TrainingInputError(
+                f"{len(data)} data, {len(logprobs)} logprobs, "
+                f"{len(self.reference_logprobs)} reference logprobs"
+            )
+        weights = [datum_weights(d) for d in data]
+        policy = [[float(v) for v in lp.data] for lp in logprobs]
+        for index, (w, lp, ref) in enumerate(
+            zip(weights, policy, self.reference_logprobs, strict=True)
+        ):
+            if not len(w) == len(lp) == len(ref):
+                raise TrainingInputError(
+                    f"datum {index}: {len(w)} weights, {len(lp)} logprobs, {len(ref)} reference"
+                )
+        ratios = [
+            math.fsum(wt * (p - r) for wt, p, r in zip(w, lp, ref, strict=True))
+            for w, lp, ref in zip(weights, policy, self.reference_logprobs, strict=True)
+        ]
+        beta = self.beta
+        losses, wins, chosen, rejected = [], [], [], []
+        grads: list[TensorData] = []
+        for i in range(n):
+            delta_c, delta_r = ratios[2 * i], ratios[2 * i + 1]
+            z = beta * (delta_c - delta_r)
+            losses.append(-_log_sigmoid(z))
+            wins.append(1.0 if delta_c > delta_r else 0.0)
+            chosen.append(beta * delta_c)
+            rejected.append(beta * delta_r)
+            scale = _sigmoid(-z) * beta / n
+            for d, sign in ((2 * i, -1.0), (2 * i + 1, 1.0)):
+                grads.append(
+                    TensorData(
+                        dtype="float32",
+                        data=tuple(sign * scale * wt for wt in weights[d]),
+                        shape=logprobs[d].shape,
+                    )
+                )
+        loss = math.fsum(losses) / n
+        metrics = {
+            "dpo_loss": loss,
+            "accuracy": math.fsum(wins) / n,
+            "chosen_reward": math.fsum(chosen) / n,
+            "rejected_reward": math.fsum(rejected) / n,
+            "margin": (math.fsum(chosen) - math.fsum(rejected)) / n,
+            "num_pairs": float(n),
+        }
+        return CustomLossOutput(loss=loss, logprob_grads=tuple(grads), metrics=metrics)
+
+
+def _as_messages(value: Any, role: str, index: int, key: str) -> list[Message]:
+    """A row's prompt or completion: a string (one ``role`` message) or a list of messages."""
+    if isinstance(value, str):
+        return [Message(role=role, content=value)]
+    if isinstance(value, list) and value:
+        return [as_message(item, index) for item in value]
+    raise DataError(f"row {index}: {key!r} must be a string or a list of messages, got {value!r}")
+
+
+def _render_pair(
+    row: DatasetRow, index: int, renderer: Renderer, max_length: int
+) -> tuple[Datum, Datum] | None:
+    """The (chosen, rejected) datums of a row, weighted on the completions; None if either
+    has nothing left to train on."""
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in row:
+            raise DataError(f"row {index}: a preference pair needs {key!r}; got {sorted(row)}")
+    prompt = _as_messages(row["prompt"], "user", index, "prompt")
+    pair = []
+    for key in ("chosen", "rejected"):
+        completion = _as_messages(row[key], "assistant", index, key)
+        try:
+            model_input, weights = renderer.build_supervised_example(
+                [*prompt, *completion], train_on_what="last_assistant_message"
+            )
+        except RenderError:
+            return None
+        datum = next_token_datum(
+            model_input.to_ints(), [float(w) for w in weights.data], max_length
+        )
+        if datum is None:
+            return None
+        pair.append(datum)
+    return pair[0], pair[1]
+
+
+class BuildPreferenceDataset(BuiltinStage):
+    """Render each row's (prompt, chosen, rejected) into a pair of datums; plan the steps."""
+
+    requires: ClassVar[tuple[str, ...]] = ("renderer",)
+
+    async def execute(self, ctx: Context) -> Context:
+        config = ctx.config
+        rows: tuple[DatasetRow, ...] = ctx.state.pop("train_rows")
+        renderer = ctx.port("renderer")
+        pairs = []
+        for index, row in enumerate(rows):
+            pair = _render_pair(row, index, renderer, int(config.max_length))
+            if pair is not None:
+                pairs.append(pair)
+        plan_steps(ctx, len(pairs), int(config.batch_size), int(config.epochs), config.max_steps)
+        ctx.state["pairs"] = tuple(pairs)
+        ctx.metrics["data/train_pairs"] = float(len(pairs))
+        ctx.metrics["data/dropped_pairs"] = float(len(rows) - len(pairs))
+        ctx.emit(DpoDatasetBuilt(num_pairs=len(pairs), num_batches=int(ctx.state["num_batches"])))
+        return ctx
+
+
+class ComputeReferenceLogprobs(BuiltinStage):
+    """Score every pair once with the initial weights (``forward``), before any step.
+
+    A resumed run keeps the reference logprobs of its snapshot: the reference stays the
+    initial policy, not the checkpoint resumed from.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        pairs: tuple[tuple[Datum, Datum], ...] = ctx.state["pairs"]
+        kept = ctx.state.get("reference_logprobs")
+        if kept is not None and len(kept) == len(pairs):
+            ctx.state["reference_logprobs"] = tuple((tuple(c), tuple(r)) for c, r in kept)
+            return ctx
+        data = [datum for pair in pairs for datum in pair]
+        size = 2 * int(ctx.config.batch_size)
+        client = ctx.port("training_client")
+        futures = [
+            await client.forward(data[i : i + size], "cross_entropy")
+            for i in range(0, len(data), size)
+        ]
+        scored: list[tuple[float, ...]] = []
+        for future in futures:
+            scored.extend(tuple(lp) for lp in training_logprobs(await future.result()))
+        ctx.state["reference_logprobs"] = tuple(
+            (scored[2 * i], scored[2 * i + 1]) for i in range(len(pairs))
+        )
+        return ctx
+
+
+class SubmitDpoStep(BuiltinStage):
+    """Submit this batch's DPO forward-backward (custom loss) and optimizer step, unawaited."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        size = int(ctx.config.batch_size)
+        pairs: list[tuple[Datum, Datum]] = batch_of(ctx, "pairs", size)
+        references: list[tuple[tuple[float, ...], ...]] = batch_of(ctx, "reference_logprobs", size)
+        loss = DpoLoss(
+            beta=float(ctx.config.dpo_beta),
+            reference_logprobs=tuple(lp for pair in references for lp in pair),
+        )
+        await submit_training_step(
+            ctx,
+            [datum for pair in pairs for datum in pair],
+            total_steps=int(ctx.state["total_steps"]),
+            custom_loss=loss,
+            epoch=ctx.loops["epochs"],
+            ends_epoch=last_batch_of_epoch(ctx),
+            metrics={"dpo/beta": float(ctx.config.dpo_beta)},
+        )
+        return ctx
+
+
+class AwaitDpoSteps(AwaitTrainingSteps):
+    """Await DPO steps, keeping ``pipeline_depth`` in flight; log loss, accuracy, margins."""
+
+    def report(self, step: InFlightStep, output: ForwardBackwardOutput) -> dict[str, float]:
+        metrics = output.metrics
+        return {
+            "dpo/loss": float(metrics["dpo_loss"]),
+            "dpo/accuracy": float(metrics["accuracy"]),
+            "dpo/chosen_reward": float(metrics["chosen_reward"]),
+            "dpo/rejected_reward": float(metrics["rejected_reward"]),
+            "dpo/margin": float(metrics["margin"]),
+            "dpo/num_pairs": float(metrics["num_pairs"]),
+            "dpo/lr": step.lr,
+            "dpo/epoch": float(step.epoch),
+            "dpo/progress": (step.step + 1) / step.total_steps,
+        }
+
+    def event(self, step: InFlightStep, row: Mapping[str, float]) -> DpoStep:
+        return DpoStep(
+            step=step.step,
+            loss=row["dpo/loss"],
+            accuracy=row["dpo/accuracy"],
+            chosen_reward=row["dpo/chosen_reward"],
+            rejected_reward=row["dpo/rejected_reward"],
+            margin=row["dpo/margin"],
+            beta=row["dpo/beta"],
+            num_pairs=int(row["dpo/num_pairs"]),
+            lr=step.lr,
+            metrics=dict(row),
+        )

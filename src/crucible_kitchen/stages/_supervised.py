@@ -1,0 +1,165 @@
+"""Supervised fine-tuning stages: load, render, pipelined cross-entropy steps, NLL evaluation.
+
+State: ``"train_rows"`` (read, then replaced by) ``"train_data"`` (the datums), the step plan
+(``"num_batches"``, ``"total_steps"``, ``"num_epochs"``), ``"eval_data"``, plus the shared
+keys of ``_common``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from crucible_kitchen.errors import DataError
+from crucible_kitchen.stages._common import (
+    AwaitTrainingSteps,
+    BuiltinStage,
+    InFlightStep,
+    batch_of,
+    datum_weights,
+    last_batch_of_epoch,
+    plan_steps,
+    record_metrics,
+    render_row,
+    submit_training_step,
+    training_logprobs,
+)
+from crucible_kitchen.telemetry import EvalComplete, TrainingStep
+from crucible_kitchen.training import weighted_mean_nll
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from crucible_kitchen.ports import DatasetRow, Datum, ForwardBackwardOutput
+    from crucible_kitchen.stages._context import Context
+
+__all__ = (
+    "AwaitSupervisedSteps",
+    "BuildEvalDataset",
+    "BuildSupervisedDataset",
+    "EvaluateNll",
+    "SubmitSupervisedStep",
+)
+
+
+def _render_rows(ctx: Context, rows: Sequence[DatasetRow]) -> tuple[list[Datum], int]:
+    """Every row that renders to a datum with weight, and how many rows did not."""
+    renderer, tokenizer = ctx.port("renderer"), ctx.port("tokenizer")
+    data: list[Datum] = []
+    for index, row in enumerate(rows):
+        datum = render_row(
+            row,
+            index,
+            renderer,
+            tokenizer,
+            train_on_what=ctx.config.train_on_what,
+            max_length=int(ctx.config.max_length),
+        )
+        if datum is not None:
+            data.append(datum)
+    return data, len(rows) - len(data)
+
+
+class BuildSupervisedDataset(BuiltinStage):
+    """Render the training rows into next-token datums and plan the steps."""
+
+    requires: ClassVar[tuple[str, ...]] = ("renderer", "tokenizer")
+
+    async def execute(self, ctx: Context) -> Context:
+        rows: tuple[DatasetRow, ...] = ctx.state.pop("train_rows")
+        data, dropped = _render_rows(ctx, rows)
+        config = ctx.config
+        plan_steps(ctx, len(data), int(config.batch_size), int(config.epochs), config.max_steps)
+        ctx.state["train_data"] = tuple(data)
+        ctx.metrics["data/train_examples"] = float(len(data))
+        ctx.metrics["data/dropped_examples"] = float(dropped)
+        return ctx
+
+
+class BuildEvalDataset(BuiltinStage):
+    """Render the evaluation rows into datums for the held-out NLL."""
+
+    requires: ClassVar[tuple[str, ...]] = ("renderer", "tokenizer")
+
+    async def execute(self, ctx: Context) -> Context:
+        data, _ = _render_rows(ctx, ctx.state["eval_rows"])
+        if not data:
+            raise DataError("no evaluation row renders to an example with weight")
+        ctx.state["eval_data"] = tuple(data)
+        return ctx
+
+
+class SubmitSupervisedStep(BuiltinStage):
+    """Submit this batch's cross-entropy forward-backward and optimizer step, unawaited."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        data = batch_of(ctx, "train_data", int(ctx.config.batch_size))
+        await submit_training_step(
+            ctx,
+            data,
+            total_steps=int(ctx.state["total_steps"]),
+            loss_fn="cross_entropy",
+            epoch=ctx.loops["epochs"],
+            ends_epoch=last_batch_of_epoch(ctx),
+        )
+        return ctx
+
+
+def nll_of(data: Sequence[Datum], output: ForwardBackwardOutput) -> float:
+    """Mean negative logprob per unit of weight (tinker-cookbook's ``train_mean_nll``)."""
+    return weighted_mean_nll(training_logprobs(output), [datum_weights(d) for d in data])
+
+
+class AwaitSupervisedSteps(AwaitTrainingSteps):
+    """Await supervised steps, keeping ``pipeline_depth`` in flight; log loss and lr."""
+
+    def report(self, step: InFlightStep, output: ForwardBackwardOutput) -> dict[str, float]:
+        return {
+            "train/loss": nll_of(step.data, output),
+            "train/lr": step.lr,
+            "train/epoch": float(step.epoch),
+            "train/progress": (step.step + 1) / step.total_steps,
+            "train/sequences": float(len(step.data)),
+            "train/tokens": float(sum(d.model_input.length for d in step.data)),
+            "train/loss_tokens": float(sum(sum(datum_weights(d)) for d in step.data)),
+        }
+
+    def event(self, step: InFlightStep, row: Mapping[str, float]) -> TrainingStep:
+        return TrainingStep(
+            step=step.step,
+            total_steps=step.total_steps,
+            epoch=step.epoch,
+            loss=row["train/loss"],
+            lr=step.lr,
+            metrics=dict(row),
+        )
+
+
+class EvaluateNll(BuiltinStage):
+    """Held-out NLL of the current weights on the evaluation data (``forward``, no gradient)."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client", "metrics_store")
+
+    async def execute(self, ctx: Context) -> Context:
+        data: tuple[Datum, ...] = ctx.state["eval_data"]
+        client = ctx.port("training_client")
+        size = int(ctx.config.batch_size)
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        futures = [await client.forward(chunk, "cross_entropy") for chunk in chunks]
+        logprobs: list[list[float]] = []
+        for future in futures:
+            logprobs.extend(training_logprobs(await future.result()))
+        nll = weighted_mean_nll(logprobs, [datum_weights(d) for d in data])
+        await record_metrics(ctx, ctx.step, {"eval/loss": nll})
+        ctx.state["last_eval_step"] = ctx.step
+        ctx.emit(
+            EvalComplete(
+                model="training_client",
+                dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
+                step=ctx.step,
+                sample_count=len(data),
+                metrics={"loss": nll},
+            )
+        )
+        return ctx

@@ -1,0 +1,305 @@
+"""The built-in workflows: supervised, reinforcement, preference (DPO), distillation, feedback.
+
+Each is a function of the run's validated config (a recipe's config model) that returns the
+workflow tree, so a run only contains, and only requires the ports of, the stages its config
+asks for (no evaluator without evaluation, no reference model without a KL penalty). Loop
+bounds and cadences are read from the context as the run goes.
+
+Every workflow ends with the ``flush_metrics`` cleanup stage, which runs however the run ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crucible_kitchen.stages import (
+    ApplyKlPenalty,
+    AssembleRlBatch,
+    AwaitDistillationSteps,
+    AwaitDpoSteps,
+    AwaitRlSteps,
+    AwaitSupervisedSteps,
+    BuildEnvGroups,
+    BuildEvalDataset,
+    BuildPreferenceDataset,
+    BuildSupervisedDataset,
+    CheckTriggers,
+    ComputeAdvantages,
+    ComputeReferenceLogprobs,
+    CurateFeedback,
+    DoRollouts,
+    EvaluateNll,
+    ExportFeedback,
+    FlushMetrics,
+    LoadDataset,
+    LoadEvalRows,
+    LoadFeedbackDataset,
+    LoadProblems,
+    LoadPrompts,
+    ReceiveRollouts,
+    RefreshSampler,
+    RegisterModel,
+    RunEvaluator,
+    SampleStudent,
+    SaveCheckpoint,
+    SaveFinalWeights,
+    ScoreWithTeacher,
+    ShuffleEpoch,
+    Stage,
+    SubmitDistillationStep,
+    SubmitDpoStep,
+    SubmitRlStep,
+    SubmitSupervisedStep,
+    UpdateBaseline,
+    batches_this_epoch,
+    checkpoint_due,
+    enough_feedback,
+    eval_due,
+    final_eval_due,
+    sampler_is_stale,
+)
+
+from ._dsl import Node, Workflow, async_loop, conditional, loop, stage
+
+__all__ = (
+    "distillation_workflow",
+    "feedback_loop_workflow",
+    "preference_workflow",
+    "reinforcement_workflow",
+    "supervised_workflow",
+)
+
+_CLEANUP = (stage("flush_metrics", FlushMetrics),)
+
+
+def _eval_stages(config: Any, prefix: str, *, nll: bool) -> list[Node]:
+    """One evaluation: held-out NLL (supervised only) and the evaluator port if enabled."""
+    nodes: list[Node] = []
+    if nll:
+        nodes.append(stage(f"{prefix}evaluate_nll", EvaluateNll))
+    if config.use_evaluator:
+        nodes.append(stage(f"{prefix}run_evaluator", RunEvaluator))
+    return nodes
+
+
+def _setup_eval(config: Any, *, nll: bool) -> list[Node]:
+    """Load (and for the NLL, render) the evaluation rows, if the run evaluates at all."""
+    if not config.evaluates or not _eval_stages(config, "", nll=nll):
+        return []
+    nodes: list[Node] = [stage("load_eval_rows", LoadEvalRows)]
+    if nll:
+        nodes.append(stage("build_eval_dataset", BuildEvalDataset))
+    return nodes
+
+
+def _periodic(config: Any, *, nll: bool, drain: Stage | None = None) -> list[Node]:
+    """Evaluation every ``eval_every`` and checkpoints every ``save_every`` steps.
+
+    A pipelined workflow passes its ``drain`` stage: the steps in flight are awaited before
+    a checkpoint, so that the checkpoint's metrics are those of the steps its weights hold.
+    """
+    nodes: list[Node] = []
+    evaluation = _eval_stages(config, "", nll=nll)
+    if config.eval_every > 0 and evaluation:
+        nodes.append(conditional("eval_due", eval_due, then=evaluation))
+    if config.save_every > 0:
+        save: list[Node] = [] if drain is None else [stage("drain_for_checkpoint", drain)]
+        save.append(stage("checkpoint", SaveCheckpoint))
+        nodes.append(conditional("checkpoint_due", checkpoint_due, then=save))
+    return nodes
+
+
+def _finish(config: Any, *, nll: bool) -> list[Node]:
+    """Final evaluation, final weights, registration."""
+    nodes: list[Node] = []
+    evaluation = _eval_stages(config, "final_", nll=nll)
+    if config.final_eval and evaluation:
+        nodes.append(conditional("final_eval_due", final_eval_due, then=evaluation))
+    nodes.append(stage("save_final", SaveFinalWeights))
+    if config.register_model:
+        nodes.append(stage("register_model", RegisterModel))
+    return nodes
+
+
+def _supervised_training(config: Any) -> list[Node]:
+    """Render, then epochs of pipelined steps, then drain what is still in flight."""
+    return [
+        stage("build_dataset", BuildSupervisedDataset),
+        *_setup_eval(config, nll=True),
+        loop(
+            "epochs",
+            lambda ctx: range(ctx.state["num_epochs"]),
+            stage("shuffle", ShuffleEpoch("train_data")),
+            loop(
+                "batches",
+                batches_this_epoch,
+                stage("submit_step", SubmitSupervisedStep),
+                stage("await_step", AwaitSupervisedSteps()),
+                *_periodic(config, nll=True, drain=AwaitSupervisedSteps(drain=True)),
+            ),
+        ),
+        stage("drain", AwaitSupervisedSteps(drain=True)),
+        *_finish(config, nll=True),
+    ]
+
+
+def supervised_workflow(config: Any) -> Workflow:
+    """Supervised fine-tuning (a :class:`~crucible_kitchen.recipes.SupervisedConfig`).
+
+    load_dataset → build_dataset → [eval rows] → per epoch: shuffle → per batch: submit_step
+    (forward_backward + optim_step, unawaited) → await_step (the step ``pipeline_depth``
+    old) → [eval, checkpoint]; then drain → [final eval] → save_final →
+    [register_model]; cleanup: flush_metrics.
+    """
+    return Workflow(
+        "supervised",
+        stage("load_dataset", LoadDataset),
+        *_supervised_training(config),
+        cleanup=_CLEANUP,
+        description="supervised fine-tuning with pipelined cross-entropy steps",
+    )
+
+
+def reinforcement_workflow(config: Any) -> Workflow:
+    """GRPO-style RL (a :class:`~crucible_kitchen.recipes.ReinforcementConfig`).
+
+    ``mode="sync"`` (default, deterministic, on-policy): per batch, refresh_sampler (when
+    ``sampler_refresh_every`` calls for it) → build_env_groups → rollouts →
+    compute_advantages → assemble_batch → [kl_penalty] → train_step → await_step →
+    [eval, checkpoint]. ``mode="async"``: rollouts are produced from the latest weights
+    while earlier batches train, at most ``max_steps_off_policy`` batches ahead (an
+    ``async_loop``); the importance-sampling loss corrects for the staleness.
+    """
+    produce: list[Node] = [
+        stage("build_env_groups", BuildEnvGroups),
+        stage("rollouts", DoRollouts),
+    ]
+    train: list[Node] = [
+        stage("compute_advantages", ComputeAdvantages),
+        stage("assemble_batch", AssembleRlBatch),
+    ]
+    if config.kl_penalty_coef > 0:
+        train.append(stage("kl_penalty", ApplyKlPenalty))
+    train += [
+        stage("train_step", SubmitRlStep),
+        stage("await_step", AwaitRlSteps()),
+        *_periodic(config, nll=False),
+    ]
+    body: Node
+    if config.mode == "async":
+        body = async_loop(
+            "batches",
+            lambda ctx: range(ctx.config.num_batches),
+            produce=[stage("refresh_sampler", RefreshSampler), *produce],
+            consume=[stage("receive_rollouts", ReceiveRollouts), *train],
+            buffer=config.max_steps_off_policy,
+            output="rollouts",
+        )
+    else:
+        refresh = conditional(
+            "sampler_stale", sampler_is_stale, then=[stage("refresh_sampler", RefreshSampler)]
+        )
+        body = loop("batches", lambda ctx: range(ctx.config.num_batches), refresh, *produce, *train)
+    return Workflow(
+        "reinforcement",
+        stage("load_problems", LoadProblems),
+        *_setup_eval(config, nll=False),
+        body,
+        *_finish(config, nll=False),
+        cleanup=_CLEANUP,
+        description="GRPO-style RL with group-relative advantages",
+    )
+
+
+def preference_workflow(config: Any) -> Workflow:
+    """DPO (a :class:`~crucible_kitchen.recipes.PreferenceConfig`).
+
+    load_dataset → build_pairs → reference_logprobs (once, initial weights) → [eval rows] →
+    per epoch: shuffle → per batch: submit_step (forward_backward_custom with the DPO loss
+    + optim_step) → await_step → [eval, checkpoint]; then drain → [final
+    eval] → save_final → [register_model]; cleanup: flush_metrics.
+    """
+    return Workflow(
+        "preference",
+        stage("load_dataset", LoadDataset),
+        stage("build_pairs", BuildPreferenceDataset),
+        stage("reference_logprobs", ComputeReferenceLogprobs),
+        *_setup_eval(config, nll=False),
+        loop(
+            "epochs",
+            lambda ctx: range(ctx.state["num_epochs"]),
+            stage("shuffle", ShuffleEpoch("pairs")),
+            loop(
+                "batches",
+                batches_this_epoch,
+                stage("submit_step", SubmitDpoStep),
+                stage("await_step", AwaitDpoSteps()),
+                *_periodic(config, nll=False, drain=AwaitDpoSteps(drain=True)),
+            ),
+        ),
+        stage("drain", AwaitDpoSteps(drain=True)),
+        *_finish(config, nll=False),
+        cleanup=_CLEANUP,
+        description="direct preference optimization against the frozen initial weights",
+    )
+
+
+def distillation_workflow(config: Any) -> Workflow:
+    """On-policy distillation (a :class:`~crucible_kitchen.recipes.DistillationConfig`).
+
+    load_prompts → [eval rows] → per batch: [refresh_sampler] → sample_student →
+    score_teacher (port ``teacher_sampling_client``; reverse-KL advantages) → train_step
+    (``importance_sampling``) → await_step → [eval, checkpoint]; then [final eval] →
+    save_final → [register_model]; cleanup: flush_metrics.
+    """
+    refresh = conditional(
+        "sampler_stale", sampler_is_stale, then=[stage("refresh_sampler", RefreshSampler)]
+    )
+    return Workflow(
+        "distillation",
+        stage("load_prompts", LoadPrompts),
+        *_setup_eval(config, nll=False),
+        loop(
+            "batches",
+            lambda ctx: range(ctx.config.num_batches),
+            refresh,
+            stage("sample_student", SampleStudent),
+            stage("score_teacher", ScoreWithTeacher),
+            stage("train_step", SubmitDistillationStep),
+            stage("await_step", AwaitDistillationSteps()),
+            *_periodic(config, nll=False),
+        ),
+        *_finish(config, nll=False),
+        cleanup=_CLEANUP,
+        description="on-policy distillation: per-token reverse KL to a teacher",
+    )
+
+
+def feedback_loop_workflow(config: Any) -> Workflow:
+    """Retrain on production feedback (a :class:`~crucible_kitchen.recipes.FeedbackLoopConfig`).
+
+    check_triggers → if a trigger fired: curate → if at least ``min_examples``: export →
+    load_feedback (the export, read back through the dataset store) → supervised training
+    (as in :func:`supervised_workflow`) → register_model → update_baseline; cleanup:
+    flush_metrics.
+    """
+    retrain = [
+        stage("export", ExportFeedback),
+        stage("load_feedback", LoadFeedbackDataset),
+        *_supervised_training(config),
+        stage("update_baseline", UpdateBaseline),
+    ]
+    return Workflow(
+        "feedback_loop",
+        stage("check_triggers", CheckTriggers),
+        conditional(
+            "should_retrain",
+            lambda ctx: bool(ctx.state["should_retrain"]),
+            then=[
+                stage("curate", CurateFeedback),
+                conditional("enough_feedback", enough_feedback, then=retrain),
+            ],
+        ),
+        cleanup=_CLEANUP,
+        description="retrain a deployment on its curated feedback when a trigger fires",
+    )
