@@ -83,7 +83,8 @@ EXPECTED = [  # every event of a run, in order
             "crucible_kitchen.stage.run.stop",
             "crucible_kitchen.stage.run.start",  # train_step, step 1: attempt 1 fails ...
             "crucible_kitchen.stage.run.exception",
-            "crucible_kitchen.stage.run.start",  # ... attempt 2 succeeds
+            "crucible_kitchen.supervisor.restart",  # its actor is restarted ...
+            "crucible_kitchen.stage.run.start",  # ... and attempt 2 succeeds
             "crucible_kitchen.training.step",
             "crucible_kitchen.stage.run.stop",
             "crucible_kitchen.stage.run.start",  # end_epoch
@@ -165,7 +166,7 @@ async def main() -> None:
         assert result.status == "completed"  # the broken handler did not break the run
         # The first failure is logged with its traceback, later ones counted, summed up at the end.
         assert [r.levelname for r in captured.records] == ["ERROR", "WARNING"]
-        assert "raised 24 times" in captured.records[1].getMessage()
+        assert "raised 26 times" in captured.records[1].getMessage()
         assert [event_name(e) for e in seen] == EXPECTED
         assert [e.seq for e in seen] == list(range(1, len(EXPECTED) + 1))
         assert losses == [2.0, 1.0, 0.5, 0.25]

@@ -32,8 +32,13 @@ from crucible_kitchen.ports import (
     SamplingParams,
     check_adapter,
 )
-from crucible_kitchen.testing import check_blob_store, check_sampling_client, with_latency
-from crucible_kitchen.testing._stage_faults import KillPoint, StageKiller
+from crucible_kitchen.testing import (
+    KillPoint,
+    StageKiller,
+    check_blob_store,
+    check_sampling_client,
+    with_latency,
+)
 from crucible_kitchen.workflows import stage
 
 if TYPE_CHECKING:

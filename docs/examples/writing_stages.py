@@ -16,7 +16,7 @@ from crucible_kitchen.adapters.noop import FaultPlan, Hang
 from crucible_kitchen.errors import ConfigError, PermanentBackendError, StageFailed
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, TensorData
 from crucible_kitchen.telemetry import StageException, TelemetryEvent
-from crucible_kitchen.testing._stage_faults import ChaosMonkey, KillPoint, StageKiller
+from crucible_kitchen.testing import ChaosMonkey, KillPoint, StageKiller
 from crucible_kitchen.workflows import loop, stage
 
 TEXTS = tuple(f"example number {i} of a tiny corpus" for i in range(8))
@@ -182,15 +182,16 @@ async def main() -> None:
         KillPoint("submit", "before_call", execution=3, operation="optim_step"),
         KillPoint("submit", "after_submit", execution=5, operation="forward_backward"),
         KillPoint("collect", "execute", execution=4),
+        KillPoint("collect", "awaiting", execution=6),
         KillPoint("save", "awaiting", operation="save_state"),
     )
     shaken = Adapters.noop(seed=0)
     result, events = await train(shaken, fault_hook=killer)
     shaken_client: Any = shaken["training_client"]
 
-    assert len(killer.kills) == 5  # every kill point fired ...
+    assert len(killer.kills) == 6  # every kill point fired ...
     killed = [e for e in events if isinstance(e, StageException)]
-    assert [e.error_type for e in killed] == ["Killed"] * 5
+    assert [e.error_type for e in killed] == ["Killed"] * 6
     assert all(e.will_retry for e in killed)
     # ... and the run still ended exactly as the undisturbed one:
     assert (result.metrics, result.steps, result.artifacts) == (

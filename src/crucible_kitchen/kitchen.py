@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -35,7 +35,13 @@ from crucible_kitchen.ports import PORT_PROTOCOLS, protocol_problems
 from crucible_kitchen.recipes import BUILTIN_RECIPES, Recipe
 from crucible_kitchen.stages import Context, ContextSnapshot, RunInfo
 from crucible_kitchen.supervisors import ChildSpec, Supervisor, open_supervisor
-from crucible_kitchen.telemetry import TelemetryBus, TelemetryEvent, build_handler, get_tracer
+from crucible_kitchen.telemetry import (
+    BusStatistics,
+    TelemetryBus,
+    TelemetryEvent,
+    build_handler,
+    get_tracer,
+)
 from crucible_kitchen.workflows import Workflow
 from crucible_kitchen.workflows._engine import RunOutcome, RunPlan, build_run_supervisor
 
@@ -105,10 +111,12 @@ class Adapters(Mapping[str, Any]):
 
     @classmethod
     def named(cls, name: str, *, seed: int = 0) -> Adapters:
-        """A built-in adapter set by name: ``"noop"``."""
+        """A built-in adapter set by name: ``"noop"``, or ``"none"`` (no ports bound)."""
         if name == "noop":
             return cls.noop(seed=seed)
-        raise PortError(f"no adapter set named {name!r}; known: noop", port="*")
+        if name == "none":
+            return cls()
+        raise PortError(f"no adapter set named {name!r}; known: noop, none", port="*")
 
 
 @dataclass(frozen=True)
@@ -158,11 +166,15 @@ class RunHandle:
         """``running`` until the workflow actor has finished."""
         return self._plan.outcome.status
 
-    async def events(self) -> AsyncIterator[TelemetryEvent]:
+    async def events(self) -> AsyncGenerator[TelemetryEvent, None]:
         """Every telemetry event of this run, in order, from its first; ends with the run."""
         with self._bus.subscribe(replay=True) as stream:
             async for event in stream:
                 yield event
+
+    def telemetry_statistics(self) -> BusStatistics:
+        """How the run's telemetry handlers fared: events delivered, failures, drops."""
+        return self._bus.statistics()
 
     async def wait(self) -> RunResult:
         """Wait until the run has ended and every one of its actors has stopped.
@@ -260,9 +272,13 @@ class Kitchen:
         seed: int = 0,
         run_id: str | None = None,
         resume: ContextSnapshot | None = None,
+        recipes: Sequence[Recipe] = (),
     ) -> RunResult:
-        """Run ``target`` to its end and return the result (see :meth:`RunHandle.wait`)."""
-        async with cls.open(tracer_provider=tracer_provider) as kitchen:
+        """Run ``target`` to its end and return the result (see :meth:`RunHandle.wait`).
+
+        ``recipes`` adds recipes that ``target`` may name, besides the built-in ones.
+        """
+        async with cls.open(tracer_provider=tracer_provider, recipes=recipes) as kitchen:
             run = await kitchen.start(
                 target,
                 config,
@@ -297,7 +313,7 @@ class Kitchen:
         spec = kind if target is None else (kind, target)
         handler = build_handler(spec)  # fail now on a bad spec, not at the next run
         close = getattr(handler, "close", None)
-        if callable(close):
+        if handler is not spec and callable(close):
             close()
         cls._default_telemetry.append(spec)
 
@@ -339,6 +355,34 @@ class Kitchen:
 
     # ------------------------------------------------------------------ runs
 
+    def _prepare(
+        self,
+        target: Target,
+        config: Any,
+        adapters: str | Mapping[str, Any] | None,
+        *,
+        seed: int,
+    ) -> tuple[Recipe, Any, Workflow, Adapters]:
+        """Resolve, validate and check everything a run needs, before anything runs."""
+        recipe = _resolve(self._recipes, target)
+        validated = recipe.config(config)
+        workflow = recipe.build(validated)
+        bound = _adapters(adapters, recipe, seed=seed)
+        _check_ports(workflow, recipe, bound)
+        ctx = Context(
+            RunInfo(
+                run_id="validate",
+                workflow=workflow.name,
+                config=validated,
+                ports=bound,
+                seed=seed,
+                telemetry=TelemetryBus("validate"),
+            )
+        )
+        for node in workflow.stages():
+            node.stage.validate(ctx)
+        return recipe, validated, workflow, bound
+
     def dry_run(
         self, target: Target, config: Any = None, *, adapters: str | Mapping[str, Any] | None = None
     ) -> DryRun:
@@ -349,23 +393,7 @@ class Kitchen:
             PortError: a required port is unbound or its adapter does not fit its port.
             RecipeNotFound: unknown target name.
         """
-        recipe = _resolve(self._recipes, target)
-        validated = recipe.config(config)
-        workflow = recipe.build(validated)
-        bound = _adapters(adapters, recipe, seed=0)
-        _check_ports(workflow, recipe, bound)
-        ctx = Context(
-            RunInfo(
-                run_id="dry-run",
-                workflow=workflow.name,
-                config=validated,
-                ports=bound,
-                seed=0,
-                telemetry=TelemetryBus("dry-run"),
-            )
-        )
-        for node in workflow.stages():
-            node.stage.validate(ctx)
+        _, validated, workflow, bound = self._prepare(target, config, adapters, seed=0)
         return DryRun(workflow, validated, bound)
 
     async def start(
@@ -394,17 +422,12 @@ class Kitchen:
         ``RunPlan.resume_loops``). Backend state (weights, optimizer) is the stages' business:
         they find the snapshot's state and load the checkpoint it names.
         """
-        recipe = _resolve(self._recipes, target)
-        validated = recipe.config(config)
-        workflow = recipe.build(validated)
-        bound = _adapters(adapters, recipe, seed=seed)
-        _check_ports(workflow, recipe, bound)
+        recipe, validated, workflow, bound = self._prepare(target, config, adapters, seed=seed)
         run_id = run_id or f"{workflow.name}-{uuid.uuid4().hex[:8]}"
-        handlers = [
-            build_handler(spec)
-            for spec in (*Kitchen._default_telemetry, *self._telemetry, *telemetry)
-        ]
-        bus = TelemetryBus(run_id, handlers=handlers)
+        bus = TelemetryBus(run_id)
+        for spec in (*Kitchen._default_telemetry, *self._telemetry, *telemetry):
+            handler = build_handler(spec)
+            bus.add_handler(handler, owned=handler is not spec)  # we close what we built
         info = RunInfo(
             run_id=run_id,
             workflow=workflow.name,
@@ -413,7 +436,7 @@ class Kitchen:
             seed=seed,
             telemetry=bus,
             tracer=self._tracer,
-            recipe=recipe.name if recipe.name != workflow.name or target is recipe else None,
+            recipe=None if isinstance(target, Workflow) else recipe.name,
             fault_hook=fault_hook,
         )
         initial = Context(info) if resume is None else Context.restore(info, resume)
@@ -478,7 +501,7 @@ def _resolve(recipes: Mapping[str, Recipe], target: Target) -> Recipe:
     if isinstance(target, Recipe):
         return target
     if isinstance(target, Workflow):
-        return Recipe(target.name, target.description, target)
+        return Recipe(target.name, target.description, target, adapters="none")
     if isinstance(target, str):
         try:
             return recipes[target]

@@ -12,8 +12,11 @@ from crucible_kitchen.workflows import Workflow, conditional, loop, stage
 pytestmark = pytest.mark.anyio
 
 
-def workflow(snapshots: list[ContextSnapshot], applied: list[tuple[int, int]],
-             crash_at: tuple[int, int] | None) -> Workflow:
+def workflow(
+    snapshots: list[ContextSnapshot],
+    applied: list[tuple[int, int]],
+    crash_at: tuple[int, int] | None,
+) -> Workflow:
     async def load(ctx: Context) -> None:
         ctx.state["data"] = [1, 2, 3, 4]  # rebuilt on resume: not part of the snapshot needs
         ctx.state["handle"] = object()  # not JSON: dropped from snapshots
@@ -37,12 +40,19 @@ def workflow(snapshots: list[ContextSnapshot], applied: list[tuple[int, int]],
     return Workflow(
         "resumable",
         stage("load", load),
-        loop("epochs", 3,
-             stage("shuffle", shuffle),
-             loop("batches", lambda ctx: ctx.state["order"],
-                  stage("train", train, retry=RetryPolicy(max_attempts=1)),
-                  conditional("every_2", lambda ctx: ctx.step % 2 == 0,
-                              then=[stage("checkpoint", checkpoint)]))),
+        loop(
+            "epochs",
+            3,
+            stage("shuffle", shuffle),
+            loop(
+                "batches",
+                lambda ctx: ctx.state["order"],
+                stage("train", train, retry=RetryPolicy(max_attempts=1)),
+                conditional(
+                    "every_2", lambda ctx: ctx.step % 2 == 0, then=[stage("checkpoint", checkpoint)]
+                ),
+            ),
+        ),
     )
 
 
@@ -55,16 +65,16 @@ async def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one() -> None:
     crashed_snapshots: list[ContextSnapshot] = []
     crashed_applied: list[tuple[int, int]] = []
     with pytest.raises(StageFailed):
-        await Kitchen.run(workflow(crashed_snapshots, crashed_applied, (1, 3)), adapters={},
-                          seed=3)
+        await Kitchen.run(workflow(crashed_snapshots, crashed_applied, (1, 3)), adapters={}, seed=3)
     last = crashed_snapshots[-1]
     assert (last.loops, last.step) == ({"epochs": 1, "batches": 1}, 6)
     assert "handle" not in last.state
     assert "order" in last.state
 
     resumed_applied: list[tuple[int, int]] = []
-    resumed = await Kitchen.run(workflow([], resumed_applied, None), adapters={}, seed=3,
-                                resume=last)
+    resumed = await Kitchen.run(
+        workflow([], resumed_applied, None), adapters={}, seed=3, resume=last
+    )
     assert resumed.metrics == full.metrics
     assert resumed.steps == full.steps
     done_before = crashed_applied[: last.step]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from crucible_kitchen.kitchen import Kitchen
-from crucible_kitchen.stages import Context
 from crucible_kitchen.telemetry import configure_tracing, get_span_exporter
 from crucible_kitchen.workflows import Workflow, loop, stage
+
+if TYPE_CHECKING:
+    from crucible_kitchen.stages import Context
 
 pytestmark = pytest.mark.anyio
 
@@ -46,7 +48,9 @@ async def test_stage_spans_are_children_of_the_run_span() -> None:
     ticks = [a for a in attributes if a["crucible_kitchen.stage"] == "tick"]
     assert [a["crucible_kitchen.loop.epochs"] for a in ticks] == [0, 1]
     assert all(a["crucible_kitchen.run_id"] == "run-1" for a in attributes)
-    flakes = [s for s in stages if s.attributes and s.attributes["crucible_kitchen.stage"] == "flaky"]
+    flakes = [
+        s for s in stages if s.attributes and s.attributes["crucible_kitchen.stage"] == "flaky"
+    ]
     assert [s.attributes["crucible_kitchen.attempt"] for s in flakes if s.attributes] == [1, 2]
     assert flakes[0].status.status_code.name == "ERROR"
     assert any(e.name == "exception" for e in flakes[0].events)

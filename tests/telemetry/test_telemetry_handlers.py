@@ -85,7 +85,7 @@ def test_console_prints_the_fixed_formats() -> None:
         "[Kitchen] Step 4/10 | loss=0.5000 | lr=1.000e-04",
         "[Kitchen] Step 5/? | loss=? | lr=?",
         "[Kitchen] Epoch 1/2 complete",
-        "[Kitchen] Checkpoint saved: final at runs/r/ckpt (step 10)",
+        "[Kitchen] Checkpoint saved: final at runs/r/ckpt (after 9 steps)",
         "[Kitchen] Stage optim_step failed after 1.5s [epochs=1 batches=7] (attempt 2): "
         "ValueError: learning rate is negative",
         "[Kitchen] Restarted optim_step (attempt 2): crash: ValueError",

@@ -163,7 +163,7 @@ async def test_killed_dpo_stages_change_nothing() -> None:
     killer = StageKiller(
         KillPoint("reference_logprobs", "awaiting", execution=3),
         KillPoint("submit_step", "after_submit", execution=4, operation="optim_step"),
-        KillPoint("submit_step", "awaiting", execution=9),  # kills await_step
+        KillPoint("await_step", "awaiting", execution=9),
     )
     killed, killed_client, killed_stages = await run(killer)
     assert killed_stages == {"reference_logprobs", "submit_step", "await_step"}

@@ -243,7 +243,7 @@ async def test_killed_rl_stages_change_nothing() -> None:
         KillPoint("refresh_sampler", "after_submit", execution=2),
         KillPoint("kl_penalty", "execute"),
         KillPoint("train_step", "after_submit", execution=3, operation="optim_step"),
-        KillPoint("train_step", "awaiting", execution=2),  # kills await_step
+        KillPoint("await_step", "awaiting", execution=2),
     )
     killed, killed_client = await run(killer)
     assert len(killer.kills) == 5

@@ -199,14 +199,14 @@ async def test_a_run_with_killed_stages_ends_exactly_like_an_undisturbed_one() -
             return await handle.wait(), client, events
 
     clean, clean_client, _ = await run(None)
-    # A future is awaited by a later stage, but the fault hook names the stage that submitted
-    # it: ("submit_step", "awaiting") kills await_step, drain_for_checkpoint or drain.
+    # Futures are submitted by submit_step and awaited by later stages (await_step, the drains):
+    # an "awaiting" kill lands on the stage that awaits.
     killer = StageKiller(
         KillPoint("build_dataset", "execute"),
         KillPoint("submit_step", "after_submit", execution=5, operation="forward_backward"),
         KillPoint("submit_step", "before_call", execution=9, operation="optim_step"),
-        KillPoint("submit_step", "awaiting", execution=7),
-        KillPoint("submit_step", "awaiting", execution=16, operation="optim_step"),
+        KillPoint("await_step", "awaiting", execution=7),
+        KillPoint("drain", "awaiting", operation="optim_step"),
         KillPoint("checkpoint", "awaiting"),
     )
     killed, killed_client, events = await run(killer)

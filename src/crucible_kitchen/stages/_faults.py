@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._context import Context
 
-__all__ = ("FaultPoint", "FaultProxy", "current_stage_kill")
+__all__ = ("FaultPoint", "FaultProxy", "current_stage_context", "current_stage_kill")
 
 FaultPoint = str
 """``"execute"`` (a stage execution begins), ``"before_call"`` (a port call is about to be
@@ -24,6 +24,11 @@ current_stage_kill: ContextVar[Callable[[], None] | None] = ContextVar(
     "current_stage_kill", default=None
 )
 """Kills the actor of the stage execution running in this task (set by the engine)."""
+
+current_stage_context: ContextVar[Context | None] = ContextVar(
+    "current_stage_context", default=None
+)
+"""The context of the stage execution running in this task (set by the engine)."""
 
 FaultHookFn = Callable[[FaultPoint, "Context", str], Awaitable[None]]
 
@@ -38,7 +43,8 @@ class _FaultFuture:
         self._operation = operation
 
     async def result(self) -> Any:
-        await self._hook("awaiting", self._ctx, self._operation)
+        # A future may be awaited by a later stage than the one that submitted it.
+        await self._hook("awaiting", current_stage_context.get() or self._ctx, self._operation)
         return await self._future.result()
 
     def __getattr__(self, name: str) -> Any:

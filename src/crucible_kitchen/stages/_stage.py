@@ -24,8 +24,9 @@ class RetryPolicy:
     Args:
         max_attempts: attempts in all, the first included (1 = never retry).
         backoff: seconds before the second attempt; doubles for each later one.
-        retry_on: errors that may succeed on a second try (a crash, a kill and a timeout of
-            the stage's actor always qualify).
+        retry_on: errors that may succeed on a second try. A kill of the stage's actor always
+            qualifies; a stage that overruns its timeout fails with a ``TimeoutError``, which
+            the default ``(Exception,)`` covers.
         never_retry: errors that retrying cannot fix; they fail the run at once.
     """
 

@@ -140,7 +140,7 @@ class TrainingEpoch(BaseEvent, frozen=True, kw_only=True, tag="crucible_kitchen.
 class TrainingCheckpoint(
     BaseEvent, frozen=True, kw_only=True, tag="crucible_kitchen.training.checkpoint"
 ):
-    """A checkpoint was written (atomically) at ``path``."""
+    """A checkpoint was written (atomically) at ``path`` after ``step`` completed steps."""
 
     step: Count
     epoch: Count | None = None

@@ -190,7 +190,7 @@ class ConsoleHandler:
             case TrainingCheckpoint():
                 return 20, (
                     f"[Kitchen] Checkpoint saved: {event.name} at {event.path} "
-                    f"(step {event.step + 1})"
+                    f"(after {event.step} steps)"
                 )
             case EvalComplete():
                 parts = [

@@ -1,7 +1,13 @@
-"""Test helpers for users and for our own tests: port conformance checks, latency injection.
+"""Test helpers for users and for our own tests.
 
-Fault injection for the noop backend lives with it, in ``crucible_kitchen.adapters.noop``
-(:class:`~crucible_kitchen.adapters.noop.FaultPlan`).
+- Fault injection into runs: :class:`StageKiller` kills a stage's actor at a chosen point
+  (:class:`KillPoint`), :class:`ChaosMonkey` at seeded random ones, :class:`FaultTrace` records
+  the points a run reaches.
+- Port conformance checks (``check_training_client`` and the others), and :func:`with_latency`
+  around any adapter.
+
+Faults inside the noop backend itself (slow, failing or hanging calls) live with it, in
+``crucible_kitchen.adapters.noop`` (:class:`~crucible_kitchen.adapters.noop.FaultPlan`).
 """
 
 from __future__ import annotations
@@ -25,8 +31,20 @@ from crucible_kitchen.testing._port_conformance import check_tokenizer as check_
 from crucible_kitchen.testing._port_conformance import (
     check_training_client as check_training_client,
 )
+from crucible_kitchen.testing._stage_faults import POINTS as POINTS
+from crucible_kitchen.testing._stage_faults import ChaosMonkey as ChaosMonkey
+from crucible_kitchen.testing._stage_faults import FaultTrace as FaultTrace
+from crucible_kitchen.testing._stage_faults import Kill as Kill
+from crucible_kitchen.testing._stage_faults import KillPoint as KillPoint
+from crucible_kitchen.testing._stage_faults import StageKiller as StageKiller
 
 __all__ = (
+    "POINTS",
+    "ChaosMonkey",
+    "FaultTrace",
+    "Kill",
+    "KillPoint",
+    "StageKiller",
     "check_blob_store",
     "check_dataset_store",
     "check_env_group_builder",

@@ -88,17 +88,20 @@ class StageKiller:
 
     async def __call__(self, point: str, ctx: Context, operation: str) -> None:
         stage = _stage_of(ctx)
-        for kill_point in self.points:
+        fire: KillPoint | None = None
+        for kill_point in self.points:  # count every matching point, even when one fires
             if (kill_point.stage, kill_point.point) != (stage, point):
                 continue
             if kill_point.operation not in (None, operation):
                 continue
             self._reached[kill_point] += 1
-            if self._reached[kill_point] == kill_point.execution:
-                self.kills.append(
-                    Kill(stage, kill_point.point, operation, ctx.attempt, tuple(ctx.loops.items()))
-                )
-                await _kill_current_stage()
+            if self._reached[kill_point] == kill_point.execution and fire is None:
+                fire = kill_point
+        if fire is not None:
+            self.kills.append(
+                Kill(stage, fire.point, operation, ctx.attempt, tuple(ctx.loops.items()))
+            )
+            await _kill_current_stage()
 
 
 class ChaosMonkey:

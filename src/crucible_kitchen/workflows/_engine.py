@@ -32,7 +32,7 @@ from crucible_kitchen.errors import (
     StageFailed,
     WorkflowError,
 )
-from crucible_kitchen.stages._faults import current_stage_kill
+from crucible_kitchen.stages._faults import current_stage_context, current_stage_kill
 from crucible_kitchen.supervisors import (
     Actor,
     ActorRef,
@@ -45,6 +45,7 @@ from crucible_kitchen.telemetry import (
     StageException,
     StageStart,
     StageStop,
+    SupervisorRestart,
     TelemetryBus,
     WorkflowException,
     WorkflowStart,
@@ -53,6 +54,8 @@ from crucible_kitchen.telemetry import (
     extract_context,
     inject_context,
     record_exception,
+    run_attributes,
+    stage_attributes,
     start_run_span,
     start_stage_span,
 )
@@ -138,10 +141,18 @@ class StageActor(Actor[Execute]):
                 run.tracer,
                 extract_context(message.trace or {}),
                 node.name,
-                _stage_attributes(run, node.name, self.path, message.attempt, loops),
+                stage_attributes(
+                    run_id=run.run_id,
+                    workflow=run.workflow,
+                    stage=node.name,
+                    path=self.path,
+                    attempt=message.attempt,
+                    loop=loops,
+                ),
             )
         started = time.perf_counter()
         token = current_stage_kill.set(self.ref.kill)
+        context_token = current_stage_context.set(ctx)
         try:
             if run.fault_hook is not None:
                 await run.fault_hook("execute", ctx, node.name)
@@ -153,6 +164,7 @@ class StageActor(Actor[Execute]):
             raise
         finally:
             current_stage_kill.reset(token)
+            current_stage_context.reset(context_token)
         if span is not None:
             span.end()
         if result is not None:
@@ -167,21 +179,6 @@ class StageActor(Actor[Execute]):
             )
         )
         return ctx
-
-
-def _stage_attributes(
-    run: RunInfo, stage: str, path: str, attempt: int, loops: dict[str, int]
-) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "crucible_kitchen.run_id": run.run_id,
-        "crucible_kitchen.workflow": run.workflow,
-        "crucible_kitchen.stage": stage,
-        "crucible_kitchen.stage.path": path,
-        "crucible_kitchen.attempt": attempt,
-    }
-    for name, index in loops.items():
-        attributes[f"crucible_kitchen.loop.{name}"] = index
-    return attributes
 
 
 class TelemetrySink(Actor[Any]):
@@ -231,10 +228,7 @@ class WorkflowActor(Actor[Any]):
             span = start_run_span(
                 run.tracer,
                 f"workflow {run.workflow}",
-                {
-                    "crucible_kitchen.run_id": run.run_id,
-                    "crucible_kitchen.workflow": run.workflow,
-                },
+                run_attributes(run_id=run.run_id, workflow=run.workflow, recipe=run.recipe),
             )
             self.trace = inject_context(span)
             self.span = span
@@ -294,6 +288,12 @@ class WorkflowActor(Actor[Any]):
             if outcome.error is None:
                 outcome.status = "failed"
                 outcome.error = exc
+            else:
+                logger.error(
+                    "run %r: a cleanup stage failed after the run had failed",
+                    self.plan.run.run_id,
+                    exc_info=exc,
+                )
 
     # ------------------------------------------------------------------ the interpreter
 
@@ -357,6 +357,7 @@ class WorkflowActor(Actor[Any]):
                 error = reason.error if reason.kind is ExitKind.CRASH else None
             except ActorNotRunning as exc:
                 cause = last or exc
+                await _rollback(node, ctx.fork(path=path, attempt=attempt - 1), last)
                 raise StageFailed(
                     f"stage {node.name!r} failed on attempt {attempt - 1}: its supervisor gave "
                     f"up after too many restarts; last error: {_describe(cause)}",
@@ -392,8 +393,16 @@ class WorkflowActor(Actor[Any]):
                         "exception.message": "killed" if error is None else str(error),
                     },
                 )
+            run.telemetry.emit(
+                SupervisorRestart(
+                    supervisor=f"{run.run_id}/stages",
+                    child=node.name,
+                    attempt=attempt + 1,
+                    reason="killed" if error is None else f"{type(error).__name__}: {error}",
+                )
+            )
             if not will_retry:
-                await _rollback(node, ctx, error)
+                await _rollback(node, ctx.fork(path=path, attempt=attempt), error)
                 raise StageFailed(
                     f"stage {node.name!r} failed on attempt {attempt}: {_describe(error)}",
                     stage=node.name,
