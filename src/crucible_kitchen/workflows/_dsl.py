@@ -21,6 +21,7 @@ callables and bad limits raise :class:`WorkflowDefinitionError` listing every pr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from crucible_kitchen.errors import WorkflowDefinitionError
@@ -87,8 +88,8 @@ class ParallelNode:
 
     Each branch works on its own copy of the context. If every branch succeeds, their changes
     are merged into the context (``merge(base, branch_contexts)`` if given; otherwise each
-    branch's changed ``state`` and ``metrics`` keys are applied, and two branches changing the
-    same key is an error). If a branch fails, the others are cancelled, nothing is merged and
+    branch's changed ``state`` and ``metrics`` keys are applied, two branches changing the
+    same key is an error, and ``step`` becomes the largest branch's). If a branch fails, the others are cancelled, nothing is merged and
     the parallel node fails with that branch's error.
     """
 
@@ -150,15 +151,16 @@ def stage(
     name: str,
     stage: object,
     *,
-    timeout: float | None = None,
+    timeout: float | EllipsisType | None = ...,
     retry: RetryPolicy | None = None,
 ) -> StageNode:
     """A stage node: a Stage instance or subclass, or an ``async def fn(ctx)``.
 
-    ``timeout`` and ``retry`` override the stage's own class attributes.
+    ``timeout`` (seconds, or None for no limit) and ``retry`` override the stage's own class
+    attributes; left out, the stage's own apply.
     """
     unit = as_stage(stage)
-    return StageNode(name, unit, unit.timeout if timeout is None else timeout, retry or unit.retry)
+    return StageNode(name, unit, unit.timeout if timeout is ... else timeout, retry or unit.retry)
 
 
 def loop(name: str, over: Callable[[Context], Iterable[Any]] | int, *body: Node) -> LoopNode:
@@ -299,6 +301,8 @@ class Workflow:
                     case _:
                         lines.append(f"{pad}{_KINDS[type(node)]} {node.name}")
                         for label, body in _children(node):
+                            if not body:
+                                continue
                             if len(list(_children(node))) > 1:
                                 lines.append(f"{pad}  {label}:")
                                 show(body, depth + 2)
