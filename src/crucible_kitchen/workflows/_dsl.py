@@ -21,7 +21,6 @@ callables and bad limits raise :class:`WorkflowDefinitionError` listing every pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import EllipsisType
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from crucible_kitchen.errors import WorkflowDefinitionError
@@ -29,6 +28,7 @@ from crucible_kitchen.stages import RetryPolicy, Stage, as_stage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
+    from types import EllipsisType
 
     from crucible_kitchen.stages import Context
 
@@ -89,8 +89,9 @@ class ParallelNode:
     Each branch works on its own copy of the context. If every branch succeeds, their changes
     are merged into the context (``merge(base, branch_contexts)`` if given; otherwise each
     branch's changed ``state`` and ``metrics`` keys are applied, two branches changing the
-    same key is an error, and ``step`` becomes the largest branch's). If a branch fails, the others are cancelled, nothing is merged and
-    the parallel node fails with that branch's error.
+    same key is an error, and ``step`` becomes the largest branch's). If a branch fails, the
+    others are cancelled, nothing is merged and the parallel node fails with that branch's
+    error.
     """
 
     name: str

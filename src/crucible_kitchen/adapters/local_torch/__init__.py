@@ -1,8 +1,80 @@
 """Local PyTorch backend: a small decoder-only transformer trained and sampled in-process.
 
+Importing this package is light: it never imports torch. The public names below are loaded
+on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
+:class:`LocalRenderer` import torch.
+
+- :class:`LocalTorchTrainingClient` (port ``training_client``) and
+  :class:`LocalTorchSamplingClient` (``sampling_client``);
+- :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
+  and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
+- :func:`local_torch_adapters`: all four, keyed by port name;
+- :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
+- :class:`LocalFuture`, :class:`CallCounters`: what the clients' calls return and count.
+
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
-``_optim``, ``_checkpoint``) that import torch. This ``__init__`` must stay light: importing the
-adapter package never imports torch; only the modules that do the work do.
+``_optim``, ``_checkpoint``, ``_trainer``).
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crucible_kitchen.adapters.local_torch._bundle import (
+        local_torch_adapters as local_torch_adapters,
+    )
+    from crucible_kitchen.adapters.local_torch._config import PRESETS as PRESETS
+    from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
+    from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
+    from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
+    from crucible_kitchen.adapters.local_torch._requests import CallCounters as CallCounters
+    from crucible_kitchen.adapters.local_torch._requests import LocalFuture as LocalFuture
+    from crucible_kitchen.adapters.local_torch._sampling_client import (
+        LocalTorchSamplingClient as LocalTorchSamplingClient,
+    )
+    from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer as LocalTokenizer
+    from crucible_kitchen.adapters.local_torch._training_client import (
+        LocalTorchTrainingClient as LocalTorchTrainingClient,
+    )
+
+__all__ = (
+    "PRESETS",
+    "CallCounters",
+    "LocalFuture",
+    "LocalRenderer",
+    "LocalTokenizer",
+    "LocalTorchSamplingClient",
+    "LocalTorchTrainingClient",
+    "LoraConfig",
+    "ModelConfig",
+    "local_torch_adapters",
+)
+
+_LAZY: dict[str, str] = {
+    "PRESETS": "_config",
+    "CallCounters": "_requests",
+    "LocalFuture": "_requests",
+    "LocalRenderer": "_renderer",
+    "LocalTokenizer": "_tokenizer",
+    "LocalTorchSamplingClient": "_sampling_client",
+    "LocalTorchTrainingClient": "_training_client",
+    "LoraConfig": "_config",
+    "ModelConfig": "_config",
+    "local_torch_adapters": "_bundle",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name from its private module on first access."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted((*globals(), *__all__))

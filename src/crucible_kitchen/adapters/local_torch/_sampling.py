@@ -14,7 +14,7 @@ from torch import Tensor
 from crucible_kitchen.adapters.local_torch._lora import merge_lora
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from crucible_kitchen.adapters.local_torch._model import Transformer
 
@@ -158,12 +158,17 @@ def generate(
     options: SamplingOptions,
     *,
     use_kv_cache: bool = True,
+    stop_when: Callable[[Sequence[int]], bool] | None = None,
 ) -> GenerationResult:
     """Sample ``options.num_samples`` continuations of ``prompt`` as one batch.
 
     The prompt is run once and its key/value cache copied to every sample; each step then feeds
     one token per sample. With ``use_kv_cache=False`` every step re-runs the whole sequence
     instead (slow; a reference for tests). The model is put in eval mode for the call.
+
+    ``stop_when``, if given, is called after each step with the tokens a still-running sample
+    has generated so far; when it returns ``True`` the sample ends there (stop reason
+    ``"stop"``), as if its last token were a stop token. Stop strings are built on it.
 
     Raises:
         ValueError: the prompt is empty, has ids outside the vocabulary, or leaves no room for
@@ -197,11 +202,18 @@ def generate(
         steps_tokens: list[Tensor] = []
         steps_logprobs: list[Tensor] = []
         finished = torch.zeros(n, dtype=torch.bool, device=model.device)
+        generated: list[list[int]] = [[] for _ in range(n)]
+        stopped_at: list[int | None] = [None] * n
         for step in range(max_tokens):
             tokens, logprobs = _choose(next_logits, options, generator)
             steps_tokens.append(tokens)
             steps_logprobs.append(logprobs)
-            finished |= torch.isin(tokens, stop_ids)
+            newly_finished = torch.isin(tokens, stop_ids)
+            if stop_when is not None:
+                _check_stop_callback(
+                    stop_when, tokens, newly_finished, finished, generated, stopped_at, step
+                )
+            finished |= newly_finished
             if step == max_tokens - 1 or bool(finished.all()):
                 break
             if cache is not None:
@@ -212,16 +224,45 @@ def generate(
     all_tokens = torch.stack(steps_tokens, dim=1)
     all_logprobs = torch.stack(steps_logprobs, dim=1)
     return GenerationResult(
-        sequences=tuple(_trim(all_tokens[row], all_logprobs[row], stop_ids) for row in range(n)),
+        sequences=tuple(
+            _trim(all_tokens[row], all_logprobs[row], stop_ids, stopped_at[row]) for row in range(n)
+        ),
         prompt_logprobs=prompt_scores,
     )
 
 
-def _trim(tokens: Tensor, logprobs: Tensor, stop_ids: Tensor) -> GeneratedSequence:
-    """Cut a row after its first stop token (the row may run on while others generate)."""
+def _check_stop_callback(
+    stop_when: Callable[[Sequence[int]], bool],
+    tokens: Tensor,
+    newly_finished: Tensor,
+    finished: Tensor,
+    generated: list[list[int]],
+    stopped_at: list[int | None],
+    step: int,
+) -> None:
+    """Ask ``stop_when`` about every still-running row; mark the rows it stops."""
+    new_tokens = tokens.tolist()
+    already = finished.tolist()
+    for row, token in enumerate(new_tokens):
+        if already[row]:
+            continue
+        generated[row].append(token)
+        if stop_when(generated[row]):
+            newly_finished[row] = True
+            stopped_at[row] = step
+
+
+def _trim(
+    tokens: Tensor, logprobs: Tensor, stop_ids: Tensor, stopped_at: int | None = None
+) -> GeneratedSequence:
+    """Cut a row after its first stop token, or after step ``stopped_at`` (the row may run on
+    while others generate)."""
     stops = torch.isin(tokens, stop_ids).nonzero()
-    if len(stops):
-        end = int(stops[0, 0]) + 1
+    ends = [int(stops[0, 0]) + 1] if len(stops) else []
+    if stopped_at is not None:
+        ends.append(stopped_at + 1)
+    if ends:
+        end = min(ends)
         return GeneratedSequence(
             tokens=tuple(tokens[:end].tolist()),
             logprobs=tuple(logprobs[:end].tolist()),

@@ -1,0 +1,207 @@
+"""Paths confined to a root, atomic writes, and the request ledger of the filesystem adapters."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from crucible_kitchen.errors import (
+    InvalidRequest,
+    KitchenError,
+    PermanentBackendError,
+    RequestIdConflict,
+    TransientBackendError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = (
+    "TEMP_PREFIX",
+    "RequestLedger",
+    "atomic_write",
+    "check_key",
+    "confined_path",
+    "fsync_directory",
+    "os_error",
+)
+
+T = TypeVar("T")
+
+TEMP_PREFIX: Final = ".ck-tmp-"
+"""Files being written start with this; keys with a segment starting with it are refused."""
+
+_TRANSIENT_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EBUSY})
+
+
+def check_key(port: str, operation: str, key: object, *, what: str = "key") -> str:
+    """``key`` if it is a relative, slash-separated key that cannot leave its root.
+
+    Refused: a non-string or empty key, an absolute one, a backslash or NUL, an empty,
+    ``.`` or ``..`` segment, or a segment starting with the reserved ``.ck-tmp-``.
+
+    Raises:
+        InvalidRequest: naming the key and the rule it breaks.
+    """
+    problem = None
+    if not isinstance(key, str) or not key:
+        problem = "must be a non-empty string"
+    elif key.startswith("/"):
+        problem = "must be relative"
+    elif "\\" in key or "\x00" in key:
+        problem = "must not contain a backslash or NUL"
+    elif any(segment in ("", ".", "..") for segment in key.split("/")):
+        problem = "must not have empty, '.' or '..' segments"
+    elif any(segment.startswith(TEMP_PREFIX) for segment in key.split("/")):
+        problem = f"must not have a segment starting with the reserved {TEMP_PREFIX!r}"
+    if problem is not None:
+        raise InvalidRequest(
+            f"{operation}: {what} {key!r} {problem}", port=port, operation=operation
+        )
+    assert isinstance(key, str)
+    return key
+
+
+def confined_path(root: Path, key: str, *, port: str, operation: str) -> Path:
+    """The path of ``key`` under ``root`` (a resolved directory), refusing symlink escapes.
+
+    ``key`` must have passed :func:`check_key`. The path is resolved, following every
+    symbolic link that exists; if the result lies outside ``root`` the key is refused.
+    (A link swapped in between this check and the use of the path is not caught.)
+
+    Raises:
+        InvalidRequest: the key leads outside ``root`` through a symbolic link.
+    """
+    path = root.joinpath(*key.split("/"))
+    real = Path(os.path.realpath(path))
+    if real != root and not real.is_relative_to(root):
+        raise InvalidRequest(
+            f"{operation}: key {key!r} leads outside the store's root {root} "
+            f"(through a symbolic link, to {real})",
+            port=port,
+            operation=operation,
+        )
+    return path
+
+
+def fsync_directory(path: Path) -> None:
+    """Flush a directory's entries to disk (where the platform allows it)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory descriptors
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` all or nothing: temporary file, fsync, rename, fsync dir.
+
+    A reader sees the old content or the new one, never a mix; a crash leaves at most a
+    ``.ck-tmp-*`` file behind. With ``exclusive`` an existing ``path`` is never replaced.
+
+    Raises:
+        FileExistsError: ``exclusive`` and ``path`` exists.
+        OSError: the write failed; nothing changed at ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+    try:
+        with open(temporary, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if exclusive:
+            os.link(temporary, path)  # atomic, and fails if path exists
+            temporary.unlink()
+        else:
+            os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def os_error(
+    exc: OSError, *, port: str, operation: str, request_id: str | None = None
+) -> KitchenError:
+    """The error-tree twin of an ``OSError`` from an operation that had no effect.
+
+    A full disk, an I/O error or a busy resource may pass: transient. Anything else
+    (permissions, a file where a directory should be) is permanent.
+    """
+    kind = TransientBackendError if exc.errno in _TRANSIENT_ERRNOS else PermanentBackendError
+    return kind(f"{operation}: {exc}", port=port, operation=operation, request_id=request_id)
+
+
+@dataclass(slots=True)
+class _Record(Generic[T]):
+    method: str
+    fingerprint: bytes
+    done: anyio.Event
+    value: Any = None
+    succeeded: bool = False
+
+
+class RequestLedger:
+    """Runs mutating requests once per ``request_id``, each in a worker thread.
+
+    A re-sent request (same id, method and fingerprint) gets the first one's answer,
+    waiting for it if it is still running; the same id with another request raises
+    :class:`RequestIdConflict`; a failed request is forgotten, so re-sending it runs it. A
+    request whose work finished is recorded even if its caller was cancelled meanwhile.
+    """
+
+    def __init__(self, port: str) -> None:
+        self.port = port
+        self._records: dict[str, _Record[Any]] = {}
+
+    async def run(
+        self, method: str, work: Callable[[], T], *, request_id: str, fingerprint: bytes
+    ) -> T:
+        """Run ``work`` for this request, or return the answer it already got.
+
+        Raises:
+            RequestIdConflict: ``request_id`` was used for another method or content.
+        """
+        await anyio.lowlevel.checkpoint()
+        while (known := self._records.get(request_id)) is not None:
+            if known.method != method or known.fingerprint != fingerprint:
+                raise RequestIdConflict(
+                    f"request_id {request_id!r} was already used for a different "
+                    f"{known.method} request",
+                    port=self.port,
+                    operation=method,
+                    request_id=request_id,
+                )
+            if known.succeeded:
+                value: T = known.value
+                return value
+            await known.done.wait()  # still running; it succeeds, or is forgotten
+        record: _Record[T] = _Record(method, fingerprint, anyio.Event())
+        self._records[request_id] = record
+
+        def job() -> None:
+            record.value = work()
+            record.succeeded = True
+
+        try:
+            await anyio.to_thread.run_sync(job)
+        finally:
+            if not record.succeeded:
+                del self._records[request_id]
+            record.done.set()
+        result: T = record.value
+        return result

@@ -1,0 +1,78 @@
+"""The local torch adapters at once, keyed by port name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
+from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
+from crucible_kitchen.adapters.local_torch._training_client import LocalTorchTrainingClient
+
+if TYPE_CHECKING:
+    import os
+
+    from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
+    from crucible_kitchen.ports import PortName
+
+__all__ = ("local_torch_adapters",)
+
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def local_torch_adapters(
+    *,
+    model: str | ModelConfig = "tiny",
+    seed: int = 0,
+    lora: LoraConfig | int | None = None,
+    device: str = "cpu",
+    tokenizer: str | LocalTokenizer = "byte",
+    renderer: str = "chatml",
+    run_dir: str | os.PathLike[str] | None = None,
+    default_max_tokens: int = 128,
+) -> dict[PortName, object]:
+    """Real adapters for ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``.
+
+    The sampling client samples the initial weights (a frozen copy); the training client
+    makes new ones with ``create_sampling_client``. Combine with
+    ``crucible_kitchen.adapters.filesystem.filesystem_adapters`` for the dataset store, blob
+    store and model registry.
+
+    Args:
+        model: a preset name (``"tiny"``, ``"small"``, ...) or a :class:`ModelConfig`.
+        seed: seeds the initial weights, dropout and unseeded sampling.
+        lora: a :class:`LoraConfig`, a rank, or ``None`` for full fine-tuning.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        tokenizer: ``"byte"``, ``"bpe"`` or a :class:`LocalTokenizer`.
+        renderer: the chat format: ``"chatml"``, ``"llama3"`` or ``"role_colon"``.
+        run_dir: checkpoints go to ``run_dir/checkpoints`` and the tokenizer is saved as
+            ``run_dir/tokenizer.json``; ``None`` uses a temporary directory and saves nothing.
+        default_max_tokens: completion length when a request leaves ``max_tokens`` unset.
+
+    Raises:
+        ConfigError: an invalid model, LoRA, tokenizer or device.
+        RenderError: an unknown renderer, or one the tokenizer cannot serve.
+    """
+    local_tokenizer = (
+        tokenizer if isinstance(tokenizer, LocalTokenizer) else LocalTokenizer.named(tokenizer)
+    )
+    checkpoint_dir = None
+    if run_dir is not None:
+        checkpoint_dir = Path(run_dir) / CHECKPOINTS_DIR
+        local_tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
+    training_client = LocalTorchTrainingClient(
+        model=model,
+        seed=seed,
+        lora=lora,
+        tokenizer=local_tokenizer,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        default_max_tokens=default_max_tokens,
+    )
+    return {
+        "training_client": training_client,
+        "sampling_client": training_client._initial_sampling_client(),
+        "tokenizer": local_tokenizer,
+        "renderer": LocalRenderer(local_tokenizer, renderer),
+    }

@@ -1,0 +1,294 @@
+"""The SamplingClient port over a frozen torch model: KV-cache generation and logprobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from crucible_kitchen.adapters.local_torch._checkpoint import load_checkpoint, read_manifest
+from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
+from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
+from crucible_kitchen.adapters.local_torch._model import build_model, derive_seed
+from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
+from crucible_kitchen.adapters.local_torch._sampling import (
+    GeneratedSequence,
+    SamplingOptions,
+    generate,
+    prompt_logprobs,
+)
+from crucible_kitchen.adapters.local_torch._translate import translated
+from crucible_kitchen.errors import CheckpointMismatch, ConfigError, InvalidRequest
+from crucible_kitchen.ports import SampledSequence, SampleResponse
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Sequence
+
+    from crucible_kitchen.adapters.local_torch._model import Transformer
+    from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
+    from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
+    from crucible_kitchen.ports import ModelInput, SamplingParams
+
+__all__ = ("LocalTorchSamplingClient",)
+
+_PORT: Final = "sampling_client"
+_SEED_MASK: Final = (1 << 63) - 1
+
+
+class LocalTorchSamplingClient:
+    """Implements :class:`~crucible_kitchen.ports.SamplingClient` over a frozen torch model.
+
+    All samples of one request are generated as one batch over a shared key/value cache of
+    the prompt. A sequence's ``logprobs`` are the model's own (temperature 1, before top-k
+    and top-p), as the training client computes them, so on-policy importance ratios are 1.
+
+    Stops: ``stop=None`` ends a sample at the tokenizer's EOS token; ``()`` never ends one
+    early; token ids end it at any of them; strings end it at the first token after which
+    the decoded completion contains one of them (decode and cut). EOS still ends a sample
+    when a non-empty ``stop`` is given. The stop token, or the tokens that spell the stop
+    string, stay in the sequence.
+
+    Randomness: ``sampling_params.seed`` fixes the samples; without it the seed is derived
+    from this client's ``seed`` and the ``request_id`` (else the call number), so a run
+    replays exactly.
+
+    Requests run one at a time, in a worker thread, when their future is awaited (see
+    ``_requests``). Build one with :meth:`LocalTorchTrainingClient.create_sampling_client`,
+    :meth:`from_checkpoint`, or from a model that nothing else will change (e.g.
+    ``snapshot_for_sampling(model)``).
+
+    Args:
+        model: the weights to sample from; it is put in eval mode and never changed.
+        tokenizer: the model's tokenizer.
+        seed: seeds unseeded requests.
+        default_max_tokens: completion length when ``max_tokens`` is ``None`` (capped by the
+            room left in the context window).
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: LocalTokenizer,
+        *,
+        seed: int = 0,
+        default_max_tokens: int = 128,
+    ) -> None:
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ConfigError(
+                [
+                    f"the tokenizer has {tokenizer.vocab_size} ids, the model "
+                    f"{model.config.vocab_size}"
+                ],
+                source="sampling client",
+            )
+        self._model = model.eval()
+        self._tokenizer = tokenizer
+        self._seed = seed
+        self._default_max_tokens = default_max_tokens
+        self._queue = RequestQueue(_PORT)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        tokenizer: LocalTokenizer,
+        *,
+        device: str = "cpu",
+        seed: int = 0,
+        default_max_tokens: int = 128,
+    ) -> LocalTorchSamplingClient:
+        """A client over the weights of a checkpoint, rebuilt from its manifest's config.
+
+        Reads the disk synchronously.
+
+        Raises:
+            CheckpointError: the checkpoint is missing, corrupt, or saved with another
+                tokenizer.
+        """
+        manifest = read_manifest(path)
+        saved = (manifest.user_payload or {}).get("tokenizer_id")
+        if saved is not None and saved != tokenizer.tokenizer_id:
+            raise CheckpointMismatch(
+                f"{path}: saved with tokenizer {saved}, not {tokenizer.tokenizer_id}",
+                path=str(path),
+                differences=[
+                    f"tokenizer_id: checkpoint {saved!r}, given {tokenizer.tokenizer_id!r}"
+                ],
+            )
+        identity = manifest.config
+        try:
+            config = ModelConfig(**identity["model"], device=device)
+            lora = identity.get("lora")
+            lora_config = (
+                None if lora is None else LoraConfig(**{**lora, "targets": tuple(lora["targets"])})
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointMismatch(
+                f"{path}: the manifest's config cannot be rebuilt: {exc}",
+                path=str(path),
+                differences=[f"config: {exc}"],
+            ) from exc
+        model = build_model(config, seed=0)
+        if lora_config is not None:
+            apply_lora(model, lora_config)
+        load_checkpoint(path, model=model)
+        merge_lora(model)
+        model.requires_grad_(False)
+        return cls(
+            model,
+            tokenizer,
+            seed=derive_seed(seed, f"sampler:{Path(path).name}"),
+            default_max_tokens=default_max_tokens,
+        )
+
+    @property
+    def counters(self) -> CallCounters:
+        """Calls received, applied, failed and deduplicated, per method."""
+        return self._queue.counters
+
+    @property
+    def model(self) -> Transformer:
+        """The frozen model sampled from."""
+        return self._model
+
+    async def sample(
+        self,
+        prompt: ModelInput,
+        num_samples: int,
+        sampling_params: SamplingParams,
+        *,
+        include_prompt_logprobs: bool = False,
+        request_id: str | None = None,
+    ) -> LocalFuture[SampleResponse]:
+        """See :meth:`crucible_kitchen.ports.SamplingClient.sample`.
+
+        Raises:
+            InvalidRequest: ``num_samples`` < 1; an empty prompt, or one with ids outside
+                the vocabulary or too long to leave room for ``max_tokens``.
+        """
+        method = "sample"
+        tokens = self._prompt_tokens(method, prompt)
+        if type(num_samples) is not int or num_samples < 1:
+            raise self._invalid(method, f"num_samples {num_samples!r} must be an int >= 1")
+        room = self._model.config.max_seq_len - len(tokens)
+        max_tokens = sampling_params.max_tokens
+        if max_tokens is None:
+            max_tokens = min(self._default_max_tokens, room)
+        if max_tokens > room:
+            raise self._invalid(
+                method,
+                f"a prompt of {len(tokens)} tokens plus max_tokens={max_tokens} exceeds "
+                f"max_seq_len={self._model.config.max_seq_len}",
+            )
+        stop_ids, stop_strings = self._stops(sampling_params)
+        digest = b""
+        if request_id is not None:
+            payload = (prompt, num_samples, sampling_params, include_prompt_logprobs)
+            digest = fingerprint(_PORT, method, payload)
+        call_number = self._queue.counters.calls[method]
+        if sampling_params.seed is not None:
+            seed = sampling_params.seed & _SEED_MASK
+        else:
+            stream = f"request:{request_id}" if request_id is not None else f"call:{call_number}"
+            seed = derive_seed(self._seed, stream)
+        options = SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=sampling_params.temperature,
+            top_k=sampling_params.top_k,
+            top_p=sampling_params.top_p,
+            stop_token_ids=stop_ids,
+            num_samples=num_samples,
+            seed=seed,
+            include_prompt_logprobs=include_prompt_logprobs,
+        )
+        stop_when = self._stop_checker(stop_strings) if stop_strings else None
+
+        def work() -> SampleResponse:
+            with translated(_PORT, method, request_id, atomic=True):
+                result = generate(self._model, tokens, options, stop_when=stop_when)
+            return SampleResponse(
+                sequences=tuple(_sequence(generated) for generated in result.sequences),
+                prompt_logprobs=result.prompt_logprobs,
+            )
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
+    async def compute_logprobs(
+        self, prompt: ModelInput, *, request_id: str | None = None
+    ) -> LocalFuture[tuple[float | None, ...]]:
+        """See :meth:`crucible_kitchen.ports.SamplingClient.compute_logprobs`.
+
+        Raises:
+            InvalidRequest: an empty prompt, or one too long or with ids outside the vocabulary.
+        """
+        method = "compute_logprobs"
+        tokens = self._prompt_tokens(method, prompt, allow_full=True)
+        digest = b"" if request_id is None else fingerprint(_PORT, method, prompt)
+
+        def work() -> tuple[float | None, ...]:
+            with translated(_PORT, method, request_id, atomic=True):
+                return prompt_logprobs(self._model, tokens)
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
+    def get_tokenizer(self) -> LocalTokenizer:
+        """See :meth:`crucible_kitchen.ports.SamplingClient.get_tokenizer`."""
+        return self._tokenizer
+
+    # ---------------------------------------------------------------------------------------
+
+    def _invalid(self, operation: str, message: str) -> InvalidRequest:
+        return InvalidRequest(f"{operation}: {message}", port=_PORT, operation=operation)
+
+    def _prompt_tokens(
+        self, operation: str, prompt: ModelInput, *, allow_full: bool = False
+    ) -> list[int]:
+        try:
+            tokens = prompt.to_ints()
+        except (ValueError, AttributeError) as exc:
+            raise self._invalid(operation, f"prompt: {exc}") from exc
+        if not tokens:
+            raise self._invalid(operation, "the prompt is empty")
+        vocab = self._model.config.vocab_size
+        if min(tokens) < 0 or max(tokens) >= vocab:
+            raise self._invalid(operation, f"prompt token ids must be in [0, {vocab})")
+        limit = self._model.config.max_seq_len - (0 if allow_full else 1)
+        if len(tokens) > limit:
+            raise self._invalid(
+                operation, f"the prompt has {len(tokens)} tokens; at most {limit} fit"
+            )
+        return tokens
+
+    def _stops(self, params: SamplingParams) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        eos = self._tokenizer.eos_token_id
+        eos_ids = () if eos is None else (eos,)
+        if params.stop is None:
+            return eos_ids, ()
+        if not params.stop:
+            return (), ()
+        ids = tuple(item for item in params.stop if isinstance(item, int))
+        strings = tuple(item for item in params.stop if isinstance(item, str) and item)
+        return (*eos_ids, *ids), strings
+
+    def _stop_checker(self, stops: tuple[str, ...]) -> Callable[[Sequence[int]], bool]:
+        """Whether a completion's text contains a stop string, looking only at its tail."""
+        # Every token is at least one byte, so the tokens spelling a stop string of b bytes,
+        # plus the token that may end past it, are among the last b + 1 tokens.
+        window = max(len(stop.encode()) for stop in stops) + 2
+        tokenizer = self._tokenizer
+        vocab = tokenizer.vocab_size
+
+        def stop_when(generated: Sequence[int]) -> bool:
+            tail = [token for token in generated[-window:] if token < vocab]
+            text = tokenizer.decode(tail)
+            return any(stop in text for stop in stops)
+
+        return stop_when
+
+
+def _sequence(generated: GeneratedSequence) -> SampledSequence:
+    return SampledSequence(
+        tokens=generated.tokens,
+        logprobs=generated.logprobs,
+        stop_reason=generated.stop_reason,
+    )

@@ -1,0 +1,622 @@
+"""The TrainingClient port over a real torch model trained in this process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import torch
+
+from crucible_kitchen.adapters.local_torch._checkpoint import read_manifest
+from crucible_kitchen.adapters.local_torch._config import (
+    LoraConfig,
+    ModelConfig,
+    enable_determinism,
+    preset,
+    resolve_device,
+)
+from crucible_kitchen.adapters.local_torch._model import derive_seed
+from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
+from crucible_kitchen.adapters.local_torch._sampling_client import LocalTorchSamplingClient
+from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
+from crucible_kitchen.adapters.local_torch._trainer import Trainer
+from crucible_kitchen.adapters.local_torch._translate import translated
+from crucible_kitchen.errors import (
+    CheckpointError,
+    CheckpointMismatch,
+    ConfigError,
+    InvalidRequest,
+    ResourceNotFound,
+)
+from crucible_kitchen.ports import (
+    LOSS_FN_INPUTS,
+    AdamParams,
+    CustomLossOutput,
+    Datum,
+    ForwardBackwardOutput,
+    LoadStateResponse,
+    ModelInfo,
+    SaveStateResponse,
+    SaveWeightsForSamplerResponse,
+    TensorData,
+)
+from crucible_kitchen.training.losses import builtin_loss
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from torch import Tensor
+
+    from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
+    from crucible_kitchen.ports import CustomLossFn, LossFnType, OptimStepResponse
+
+__all__ = ("LocalTorchTrainingClient",)
+
+_PORT: Final = "training_client"
+_STATE_DIR: Final = "weights"
+_SAMPLER_DIR: Final = "sampler_weights"
+_REQUIRED_INPUTS: Final[Mapping[str, tuple[str, ...]]] = {
+    str(loss_fn): keys for loss_fn, keys in LOSS_FN_INPUTS.items()
+}
+
+
+class LocalTorchTrainingClient:
+    """Implements :class:`~crucible_kitchen.ports.TrainingClient` with a torch model in-process.
+
+    The model is a decoder-only transformer built from a preset name or a
+    :class:`ModelConfig` and a seed (optionally with LoRA adapters, then only they train).
+    Losses are Tinker's, sum-reduced over tokens; gradients accumulate across
+    ``forward_backward`` calls until ``optim_step`` (AdamW). Each datum's output holds its
+    ``"logprobs"`` and its ``"loss"`` (a 0-d tensor); the metrics hold ``"loss:sum"``.
+
+    Requests run one at a time in submission order, in a worker thread, when a future of
+    this client is awaited (see ``_requests`` for the execution model); ``request_id``
+    deduplicates exactly as the port says. On CPU, equal seeds and equal request sequences
+    give bit-identical weights, also across ``save_state`` → new client → ``load_state``.
+
+    Checkpoints are directories under ``checkpoint_dir``: ``weights/<name>`` (weights,
+    AdamW state, dropout RNG) and ``sampler_weights/<name>`` (weights only); the path a
+    save returns is the directory's, and ``load_state`` takes any such path. A checkpoint
+    records the ``request_id`` that wrote it, so a save re-sent by a restarted process
+    finds its own checkpoint and succeeds without writing; another request saving to a
+    taken name is refused.
+
+    Args:
+        model: a preset name (``"tiny"``, ``"small"``, ...; its vocabulary is resized to the
+            tokenizer's) or a full :class:`ModelConfig`.
+        seed: seeds the initial weights and the dropout generator.
+        lora: a :class:`LoraConfig`, or a rank (LoRA with defaults and ``seed``); ``None``
+            trains every weight.
+        tokenizer: by default the byte-level tokenizer.
+        device: overrides the config's device (``"cpu"``, ``"cuda"``, ``"auto"``).
+        dtype: overrides the config's parameter dtype.
+        checkpoint_dir: where checkpoints go; by default a new temporary directory.
+        deterministic: on CUDA, switch torch to deterministic kernels (process-wide); CPU
+            kernels are deterministic already.
+        default_max_tokens: completion length for samplers when ``max_tokens`` is ``None``.
+
+    Raises:
+        ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
+            smaller than the tokenizer's, or an unavailable device.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str | ModelConfig = "tiny",
+        seed: int = 0,
+        lora: LoraConfig | int | None = None,
+        tokenizer: LocalTokenizer | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        deterministic: bool = True,
+        default_max_tokens: int = 128,
+    ) -> None:
+        self._tokenizer = tokenizer if tokenizer is not None else LocalTokenizer.byte()
+        self._base_model = model if isinstance(model, str) else "custom"
+        config, lora_config = _resolve_config(
+            model, seed=seed, lora=lora, tokenizer=self._tokenizer, device=device, dtype=dtype
+        )
+        if deterministic and resolve_device(config.device).type == "cuda":
+            enable_determinism()
+        self._seed = seed
+        self._default_max_tokens = default_max_tokens
+        self._trainer = Trainer(config, seed=seed, lora=lora_config)
+        self._queue = RequestQueue(_PORT)
+        self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        lora_part = "" if lora_config is None else f"-lora{lora_config.rank}"
+        self._model_id = f"local-torch-{self._base_model}-seed{seed}{lora_part}"
+
+    # ---------------------------------------------------------------------------------------
+    # Adapter-specific API
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's architecture (vocabulary, device and dtype resolved)."""
+        return self._trainer.config
+
+    @property
+    def lora_config(self) -> LoraConfig | None:
+        """The LoRA adapters' config, if the model has them."""
+        return self._trainer.lora
+
+    @property
+    def counters(self) -> CallCounters:
+        """Calls received, applied, failed and deduplicated, per method; the applied log."""
+        return self._queue.counters
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where checkpoints are written (a temporary directory is made on first use)."""
+        if self._checkpoint_dir is None:
+            self._checkpoint_dir = Path(tempfile.mkdtemp(prefix="crucible-kitchen-checkpoints-"))
+        return self._checkpoint_dir
+
+    async def drain(self) -> None:
+        """Run every request submitted so far."""
+        await self._queue.drain()
+
+    async def state_tensors(self) -> dict[str, Tensor]:
+        """CPU copies of the weights, accumulated gradients, AdamW state and dropout RNG
+        after every request submitted so far; compare with ``torch.equal`` between runs.
+
+        Keys: ``model/<name>``, ``grad/<name>``, ``optimizer/<name>/<key>``, ``rng/dropout``.
+        """
+        return await self._queue.call("state_tensors", self._trainer.state_tensors, record=False)
+
+    async def checkpoint_payload(self, path: str) -> dict[str, Any] | None:
+        """The ``user_payload`` given to the :meth:`save_state` that wrote ``path``.
+
+        Raises:
+            ResourceNotFound: no checkpoint at ``path``.
+            CheckpointError: the checkpoint's manifest is unreadable.
+        """
+
+        def work() -> dict[str, Any] | None:
+            self._require_checkpoint("checkpoint_payload", path)
+            payload = read_manifest(path).user_payload or {}
+            user = payload.get("user")
+            return user if isinstance(user, dict) else None
+
+        return await self._queue.call("checkpoint_payload", work, record=False)
+
+    # ---------------------------------------------------------------------------------------
+    # The port
+
+    async def forward(
+        self,
+        data: Sequence[Datum],
+        loss_fn: LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> LocalFuture[ForwardBackwardOutput]:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.forward`.
+
+        Runs in eval mode without gradients: it changes nothing, not even the dropout RNG.
+        """
+        method = "forward"
+        data = tuple(data)  # the request runs later: freeze what the caller passed now
+        keys = self._check_loss_inputs(method, loss_fn, data)
+        config = self._loss_config(method, loss_fn, loss_fn_config)
+
+        def work() -> ForwardBackwardOutput:
+            with translated(_PORT, method, atomic=True):
+                return self._trainer.forward(data, loss_fn, config, keys, backward=False)
+
+        return self._queue.submit(method, work)
+
+    async def forward_backward(
+        self,
+        data: Sequence[Datum],
+        loss_fn: LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+        *,
+        request_id: str,
+    ) -> LocalFuture[ForwardBackwardOutput]:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.forward_backward`."""
+        method = "forward_backward"
+        data = tuple(data)
+        keys = self._check_loss_inputs(method, loss_fn, data)
+        config = self._loss_config(method, loss_fn, loss_fn_config)
+        digest = fingerprint(_PORT, method, (list(data), loss_fn, sorted(config.items())))
+
+        def work() -> ForwardBackwardOutput:
+            with translated(_PORT, method, request_id, atomic=True):
+                return self._trainer.forward(data, loss_fn, config, keys, backward=True)
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
+    async def forward_backward_custom(
+        self, data: Sequence[Datum], loss_fn: CustomLossFn, *, request_id: str
+    ) -> LocalFuture[ForwardBackwardOutput]:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.forward_backward_custom`.
+
+        ``loss_fn`` runs in the worker thread, once; exceptions it raises come out of the
+        future unchanged, and the request then has no effect.
+        """
+        method = "forward_backward_custom"
+        data = tuple(data)
+        self._check_data(method, data, ())
+        digest = fingerprint(_PORT, method, list(data))
+
+        def work() -> ForwardBackwardOutput:
+            with translated(_PORT, method, request_id, atomic=True):
+                batch, logprobs, logprob_data = self._trainer.custom_forward(data)
+            custom = loss_fn(data, logprob_data)
+            self._check_custom_output(request_id, custom, logprob_data)
+            with translated(_PORT, method, request_id, atomic=True):
+                self._trainer.custom_backward(batch, logprobs, custom.logprob_grads)
+            return ForwardBackwardOutput(
+                loss_fn_output_type="custom",
+                loss_fn_outputs=tuple({"logprobs": lp} for lp in logprob_data),
+                metrics={**custom.metrics, "loss:sum": float(custom.loss)},
+            )
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
+    async def optim_step(
+        self, adam_params: AdamParams, *, request_id: str
+    ) -> LocalFuture[OptimStepResponse]:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.optim_step`.
+
+        Metrics: ``step``, ``learning_rate``, ``grad_norm`` (before clipping),
+        ``grad_clipped`` (0 or 1) and ``gradients_applied`` (forward-backward requests
+        accumulated into this step).
+        """
+        method = "optim_step"
+        if not isinstance(adam_params, AdamParams):
+            raise self._invalid(method, f"adam_params is a {type(adam_params).__name__}")
+        digest = fingerprint(_PORT, method, adam_params)
+
+        def work() -> OptimStepResponse:
+            with translated(_PORT, method, request_id):
+                return self._trainer.optim_step(adam_params)
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
+    async def save_state(
+        self, name: str, *, request_id: str, user_payload: Mapping[str, Any] | None = None
+    ) -> LocalFuture[SaveStateResponse]:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.save_state`.
+
+        Saves weights, AdamW state, the step and the dropout RNG (not pending gradients) to
+        ``checkpoint_dir/weights/<name>``. ``user_payload`` (adapter-specific: a JSON object,
+        e.g. the engine's context snapshot) is stored with it; read it back with
+        :meth:`checkpoint_payload`.
+        """
+        method = "save_state"
+        path = self._checkpoint_path(method, _STATE_DIR, name)
+        user = self._check_payload(method, user_payload)
+        digest = fingerprint(_PORT, method, (str(path), json.dumps(user, sort_keys=True)))
+
+        def work() -> SaveStateResponse:
+            self._save(method, path, request_id, digest, with_optimizer=True, user=user)
+            return SaveStateResponse(path=str(path))
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
+    async def load_state(
+        self, path: str, *, with_optimizer: bool = True, request_id: str
+    ) -> LocalFuture[LoadStateResponse]:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.load_state`.
+
+        With ``with_optimizer`` the AdamW state and the dropout RNG are restored too, so
+        training continues bit-identically; without, the optimizer starts afresh.
+
+        Raises (from the future):
+            ResourceNotFound: nothing at ``path``.
+            CheckpointError: the checkpoint is corrupt, or was made for another model,
+                LoRA config or tokenizer, or holds no optimizer state to restore.
+        """
+        method = "load_state"
+        digest = fingerprint(_PORT, method, (path, with_optimizer))
+
+        def work() -> LoadStateResponse:
+            self._require_checkpoint(method, path, request_id)
+            with translated(_PORT, method, request_id, atomic=True):
+                self._check_tokenizer(path)
+                self._trainer.load(path, with_optimizer=with_optimizer)
+            return LoadStateResponse(path=path)
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
+    async def save_weights_for_sampler(
+        self, name: str, *, request_id: str
+    ) -> LocalFuture[SaveWeightsForSamplerResponse]:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.save_weights_for_sampler`.
+
+        Writes ``checkpoint_dir/sampler_weights/<name>`` and keeps a frozen in-memory copy,
+        so :meth:`create_sampling_client` on it does not read the disk.
+        """
+        method = "save_weights_for_sampler"
+        path = self._checkpoint_path(method, _SAMPLER_DIR, name)
+        digest = fingerprint(_PORT, method, str(path))
+
+        def work() -> SaveWeightsForSamplerResponse:
+            self._save(method, path, request_id, digest, with_optimizer=False, user=None)
+            return SaveWeightsForSamplerResponse(path=str(path))
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
+    async def create_sampling_client(self, model_path: str) -> LocalTorchSamplingClient:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.create_sampling_client`.
+
+        The sampling client owns a frozen copy of the weights saved at ``model_path`` (LoRA
+        merged), so later training does not change its samples. Runs after every request
+        submitted before it.
+
+        Raises:
+            ResourceNotFound: nothing was saved at ``model_path``.
+            CheckpointError: the checkpoint is corrupt or does not fit this model.
+        """
+        method = "create_sampling_client"
+
+        def work() -> LocalTorchSamplingClient:
+            self._require_checkpoint(method, model_path)
+            with translated(_PORT, method):
+                self._check_tokenizer(model_path)
+                model = self._trainer.sampler_model(model_path)
+            return LocalTorchSamplingClient(
+                model,
+                self._tokenizer,
+                seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
+                default_max_tokens=self._default_max_tokens,
+            )
+
+        return await self._queue.call(method, work, record=False)
+
+    def get_info(self) -> ModelInfo:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.get_info`."""
+        lora = self._trainer.lora
+        return ModelInfo(
+            model_id=self._model_id,
+            base_model=self._base_model,
+            is_lora=lora is not None,
+            lora_rank=None if lora is None else lora.rank,
+            tokenizer_id=self._tokenizer.tokenizer_id,
+        )
+
+    def get_tokenizer(self) -> LocalTokenizer:
+        """See :meth:`crucible_kitchen.ports.TrainingClient.get_tokenizer`."""
+        return self._tokenizer
+
+    def _initial_sampling_client(self) -> LocalTorchSamplingClient:
+        """A sampling client of the current weights, made synchronously.
+
+        Only for a client no request has been submitted to (the bundle's initial sampler).
+        """
+        if self._queue.pending or sum(self._queue.counters.calls.values()):
+            raise RuntimeError("_initial_sampling_client needs a client with no requests")
+        return LocalTorchSamplingClient(
+            self._trainer.snapshot(),
+            self._tokenizer,
+            seed=derive_seed(self._seed, "sampler:initial"),
+            default_max_tokens=self._default_max_tokens,
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # Checkpoint helpers (worker thread)
+
+    def _save(
+        self,
+        method: str,
+        path: Path,
+        request_id: str,
+        digest: bytes,
+        *,
+        with_optimizer: bool,
+        user: dict[str, Any] | None,
+    ) -> None:
+        payload = {
+            "request_id": request_id,
+            "fingerprint": digest.hex(),
+            "tokenizer_id": self._tokenizer.tokenizer_id,
+            "user": user,
+        }
+        with translated(_PORT, method, request_id, atomic=True):
+            if os.path.lexists(path):
+                if _saved_by(path, request_id, digest):
+                    return  # this very request wrote it, in an earlier process
+                raise InvalidRequest(
+                    f"{method}: a checkpoint already exists at {path}; choose another name",
+                    port=_PORT,
+                    operation=method,
+                    request_id=request_id,
+                )
+            self._trainer.save(path, with_optimizer=with_optimizer, payload=payload)
+
+    def _require_checkpoint(self, method: str, path: str, request_id: str | None = None) -> None:
+        if not (isinstance(path, str) and path and Path(path).is_dir()):
+            raise ResourceNotFound(
+                f"{method}: no checkpoint at {path!r}",
+                port=_PORT,
+                operation=method,
+                resource=str(path),
+                request_id=request_id,
+            )
+
+    def _check_tokenizer(self, path: str) -> None:
+        payload = read_manifest(path).user_payload or {}
+        saved = payload.get("tokenizer_id")
+        ours = self._tokenizer.tokenizer_id
+        if saved is not None and saved != ours:
+            raise CheckpointMismatch(
+                f"{path}: saved with tokenizer {saved}, this client uses {ours}",
+                path=path,
+                differences=[f"tokenizer_id: checkpoint {saved!r}, client {ours!r}"],
+            )
+
+    # ---------------------------------------------------------------------------------------
+    # Validation: what the backend refuses at submission
+
+    def _invalid(self, operation: str, message: str) -> InvalidRequest:
+        return InvalidRequest(f"{operation}: {message}", port=_PORT, operation=operation)
+
+    def _checkpoint_path(self, operation: str, kind: str, name: str) -> Path:
+        if (
+            not isinstance(name, str)
+            or not name
+            or name in (".", "..")
+            or any(c in name for c in "/\\\x00")
+        ):
+            raise self._invalid(
+                operation, f"name {name!r} must be non-empty, not '.' or '..', without / \\ NUL"
+            )
+        return (self.checkpoint_dir / kind / name).absolute()
+
+    def _check_payload(
+        self, operation: str, payload: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        if payload is None:
+            return None
+        try:
+            # A round trip: the stored payload is a plain copy the caller cannot change.
+            copied: dict[str, Any] = json.loads(json.dumps(dict(payload), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise self._invalid(operation, f"user_payload is not a JSON object: {exc}") from exc
+        return copied
+
+    def _check_loss_inputs(
+        self, operation: str, loss_fn: str, data: Sequence[Datum]
+    ) -> tuple[str, ...]:
+        required = _REQUIRED_INPUTS.get(loss_fn)
+        if required is None:
+            known = ", ".join(_REQUIRED_INPUTS)
+            raise self._invalid(operation, f"unknown loss_fn {loss_fn!r}; known: {known}")
+        keys = tuple(key for key in required if key != "target_tokens")
+        self._check_data(operation, data, keys)
+        return keys
+
+    def _check_data(self, operation: str, data: Sequence[Datum], keys: Sequence[str]) -> None:
+        if not data:
+            raise self._invalid(operation, "data is empty")
+        vocab = self.config.vocab_size
+        limit = self.config.max_seq_len
+        for index, datum in enumerate(data):
+            if not isinstance(datum, Datum):
+                raise self._invalid(operation, f"data[{index}] is a {type(datum).__name__}")
+            try:
+                tokens = datum.model_input.to_ints()
+            except ValueError as exc:
+                raise self._invalid(operation, f"data[{index}]: {exc}") from exc
+            length = len(tokens)
+            if not 0 < length <= limit:
+                raise self._invalid(
+                    operation, f"data[{index}] has {length} tokens; must be 1 to {limit}"
+                )
+            if not (min(tokens) >= 0 and max(tokens) < vocab):
+                raise self._invalid(operation, f"data[{index}]: token ids must be in [0, {vocab})")
+            targets = datum.loss_fn_inputs.get("target_tokens")
+            if targets is None:
+                raise self._invalid(operation, f"data[{index}] lacks loss input 'target_tokens'")
+            if targets.dtype != "int64" or targets.dims != (length,):
+                raise self._invalid(
+                    operation,
+                    f"data[{index}]: 'target_tokens' must be int64 of shape ({length},), "
+                    f"got {targets.dtype} {targets.dims}",
+                )
+            if not (min(targets.data) >= 0 and max(targets.data) < vocab):
+                raise self._invalid(
+                    operation, f"data[{index}]: target_tokens must be ids in [0, {vocab})"
+                )
+            for key in keys:
+                tensor = datum.loss_fn_inputs.get(key)
+                if tensor is None:
+                    raise self._invalid(operation, f"data[{index}] lacks loss input {key!r}")
+                if tensor.dims != (length,):
+                    raise self._invalid(
+                        operation,
+                        f"data[{index}]: {key!r} has shape {tensor.dims} for {length} positions",
+                    )
+                if not all(math.isfinite(value) for value in tensor.data):
+                    raise self._invalid(operation, f"data[{index}]: {key!r} is not finite")
+
+    def _loss_config(
+        self, operation: str, loss_fn: str, config: Mapping[str, float | str] | None
+    ) -> dict[str, float]:
+        parsed: dict[str, float] = {}
+        for key, value in (config or {}).items():
+            try:
+                parsed[key] = float(value)
+            except (TypeError, ValueError) as exc:
+                raise self._invalid(operation, f"loss_fn_config[{key!r}]: {exc}") from exc
+        # A dry run on one token checks names, required keys and ranges at submission.
+        zero = torch.zeros(1)
+        inputs = dict.fromkeys(("weights", "logprobs", "advantages"), zero)
+        with translated(_PORT, operation):
+            builtin_loss(loss_fn, zero, inputs, parsed)
+        return parsed
+
+    def _check_custom_output(
+        self, request_id: str, custom: object, logprobs: Sequence[TensorData]
+    ) -> None:
+        operation = "forward_backward_custom"
+
+        def invalid(message: str) -> InvalidRequest:
+            return InvalidRequest(
+                f"{operation}: {message}", port=_PORT, operation=operation, request_id=request_id
+            )
+
+        if not isinstance(custom, CustomLossOutput):
+            raise invalid(f"loss_fn returned a {type(custom).__name__}, not a CustomLossOutput")
+        if len(custom.logprob_grads) != len(logprobs):
+            raise invalid(
+                f"loss_fn returned {len(custom.logprob_grads)} gradients for {len(logprobs)} datums"
+            )
+        for index, (grad, lp) in enumerate(zip(custom.logprob_grads, logprobs, strict=True)):
+            if grad.dims != lp.dims:
+                raise invalid(f"gradient {index} has shape {grad.dims}, logprobs {lp.dims}")
+            if not all(math.isfinite(value) for value in grad.data):
+                raise invalid(f"gradient {index} is not finite")
+        if not math.isfinite(custom.loss):
+            raise invalid(f"loss {custom.loss} is not finite")
+
+
+def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
+    """Whether the checkpoint at ``path`` was written by this very request."""
+    try:
+        payload = read_manifest(path).user_payload or {}
+    except CheckpointError:
+        return False
+    return payload.get("request_id") == request_id and payload.get("fingerprint") == digest.hex()
+
+
+def _resolve_config(
+    model: str | ModelConfig,
+    *,
+    seed: int,
+    lora: LoraConfig | int | None,
+    tokenizer: LocalTokenizer,
+    device: str | None,
+    dtype: str | None,
+) -> tuple[ModelConfig, LoraConfig | None]:
+    overrides: dict[str, Any] = {}
+    if device is not None:
+        overrides["device"] = device
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    try:
+        if isinstance(model, str):
+            config = preset(model, vocab_size=tokenizer.vocab_size, **overrides)
+        elif isinstance(model, ModelConfig):
+            config = dataclasses.replace(model, **overrides)
+        else:
+            raise ValueError(f"model must be a preset name or a ModelConfig, got {model!r}")
+        lora_config = LoraConfig(rank=lora, seed=seed) if isinstance(lora, int) else lora
+        resolve_device(config.device)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError([str(exc).strip("'\"")], source="local torch model") from exc
+    if config.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            [
+                f"model.vocab_size {config.vocab_size} is smaller than the tokenizer's "
+                f"{tokenizer.vocab_size}"
+            ],
+            source="local torch model",
+        )
+    return config, lora_config
