@@ -210,6 +210,13 @@ class RunHandle:
             self._result = self._build_result()
         return self._result
 
+    def request_stop(self) -> None:
+        """Ask the run to stop at the next loop iteration boundary, after the current one's
+        stages (a checkpoint among them: ``checkpoint_due``-style predicates see
+        ``ctx.run.stop_requested``); cleanup stages run and the run ends as cancelled.
+        A second, harder stop is :meth:`cancel`."""
+        self._plan.run.stop_requested = True
+
     async def cancel(self) -> RunResult:
         """Stop the run: the running stage is cancelled within its shutdown timeout, the
         cleanup stages run, then every actor of the run stops. Returns the final result."""

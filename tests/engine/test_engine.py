@@ -426,3 +426,43 @@ async def test_collects_stage_starts_with_loop_indices() -> None:
     starts = events_of(collected, StageStart)
     assert [s.loop for s in starts] == [{"epochs": 0}, {"epochs": 1}]
     assert [s.path for s in starts] == ["epochs/tick", "epochs/tick"]
+
+
+async def test_request_stop_finishes_the_iteration_then_runs_cleanup() -> None:
+    seen: list[int] = []
+    cleaned: list[bool] = []
+    handle_box: list[Any] = []
+
+    async def work(ctx: Context) -> None:
+        seen.append(ctx.loops["i"])
+        ctx.step += 1
+        if ctx.loops["i"] == 2:
+            handle_box[0].request_stop()
+
+    async def save_if_stopping(ctx: Context) -> None:
+        ctx.metrics["saved_at"] = float(ctx.step)
+
+    async def close(ctx: Context) -> None:
+        cleaned.append(True)
+
+    wf = Workflow(
+        "stoppable",
+        loop(
+            "i",
+            10,
+            stage("work", work),
+            conditional(
+                "stopping",
+                lambda ctx: ctx.run.stop_requested,
+                then=[stage("save", save_if_stopping)],
+            ),
+        ),
+        cleanup=[stage("close", close)],
+    )
+    async with Kitchen.open() as kitchen:
+        run = await kitchen.start(wf, adapters={})
+        handle_box.append(run)
+        result = await run.result()
+    assert seen == [0, 1, 2]
+    assert (result.status, result.steps, result.metrics) == ("cancelled", 3, {"saved_at": 3.0})
+    assert cleaned == [True]

@@ -54,6 +54,7 @@ class RunInfo:
         "run_dir",
         "run_id",
         "seed",
+        "stop_requested",
         "telemetry",
         "tracer",
         "workflow",
@@ -83,6 +84,9 @@ class RunInfo:
         self.recipe = recipe
         self.run_dir = run_dir
         self.fault_hook = fault_hook
+        self.stop_requested = False
+        """Set by ``RunHandle.request_stop()``: finish the current loop iteration (checkpoint
+        predicates should say yes), then end the run as cancelled."""
 
 
 class Context:

@@ -83,6 +83,10 @@ RunStatus = Literal["running", "completed", "failed", "cancelled"]
 _MISSING = object()
 
 
+class _StopRequested(Exception):
+    """Unwinds the interpreter when a stop was requested at a loop iteration boundary."""
+
+
 class Execute(Message):
     """Run your stage on this context (attempt ``attempt``) and reply with the new context."""
 
@@ -238,6 +242,8 @@ class WorkflowActor(Actor[Any]):
         except anyio.get_cancelled_exc_class():
             outcome.status = "cancelled"
             raise
+        except _StopRequested:
+            outcome.status = "cancelled"
         except Exception as exc:
             outcome.status = "failed"
             outcome.error = exc
@@ -312,6 +318,8 @@ class WorkflowActor(Actor[Any]):
                 for index, item in enumerate(items):
                     if index < start:
                         continue
+                    if ctx.run.stop_requested:
+                        raise _StopRequested
                     ctx = await self._run_nodes(body, ctx.enter_loop(name, index, item))
                     ctx.leave_loop(name)
                 return ctx
