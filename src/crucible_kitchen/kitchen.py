@@ -103,11 +103,13 @@ class Adapters(Mapping[str, Any]):
     @classmethod
     def noop(cls, *, seed: int = 0, **options: Any) -> Adapters:
         """Every port bound to a deterministic in-memory noop adapter (for tests and demos)."""
-        from crucible_kitchen.adapters.noop import noop_adapters
+        from crucible_kitchen.adapters.noop import NoopSamplingClient, noop_adapters
 
-        return cls(
-            {str(port): adapter for port, adapter in noop_adapters(seed=seed, **options).items()}
-        )
+        ports: dict[str, Any] = {
+            str(port): adapter for port, adapter in noop_adapters(seed=seed, **options).items()
+        }
+        ports["teacher_sampling_client"] = NoopSamplingClient(seed=seed + 1)  # distillation
+        return cls(ports)
 
     @classmethod
     def named(cls, name: str, *, seed: int = 0) -> Adapters:
@@ -337,7 +339,7 @@ class Kitchen:
             RecipeInfo(
                 name=r.name,
                 description=r.description,
-                workflow=r.workflow.name if isinstance(r.workflow, Workflow) else "(by config)",
+                workflow=r.build(r.config(None)).name,
                 adapters=r.adapters,
             )
             for r in self._recipes.values()

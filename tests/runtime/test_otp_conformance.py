@@ -559,8 +559,9 @@ async def test_otp28_queued_calls_fail_at_once_when_the_actor_stops_for_good() -
     async with open_supervisor([probe(log, "a", restart="temporary")]) as sup:
         ref = sup.ref("a")
         ref.cast_nowait(Crash())
-        with pytest.raises(ActorExited):
+        with pytest.raises(ActorNotRunning, match="before it got to the call") as caught:
             await ref.call(Ping(), timeout=None)
+        assert isinstance(caught.value.__cause__, ValueError)
         with pytest.raises(ActorNotRunning):
             await ref.call(Ping())
 

@@ -141,17 +141,26 @@ class Slot:
             self.ref = ActorRef(self)
 
     def drain(self, reason: ExitReason) -> None:
-        """Fail every queued call and count every queued cast: nobody will read them."""
+        """Fail every queued call and count every queued cast: nobody will read them.
+
+        A queued call never reached an incarnation, so it fails with ``ActorNotRunning``
+        (OTP's ``noproc``); the actor's last exit is its cause.
+        """
         if self.mailbox is None:
             return
-        error: ActorExited | None = None
+        error: ActorNotRunning | None = None
         while True:
             try:
                 item = self.mailbox.get_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 return
             if type(item) is _Call:
-                error = error or _exited_error(self.id, reason)
+                if error is None:
+                    error = ActorNotRunning(
+                        f"actor {self.id!r} stopped ({reason}) before it got to the call",
+                        actor=self.id,
+                    )
+                    error.__cause__ = reason.error
                 item.fail(error)
             else:
                 self.dead_letters += 1

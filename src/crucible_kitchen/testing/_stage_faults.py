@@ -107,8 +107,10 @@ class StageKiller:
 class ChaosMonkey:
     """Kills stages at random points with probability ``rate``, reproducibly from ``seed``.
 
-    ``max_kills`` bounds the total; ``stages`` limits it to some stages. A given seed and run
-    give the same kills every time, because the order of fault points in a run is fixed.
+    ``max_kills`` bounds the total, ``max_kills_per_execution`` the kills of one stage at one
+    loop position (keep it below the stage's retry attempts, or the run fails, as it should);
+    ``stages`` limits it to some stages. A given seed and run give the same kills every time,
+    because the order of fault points in a run is fixed.
     """
 
     def __init__(
@@ -117,13 +119,16 @@ class ChaosMonkey:
         *,
         rate: float = 0.05,
         max_kills: int | None = None,
+        max_kills_per_execution: int = 1,
         stages: set[str] | None = None,
         points: tuple[Point, ...] = POINTS,
     ) -> None:
         self.rng = random.Random(seed)
         self.rate = rate
         self.max_kills = max_kills
+        self.max_kills_per_execution = max_kills_per_execution
         self.stages = stages
+        self._per_execution: Counter[tuple[str, tuple[tuple[str, int], ...]]] = Counter()
         self.points = points
         self.kills: list[Kill] = []
 
@@ -133,6 +138,10 @@ class ChaosMonkey:
             return
         if self.max_kills is not None and len(self.kills) >= self.max_kills:
             return
+        execution = (stage, tuple(ctx.loops.items()))
+        if self._per_execution[execution] >= self.max_kills_per_execution:
+            return
         if self.rng.random() < self.rate:
+            self._per_execution[execution] += 1
             self.kills.append(Kill(stage, point, operation, ctx.attempt, tuple(ctx.loops.items())))
             await _kill_current_stage()

@@ -368,7 +368,7 @@ class WorkflowActor(Actor[Any]):
                 await _rollback(node, ctx.fork(path=path, attempt=attempt - 1), last)
                 raise StageFailed(
                     f"stage {node.name!r} failed on attempt {attempt - 1}: its supervisor gave "
-                    f"up after too many restarts; last error: {_describe(cause)}",
+                    f"up after too many restarts; last error: {_describe(last)}",
                     stage=node.name,
                     path=path,
                     attempt=attempt - 1,
