@@ -293,7 +293,6 @@ async def main() -> None:
         "    conditional checkpoint_due",
         "      then:",
         "        stage checkpoint (FunctionStage)  [Record a checkpoint as a run artifact.]",
-        "      otherwise:",
         "  cleanup:",
         "    stage close (FunctionStage)  [Release what the run holds; runs however the run ends.]",
     ]

@@ -33,6 +33,7 @@ every other layer may import it.
     ├── RecipeNotFound              no recipe or workflow by that name  (also a LookupError)
     ├── RenderError                 a conversation cannot be rendered or a completion parsed
     │                               (also a ValueError)
+    ├── RunDirectoryError           a run directory cannot be written, read or resumed
     ├── TelemetryError              a bad telemetry handler spec, or a tracing exporter that is
     │                               unknown or not installed
     ├── TrainingInputError          bad arguments to the training math: shapes, schedule steps,
@@ -87,6 +88,7 @@ __all__ = (
     "ResourceNotFound",
     "RestartIntensityExceeded",
     "RunCancelled",
+    "RunDirectoryError",
     "Shutdown",
     "StageFailed",
     "SupervisorError",
@@ -326,6 +328,14 @@ class ConfigError(KitchenError, ValueError):
         super().__init__(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
         self.problems = problems
         self.source = source
+
+
+class RunDirectoryError(KitchenError):
+    """A run directory cannot be written, read or resumed; names the directory (``path``)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class RecipeNotFound(KitchenError, LookupError):

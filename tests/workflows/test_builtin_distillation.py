@@ -9,7 +9,7 @@ from _builtin_support import applied_ids, floats, of_type, recording_adapters, s
 
 from crucible_kitchen.adapters.noop import NoopSamplingClient
 from crucible_kitchen.errors import PortError
-from crucible_kitchen.kitchen import Kitchen
+from crucible_kitchen.kitchen import Adapters, Kitchen
 from crucible_kitchen.telemetry import DistillationStep, StageException, TelemetryEvent
 from crucible_kitchen.testing._stage_faults import KillPoint, StageKiller
 
@@ -17,8 +17,10 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_distillation_needs_a_teacher_port() -> None:
+    # The noop set binds a teacher; without one the run is refused before it starts.
+    no_teacher = {k: v for k, v in Adapters.noop().items() if k != "teacher_sampling_client"}
     with pytest.raises(PortError, match="teacher_sampling_client"):
-        await Kitchen.run("distillation", {})
+        await Kitchen.run("distillation", {}, adapters=no_teacher)
 
 
 async def test_the_student_is_trained_on_minus_the_reverse_kl_to_the_teacher() -> None:

@@ -21,11 +21,18 @@ def required_ports(name: str, config: dict[str, Any]) -> set[str]:
 
 
 def test_there_is_one_noop_recipe_per_builtin_workflow() -> None:
-    assert tuple(r.name for r in BUILTIN_RECIPES) == NAMES
+    noop = [r for r in BUILTIN_RECIPES if r.adapters == "noop"]
+    assert tuple(r.name for r in noop) == NAMES
+    (sl_basic,) = (r for r in BUILTIN_RECIPES if r.adapters != "noop")
+    assert (sl_basic.name, sl_basic.adapters, sl_basic.writes_run_dir) == (
+        "sl_basic",
+        "local_torch",
+        True,
+    )
+    assert sl_basic.build(sl_basic.config({})).name == "supervised"
     for recipe in BUILTIN_RECIPES:
-        assert recipe.adapters == "noop"
         workflow = recipe.build(recipe.config({}))
-        assert workflow.name == recipe.name
+        assert workflow.name == recipe.name or recipe is sl_basic
         for node in workflow.stages():
             assert isinstance(node.stage, Stage)
             assert node.stage.description, node.name  # a one-line docstring

@@ -8,6 +8,7 @@ from crucible_kitchen.recipes._configs import DistillationConfig as Distillation
 from crucible_kitchen.recipes._configs import FeedbackLoopConfig as FeedbackLoopConfig
 from crucible_kitchen.recipes._configs import PreferenceConfig as PreferenceConfig
 from crucible_kitchen.recipes._configs import ReinforcementConfig as ReinforcementConfig
+from crucible_kitchen.recipes._configs import SlBasicConfig as SlBasicConfig
 from crucible_kitchen.recipes._configs import SupervisedConfig as SupervisedConfig
 from crucible_kitchen.recipes._configs import TrainingConfig as TrainingConfig
 from crucible_kitchen.recipes._recipe import Recipe as Recipe
@@ -21,6 +22,7 @@ __all__ = (
     "PreferenceConfig",
     "Recipe",
     "ReinforcementConfig",
+    "SlBasicConfig",
     "SupervisedConfig",
     "TrainingConfig",
     "validate_config",

@@ -1,12 +1,16 @@
-"""The built-in recipes: one per built-in workflow, on the noop adapters by default."""
+"""The built-in recipes: one per built-in workflow on the noop adapters, and ``sl_basic``
+(real SFT on CPU with the local torch adapters, writing a run directory)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from crucible_kitchen.recipes._configs import (
     DistillationConfig,
     FeedbackLoopConfig,
     PreferenceConfig,
     ReinforcementConfig,
+    SlBasicConfig,
     SupervisedConfig,
 )
 from crucible_kitchen.recipes._recipe import Recipe
@@ -20,7 +24,31 @@ from crucible_kitchen.workflows import (
 
 __all__ = ("BUILTIN_RECIPES",)
 
+
+def _local_torch_options(config: SlBasicConfig, adapters: str) -> dict[str, Any]:
+    """The model, tokenizer and renderer of an ``sl_basic`` run on ``local_torch``."""
+    if adapters != "local_torch":
+        return {}
+    return {
+        "model": config.model,
+        "tokenizer": config.tokenizer,
+        "renderer": config.renderer,
+        "lora": config.lora_rank,
+        "device": config.device,
+    }
+
+
 BUILTIN_RECIPES: tuple[Recipe, ...] = (
+    Recipe(
+        "sl_basic",
+        "Supervised fine-tuning of a small transformer on CPU (local torch, chat_tasks); "
+        "checkpoints and resumes",
+        supervised_workflow,
+        SlBasicConfig,
+        adapters="local_torch",
+        adapter_options=_local_torch_options,
+        writes_run_dir=True,
+    ),
     Recipe(
         "supervised",
         "Supervised fine-tuning on conversations (cross-entropy, pipelined steps)",

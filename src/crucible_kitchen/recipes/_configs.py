@@ -20,9 +20,13 @@ __all__ = (
     "FeedbackLoopConfig",
     "PreferenceConfig",
     "ReinforcementConfig",
+    "SlBasicConfig",
     "SupervisedConfig",
     "TrainingConfig",
 )
+
+_SPLIT_PATTERN = r"^[^\[\]]+(\[-?\d*:-?\d*\])?$"
+"""A split name, or a slice of one: ``train``, ``train[-64:]``, ``train[:-64]``."""
 
 
 class _Config(pydantic.BaseModel):
@@ -70,7 +74,10 @@ class TrainingConfig(_Config):
     eval_every: int = Field(default=0, ge=0, description="Evaluate every N steps; 0 is off.")
     final_eval: bool = Field(default=True, description="Evaluate once more after the last step.")
     eval_split: str = Field(
-        default="test", min_length=1, description="Split of the dataset to evaluate."
+        default="test",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Split of the dataset to evaluate, or a slice of one ('train[-64:]').",
     )
     eval_examples: int | None = Field(
         default=32,
@@ -113,13 +120,90 @@ class _SupervisedTraining(TrainingConfig):
     max_examples: int | None = Field(
         default=None, ge=1, description="Use at most this many training rows."
     )
+    eval_generations: int = Field(
+        default=0,
+        ge=0,
+        description="At each evaluation, sample a greedy reply to the first N evaluation "
+        "prompts (eval.sample events); 0 is off.",
+    )
+    generation_max_tokens: int = Field(
+        default=32, ge=1, description="Tokens per sampled evaluation reply."
+    )
 
 
 class SupervisedConfig(_SupervisedTraining):
     """Supervised fine-tuning (SFT) with the cross-entropy loss."""
 
     dataset: str = Field(default="chat_tasks", min_length=1, description="Dataset store name.")
-    split: str = Field(default="train", min_length=1, description="Split to train on.")
+    split: str = Field(
+        default="train",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Split to train on, or a slice of one ('train[:-64]').",
+    )
+
+
+class SlBasicConfig(SupervisedConfig):
+    """``sl_basic``: SFT of a small transformer on CPU with the local torch backend.
+
+    The bundled ``chat_tasks`` has one split: its last 64 rows are held out for the
+    evaluation (NLL and sampled replies), the rest are trained on. The model, tokenizer and
+    renderer settings configure the ``local_torch`` adapters.
+    """
+
+    model: str = Field(
+        default="tiny",
+        min_length=1,
+        description="Local torch model preset: tiny, small (CPU); medium, base, large (GPU).",
+    )
+    tokenizer: Literal["byte", "bpe"] = Field(
+        default="byte", description="byte (256 ids) or bpe (trained on the bundled corpus)."
+    )
+    renderer: Literal["chatml", "llama3", "role_colon"] = Field(
+        default="chatml", description="Chat format of the conversations."
+    )
+    lora_rank: int | None = Field(
+        default=None, ge=1, description="Train LoRA adapters of this rank; None trains all."
+    )
+    device: str = Field(default="cpu", min_length=1, description="cpu, cuda, cuda:N or auto.")
+    split: str = Field(
+        default="train[:-64]",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Split to train on, or a slice of one.",
+    )
+    eval_split: str = Field(
+        default="train[-64:]",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Held-out rows to evaluate on (disjoint from 'split').",
+    )
+    eval_examples: int | None = Field(
+        default=None, ge=1, description="Evaluate on at most this many rows; None for all."
+    )
+    batch_size: int = Field(default=16, ge=1, description="Examples per optimizer step.")
+    epochs: int = Field(default=12, ge=1, description="Passes over the training rows.")
+    max_length: int = Field(
+        default=128, ge=2, description="Tokens per example; longer ones are cut."
+    )
+    learning_rate: float = Field(default=5e-3, gt=0.0, description="Peak learning rate.")
+    lr_schedule: LRSchedule = Field(
+        default="cosine", description="constant, linear or cosine decay."
+    )
+    warmup_steps: int = Field(default=20, ge=0, description="Linear warmup steps.")
+    adam: AdamConfig = Field(
+        default_factory=lambda: AdamConfig(grad_clip_norm=1.0), description="AdamW settings."
+    )
+    eval_every: int = Field(default=50, ge=0, description="Evaluate every N steps; 0 is off.")
+    eval_generations: int = Field(
+        default=2, ge=0, description="Greedy replies sampled at each evaluation; 0 is off."
+    )
+    save_every: int = Field(
+        default=50, ge=0, description="Save a resumable checkpoint every N steps; 0 is off."
+    )
+    use_evaluator: bool = Field(
+        default=False, description="Also score with the 'evaluator' port (none is local)."
+    )
 
 
 class ReinforcementConfig(TrainingConfig):
@@ -192,7 +276,12 @@ class PreferenceConfig(TrainingConfig):
     dataset: str = Field(
         default="preference_tasks", min_length=1, description="Dataset store name."
     )
-    split: str = Field(default="train", min_length=1, description="Split to train on.")
+    split: str = Field(
+        default="train",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Split to train on, or a slice of one ('train[:-32]').",
+    )
     learning_rate: float = Field(default=1e-5, gt=0.0, description="Base learning rate.")
     dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature beta.")
     batch_size: int = Field(default=4, ge=1, description="Preference pairs per optimizer step.")

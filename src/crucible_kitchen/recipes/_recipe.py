@@ -60,6 +60,11 @@ class Recipe:
         adapters: the adapter set used when the caller names none (``"noop"``,
             ``"local_torch"``, ...).
         requires: ports needed beyond those its stages declare.
+        adapter_options: ``(config, adapter_set_name) -> options`` for
+            ``Adapters.named(name, **options)`` when a run's adapters are given by name
+            (e.g. the model preset of a ``local_torch`` run).
+        writes_run_dir: by default a run writes a run directory
+            (``<runs_root>/<run_id>``, see ``Kitchen.start``).
     """
 
     name: str
@@ -68,6 +73,8 @@ class Recipe:
     config_model: type[pydantic.BaseModel] = _AnyConfig
     adapters: str = "noop"
     requires: tuple[str, ...] = ()
+    adapter_options: Callable[[Any, str], Mapping[str, Any]] | None = None
+    writes_run_dir: bool = False
 
     def config(self, raw: object = None) -> Any:
         """Validate ``raw`` against the config model (see :func:`validate_config`)."""
@@ -76,3 +83,7 @@ class Recipe:
     def build(self, config: Any) -> Workflow:
         """The workflow for a validated config."""
         return self.workflow if isinstance(self.workflow, Workflow) else self.workflow(config)
+
+    def options_for(self, config: Any, adapters: str) -> dict[str, Any]:
+        """The options of the named adapter set ``adapters`` for a validated config."""
+        return {} if self.adapter_options is None else dict(self.adapter_options(config, adapters))

@@ -7,6 +7,7 @@ keep everything they hand on in ``ctx.state``, replacing values rather than muta
 
 from __future__ import annotations
 
+from crucible_kitchen.stages._common import RESUME_FROM as RESUME_FROM
 from crucible_kitchen.stages._common import AwaitTrainingSteps as AwaitTrainingSteps
 from crucible_kitchen.stages._common import BuiltinStage as BuiltinStage
 from crucible_kitchen.stages._common import FlushMetrics as FlushMetrics
@@ -15,6 +16,7 @@ from crucible_kitchen.stages._common import LoadDataset as LoadDataset
 from crucible_kitchen.stages._common import LoadEvalRows as LoadEvalRows
 from crucible_kitchen.stages._common import RefreshSampler as RefreshSampler
 from crucible_kitchen.stages._common import RegisterModel as RegisterModel
+from crucible_kitchen.stages._common import RestoreCheckpoint as RestoreCheckpoint
 from crucible_kitchen.stages._common import RunEvaluator as RunEvaluator
 from crucible_kitchen.stages._common import SaveCheckpoint as SaveCheckpoint
 from crucible_kitchen.stages._common import SaveFinalWeights as SaveFinalWeights
@@ -24,9 +26,12 @@ from crucible_kitchen.stages._common import checkpoint_due as checkpoint_due
 from crucible_kitchen.stages._common import eval_due as eval_due
 from crucible_kitchen.stages._common import final_eval_due as final_eval_due
 from crucible_kitchen.stages._common import next_token_datum as next_token_datum
+from crucible_kitchen.stages._common import resuming as resuming
 from crucible_kitchen.stages._common import rl_datums as rl_datums
 from crucible_kitchen.stages._common import row_messages as row_messages
 from crucible_kitchen.stages._common import sampler_is_stale as sampler_is_stale
+from crucible_kitchen.stages._common import snapshot_from_checkpoint as snapshot_from_checkpoint
+from crucible_kitchen.stages._common import split_rows as split_rows
 from crucible_kitchen.stages._context import Context as Context
 from crucible_kitchen.stages._context import ContextSnapshot as ContextSnapshot
 from crucible_kitchen.stages._context import RunInfo as RunInfo
@@ -70,9 +75,11 @@ from crucible_kitchen.stages._supervised import AwaitSupervisedSteps as AwaitSup
 from crucible_kitchen.stages._supervised import BuildEvalDataset as BuildEvalDataset
 from crucible_kitchen.stages._supervised import BuildSupervisedDataset as BuildSupervisedDataset
 from crucible_kitchen.stages._supervised import EvaluateNll as EvaluateNll
+from crucible_kitchen.stages._supervised import SampleReplies as SampleReplies
 from crucible_kitchen.stages._supervised import SubmitSupervisedStep as SubmitSupervisedStep
 
 __all__ = (
+    "RESUME_FROM",
     "ApplyKlPenalty",
     "AssembleRlBatch",
     "AwaitDistillationSteps",
@@ -109,12 +116,14 @@ __all__ = (
     "ReceiveRollouts",
     "RefreshSampler",
     "RegisterModel",
+    "RestoreCheckpoint",
     "RetryPolicy",
     "RlBatch",
     "RolloutBatch",
     "RolloutGroup",
     "RunEvaluator",
     "RunInfo",
+    "SampleReplies",
     "SampleStudent",
     "SaveCheckpoint",
     "SaveFinalWeights",
@@ -134,7 +143,10 @@ __all__ = (
     "eval_due",
     "final_eval_due",
     "next_token_datum",
+    "resuming",
     "rl_datums",
     "row_messages",
     "sampler_is_stale",
+    "snapshot_from_checkpoint",
+    "split_rows",
 )

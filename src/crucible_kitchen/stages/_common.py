@@ -16,11 +16,15 @@ Every stage reads its settings from ``ctx.config`` (one of the recipes' config m
 from __future__ import annotations
 
 import abc
+import inspect
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import msgspec
 
 from crucible_kitchen.errors import (
     BackendError,
@@ -41,12 +45,14 @@ from crucible_kitchen.ports import (
     TensorData,
     Trajectory,
 )
+from crucible_kitchen.stages._context import ContextSnapshot
 from crucible_kitchen.stages._stage import RetryPolicy, Stage
 from crucible_kitchen.telemetry import (
     EvalComplete,
     ModelRegistered,
     TrainingCheckpoint,
     TrainingEpoch,
+    TrainingResume,
 )
 from crucible_kitchen.training import scheduled_learning_rate
 
@@ -55,6 +61,7 @@ if TYPE_CHECKING:
         BackendFuture,
         CustomLossFn,
         DatasetRow,
+        DatasetStore,
         ForwardBackwardOutput,
         LossFnType,
         OptimStepResponse,
@@ -67,6 +74,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.telemetry import BaseEvent
 
 __all__ = (
+    "RESUME_FROM",
     "AwaitTrainingSteps",
     "BuiltinStage",
     "FlushMetrics",
@@ -75,6 +83,7 @@ __all__ = (
     "LoadEvalRows",
     "RefreshSampler",
     "RegisterModel",
+    "RestoreCheckpoint",
     "RunEvaluator",
     "SaveCheckpoint",
     "SaveFinalWeights",
@@ -84,9 +93,12 @@ __all__ = (
     "eval_due",
     "final_eval_due",
     "next_token_datum",
+    "resuming",
     "rl_datums",
     "row_messages",
     "sampler_is_stale",
+    "snapshot_from_checkpoint",
+    "split_rows",
 )
 
 IN_FLIGHT: Final = "in_flight"
@@ -517,19 +529,50 @@ def batches_this_epoch(ctx: Context) -> range:
     return range(max(0, min(num_batches, remaining)))
 
 
+_SPLIT: Final = re.compile(r"^(?P<split>[^\[\]]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+async def split_rows(
+    store: DatasetStore, dataset: str, spec: str, *, limit: int | None = None
+) -> list[DatasetRow]:
+    """The rows a split spec names, in order: ``"train"``, or a slice of it, Python-style:
+    ``"train[-64:]"`` (the last 64 rows), ``"train[:-64]"`` (all but those), ``"train[10:20]"``.
+    At most ``limit`` rows (the first ones).
+
+    Raises:
+        DataError: the spec is malformed, or the dataset has no such split.
+    """
+    match = _SPLIT.match(spec)
+    if match is None:
+        raise DataError(f"split {spec!r} is not 'NAME' or 'NAME[start:stop]'")
+    split = match["split"]
+    info = await store.describe(dataset)
+    size = info.splits.get(split)
+    if size is None:
+        raise DataError(
+            f"dataset {dataset!r} has no split {split!r} (splits: {', '.join(info.splits)})"
+        )
+    start, stop = (int(match[key]) if match[key] else None for key in ("start", "stop"))
+    indices = range(size)[start:stop]
+    if limit is not None:
+        indices = indices[:limit]
+    return list(await store.read_rows(dataset, split=split, indices=indices))
+
+
 class LoadDataset(BuiltinStage):
-    """Read the training rows of ``dataset``/``split`` (at most ``max_examples``)."""
+    """Read the training rows of ``dataset``/``split`` (at most ``max_examples``).
+
+    ``split`` may be a slice of a split (``"train[:-64]"``, see :func:`split_rows`).
+    """
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config
-        store = ctx.port("dataset_store")
-        indices = None
-        if config.max_examples is not None:
-            size = (await store.describe(config.dataset)).splits.get(config.split, 0)
-            indices = range(min(size, int(config.max_examples)))
-        rows = await store.read_rows(config.dataset, split=config.split, indices=indices)
+        limit = None if config.max_examples is None else int(config.max_examples)
+        rows = await split_rows(
+            ctx.port("dataset_store"), config.dataset, config.split, limit=limit
+        )
         ctx.state["dataset"] = config.dataset
         ctx.state["train_rows"] = tuple(rows)
         return ctx
@@ -543,7 +586,8 @@ def _set_artifact(ctx: Context, key: str, value: str) -> None:
     ctx.state["artifacts"] = {**ctx.state.get("artifacts", {}), key: value}
 
 
-async def _sampler_for_current_weights(ctx: Context, name: str) -> tuple[str, SamplingClient]:
+async def sampler_for_current_weights(ctx: Context, name: str) -> tuple[str, SamplingClient]:
+    """Save the current weights for sampling as ``name``: their path and a sampling client."""
     client = ctx.port("training_client")
     future = await client.save_weights_for_sampler(
         name, request_id=ctx.request_id("save_weights_for_sampler")
@@ -561,7 +605,7 @@ class RefreshSampler(BuiltinStage):
     async def execute(self, ctx: Context) -> Context:
         batch = ctx.loops.get("batches")
         name = f"sampler_{ctx.step:06d}" if batch is None else f"sampler_batch_{batch:06d}"
-        _, sampler = await _sampler_for_current_weights(ctx, name)
+        _, sampler = await sampler_for_current_weights(ctx, name)
         ctx.state["sampler"] = sampler
         ctx.state["sampler_step"] = ctx.step
         return ctx
@@ -575,16 +619,94 @@ def sampler_is_stale(ctx: Context) -> bool:
     return ctx.step - int(last) >= int(ctx.config.sampler_refresh_every)
 
 
+RESUME_FROM: Final = "resume_from"
+"""State key naming the checkpoint a resumed run starts from (see :class:`RestoreCheckpoint`)."""
+
+CHECKPOINT_CONTEXT: Final = "checkpoint_context"
+"""State key of the last checkpoint's context snapshot, when the training client cannot store
+it with the checkpoint (see :class:`SaveCheckpoint`)."""
+
+REBUILT_ON_RESUME: Final = frozenset(
+    {
+        "train_rows",
+        "train_data",
+        "eval_rows",
+        "eval_data",
+        "order",
+        "pairs",
+        "problems",
+        "prompts",
+        CHECKPOINT_CONTEXT,
+    }
+)
+"""State left out of checkpoint snapshots: the data the setup stages and the epoch shuffle
+compute again, identically, when a resumed run repeats them."""
+
+
+def checkpoint_snapshot(ctx: Context) -> dict[str, Any]:
+    """The context snapshot a checkpoint keeps, as a JSON object (read it back with
+    :func:`snapshot_from_checkpoint`).
+
+    Leaves out :data:`REBUILT_ON_RESUME` and non-finite metrics (JSON has no NaN). The loop
+    position is a list of ``[name, index]`` pairs, outermost first: unlike an object's keys,
+    its order survives JSON writers that sort keys (the local torch manifest does).
+    """
+    snapshot = ctx.snapshot()
+    return {
+        "state": {k: v for k, v in snapshot.state.items() if k not in REBUILT_ON_RESUME},
+        "metrics": {k: v for k, v in snapshot.metrics.items() if math.isfinite(v)},
+        "step": snapshot.step,
+        "loops": [[name, index] for name, index in snapshot.loops.items()],
+        "path": snapshot.path,
+    }
+
+
+def snapshot_from_checkpoint(context: Mapping[str, Any]) -> ContextSnapshot:
+    """The :class:`ContextSnapshot` a checkpoint's ``{"context": ...}`` payload holds.
+
+    Raises:
+        msgspec.ValidationError: it is not a snapshot written by :func:`checkpoint_snapshot`.
+    """
+    loops = msgspec.convert(context.get("loops"), list[tuple[str, int]])
+    return msgspec.convert({**context, "loops": dict(loops)}, ContextSnapshot)
+
+
+def _takes_keyword(method: Any, name: str) -> bool:
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        (p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        or p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in parameters
+    )
+
+
 class SaveCheckpoint(BuiltinStage):
-    """Save weights and optimizer state as ``<checkpoint_prefix>_<step>``."""
+    """Save weights, optimizer state and the context as ``<checkpoint_prefix>_<step>``.
+
+    The context snapshot (:func:`checkpoint_snapshot`) goes into the checkpoint as
+    ``user_payload={"context": ...}`` when the training client's ``save_state`` takes a
+    payload (local torch does), so weights and position are committed together; otherwise
+    (noop) it is kept in ``ctx.state["checkpoint_context"]``. Workflows drain the steps in
+    flight first, so the snapshot's position and the saved weights agree.
+    """
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
 
     async def execute(self, ctx: Context) -> Context:
         name = f"{ctx.config.checkpoint_prefix}_{ctx.step:06d}"
-        future = await ctx.port("training_client").save_state(
-            name, request_id=ctx.request_id("save_state")
-        )
+        snapshot = checkpoint_snapshot(ctx)
+        client = ctx.port("training_client")
+        request_id = ctx.request_id("save_state")
+        if _takes_keyword(ctx.run.ports["training_client"].save_state, "user_payload"):
+            future = await client.save_state(
+                name, request_id=request_id, user_payload={"context": snapshot}
+            )
+        else:
+            future = await client.save_state(name, request_id=request_id)
+            ctx.state[CHECKPOINT_CONTEXT] = snapshot
         path = (await future.result()).path
         ctx.state["checkpoints"] = (*ctx.state.get("checkpoints", ()), path)
         _set_artifact(ctx, "last_checkpoint", path)
@@ -595,9 +717,41 @@ class SaveCheckpoint(BuiltinStage):
 
 
 def checkpoint_due(ctx: Context) -> bool:
-    """Whether ``save_every`` calls for a checkpoint after the step just submitted."""
+    """Whether to checkpoint after the step just submitted: every ``save_every`` steps, and
+    whenever a stop was requested (the run then ends at this iteration's end, resumable)."""
+    if ctx.run.stop_requested:
+        return True
     every = int(ctx.config.save_every)
     return every > 0 and ctx.step > 0 and ctx.step % every == 0
+
+
+class RestoreCheckpoint(BuiltinStage):
+    """Load the checkpoint a resumed run continues from: weights and optimizer state.
+
+    Runs when ``ctx.state["resume_from"]`` names a checkpoint (``Kitchen.resume`` puts it
+    there, with the checkpoint's context snapshot); a fresh run skips it.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+
+    async def execute(self, ctx: Context) -> Context:
+        path = str(ctx.state.pop(RESUME_FROM))
+        future = await ctx.port("training_client").load_state(
+            path, with_optimizer=True, request_id=ctx.request_id("load_state")
+        )
+        await future.result()
+        # The snapshot was taken before its own checkpoint existed: record it as saved.
+        checkpoints = tuple(ctx.state.get("checkpoints", ()))
+        if path not in checkpoints:
+            ctx.state["checkpoints"] = (*checkpoints, path)
+        _set_artifact(ctx, "last_checkpoint", path)
+        ctx.emit(TrainingResume(step=ctx.step, path=path))
+        return ctx
+
+
+def resuming(ctx: Context) -> bool:
+    """Whether the run resumes from a checkpoint (``ctx.state["resume_from"]`` is set)."""
+    return RESUME_FROM in ctx.state
 
 
 class SaveFinalWeights(BuiltinStage):
@@ -622,24 +776,28 @@ class SaveFinalWeights(BuiltinStage):
 
 
 class LoadEvalRows(BuiltinStage):
-    """Read the evaluation rows: ``eval_split`` of the dataset, at most ``eval_examples``."""
+    """Read the evaluation rows: ``eval_split`` of the dataset, at most ``eval_examples``.
+
+    ``eval_split`` may be a slice of a split (``"train[-64:]"``, see :func:`split_rows`).
+    """
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
 
     async def execute(self, ctx: Context) -> Context:
-        store = ctx.port("dataset_store")
         dataset = str(ctx.state["dataset"])
-        info = await store.describe(dataset)
-        size = info.splits.get(ctx.config.eval_split)
-        if size is None:
-            raise DataError(
-                f"dataset {dataset!r} has no split {ctx.config.eval_split!r} to evaluate on "
-                f"(splits: {', '.join(info.splits)}); set eval_split, or final_eval=false "
-                "and eval_every=0"
-            )
         limit = ctx.config.eval_examples
-        count = size if limit is None else min(size, int(limit))
-        rows = await store.read_rows(dataset, split=ctx.config.eval_split, indices=range(count))
+        try:
+            rows = await split_rows(
+                ctx.port("dataset_store"),
+                dataset,
+                ctx.config.eval_split,
+                limit=None if limit is None else int(limit),
+            )
+        except DataError as exc:
+            raise DataError(
+                f"{exc}: nothing to evaluate on; set eval_split, or final_eval=false "
+                "and eval_every=0"
+            ) from None
         ctx.state["eval_rows"] = tuple(rows)
         return ctx
 
@@ -662,7 +820,7 @@ class RunEvaluator(BuiltinStage):
 
     async def execute(self, ctx: Context) -> Context:
         rows = ctx.state["eval_rows"]
-        path, sampler = await _sampler_for_current_weights(ctx, f"eval_{ctx.step:06d}")
+        path, sampler = await sampler_for_current_weights(ctx, f"eval_{ctx.step:06d}")
         result = await ctx.port("evaluator").evaluate(sampler, rows)
         metrics = {k: float(v) for k, v in result.metrics.items()}
         row = {f"eval/{k}": v for k, v in metrics.items()}

@@ -2,7 +2,8 @@
 
 State: ``"train_rows"`` (read, then replaced by) ``"train_data"`` (the datums), the step plan
 (``"num_batches"``, ``"total_steps"``, ``"num_epochs"``), ``"eval_data"``, plus the shared
-keys of ``_common``.
+keys of ``_common``. Nothing here draws randomness outside ``ctx.rng``, so a resumed run that
+repeats these stages rebuilds the same data.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from crucible_kitchen.errors import DataError
+from crucible_kitchen.ports import SamplingParams
 from crucible_kitchen.stages._common import (
     AwaitTrainingSteps,
     BuiltinStage,
@@ -20,10 +22,12 @@ from crucible_kitchen.stages._common import (
     plan_steps,
     record_metrics,
     render_row,
+    row_messages,
+    sampler_for_current_weights,
     submit_training_step,
     training_logprobs,
 )
-from crucible_kitchen.telemetry import EvalComplete, TrainingStep
+from crucible_kitchen.telemetry import EvalComplete, EvalSample, TrainingStep
 from crucible_kitchen.training import weighted_mean_nll
 
 if TYPE_CHECKING:
@@ -37,6 +41,7 @@ __all__ = (
     "BuildEvalDataset",
     "BuildSupervisedDataset",
     "EvaluateNll",
+    "SampleReplies",
     "SubmitSupervisedStep",
 )
 
@@ -162,4 +167,46 @@ class EvaluateNll(BuiltinStage):
                 metrics={"loss": nll},
             )
         )
+        return ctx
+
+
+class SampleReplies(BuiltinStage):
+    """Sample greedy replies to the first ``eval_generations`` evaluation prompts.
+
+    Each reply is an :class:`~crucible_kitchen.telemetry.EvalSample` event, with the
+    dataset's reply as the reference: a look at what the model has learned.
+
+    The weights are saved for sampling as ``sample_<step>``; sampling changes nothing else.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client", "renderer")
+
+    async def execute(self, ctx: Context) -> Context:
+        rows: tuple[DatasetRow, ...] = ctx.state["eval_rows"]
+        renderer = ctx.port("renderer")
+        _, sampler = await sampler_for_current_weights(ctx, f"sample_{ctx.step:06d}")
+        params = SamplingParams(
+            max_tokens=int(ctx.config.generation_max_tokens),
+            temperature=0.0,
+            stop=renderer.get_stop_sequences(),
+        )
+        requests = []
+        for index, row in enumerate(rows[: int(ctx.config.eval_generations)]):
+            messages = row_messages(row, index)
+            reference = None
+            if len(messages) > 1 and messages[-1].role == "assistant":
+                reference = messages.pop().content
+            prompt = renderer.build_generation_prompt(messages)
+            future = await sampler.sample(
+                prompt, 1, params, request_id=ctx.request_id(f"sample/{index}")
+            )
+            requests.append((messages[-1].content, reference, future))
+        for question, reference, future in requests:
+            response = await future.result()
+            reply, _ = renderer.parse_response(response.sequences[0].tokens)
+            ctx.emit(
+                EvalSample(
+                    step=ctx.step, prompt=question, completion=reply.content, reference=reference
+                )
+            )
         return ctx

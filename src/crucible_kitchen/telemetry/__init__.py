@@ -33,6 +33,7 @@ from ._events import DistillationStep as DistillationStep
 from ._events import DpoDatasetBuilt as DpoDatasetBuilt
 from ._events import DpoStep as DpoStep
 from ._events import EvalComplete as EvalComplete
+from ._events import EvalSample as EvalSample
 from ._events import FeedbackBaselineUpdated as FeedbackBaselineUpdated
 from ._events import FeedbackDataCurated as FeedbackDataCurated
 from ._events import FeedbackDataExported as FeedbackDataExported
@@ -50,6 +51,7 @@ from ._events import SupervisorRestart as SupervisorRestart
 from ._events import TelemetryEvent as TelemetryEvent
 from ._events import TrainingCheckpoint as TrainingCheckpoint
 from ._events import TrainingEpoch as TrainingEpoch
+from ._events import TrainingResume as TrainingResume
 from ._events import TrainingStep as TrainingStep
 from ._events import WorkflowException as WorkflowException
 from ._events import WorkflowStart as WorkflowStart
@@ -90,6 +92,7 @@ __all__ = (
     "DpoDatasetBuilt",
     "DpoStep",
     "EvalComplete",
+    "EvalSample",
     "FeedbackBaselineUpdated",
     "FeedbackDataCurated",
     "FeedbackDataExported",
@@ -114,6 +117,7 @@ __all__ = (
     "TelemetryEvent",
     "TrainingCheckpoint",
     "TrainingEpoch",
+    "TrainingResume",
     "TrainingStep",
     "WorkflowException",
     "WorkflowStart",

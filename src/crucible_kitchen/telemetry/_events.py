@@ -148,6 +148,29 @@ class TrainingCheckpoint(
     path: str
 
 
+class TrainingResume(BaseEvent, frozen=True, kw_only=True, tag="crucible_kitchen.training.resume"):
+    """A resumed run loaded the checkpoint at ``path`` and continues after ``step`` steps.
+
+    Step rows after ``step`` that the interrupted process had logged come again after this
+    event: readers of a run's logs keep the last row of each step.
+    """
+
+    step: Count
+    path: str
+
+
+class EvalSample(BaseEvent, frozen=True, kw_only=True, tag="crucible_kitchen.eval.sample"):
+    """A reply sampled from the current weights for a held-out prompt (a qualitative check).
+
+    ``reference`` is the dataset's own reply, when it has one.
+    """
+
+    step: Count | None = None
+    prompt: str
+    completion: str
+    reference: str | None = None
+
+
 class EvalComplete(BaseEvent, frozen=True, kw_only=True, tag="crucible_kitchen.eval.complete"):
     """An evaluation finished; ``metrics`` holds what it measured (accuracy, nll, ...)."""
 
@@ -343,6 +366,8 @@ TelemetryEvent: TypeAlias = (
     | TrainingStep
     | TrainingEpoch
     | TrainingCheckpoint
+    | TrainingResume
+    | EvalSample
     | EvalComplete
     | ModelRegistered
     | DpoDatasetBuilt

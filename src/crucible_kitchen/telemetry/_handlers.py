@@ -24,6 +24,7 @@ from ._events import (
     DpoDatasetBuilt,
     DpoStep,
     EvalComplete,
+    EvalSample,
     FeedbackBaselineUpdated,
     FeedbackDataCurated,
     FeedbackDataExported,
@@ -41,6 +42,7 @@ from ._events import (
     TelemetryEvent,
     TrainingCheckpoint,
     TrainingEpoch,
+    TrainingResume,
     TrainingStep,
     WorkflowException,
     WorkflowStart,
@@ -191,6 +193,14 @@ class ConsoleHandler:
                 return 20, (
                     f"[Kitchen] Checkpoint saved: {event.name} at {event.path} "
                     f"(after {event.step} steps)"
+                )
+            case TrainingResume():
+                return 20, f"[Kitchen] Resumed from {event.path} (after {event.step} steps)"
+            case EvalSample():
+                reference = "" if event.reference is None else f" (reference: {event.reference!r})"
+                return 20, (
+                    f"[Kitchen] Sample at step {_opt(event.step)}: {event.prompt!r} -> "
+                    f"{event.completion!r}{reference}"
                 )
             case EvalComplete():
                 parts = [

@@ -39,7 +39,9 @@ from crucible_kitchen.stages import (
     ReceiveRollouts,
     RefreshSampler,
     RegisterModel,
+    RestoreCheckpoint,
     RunEvaluator,
+    SampleReplies,
     SampleStudent,
     SaveCheckpoint,
     SaveFinalWeights,
@@ -56,6 +58,7 @@ from crucible_kitchen.stages import (
     enough_feedback,
     eval_due,
     final_eval_due,
+    resuming,
     sampler_is_stale,
 )
 
@@ -73,10 +76,13 @@ _CLEANUP = (stage("flush_metrics", FlushMetrics),)
 
 
 def _eval_stages(config: Any, prefix: str, *, nll: bool) -> list[Node]:
-    """One evaluation: held-out NLL (supervised only) and the evaluator port if enabled."""
+    """One evaluation: held-out NLL and sampled replies (supervised only), and the evaluator
+    port if enabled."""
     nodes: list[Node] = []
     if nll:
         nodes.append(stage(f"{prefix}evaluate_nll", EvaluateNll))
+        if config.eval_generations > 0:
+            nodes.append(stage(f"{prefix}sample_replies", SampleReplies))
     if config.use_evaluator:
         nodes.append(stage(f"{prefix}run_evaluator", RunEvaluator))
     return nodes
@@ -92,17 +98,21 @@ def _setup_eval(config: Any, *, nll: bool) -> list[Node]:
     return nodes
 
 
-def _periodic(config: Any, *, nll: bool, drain: Stage | None = None) -> list[Node]:
+def _periodic(
+    config: Any, *, nll: bool, drain: Stage | None = None, resumable: bool = False
+) -> list[Node]:
     """Evaluation every ``eval_every`` and checkpoints every ``save_every`` steps.
 
     A pipelined workflow passes its ``drain`` stage: the steps in flight are awaited before
-    a checkpoint, so that the checkpoint's metrics are those of the steps its weights hold.
+    a checkpoint, so that the checkpoint's weights, metrics and position agree. A
+    ``resumable`` workflow also checkpoints when a stop is requested, even with
+    ``save_every=0`` (see ``checkpoint_due``).
     """
     nodes: list[Node] = []
     evaluation = _eval_stages(config, "", nll=nll)
     if config.eval_every > 0 and evaluation:
         nodes.append(conditional("eval_due", eval_due, then=evaluation))
-    if config.save_every > 0:
+    if config.save_every > 0 or resumable:
         save: list[Node] = [] if drain is None else [stage("drain_for_checkpoint", drain)]
         save.append(stage("checkpoint", SaveCheckpoint))
         nodes.append(conditional("checkpoint_due", checkpoint_due, then=save))
@@ -135,7 +145,9 @@ def _supervised_training(config: Any) -> list[Node]:
                 batches_this_epoch,
                 stage("submit_step", SubmitSupervisedStep),
                 stage("await_step", AwaitSupervisedSteps()),
-                *_periodic(config, nll=True, drain=AwaitSupervisedSteps(drain=True)),
+                *_periodic(
+                    config, nll=True, drain=AwaitSupervisedSteps(drain=True), resumable=True
+                ),
             ),
         ),
         stage("drain", AwaitSupervisedSteps(drain=True)),
@@ -146,13 +158,18 @@ def _supervised_training(config: Any) -> list[Node]:
 def supervised_workflow(config: Any) -> Workflow:
     """Supervised fine-tuning (a :class:`~crucible_kitchen.recipes.SupervisedConfig`).
 
-    load_dataset → build_dataset → [eval rows] → per epoch: shuffle → per batch: submit_step
-    (forward_backward + optim_step, unawaited) → await_step (the step ``pipeline_depth``
-    old) → [eval, checkpoint]; then drain → [final eval] → save_final →
+    [restore] → load_dataset → build_dataset → [eval rows] → per epoch: shuffle → per batch:
+    submit_step (forward_backward + optim_step, unawaited) → await_step (the step
+    ``pipeline_depth`` old) → [eval, checkpoint]; then drain → [final eval] → save_final →
     [register_model]; cleanup: flush_metrics.
+
+    Resumable: a checkpoint (after draining the steps in flight) holds weights, optimizer
+    state and the context snapshot; a run resumed from it loads them (``restore``), rebuilds
+    the data and this epoch's order, and continues with the next batch.
     """
     return Workflow(
         "supervised",
+        conditional("resuming", resuming, then=[stage("restore", RestoreCheckpoint)]),
         stage("load_dataset", LoadDataset),
         *_supervised_training(config),
         cleanup=_CLEANUP,
