@@ -285,8 +285,10 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(float(step))
                 ys.append(float(value))
-    losses = {k: v for k, v in series.items() if "loss" in k or "nll" in k}
-    rates = {k: v for k, v in series.items() if k in ("lr", "learning_rate", "train/lr")}
+    losses = _distinct(
+        {k: v for k, v in series.items() if ("loss" in k or "nll" in k) and "tokens" not in k}
+    )
+    rates = _distinct({k: v for k, v in series.items() if k in ("lr", "learning_rate", "train/lr")})
     if not losses and not rates:
         raise KitchenError(f"nothing to plot in {source}: no loss or learning-rate columns")
     try:
@@ -311,6 +313,17 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
     figure.savefig(target, dpi=100)
     plt.close(figure)
     return target
+
+
+def _distinct(
+    curves: dict[str, tuple[list[float], list[float]]],
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Drop a curve that repeats an earlier one under another name (cookbook aliases)."""
+    kept: dict[str, tuple[list[float], list[float]]] = {}
+    for key in sorted(curves):
+        if curves[key] not in kept.values():
+            kept[key] = curves[key]
+    return kept
 
 
 def _parser() -> argparse.ArgumentParser:
