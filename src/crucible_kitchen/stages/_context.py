@@ -150,13 +150,17 @@ class Context:
         return self.run.config
 
     def fork(self, *, path: str | None = None, attempt: int | None = None) -> Context:
-        """A copy whose ``state``, ``metrics``, ``loops`` and ``items`` can change independently."""
+        """A copy whose ``state`` and ``metrics`` can change independently.
+
+        ``loops`` and ``items`` are shared: the engine replaces them, never changes them in
+        place (:meth:`enter_loop`, :meth:`leave_loop`), and stages only read them.
+        """
         return Context(
             self.run,
             state=dict(self.state),
             metrics=dict(self.metrics),
-            loops=dict(self.loops) if self.loops else _NO_LOOPS,
-            items=dict(self.items) if self.items else {},
+            loops=self.loops,
+            items=self.items,
             step=self.step,
             path=self.path if path is None else path,
             attempt=self.attempt if attempt is None else attempt,
@@ -166,13 +170,15 @@ class Context:
         """A copy positioned at ``index`` (with ``item``) of the loop ``name``."""
         ctx = self.fork()
         ctx.loops = {**self.loops, name: index}
-        ctx.items[name] = item
+        ctx.items = {**self.items, name: item}
         return ctx
 
     def leave_loop(self, name: str) -> None:
+        """Forget the position in loop ``name`` (this context only)."""
         if name in self.loops:
             self.loops = {k: v for k, v in self.loops.items() if k != name}
-        self.items.pop(name, None)
+        if name in self.items:
+            self.items = {k: v for k, v in self.items.items() if k != name}
 
     def item(self, loop: str) -> Any:
         """The current item of the enclosing loop ``loop``."""

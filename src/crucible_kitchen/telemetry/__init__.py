@@ -67,6 +67,8 @@ from ._handlers import MetricsJsonlHandler as MetricsJsonlHandler
 from ._handlers import build_handler as build_handler
 from ._handlers import build_handlers as build_handlers
 from ._handlers import metrics_row as metrics_row
+from ._tracing import ATTR_ATTEMPT as ATTR_ATTEMPT
+from ._tracing import ATTR_LOOP_PREFIX as ATTR_LOOP_PREFIX
 from ._tracing import add_event as add_event
 from ._tracing import configure_tracing as configure_tracing
 from ._tracing import extract_context as extract_context
@@ -83,6 +85,8 @@ if TYPE_CHECKING:
     from ._span_exporter import JsonlSpanExporter as JsonlSpanExporter
 
 __all__ = (
+    "ATTR_ATTEMPT",
+    "ATTR_LOOP_PREFIX",
     "EVENT_TYPES",
     "BaseEvent",
     "BusStatistics",

@@ -28,8 +28,12 @@ Seconds: TypeAlias = Annotated[float, msgspec.Meta(ge=0.0)]
 Metrics: TypeAlias = dict[str, float]
 
 
-class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="event"):
-    """Fields common to every event; never emitted itself."""
+class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="event"):
+    """Fields common to every event; never emitted itself.
+
+    Events hold plain data and cannot be part of a reference cycle, so they are not tracked by
+    the garbage collector (``gc=False``): a busy run allocates fewer tracked objects.
+    """
 
     run_id: str = ""
     timestamp: float = 0.0
