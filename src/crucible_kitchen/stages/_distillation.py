@@ -32,7 +32,6 @@ from crucible_kitchen.stages._common import (
     row_messages,
     sequence_logprobs,
     submit_training_step,
-    with_advantages,
 )
 from crucible_kitchen.stages._reinforcement import RlBatch, policy_step_metrics
 from crucible_kitchen.telemetry import DistillationStep
@@ -169,10 +168,7 @@ class ScoreWithTeacher(BuiltinStage):
             coef=float(ctx.config.kl_coef),
             discount_factor=float(ctx.config.kl_discount_factor),
         )
-        data = tuple(
-            with_advantages(d, a) for d, a in zip(batch.data, adjusted.advantages, strict=True)
-        )
-        ctx.state["distill_batch"] = RlBatch(data=data, masks=batch.masks)
+        ctx.state["distill_batch"] = batch.with_advantages(adjusted.advantages)
         ctx.state["step_metrics"] = {"distill/teacher_kl": adjusted.metrics["teacher_kl"]}
         return ctx
 

@@ -204,6 +204,11 @@ class RlBatch:
         """The sampler's per-token logprobs of each datum."""
         return [_floats(d, "logprobs") for d in self.data]
 
+    def with_advantages(self, advantages: Sequence[Sequence[float]]) -> RlBatch:
+        """The same batch with each datum's per-token advantages replaced."""
+        data = tuple(with_advantages(d, a) for d, a in zip(self.data, advantages, strict=True))
+        return RlBatch(data=data, masks=self.masks)
+
 
 def _floats(datum: Datum, key: str) -> list[float]:
     return [float(v) for v in datum.loss_fn_inputs[key].data]
@@ -501,10 +506,7 @@ class ApplyKlPenalty(BuiltinStage):
             coef=float(ctx.config.kl_penalty_coef),
             discount_factor=float(ctx.config.kl_discount_factor),
         )
-        data = tuple(
-            with_advantages(d, a) for d, a in zip(batch.data, adjusted.advantages, strict=True)
-        )
-        ctx.state["rl_batch"] = RlBatch(data=data, masks=batch.masks)
+        ctx.state["rl_batch"] = batch.with_advantages(adjusted.advantages)
         ctx.state["step_metrics"] = {
             **ctx.state.get("step_metrics", {}),
             "rl/kl_policy_base": adjusted.metrics["kl_policy_base"],
