@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import anyio
 
+from _floor import bare_b0
 from crucible_kitchen.errors import ActorExited
 from crucible_kitchen.supervisors import Actor, ChildSpec, Message, open_supervisor
 
@@ -187,32 +188,6 @@ def rotated(items: Sequence[str], rep: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- 1. call
-
-
-async def bare_b0(n: int, warmup: int) -> float:
-    """The floor: two tasks, a request and a reply stream, both buffer 0, int payload."""
-    req_tx, req_rx = anyio.create_memory_object_stream[int](0)
-    rep_tx, rep_rx = anyio.create_memory_object_stream[int](0)
-
-    async def server() -> None:
-        async with req_rx, rep_tx:
-            async for m in req_rx:
-                await rep_tx.send(m)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server)
-        async with req_tx, rep_rx:
-            for i in range(warmup):
-                await req_tx.send(i)
-                if await rep_rx.receive() != i:
-                    raise AssertionError("bare ping-pong echoed the wrong value")
-            gc.collect()
-            t0 = perf_counter()
-            for i in range(n):
-                await req_tx.send(i)
-                await rep_rx.receive()
-            t1 = perf_counter()
-    return (t1 - t0) / n * 1e6
 
 
 async def actor_call(ref: ActorRef[Ping], n: int, warmup: int, timeout: float | None) -> float:

@@ -29,10 +29,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
 import trio
 import trio.lowlevel
 from triotp import application, gen_server, mailbox, node, supervisor
+
+from _floor import bare_b0
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -112,31 +113,6 @@ async def triotp_call(n: int, warmup: int, timeout: float | None) -> float:
     return (t1 - t0) / n * 1e6
 
 
-async def anyio_bare_b0(n: int, warmup: int) -> float:
-    """The same floor as runtime_bench.py: anyio streams, buffer 0, int payload."""
-    req_tx, req_rx = anyio.create_memory_object_stream[int](0)
-    rep_tx, rep_rx = anyio.create_memory_object_stream[int](0)
-
-    async def server() -> None:
-        async with req_rx, rep_tx:
-            async for m in req_rx:
-                await rep_tx.send(m)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server)
-        async with req_tx, rep_rx:
-            for i in range(warmup):
-                await req_tx.send(i)
-                await rep_rx.receive()
-            gc.collect()
-            t0 = perf_counter()
-            for i in range(n):
-                await req_tx.send(i)
-                await rep_rx.receive()
-            t1 = perf_counter()
-    return (t1 - t0) / n * 1e6
-
-
 async def trio_channel_b0(n: int, warmup: int) -> float:
     """Raw trio memory channels, buffer 0 (no anyio)."""
     req_tx, req_rx = trio.open_memory_channel[int](0)
@@ -171,7 +147,7 @@ async def client_run() -> None:
         variants: dict[str, Callable[[], Awaitable[float]]] = {
             "triotp_call": lambda: triotp_call(run.n, run.warmup, None),
             "triotp_call_timeout5": lambda: triotp_call(run.n, run.warmup, 5.0),
-            "anyio_bare_b0": lambda: anyio_bare_b0(run.n, run.warmup),
+            "anyio_bare_b0": lambda: bare_b0(run.n, run.warmup),
             "trio_channel_b0": lambda: trio_channel_b0(run.n, run.warmup),
         }
         k = run.rep % len(VARIANTS)
