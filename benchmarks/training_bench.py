@@ -29,25 +29,26 @@ median of those ratios and their range.
    weights: ``torch.equal`` on every tensor.
 
    Breakdown (``--no-breakdown`` skips it): each repetition also makes one kitchen run under
-   :class:`RequestTimers` (timers around the backend's request execution and its hand-off to
-   the worker thread): per step, the backend's busy time, its idle time and the event loop <->
-   worker round trips. Then the event-loop pieces of a step are timed alone, and the backend's
-   step (``Trainer``) is timed beside the hand-written step, interleaved in one thread.
+   :class:`RequestTimers` (timers around the backend's request execution): per step, the
+   backend's busy time and its idle time. Then the event-loop pieces of a step are timed
+   alone, and the backend's step (``Trainer``) is timed beside the hand-written step,
+   interleaved in one thread.
 2. **Pipelining under network latency.** The local training client behind
    ``crucible_kitchen.testing.with_latency(client, --latency)``: each call and each future's
-   ``result()`` is one round trip. Variants on the same batches: the pipelined workflow
+   ``result()`` is one round trip. The backend runs each request as soon as it arrives, as a
+   remote one does. Variants on the same batches: the pipelined workflow
    (``Kitchen.run("sl_basic", ...)`` with ``pipeline_depth=--pipeline-depth``); a naive loop that
    awaits each call and each result before the next; and the **backend-bound limit**: the
    steps/s of the same, unwrapped client driven back to back without latency (forward_backward,
    its result, optim_step, its result), i.e. the backend's own time per step. Every variant runs
    under :class:`RequestTimers`, which also gives the fraction of the time the backend computed.
-   The local backend runs a queued request only while some task awaits one of its futures, so
-   behind ``with_latency`` it computes only inside a ``result()`` poll, never while requests or
-   replies are on the wire (``lazy``). The same variants also run behind a bench-local model of
-   a remote server (``eager``): a background task awaits every future the client returns, in
-   order, so each request runs as soon as it arrives, as on Tinker. Two regimes: the sl_basic
-   tiny model, whose step computes in less time than its four round trips, and (unless
-   ``--no-heavy``) the ``--heavy-model`` preset (same data), whose step computes for longer.
+   A workflow step makes three sequential round trips (submit forward_backward, submit
+   optim_step, then poll both results at once), so no client of this protocol exceeds the
+   **network bound** of one step per three round trips; the **attainable limit** is the lower
+   of the two bounds. Two regimes: the sl_basic tiny model, whose step computes in less time
+   than one round trip (network-bound), and (unless ``--no-heavy``) the ``--heavy-model``
+   preset (same data), whose step computes for longer than its round trips (backend-bound:
+   the regime of a remote GPU backend, and the one the target is about).
 3. **Peak memory.** Each side once more in a fresh subprocess: the kitchen run of part 1, and the
    hand-written loop on the same datums (each once, and the order, in a temporary msgpack
    file). Each reports its peak RSS (``VmHWM``) and its RSS after its imports; then runs once
@@ -69,7 +70,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
-import inspect
 import json
 import math
 import os
@@ -449,82 +449,13 @@ def same_weights(model: Transformer, adapters: Adapters) -> bool:
 # ------------------------------------------------------------------ latency and server models
 
 
-class _EagerServer:
-    """A remote backend's execution model for a local client: each request runs as soon as it
-    arrives, in arrival order, whether or not anyone polls for its result.
-
-    :meth:`wrap` gives a client whose returned futures go to :meth:`serve`, a background task
-    that awaits each in turn (awaiting a local future runs the client's queue up to it).
-    """
-
-    def __init__(self) -> None:
-        import anyio
-
-        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)
-
-    def wrap(self, client: Any) -> Any:
-        return _EagerClient(client, self._send.send_nowait)
-
-    def close(self) -> None:
-        self._send.close()
-
-    async def serve(self) -> None:
-        async with self._receive:
-            async for future in self._receive:
-                try:
-                    await future.result()
-                except Exception:
-                    continue  # the caller gets the error from its own await
-
-
-class _EagerClient:
-    """Forwards everything to ``inner``; hands every future an async method returns to the
-    server."""
-
-    __slots__ = ("_enqueue", "_inner")
-
-    def __init__(self, inner: Any, enqueue: Callable[[Any], None]) -> None:
-        self._inner = inner
-        self._enqueue = enqueue
-
-    def __getattr__(self, name: str) -> Any:
-        import functools
-
-        value = getattr(self._inner, name)
-        if not inspect.iscoroutinefunction(value):
-            return value
-        method: Callable[..., Awaitable[Any]] = value
-        enqueue = self._enqueue
-
-        @functools.wraps(method)
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            answer = await method(*args, **kwargs)
-            if inspect.iscoroutinefunction(getattr(answer, "result", None)):
-                enqueue(answer)
-            return answer
-
-        return call
-
-
-async def behind_network(
-    run: Callable[[Callable[[Any], Any]], Awaitable[Timed]], latency: float, *, eager: bool
-) -> Timed:
-    """``run(wrap)``, where ``wrap`` puts a client behind ``with_latency`` (and, if ``eager``,
-    in front of the bench's model of a remote server that runs requests on arrival)."""
-    import anyio
-
+def behind_network(
+    run: Callable[[Callable[[Any], Any]], Awaitable[Timed]], latency: float
+) -> Awaitable[Timed]:
+    """``run(wrap)``, where ``wrap`` puts a client behind ``with_latency``."""
     from crucible_kitchen.testing import with_latency
 
-    if not eager:
-        return await run(lambda client: with_latency(client, latency))
-    server = _EagerServer()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        try:
-            timed = await run(lambda client: with_latency(server.wrap(client), latency))
-        finally:
-            server.close()
-    return timed
+    return run(lambda client: with_latency(client, latency))
 
 
 async def direct_loop(
@@ -632,50 +563,35 @@ async def part1(s: Settings, batches: Batches, adam: list[AdamParams], out: dict
 
 
 class RequestTimers:
-    """Timers around the local backend's request handling, for diagnostics (this process only).
+    """Timers around the local backend's request execution, for diagnostics (this process).
 
-    While entered, ``spans`` gets ``(start, end)`` of each request's execution in the worker
-    thread (the backend is busy), and ``runs`` the same for the queue's ``_run``, which hands
-    the request to the worker thread and resumes after it: ``_run`` minus the execution is
-    the round trip between the event loop and the worker. Two ``perf_counter()`` calls and a
-    list append per request.
+    While entered, ``spans`` gets ``(start, end)`` of each request's execution in a worker
+    thread (the backend is busy): two ``perf_counter()`` calls and a list append per request.
     """
 
     def __init__(self) -> None:
         self.spans: list[tuple[float, float]] = []
-        self.runs: list[tuple[float, float]] = []
 
     def __enter__(self) -> RequestTimers:
         from crucible_kitchen.adapters.local_torch import _requests
 
-        execute, run = _requests._Job.execute, _requests.RequestQueue._run
-        self._restore = (execute, run)
-        spans, runs = self.spans, self.runs
+        execute = self._restore = _requests._Job.execute
+        spans = self.spans
 
-        def timed_execute(job: Any) -> None:
+        def timed_execute(job: Any, port: str) -> None:
             start = time.perf_counter()
             try:
-                execute(job)
+                execute(job, port)
             finally:
                 spans.append((start, time.perf_counter()))
 
-        async def timed_run(queue: Any, job: Any) -> None:
-            start = time.perf_counter()
-            try:
-                await run(queue, job)
-            finally:
-                runs.append((start, time.perf_counter()))
-
-        _requests._Job.execute = timed_execute  # type: ignore[method-assign,assignment]
-        _requests.RequestQueue._run = timed_run  # type: ignore[method-assign,assignment]
+        _requests._Job.execute = timed_execute  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         from crucible_kitchen.adapters.local_torch import _requests
 
-        execute, run = self._restore
-        _requests._Job.execute = execute  # type: ignore[method-assign]
-        _requests.RequestQueue._run = run  # type: ignore[method-assign]
+        _requests._Job.execute = self._restore  # type: ignore[method-assign]
 
     def busy(self, timed: Timed) -> float:
         """The fraction of ``timed``'s steady-state window in which the backend computed."""
@@ -686,17 +602,14 @@ class RequestTimers:
 
 async def instrumented_run(config: Mapping[str, Any]) -> dict[str, float]:
     """A kitchen run under :class:`RequestTimers`: ms per step in the steady-state window of
-    the run (``kitchen``), of the backend's execution (``busy``), of the rest (``idle``), and
-    of the round trips between the event loop and the worker thread (``hops``)."""
+    the run (``kitchen``), of the backend's execution (``busy``) and of the rest (``idle``)."""
     with RequestTimers() as timers:
         timed = await kitchen_run(config, name="instrumented")
     start, end, steps = timed.window
-    pairs = zip(timers.spans, timers.runs, strict=True)
-    inside = [(a, b, r) for (a, b), r in pairs if start <= a < end]
-    busy = sum(b - a for a, b, _ in inside) / steps * 1e3
+    busy = sum(min(b, end) - max(a, start) for a, b in timers.spans if a < end and b > start)
     kitchen = (end - start) / steps * 1e3
-    hops = sum((r1 - r0) - (b - a) for a, b, (r0, r1) in inside) / steps * 1e3
-    return {"kitchen": kitchen, "busy": busy, "idle": kitchen - busy, "hops": hops}
+    busy = busy / steps * 1e3
+    return {"kitchen": kitchen, "busy": busy, "idle": kitchen - busy}
 
 
 def breakdown(
@@ -713,7 +626,7 @@ def breakdown(
 
     result = {
         key: med([r[f"split_{key}"] for r in rows])
-        for key in ("kitchen", "busy", "idle", "hops", "busy_vs_loop")
+        for key in ("kitchen", "busy", "idle", "busy_vs_loop")
     }
     # Event-loop pieces of one step, each timed alone (best of 5 rounds).
     client = new_client(validated)
@@ -747,7 +660,7 @@ def breakdown(
 
     result["checks"] = best_ms(submit_checks)
     result["metrics"] = best_ms(lambda: awaiter.report(record, output))
-    result["rest"] = result["idle"] - result["hops"] - result["checks"] - result["metrics"]
+    result["rest"] = result["idle"] - result["checks"] - result["metrics"]
     # The backend's step beside the hand-written step: interleaved, one thread, twin models.
     cfg = model_config(validated)
     trainer = Trainer(cfg, seed=SEED, lora=None)
@@ -770,11 +683,11 @@ def breakdown(
         f"    kitchen {r['kitchen']:.2f} = backend busy {r['busy']:.2f} + backend idle "
         f"{r['idle']:.2f} ({r['idle'] / r['kitchen']:.1%}: the backend waits for the event "
         f"loop)\n"
-        f"    idle: event loop <-> worker thread round trips, measured in the runs (2 per step) "
-        f"{r['hops']:.3f}; timed alone: submission checks (datum validation, loss dry run, 2 "
+        f"    idle, timed alone: submission checks (datum validation, loss dry run, 2 "
         f"fingerprints) {r['checks']:.3f}, metrics (report(): train/loss via "
         f"weighted_mean_nll, token sums) {r['metrics']:.3f}; the rest (stage actors, context "
-        f"forks, telemetry events, metrics store, loop iterations) {r['rest']:.3f}\n"
+        f"forks, telemetry events, metrics store, loop iterations, waking the event loop) "
+        f"{r['rest']:.3f}\n"
         f"    busy: {r['busy_vs_loop']:+.2f} vs the same rep's loop step; the backend's step "
         f"(Trainer.forward + optim_step) {r['trainer_step']:.2f} vs the hand-written step "
         f"{r['hand_step']:.2f}, interleaved in one thread "
@@ -796,27 +709,17 @@ def pipelining_variants(
     def limit() -> Awaitable[Timed]:
         return direct_loop(new_client(validated), data, adam, "limit")
 
-    def pipelined(eager: bool) -> Awaitable[Timed]:
-        name = f"pipelined_{'eager' if eager else 'lazy'}"
+    def pipelined() -> Awaitable[Timed]:
         return behind_network(
-            lambda wrap: kitchen_run(config, wrap=wrap, name=name), latency, eager=eager
+            lambda wrap: kitchen_run(config, wrap=wrap, name="pipelined"), latency
         )
 
-    def naive(eager: bool) -> Awaitable[Timed]:
-        name = f"naive_{'eager' if eager else 'lazy'}"
+    def naive() -> Awaitable[Timed]:
         return behind_network(
-            lambda wrap: direct_loop(wrap(new_client(validated)), data, adam, name),
-            latency,
-            eager=eager,
+            lambda wrap: direct_loop(wrap(new_client(validated)), data, adam, "naive"), latency
         )
 
-    return {
-        "limit": limit,
-        "pipelined_lazy": lambda: pipelined(False),
-        "naive_lazy": lambda: naive(False),
-        "pipelined_eager": lambda: pipelined(True),
-        "naive_eager": lambda: naive(True),
-    }
+    return {"limit": limit, "pipelined": pipelined, "naive": naive}
 
 
 async def part2(s: Settings, batches: Batches, out: dict[str, Any]) -> None:
@@ -861,20 +764,29 @@ async def part2(s: Settings, batches: Batches, out: dict[str, Any]) -> None:
                 flush=True,
             )
         limit = med([r["limit"] for r in reps])
-        chain = 4 * 2 * s.latency
+        network = 1 / (3 * 2 * s.latency)  # a step's three sequential round trips
+        attainable = min(limit, network)
+        bound = "network" if network < limit else "backend"
         print(
             f"  backend-bound limit {limit:.2f} steps/s ({1e3 / limit:.1f} ms per step, the "
-            f"backend busy {med([r['limit/busy'] for r in reps]):.0%} of it); a step of the "
-            f"workflow makes 4 sequential round trips = {chain * 1e3:.0f} ms"
+            f"backend busy {med([r['limit/busy'] for r in reps]):.0%} of it); network bound "
+            f"{network:.2f} steps/s (3 sequential round trips per workflow step = "
+            f"{6e3 * s.latency:.0f} ms): this regime is {bound}-bound, attainable "
+            f"{attainable:.2f} steps/s"
         )
         deltas = {n: max_delta(losses[n], losses["limit"]) for n in names}
         for name in names[1:]:
             ratios = [r[f"{name}/limit"] for r in reps]
+            reached = [r[name] / attainable for r in reps]
             busy = [r[f"{name}/busy"] for r in reps]
+            target = (
+                f" (target >= 0.8: {verdict(med(ratios) >= 0.8)})" if name == "pipelined" else ""
+            )
             print(
-                f"  {name:15s} {med([r[name] for r in reps]):6.2f} steps/s = {spread(ratios)} of "
-                f"the limit (target >= 0.8: {verdict(med(ratios) >= 0.8)}); backend busy "
-                f"{spread(busy, 2)} of the time; max |dloss| vs the limit run {deltas[name]:.3g}"
+                f"  {name:10s} {med([r[name] for r in reps]):6.2f} steps/s = {spread(ratios)} of "
+                f"the backend-bound limit{target}, {spread(reached)} of the attainable limit; "
+                f"backend busy {spread(busy, 2)} of the time; max |dloss| vs the limit run "
+                f"{deltas[name]:.3g}"
             )
         results[label] = {"steps": steps, "reps": reps, "max_dloss": deltas}
     out["part2"] = {"latency": s.latency, "depth": s.pipeline_depth, "regimes": results}

@@ -18,6 +18,7 @@ every other layer may import it.
     │   └── PermanentBackendError   re-sending cannot help
     │       ├── InvalidRequest      the backend refused the request's content  (also a ValueError)
     │       ├── RequestIdConflict   a request_id was reused for a different request
+    │       ├── RequestExpired      a request_id was re-sent after its result was dropped
     │       └── ResourceNotFound    no dataset, blob, model or checkpoint by that name
     │                               (also a LookupError)
     ├── ConfigError                 invalid configuration; every problem listed with its path
@@ -84,6 +85,7 @@ __all__ = (
     "PortError",
     "RecipeNotFound",
     "RenderError",
+    "RequestExpired",
     "RequestIdConflict",
     "ResourceNotFound",
     "RestartIntensityExceeded",
@@ -185,6 +187,14 @@ class InvalidRequest(PermanentBackendError, ValueError):
 
 class RequestIdConflict(PermanentBackendError):
     """A ``request_id`` already used for one request was sent with a different request."""
+
+
+class RequestExpired(PermanentBackendError):
+    """A ``request_id`` was re-sent after the backend stopped keeping that request's result.
+
+    The request was applied once and is not applied again; re-sending it this late means the
+    caller's retry reaches further back than the backend remembers.
+    """
 
 
 class ResourceNotFound(PermanentBackendError, LookupError):

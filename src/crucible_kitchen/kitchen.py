@@ -78,6 +78,7 @@ from crucible_kitchen.stages import (
     RESUME_FROM,
     Context,
     ContextSnapshot,
+    RestoreCheckpoint,
     RunInfo,
     snapshot_from_checkpoint,
 )
@@ -811,8 +812,9 @@ class Kitchen:
 
         Raises:
             RunDirectoryError: not a run directory, a run that completed already, a recipe
-                this Kitchen does not know, or a training client that keeps no checkpoints
-                (its ``checkpoint_payload`` method).
+                this Kitchen does not know, a training client that keeps no checkpoints
+                (its ``checkpoint_payload`` method), or a checkpoint of a workflow that
+                cannot resume (no ``RestoreCheckpoint`` stage, e.g. async RL).
         """
         directory = Path(run_dir)
         record = read_run_record(directory)
@@ -845,6 +847,13 @@ class Kitchen:
         snapshot, initial_state = None, None
         if point is not None:
             path, snapshot = point
+            if not any(isinstance(node.stage, RestoreCheckpoint) for node in workflow.stages()):
+                raise RunDirectoryError(
+                    f"{directory}: the {workflow.name} workflow of recipe {record.recipe!r}, "
+                    f"as configured, cannot resume from a checkpoint (it has no restore "
+                    f"stage) and would train on from fresh weights; start a new run",
+                    path=str(directory),
+                )
             initial_state = {RESUME_FROM: path}
         return await self._launch(
             validated,

@@ -249,3 +249,49 @@ async def test_split_slices_carve_a_held_out_set() -> None:
         await split_rows(store, "chat_tasks", "train[4]")
     with pytest.raises(ConfigError, match="eval_split"):
         validate_config(SlBasicConfig, {"eval_split": "train[-x:]"}, source="sl_basic")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "config"),
+    [
+        (
+            "reinforcement",
+            {"num_batches": 5, "sampler_refresh_every": 2, "max_tokens": 4, "use_evaluator": False},
+        ),
+        ("preference", {"batch_size": 16, "epochs": 2, "use_evaluator": False}),
+    ],
+)
+async def test_rl_and_dpo_resume_on_local_torch_to_the_uninterrupted_weights(
+    tmp_path: Path, recipe: str, config: dict[str, Any]
+) -> None:
+    """The real path: checkpoints on disk, ``Kitchen.resume(run_dir)``; RL resumes to the
+    sampler of an earlier step (refreshed every 2), DPO recomputes its reference first."""
+    full = await Kitchen.run(
+        recipe, config, adapters="local_torch", seed=4, run_id="r", run_dir=tmp_path / "full"
+    )
+    part = tmp_path / "part"
+    handles: list[RunHandle] = []
+
+    def stop_after_step_2(event: TelemetryEvent) -> None:
+        if getattr(event, "step", None) == 2 and type(event).__name__.endswith("Step"):
+            handles[0].request_stop()
+
+    async with Kitchen.open() as kitchen:
+        handles.append(
+            await kitchen.start(
+                recipe,
+                config,
+                adapters="local_torch",
+                seed=4,
+                run_id="r",
+                run_dir=part,
+                telemetry=[stop_after_step_2],
+            )
+        )
+        stopped = await handles[0].result()
+    assert stopped.status == "cancelled"
+    assert 2 < stopped.steps < full.steps
+    resumed = await Kitchen.resume(part)
+    assert (resumed.status, resumed.steps) == ("completed", full.steps)
+    assert resumed.metrics == full.metrics
+    assert_same_final_tensors(tmp_path / "full", part)

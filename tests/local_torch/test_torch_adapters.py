@@ -398,7 +398,6 @@ async def test_requests_apply_in_submission_order_whatever_is_awaited_first(
         await client.optim_step(ADAM, request_id="opt2"),
         await client.forward(data, "cross_entropy"),
     ]
-    assert not any(future.done() for future in futures)
     results: dict[int, object] = {}
     async with anyio.create_task_group() as group:
         for index in reversed(range(len(futures))):  # the last submitted is awaited first
@@ -436,62 +435,35 @@ async def test_cancelled_waiters_neither_cancel_nor_repeat_their_requests(
 
     slow = await client.forward_backward_custom(data, slow_loss, request_id="slow")
     queued = await client.forward_backward(data, "cross_entropy", request_id="queued")
-    runner_scope, waiter_scope = anyio.CancelScope(), anyio.CancelScope()
-    ticks = 0
-
-    async def runner() -> None:  # runs `slow` in a worker thread
-        with runner_scope:
-            await slow.result()
-
-    async def waiter() -> None:  # waits behind `slow` for `queued`
-        with waiter_scope:
-            await queued.result()
-
+    assert await anyio.to_thread.run_sync(entered.wait, 10)  # running, though nobody awaits
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
-            group.start_soon(runner)
-            while not entered.is_set():  # the event loop runs while torch works
-                ticks += 1
-                await anyio.sleep(0.001)
-            group.start_soon(waiter)
-            await anyio.sleep(0.01)
-            runner_scope.cancel()
-            waiter_scope.cancel()
-            await anyio.sleep(0.01)
-            assert not slow.done()  # the runner's cancellation waits for its request
-            release.set()
-    assert ticks > 0
-    assert waiter_scope.cancelled_caught
-    assert slow.done()
-    assert not queued.done()
+            group.start_soon(slow.result)
+            group.start_soon(queued.result)
+            await anyio.wait_all_tasks_blocked()
+            group.cancel_scope.cancel()
+    assert not slow.done()  # the waiters' cancellation reached neither request
+    release.set()
     assert (await slow.result()).metrics["loss:sum"] == 1.0
     await queued.result()
     assert client.counters.applied == {"forward_backward_custom": 1, "forward_backward": 1}
     assert [request_id for _, request_id in client.counters.log] == ["slow", "queued"]
 
 
-async def test_a_request_whose_runner_is_cancelled_before_it_starts_keeps_its_place(
-    make_client: MakeClient,
-) -> None:
+async def test_requests_run_without_being_awaited(make_client: MakeClient) -> None:
     client = make_client()
-    data = _data(client)
-    first = await client.forward_backward(data[:1], "cross_entropy", request_id="first")
-    second = await client.forward_backward(data[1:], "cross_entropy", request_id="second")
-    limiter = anyio.to_thread.current_default_thread_limiter()
-    tokens, borrower = limiter.total_tokens, object()
-    limiter.total_tokens = 1
-    await limiter.acquire_on_behalf_of(borrower)  # no worker thread is free
-    try:
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as group:
-                group.start_soon(first.result)
-                await anyio.sleep(0.01)
-                scope.cancel()
-    finally:
-        limiter.release_on_behalf_of(borrower)
-        limiter.total_tokens = tokens
-    assert not first.done()
-    await second.result()  # runs `first` first: it kept its place at the head
+    data = _data(client)[:1]
+    ran = threading.Event()
+
+    def loss(batch: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
+        ran.set()
+        grads = tuple(TensorData(dtype="float32", data=(0.0,) * len(lp.data)) for lp in logprobs)
+        return CustomLossOutput(loss=0.0, logprob_grads=grads)
+
+    await client.forward_backward(data, "cross_entropy", request_id="first")
+    await client.forward_backward_custom(data, loss, request_id="second")
+    assert await anyio.to_thread.run_sync(ran.wait, 10)  # no future was ever awaited
+    await client.drain()
     assert [request_id for _, request_id in client.counters.log] == ["first", "second"]
 
 

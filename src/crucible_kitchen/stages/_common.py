@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import anyio
 import msgspec
 
 from crucible_kitchen.errors import (
@@ -92,6 +93,7 @@ __all__ = (
     "checkpoint_due",
     "eval_due",
     "final_eval_due",
+    "gather_results",
     "next_token_datum",
     "resuming",
     "rl_datums",
@@ -405,6 +407,30 @@ async def submit_training_step(
     return record
 
 
+async def gather_results(*futures: BackendFuture[Any]) -> list[Any]:
+    """The results of ``futures``, awaited concurrently: behind a network, one poll round
+    trip for all of them instead of one each.
+
+    Raises:
+        Exception: the error of the first future (in argument order) that failed, as is.
+    """
+    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(futures)
+
+    async def poll(index: int, future: BackendFuture[Any]) -> None:
+        try:
+            outcomes[index] = (True, await future.result())
+        except Exception as exc:  # re-raised below, unwrapped from the task group
+            outcomes[index] = (False, exc)
+
+    async with anyio.create_task_group() as group:
+        for index, future in enumerate(futures):
+            group.start_soon(poll, index, future)
+    for ok, value in outcomes:
+        if not ok:
+            raise value
+    return [value for _, value in outcomes]
+
+
 async def record_metrics(ctx: Context, step: int, row: Mapping[str, float]) -> None:
     """Put a metrics row in ``ctx.metrics`` (latest values win) and the metrics store."""
     ctx.metrics.update(row)
@@ -438,8 +464,7 @@ class AwaitTrainingSteps(BuiltinStage, abc.ABC):
         keep = 0 if self.drain or not self.pipelined else int(ctx.config.pipeline_depth)
         while len(in_flight) > keep:
             oldest = in_flight[0]
-            output = await oldest.forward_backward.result()
-            optim = await oldest.optim.result()
+            output, optim = await gather_results(oldest.forward_backward, oldest.optim)
             row = {**oldest.metrics, **self.report(oldest, output)}
             row.update({f"optim/{k}": float(v) for k, v in optim.metrics.items()})
             await record_metrics(ctx, oldest.step, row)
@@ -605,8 +630,9 @@ class RefreshSampler(BuiltinStage):
     async def execute(self, ctx: Context) -> Context:
         batch = ctx.loops.get("batches")
         name = f"sampler_{ctx.step:06d}" if batch is None else f"sampler_batch_{batch:06d}"
-        _, sampler = await sampler_for_current_weights(ctx, name)
+        path, sampler = await sampler_for_current_weights(ctx, name)
         ctx.state["sampler"] = sampler
+        ctx.state[SAMPLER_PATH] = path  # data, unlike the client: a checkpoint keeps it
         ctx.state["sampler_step"] = ctx.step
         return ctx
 
@@ -618,6 +644,9 @@ def sampler_is_stale(ctx: Context) -> bool:
         return True
     return ctx.step - int(last) >= int(ctx.config.sampler_refresh_every)
 
+
+SAMPLER_PATH: Final = "sampler_path"
+"""State key of the weights the current sampler samples from (see :class:`RefreshSampler`)."""
 
 RESUME_FROM: Final = "resume_from"
 """State key naming the checkpoint a resumed run starts from (see :class:`RestoreCheckpoint`)."""
@@ -726,7 +755,8 @@ def checkpoint_due(ctx: Context) -> bool:
 
 
 class RestoreCheckpoint(BuiltinStage):
-    """Load the checkpoint a resumed run continues from: weights and optimizer state.
+    """Load the checkpoint a resumed run continues from: weights and optimizer state, and
+    the sampler the run sampled from (its weights path is in the snapshot).
 
     Runs when ``ctx.state["resume_from"]`` names a checkpoint (``Kitchen.resume`` puts it
     there, with the checkpoint's context snapshot); a fresh run skips it.
@@ -736,10 +766,14 @@ class RestoreCheckpoint(BuiltinStage):
 
     async def execute(self, ctx: Context) -> Context:
         path = str(ctx.state.pop(RESUME_FROM))
-        future = await ctx.port("training_client").load_state(
+        client = ctx.port("training_client")
+        future = await client.load_state(
             path, with_optimizer=True, request_id=ctx.request_id("load_state")
         )
         await future.result()
+        sampler_path = ctx.state.get(SAMPLER_PATH)
+        if sampler_path is not None:
+            ctx.state["sampler"] = await client.create_sampling_client(str(sampler_path))
         # The snapshot was taken before its own checkpoint existed: record it as saved.
         checkpoints = tuple(ctx.state.get("checkpoints", ()))
         if path not in checkpoints:
@@ -765,8 +799,8 @@ class SaveFinalWeights(BuiltinStage):
         sampler_future = await client.save_weights_for_sampler(
             "final", request_id=ctx.request_id("save_weights_for_sampler")
         )
-        state_path = (await state_future.result()).path
-        sampler_path = (await sampler_future.result()).path
+        state, sampler = await gather_results(state_future, sampler_future)
+        state_path, sampler_path = state.path, sampler.path
         ctx.state["final_state_path"] = state_path
         ctx.state["final_sampler_path"] = sampler_path
         _set_artifact(ctx, "final_state", state_path)

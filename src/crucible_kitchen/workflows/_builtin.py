@@ -75,6 +75,11 @@ __all__ = (
 _CLEANUP = (stage("flush_metrics", FlushMetrics),)
 
 
+def _restore() -> tuple[Node, ...]:
+    """Where a resumed run loads its checkpoint: weights, optimizer state, the sampler."""
+    return (conditional("resuming", resuming, then=[stage("restore", RestoreCheckpoint)]),)
+
+
 def _eval_stages(config: Any, prefix: str, *, nll: bool) -> list[Node]:
     """One evaluation: held-out NLL and sampled replies (supervised only), and the evaluator
     port if enabled."""
@@ -169,7 +174,7 @@ def supervised_workflow(config: Any) -> Workflow:
     """
     return Workflow(
         "supervised",
-        conditional("resuming", resuming, then=[stage("restore", RestoreCheckpoint)]),
+        *_restore(),
         stage("load_dataset", LoadDataset),
         *_supervised_training(config),
         cleanup=_CLEANUP,
@@ -186,6 +191,11 @@ def reinforcement_workflow(config: Any) -> Workflow:
     [eval, checkpoint]. ``mode="async"``: rollouts are produced from the latest weights
     while earlier batches train, at most ``max_steps_off_policy`` batches ahead (an
     ``async_loop``); the importance-sampling loss corrects for the staleness.
+
+    Resumable in sync mode (``[restore]`` first; a requested stop checkpoints): the
+    checkpoint holds the weights, the optimizer state and the sampler's weights path, so
+    a resumed run samples from the very weights the uninterrupted one would. Async mode is
+    not resumable.
     """
     produce: list[Node] = [
         stage("build_env_groups", BuildEnvGroups),
@@ -197,10 +207,11 @@ def reinforcement_workflow(config: Any) -> Workflow:
     ]
     if config.kl_penalty_coef > 0:
         train.append(stage("kl_penalty", ApplyKlPenalty))
+    resumable = config.mode == "sync"
     train += [
         stage("train_step", SubmitRlStep),
         stage("await_step", AwaitRlSteps()),
-        *_periodic(config, nll=False),
+        *_periodic(config, nll=False, resumable=resumable),
     ]
     body: Node
     if config.mode == "async":
@@ -219,6 +230,7 @@ def reinforcement_workflow(config: Any) -> Workflow:
         body = loop("batches", lambda ctx: range(ctx.config.num_batches), refresh, *produce, *train)
     return Workflow(
         "reinforcement",
+        *(_restore() if resumable else ()),
         stage("load_problems", LoadProblems),
         *_setup_eval(config, nll=False),
         body,
@@ -231,16 +243,20 @@ def reinforcement_workflow(config: Any) -> Workflow:
 def preference_workflow(config: Any) -> Workflow:
     """DPO (a :class:`~crucible_kitchen.recipes.PreferenceConfig`).
 
-    load_dataset → build_pairs → reference_logprobs (once, initial weights) → [eval rows] →
-    per epoch: shuffle → per batch: submit_step (forward_backward_custom with the DPO loss
-    + optim_step) → await_step → [eval, checkpoint]; then drain → [final
+    load_dataset → build_pairs → reference_logprobs (once, initial weights) → [restore] →
+    [eval rows] → per epoch: shuffle → per batch: submit_step (forward_backward_custom with
+    the DPO loss + optim_step) → await_step → [eval, checkpoint]; then drain → [final
     eval] → save_final → [register_model]; cleanup: flush_metrics.
+
+    Resumable: the reference logprobs come from the initial weights, so a resumed run
+    computes them again before it loads its checkpoint (``restore``).
     """
     return Workflow(
         "preference",
         stage("load_dataset", LoadDataset),
         stage("build_pairs", BuildPreferenceDataset),
         stage("reference_logprobs", ComputeReferenceLogprobs),
+        *_restore(),
         *_setup_eval(config, nll=False),
         loop(
             "epochs",
@@ -251,7 +267,7 @@ def preference_workflow(config: Any) -> Workflow:
                 batches_this_epoch,
                 stage("submit_step", SubmitDpoStep),
                 stage("await_step", AwaitDpoSteps()),
-                *_periodic(config, nll=False, drain=AwaitDpoSteps(drain=True)),
+                *_periodic(config, nll=False, drain=AwaitDpoSteps(drain=True), resumable=True),
             ),
         ),
         stage("drain", AwaitDpoSteps(drain=True)),
@@ -264,16 +280,19 @@ def preference_workflow(config: Any) -> Workflow:
 def distillation_workflow(config: Any) -> Workflow:
     """On-policy distillation (a :class:`~crucible_kitchen.recipes.DistillationConfig`).
 
-    load_prompts → [eval rows] → per batch: [refresh_sampler] → sample_student →
+    [restore] → load_prompts → [eval rows] → per batch: [refresh_sampler] → sample_student →
     score_teacher (port ``teacher_sampling_client``; reverse-KL advantages) → train_step
     (``importance_sampling``) → await_step → [eval, checkpoint]; then [final eval] →
     save_final → [register_model]; cleanup: flush_metrics.
+
+    Resumable, as the reinforcement workflow in sync mode.
     """
     refresh = conditional(
         "sampler_stale", sampler_is_stale, then=[stage("refresh_sampler", RefreshSampler)]
     )
     return Workflow(
         "distillation",
+        *_restore(),
         stage("load_prompts", LoadPrompts),
         *_setup_eval(config, nll=False),
         loop(
@@ -284,7 +303,7 @@ def distillation_workflow(config: Any) -> Workflow:
             stage("score_teacher", ScoreWithTeacher),
             stage("train_step", SubmitDistillationStep),
             stage("await_step", AwaitDistillationSteps()),
-            *_periodic(config, nll=False),
+            *_periodic(config, nll=False, resumable=True),
         ),
         *_finish(config, nll=False),
         cleanup=_CLEANUP,

@@ -470,6 +470,8 @@ class WorkflowActor(Actor[Any]):
         async def consume() -> None:
             async with receive:
                 async for index, value in receive:
+                    if ctx.run.stop_requested:
+                        raise _StopRequested
                     done = await self._run_nodes(
                         node.consume, latest[0].enter_loop(node.name, index, value)
                     )
@@ -502,6 +504,8 @@ class WorkflowActor(Actor[Any]):
                     if index < start:
                         index += 1
                         continue
+                    if ctx.run.stop_requested:
+                        raise _StopRequested
                     done = await self._run_nodes(
                         node.body, latest[0].enter_loop(node.name, index, item)
                     )

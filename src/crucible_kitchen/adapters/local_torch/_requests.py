@@ -1,49 +1,57 @@
-"""Requests to a local backend: dedup on ``request_id``, and strict FIFO execution off the loop.
+"""Requests to a local backend: dedup on ``request_id``, strict FIFO execution in a worker thread.
 
-Execution model. A client's requests wait in one FIFO queue. Nothing runs at submission:
-the task that awaits a future (``await future.result()``) becomes the queue's runner and
-executes the queued requests one at a time, oldest first, each in a worker thread
-(``anyio.to_thread.run_sync``), until its own request is done. Other tasks that await
-meanwhile wait for the runner, then take over if their request is still queued. So requests
-are applied exactly in submission order, one at a time, however many are in flight and
-whichever is awaited first, and the event loop stays free while torch computes.
+Execution model. Each queue owns one worker thread. A submitted request joins the queue, and
+the worker runs it as soon as the requests before it have run, whether or not anyone awaits
+its future: like a remote backend, which starts a request when it arrives. Requests are applied
+exactly in submission order, one at a time, so equal request sequences have equal effects.
+Awaiting a future only waits for its request, so the event loop stays free while torch
+computes, and cancelling a waiter never cancels the request. The worker exits after
+:data:`IDLE_SECONDS` without work and starts again on the next submission.
 
-A request still queued when nobody awaits it waits for the next await of this client's
-futures (or :meth:`RequestQueue.drain`); cancelling a waiter never cancels its request. A
-request that has started always finishes: cancellation reaches the runner only after the
-worker thread returned and the outcome was recorded.
+Futures may be awaited from any event loop, asyncio or trio: the worker wakes each waiter in
+its own loop. The work functions must be safe to run in a thread other than the submitter's.
 
-A queue belongs to one event loop at a time (its synchronisation lives in that loop); the
-work functions it runs must be safe to run in a worker thread, one at a time.
+The request-id ledger keeps the results of the last ``retain`` answered requests, so a re-sent
+request gets its answer again. An older request keeps only its method and fingerprint, so a
+re-send is refused with :class:`~crucible_kitchen.errors.RequestExpired` instead of being
+applied twice; a successful checkpoint request (``checkpoint=True``) forgets those entirely.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 import msgspec
 
-from crucible_kitchen.errors import InvalidRequest, PermanentBackendError, RequestIdConflict
+from crucible_kitchen.errors import (
+    InvalidRequest,
+    PermanentBackendError,
+    RequestExpired,
+    RequestIdConflict,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-__all__ = ("CallCounters", "LocalFuture", "RequestQueue", "fingerprint")
+__all__ = ("IDLE_SECONDS", "CallCounters", "LocalFuture", "RequestQueue", "fingerprint")
 
 T = TypeVar("T")
 
+IDLE_SECONDS: Final = 10.0
+"""How long a worker thread waits for the next request before it exits."""
+
 _ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
-_PENDING: Final = 0
-_RUNNING: Final = 1
-_DONE: Final = 2
+_QUEUED: Final = 0
+_DONE: Final = 1
 
 
 def fingerprint(port: str, method: str, payload: object) -> bytes:
@@ -78,48 +86,60 @@ class CallCounters:
 
 
 class _Job(Generic[T]):
-    """One submitted request: its work, its state and, once run, its outcome."""
+    """One submitted request: its work, its state and, once run, its outcome and waiters."""
 
     __slots__ = (
+        "checkpoint",
         "error",
-        "finished",
-        "has_value",
         "method",
         "record",
         "request_id",
-        "started",
         "state",
         "traceback",
         "value",
+        "waiters",
         "work",
     )
 
     def __init__(
-        self, method: str, request_id: str | None, work: Callable[[], T], *, record: bool
+        self,
+        method: str,
+        request_id: str | None,
+        work: Callable[[], T],
+        *,
+        record: bool,
+        checkpoint: bool,
     ) -> None:
         self.method = method
         self.request_id = request_id
         self.work: Callable[[], T] | None = work
         self.record = record
-        self.state = _PENDING
-        self.started = False
-        self.has_value = False
+        self.checkpoint = checkpoint
+        self.state = _QUEUED
         self.value: T | None = None
         self.error: BaseException | None = None
         self.traceback: TracebackType | None = None
-        self.finished: anyio.Event | None = None
+        self.waiters: list[Callable[[], None]] = []
 
-    def execute(self) -> None:
-        """Run the work and record its outcome; called in a worker thread."""
-        self.started = True
+    def execute(self, port: str) -> None:
+        """Run the work and record its outcome; called in the worker thread."""
         work, self.work = self.work, None  # drop the closure (and the data it holds) once run
         assert work is not None
         try:
             self.value = work()
-            self.has_value = True
         except Exception as exc:
             self.error = exc
-            self.traceback = exc.__traceback__
+        except BaseException as exc:  # e.g. SystemExit from user code: the worker survives
+            error = PermanentBackendError(
+                f"{self.method}: the request was interrupted by {type(exc).__name__}",
+                port=port,
+                operation=self.method,
+                request_id=self.request_id,
+            )
+            error.__cause__ = exc
+            self.error = error
+        if self.error is not None:
+            self.traceback = self.error.__traceback__
 
     def outcome(self) -> T:
         """The result, or the recorded error raised again (same object, original traceback)."""
@@ -129,10 +149,7 @@ class _Job(Generic[T]):
 
 
 class LocalFuture(Generic[T]):
-    """The pending result of one request (a :class:`~crucible_kitchen.ports.BackendFuture`).
-
-    Awaiting :meth:`result` runs the client's queued requests up to this one, in order.
-    """
+    """The pending result of one request (a :class:`~crucible_kitchen.ports.BackendFuture`)."""
 
     __slots__ = ("_job", "_queue")
 
@@ -145,10 +162,10 @@ class LocalFuture(Generic[T]):
         return self._job.state == _DONE
 
     async def result(self) -> T:
-        """Wait for the request (running queued requests before it) and return its result.
+        """Wait for the request to run and return its result.
 
-        May be awaited any number of times, from any task of the queue's event loop; every
-        await returns the same value or raises the same error. Cancelling a waiter does not
+        May be awaited any number of times, from any task or event loop; every await
+        returns the same value or raises the same error. Cancelling a waiter does not
         cancel the request.
         """
         await self._queue.wait(self._job)
@@ -157,24 +174,36 @@ class LocalFuture(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class _Record:
+    """A ledger entry; ``future`` is ``None`` once the request's result is no longer kept."""
+
     method: str
     fingerprint: bytes
-    future: LocalFuture[Any]
+    future: LocalFuture[Any] | None
 
 
 class RequestQueue:
-    """The FIFO queue, the request-id ledger and the counters of one client.
+    """The FIFO queue, its worker thread, the request-id ledger and the counters of a client.
 
     Args:
         port: the port name reported in errors (``"training_client"``).
+        retain: how many answered requests with an id keep their result for re-sends.
     """
 
-    def __init__(self, port: str) -> None:
+    def __init__(self, port: str, *, retain: int = 256) -> None:
+        if retain < 1:
+            raise ValueError(f"retain must be >= 1, got {retain}")
         self.port = port
         self.counters = CallCounters()
-        self._records: dict[str, _Record] = {}
-        self._pending: deque[_Job[Any]] = deque()
+        self._retain = retain
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._queued: deque[_Job[Any]] = deque()
         self._running: _Job[Any] | None = None
+        self._last: _Job[Any] | None = None
+        self._worker: threading.Thread | None = None
+        self._records: dict[str, _Record] = {}
+        self._answered: deque[str] = deque()  # ids whose results are kept, oldest first
+        self._expired: list[str] = []  # ids whose results were dropped
 
     def submit(
         self,
@@ -184,34 +213,36 @@ class RequestQueue:
         request_id: str | None = None,
         fingerprint: bytes = b"",
         record: bool = True,
+        checkpoint: bool = False,
     ) -> LocalFuture[T]:
-        """Queue ``work`` as one request and return its future; nothing runs yet.
+        """Queue ``work`` as one request and return its future; it runs when its turn comes.
 
         A request whose ``request_id`` was already accepted, and has not failed, returns
         that request's future (the same object) without queueing ``work``. ``record=False``
         keeps a request (an inspection, not an effect) out of the counters' ``applied`` and
-        ``log``.
+        ``log``. ``checkpoint=True`` marks a request that makes every earlier effect durable.
 
         Raises:
             RequestIdConflict: ``request_id`` was accepted for another method or content.
+            RequestExpired: ``request_id`` was applied so long ago that its result is gone.
         """
-        self.counters.calls[method] += 1
-        if request_id is not None and (known := self._records.get(request_id)) is not None:
-            if known.method != method or known.fingerprint != fingerprint:
-                raise RequestIdConflict(
-                    f"request_id {request_id!r} was already used for a different "
-                    f"{known.method} request",
-                    port=self.port,
-                    operation=method,
-                    request_id=request_id,
+        with self._lock:
+            self.counters.calls[method] += 1
+            if request_id is not None and (known := self._records.get(request_id)) is not None:
+                return cast("LocalFuture[T]", self._resent(known, method, request_id, fingerprint))
+            job = _Job(method, request_id, work, record=record, checkpoint=checkpoint)
+            future = LocalFuture(self, job)
+            if request_id is not None:
+                self._records[request_id] = _Record(method, fingerprint, future)
+            self._queued.append(job)
+            self._last = job
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name=f"crucible-kitchen {self.port}", daemon=True
                 )
-            self.counters.deduplicated[method] += 1
-            return cast("LocalFuture[T]", known.future)
-        job = _Job(method, request_id, work, record=record)
-        future = LocalFuture(self, job)
-        self._pending.append(job)
-        if request_id is not None:
-            self._records[request_id] = _Record(method, fingerprint, future)
+                self._worker.start()
+            else:
+                self._has_work.notify()
         return future
 
     async def call(
@@ -232,59 +263,115 @@ class RequestQueue:
     @property
     def pending(self) -> int:
         """Requests queued or running."""
-        return len(self._pending) + (self._running is not None)
+        with self._lock:
+            return len(self._queued) + (self._running is not None)
 
     async def wait(self, job: _Job[Any]) -> None:
-        """Return once ``job`` has run, running the queue in order as needed."""
+        """Return once ``job`` has run (a cancellation point even if it has)."""
         await anyio.lowlevel.checkpoint()
-        while job.state != _DONE:
-            running = self._running
-            if running is not None:
-                assert running.finished is not None
-                await running.finished.wait()
-                continue
-            await self._run(self._pending.popleft())
+        if job.state == _DONE:
+            return
+        finished = anyio.Event()
+        wake = _waker(finished)
+        with self._lock:
+            if job.state == _DONE:
+                return
+            job.waiters.append(wake)
+        try:
+            await finished.wait()
+        finally:
+            with self._lock:
+                if wake in job.waiters:  # cancelled before the request finished
+                    job.waiters.remove(wake)
 
     async def drain(self) -> None:
-        """Run every request queued so far; return when the last has finished."""
-        await anyio.lowlevel.checkpoint()
-        while self._pending or self._running is not None:
-            target = self._pending[-1] if self._pending else self._running
-            assert target is not None
-            await self.wait(target)
+        """Return once every request submitted so far has run."""
+        last = self._last
+        if last is None:
+            await anyio.lowlevel.checkpoint()
+        else:
+            await self.wait(last)
 
-    async def _run(self, job: _Job[Any]) -> None:
-        job.state = _RUNNING
-        job.finished = anyio.Event()
-        self._running = job
-        try:
-            # Not abandoned on cancel: a started request always finishes and is recorded.
-            await anyio.to_thread.run_sync(job.execute)
-        finally:
-            self._running = None
-            if job.started:
+    def _resent(
+        self, known: _Record, method: str, request_id: str, digest: bytes
+    ) -> LocalFuture[Any]:
+        if known.method != method or known.fingerprint != digest:
+            raise RequestIdConflict(
+                f"request_id {request_id!r} was already used for a different "
+                f"{known.method} request",
+                port=self.port,
+                operation=method,
+                request_id=request_id,
+            )
+        if known.future is None:
+            raise RequestExpired(
+                f"{method}: request_id {request_id!r} was applied, but its result is no longer "
+                f"kept (only the last {self._retain} answered requests keep theirs); it is "
+                "not applied again",
+                port=self.port,
+                operation=method,
+                request_id=request_id,
+            )
+        self.counters.deduplicated[method] += 1
+        return known.future
+
+    def _work(self) -> None:
+        """The worker thread: run queued requests in order; exit when idle for a while."""
+        while True:
+            with self._lock:
+                while not self._queued:
+                    if not self._has_work.wait(IDLE_SECONDS) and not self._queued:
+                        self._worker = None
+                        return
+                job = self._queued.popleft()
+                self._running = job
+            job.execute(self.port)
+            with self._lock:
+                self._running = None
                 self._settle(job)
-            else:  # cancelled before the worker thread picked it up: it keeps its place
-                job.state = _PENDING
-                self._pending.appendleft(job)
-            job.finished.set()
+                waiters, job.waiters = job.waiters, []
+            for wake in waiters:
+                wake()
 
     def _settle(self, job: _Job[Any]) -> None:
+        """Record a finished request's outcome in the counters and the ledger (lock held)."""
         job.state = _DONE
-        if not job.has_value and job.error is None:
-            job.error = PermanentBackendError(
-                f"{job.method}: the request was interrupted",
-                port=self.port,
-                operation=job.method,
-                request_id=job.request_id,
-            )
+        request_id = job.request_id
+        known = None if request_id is None else self._records.get(request_id)
+        own = known is not None and known.future is not None and known.future._job is job
         if job.error is not None:
             self.counters.failed[job.method] += 1
-            if job.request_id is not None:
-                known = self._records.get(job.request_id)
-                if known is not None and known.future._job is job:
-                    del self._records[job.request_id]  # a failed request is forgotten
+            if own:
+                assert request_id is not None
+                del self._records[request_id]  # a failed request is forgotten
             return
         if job.record:
             self.counters.applied[job.method] += 1
-            self.counters.log.append((job.method, job.request_id))
+            self.counters.log.append((job.method, request_id))
+        if not own:
+            return
+        assert request_id is not None
+        self._answered.append(request_id)
+        while len(self._answered) > self._retain:
+            old_id = self._answered.popleft()
+            old = self._records[old_id]
+            self._records[old_id] = _Record(old.method, old.fingerprint, None)
+            self._expired.append(old_id)
+        if job.checkpoint:
+            for old_id in self._expired:
+                del self._records[old_id]
+            self._expired.clear()
+
+
+def _waker(event: anyio.Event) -> Callable[[], None]:
+    """A function that any thread may call to set ``event`` in the current event loop."""
+    loop = anyio.lowlevel.current_token().native_token  # an asyncio loop or a TrioToken
+    schedule: Callable[[Callable[[], None]], object] = getattr(
+        loop, "run_sync_soon", None
+    ) or getattr(loop, "call_soon_threadsafe")  # noqa: B009
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            schedule(event.set)
+
+    return wake

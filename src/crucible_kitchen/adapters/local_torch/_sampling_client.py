@@ -52,10 +52,10 @@ class LocalTorchSamplingClient:
     from this client's ``seed`` and the ``request_id`` (else the call number), so a run
     replays exactly.
 
-    Requests run one at a time, in a worker thread, when their future is awaited (see
-    ``_requests``). Build one with :meth:`LocalTorchTrainingClient.create_sampling_client`,
-    :meth:`from_checkpoint`, or from a model that nothing else will change (e.g.
-    ``snapshot_for_sampling(model)``).
+    Requests run as soon as they are submitted, one at a time in submission order, in the
+    client's worker thread (see ``_requests``). Build one with
+    :meth:`LocalTorchTrainingClient.create_sampling_client`, :meth:`from_checkpoint`, or from
+    a model that nothing else will change (e.g. ``snapshot_for_sampling(model)``).
 
     Args:
         model: the weights to sample from; it is put in eval mode and never changed.

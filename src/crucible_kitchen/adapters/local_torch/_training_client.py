@@ -74,10 +74,13 @@ class LocalTorchTrainingClient:
     ``forward_backward`` calls until ``optim_step`` (AdamW). Each datum's output holds its
     ``"logprobs"`` and its ``"loss"`` (a 0-d tensor); the metrics hold ``"loss:sum"``.
 
-    Requests run one at a time in submission order, in a worker thread, when a future of
-    this client is awaited (see ``_requests`` for the execution model); ``request_id``
-    deduplicates exactly as the port says. On CPU, equal seeds and equal request sequences
-    give bit-identical weights, also across ``save_state`` → new client → ``load_state``.
+    Requests run as soon as they are submitted, one at a time in submission order, in the
+    client's worker thread, whether or not their futures are awaited (see ``_requests`` for
+    the execution model). ``request_id`` deduplicates exactly as the port says; the results
+    of the last 256 answered requests are kept for re-sends, and an older id re-sent raises
+    :class:`~crucible_kitchen.errors.RequestExpired`. On CPU, equal seeds and equal request
+    sequences give bit-identical weights, also across ``save_state`` → new client →
+    ``load_state``.
 
     Checkpoints are directories under ``checkpoint_dir``: ``weights/<name>`` (weights,
     AdamW state, dropout RNG) and ``sampler_weights/<name>`` (weights only); the path a
@@ -298,7 +301,9 @@ class LocalTorchTrainingClient:
             self._save(method, path, request_id, digest, with_optimizer=True, user=user)
             return SaveStateResponse(path=str(path))
 
-        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+        return self._queue.submit(
+            method, work, request_id=request_id, fingerprint=digest, checkpoint=True
+        )
 
     async def load_state(
         self, path: str, *, with_optimizer: bool = True, request_id: str
