@@ -466,3 +466,34 @@ async def test_request_stop_finishes_the_iteration_then_runs_cleanup() -> None:
     assert seen == [0, 1, 2]
     assert (result.status, result.steps, result.metrics) == ("cancelled", 3, {"saved_at": 3.0})
     assert cleaned == [True]
+
+
+@pytest.mark.parametrize("kind", ["async_loop", "stream_loop"])
+async def test_request_stop_also_ends_async_and_stream_loops_after_the_iteration(
+    kind: str,
+) -> None:
+    handle_box: list[Any] = []
+    consumed: list[int] = []
+
+    async def produce(ctx: Context) -> None:
+        ctx.state["out"] = ctx.item("l")
+
+    async def consume(ctx: Context) -> None:
+        consumed.append(ctx.item("l"))
+        ctx.step += 1
+        if len(consumed) == 2:
+            handle_box[0].request_stop()
+
+    body: Any
+    if kind == "async_loop":
+        body = async_loop(
+            "l", 10, produce=[stage("p", produce)], consume=[stage("c", consume)], output="out"
+        )
+    else:
+        body = stream_loop("l", lambda ctx: iter(range(10)), stage("c", consume))
+    async with Kitchen.open() as kitchen:
+        run = await kitchen.start(Workflow("stoppable", body), adapters={})
+        handle_box.append(run)
+        result = await run.result()
+    assert consumed == [0, 1]
+    assert (result.status, result.steps) == ("cancelled", 2)
