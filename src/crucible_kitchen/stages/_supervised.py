@@ -8,6 +8,7 @@ repeats these stages rebuilds the same data.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar
 
 from crucible_kitchen.errors import DataError
@@ -113,7 +114,8 @@ class SubmitSupervisedStep(BuiltinStage):
 
 def nll_of(data: Sequence[Datum], output: ForwardBackwardOutput) -> float:
     """Mean negative logprob per unit of weight (tinker-cookbook's ``train_mean_nll``)."""
-    return weighted_mean_nll(training_logprobs(output), [datum_weights(d) for d in data])
+    logprobs = [item["logprobs"].data for item in output.loss_fn_outputs]
+    return weighted_mean_nll(logprobs, [d.loss_fn_inputs["weights"].data for d in data])
 
 
 class AwaitSupervisedSteps(AwaitTrainingSteps):
@@ -127,7 +129,9 @@ class AwaitSupervisedSteps(AwaitTrainingSteps):
             "train/progress": (step.step + 1) / step.total_steps,
             "train/sequences": float(len(step.data)),
             "train/tokens": float(sum(d.model_input.length for d in step.data)),
-            "train/loss_tokens": float(sum(sum(datum_weights(d)) for d in step.data)),
+            "train/loss_tokens": math.fsum(
+                w for d in step.data for w in d.loss_fn_inputs["weights"].data
+            ),
         }
 
     def event(self, step: InFlightStep, row: Mapping[str, float]) -> TrainingStep:

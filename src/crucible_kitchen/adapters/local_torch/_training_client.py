@@ -132,6 +132,7 @@ class LocalTorchTrainingClient:
         self._default_max_tokens = default_max_tokens
         self._trainer = Trainer(config, seed=seed, lora=lora_config)
         self._queue = RequestQueue(_PORT)
+        self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         lora_part = "" if lora_config is None else f"-lora{lora_config.rank}"
         self._model_id = f"local-torch-{self._base_model}-seed{seed}{lora_part}"
@@ -550,11 +551,14 @@ class LocalTorchTrainingClient:
                 parsed[key] = float(value)
             except (TypeError, ValueError) as exc:
                 raise self._invalid(operation, f"loss_fn_config[{key!r}]: {exc}") from exc
-        # A dry run on one token checks names, required keys and ranges at submission.
-        zero = torch.zeros(1)
-        inputs = dict.fromkeys(("weights", "logprobs", "advantages"), zero)
-        with translated(_PORT, operation):
-            builtin_loss(loss_fn, zero, inputs, parsed)
+        checked = (loss_fn, tuple(sorted(parsed.items())))
+        if checked not in self._valid_losses:
+            # A dry run on one token checks names, required keys and ranges at submission.
+            zero = torch.zeros(1)
+            inputs = dict.fromkeys(("weights", "logprobs", "advantages"), zero)
+            with translated(_PORT, operation):
+                builtin_loss(loss_fn, zero, inputs, parsed)
+            self._valid_losses.add(checked)
         return parsed
 
     def _check_custom_output(
