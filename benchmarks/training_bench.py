@@ -2,7 +2,7 @@
 
 Run::
 
-    .venv/bin/python benchmarks/training_bench.py                 # defaults, about 3-4 minutes
+    .venv/bin/python benchmarks/training_bench.py                 # defaults, about 2-3 minutes
     .venv/bin/python benchmarks/training_bench.py --quick         # smoke run, under 30 s
     .venv/bin/python benchmarks/training_bench.py --only 1 --steps 372 --reps 3 --json o.json
 
