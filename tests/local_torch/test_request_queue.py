@@ -1,17 +1,22 @@
-"""The local backends' request queue: eager FIFO execution in a worker thread, waiters woken in
-their own event loop, the bounded request-id ledger, and a worker that comes and goes."""
+"""The local backends' request queue: eager FIFO execution in the device's worker thread,
+waiters woken in their own event loop, the bounded request-id ledger, and a clean exit."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 import pytest
 
-from crucible_kitchen.adapters.local_torch import _requests
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue
 from crucible_kitchen.errors import PermanentBackendError, RequestExpired, RequestIdConflict
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -120,20 +125,64 @@ async def test_the_ledger_stays_bounded_over_a_long_run() -> None:
     assert len(queue._records) <= 8 + 2 * 100
 
 
-async def test_the_worker_thread_exits_when_idle_and_returns_on_demand(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_clients_on_one_device_share_its_worker_and_keep_their_own_order() -> None:
+    first, second, other_device = (
+        RequestQueue("a"),
+        RequestQueue("b"),
+        RequestQueue("c", device="elsewhere"),
+    )
+    runs: list[tuple[str, int, int]] = []
+
+    def work(name: str, index: int) -> None:
+        runs.append((name, index, threading.get_ident()))
+
+    for index in range(5):
+        first.submit("work", lambda i=index: work("a", i))
+        second.submit("work", lambda i=index: work("b", i))
+    other_device.submit("work", lambda: work("c", 0))
+    await first.drain()
+    await second.drain()
+    await other_device.drain()
+    assert [(n, i) for n, i, _ in runs if n == "a"] == [("a", i) for i in range(5)]
+    assert [(n, i) for n, i, _ in runs if n == "b"] == [("b", i) for i in range(5)]
+    threads = {n: {t for m, _, t in runs if m == n} for n in "abc"}
+    assert len(threads["a"]) == 1
+    assert threads["a"] == threads["b"] != threads["c"]
+    assert threading.get_ident() not in threads["a"]  # never the event loop's thread
+
+
+def test_the_worker_finishes_submitted_requests_when_the_interpreter_exits(
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(_requests, "IDLE_SECONDS", 0.01)
-    queue = RequestQueue("test")
-    assert await queue.submit("one", lambda: 1).result() == 1
-    worker = queue._worker
-    assert worker is not None
-    await anyio.to_thread.run_sync(worker.join, 10)
-    assert not worker.is_alive()
-    assert queue._worker is None
-    assert await queue.submit("two", lambda: 2).result() == 2
-    assert queue._worker is not worker
-    assert queue.counters.log == [("one", None), ("two", None)]
+    marks = tmp_path / "marks.txt"
+    script = f"""
+import anyio
+from crucible_kitchen.adapters.local_torch import LocalTorchTrainingClient
+from crucible_kitchen.ports import CustomLossOutput, Datum, ModelInput, TensorData
+
+def loss(batch, logprobs):
+    with open({str(marks)!r}, "a") as out:
+        out.write("ran\\n")
+    grads = tuple(TensorData(dtype="float32", data=(-1.0,) * len(lp.data)) for lp in logprobs)
+    return CustomLossOutput(loss=1.0, logprob_grads=grads)
+
+async def main():
+    client = LocalTorchTrainingClient(model="tiny", seed=0)
+    datum = Datum(
+        model_input=ModelInput.from_ints(list(range(1, 40))),
+        loss_fn_inputs={{"target_tokens": TensorData(dtype="int64", data=tuple(range(2, 41)))}},
+    )
+    for i in range(4):
+        await client.forward_backward_custom([datum] * 8, loss, request_id=f"fb{{i}}")
+    # exit at once: nothing awaited
+
+anyio.run(main)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marks.read_text().splitlines() == ["ran"] * 4
 
 
 async def test_drain_waits_for_everything_submitted() -> None:

@@ -1,15 +1,19 @@
 """Requests to a local backend: dedup on ``request_id``, strict FIFO execution in a worker thread.
 
-Execution model. Each queue owns one worker thread. A submitted request joins the queue, and
-the worker runs it as soon as the requests before it have run, whether or not anyone awaits
-its future: like a remote backend, which starts a request when it arrives. Requests are applied
-exactly in submission order, one at a time, so equal request sequences have equal effects.
-Awaiting a future only waits for its request, so the event loop stays free while torch
-computes, and cancelling a waiter never cancels the request. The worker exits after
-:data:`IDLE_SECONDS` without work and starts again on the next submission.
+Execution model. Every client on one device shares that device's worker thread (a
+single-thread executor, made on first use and kept for the process). A submitted request joins
+the worker's queue and runs as soon as the requests before it have run, whether or not anyone
+awaits its future: like a remote backend, which starts a request when it arrives. So each
+client's requests are applied exactly in its submission order, one at a time, and equal
+request sequences have equal effects. One thread per device, not per client: torch already
+spreads one op over all of a device's cores, so two clients computing at once would only fight
+over them, and every new thread that calls torch builds its own OpenMP thread pool.
 
-Futures may be awaited from any event loop, asyncio or trio: the worker wakes each waiter in
-its own loop. The work functions must be safe to run in a thread other than the submitter's.
+Awaiting a future only waits for its request, so the event loop stays free while torch
+computes, and cancelling a waiter never cancels the request. Futures may be awaited from any
+event loop, asyncio or trio: the worker wakes each waiter in its own loop. At interpreter exit
+the worker finishes the requests already submitted, then stops (no request is cut off inside
+torch).
 
 The request-id ledger keeps the results of the last ``retain`` answered requests, so a re-sent
 request gets its answer again. An older request keeps only its method and fingerprint, so a
@@ -23,6 +27,7 @@ import contextlib
 import hashlib
 import threading
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
@@ -41,12 +46,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-__all__ = ("IDLE_SECONDS", "CallCounters", "LocalFuture", "RequestQueue", "fingerprint")
+__all__ = ("CallCounters", "LocalFuture", "RequestQueue", "device_worker", "fingerprint")
 
 T = TypeVar("T")
-
-IDLE_SECONDS: Final = 10.0
-"""How long a worker thread waits for the next request before it exits."""
 
 _ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
@@ -182,25 +184,24 @@ class _Record:
 
 
 class RequestQueue:
-    """The FIFO queue, its worker thread, the request-id ledger and the counters of a client.
+    """The request-id ledger, the counters and the pending requests of one client.
 
     Args:
         port: the port name reported in errors (``"training_client"``).
+        device: the device the client computes on; its requests run in that device's worker.
         retain: how many answered requests with an id keep their result for re-sends.
     """
 
-    def __init__(self, port: str, *, retain: int = 256) -> None:
+    def __init__(self, port: str, *, device: str = "cpu", retain: int = 256) -> None:
         if retain < 1:
             raise ValueError(f"retain must be >= 1, got {retain}")
         self.port = port
         self.counters = CallCounters()
+        self._worker = device_worker(device)
         self._retain = retain
         self._lock = threading.Lock()
-        self._has_work = threading.Condition(self._lock)
-        self._queued: deque[_Job[Any]] = deque()
-        self._running: _Job[Any] | None = None
+        self._pending = 0
         self._last: _Job[Any] | None = None
-        self._worker: threading.Thread | None = None
         self._records: dict[str, _Record] = {}
         self._answered: deque[str] = deque()  # ids whose results are kept, oldest first
         self._expired: list[str] = []  # ids whose results were dropped
@@ -225,24 +226,27 @@ class RequestQueue:
         Raises:
             RequestIdConflict: ``request_id`` was accepted for another method or content.
             RequestExpired: ``request_id`` was applied so long ago that its result is gone.
+            PermanentBackendError: the interpreter is shutting down.
         """
         with self._lock:
             self.counters.calls[method] += 1
             if request_id is not None and (known := self._records.get(request_id)) is not None:
                 return cast("LocalFuture[T]", self._resent(known, method, request_id, fingerprint))
             job = _Job(method, request_id, work, record=record, checkpoint=checkpoint)
+            try:
+                self._worker.submit(self._run, job)
+            except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+                raise PermanentBackendError(
+                    f"{method}: the local backend has shut down: {exc}",
+                    port=self.port,
+                    operation=method,
+                    request_id=request_id,
+                ) from exc
             future = LocalFuture(self, job)
             if request_id is not None:
                 self._records[request_id] = _Record(method, fingerprint, future)
-            self._queued.append(job)
+            self._pending += 1
             self._last = job
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._work, name=f"crucible-kitchen {self.port}", daemon=True
-                )
-                self._worker.start()
-            else:
-                self._has_work.notify()
         return future
 
     async def call(
@@ -263,8 +267,7 @@ class RequestQueue:
     @property
     def pending(self) -> int:
         """Requests queued or running."""
-        with self._lock:
-            return len(self._queued) + (self._running is not None)
+        return self._pending
 
     async def wait(self, job: _Job[Any]) -> None:
         """Return once ``job`` has run (a cancellation point even if it has)."""
@@ -315,23 +318,15 @@ class RequestQueue:
         self.counters.deduplicated[method] += 1
         return known.future
 
-    def _work(self) -> None:
-        """The worker thread: run queued requests in order; exit when idle for a while."""
-        while True:
-            with self._lock:
-                while not self._queued:
-                    if not self._has_work.wait(IDLE_SECONDS) and not self._queued:
-                        self._worker = None
-                        return
-                job = self._queued.popleft()
-                self._running = job
-            job.execute(self.port)
-            with self._lock:
-                self._running = None
-                self._settle(job)
-                waiters, job.waiters = job.waiters, []
-            for wake in waiters:
-                wake()
+    def _run(self, job: _Job[Any]) -> None:
+        """Run one request in the worker thread, record it, wake its waiters."""
+        job.execute(self.port)
+        with self._lock:
+            self._pending -= 1
+            self._settle(job)
+            waiters, job.waiters = job.waiters, []
+        for wake in waiters:
+            wake()
 
     def _settle(self, job: _Job[Any]) -> None:
         """Record a finished request's outcome in the counters and the ledger (lock held)."""
@@ -375,3 +370,18 @@ def _waker(event: anyio.Event) -> Callable[[], None]:
             schedule(event.set)
 
     return wake
+
+
+_workers: dict[str, ThreadPoolExecutor] = {}
+_workers_lock = threading.Lock()
+
+
+def device_worker(device: str) -> ThreadPoolExecutor:
+    """The single-thread executor that runs every local request on ``device``."""
+    with _workers_lock:
+        worker = _workers.get(device)
+        if worker is None:
+            worker = _workers[device] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"crucible-kitchen {device}"
+            )
+        return worker

@@ -53,7 +53,7 @@ class LocalTorchSamplingClient:
     replays exactly.
 
     Requests run as soon as they are submitted, one at a time in submission order, in the
-    client's worker thread (see ``_requests``). Build one with
+    worker thread of the model's device (see ``_requests``). Build one with
     :meth:`LocalTorchTrainingClient.create_sampling_client`, :meth:`from_checkpoint`, or from
     a model that nothing else will change (e.g. ``snapshot_for_sampling(model)``).
 
@@ -85,7 +85,7 @@ class LocalTorchSamplingClient:
         self._tokenizer = tokenizer
         self._seed = seed
         self._default_max_tokens = default_max_tokens
-        self._queue = RequestQueue(_PORT)
+        self._queue = RequestQueue(_PORT, device=str(model.device))
 
     @classmethod
     def from_checkpoint(

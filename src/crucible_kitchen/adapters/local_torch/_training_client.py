@@ -75,12 +75,12 @@ class LocalTorchTrainingClient:
     ``"logprobs"`` and its ``"loss"`` (a 0-d tensor); the metrics hold ``"loss:sum"``.
 
     Requests run as soon as they are submitted, one at a time in submission order, in the
-    client's worker thread, whether or not their futures are awaited (see ``_requests`` for
-    the execution model). ``request_id`` deduplicates exactly as the port says; the results
-    of the last 256 answered requests are kept for re-sends, and an older id re-sent raises
-    :class:`~crucible_kitchen.errors.RequestExpired`. On CPU, equal seeds and equal request
-    sequences give bit-identical weights, also across ``save_state`` → new client →
-    ``load_state``.
+    worker thread of the client's device, whether or not their futures are awaited (see
+    ``_requests`` for the execution model). ``request_id`` deduplicates exactly as the port
+    says; the results of the last 256 answered requests are kept for re-sends, and an older
+    id re-sent raises :class:`~crucible_kitchen.errors.RequestExpired`. On CPU, equal seeds
+    and equal request sequences give bit-identical weights, also across ``save_state`` → new
+    client → ``load_state``.
 
     Checkpoints are directories under ``checkpoint_dir``: ``weights/<name>`` (weights,
     AdamW state, dropout RNG) and ``sampler_weights/<name>`` (weights only); the path a
@@ -131,7 +131,7 @@ class LocalTorchTrainingClient:
         self._seed = seed
         self._default_max_tokens = default_max_tokens
         self._trainer = Trainer(config, seed=seed, lora=lora_config)
-        self._queue = RequestQueue(_PORT)
+        self._queue = RequestQueue(_PORT, device=str(self._trainer.device))
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         lora_part = "" if lora_config is None else f"-lora{lora_config.rank}"
