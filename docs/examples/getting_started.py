@@ -92,14 +92,24 @@ broken = Workflow(
 )
 
 
-async def run_builtin_supervised() -> None:
-    """Built-in recipes: switch this on once the built-in workflows have landed.
+BUILTIN = ("sl_basic", "supervised", "reinforcement", "preference", "distillation", "feedback_loop")
 
-    Not called by ``main`` yet: until ``kitchen.recipes()`` lists "supervised", this raises
-    RecipeNotFound.
-    """
+
+async def run_builtin_recipes() -> None:
+    """Built-in recipes: one call trains with a recipe's defaults and its adapter set."""
+    async with Kitchen.open() as kitchen:
+        recipes = {info.name: info.adapters for info in kitchen.recipes()}
+    assert tuple(recipes) == BUILTIN
+    assert recipes["sl_basic"] == "local_torch"  # real training: the local-training guide
+    assert all(recipes[name] == "noop" for name in BUILTIN[1:])
+
     result = await Kitchen.run("supervised", {"epochs": 1})
-    assert result.status == "completed"
+    assert (result.status, result.recipe) == ("completed", "supervised")
+    assert result.steps > 0
+    assert "train/loss" in result.metrics
+    for name in BUILTIN[2:]:  # each runs, on the noop adapters, with its defaults
+        assert (await Kitchen.run(name)).status == "completed"
+    assert "stage submit_step (SubmitSupervisedStep)" in Kitchen.describe("supervised")
 
 
 async def main() -> None:
@@ -158,6 +168,9 @@ async def main() -> None:
         failed = await run.result()  # never raises
     assert (failed.status, failed.failed_stage, failed.attempts) == ("failed", "explode", 2)
     assert str(failed.error).startswith("StageFailed: stage 'explode' failed on attempt 2")
+
+    # 5. The built-in recipes.
+    await run_builtin_recipes()
 
 
 if __name__ == "__main__":

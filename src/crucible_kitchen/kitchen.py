@@ -165,7 +165,8 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     workflow: str
     seed: int
     adapters: str | None
-    """The named adapter set, or ``None`` for adapters passed as a mapping."""
+    """The adapter set the Kitchen built by name (rebuilt the same way on resume), or ``None``
+    for adapters the caller built (an ``Adapters`` or a mapping: pass them again to resume)."""
     config: dict[str, Any]
     version: str
     """The crucible-kitchen version that started the run."""
@@ -770,10 +771,13 @@ class Kitchen:
                 path=str(directory),
             )
         workflow, bound = self._prepare(recipe, validated, adapters, seed=seed, run_dir=directory)
+        if adapters is None:
+            adapters = recipe.adapters
         return await self._launch(
             validated,
             workflow,
             bound,
+            adapter_set=adapters if isinstance(adapters, str) else None,
             recipe_name=None if isinstance(target, Workflow) else recipe.name,
             telemetry=telemetry,
             seed=seed,
@@ -834,8 +838,8 @@ class Kitchen:
         if adapters is None:
             if record.adapters is None:
                 raise RunDirectoryError(
-                    f"{directory}: run {record.run_id!r} was given its adapters as a "
-                    "mapping; pass adapters= to resume it",
+                    f"{directory}: run {record.run_id!r} was given adapters built by its "
+                    "caller, which its directory cannot rebuild; pass adapters= to resume it",
                     path=str(directory),
                 )
             adapters = record.adapters
@@ -859,6 +863,7 @@ class Kitchen:
             validated,
             workflow,
             bound,
+            adapter_set=record.adapters,
             recipe_name=record.recipe,
             telemetry=telemetry,
             seed=record.seed,
@@ -879,6 +884,7 @@ class Kitchen:
         workflow: Workflow,
         bound: Adapters,
         *,
+        adapter_set: str | None,
         recipe_name: str | None,
         telemetry: Sequence[Any],
         seed: int,
@@ -904,7 +910,7 @@ class Kitchen:
                         recipe=recipe_name,
                         workflow=workflow.name,
                         seed=seed,
-                        adapters=bound.name,
+                        adapters=adapter_set,
                         config=_jsonable(validated),
                         version=_version(),
                         created=time.time(),

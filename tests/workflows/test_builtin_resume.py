@@ -14,7 +14,7 @@ import pytest
 
 from crucible_kitchen.adapters.noop import NoopTrainingClient
 from crucible_kitchen.errors import RunDirectoryError
-from crucible_kitchen.kitchen import Adapters, Kitchen, RunHandle
+from crucible_kitchen.kitchen import Adapters, Kitchen, RunHandle, read_run_record
 from crucible_kitchen.stages import RESUME_FROM, snapshot_from_checkpoint
 from crucible_kitchen.telemetry import (
     DistillationStep,
@@ -133,4 +133,32 @@ async def test_a_workflow_that_cannot_resume_refuses_a_checkpoint(tmp_path: Path
         stopped = await handle.result()
     assert stopped.status == "cancelled"  # a stop request ends an async loop too
     with pytest.raises(RunDirectoryError, match=r"reinforcement workflow.*cannot resume"):
+        await Kitchen.resume(run_dir)
+
+
+async def test_adapters_built_by_the_caller_must_be_passed_again_to_resume(
+    tmp_path: Path,
+) -> None:
+    """The directory records only adapter sets the Kitchen built by name: one built by the
+    caller (here with its own options) cannot be rebuilt from it, so it is asked for."""
+    run_dir = tmp_path / "run"
+    handles: list[RunHandle] = []
+
+    def stop(event: TelemetryEvent) -> None:
+        if isinstance(event, TrainingCheckpoint):
+            handles[0].request_stop()
+
+    async with Kitchen.open() as kitchen:
+        handle = await kitchen.start(
+            "supervised",
+            {"save_every": 2},
+            adapters=Adapters.noop(seed=7),
+            seed=7,
+            run_dir=run_dir,
+            telemetry=[stop],
+        )
+        handles.append(handle)
+        await handle.result()
+    assert read_run_record(run_dir).adapters is None
+    with pytest.raises(RunDirectoryError, match="pass adapters= to resume"):
         await Kitchen.resume(run_dir)

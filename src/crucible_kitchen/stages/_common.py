@@ -29,6 +29,7 @@ import msgspec
 
 from crucible_kitchen.errors import (
     BackendError,
+    CheckpointError,
     ConfigError,
     DataError,
     PermanentBackendError,
@@ -768,6 +769,7 @@ class RestoreCheckpoint(BuiltinStage):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    retry: ClassVar[RetryPolicy] = RetryPolicy(never_retry=(*_BAD_INPUT, CheckpointError))
 
     async def execute(self, ctx: Context) -> Context:
         path = str(ctx.state.pop(RESUME_FROM))
