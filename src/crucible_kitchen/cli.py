@@ -37,6 +37,7 @@ from crucible_kitchen.telemetry import (
     WorkflowStart,
     WorkflowStop,
 )
+from crucible_kitchen.telemetry._handlers import stderr_console
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -134,7 +135,6 @@ class ProgressDisplay:
     """
 
     def __init__(self, *, enabled: bool = True) -> None:
-        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -144,7 +144,7 @@ class ProgressDisplay:
             TimeRemainingColumn,
         )
 
-        self.console = Console(stderr=True)
+        self.console = stderr_console()
         self.lines = ConsoleHandler(self.console)
         self.progress: Progress = Progress(
             TextColumn("[bold]{task.description}"),

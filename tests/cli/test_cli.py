@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -104,3 +106,20 @@ def test_plot_draws_the_curves(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(KitchenError, match="cannot read"):
         plot(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_reader_that_goes_away_neither_hangs_nor_kills_the_run(
+    backend: str, tmp_path: Path
+) -> None:
+    """``kitchen run ... | head -1``: rich would raise SystemExit from inside a telemetry
+    handler; the console falls silent instead, and the run completes."""
+    command = [sys.executable, "-m", "crucible_kitchen.cli", "run", "supervised"]
+    command += ["--backend", backend, "--quiet", "--run-dir", str(tmp_path / "run")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    process.stdout.readline()
+    process.stdout.close()  # the reader goes away after one line
+    assert process.wait(timeout=60) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed"

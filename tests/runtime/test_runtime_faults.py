@@ -164,3 +164,34 @@ async def test_keyboard_interrupt_is_never_restarted_and_tears_the_tree_down(
     assert process.returncode == 3, process.stderr.decode()
     assert "KeyboardInterrupt reached the top" in output
     assert "tidy stopped: shutdown" in output
+
+
+_SYSTEM_EXIT_SCRIPT = """
+import sys, anyio
+from crucible_kitchen import Kitchen, Workflow
+from crucible_kitchen.workflows import stage
+
+async def leave(ctx):
+    raise SystemExit(5)
+
+async def close(ctx):
+    pass
+
+async def main():
+    workflow = Workflow("w", stage("leave", leave), cleanup=[stage("close", close)])
+    await Kitchen.run(workflow, adapters={})
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+async def test_system_exit_in_a_nested_tree_ends_the_program_instead_of_hanging(
+    anyio_backend: str,
+) -> None:
+    # A stage's SystemExit escapes through the run's supervisors, one of which (cleanup) is
+    # shielded and idle: it must be killed too, or the program waits for it forever.
+    with anyio.fail_after(60):
+        process = await anyio.run_process(
+            [sys.executable, "-c", _SYSTEM_EXIT_SCRIPT, anyio_backend], check=False
+        )
+    assert process.returncode == 5, process.stderr.decode()[-2000:]

@@ -379,21 +379,27 @@ class Supervisor(Child):
             async with anyio.create_task_group() as children:
                 children.cancel_scope.shield = True  # only this supervisor stops its children
                 self._children_tg = children
-                async with anyio.create_task_group() as timers:
-                    self._timers_tg = timers
-                    self._state = "starting"
-                    try:
-                        for spec in self._initial_specs:
-                            await self._add_and_start(spec)
-                    except ChildStartError as exc:
-                        outcome = exc
-                    else:
-                        self._state = "running"
-                        ready()
-                        outcome = await self._control_loop()
-                    self._state = "stopping"
-                    await self._terminate_all()
-                    timers.cancel_scope.cancel()
+                try:
+                    async with anyio.create_task_group() as timers:
+                        self._timers_tg = timers
+                        self._state = "starting"
+                        try:
+                            for spec in self._initial_specs:
+                                await self._add_and_start(spec)
+                        except ChildStartError as exc:
+                            outcome = exc
+                        else:
+                            self._state = "running"
+                            ready()
+                            outcome = await self._control_loop()
+                        self._state = "stopping"
+                        await self._terminate_all()
+                        timers.cancel_scope.cancel()
+                except BaseException:
+                    # The loop itself failed (e.g. a child let SystemExit escape): no orderly
+                    # shutdown will come, and the shield keeps every other cancel out.
+                    self._kill_children()
+                    raise
         finally:
             self._state = "stopped"
             events[0].close()
@@ -417,12 +423,15 @@ class Supervisor(Child):
         self._post(_StopRequested())
 
     def _ck_kill(self, incarnation: Incarnation) -> None:
+        self._kill_children()
+        incarnation.cancel()
+
+    def _kill_children(self) -> None:
         for slot in self._slots:
             if slot.incarnation is not None:
                 slot.incarnation.kill()
         if self._children_tg is not None:
             self._children_tg.cancel_scope.cancel()
-        incarnation.cancel()
 
     # ---------------------------------------------------------------- the control loop
 

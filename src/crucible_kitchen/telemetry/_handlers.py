@@ -102,7 +102,6 @@ class ConsoleHandler:
         level: Level | int = "info",
         step_every: int = 1,
     ) -> None:
-        from rich.console import Console
         from rich.text import Text
 
         if isinstance(level, str):
@@ -113,7 +112,7 @@ class ConsoleHandler:
             level = _LEVELS[level]
         if step_every < 1:
             raise TelemetryError(f"step_every must be at least 1, got {step_every}")
-        self.console = console if console is not None else Console(stderr=True)
+        self.console = console if console is not None else stderr_console()
         self.level = level
         self.step_every = step_every
         self._text = Text
@@ -711,3 +710,18 @@ def _bad_spec(spec: object) -> str:
         f"unknown telemetry handler spec {spec!r}: expected 'console', ('console', level), "
         "('jsonl', path), ('metrics', path), a handler or a callable"
     )
+
+
+def stderr_console() -> Console:
+    """A rich console on stderr that falls silent when its reader goes away (``| head``).
+
+    Rich's default is to raise ``SystemExit`` from whatever code printed, which would end the
+    run (or the host application) from inside a telemetry handler.
+    """
+    from rich.console import Console
+
+    class _StderrConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+
+    return _StderrConsole(stderr=True)
