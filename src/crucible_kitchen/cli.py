@@ -3,7 +3,7 @@
 ::
 
     kitchen run sl_basic                                  # the README's main job
-    kitchen run sl_basic --config my.toml epochs=3 adam.lr=1e-3
+    kitchen run sl_basic --config my.toml epochs=3 learning_rate=1e-3
     kitchen resume runs/sl_basic-1a2b3c4d                 # continue from its last checkpoint
     kitchen plot runs/sl_basic-1a2b3c4d                   # loss and learning-rate curves (PNG)
     kitchen recipes

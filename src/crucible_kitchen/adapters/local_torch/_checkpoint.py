@@ -207,6 +207,7 @@ def save_checkpoint(
         tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     )
     try:
+        staging.chmod(0o755)  # like any directory the run writes, not mkdtemp's 0o700
         for name, data in contents.items():
             _write_file(staging / name, data)
         _fsync_directory(staging)

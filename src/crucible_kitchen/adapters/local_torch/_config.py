@@ -174,7 +174,8 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=176, max_seq_len=256
     ),
-    # ~5M params: CPU examples that should produce something readable.
+    # ~5M params with its 8192-token vocabulary (~3M once resized to the byte tokenizer's
+    # 256): CPU examples that should produce something readable.
     "small": ModelConfig(
         vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=688, max_seq_len=1024
     ),

@@ -28,7 +28,8 @@ class SamplingOptions:
     Attributes:
         max_tokens: Most tokens to generate per sample; ``None`` fills the context window.
         temperature: Softmax temperature; 0 means greedy (argmax, ties to the lowest id).
-        top_k: Keep only the ``top_k`` most likely tokens; -1 (or 0) keeps all.
+        top_k: Keep only the ``top_k`` most likely tokens; -1 keeps all (0 too, here; the
+            port's ``SamplingParams`` accepts only -1).
         top_p: Keep the smallest set of tokens whose probability reaches ``top_p``; 1 keeps all.
         stop_token_ids: Generation of a sample ends after it emits one of these (it is kept).
         num_samples: Independent samples drawn for the prompt.

@@ -164,6 +164,7 @@ class LocalTokenizer:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                os.fchmod(handle.fileno(), 0o644)  # like the run's other files, not 0o600
                 handle.write(content)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -142,7 +142,8 @@ class LocalTorchTrainingClient:
 
     @property
     def config(self) -> ModelConfig:
-        """The model's architecture (vocabulary, device and dtype resolved)."""
+        """The model's architecture: the vocabulary resized to the tokenizer's, device and
+        dtype as configured (``"auto"`` stays ``"auto"``)."""
         return self._trainer.config
 
     @property
