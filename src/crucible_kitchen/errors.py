@@ -188,6 +188,18 @@ class InvalidRequest(PermanentBackendError, ValueError):
 class RequestIdConflict(PermanentBackendError):
     """A ``request_id`` already used for one request was sent with a different request."""
 
+    @classmethod
+    def reused(
+        cls, request_id: str, *, earlier: str, port: str, operation: str
+    ) -> RequestIdConflict:
+        """The error for ``request_id``, accepted before for a different ``earlier`` request."""
+        return cls(
+            f"request_id {request_id!r} was already used for a different {earlier} request",
+            port=port,
+            operation=operation,
+            request_id=request_id,
+        )
+
 
 class RequestExpired(PermanentBackendError):
     """A ``request_id`` was re-sent after the backend stopped keeping that request's result.

@@ -1,10 +1,11 @@
-"""Resuming the preference (DPO), reinforcement (sync) and distillation workflows in process,
-on the noop adapters: a requested stop checkpoints at the end of the current iteration, and a
-run resumed from that checkpoint ends exactly like an uninterrupted one: same steps, metrics
-and model state (every gradient applied once, in order), the same samplers included.
+"""Resuming the built-in workflows in process, on the noop adapters: a requested stop
+checkpoints at the end of the current iteration, and a run resumed from that checkpoint ends
+exactly like an uninterrupted one: same steps, metrics and model state (every gradient applied
+once, in order), the same samplers included. (The noop training client keeps its checkpoints in
+a dict, and cannot store a payload with them: the snapshot travels in the context.)
 
 A workflow that cannot resume (reinforcement in async mode) refuses a checkpoint to resume from
-instead of training on from fresh weights."""
+instead of training on from fresh weights; so does a run whose adapters its caller built."""
 
 from __future__ import annotations
 
@@ -22,21 +23,30 @@ from crucible_kitchen.telemetry import (
     RlStep,
     TrainingCheckpoint,
     TrainingResume,
+    TrainingStep,
 )
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from crucible_kitchen.kitchen import RunResult
     from crucible_kitchen.telemetry import TelemetryEvent
 
 pytestmark = pytest.mark.anyio
 
-STEP_EVENTS = (DpoStep, RlStep, DistillationStep)
+STEP_EVENTS = (TrainingStep, DpoStep, RlStep, DistillationStep)
 
 CASES: dict[str, tuple[dict[str, Any], int]] = {  # config, total steps
+    "supervised": ({"batch_size": 8, "epochs": 3, "eval_every": 5, "pipeline_depth": 2}, 24),
     "preference": ({"batch_size": 16, "epochs": 2, "eval_every": 3}, 8),
     "reinforcement": ({"num_batches": 7, "sampler_refresh_every": 3, "kl_penalty_coef": 0.1}, 7),
     "distillation": ({"num_batches": 7, "sampler_refresh_every": 2}, 7),
+}
+STOPS: dict[str, tuple[int, ...]] = {  # supervised 5: at an epoch end
+    "supervised": (0, 5, 7, 15, 20),
+    "preference": (0, 2, 4),
+    "reinforcement": (0, 2, 4),
+    "distillation": (0, 2, 4),
 }
 
 
@@ -45,10 +55,31 @@ def adapters(seed: int, checkpoints: dict[str, bytes]) -> tuple[Adapters, NoopTr
     return Adapters.noop(seed=seed).replace(training_client=client), client
 
 
-@pytest.mark.parametrize(
-    ("workflow", "stop_after"),
-    [(w, k) for w in CASES for k in (0, 2, 4)],
-)
+async def stopped_run(
+    workflow: str,
+    config: dict[str, Any],
+    stop_when: type[TelemetryEvent] | tuple[type[TelemetryEvent], ...],
+    *,
+    step: int | None = None,
+    **start: Any,
+) -> tuple[RunHandle, RunResult, list[TelemetryEvent]]:
+    """Start a run, request a stop at the first ``stop_when`` event (at ``step``, if given),
+    and wait for it to end; also returns every event it emitted."""
+    events: list[TelemetryEvent] = []
+    handles: list[RunHandle] = []
+
+    def stop(event: TelemetryEvent) -> None:
+        events.append(event)
+        if isinstance(event, stop_when) and step in (None, getattr(event, "step", None)):
+            handles[0].request_stop()
+
+    async with Kitchen.open() as kitchen:
+        handles.append(await kitchen.start(workflow, config, telemetry=[stop], **start))
+        result = await handles[0].result()
+    return handles[0], result, events
+
+
+@pytest.mark.parametrize(("workflow", "stop_after"), [(w, k) for w in CASES for k in STOPS[w]])
 async def test_a_requested_stop_checkpoints_and_resumes_exactly(
     workflow: str, stop_after: int
 ) -> None:
@@ -58,29 +89,26 @@ async def test_a_requested_stop_checkpoints_and_resumes_exactly(
     assert full.steps == total
 
     checkpoints: dict[str, bytes] = {}
-    stopped_adapters, _ = adapters(5, checkpoints)
-    events: list[TelemetryEvent] = []
-    handles: list[RunHandle] = []
-
-    def stop(event: TelemetryEvent) -> None:
-        events.append(event)
-        if isinstance(event, STEP_EVENTS) and event.step == stop_after:
-            handles[0].request_stop()
-
-    async with Kitchen.open() as kitchen:
-        handle = await kitchen.start(
-            workflow, config, adapters=stopped_adapters, seed=5, run_id="r", telemetry=[stop]
-        )
-        handles.append(handle)
-        stopped = await handle.result()
+    handle, stopped, events = await stopped_run(
+        workflow,
+        config,
+        STEP_EVENTS,
+        step=stop_after,
+        adapters=adapters(5, checkpoints)[0],
+        seed=5,
+        run_id="r",
+    )
     assert stopped.status == "cancelled"
     assert stopped.steps < total
+    if workflow == "supervised":  # the step awaited at the stop and the two ahead of it
+        assert stopped.steps == stop_after + 3
     (saved,) = [e for e in events if isinstance(e, TrainingCheckpoint)]
     assert saved.step == stopped.steps
     context = handle.outcome.context
     assert context is not None
     snapshot = snapshot_from_checkpoint(context.state["checkpoint_context"])
     assert snapshot.step == stopped.steps
+    assert not snapshot.state.get("in_flight")  # drained before the checkpoint
 
     resumed_adapters, resumed_client = adapters(5, checkpoints)
     resumed_events: list[TelemetryEvent] = []
@@ -114,23 +142,9 @@ async def test_a_workflow_that_cannot_resume_refuses_a_checkpoint(tmp_path: Path
         "use_evaluator": False,
     }
     run_dir = tmp_path / "run"
-    handles: list[RunHandle] = []
-
-    def stop(event: TelemetryEvent) -> None:
-        if isinstance(event, TrainingCheckpoint):
-            handles[0].request_stop()
-
-    async with Kitchen.open() as kitchen:
-        handle = await kitchen.start(
-            "reinforcement",
-            config,
-            adapters="local_torch",
-            seed=5,
-            run_dir=run_dir,
-            telemetry=[stop],
-        )
-        handles.append(handle)
-        stopped = await handle.result()
+    _, stopped, _ = await stopped_run(
+        "reinforcement", config, TrainingCheckpoint, adapters="local_torch", run_dir=run_dir
+    )
     assert stopped.status == "cancelled"  # a stop request ends an async loop too
     with pytest.raises(RunDirectoryError, match=r"reinforcement workflow.*cannot resume"):
         await Kitchen.resume(run_dir)
@@ -142,23 +156,14 @@ async def test_adapters_built_by_the_caller_must_be_passed_again_to_resume(
     """The directory records only adapter sets the Kitchen built by name: one built by the
     caller (here with its own options) cannot be rebuilt from it, so it is asked for."""
     run_dir = tmp_path / "run"
-    handles: list[RunHandle] = []
-
-    def stop(event: TelemetryEvent) -> None:
-        if isinstance(event, TrainingCheckpoint):
-            handles[0].request_stop()
-
-    async with Kitchen.open() as kitchen:
-        handle = await kitchen.start(
-            "supervised",
-            {"save_every": 2},
-            adapters=Adapters.noop(seed=7),
-            seed=7,
-            run_dir=run_dir,
-            telemetry=[stop],
-        )
-        handles.append(handle)
-        await handle.result()
+    await stopped_run(
+        "supervised",
+        {"save_every": 2},
+        TrainingCheckpoint,
+        adapters=Adapters.noop(seed=7),
+        seed=7,
+        run_dir=run_dir,
+    )
     assert read_run_record(run_dir).adapters is None
     with pytest.raises(RunDirectoryError, match="pass adapters= to resume"):
         await Kitchen.resume(run_dir)

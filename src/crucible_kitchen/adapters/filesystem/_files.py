@@ -179,12 +179,8 @@ class RequestLedger:
         await anyio.lowlevel.checkpoint()
         while (known := self._records.get(request_id)) is not None:
             if known.method != method or known.fingerprint != fingerprint:
-                raise RequestIdConflict(
-                    f"request_id {request_id!r} was already used for a different "
-                    f"{known.method} request",
-                    port=self.port,
-                    operation=method,
-                    request_id=request_id,
+                raise RequestIdConflict.reused(
+                    request_id, earlier=known.method, port=self.port, operation=method
                 )
             if known.succeeded:
                 value: T = known.value

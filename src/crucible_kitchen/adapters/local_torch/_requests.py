@@ -299,12 +299,8 @@ class RequestQueue:
         self, known: _Record, method: str, request_id: str, digest: bytes
     ) -> LocalFuture[Any]:
         if known.method != method or known.fingerprint != digest:
-            raise RequestIdConflict(
-                f"request_id {request_id!r} was already used for a different "
-                f"{known.method} request",
-                port=self.port,
-                operation=method,
-                request_id=request_id,
+            raise RequestIdConflict.reused(
+                request_id, earlier=known.method, port=self.port, operation=method
             )
         if known.future is None:
             raise RequestExpired(

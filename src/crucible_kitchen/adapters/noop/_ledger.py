@@ -148,12 +148,8 @@ class RequestLedger:
         call = CallInfo(self.port, method, self.counters.calls[method], request_id)
         if request_id is not None and (record := self._records.get(request_id)) is not None:
             if record.method != method or record.fingerprint != fingerprint:
-                raise RequestIdConflict(
-                    f"request_id {request_id!r} was already used for a different "
-                    f"{record.method} request",
-                    port=self.port,
-                    operation=method,
-                    request_id=request_id,
+                raise RequestIdConflict.reused(
+                    request_id, earlier=record.method, port=self.port, operation=method
                 )
             self.counters.deduplicated[method] += 1
             return cast("NoopFuture[T]", record.future)
