@@ -30,10 +30,9 @@ from crucible_kitchen.stages._common import (
     InFlightStep,
     rl_datums,
     row_messages,
-    sequence_logprobs,
     submit_training_step,
 )
-from crucible_kitchen.stages._reinforcement import RlBatch, policy_step_metrics
+from crucible_kitchen.stages._reinforcement import RlBatch, adjust_against, policy_step_metrics
 from crucible_kitchen.telemetry import DistillationStep
 from crucible_kitchen.training import reverse_kl_advantages
 
@@ -156,20 +155,15 @@ class ScoreWithTeacher(BuiltinStage):
     requires: ClassVar[tuple[str, ...]] = ("teacher_sampling_client",)
 
     async def execute(self, ctx: Context) -> Context:
-        batch: RlBatch = ctx.state["distill_batch"]
-        teacher = await sequence_logprobs(
-            ctx, ctx.port("teacher_sampling_client"), batch.data, "teacher_logprobs"
-        )
-        adjusted = reverse_kl_advantages(
-            batch.advantages(),
-            batch.sampling_logprobs(),
-            teacher,
-            [list(m) for m in batch.masks],
+        ctx.state["distill_batch"], metrics = await adjust_against(
+            ctx,
+            ctx.state["distill_batch"],
+            ctx.port("teacher_sampling_client"),
+            "teacher_logprobs",
+            reverse_kl_advantages,
             coef=float(ctx.config.kl_coef),
-            discount_factor=float(ctx.config.kl_discount_factor),
         )
-        ctx.state["distill_batch"] = batch.with_advantages(adjusted.advantages)
-        ctx.state["step_metrics"] = {"distill/teacher_kl": adjusted.metrics["teacher_kl"]}
+        ctx.state["step_metrics"] = {"distill/teacher_kl": metrics["teacher_kl"]}
         return ctx
 
 

@@ -54,7 +54,7 @@ from crucible_kitchen.training import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from crucible_kitchen.ports import (
         Datum,
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
         StopCondition,
     )
     from crucible_kitchen.stages._context import Context
+    from crucible_kitchen.training import AdvantageAdjustment
 
 __all__ = (
     "ApplyKlPenalty",
@@ -83,6 +84,7 @@ __all__ = (
     "RolloutBatch",
     "RolloutGroup",
     "SubmitRlStep",
+    "adjust_against",
 )
 
 _SEED_MASK: Final = 0x7FFFFFFF
@@ -208,6 +210,30 @@ class RlBatch:
         """The same batch with each datum's per-token advantages replaced."""
         data = tuple(with_advantages(d, a) for d, a in zip(self.data, advantages, strict=True))
         return RlBatch(data=data, masks=self.masks)
+
+
+async def adjust_against(
+    ctx: Context,
+    batch: RlBatch,
+    scorer: SamplingClient,
+    operation: str,
+    adjust: Callable[..., AdvantageAdjustment],
+    *,
+    coef: float,
+) -> tuple[RlBatch, Mapping[str, float]]:
+    """Score ``batch`` with another model (``operation`` names its requests) and fold the
+    ``adjust`` of its logprobs against the sampler's into the advantages; also returns the
+    adjustment's metrics. Used for the KL penalty (RL) and the teacher (distillation)."""
+    other = await sequence_logprobs(ctx, scorer, batch.data, operation)
+    adjusted = adjust(
+        batch.advantages(),
+        batch.sampling_logprobs(),
+        other,
+        [list(m) for m in batch.masks],
+        coef=coef,
+        discount_factor=float(ctx.config.kl_discount_factor),
+    )
+    return batch.with_advantages(adjusted.advantages), adjusted.metrics
 
 
 def _floats(datum: Datum, key: str) -> list[float]:
@@ -494,22 +520,17 @@ class ApplyKlPenalty(BuiltinStage):
     requires: ClassVar[tuple[str, ...]] = ("sampling_client",)
 
     async def execute(self, ctx: Context) -> Context:
-        batch: RlBatch = ctx.state["rl_batch"]
-        reference = await sequence_logprobs(
-            ctx, ctx.port("sampling_client"), batch.data, "reference_logprobs"
-        )
-        adjusted = kl_penalty_advantages(
-            batch.advantages(),
-            batch.sampling_logprobs(),
-            reference,
-            [list(m) for m in batch.masks],
+        ctx.state["rl_batch"], metrics = await adjust_against(
+            ctx,
+            ctx.state["rl_batch"],
+            ctx.port("sampling_client"),
+            "reference_logprobs",
+            kl_penalty_advantages,
             coef=float(ctx.config.kl_penalty_coef),
-            discount_factor=float(ctx.config.kl_discount_factor),
         )
-        ctx.state["rl_batch"] = batch.with_advantages(adjusted.advantages)
         ctx.state["step_metrics"] = {
             **ctx.state.get("step_metrics", {}),
-            "rl/kl_policy_base": adjusted.metrics["kl_policy_base"],
+            "rl/kl_policy_base": metrics["kl_policy_base"],
         }
         return ctx
 
