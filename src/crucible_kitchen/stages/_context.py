@@ -5,13 +5,25 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 import msgspec
 
 from crucible_kitchen.errors import PortError
 
 if TYPE_CHECKING:
+    from crucible_kitchen.ports import (
+        BlobStore,
+        DatasetStore,
+        Evaluator,
+        FeedbackClient,
+        MetricsStore,
+        ModelRegistry,
+        Renderer,
+        SamplingClient,
+        Tokenizer,
+        TrainingClient,
+    )
     from crucible_kitchen.telemetry import TelemetryBus
 
 __all__ = ("Context", "ContextSnapshot", "RunInfo", "derive_seed")
@@ -189,8 +201,37 @@ class Context:
                 f"not inside a loop named {loop!r} (loops: {list(self.loops)})"
             ) from None
 
+    @overload
+    def port(self, name: Literal["blob_store"]) -> BlobStore: ...
+    @overload
+    def port(self, name: Literal["dataset_store"]) -> DatasetStore: ...
+    @overload
+    def port(self, name: Literal["evaluator"]) -> Evaluator: ...
+    @overload
+    def port(self, name: Literal["feedback_client"]) -> FeedbackClient: ...
+    @overload
+    def port(self, name: Literal["metrics_store"]) -> MetricsStore: ...
+    @overload
+    def port(self, name: Literal["model_registry"]) -> ModelRegistry: ...
+    @overload
+    def port(self, name: Literal["renderer"]) -> Renderer: ...
+    @overload
+    def port(
+        self, name: Literal["sampling_client", "teacher_sampling_client"]
+    ) -> SamplingClient: ...
+    @overload
+    def port(self, name: Literal["tokenizer"]) -> Tokenizer: ...
+    @overload
+    def port(self, name: Literal["training_client"]) -> TrainingClient: ...
+    @overload
+    def port(self, name: str) -> Any: ...
     def port(self, name: str) -> Any:
         """The adapter bound to the port ``name`` (e.g. ``"training_client"``).
+
+        Typed by name: ``ctx.port("training_client")`` is a
+        :class:`~crucible_kitchen.ports.TrainingClient` to a type checker (each name of
+        :data:`~crucible_kitchen.ports.PortName` is its Protocol); a port name of your own is
+        ``Any``.
 
         Raises:
             PortError: no adapter is bound to that port in this run.

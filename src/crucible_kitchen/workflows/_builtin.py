@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from crucible_kitchen.stages import (
+    PAIRS,
+    TRAIN_DATA,
     ApplyKlPenalty,
     AssembleRlBatch,
     AwaitDistillationSteps,
@@ -144,7 +146,7 @@ def _supervised_training(config: Any) -> list[Node]:
         loop(
             "epochs",
             lambda ctx: range(ctx.state["num_epochs"]),
-            stage("shuffle", ShuffleEpoch("train_data")),
+            stage("shuffle", ShuffleEpoch(TRAIN_DATA)),
             loop(
                 "batches",
                 batches_this_epoch,
@@ -261,7 +263,7 @@ def preference_workflow(config: Any) -> Workflow:
         loop(
             "epochs",
             lambda ctx: range(ctx.state["num_epochs"]),
-            stage("shuffle", ShuffleEpoch("pairs")),
+            stage("shuffle", ShuffleEpoch(PAIRS)),
             loop(
                 "batches",
                 batches_this_epoch,
