@@ -1,0 +1,321 @@
+"""Stage contracts hold: every built-in stage reads and writes exactly what it declares.
+
+Each built-in stage's ``execute`` is wrapped so that it sees its config and state through
+recording proxies; then every built-in workflow runs on the noop adapters (with the options
+that add its optional stages, and resumed from a checkpoint). A stage that touches a config
+field or state key it did not declare, writes a value of another type than its key's, or
+declares something no run ever touches, fails the test: declarations cannot rot.
+
+The built-in recipes' configs have every field their workflows' stages declare, with any
+options; a config without some is refused before the run starts, every missing field listed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+import crucible_kitchen.stages as stages
+from crucible_kitchen.adapters.noop import NoopTrainingClient
+from crucible_kitchen.errors import ConfigError
+from crucible_kitchen.kitchen import Adapters, Kitchen, RunHandle
+from crucible_kitchen.recipes import BUILTIN_RECIPES, Recipe, TrainingConfig
+from crucible_kitchen.stages import (
+    RESUME_FROM,
+    Context,
+    RunInfo,
+    Stage,
+    StageContract,
+    StateKey,
+    snapshot_from_checkpoint,
+)
+from crucible_kitchen.telemetry import TrainingCheckpoint
+from crucible_kitchen.workflows import supervised_workflow
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
+    from crucible_kitchen.telemetry import TelemetryEvent
+
+WORKFLOWS = ("supervised", "reinforcement", "preference", "distillation", "feedback_loop")
+
+OPTIONS: dict[str, list[dict[str, Any]]] = {
+    "supervised": [{"epochs": 2, "save_every": 3, "eval_every": 4, "eval_generations": 1}],
+    "reinforcement": [
+        {"num_batches": 2, "kl_penalty_coef": 0.1, "eval_every": 1, "save_every": 1},
+        {
+            "num_batches": 3,
+            "mode": "async",
+            "loss_fn": "ppo",
+            "remove_constant_reward_groups": True,
+        },
+    ],
+    "preference": [{"epochs": 2, "save_every": 2, "eval_every": 3}],
+    "distillation": [{"num_batches": 3, "save_every": 2, "eval_every": 2}],
+    "feedback_loop": [{"eval_every": 1, "save_every": 1}],
+}
+RESUMED: dict[str, dict[str, Any]] = {
+    "supervised": {"batch_size": 8, "epochs": 2},
+    "reinforcement": {"num_batches": 4, "sampler_refresh_every": 3},
+    "preference": {"batch_size": 8},
+    "distillation": {"num_batches": 4},
+}
+
+
+@dataclass
+class Usage:
+    """What one stage class was seen to touch, over every run."""
+
+    config: set[str] = field(default_factory=set)
+    reads: set[str] = field(default_factory=set)
+    writes: set[str] = field(default_factory=set)
+    declared: set[StageContract] = field(default_factory=set)
+
+
+class RecordingState(dict[str, Any]):
+    """A state dict that notes each key read (before this execution wrote it: reading back
+    what it wrote is no input) and each key written or removed."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        super().__init__(state)
+        self.reads: set[str] = set()
+        self.writes: dict[str, list[Any]] = defaultdict(list)
+
+    def _read(self, key: object) -> None:
+        if key not in self.writes:
+            self.reads.add(str(key))
+
+    def __getitem__(self, key: str) -> Any:
+        self._read(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._read(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._read(key)
+        return super().__contains__(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes[key].append(value)
+        super().__setitem__(key, value)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._read(key)
+        self.writes.setdefault(key, [])  # a removal: a write with no value to type-check
+        return super().pop(key, *default)
+
+    def __delitem__(self, key: str) -> None:
+        self.writes.setdefault(key, [])
+        super().__delitem__(key)
+
+
+class RecordingConfig:
+    """A config whose field reads (fields and properties of its model) are noted."""
+
+    def __init__(self, config: Any, seen: set[str]) -> None:
+        self._config = config
+        self._seen = seen
+
+    def __getattr__(self, name: str) -> Any:
+        model = type(self._config)
+        if name in getattr(model, "model_fields", {}) or isinstance(
+            getattr(model, name, None), property
+        ):
+            self._seen.add(name)
+        return getattr(self._config, name)
+
+
+def _with_config(run: RunInfo, config: Any) -> RunInfo:
+    info = RunInfo(
+        run_id=run.run_id,
+        workflow=run.workflow,
+        config=config,
+        ports=run.ports,
+        seed=run.seed,
+        telemetry=run.telemetry,
+        tracer=run.tracer,
+        recipe=run.recipe,
+        run_dir=run.run_dir,
+        fault_hook=run.fault_hook,
+    )
+    info.stop_requested = run.stop_requested
+    return info
+
+
+def _builtin_stage_classes() -> Iterator[type[Stage]]:
+    """The built-in stage classes that define ``execute`` (not the Stage contract's own)."""
+    for name in stages.__all__:
+        value = getattr(stages, name)
+        if (
+            isinstance(value, type)
+            and issubclass(value, Stage)
+            and "execute" in vars(value)
+            and value.__module__ != Stage.__module__
+        ):
+            yield value
+
+
+def _is_instance(value: Any, key: StateKey) -> bool:
+    if getattr(key.type, "_is_protocol", False):
+        return True  # a Protocol without runtime checks: the port conformance tests cover it
+    return isinstance(value, key.type)
+
+
+def _violations(stage: Stage, config: set[str], state: RecordingState) -> list[str]:
+    contract = stage.contract
+    where = type(stage).__name__
+    if contract is None:
+        return [f"{where}: declares no contract"]
+    problems = [f"{where}: reads config.{f}, undeclared" for f in config - set(contract.config)]
+    readable = {k.name for k in (*contract.reads, *contract.may_read)}
+    problems += [f"{where}: reads state {k!r}, undeclared" for k in state.reads - readable]
+    writable = {k.name: k for k in contract.writes}
+    for name, values in state.writes.items():
+        key = writable.get(name)
+        if key is None:
+            problems.append(f"{where}: writes state {name!r}, undeclared")
+            continue
+        problems += [
+            f"{where}: writes state {name!r} a {type(v).__name__}, not {key.type.__name__}"
+            for v in values
+            if not _is_instance(v, key)
+        ]
+    return problems
+
+
+def _recording(
+    cls: type[Stage], usage: dict[str, Usage], problems: list[str]
+) -> Callable[[Stage, Context], Awaitable[Context | None]]:
+    """``cls.execute``, recording; what it touches is noted under ``cls`` (the base class,
+    for stages that inherit its ``execute``)."""
+    execute = cls.execute
+
+    async def recorded(self: Stage, ctx: Context) -> Context | None:
+        run, config_seen = ctx.run, set[str]()
+        state = RecordingState(ctx.state)
+        ctx.run = _with_config(run, RecordingConfig(run.config, config_seen))
+        ctx.state = state
+        result = await execute(self, ctx)
+        out = ctx if result is None else result
+        out.run, out.state = run, dict(out.state)
+        problems.extend(_violations(self, config_seen, state))
+        seen = usage[cls.__name__]
+        seen.config |= config_seen
+        seen.reads |= state.reads
+        seen.writes |= set(state.writes)
+        if self.contract is not None:
+            seen.declared.add(self.contract)
+        return result
+
+    return recorded
+
+
+async def _stop_and_resume(workflow: str, config: dict[str, Any]) -> None:
+    """Stop a run at its second step's checkpoint, then resume it from there."""
+    checkpoints: dict[str, bytes] = {}
+    handles: list[RunHandle] = []
+    events: list[TelemetryEvent] = []
+
+    def stop(event: TelemetryEvent) -> None:
+        events.append(event)
+        if getattr(event, "step", None) == 1:
+            handles[0].request_stop()
+
+    def adapters() -> Adapters:
+        client = NoopTrainingClient(seed=3, checkpoints=checkpoints)
+        return Adapters.noop(seed=3).replace(training_client=client)
+
+    async with Kitchen.open() as kitchen:
+        handles.append(await kitchen.start(workflow, config, adapters=adapters(), telemetry=[stop]))
+        await handles[0].result()
+        context = handles[0].outcome.context
+        assert context is not None
+        (saved,) = [e for e in events if isinstance(e, TrainingCheckpoint)]
+        resumed = await kitchen.start(
+            workflow,
+            config,
+            adapters=adapters(),
+            resume=snapshot_from_checkpoint(context.state["checkpoint_context"]),
+            initial_state={RESUME_FROM: saved.path},
+        )
+        assert (await resumed.wait()).status == "completed"
+
+
+@pytest.mark.anyio
+async def test_every_builtin_stage_reads_and_writes_what_it_declares(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    usage: dict[str, Usage] = defaultdict(Usage)
+    problems: list[str] = []
+    for cls in _builtin_stage_classes():
+        monkeypatch.setattr(cls, "execute", _recording(cls, usage, problems))
+    for workflow in WORKFLOWS:
+        for config in [{}, *OPTIONS[workflow]]:
+            result = await Kitchen.run(workflow, config, adapters="noop", seed=2)
+            assert result.status == "completed", (workflow, config)
+    for workflow, config in RESUMED.items():
+        await _stop_and_resume(workflow, config)
+
+    assert problems == [], "\n".join(problems)
+    unused = []
+    for cls in _builtin_stage_classes():
+        seen = usage.pop(cls.__name__, None)
+        assert seen is not None, f"no run executed {cls.__name__}"
+        for contract in seen.declared:
+            unused += [f"{cls.__name__}: config.{f}" for f in set(contract.config) - seen.config]
+            unused += [
+                f"{cls.__name__}: reads {k.name!r}"
+                for k in (*contract.reads, *contract.may_read)
+                if k.name not in seen.reads
+            ]
+            unused += [
+                f"{cls.__name__}: writes {k.name!r}"
+                for k in contract.writes
+                if k.name not in seen.writes
+            ]
+    assert unused == [], "declared, never touched by any run:\n" + "\n".join(unused)
+
+
+def test_every_builtin_stage_declares_a_contract() -> None:
+    for recipe in BUILTIN_RECIPES:
+        for options in [{}, *OPTIONS.get(recipe.name, [])]:
+            workflow = recipe.build(recipe.config(options))
+            undeclared = [n.name for n in workflow.stages() if n.stage.contract is None]
+            assert undeclared == [], recipe.name
+
+
+@pytest.mark.parametrize("recipe", BUILTIN_RECIPES, ids=lambda r: r.name)
+def test_builtin_recipe_configs_have_every_field_their_stages_read(recipe: Recipe) -> None:
+    for options in [{}, *OPTIONS.get(recipe.name, [])]:
+        config = recipe.config(options)
+        workflow = recipe.build(config)
+        workflow.check_config(config)
+        fields = {f for _, contract in workflow.contracts() for f in contract.config}
+        assert fields <= set(type(config).model_fields), recipe.name
+
+
+class _TooSmall(TrainingConfig):
+    """A config the supervised workflow can be built from, but whose stages lack fields."""
+
+    eval_generations: int = 0
+    batch_size: int = 4
+
+
+@pytest.mark.anyio
+async def test_a_config_without_fields_the_stages_read_is_refused_before_the_run() -> None:
+    recipe = Recipe("too_small", "lacks fields", supervised_workflow, _TooSmall)
+    async with Kitchen.open() as kitchen:
+        with pytest.raises(ConfigError) as caught:
+            kitchen.dry_run(recipe, {}, adapters="noop")
+    missing = {p.split(":")[0] for p in caught.value.problems}
+    assert missing == {
+        "dataset", "split", "max_examples", "train_on_what", "max_length", "epochs",
+        "max_steps", "shuffle", "pipeline_depth",
+    }  # fmt: skip
+    assert "stage 'load_dataset' reads it" in str(caught.value)
+    assert caught.value.source == "config for workflow 'supervised'"
