@@ -1,7 +1,8 @@
 """Stage contracts hold: every built-in stage reads and writes exactly what it declares.
 
-Each built-in stage's ``execute`` is wrapped so that it sees its config and state through
-recording proxies; then every built-in workflow runs on the noop adapters (with the options
+Each built-in stage's ``execute`` (and each declared function of the context the built-in
+workflows call: loop ranges, conditions) is wrapped so that it sees its config and state
+through recording proxies; then every built-in workflow runs on the noop adapters (with the options
 that add its optional stages, and resumed from a checkpoint). A stage that touches a config
 field or state key it did not declare, writes a value of another type than its key's, or
 declares something no run ever touches, fails the test: declarations cannot rot.
@@ -12,13 +13,16 @@ options; a config without some is refused before the run starts, every missing f
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import crucible_kitchen.stages as stages
+import crucible_kitchen.workflows._builtin as builtin_workflows
 from crucible_kitchen.adapters.noop import NoopTrainingClient
 from crucible_kitchen.errors import ConfigError
 from crucible_kitchen.kitchen import Adapters, Kitchen, RunHandle
@@ -30,6 +34,8 @@ from crucible_kitchen.stages import (
     Stage,
     StageContract,
     StateKey,
+    contract_of,
+    declares,
     snapshot_from_checkpoint,
 )
 from crucible_kitchen.telemetry import TrainingCheckpoint
@@ -160,15 +166,24 @@ def _builtin_stage_classes() -> Iterator[type[Stage]]:
             yield value
 
 
+def _builtin_predicates() -> list[tuple[str, Callable[[Context], Any]]]:
+    """The declared functions of the context the built-in workflows call."""
+    return [
+        (name, value)
+        for name, value in vars(builtin_workflows).items()
+        if inspect.isfunction(value) and contract_of(value) is not None
+    ]
+
+
 def _is_instance(value: Any, key: StateKey) -> bool:
     if getattr(key.type, "_is_protocol", False):
         return True  # a Protocol without runtime checks: the port conformance tests cover it
     return isinstance(value, key.type)
 
 
-def _violations(stage: Stage, config: set[str], state: RecordingState) -> list[str]:
-    contract = stage.contract
-    where = type(stage).__name__
+def _violations(
+    where: str, contract: StageContract | None, config: set[str], state: RecordingState
+) -> list[str]:
     if contract is None:
         return [f"{where}: declares no contract"]
     problems = [f"{where}: reads config.{f}, undeclared" for f in config - set(contract.config)]
@@ -188,6 +203,37 @@ def _violations(stage: Stage, config: set[str], state: RecordingState) -> list[s
     return problems
 
 
+@contextmanager
+def _recorded(
+    ctx: Context, declared: StageContract | None, where: str, seen: Usage, problems: list[str]
+) -> Iterator[RecordingState]:
+    """Let ``ctx`` record what is done with it, then check that against ``declared``."""
+    run, state, config_seen = ctx.run, ctx.state, set[str]()
+    recording = RecordingState(state)
+    ctx.run = _with_config(run, RecordingConfig(run.config, config_seen))
+    ctx.state = recording
+    try:
+        yield recording
+    finally:
+        ctx.run, ctx.state = run, state
+    problems.extend(_violations(where, declared, config_seen, recording))
+    seen.config |= config_seen
+    seen.reads |= recording.reads
+    seen.writes |= set(recording.writes)
+    if declared is not None:
+        seen.declared.add(declared)
+
+
+def _recording_predicate(
+    fn: Callable[[Context], Any], usage: dict[str, Usage], problems: list[str]
+) -> Callable[[Context], Any]:
+    def recorded(ctx: Context) -> Any:
+        with _recorded(ctx, contract_of(fn), fn.__name__, usage[fn.__name__], problems):
+            return fn(ctx)
+
+    return declares(contract_of(fn) or StageContract())(recorded)
+
+
 def _recording(
     cls: type[Stage], usage: dict[str, Usage], problems: list[str]
 ) -> Callable[[Stage, Context], Awaitable[Context | None]]:
@@ -196,20 +242,15 @@ def _recording(
     execute = cls.execute
 
     async def recorded(self: Stage, ctx: Context) -> Context | None:
-        run, config_seen = ctx.run, set[str]()
-        state = RecordingState(ctx.state)
-        ctx.run = _with_config(run, RecordingConfig(run.config, config_seen))
-        ctx.state = state
-        result = await execute(self, ctx)
-        out = ctx if result is None else result
-        out.run, out.state = run, dict(out.state)
-        problems.extend(_violations(self, config_seen, state))
-        seen = usage[cls.__name__]
-        seen.config |= config_seen
-        seen.reads |= state.reads
-        seen.writes |= set(state.writes)
-        if self.contract is not None:
-            seen.declared.add(self.contract)
+        where = type(self).__name__
+        with _recorded(ctx, self.contract, where, usage[cls.__name__], problems) as state:
+            result = await execute(self, ctx)
+        if result is None or result is ctx:
+            ctx.state = dict(state)  # what the stage did, in a plain dict again
+        else:
+            result.run = ctx.run
+            if result.state is state:
+                result.state = dict(state)
         return result
 
     return recorded
@@ -254,6 +295,8 @@ async def test_every_builtin_stage_reads_and_writes_what_it_declares(
     problems: list[str] = []
     for cls in _builtin_stage_classes():
         monkeypatch.setattr(cls, "execute", _recording(cls, usage, problems))
+    for name, fn in _builtin_predicates():
+        monkeypatch.setattr(builtin_workflows, name, _recording_predicate(fn, usage, problems))
     for workflow in WORKFLOWS:
         for config in [{}, *OPTIONS[workflow]]:
             result = await Kitchen.run(workflow, config, adapters="noop", seed=2)
@@ -263,20 +306,19 @@ async def test_every_builtin_stage_reads_and_writes_what_it_declares(
 
     assert problems == [], "\n".join(problems)
     unused = []
-    for cls in _builtin_stage_classes():
-        seen = usage.pop(cls.__name__, None)
-        assert seen is not None, f"no run executed {cls.__name__}"
+    names = [c.__name__ for c in _builtin_stage_classes()] + [n for n, _ in _builtin_predicates()]
+    for name in names:
+        seen = usage.pop(name, None)
+        assert seen is not None, f"no run executed {name}"
         for contract in seen.declared:
-            unused += [f"{cls.__name__}: config.{f}" for f in set(contract.config) - seen.config]
+            unused += [f"{name}: config.{f}" for f in set(contract.config) - seen.config]
             unused += [
-                f"{cls.__name__}: reads {k.name!r}"
+                f"{name}: reads {k.name!r}"
                 for k in (*contract.reads, *contract.may_read)
                 if k.name not in seen.reads
             ]
             unused += [
-                f"{cls.__name__}: writes {k.name!r}"
-                for k in contract.writes
-                if k.name not in seen.writes
+                f"{name}: writes {k.name!r}" for k in contract.writes if k.name not in seen.writes
             ]
     assert unused == [], "declared, never touched by any run:\n" + "\n".join(unused)
 
@@ -287,6 +329,10 @@ def test_every_builtin_stage_declares_a_contract() -> None:
             workflow = recipe.build(recipe.config(options))
             undeclared = [n.name for n in workflow.stages() if n.stage.contract is None]
             assert undeclared == [], recipe.name
+            for _, node in workflow.walk():
+                for part in ("over", "when", "source"):
+                    fn = getattr(node, part, None)
+                    assert fn is None or contract_of(fn) is not None, (recipe.name, node.name)
 
 
 @pytest.mark.parametrize("recipe", BUILTIN_RECIPES, ids=lambda r: r.name)
@@ -317,5 +363,5 @@ async def test_a_config_without_fields_the_stages_read_is_refused_before_the_run
         "dataset", "split", "max_examples", "train_on_what", "max_length", "epochs",
         "max_steps", "shuffle", "pipeline_depth",
     }  # fmt: skip
-    assert "stage 'load_dataset' reads it" in str(caught.value)
+    assert "'load_dataset' reads it" in str(caught.value)
     assert caught.value.source == "config for workflow 'supervised'"

@@ -24,9 +24,11 @@ from crucible_kitchen.stages._common import SaveFinalWeights as SaveFinalWeights
 from crucible_kitchen.stages._common import ShuffleEpoch as ShuffleEpoch
 from crucible_kitchen.stages._common import batches_this_epoch as batches_this_epoch
 from crucible_kitchen.stages._common import checkpoint_due as checkpoint_due
+from crucible_kitchen.stages._common import configured_batches as configured_batches
 from crucible_kitchen.stages._common import eval_due as eval_due
 from crucible_kitchen.stages._common import final_eval_due as final_eval_due
 from crucible_kitchen.stages._common import next_token_datum as next_token_datum
+from crucible_kitchen.stages._common import planned_epochs as planned_epochs
 from crucible_kitchen.stages._common import resuming as resuming
 from crucible_kitchen.stages._common import rl_datums as rl_datums
 from crucible_kitchen.stages._common import row_messages as row_messages
@@ -40,6 +42,8 @@ from crucible_kitchen.stages._context import derive_seed as derive_seed
 from crucible_kitchen.stages._contract import StageContract as StageContract
 from crucible_kitchen.stages._contract import StateKey as StateKey
 from crucible_kitchen.stages._contract import config_problems as config_problems
+from crucible_kitchen.stages._contract import contract_of as contract_of
+from crucible_kitchen.stages._contract import declares as declares
 from crucible_kitchen.stages._contract import state_problems as state_problems
 from crucible_kitchen.stages._distillation import AwaitDistillationSteps as AwaitDistillationSteps
 from crucible_kitchen.stages._distillation import LoadPrompts as LoadPrompts
@@ -54,6 +58,7 @@ from crucible_kitchen.stages._feedback import ExportFeedback as ExportFeedback
 from crucible_kitchen.stages._feedback import LoadFeedbackDataset as LoadFeedbackDataset
 from crucible_kitchen.stages._feedback import UpdateBaseline as UpdateBaseline
 from crucible_kitchen.stages._feedback import enough_feedback as enough_feedback
+from crucible_kitchen.stages._feedback import triggers_fired as triggers_fired
 from crucible_kitchen.stages._preference import PAIRS as PAIRS
 from crucible_kitchen.stages._preference import AwaitDpoSteps as AwaitDpoSteps
 from crucible_kitchen.stages._preference import BuildPreferenceDataset as BuildPreferenceDataset
@@ -152,13 +157,17 @@ __all__ = (
     "batches_this_epoch",
     "checkpoint_due",
     "config_problems",
+    "configured_batches",
+    "contract_of",
     "current_stage_context",
     "current_stage_kill",
+    "declares",
     "derive_seed",
     "enough_feedback",
     "eval_due",
     "final_eval_due",
     "next_token_datum",
+    "planned_epochs",
     "resuming",
     "rl_datums",
     "row_messages",
@@ -166,4 +175,5 @@ __all__ = (
     "snapshot_from_checkpoint",
     "split_rows",
     "state_problems",
+    "triggers_fired",
 )

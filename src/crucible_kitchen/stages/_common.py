@@ -40,7 +40,12 @@ from crucible_kitchen.ports import (
     Trajectory,
 )
 from crucible_kitchen.stages._context import ContextSnapshot
-from crucible_kitchen.stages._contract import StageContract, StateKey, rebuilt_on_resume
+from crucible_kitchen.stages._contract import (
+    StageContract,
+    StateKey,
+    declares,
+    rebuilt_on_resume,
+)
 from crucible_kitchen.stages._stage import RetryPolicy, Stage
 from crucible_kitchen.telemetry import (
     EvalComplete,
@@ -85,10 +90,12 @@ __all__ = (
     "ShuffleEpoch",
     "batches_this_epoch",
     "checkpoint_due",
+    "configured_batches",
     "eval_due",
     "final_eval_due",
     "gather_results",
     "next_token_datum",
+    "planned_epochs",
     "resuming",
     "rl_datums",
     "row_messages",
@@ -610,11 +617,24 @@ def plan_steps(
     ctx.state["num_epochs"] = math.ceil(total / num_batches)
 
 
+@declares(StageContract(reads=(NUM_EPOCHS,)))
+def planned_epochs(ctx: Context) -> range:
+    """The epoch indices of the step plan (see :func:`plan_steps`)."""
+    return range(int(ctx.state["num_epochs"]))
+
+
+@declares(StageContract(config=("num_batches",)))
+def configured_batches(ctx: Context) -> range:
+    """The batch indices of a workflow of ``num_batches`` steps."""
+    return range(int(ctx.config.num_batches))
+
+
 def last_batch_of_epoch(ctx: Context) -> bool:
     """Whether the current batch is the last of the current epoch."""
     return ctx.loops["batches"] == len(batches_this_epoch(ctx)) - 1
 
 
+@declares(StageContract(reads=(NUM_BATCHES, TOTAL_STEPS)))
 def batches_this_epoch(ctx: Context) -> range:
     """The batch indices of the current epoch (the last epoch may stop early)."""
     num_batches = int(ctx.state["num_batches"])
@@ -724,6 +744,7 @@ class RefreshSampler(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(config=("sampler_refresh_every",), may_read=(SAMPLER_STEP, SAMPLER)))
 def sampler_is_stale(ctx: Context) -> bool:
     """Whether the sampler is missing or ``sampler_refresh_every`` steps old."""
     last = ctx.state.get("sampler_step")
@@ -813,6 +834,7 @@ class SaveCheckpoint(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(config=("save_every",)))
 def checkpoint_due(ctx: Context) -> bool:
     """Whether to checkpoint after the step just submitted: every ``save_every`` steps, and
     whenever a stop was requested (the run then ends at this iteration's end, resumable)."""
@@ -857,6 +879,7 @@ class RestoreCheckpoint(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(may_read=(RESUME_FROM_KEY,)))
 def resuming(ctx: Context) -> bool:
     """Whether the run resumes from a checkpoint (``ctx.state["resume_from"]`` is set)."""
     return RESUME_FROM in ctx.state
@@ -916,12 +939,14 @@ class LoadEvalRows(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(config=("eval_every",)))
 def eval_due(ctx: Context) -> bool:
     """Whether ``eval_every`` calls for an evaluation after the step just submitted."""
     every = int(ctx.config.eval_every)
     return every > 0 and ctx.step > 0 and ctx.step % every == 0
 
 
+@declares(StageContract(config=("final_eval",), may_read=(LAST_EVAL_STEP,)))
 def final_eval_due(ctx: Context) -> bool:
     """Whether the final evaluation is wanted and the last step was not evaluated already."""
     return bool(ctx.config.final_eval) and ctx.state.get("last_eval_step") != ctx.step

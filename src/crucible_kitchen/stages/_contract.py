@@ -5,20 +5,27 @@ A stage declares its :class:`StageContract` (``contract = StageContract(...)``):
 at only if present (``may_read``) and those it sets, replaces or removes (``writes``). A state
 key is a :class:`StateKey`: its name, the type of its values, and whether it is left out of
 checkpoints because the stages that made it rebuild it when a resumed run repeats them.
+
+The functions a workflow calls on the context (a loop's ``over``, a conditional's ``when``)
+declare theirs with :func:`declares`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
+
+F = TypeVar("F", bound="Callable[..., Any]")
 
 __all__ = (
     "StageContract",
     "StateKey",
     "config_problems",
+    "contract_of",
+    "declares",
     "rebuilt_on_resume",
     "state_problems",
 )
@@ -77,12 +84,35 @@ class StageContract:
         return (*self.reads, *self.may_read, *self.writes)
 
 
+def declares(contract: StageContract) -> Callable[[F], F]:
+    """Declare what a function of the context (a loop's ``over``, a conditional's ``when``)
+    reads, as a stage does; it is checked with the stages' contracts.
+
+    ::
+
+        @declares(StageContract(config=("save_every",)))
+        def checkpoint_due(ctx: Context) -> bool: ...
+    """
+
+    def mark(fn: F) -> F:
+        fn.contract = contract  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def contract_of(value: object) -> StageContract | None:
+    """The contract a stage or a function of the context declares; None if none."""
+    contract = getattr(value, "contract", None)
+    return contract if isinstance(contract, StageContract) else None
+
+
 def config_problems(contracts: Iterable[tuple[str, StageContract]], config: object) -> list[str]:
-    """Every config field a ``(stage node name, contract)`` reads and ``config`` lacks."""
+    """Every config field a ``(node name, contract)`` reads and ``config`` lacks."""
     problems: list[str] = []
     for name, contract in contracts:
         problems.extend(
-            f"{field}: stage {name!r} reads it; {type(config).__name__} has no such field"
+            f"{field}: {name!r} reads it; {type(config).__name__} has no such field"
             for field in contract.config
             if not hasattr(config, field)
         )

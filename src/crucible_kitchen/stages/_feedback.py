@@ -19,7 +19,7 @@ from crucible_kitchen.stages._common import (
     TRAIN_ROWS,
     BuiltinStage,
 )
-from crucible_kitchen.stages._contract import StageContract, StateKey
+from crucible_kitchen.stages._contract import StageContract, StateKey, declares
 from crucible_kitchen.telemetry import (
     FeedbackBaselineUpdated,
     FeedbackDataCurated,
@@ -38,6 +38,7 @@ __all__ = (
     "LoadFeedbackDataset",
     "UpdateBaseline",
     "enough_feedback",
+    "triggers_fired",
 )
 
 TRIGGERS: Final = StateKey("triggers", tuple)
@@ -93,6 +94,13 @@ class CurateFeedback(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(reads=(SHOULD_RETRAIN,)))
+def triggers_fired(ctx: Context) -> bool:
+    """Whether :class:`CheckTriggers` found a reason to retrain."""
+    return bool(ctx.state["should_retrain"])
+
+
+@declares(StageContract(config=("min_examples",), reads=(CURATED,)))
 def enough_feedback(ctx: Context) -> bool:
     """The retrain decision: at least ``min_examples`` curated examples."""
     return len(ctx.state["curated"]) >= int(ctx.config.min_examples)

@@ -57,11 +57,14 @@ from crucible_kitchen.stages import (
     UpdateBaseline,
     batches_this_epoch,
     checkpoint_due,
+    configured_batches,
     enough_feedback,
     eval_due,
     final_eval_due,
+    planned_epochs,
     resuming,
     sampler_is_stale,
+    triggers_fired,
 )
 
 from ._dsl import Node, Workflow, async_loop, conditional, loop, stage
@@ -145,7 +148,7 @@ def _supervised_training(config: Any) -> list[Node]:
         *_setup_eval(config, nll=True),
         loop(
             "epochs",
-            lambda ctx: range(ctx.state["num_epochs"]),
+            planned_epochs,
             stage("shuffle", ShuffleEpoch(TRAIN_DATA)),
             loop(
                 "batches",
@@ -219,7 +222,7 @@ def reinforcement_workflow(config: Any) -> Workflow:
     if config.mode == "async":
         body = async_loop(
             "batches",
-            lambda ctx: range(ctx.config.num_batches),
+            configured_batches,
             produce=[stage("refresh_sampler", RefreshSampler), *produce],
             consume=[stage("receive_rollouts", ReceiveRollouts), *train],
             buffer=config.max_steps_off_policy,
@@ -229,7 +232,7 @@ def reinforcement_workflow(config: Any) -> Workflow:
         refresh = conditional(
             "sampler_stale", sampler_is_stale, then=[stage("refresh_sampler", RefreshSampler)]
         )
-        body = loop("batches", lambda ctx: range(ctx.config.num_batches), refresh, *produce, *train)
+        body = loop("batches", configured_batches, refresh, *produce, *train)
     return Workflow(
         "reinforcement",
         *(_restore() if resumable else ()),
@@ -262,7 +265,7 @@ def preference_workflow(config: Any) -> Workflow:
         *_setup_eval(config, nll=False),
         loop(
             "epochs",
-            lambda ctx: range(ctx.state["num_epochs"]),
+            planned_epochs,
             stage("shuffle", ShuffleEpoch(PAIRS)),
             loop(
                 "batches",
@@ -299,7 +302,7 @@ def distillation_workflow(config: Any) -> Workflow:
         *_setup_eval(config, nll=False),
         loop(
             "batches",
-            lambda ctx: range(ctx.config.num_batches),
+            configured_batches,
             refresh,
             stage("sample_student", SampleStudent),
             stage("score_teacher", ScoreWithTeacher),
@@ -332,7 +335,7 @@ def feedback_loop_workflow(config: Any) -> Workflow:
         stage("check_triggers", CheckTriggers),
         conditional(
             "should_retrain",
-            lambda ctx: bool(ctx.state["should_retrain"]),
+            triggers_fired,
             then=[
                 stage("curate", CurateFeedback),
                 conditional("enough_feedback", enough_feedback, then=retrain),

@@ -33,6 +33,7 @@ from crucible_kitchen.stages import (
     StageContract,
     as_stage,
     config_problems,
+    contract_of,
     state_problems,
 )
 
@@ -295,12 +296,26 @@ class Workflow:
         }
 
     def contracts(self) -> list[tuple[str, StageContract]]:
-        """Each stage node's name and contract, for the stages that declare one."""
-        return [
-            (node.name, node.stage.contract)
-            for node in self.stages()
-            if node.stage.contract is not None
-        ]
+        """Each node's name and the contracts its stage or its functions of the context
+        (``over``, ``when``, ``source``, ``merge``) declare, in definition order."""
+        found = []
+        for _, node in self.walk():
+            match node:
+                case StageNode(stage=unit):
+                    parts: tuple[object, ...] = (unit,)
+                case LoopNode(over=over) | AsyncLoopNode(over=over):
+                    parts = (over,)
+                case ConditionalNode(when=when):
+                    parts = (when,)
+                case StreamLoopNode(source=source):
+                    parts = (source,)
+                case ParallelNode(merge=merge):
+                    parts = (merge,)
+            for part in parts:
+                contract = contract_of(part)
+                if contract is not None:
+                    found.append((node.name, contract))
+        return found
 
     def check_config(self, config: object) -> None:
         """Check that ``config`` has every field the stages' contracts read.
@@ -379,10 +394,8 @@ class Workflow:
         if not self.nodes:
             problems.append("the workflow has no nodes")
         if not problems:
-            contracts = self.contracts()
-            problems.extend(
-                state_problems(contracts, complete=len(contracts) == len(self.stages()))
-            )
+            complete = all(node.stage.contract is not None for node in self.stages())
+            problems.extend(state_problems(self.contracts(), complete=complete))
         return problems
 
     @staticmethod
