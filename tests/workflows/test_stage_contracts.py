@@ -363,5 +363,5 @@ async def test_a_config_without_fields_the_stages_read_is_refused_before_the_run
         "dataset", "split", "max_examples", "train_on_what", "max_length", "epochs",
         "max_steps", "shuffle", "pipeline_depth",
     }  # fmt: skip
-    assert "'load_dataset' reads it" in str(caught.value)
+    assert "dataset: missing; 'load_dataset' reads it" in caught.value.problems
     assert caught.value.source == "config for workflow 'supervised'"

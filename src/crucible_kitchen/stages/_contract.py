@@ -112,7 +112,7 @@ def config_problems(contracts: Iterable[tuple[str, StageContract]], config: obje
     problems: list[str] = []
     for name, contract in contracts:
         problems.extend(
-            f"{field}: {name!r} reads it; {type(config).__name__} has no such field"
+            f"{field}: missing; {name!r} reads it"
             for field in contract.config
             if not hasattr(config, field)
         )
