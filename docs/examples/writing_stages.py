@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -24,6 +24,9 @@ from crucible_kitchen.stages import StageContract, StateKey
 from crucible_kitchen.telemetry import StageException, TelemetryEvent
 from crucible_kitchen.testing import ChaosMonkey, KillPoint, StageKiller
 from crucible_kitchen.workflows import loop, stage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TEXTS = tuple(f"example number {i} of a tiny corpus" for i in range(8))
 
@@ -183,6 +186,15 @@ class Publish(Stage):
 rolled_back: list[str] = []
 
 
+def refusal(check: Callable[[], object]) -> list[str]:
+    """The problems listed by the ``ConfigError`` or ``WorkflowDefinitionError`` of ``check``."""
+    try:
+        check()
+    except (ConfigError, WorkflowDefinitionError) as exc:
+        return exc.problems
+    raise AssertionError("it was not refused")
+
+
 class NeedsBatches(Stage):
     """Count the batches (and forget to load them)."""
 
@@ -251,36 +263,23 @@ async def main() -> None:
     assert result.artifacts == reference.artifacts
     assert hung["training_client"].state == calm_client.state
 
-    # validate() refuses a bad config before anything runs (dry_run calls it).
     async with Kitchen.open() as kitchen:
-        try:
-            kitchen.dry_run(training, {**CONFIG, "learning_rate": 0.0}, adapters=Adapters.noop())
-        except ConfigError as exc:
-            problems = exc.problems
-        else:
-            raise AssertionError("learning_rate 0 is refused")
-        assert problems == ["learning_rate: must be > 0 (got 0.0)"]
-
+        # validate() refuses a bad config before anything runs (dry_run calls it).
+        bad = {**CONFIG, "learning_rate": 0.0}
+        assert refusal(lambda: kitchen.dry_run(training, bad, adapters=Adapters.noop())) == [
+            "learning_rate: must be > 0 (got 0.0)"
+        ]
         # So is a config without a field that a stage's contract reads: every one is listed.
-        try:
-            kitchen.dry_run(training, {"epochs": 2}, adapters=Adapters.noop())
-        except ConfigError as exc:
-            problems = exc.problems
-        else:
-            raise AssertionError("batch_size and learning_rate are missing")
-        assert problems == [
+        small = {"epochs": 2}
+        assert refusal(lambda: kitchen.dry_run(training, small, adapters=Adapters.noop())) == [
             "batch_size: missing; 'load' reads it",
             "learning_rate: missing; 'submit' reads it",
         ]
 
     # A stage that reads a state key no stage writes is refused when the workflow is defined.
-    try:
-        Workflow("no_loader", loop("batches", 1, stage("train", NeedsBatches)))
-    except WorkflowDefinitionError as exc:
-        problems = exc.problems
-    else:
-        raise AssertionError("nothing writes 'batches'")
-    assert problems == ["train: reads state key 'batches', which no stage of the workflow writes"]
+    assert refusal(lambda: Workflow("no_loader", stage("train", NeedsBatches))) == [
+        "train: reads state key 'batches', which no stage of the workflow writes"
+    ]
 
     # cleanup() is the stage's rollback hook, called once when it has failed for good.
     try:

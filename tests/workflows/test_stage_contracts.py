@@ -31,6 +31,7 @@ from crucible_kitchen.stages import (
     RESUME_FROM,
     Context,
     RunInfo,
+    SaveCheckpoint,
     Stage,
     StageContract,
     StateKey,
@@ -39,7 +40,7 @@ from crucible_kitchen.stages import (
     snapshot_from_checkpoint,
 )
 from crucible_kitchen.telemetry import TrainingCheckpoint
-from crucible_kitchen.workflows import supervised_workflow
+from crucible_kitchen.workflows import Workflow, stage, supervised_workflow
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -365,3 +366,37 @@ async def test_a_config_without_fields_the_stages_read_is_refused_before_the_run
     }  # fmt: skip
     assert "dataset: missing; 'load_dataset' reads it" in caught.value.problems
     assert caught.value.source == "config for workflow 'supervised'"
+
+
+SCRATCH = StateKey("scratch_rows", tuple, rebuilt_on_resume=True)
+KEPT = StateKey("kept_rows", tuple)
+
+
+class MakeRows(Stage):
+    """Make rows: some to checkpoint, some to make again on resume."""
+
+    contract = StageContract(writes=(SCRATCH, KEPT))
+
+    async def execute(self, ctx: Context) -> None:
+        ctx.state["scratch_rows"] = (1, 2)
+        ctx.state["kept_rows"] = (3,)
+
+
+@pytest.mark.anyio
+async def test_checkpoints_leave_out_every_key_declared_rebuilt_on_resume() -> None:
+    """Built-in keys and a new stage's own: no list elsewhere names them."""
+    workflow = Workflow("rows", stage("make", MakeRows), stage("checkpoint", SaveCheckpoint))
+    async with Kitchen.open() as kitchen:
+        runs = [
+            await kitchen.start(workflow, {"checkpoint_prefix": "c"}, adapters="noop"),
+            await kitchen.start("supervised", {"save_every": 2}, adapters="noop"),
+        ]
+        kept = []
+        for run in runs:
+            assert (await run.wait()).status == "completed"
+            context = run.outcome.context
+            assert context is not None
+            kept.append(set(context.state["checkpoint_context"]["state"]))
+    assert kept[0] == {"kept_rows"}
+    assert {"dataset", "num_batches", "total_steps", "num_epochs"} <= kept[1]
+    assert not {"train_rows", "train_data", "order", "eval_rows", "eval_data"} & kept[1]

@@ -157,6 +157,9 @@ SUBMITS_STEPS: Final = StageContract(
 )
 """What :func:`submit_training_step` reads and writes; a submitting stage adds its own."""
 
+BATCHES_EPOCHS: Final = StageContract(reads=(ORDER, NUM_BATCHES, TOTAL_STEPS))
+"""What :func:`batch_of` and :func:`last_batch_of_epoch` read."""
+
 _BAD_INPUT: Final = (
     PermanentBackendError,
     ConfigError,

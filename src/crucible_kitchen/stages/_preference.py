@@ -18,11 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from crucible_kitchen.errors import DataError, RenderError, TrainingInputError
 from crucible_kitchen.ports import CustomLossOutput, Message, TensorData
 from crucible_kitchen.stages._common import (
-    NUM_BATCHES,
-    ORDER,
+    BATCHES_EPOCHS,
     STEP_PLAN,
     SUBMITS_STEPS,
-    TOTAL_STEPS,
     TRAIN_ROWS,
     AwaitTrainingSteps,
     BuiltinStage,
@@ -259,10 +257,8 @@ class SubmitDpoStep(BuiltinStage):
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
     contract = merge_contracts(
         SUBMITS_STEPS,
-        StageContract(
-            config=("batch_size", "dpo_beta"),
-            reads=(PAIRS, REFERENCE_LOGPROBS, ORDER, NUM_BATCHES, TOTAL_STEPS),
-        ),
+        BATCHES_EPOCHS,
+        StageContract(config=("batch_size", "dpo_beta"), reads=(PAIRS, REFERENCE_LOGPROBS)),
     )
 
     async def execute(self, ctx: Context) -> Context:

@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from crucible_kitchen.errors import DataError
 from crucible_kitchen.ports import SamplingParams
 from crucible_kitchen.stages._common import (
+    BATCHES_EPOCHS,
     DATASET,
     EVAL_ROWS,
     LAST_EVAL_STEP,
-    NUM_BATCHES,
-    ORDER,
     STEP_PLAN,
     SUBMITS_STEPS,
-    TOTAL_STEPS,
     TRAIN_ROWS,
     AwaitTrainingSteps,
     BuiltinStage,
@@ -124,8 +122,7 @@ class SubmitSupervisedStep(BuiltinStage):
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
     contract = merge_contracts(
-        SUBMITS_STEPS,
-        StageContract(config=("batch_size",), reads=(TRAIN_DATA, ORDER, NUM_BATCHES, TOTAL_STEPS)),
+        SUBMITS_STEPS, BATCHES_EPOCHS, StageContract(config=("batch_size",), reads=(TRAIN_DATA,))
     )
 
     async def execute(self, ctx: Context) -> Context:
