@@ -5,9 +5,13 @@ module of the kind users write)."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_overloads, get_type_hints
 
 from mypy import api
+
+import crucible_kitchen.ports as ports
+from crucible_kitchen.ports import PORT_PROTOCOLS
+from crucible_kitchen.stages import Context
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -62,3 +66,14 @@ def test_port_calls_and_typed_configs_are_checked(tmp_path: Path) -> None:
         'note: Revealed type is "Any"',
     ]
     assert status == 1
+
+
+def test_context_port_is_typed_for_every_port_name() -> None:
+    """One overload per Protocol, naming exactly the ports of the catalogue."""
+    namespace = {**vars(ports), "Literal": Literal, "Any": Any}
+    typed: dict[str, type] = {}
+    for overload in get_overloads(Context.port):
+        hints = get_type_hints(overload, globalns=namespace)
+        if hints["return"] is not Any:
+            typed.update(dict.fromkeys(get_args(hints["name"]), hints["return"]))
+    assert typed == dict(PORT_PROTOCOLS)
