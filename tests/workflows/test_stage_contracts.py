@@ -258,7 +258,7 @@ def _recording(
 
 
 async def _stop_and_resume(workflow: str, config: dict[str, Any]) -> None:
-    """Stop a run at its second step's checkpoint, then resume it from there."""
+    """Stop a run after its step 1 (a stop checkpoints), then resume it from that checkpoint."""
     checkpoints: dict[str, bytes] = {}
     handles: list[RunHandle] = []
     events: list[TelemetryEvent] = []
