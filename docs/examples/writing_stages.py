@@ -7,19 +7,32 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from crucible_kitchen import Adapters, Context, Kitchen, RetryPolicy, RunResult, Stage, Workflow
 from crucible_kitchen.adapters.noop import FaultPlan, Hang
-from crucible_kitchen.errors import ConfigError, PermanentBackendError, StageFailed
+from crucible_kitchen.errors import (
+    ConfigError,
+    PermanentBackendError,
+    StageFailed,
+    WorkflowDefinitionError,
+)
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, TensorData
+from crucible_kitchen.stages import StageContract, StateKey
 from crucible_kitchen.telemetry import StageException, TelemetryEvent
 from crucible_kitchen.testing import ChaosMonkey, KillPoint, StageKiller
 from crucible_kitchen.workflows import loop, stage
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 TEXTS = tuple(f"example number {i} of a tiny corpus" for i in range(8))
+
+BATCHES = StateKey("batches", tuple, rebuilt_on_resume=True)  # the loader makes it again
+IN_FLIGHT = StateKey("in_flight", tuple)
+ARTIFACTS = StateKey("artifacts", dict)
 
 
 def next_token_datum(tokens: list[int]) -> Datum:
@@ -37,6 +50,7 @@ class LoadBatches(Stage):
     """Tokenize the corpus and shuffle it into batches, reproducibly."""
 
     requires = ("training_client",)
+    contract = StageContract(config=("batch_size",), writes=(BATCHES,))
 
     async def execute(self, ctx: Context) -> None:
         tokenizer = ctx.port("training_client").get_tokenizer()
@@ -50,6 +64,7 @@ class SubmitStep(Stage):
     """Submit one training step; do not wait for it."""
 
     requires = ("training_client",)
+    contract = StageContract(config=("learning_rate",), may_read=(IN_FLIGHT,), writes=(IN_FLIGHT,))
     timeout = 30.0
     retry = RetryPolicy(max_attempts=5)
 
@@ -87,12 +102,16 @@ async def finish(ctx: Context, keep: int) -> None:
 class CollectStep(Stage):
     """Await every step but the newest: one step stays in flight (pipelining)."""
 
+    contract = StageContract(may_read=(IN_FLIGHT,), writes=(IN_FLIGHT,))
+
     async def execute(self, ctx: Context) -> None:
         await finish(ctx, keep=1)
 
 
 class Drain(Stage):
     """Await the last in-flight step."""
+
+    contract = StageContract(may_read=(IN_FLIGHT,), writes=(IN_FLIGHT,))
 
     async def execute(self, ctx: Context) -> None:
         await finish(ctx, keep=0)
@@ -102,6 +121,7 @@ class SaveState(Stage):
     """Save the weights; a hung save is killed after `timeout` and tried again."""
 
     requires = ("training_client",)
+    contract = StageContract(may_read=(ARTIFACTS,), writes=(ARTIFACTS,))
     timeout = 0.25
     retry = RetryPolicy(max_attempts=3)
 
@@ -166,6 +186,24 @@ class Publish(Stage):
 rolled_back: list[str] = []
 
 
+def refusal(check: Callable[[], object]) -> list[str]:
+    """The problems listed by the ``ConfigError`` or ``WorkflowDefinitionError`` of ``check``."""
+    try:
+        check()
+    except (ConfigError, WorkflowDefinitionError) as exc:
+        return exc.problems
+    raise AssertionError("it was not refused")
+
+
+class NeedsBatches(Stage):
+    """Count the batches (and forget to load them)."""
+
+    contract = StageContract(reads=(BATCHES,))
+
+    async def execute(self, ctx: Context) -> None:
+        ctx.metrics["batches"] = float(len(ctx.state["batches"]))
+
+
 async def main() -> None:
     rolled_back.clear()
 
@@ -225,15 +263,23 @@ async def main() -> None:
     assert result.artifacts == reference.artifacts
     assert hung["training_client"].state == calm_client.state
 
-    # validate() refuses a bad config before anything runs (dry_run calls it).
     async with Kitchen.open() as kitchen:
-        try:
-            kitchen.dry_run(training, {**CONFIG, "learning_rate": 0.0}, adapters=Adapters.noop())
-        except ConfigError as exc:
-            problems = exc.problems
-        else:
-            raise AssertionError("learning_rate 0 is refused")
-    assert problems == ["learning_rate: must be > 0 (got 0.0)"]
+        # validate() refuses a bad config before anything runs (dry_run calls it).
+        bad = {**CONFIG, "learning_rate": 0.0}
+        assert refusal(lambda: kitchen.dry_run(training, bad, adapters=Adapters.noop())) == [
+            "learning_rate: must be > 0 (got 0.0)"
+        ]
+        # So is a config without a field that a stage's contract reads: every one is listed.
+        small = {"epochs": 2}
+        assert refusal(lambda: kitchen.dry_run(training, small, adapters=Adapters.noop())) == [
+            "batch_size: missing; 'load' reads it",
+            "learning_rate: missing; 'submit' reads it",
+        ]
+
+    # A stage that reads a state key no stage writes is refused when the workflow is defined.
+    assert refusal(lambda: Workflow("no_loader", stage("train", NeedsBatches))) == [
+        "train: reads state key 'batches', which no stage of the workflow writes"
+    ]
 
     # cleanup() is the stage's rollback hook, called once when it has failed for good.
     try:

@@ -683,6 +683,7 @@ class Kitchen:
     ) -> tuple[Workflow, Adapters]:
         """Build the workflow and adapters and check everything a run needs, before it runs."""
         workflow = recipe.build(validated)
+        workflow.check_config(validated)
         bound = _adapters(adapters, recipe, validated, seed=seed, run_dir=run_dir)
         _check_ports(workflow, recipe, bound)
         ctx = Context(

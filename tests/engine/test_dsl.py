@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
-from crucible_kitchen.errors import WorkflowDefinitionError
-from crucible_kitchen.stages import Context, RetryPolicy, Stage
+from crucible_kitchen.errors import ConfigError, WorkflowDefinitionError
+from crucible_kitchen.stages import (
+    Context,
+    FunctionStage,
+    RetryPolicy,
+    Stage,
+    StageContract,
+    StateKey,
+)
 from crucible_kitchen.workflows import (
     Workflow,
     async_loop,
@@ -93,3 +102,58 @@ def test_stage_names_default_from_the_class() -> None:
         pass
 
     assert LoadDataset.name == "load_dataset"
+
+
+ROWS = StateKey("rows", tuple)
+TOTAL = StateKey("total", int)
+
+
+class Load(Stage):
+    """Read the rows."""
+
+    contract = StageContract(config=("dataset",), writes=(ROWS,))
+
+
+class Count(Stage):
+    """Count the rows."""
+
+    contract = StageContract(config=("scale",), reads=(ROWS,), writes=(TOTAL,))
+
+
+def test_stage_contracts_that_disagree_are_reported_at_definition() -> None:
+    Workflow("fine", stage("load", Load), stage("count", Count))
+    retyped = StageContract(reads=(StateKey("rows", list),), writes=(StateKey("total", str),))
+    with pytest.raises(WorkflowDefinitionError) as caught:
+        Workflow(
+            "bad",
+            stage("count", Count),
+            stage("again", FunctionStage(noop, contract=retyped)),
+        )
+    assert caught.value.problems == [
+        "again: state key 'rows' is declared as StateKey(name='rows', type=<class 'list'>, "
+        "rebuilt_on_resume=False), but as StateKey(name='rows', type=<class 'tuple'>, "
+        "rebuilt_on_resume=False) by count",
+        "again: state key 'total' is declared as StateKey(name='total', type=<class 'str'>, "
+        "rebuilt_on_resume=False), but as StateKey(name='total', type=<class 'int'>, "
+        "rebuilt_on_resume=False) by count",
+        "count: reads state key 'rows', which no stage of the workflow writes",
+        "again: reads state key 'rows', which no stage of the workflow writes",
+    ]
+
+
+def test_a_stage_without_a_contract_may_write_what_the_others_read() -> None:
+    """A stage that declares nothing may write anything: reads go unchecked then."""
+    workflow = Workflow("mixed", stage("load", noop), stage("count", Count))
+    assert [name for name, _ in workflow.contracts()] == ["count"]
+
+
+def test_a_config_without_declared_fields_is_refused_with_every_field() -> None:
+    workflow = Workflow("fine", stage("load", Load), stage("count", Count))
+    workflow.check_config(SimpleNamespace(dataset="d", scale=2))
+    with pytest.raises(ConfigError) as caught:
+        workflow.check_config(SimpleNamespace())
+    assert caught.value.problems == [
+        "dataset: missing; 'load' reads it",
+        "scale: missing; 'count' reads it",
+    ]
+    assert caught.value.source == "config for workflow 'fine'"

@@ -17,10 +17,12 @@ PORTS_DIR = pathlib.Path(ports.__file__).parent
 
 
 def test_every_port_protocol_is_exported_under_its_name() -> None:
+    """A port is named after its Protocol, with a role in front where two share one."""
     for port_name, protocol in PORT_PROTOCOLS.items():
         assert getattr(ports, protocol.__name__) is protocol
         assert Protocol in protocol.__mro__, port_name
-        assert "".join(word.title() for word in port_name.split("_")) == protocol.__name__
+        assert "".join(word.title() for word in port_name.split("_")).endswith(protocol.__name__)
+    assert PORT_PROTOCOLS["teacher_sampling_client"] is PORT_PROTOCOLS["sampling_client"]
 
 
 def test_exports_are_a_tuple_of_every_private_modules_exports() -> None:

@@ -32,10 +32,14 @@ PortName: TypeAlias = Literal[
     "model_registry",
     "renderer",
     "sampling_client",
+    "teacher_sampling_client",
     "tokenizer",
     "training_client",
 ]
-"""The name under which a recipe requires a port and a user binds an adapter to it."""
+"""The name under which a recipe requires a port and a user binds an adapter to it.
+
+``teacher_sampling_client`` is a second :class:`SamplingClient`: the teacher that on-policy
+distillation scores the student's samples with."""
 
 PORT_PROTOCOLS: Final[Mapping[PortName, type]] = MappingProxyType(
     {
@@ -47,11 +51,12 @@ PORT_PROTOCOLS: Final[Mapping[PortName, type]] = MappingProxyType(
         "model_registry": ModelRegistry,
         "renderer": Renderer,
         "sampling_client": SamplingClient,
+        "teacher_sampling_client": SamplingClient,
         "tokenizer": Tokenizer,
         "training_client": TrainingClient,
     }
 )
-"""Each port's name and its Protocol."""
+"""Each port's name and its Protocol (two ports may share one)."""
 
 _MISSING: Final = object()
 

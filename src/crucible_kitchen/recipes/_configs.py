@@ -210,7 +210,12 @@ class ReinforcementConfig(TrainingConfig):
     """GRPO-style RL on verifiable problems (rows with ``question`` and integer ``answer``)."""
 
     dataset: str = Field(default="arithmetic_rl", min_length=1, description="Dataset store name.")
-    split: str = Field(default="train", min_length=1, description="Split the problems come from.")
+    split: str = Field(
+        default="train",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Split the problems come from, or a slice of one ('train[:-64]').",
+    )
     learning_rate: float = Field(default=4e-5, gt=0.0, description="Base learning rate.")
     lr_schedule: LRSchedule = Field(
         default="constant", description="constant, linear or cosine decay."
@@ -303,7 +308,12 @@ class DistillationConfig(TrainingConfig):
     dataset: str = Field(
         default="chat_tasks", min_length=1, description="Dataset store name (prompts)."
     )
-    split: str = Field(default="train", min_length=1, description="Split the prompts come from.")
+    split: str = Field(
+        default="train",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Split the prompts come from, or a slice of one ('train[:-64]').",
+    )
     lr_schedule: LRSchedule = Field(
         default="constant", description="constant, linear or cosine decay."
     )

@@ -1,16 +1,8 @@
 """What the built-in workflows share: in-flight training steps, saves, evals, registration.
 
-State keys written here (values are never mutated in place, only replaced):
-
-- ``"in_flight"``: :class:`InFlightStep` records, oldest first, submitted but not awaited;
-- ``"dataset"``: the name of the dataset being trained on (evaluation reads its eval split);
-- ``"eval_rows"``: the evaluation rows; ``"last_eval_step"``: the step last evaluated;
-- ``"sampler"`` / ``"sampler_step"``: a sampling client over the weights after that step;
-- ``"checkpoints"``, ``"final_state_path"``, ``"final_sampler_path"``,
-  ``"registered_model_id"``/``"registered_model_version"``, and ``"artifacts"`` (what the
-  run result reports).
-
-Every stage reads its settings from ``ctx.config`` (one of the recipes' config models).
+The state keys shared by several workflows are declared here (:class:`StateKey`; values are
+never mutated in place, only replaced); each stage's :class:`StageContract` names the keys
+and the ``ctx.config`` fields (of one of the recipes' config models) it reads and writes.
 """
 
 from __future__ import annotations
@@ -48,6 +40,12 @@ from crucible_kitchen.ports import (
     Trajectory,
 )
 from crucible_kitchen.stages._context import ContextSnapshot
+from crucible_kitchen.stages._contract import (
+    StageContract,
+    StateKey,
+    declares,
+    rebuilt_on_resume,
+)
 from crucible_kitchen.stages._stage import RetryPolicy, Stage
 from crucible_kitchen.telemetry import (
     EvalComplete,
@@ -92,10 +90,12 @@ __all__ = (
     "ShuffleEpoch",
     "batches_this_epoch",
     "checkpoint_due",
+    "configured_batches",
     "eval_due",
     "final_eval_due",
     "gather_results",
     "next_token_datum",
+    "planned_epochs",
     "resuming",
     "rl_datums",
     "row_messages",
@@ -105,6 +105,60 @@ __all__ = (
 )
 
 IN_FLIGHT: Final = "in_flight"
+
+SAMPLER_PATH: Final = "sampler_path"
+"""State key of the weights the current sampler samples from (see :class:`RefreshSampler`)."""
+
+RESUME_FROM: Final = "resume_from"
+"""State key naming the checkpoint a resumed run starts from (see :class:`RestoreCheckpoint`)."""
+
+CHECKPOINT_CONTEXT: Final = "checkpoint_context"
+"""State key of the last checkpoint's context snapshot, when the training client cannot store
+it with the checkpoint (see :class:`SaveCheckpoint`)."""
+
+# --------------------------------------------------------------------------------------------
+# State keys
+
+IN_FLIGHT_KEY: Final = StateKey(IN_FLIGHT, tuple)
+""":class:`InFlightStep` records, oldest first, submitted but not awaited."""
+DATASET: Final = StateKey("dataset", str)
+"""The name of the dataset trained on (evaluation reads its eval split)."""
+TRAIN_ROWS: Final = StateKey("train_rows", tuple, rebuilt_on_resume=True)
+EVAL_ROWS: Final = StateKey("eval_rows", tuple, rebuilt_on_resume=True)
+LAST_EVAL_STEP: Final = StateKey("last_eval_step", int)
+SAMPLER: Final = StateKey("sampler", object)
+"""A :class:`~crucible_kitchen.ports.SamplingClient` over the weights after ``sampler_step``."""
+SAMPLER_STEP: Final = StateKey("sampler_step", int)
+SAMPLER_PATH_KEY: Final = StateKey(SAMPLER_PATH, str)
+RESUME_FROM_KEY: Final = StateKey(RESUME_FROM, str)
+CHECKPOINT_CONTEXT_KEY: Final = StateKey(CHECKPOINT_CONTEXT, dict, rebuilt_on_resume=True)
+CHECKPOINTS: Final = StateKey("checkpoints", tuple)
+ARTIFACTS: Final = StateKey("artifacts", dict)
+"""What the run result reports as its artifacts, by name."""
+FINAL_STATE_PATH: Final = StateKey("final_state_path", str)
+FINAL_SAMPLER_PATH: Final = StateKey("final_sampler_path", str)
+REGISTERED_MODEL_ID: Final = StateKey("registered_model_id", str)
+REGISTERED_MODEL_VERSION: Final = StateKey("registered_model_version", str)
+NUM_BATCHES: Final = StateKey("num_batches", int)
+TOTAL_STEPS: Final = StateKey("total_steps", int)
+NUM_EPOCHS: Final = StateKey("num_epochs", int)
+ORDER: Final = StateKey("order", tuple, rebuilt_on_resume=True)
+"""This epoch's data order (see :class:`ShuffleEpoch`)."""
+STEP_METRICS: Final = StateKey("step_metrics", dict)
+"""What the next submitted step's metrics row adds (RL and distillation)."""
+
+STEP_PLAN: Final = (NUM_BATCHES, TOTAL_STEPS, NUM_EPOCHS)
+"""The keys :func:`plan_steps` writes."""
+
+SUBMITS_STEPS: Final = StageContract(
+    config=("learning_rate", "lr_schedule", "warmup_steps", "adam"),
+    may_read=(IN_FLIGHT_KEY,),
+    writes=(IN_FLIGHT_KEY,),
+)
+"""What :func:`submit_training_step` reads and writes; a submitting stage adds its own."""
+
+BATCHES_EPOCHS: Final = StageContract(reads=(ORDER, NUM_BATCHES, TOTAL_STEPS))
+"""What :func:`batch_of` and :func:`last_batch_of_epoch` read."""
 
 _BAD_INPUT: Final = (
     PermanentBackendError,
@@ -279,6 +333,16 @@ def rl_datums(trajectory: Trajectory, advantage: float) -> list[tuple[Datum, tup
         mask.extend([1.0] * len(action.tokens))
     flush()
     return out
+
+
+def merge_contracts(*contracts: StageContract) -> StageContract:
+    """One contract declaring everything ``contracts`` declare."""
+    return StageContract(
+        config=tuple(dict.fromkeys(f for c in contracts for f in c.config)),
+        reads=tuple(dict.fromkeys(k for c in contracts for k in c.reads)),
+        may_read=tuple(dict.fromkeys(k for c in contracts for k in c.may_read)),
+        writes=tuple(dict.fromkeys(k for c in contracts for k in c.writes)),
+    )
 
 
 def with_advantages(datum: Datum, advantages: Sequence[float]) -> Datum:
@@ -464,6 +528,10 @@ class AwaitTrainingSteps(BuiltinStage, abc.ABC):
 
     def __init__(self, *, drain: bool = False) -> None:
         self.drain = drain
+        pipelining = () if drain or not self.pipelined else ("pipeline_depth",)
+        self.contract = StageContract(
+            config=pipelining, may_read=(IN_FLIGHT_KEY, NUM_EPOCHS), writes=(IN_FLIGHT_KEY,)
+        )
 
     async def execute(self, ctx: Context) -> Context:
         in_flight: tuple[InFlightStep, ...] = ctx.state.get(IN_FLIGHT, ())
@@ -507,10 +575,14 @@ def training_logprobs(output: ForwardBackwardOutput) -> list[list[float]]:
 
 
 class ShuffleEpoch(BuiltinStage):
-    """Fix this epoch's data order: a seeded permutation (identity with ``shuffle=False``)."""
+    """Fix this epoch's data order: a seeded permutation (identity with ``shuffle=False``).
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    ``source`` is the state key of the items ordered.
+    """
+
+    def __init__(self, source: StateKey) -> None:
+        self.source = source.name
+        self.contract = StageContract(config=("shuffle",), reads=(source,), writes=(ORDER,))
 
     async def execute(self, ctx: Context) -> Context:
         order = list(range(len(ctx.state[self.source])))
@@ -548,11 +620,24 @@ def plan_steps(
     ctx.state["num_epochs"] = math.ceil(total / num_batches)
 
 
+@declares(StageContract(reads=(NUM_EPOCHS,)))
+def planned_epochs(ctx: Context) -> range:
+    """The epoch indices of the step plan (see :func:`plan_steps`)."""
+    return range(int(ctx.state["num_epochs"]))
+
+
+@declares(StageContract(config=("num_batches",)))
+def configured_batches(ctx: Context) -> range:
+    """The batch indices of a workflow of ``num_batches`` steps."""
+    return range(int(ctx.config.num_batches))
+
+
 def last_batch_of_epoch(ctx: Context) -> bool:
     """Whether the current batch is the last of the current epoch."""
     return ctx.loops["batches"] == len(batches_this_epoch(ctx)) - 1
 
 
+@declares(StageContract(reads=(NUM_BATCHES, TOTAL_STEPS)))
 def batches_this_epoch(ctx: Context) -> range:
     """The batch indices of the current epoch (the last epoch may stop early)."""
     num_batches = int(ctx.state["num_batches"])
@@ -590,6 +675,25 @@ async def split_rows(
     return list(await store.read_rows(dataset, split=split, indices=indices))
 
 
+LOADS_SPLIT: Final = StageContract(config=("dataset", "split"), writes=(DATASET,))
+"""What :func:`load_split` reads and writes."""
+
+
+async def load_split(ctx: Context, *, limit: int | None = None) -> list[DatasetRow]:
+    """The rows of the config's ``dataset``/``split`` (at most ``limit``), which becomes the
+    run's ``ctx.state["dataset"]``. The loader of every built-in workflow.
+
+    ``split`` may be a slice of a split (``"train[:-64]"``, see :func:`split_rows`).
+
+    Raises:
+        DataError: the split spec is malformed, or the dataset has no such split.
+    """
+    config = ctx.config
+    rows = await split_rows(ctx.port("dataset_store"), config.dataset, config.split, limit=limit)
+    ctx.state["dataset"] = config.dataset
+    return rows
+
+
 class LoadDataset(BuiltinStage):
     """Read the training rows of ``dataset``/``split`` (at most ``max_examples``).
 
@@ -597,14 +701,13 @@ class LoadDataset(BuiltinStage):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
+    contract = merge_contracts(
+        LOADS_SPLIT, StageContract(config=("max_examples",), writes=(TRAIN_ROWS,))
+    )
 
     async def execute(self, ctx: Context) -> Context:
-        config = ctx.config
-        limit = None if config.max_examples is None else int(config.max_examples)
-        rows = await split_rows(
-            ctx.port("dataset_store"), config.dataset, config.split, limit=limit
-        )
-        ctx.state["dataset"] = config.dataset
+        limit = ctx.config.max_examples
+        rows = await load_split(ctx, limit=None if limit is None else int(limit))
         ctx.state["train_rows"] = tuple(rows)
         return ctx
 
@@ -632,6 +735,7 @@ class RefreshSampler(BuiltinStage):
     """Save the current weights for sampling and sample from them from now on."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = StageContract(writes=(SAMPLER, SAMPLER_PATH_KEY, SAMPLER_STEP))
 
     async def execute(self, ctx: Context) -> Context:
         batch = ctx.loops.get("batches")
@@ -643,6 +747,7 @@ class RefreshSampler(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(config=("sampler_refresh_every",), may_read=(SAMPLER_STEP, SAMPLER)))
 def sampler_is_stale(ctx: Context) -> bool:
     """Whether the sampler is missing or ``sampler_refresh_every`` steps old."""
     last = ctx.state.get("sampler_step")
@@ -651,44 +756,20 @@ def sampler_is_stale(ctx: Context) -> bool:
     return ctx.step - int(last) >= int(ctx.config.sampler_refresh_every)
 
 
-SAMPLER_PATH: Final = "sampler_path"
-"""State key of the weights the current sampler samples from (see :class:`RefreshSampler`)."""
-
-RESUME_FROM: Final = "resume_from"
-"""State key naming the checkpoint a resumed run starts from (see :class:`RestoreCheckpoint`)."""
-
-CHECKPOINT_CONTEXT: Final = "checkpoint_context"
-"""State key of the last checkpoint's context snapshot, when the training client cannot store
-it with the checkpoint (see :class:`SaveCheckpoint`)."""
-
-REBUILT_ON_RESUME: Final = frozenset(
-    {
-        "train_rows",
-        "train_data",
-        "eval_rows",
-        "eval_data",
-        "order",
-        "pairs",
-        "problems",
-        "prompts",
-        CHECKPOINT_CONTEXT,
-    }
-)
-"""State left out of checkpoint snapshots: the data the setup stages and the epoch shuffle
-compute again, identically, when a resumed run repeats them."""
-
-
 def checkpoint_snapshot(ctx: Context) -> dict[str, Any]:
     """The context snapshot a checkpoint keeps, as a JSON object (read it back with
     :func:`snapshot_from_checkpoint`).
 
-    Leaves out :data:`REBUILT_ON_RESUME` and non-finite metrics (JSON has no NaN). The loop
+    Leaves out the state keys declared ``rebuilt_on_resume`` (the data the setup stages and
+    the epoch shuffle compute again, identically, when a resumed run repeats them) and
+    non-finite metrics (JSON has no NaN). The loop
     position is a list of ``[name, index]`` pairs, outermost first: unlike an object's keys,
     its order survives JSON writers that sort keys (the local torch manifest does).
     """
     snapshot = ctx.snapshot()
+    rebuilt = rebuilt_on_resume()
     return {
-        "state": {k: v for k, v in snapshot.state.items() if k not in REBUILT_ON_RESUME},
+        "state": {k: v for k, v in snapshot.state.items() if k not in rebuilt},
         "metrics": {k: v for k, v in snapshot.metrics.items() if math.isfinite(v)},
         "step": snapshot.step,
         "loops": [[name, index] for name, index in snapshot.loops.items()],
@@ -729,6 +810,11 @@ class SaveCheckpoint(BuiltinStage):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = StageContract(
+        config=("checkpoint_prefix",),
+        may_read=(CHECKPOINTS, ARTIFACTS),
+        writes=(CHECKPOINT_CONTEXT_KEY, CHECKPOINTS, ARTIFACTS),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         name = f"{ctx.config.checkpoint_prefix}_{ctx.step:06d}"
@@ -736,7 +822,7 @@ class SaveCheckpoint(BuiltinStage):
         client = ctx.port("training_client")
         request_id = ctx.request_id("save_state")
         if _takes_keyword(ctx.run.ports["training_client"].save_state, "user_payload"):
-            future = await client.save_state(
+            future = await client.save_state(  # type: ignore[call-arg]  # checked above
                 name, request_id=request_id, user_payload={"context": snapshot}
             )
         else:
@@ -751,6 +837,7 @@ class SaveCheckpoint(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(config=("save_every",)))
 def checkpoint_due(ctx: Context) -> bool:
     """Whether to checkpoint after the step just submitted: every ``save_every`` steps, and
     whenever a stop was requested (the run then ends at this iteration's end, resumable)."""
@@ -769,6 +856,11 @@ class RestoreCheckpoint(BuiltinStage):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = StageContract(
+        reads=(RESUME_FROM_KEY,),
+        may_read=(SAMPLER_PATH_KEY, CHECKPOINTS, ARTIFACTS),
+        writes=(RESUME_FROM_KEY, SAMPLER, CHECKPOINTS, ARTIFACTS),
+    )
     retry: ClassVar[RetryPolicy] = RetryPolicy(never_retry=(*_BAD_INPUT, CheckpointError))
 
     async def execute(self, ctx: Context) -> Context:
@@ -790,6 +882,7 @@ class RestoreCheckpoint(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(may_read=(RESUME_FROM_KEY,)))
 def resuming(ctx: Context) -> bool:
     """Whether the run resumes from a checkpoint (``ctx.state["resume_from"]`` is set)."""
     return RESUME_FROM in ctx.state
@@ -799,6 +892,9 @@ class SaveFinalWeights(BuiltinStage):
     """Save the final state (resumable) and the final sampler weights (to serve)."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = StageContract(
+        may_read=(ARTIFACTS,), writes=(FINAL_STATE_PATH, FINAL_SAMPLER_PATH, ARTIFACTS)
+    )
 
     async def execute(self, ctx: Context) -> Context:
         client = ctx.port("training_client")
@@ -823,6 +919,9 @@ class LoadEvalRows(BuiltinStage):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
+    contract = StageContract(
+        config=("eval_split", "eval_examples"), reads=(DATASET,), writes=(EVAL_ROWS,)
+    )
 
     async def execute(self, ctx: Context) -> Context:
         dataset = str(ctx.state["dataset"])
@@ -843,12 +942,14 @@ class LoadEvalRows(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(config=("eval_every",)))
 def eval_due(ctx: Context) -> bool:
     """Whether ``eval_every`` calls for an evaluation after the step just submitted."""
     every = int(ctx.config.eval_every)
     return every > 0 and ctx.step > 0 and ctx.step % every == 0
 
 
+@declares(StageContract(config=("final_eval",), may_read=(LAST_EVAL_STEP,)))
 def final_eval_due(ctx: Context) -> bool:
     """Whether the final evaluation is wanted and the last step was not evaluated already."""
     return bool(ctx.config.final_eval) and ctx.state.get("last_eval_step") != ctx.step
@@ -858,6 +959,9 @@ class RunEvaluator(BuiltinStage):
     """Score the current weights with the evaluator port on the evaluation rows."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client", "evaluator", "metrics_store")
+    contract = StageContract(
+        config=("eval_split",), reads=(EVAL_ROWS, DATASET), writes=(LAST_EVAL_STEP,)
+    )
 
     async def execute(self, ctx: Context) -> Context:
         rows = ctx.state["eval_rows"]
@@ -884,6 +988,12 @@ class RegisterModel(BuiltinStage):
     """Register the final sampler weights, with their metrics and lineage."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client", "model_registry")
+    contract = StageContract(
+        config=("model_name", "model_version"),
+        reads=(FINAL_SAMPLER_PATH,),
+        may_read=(DATASET, FINAL_STATE_PATH, ARTIFACTS),
+        writes=(REGISTERED_MODEL_ID, REGISTERED_MODEL_VERSION, ARTIFACTS),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config
@@ -920,6 +1030,7 @@ class FlushMetrics(BuiltinStage):
     """Make every recorded metric durable (a cleanup stage: it runs however the run ends)."""
 
     requires: ClassVar[tuple[str, ...]] = ("metrics_store",)
+    contract = StageContract()
 
     async def execute(self, ctx: Context) -> Context:
         await ctx.port("metrics_store").flush()

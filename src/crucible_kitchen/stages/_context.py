@@ -5,13 +5,26 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, cast, overload
 
 import msgspec
+from typing_extensions import TypeVar
 
 from crucible_kitchen.errors import PortError
 
 if TYPE_CHECKING:
+    from crucible_kitchen.ports import (
+        BlobStore,
+        DatasetStore,
+        Evaluator,
+        FeedbackClient,
+        MetricsStore,
+        ModelRegistry,
+        Renderer,
+        SamplingClient,
+        Tokenizer,
+        TrainingClient,
+    )
     from crucible_kitchen.telemetry import TelemetryBus
 
 __all__ = ("Context", "ContextSnapshot", "RunInfo", "derive_seed")
@@ -20,6 +33,9 @@ FaultHook = Callable[[str, "Context", str], Awaitable[None]]
 """``await hook(point, ctx, operation)`` at each fault point (see ``stages._faults``)."""
 
 _NO_LOOPS: Final[dict[str, int]] = {}
+
+ConfigT = TypeVar("ConfigT", default=Any)
+"""The type of a run's config, as a stage sees it (``Context[MyConfig]``; ``Any`` unsaid)."""
 
 
 class ContextSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,8 +105,13 @@ class RunInfo:
         predicates should say yes), then end the run as cancelled."""
 
 
-class Context:
+class Context(Generic[ConfigT]):
     """A run's state as one stage execution sees it.
+
+    ``Context`` is generic in its config: annotate ``ctx: Context[MyConfig]`` in a stage to
+    have ``ctx.config`` type-checked as ``MyConfig`` (a bare ``Context`` has an ``Any``
+    config). The annotation is a promise to the type checker; what is checked at run time is
+    the stage's :class:`~crucible_kitchen.stages.StageContract`.
 
     A stage gets a private copy (:meth:`fork`) and may change it freely: ``state`` (any
     values, replaced rather than mutated in place), ``metrics`` (floats for the result),
@@ -145,11 +166,11 @@ class Context:
         return self.run.run_id
 
     @property
-    def config(self) -> Any:
+    def config(self) -> ConfigT:
         """The run's validated configuration (a pydantic model for recipes)."""
-        return self.run.config
+        return cast("ConfigT", self.run.config)
 
-    def fork(self, *, path: str | None = None, attempt: int | None = None) -> Context:
+    def fork(self, *, path: str | None = None, attempt: int | None = None) -> Context[ConfigT]:
         """A copy whose ``state`` and ``metrics`` can change independently.
 
         ``loops`` and ``items`` are shared: the engine replaces them, never changes them in
@@ -166,7 +187,7 @@ class Context:
             attempt=self.attempt if attempt is None else attempt,
         )
 
-    def enter_loop(self, name: str, index: int, item: Any) -> Context:
+    def enter_loop(self, name: str, index: int, item: Any) -> Context[ConfigT]:
         """A copy positioned at ``index`` (with ``item``) of the loop ``name``."""
         ctx = self.fork()
         ctx.loops = {**self.loops, name: index}
@@ -189,8 +210,37 @@ class Context:
                 f"not inside a loop named {loop!r} (loops: {list(self.loops)})"
             ) from None
 
+    @overload
+    def port(self, name: Literal["blob_store"]) -> BlobStore: ...
+    @overload
+    def port(self, name: Literal["dataset_store"]) -> DatasetStore: ...
+    @overload
+    def port(self, name: Literal["evaluator"]) -> Evaluator: ...
+    @overload
+    def port(self, name: Literal["feedback_client"]) -> FeedbackClient: ...
+    @overload
+    def port(self, name: Literal["metrics_store"]) -> MetricsStore: ...
+    @overload
+    def port(self, name: Literal["model_registry"]) -> ModelRegistry: ...
+    @overload
+    def port(self, name: Literal["renderer"]) -> Renderer: ...
+    @overload
+    def port(
+        self, name: Literal["sampling_client", "teacher_sampling_client"]
+    ) -> SamplingClient: ...
+    @overload
+    def port(self, name: Literal["tokenizer"]) -> Tokenizer: ...
+    @overload
+    def port(self, name: Literal["training_client"]) -> TrainingClient: ...
+    @overload
+    def port(self, name: str) -> Any: ...
     def port(self, name: str) -> Any:
         """The adapter bound to the port ``name`` (e.g. ``"training_client"``).
+
+        Typed by name: ``ctx.port("training_client")`` is a
+        :class:`~crucible_kitchen.ports.TrainingClient` to a type checker (each name of
+        :data:`~crucible_kitchen.ports.PortName` is its Protocol); a port name of your own is
+        ``Any``.
 
         Raises:
             PortError: no adapter is bound to that port in this run.

@@ -25,14 +25,26 @@ from crucible_kitchen.ports import (
     Transition,
 )
 from crucible_kitchen.stages._common import (
+    LOADS_SPLIT,
+    SAMPLER,
+    STEP_METRICS,
+    SUBMITS_STEPS,
     AwaitTrainingSteps,
     BuiltinStage,
     InFlightStep,
+    load_split,
+    merge_contracts,
     rl_datums,
     row_messages,
     submit_training_step,
 )
-from crucible_kitchen.stages._reinforcement import RlBatch, adjust_against, policy_step_metrics
+from crucible_kitchen.stages._contract import StageContract, StateKey
+from crucible_kitchen.stages._reinforcement import (
+    ADJUSTS_ADVANTAGES,
+    RlBatch,
+    adjust_against,
+    policy_step_metrics,
+)
 from crucible_kitchen.telemetry import DistillationStep
 from crucible_kitchen.training import reverse_kl_advantages
 
@@ -51,6 +63,11 @@ __all__ = (
 )
 
 _SEED_MASK: Final = 0x7FFFFFFF
+
+PROMPTS: Final = StateKey("prompts", tuple, rebuilt_on_resume=True)
+"""The prompts' conversations, in run order."""
+DISTILL_BATCH: Final = StateKey("distill_batch", RlBatch)
+"""The student's samples of this batch, as training data."""
 _PROMPT_KEYS: Final = ("prompt", "question", "instruction", "input")
 
 
@@ -77,18 +94,20 @@ def prompt_messages(row: DatasetRow, index: int) -> tuple[Message, ...]:
 
 
 class LoadPrompts(BuiltinStage):
-    """Read the prompts of ``dataset``/``split`` and fix their order for the run."""
+    """Read the prompts of ``dataset``/``split`` and fix their order for the run.
+
+    ``split`` may be a slice of a split (``"train[:-64]"``, see :func:`split_rows`).
+    """
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
+    contract = merge_contracts(LOADS_SPLIT, StageContract(writes=(PROMPTS,)))
 
     async def execute(self, ctx: Context) -> Context:
-        config = ctx.config
-        rows = await ctx.port("dataset_store").read_rows(config.dataset, split=config.split)
+        rows = await load_split(ctx)
         prompts = [prompt_messages(row, index) for index, row in enumerate(rows)]
         if not prompts:
-            raise DataError(f"dataset {config.dataset!r}/{config.split!r} has no prompts")
+            raise DataError(f"dataset {ctx.config.dataset!r}/{ctx.config.split!r} has no prompts")
         ctx.rng("prompt_order").shuffle(prompts)
-        ctx.state["dataset"] = config.dataset
         ctx.state["prompts"] = tuple(prompts)
         return ctx
 
@@ -97,6 +116,11 @@ class SampleStudent(BuiltinStage):
     """Sample ``samples_per_prompt`` replies per prompt of this batch from the student."""
 
     requires: ClassVar[tuple[str, ...]] = ("renderer",)
+    contract = StageContract(
+        config=("prompts_per_batch", "samples_per_prompt", "max_tokens", "temperature"),
+        reads=(PROMPTS, SAMPLER),
+        writes=(DISTILL_BATCH,),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config
@@ -153,6 +177,12 @@ class ScoreWithTeacher(BuiltinStage):
     """Score the student's samples with the teacher; advantage = -kl_coef * reverse KL."""
 
     requires: ClassVar[tuple[str, ...]] = ("teacher_sampling_client",)
+    contract = merge_contracts(
+        ADJUSTS_ADVANTAGES,
+        StageContract(
+            config=("kl_coef",), reads=(DISTILL_BATCH,), writes=(DISTILL_BATCH, STEP_METRICS)
+        ),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         ctx.state["distill_batch"], metrics = await adjust_against(
@@ -171,6 +201,10 @@ class SubmitDistillationStep(BuiltinStage):
     """Submit the distillation batch's ``importance_sampling`` step, unawaited."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = merge_contracts(
+        SUBMITS_STEPS,
+        StageContract(config=("num_batches",), reads=(DISTILL_BATCH,), may_read=(STEP_METRICS,)),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         batch: RlBatch = ctx.state["distill_batch"]

@@ -9,9 +9,17 @@ State: ``"triggers"``, ``"should_retrain"``, ``"curated"``, ``"feedback_export"`
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
-from crucible_kitchen.stages._common import BuiltinStage
+from crucible_kitchen.ports import FeedbackExport
+from crucible_kitchen.stages._common import (
+    DATASET,
+    REGISTERED_MODEL_ID,
+    REGISTERED_MODEL_VERSION,
+    TRAIN_ROWS,
+    BuiltinStage,
+)
+from crucible_kitchen.stages._contract import StageContract, StateKey, declares
 from crucible_kitchen.telemetry import (
     FeedbackBaselineUpdated,
     FeedbackDataCurated,
@@ -20,7 +28,7 @@ from crucible_kitchen.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from crucible_kitchen.ports import CuratedExample, FeedbackExport
+    from crucible_kitchen.ports import CuratedExample
     from crucible_kitchen.stages._context import Context
 
 __all__ = (
@@ -30,13 +38,21 @@ __all__ = (
     "LoadFeedbackDataset",
     "UpdateBaseline",
     "enough_feedback",
+    "triggers_fired",
 )
+
+TRIGGERS: Final = StateKey("triggers", tuple)
+SHOULD_RETRAIN: Final = StateKey("should_retrain", bool)
+CURATED: Final = StateKey("curated", tuple)
+FEEDBACK_EXPORT: Final = StateKey("feedback_export", FeedbackExport)
+BASELINE_MODEL_ID: Final = StateKey("baseline_model_id", str)
 
 
 class CheckTriggers(BuiltinStage):
     """Ask whether the deployment needs retraining (drift, quality, data volume, ...)."""
 
     requires: ClassVar[tuple[str, ...]] = ("feedback_client",)
+    contract = StageContract(config=("deployment_id",), writes=(TRIGGERS, SHOULD_RETRAIN))
 
     async def execute(self, ctx: Context) -> Context:
         deployment = ctx.config.deployment_id
@@ -58,6 +74,7 @@ class CurateFeedback(BuiltinStage):
     """Select the feedback worth training on (at most ``curate_limit`` examples)."""
 
     requires: ClassVar[tuple[str, ...]] = ("feedback_client",)
+    contract = StageContract(config=("deployment_id", "curate_limit"), writes=(CURATED,))
 
     async def execute(self, ctx: Context) -> Context:
         deployment = ctx.config.deployment_id
@@ -77,6 +94,13 @@ class CurateFeedback(BuiltinStage):
         return ctx
 
 
+@declares(StageContract(reads=(SHOULD_RETRAIN,)))
+def triggers_fired(ctx: Context) -> bool:
+    """Whether :class:`CheckTriggers` found a reason to retrain."""
+    return bool(ctx.state["should_retrain"])
+
+
+@declares(StageContract(config=("min_examples",), reads=(CURATED,)))
 def enough_feedback(ctx: Context) -> bool:
     """The retrain decision: at least ``min_examples`` curated examples."""
     return len(ctx.state["curated"]) >= int(ctx.config.min_examples)
@@ -86,6 +110,9 @@ class ExportFeedback(BuiltinStage):
     """Export the curated examples as a dataset the dataset store can read."""
 
     requires: ClassVar[tuple[str, ...]] = ("feedback_client",)
+    contract = StageContract(
+        config=("deployment_id", "export_format"), reads=(CURATED,), writes=(FEEDBACK_EXPORT,)
+    )
 
     async def execute(self, ctx: Context) -> Context:
         deployment = ctx.config.deployment_id
@@ -112,6 +139,7 @@ class LoadFeedbackDataset(BuiltinStage):
     """Read the exported feedback back through the dataset store, as training rows."""
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
+    contract = StageContract(reads=(FEEDBACK_EXPORT,), writes=(DATASET, TRAIN_ROWS))
 
     async def execute(self, ctx: Context) -> Context:
         exported: FeedbackExport = ctx.state["feedback_export"]
@@ -125,6 +153,11 @@ class UpdateBaseline(BuiltinStage):
     """Make the newly registered model the deployment's baseline."""
 
     requires: ClassVar[tuple[str, ...]] = ("feedback_client",)
+    contract = StageContract(
+        config=("deployment_id", "model_name"),
+        reads=(REGISTERED_MODEL_ID, REGISTERED_MODEL_VERSION),
+        writes=(BASELINE_MODEL_ID,),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         deployment = ctx.config.deployment_id

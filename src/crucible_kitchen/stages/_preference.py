@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from crucible_kitchen.errors import DataError, RenderError, TrainingInputError
 from crucible_kitchen.ports import CustomLossOutput, Message, TensorData
 from crucible_kitchen.stages._common import (
+    BATCHES_EPOCHS,
+    STEP_PLAN,
+    SUBMITS_STEPS,
+    TRAIN_ROWS,
     AwaitTrainingSteps,
     BuiltinStage,
     InFlightStep,
@@ -25,11 +29,13 @@ from crucible_kitchen.stages._common import (
     batch_of,
     datum_weights,
     last_batch_of_epoch,
+    merge_contracts,
     next_token_datum,
     plan_steps,
     submit_training_step,
     training_logprobs,
 )
+from crucible_kitchen.stages._contract import StageContract, StateKey
 from crucible_kitchen.telemetry import DpoDatasetBuilt, DpoStep
 
 if TYPE_CHECKING:
@@ -45,6 +51,11 @@ __all__ = (
     "DpoLoss",
     "SubmitDpoStep",
 )
+
+PAIRS: Final = StateKey("pairs", tuple, rebuilt_on_resume=True)
+"""The ``(chosen, rejected)`` datums of each usable row."""
+REFERENCE_LOGPROBS: Final = StateKey("reference_logprobs", tuple)
+"""The initial weights' logprobs of each pair; a checkpoint keeps them."""
 
 
 def _log_sigmoid(x: float) -> float:
@@ -180,6 +191,11 @@ class BuildPreferenceDataset(BuiltinStage):
     """Render each row's (prompt, chosen, rejected) into a pair of datums; plan the steps."""
 
     requires: ClassVar[tuple[str, ...]] = ("renderer",)
+    contract = StageContract(
+        config=("max_length", "batch_size", "epochs", "max_steps"),
+        reads=(TRAIN_ROWS,),
+        writes=(TRAIN_ROWS, PAIRS, *STEP_PLAN),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config
@@ -206,6 +222,12 @@ class ComputeReferenceLogprobs(BuiltinStage):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = StageContract(
+        config=("batch_size",),
+        reads=(PAIRS,),
+        may_read=(REFERENCE_LOGPROBS,),
+        writes=(REFERENCE_LOGPROBS,),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         pairs: tuple[tuple[Datum, Datum], ...] = ctx.state["pairs"]
@@ -233,6 +255,11 @@ class SubmitDpoStep(BuiltinStage):
     """Submit this batch's DPO forward-backward (custom loss) and optimizer step, unawaited."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = merge_contracts(
+        SUBMITS_STEPS,
+        BATCHES_EPOCHS,
+        StageContract(config=("batch_size", "dpo_beta"), reads=(PAIRS, REFERENCE_LOGPROBS)),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         size = int(ctx.config.batch_size)

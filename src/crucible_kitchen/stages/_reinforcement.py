@@ -29,15 +29,24 @@ from crucible_kitchen.ports import (
     Transition,
 )
 from crucible_kitchen.stages._common import (
+    DATASET,
+    LOADS_SPLIT,
+    SAMPLER,
+    SAMPLER_STEP,
+    STEP_METRICS,
+    SUBMITS_STEPS,
     AwaitTrainingSteps,
     BuiltinStage,
     InFlightStep,
+    load_split,
+    merge_contracts,
     rl_datums,
     sequence_logprobs,
     submit_training_step,
     training_logprobs,
     with_advantages,
 )
+from crucible_kitchen.stages._contract import StageContract, StateKey
 from crucible_kitchen.telemetry import (
     RlAdvantagesComputed,
     RlBatchAssembled,
@@ -236,6 +245,19 @@ async def adjust_against(
     return batch.with_advantages(adjusted.advantages), adjusted.metrics
 
 
+ADJUSTS_ADVANTAGES: Final = StageContract(config=("kl_discount_factor",))
+"""What :func:`adjust_against` reads of the config."""
+
+PROBLEMS: Final = StateKey("problems", tuple, rebuilt_on_resume=True)
+"""The problems, in run order."""
+ENV_GROUPS: Final = StateKey("env_groups", tuple)
+"""This batch's ``EnvGroupBuilder`` objects."""
+ROLLOUTS: Final = StateKey("rollouts", RolloutBatch)
+ADVANTAGES: Final = StateKey("advantages", tuple)
+"""Per group, each trajectory's advantage."""
+RL_BATCH: Final = StateKey("rl_batch", RlBatch)
+
+
 def _floats(datum: Datum, key: str) -> list[float]:
     return [float(v) for v in datum.loss_fn_inputs[key].data]
 
@@ -249,18 +271,21 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 class LoadProblems(BuiltinStage):
-    """Read the problems (``question``, integer ``answer``) and fix their order for the run."""
+    """Read the problems (``question``, integer ``answer``) of ``dataset``/``split`` and fix
+    their order for the run.
+
+    ``split`` may be a slice of a split (``"train[:-64]"``, see :func:`split_rows`).
+    """
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
+    contract = merge_contracts(LOADS_SPLIT, StageContract(writes=(PROBLEMS,)))
 
     async def execute(self, ctx: Context) -> Context:
-        config = ctx.config
-        rows = await ctx.port("dataset_store").read_rows(config.dataset, split=config.split)
+        rows = await load_split(ctx)
         problems = [_problem(row, index) for index, row in enumerate(rows)]
         if not problems:
-            raise DataError(f"dataset {config.dataset!r}/{config.split!r} has no problems")
+            raise DataError(f"dataset {ctx.config.dataset!r}/{ctx.config.split!r} has no problems")
         ctx.rng("problem_order").shuffle(problems)
-        ctx.state["dataset"] = config.dataset
         ctx.state["problems"] = tuple(problems)
         return ctx
 
@@ -283,6 +308,11 @@ class BuildEnvGroups(BuiltinStage):
     """Build this batch's env groups: ``groups_per_batch`` problems, ``group_size`` envs each."""
 
     requires: ClassVar[tuple[str, ...]] = ("renderer",)
+    contract = StageContract(
+        config=("groups_per_batch", "group_size", "format_coef"),
+        reads=(PROBLEMS, DATASET),
+        writes=(ENV_GROUPS,),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config
@@ -323,6 +353,12 @@ class DoRollouts(BuiltinStage):
     Seeds and request ids derive from (group, turn, request), so a re-executed stage draws
     the same samples.
     """
+
+    contract = StageContract(
+        config=("max_turns", "max_tokens", "temperature"),
+        reads=(ENV_GROUPS, SAMPLER, SAMPLER_STEP),
+        writes=(ROLLOUTS,),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         started = time.perf_counter()
@@ -448,6 +484,8 @@ def _rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
 class ReceiveRollouts(BuiltinStage):
     """Take the rollouts the producer of an async loop handed over (``ctx.item("batches")``)."""
 
+    contract = StageContract(writes=(ROLLOUTS,))
+
     async def execute(self, ctx: Context) -> Context:
         batch: RolloutBatch = ctx.item("batches")
         ctx.state["rollouts"] = batch
@@ -456,6 +494,12 @@ class ReceiveRollouts(BuiltinStage):
 
 class ComputeAdvantages(BuiltinStage):
     """Group-relative advantages of the rollouts; optionally drop constant-reward groups."""
+
+    contract = StageContract(
+        config=("remove_constant_reward_groups", "advantage_normalization"),
+        reads=(ROLLOUTS,),
+        writes=(ROLLOUTS, ADVANTAGES),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config
@@ -488,6 +532,8 @@ class ComputeAdvantages(BuiltinStage):
 class AssembleRlBatch(BuiltinStage):
     """Turn trajectories and advantages into ``importance_sampling``/``ppo`` datums."""
 
+    contract = StageContract(reads=(ROLLOUTS, ADVANTAGES), writes=(RL_BATCH, STEP_METRICS))
+
     async def execute(self, ctx: Context) -> Context:
         batch: RolloutBatch = ctx.state["rollouts"]
         advantages: tuple[tuple[float, ...], ...] = ctx.state["advantages"]
@@ -518,6 +564,15 @@ class ApplyKlPenalty(BuiltinStage):
     """Fold a KL penalty against the reference (port ``sampling_client``) into the advantages."""
 
     requires: ClassVar[tuple[str, ...]] = ("sampling_client",)
+    contract = merge_contracts(
+        ADJUSTS_ADVANTAGES,
+        StageContract(
+            config=("kl_penalty_coef",),
+            reads=(RL_BATCH,),
+            may_read=(STEP_METRICS,),
+            writes=(RL_BATCH, STEP_METRICS),
+        ),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         ctx.state["rl_batch"], metrics = await adjust_against(
@@ -539,6 +594,14 @@ class SubmitRlStep(BuiltinStage):
     """Submit the RL batch's policy-loss forward-backward and optimizer step."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = merge_contracts(
+        SUBMITS_STEPS,
+        StageContract(
+            config=("loss_fn", "clip_low_threshold", "clip_high_threshold", "num_batches"),
+            reads=(RL_BATCH,),
+            may_read=(STEP_METRICS,),
+        ),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from ._context import Context
+    from ._contract import StageContract
 
 __all__ = ("FunctionStage", "RetryPolicy", "Stage", "as_stage")
 
@@ -61,6 +62,9 @@ class Stage:
 
     Class attributes:
         requires: the port names it uses; checked before the run starts.
+        contract: the config fields and state keys it reads and writes
+            (:class:`StageContract`); checked when the workflow is defined and before the run
+            starts. None: undeclared, nothing is checked.
         timeout: seconds one execution may take (None: no limit).
         retry: its :class:`RetryPolicy`.
     """
@@ -68,6 +72,7 @@ class Stage:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    contract: StageContract | None = None
     timeout: ClassVar[float | None] = None
     retry: ClassVar[RetryPolicy] = RetryPolicy()
 
@@ -97,9 +102,11 @@ class FunctionStage(Stage):
         fn: Callable[[Context], Awaitable[Context | None]],
         *,
         requires: tuple[str, ...] = (),
+        contract: StageContract | None = None,
     ) -> None:
         self.fn = fn
         self.requires = requires  # type: ignore[misc]
+        self.contract = contract
         self.description = (inspect.getdoc(fn) or "").split("\n", 1)[0]  # type: ignore[misc]
 
     async def execute(self, ctx: Context) -> Context | None:

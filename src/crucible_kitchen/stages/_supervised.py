@@ -2,24 +2,33 @@
 
 State: ``"train_rows"`` (read, then replaced by) ``"train_data"`` (the datums), the step plan
 (``"num_batches"``, ``"total_steps"``, ``"num_epochs"``), ``"eval_data"``, plus the shared
-keys of ``_common``. Nothing here draws randomness outside ``ctx.rng``, so a resumed run that
-repeats these stages rebuilds the same data.
+keys of ``_common``; each stage's ``contract`` says which it reads and writes. Nothing here
+draws randomness outside ``ctx.rng``, so a resumed run that repeats these stages rebuilds the
+same data.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from crucible_kitchen.errors import DataError
 from crucible_kitchen.ports import SamplingParams
 from crucible_kitchen.stages._common import (
+    BATCHES_EPOCHS,
+    DATASET,
+    EVAL_ROWS,
+    LAST_EVAL_STEP,
+    STEP_PLAN,
+    SUBMITS_STEPS,
+    TRAIN_ROWS,
     AwaitTrainingSteps,
     BuiltinStage,
     InFlightStep,
     batch_of,
     datum_weights,
     last_batch_of_epoch,
+    merge_contracts,
     plan_steps,
     record_metrics,
     render_row,
@@ -28,6 +37,7 @@ from crucible_kitchen.stages._common import (
     submit_training_step,
     training_logprobs,
 )
+from crucible_kitchen.stages._contract import StageContract, StateKey
 from crucible_kitchen.telemetry import EvalComplete, EvalSample, TrainingStep
 from crucible_kitchen.training import weighted_mean_nll
 
@@ -45,6 +55,13 @@ __all__ = (
     "SampleReplies",
     "SubmitSupervisedStep",
 )
+
+TRAIN_DATA: Final = StateKey("train_data", tuple, rebuilt_on_resume=True)
+"""The rendered training datums."""
+EVAL_DATA: Final = StateKey("eval_data", tuple, rebuilt_on_resume=True)
+"""The rendered evaluation datums."""
+
+_RENDERS: Final = ("train_on_what", "max_length")
 
 
 def _render_rows(ctx: Context, rows: Sequence[DatasetRow]) -> tuple[list[Datum], int]:
@@ -69,6 +86,11 @@ class BuildSupervisedDataset(BuiltinStage):
     """Render the training rows into next-token datums and plan the steps."""
 
     requires: ClassVar[tuple[str, ...]] = ("renderer", "tokenizer")
+    contract = StageContract(
+        config=(*_RENDERS, "batch_size", "epochs", "max_steps"),
+        reads=(TRAIN_ROWS,),
+        writes=(TRAIN_ROWS, TRAIN_DATA, *STEP_PLAN),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         rows: tuple[DatasetRow, ...] = ctx.state.pop("train_rows")
@@ -85,6 +107,7 @@ class BuildEvalDataset(BuiltinStage):
     """Render the evaluation rows into datums for the held-out NLL."""
 
     requires: ClassVar[tuple[str, ...]] = ("renderer", "tokenizer")
+    contract = StageContract(config=_RENDERS, reads=(EVAL_ROWS,), writes=(EVAL_DATA,))
 
     async def execute(self, ctx: Context) -> Context:
         data, _ = _render_rows(ctx, ctx.state["eval_rows"])
@@ -98,6 +121,9 @@ class SubmitSupervisedStep(BuiltinStage):
     """Submit this batch's cross-entropy forward-backward and optimizer step, unawaited."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = merge_contracts(
+        SUBMITS_STEPS, BATCHES_EPOCHS, StageContract(config=("batch_size",), reads=(TRAIN_DATA,))
+    )
 
     async def execute(self, ctx: Context) -> Context:
         data = batch_of(ctx, "train_data", int(ctx.config.batch_size))
@@ -149,6 +175,11 @@ class EvaluateNll(BuiltinStage):
     """Held-out NLL of the current weights on the evaluation data (``forward``, no gradient)."""
 
     requires: ClassVar[tuple[str, ...]] = ("training_client", "metrics_store")
+    contract = StageContract(
+        config=("batch_size", "eval_split"),
+        reads=(EVAL_DATA, DATASET),
+        writes=(LAST_EVAL_STEP,),
+    )
 
     async def execute(self, ctx: Context) -> Context:
         data: tuple[Datum, ...] = ctx.state["eval_data"]
@@ -184,6 +215,9 @@ class SampleReplies(BuiltinStage):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("training_client", "renderer")
+    contract = StageContract(
+        config=("eval_generations", "generation_max_tokens"), reads=(EVAL_ROWS,)
+    )
 
     async def execute(self, ctx: Context) -> Context:
         rows: tuple[DatasetRow, ...] = ctx.state["eval_rows"]

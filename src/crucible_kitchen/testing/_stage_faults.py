@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import anyio.lowlevel
 
-from crucible_kitchen.stages._faults import current_stage_kill
+from crucible_kitchen.stages import current_stage_kill
 
 if TYPE_CHECKING:
     from crucible_kitchen.stages import Context

@@ -192,6 +192,56 @@ def _check_messages(messages: Sequence[Message]) -> None:
             )
 
 
+def _parse_train_on_what(value: TrainOnWhat | str) -> TrainOnWhat:
+    try:
+        return TrainOnWhat(value)
+    except ValueError:
+        raise RenderError(
+            f"unknown train_on_what {value!r}; expected one of "
+            f"{', '.join(m.value for m in TrainOnWhat)}"
+        ) from None
+
+
+def _check_trainable(messages: Sequence[Message], train_on_what: TrainOnWhat) -> None:
+    """``trainable`` is set on every message with ``customized``, and on none without."""
+    customized = train_on_what is TrainOnWhat.CUSTOMIZED
+    for index, message in enumerate(messages):
+        if customized and message.trainable is None:
+            raise RenderError(
+                f"message {index}: train_on_what=customized needs 'trainable' on every message"
+            )
+        if not customized and message.trainable is not None:
+            raise RenderError(
+                f"message {index}: 'trainable' is set but train_on_what={train_on_what.value}"
+                "; use train_on_what=customized"
+            )
+
+
+def _select_trained(
+    messages: Sequence[Message], train_on_what: TrainOnWhat
+) -> tuple[Sequence[Message], list[bool]]:
+    """The messages to render (the conversation, cut after its last assistant message for
+    ``last_assistant_message``) and whether each is trained on."""
+    roles = [m.role for m in messages]
+    if train_on_what is TrainOnWhat.LAST_ASSISTANT_MESSAGE:
+        if "assistant" not in roles:
+            raise RenderError("train_on_what=last_assistant_message: no assistant message")
+        last_assistant = len(roles) - 1 - roles[::-1].index("assistant")
+        return messages[: last_assistant + 1], [
+            i == last_assistant for i in range(last_assistant + 1)
+        ]
+    if train_on_what is TrainOnWhat.LAST_ASSISTANT_TURN:
+        last_user = max((i for i, r in enumerate(roles) if r == "user"), default=-1)
+        return messages, [r == "assistant" and i > last_user for i, r in enumerate(roles)]
+    if train_on_what is TrainOnWhat.ALL_ASSISTANT_MESSAGES:
+        return messages, [r == "assistant" for r in roles]
+    if train_on_what in (TrainOnWhat.ALL_MESSAGES, TrainOnWhat.ALL_TOKENS):
+        return messages, [True] * len(roles)
+    if train_on_what is TrainOnWhat.ALL_USER_AND_SYSTEM_MESSAGES:
+        return messages, [r in ("user", "system") for r in roles]
+    return messages, [bool(m.trainable) for m in messages]
+
+
 class Renderer(ABC):
     """Renders conversations for training and sampling, and parses sampled completions.
 
@@ -291,45 +341,12 @@ class Renderer(ABC):
                 ``trainable`` is set (or missing) against ``train_on_what``, or no token would
                 be trained.
         """
-        try:
-            train_on_what = TrainOnWhat(train_on_what)
-        except ValueError:
-            raise RenderError(
-                f"unknown train_on_what {train_on_what!r}; expected one of "
-                f"{', '.join(m.value for m in TrainOnWhat)}"
-            ) from None
+        train_on_what = _parse_train_on_what(train_on_what)
         _check_messages(messages)
         if not messages:
             raise RenderError("cannot build a supervised example from an empty conversation")
-        customized = train_on_what is TrainOnWhat.CUSTOMIZED
-        for index, message in enumerate(messages):
-            if customized and message.trainable is None:
-                raise RenderError(
-                    f"message {index}: train_on_what=customized needs 'trainable' on every message"
-                )
-            if not customized and message.trainable is not None:
-                raise RenderError(
-                    f"message {index}: 'trainable' is set but train_on_what={train_on_what.value}"
-                    "; use train_on_what=customized"
-                )
-        roles = [m.role for m in messages]
-        last_user = max((i for i, r in enumerate(roles) if r == "user"), default=-1)
-        if train_on_what is TrainOnWhat.LAST_ASSISTANT_MESSAGE:
-            if "assistant" not in roles:
-                raise RenderError("train_on_what=last_assistant_message: no assistant message")
-            last_assistant = len(roles) - 1 - roles[::-1].index("assistant")
-            messages = messages[: last_assistant + 1]
-            trained = [i == last_assistant for i in range(len(messages))]
-        elif train_on_what is TrainOnWhat.LAST_ASSISTANT_TURN:
-            trained = [r == "assistant" and i > last_user for i, r in enumerate(roles)]
-        elif train_on_what is TrainOnWhat.ALL_ASSISTANT_MESSAGES:
-            trained = [r == "assistant" for r in roles]
-        elif train_on_what in (TrainOnWhat.ALL_MESSAGES, TrainOnWhat.ALL_TOKENS):
-            trained = [True] * len(roles)
-        elif train_on_what is TrainOnWhat.ALL_USER_AND_SYSTEM_MESSAGES:
-            trained = [r in ("user", "system") for r in roles]
-        else:
-            trained = [bool(m.trainable) for m in messages]
+        _check_trainable(messages, train_on_what)
+        messages, trained = _select_trained(messages, train_on_what)
         return self._build_example(
             messages,
             trained,

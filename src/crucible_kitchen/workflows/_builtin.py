@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from crucible_kitchen.stages import (
+    PAIRS,
+    TRAIN_DATA,
     ApplyKlPenalty,
     AssembleRlBatch,
     AwaitDistillationSteps,
@@ -55,11 +57,14 @@ from crucible_kitchen.stages import (
     UpdateBaseline,
     batches_this_epoch,
     checkpoint_due,
+    configured_batches,
     enough_feedback,
     eval_due,
     final_eval_due,
+    planned_epochs,
     resuming,
     sampler_is_stale,
+    triggers_fired,
 )
 
 from ._dsl import Node, Workflow, async_loop, conditional, loop, stage
@@ -143,8 +148,8 @@ def _supervised_training(config: Any) -> list[Node]:
         *_setup_eval(config, nll=True),
         loop(
             "epochs",
-            lambda ctx: range(ctx.state["num_epochs"]),
-            stage("shuffle", ShuffleEpoch("train_data")),
+            planned_epochs,
+            stage("shuffle", ShuffleEpoch(TRAIN_DATA)),
             loop(
                 "batches",
                 batches_this_epoch,
@@ -217,7 +222,7 @@ def reinforcement_workflow(config: Any) -> Workflow:
     if config.mode == "async":
         body = async_loop(
             "batches",
-            lambda ctx: range(ctx.config.num_batches),
+            configured_batches,
             produce=[stage("refresh_sampler", RefreshSampler), *produce],
             consume=[stage("receive_rollouts", ReceiveRollouts), *train],
             buffer=config.max_steps_off_policy,
@@ -227,7 +232,7 @@ def reinforcement_workflow(config: Any) -> Workflow:
         refresh = conditional(
             "sampler_stale", sampler_is_stale, then=[stage("refresh_sampler", RefreshSampler)]
         )
-        body = loop("batches", lambda ctx: range(ctx.config.num_batches), refresh, *produce, *train)
+        body = loop("batches", configured_batches, refresh, *produce, *train)
     return Workflow(
         "reinforcement",
         *(_restore() if resumable else ()),
@@ -260,8 +265,8 @@ def preference_workflow(config: Any) -> Workflow:
         *_setup_eval(config, nll=False),
         loop(
             "epochs",
-            lambda ctx: range(ctx.state["num_epochs"]),
-            stage("shuffle", ShuffleEpoch("pairs")),
+            planned_epochs,
+            stage("shuffle", ShuffleEpoch(PAIRS)),
             loop(
                 "batches",
                 batches_this_epoch,
@@ -297,7 +302,7 @@ def distillation_workflow(config: Any) -> Workflow:
         *_setup_eval(config, nll=False),
         loop(
             "batches",
-            lambda ctx: range(ctx.config.num_batches),
+            configured_batches,
             refresh,
             stage("sample_student", SampleStudent),
             stage("score_teacher", ScoreWithTeacher),
@@ -330,7 +335,7 @@ def feedback_loop_workflow(config: Any) -> Workflow:
         stage("check_triggers", CheckTriggers),
         conditional(
             "should_retrain",
-            lambda ctx: bool(ctx.state["should_retrain"]),
+            triggers_fired,
             then=[
                 stage("curate", CurateFeedback),
                 conditional("enough_feedback", enough_feedback, then=retrain),

@@ -15,7 +15,10 @@ with plain Python callables wherever a decision is made from the context::
     )
 
 Everything is checked when the workflow is defined: unknown nodes, duplicate names, missing
-callables and bad limits raise :class:`WorkflowDefinitionError` listing every problem.
+callables, bad limits and stage contracts that disagree (a state key declared with two types,
+or one that a stage reads and no stage writes) raise :class:`WorkflowDefinitionError` listing
+every problem. Before a run starts, :meth:`Workflow.check_config` checks that the run's config
+has every field the stages declare they read.
 """
 
 from __future__ import annotations
@@ -23,8 +26,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from crucible_kitchen.errors import WorkflowDefinitionError
-from crucible_kitchen.stages import RetryPolicy, Stage, as_stage
+from crucible_kitchen.errors import ConfigError, WorkflowDefinitionError
+from crucible_kitchen.stages import (
+    RetryPolicy,
+    Stage,
+    StageContract,
+    as_stage,
+    config_problems,
+    contract_of,
+    state_problems,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
@@ -284,6 +295,38 @@ class Workflow:
             if isinstance(n, StageNode) and path.startswith("cleanup/")
         }
 
+    def contracts(self) -> list[tuple[str, StageContract]]:
+        """Each node's name and the contracts its stage or its functions of the context
+        (``over``, ``when``, ``source``, ``merge``) declare, in definition order."""
+        found = []
+        for _, node in self.walk():
+            match node:
+                case StageNode(stage=unit):
+                    parts: tuple[object, ...] = (unit,)
+                case LoopNode(over=over) | AsyncLoopNode(over=over):
+                    parts = (over,)
+                case ConditionalNode(when=when):
+                    parts = (when,)
+                case StreamLoopNode(source=source):
+                    parts = (source,)
+                case ParallelNode(merge=merge):
+                    parts = (merge,)
+            for part in parts:
+                contract = contract_of(part)
+                if contract is not None:
+                    found.append((node.name, contract))
+        return found
+
+    def check_config(self, config: object) -> None:
+        """Check that ``config`` has every field the stages' contracts read.
+
+        Raises:
+            ConfigError: every missing field, each with the stage that reads it.
+        """
+        problems = config_problems(self.contracts(), config)
+        if problems:
+            raise ConfigError(problems, source=f"config for workflow {self.name!r}")
+
     def required_ports(self) -> set[str]:
         """The ports any of its stages requires."""
         return {port for node in self.stages() for port in node.stage.requires}
@@ -350,6 +393,9 @@ class Workflow:
         check(self.cleanup, "cleanup")
         if not self.nodes:
             problems.append("the workflow has no nodes")
+        if not problems:
+            complete = all(node.stage.contract is not None for node in self.stages())
+            problems.extend(state_problems(self.contracts(), complete=complete))
         return problems
 
     @staticmethod

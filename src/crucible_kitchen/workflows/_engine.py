@@ -32,7 +32,7 @@ from crucible_kitchen.errors import (
     StageFailed,
     WorkflowError,
 )
-from crucible_kitchen.stages._faults import current_stage_context, current_stage_kill
+from crucible_kitchen.stages import current_stage_context, current_stage_kill
 from crucible_kitchen.supervisors import (
     Actor,
     ActorRef,

@@ -42,6 +42,7 @@ def noop_adapters(
         "model_registry": NoopModelRegistry(seed=seed, faults=faults),
         "renderer": NoopRenderer(tokenizer),
         "sampling_client": NoopSamplingClient(seed=seed, faults=faults),
+        "teacher_sampling_client": NoopSamplingClient(seed=seed + 1),  # another model
         "tokenizer": tokenizer,
         "training_client": NoopTrainingClient(seed=seed, faults=faults),
     }
