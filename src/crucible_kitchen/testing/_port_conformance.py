@@ -358,7 +358,19 @@ async def check_dataset_store(make_adapter: Callable[[], DatasetStore], *, datas
     )
 
 
-_BAD_BLOB_KEYS = ("", "/abs", "../up", "a/../b", "a//b", "./a", "a/.", "a\\b", "a\x00b")
+_BAD_BLOB_KEYS = (
+    "",
+    "/abs",
+    "../up",
+    "a/../b",
+    "a//b",
+    "./a",
+    "a/.",
+    "a\\b",
+    "a\x00b",
+    "a/.ck-tmp-b",
+    ".ck-tmp-c",
+)
 
 
 async def check_blob_store(make_adapter: Callable[[], BlobStore]) -> None:
