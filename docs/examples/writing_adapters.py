@@ -25,12 +25,15 @@ from crucible_kitchen.errors import (
     TransientBackendError,
 )
 from crucible_kitchen.ports import (
+    FUTURE_DONE,
     BlobInfo,
     ModelInput,
     SampledSequence,
     SampleResponse,
     SamplingParams,
+    capability,
     check_adapter,
+    check_blob_key,
 )
 from crucible_kitchen.testing import (
     KillPoint,
@@ -42,7 +45,7 @@ from crucible_kitchen.testing import (
 from crucible_kitchen.workflows import stage
 
 if TYPE_CHECKING:
-    from crucible_kitchen.ports import BlobStore, SamplingClient
+    from crucible_kitchen.ports import BlobStore, Capabilities, SamplingClient
 
 T = TypeVar("T")
 
@@ -100,20 +103,6 @@ class VendorStoreClient:
 PORT = "blob_store"
 
 
-def check_key(operation: str, key: str) -> None:
-    """Refuse keys that could escape the store (the port's rule)."""
-    segments = key.split("/") if isinstance(key, str) else []
-    if (
-        not isinstance(key, str)
-        or not key
-        or key.startswith("/")
-        or "\\" in key
-        or "\x00" in key
-        or any(segment in ("", ".", "..") for segment in segments)
-    ):
-        raise InvalidRequest(f"{operation}: bad blob key {key!r}", port=PORT, operation=operation)
-
-
 def translated(operation: str, exc: StoreError, key: str) -> Exception:
     """The port's error for a vendor exception; the caller raises it ``from exc``."""
     if isinstance(exc, Throttled):
@@ -152,7 +141,7 @@ class VendorBlobStore:
 
     async def write(self, key: str, data: bytes, *, request_id: str) -> BlobInfo:
         await anyio.lowlevel.checkpoint()
-        check_key("write", key)
+        check_blob_key(key, operation="write")
         body = bytes(data)
         digest = hashlib.sha256(body).hexdigest()
         request = ("write", key, digest)
@@ -170,7 +159,7 @@ class VendorBlobStore:
 
     async def delete(self, key: str, *, request_id: str) -> bool:
         await anyio.lowlevel.checkpoint()
-        check_key("delete", key)
+        check_blob_key(key, operation="delete")
         request = ("delete", key, "")
         answer = self._replay(request_id, request)
         if isinstance(answer, bool):
@@ -184,7 +173,7 @@ class VendorBlobStore:
 
     async def read(self, key: str) -> bytes:
         await anyio.lowlevel.checkpoint()
-        check_key("read", key)
+        check_blob_key(key, operation="read")
         try:
             return self._client.get_object(key)
         except StoreError as exc:
@@ -192,7 +181,7 @@ class VendorBlobStore:
 
     async def exists(self, key: str) -> bool:
         await anyio.lowlevel.checkpoint()
-        check_key("exists", key)
+        check_blob_key(key, operation="exists")
         try:
             self._client.get_object(key)
         except NoSuchKey:
@@ -224,6 +213,11 @@ class ReadyFuture(Generic[T]):
 
     def __init__(self, value: T) -> None:
         self._value = value
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # In-process: whether it is done is known without a round trip (always, here).
+        return {FUTURE_DONE: lambda: lambda: True}
 
     async def result(self) -> T:
         await anyio.lowlevel.checkpoint()
@@ -374,6 +368,10 @@ async def main() -> None:
     assert await sampler.sample(prompt, 2, params, request_id="s-0") is futures[0]
     responses = [await future.result() for future in futures]  # all four were in flight
     assert all(len(response.sequences) == 2 for response in responses)
+    done = capability(futures[0], FUTURE_DONE)  # declared, so callers need not guess
+    assert done is not None
+    assert done()
+    assert capability(sampler, FUTURE_DONE) is None  # the sampler itself declares nothing
 
     # 5. Binding adapters to ports, and the port check before a run starts.
     client = VendorStoreClient()

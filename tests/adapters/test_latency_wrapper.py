@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import anyio
 import pytest
 
-from crucible_kitchen.adapters.noop import NoopBlobStore, NoopTrainingClient
-from crucible_kitchen.ports import AdamParams, ModelInput, SamplingParams, check_adapter
+from crucible_kitchen.adapters.noop import NoopBlobStore, NoopFuture, NoopTrainingClient
+from crucible_kitchen.ports import (
+    CHECKPOINT_DIR,
+    FUTURE_DONE,
+    SAVE_STATE_WITH_PAYLOAD,
+    AdamParams,
+    ModelInput,
+    SamplingParams,
+    capability,
+    check_adapter,
+)
 from crucible_kitchen.testing import check_training_client, with_latency
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from crucible_kitchen.ports import Capabilities, SaveStateResponse
 
 pytestmark = pytest.mark.anyio
 
@@ -68,3 +85,50 @@ async def test_requests_in_flight_together_overlap_their_round_trips() -> None:
 def test_a_negative_latency_is_refused() -> None:
     with pytest.raises(ValueError, match="seconds must be >= 0"):
         with_latency(NoopBlobStore(), -0.1)
+
+
+class KnownDone:
+    """An in-process future: it declares ``FUTURE_DONE``."""
+
+    def __init__(self, future: NoopFuture[Any]) -> None:
+        self._future = future
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return {FUTURE_DONE: lambda: lambda: True}
+
+    async def result(self) -> Any:
+        return await self._future.result()
+
+
+class DeclaresCheckpointing(NoopTrainingClient):
+    @property
+    def capabilities(self) -> Capabilities:
+        return {
+            CHECKPOINT_DIR: lambda: Path("/checkpoints"),
+            SAVE_STATE_WITH_PAYLOAD: lambda: self.save_with_payload,
+        }
+
+    async def save_with_payload(
+        self, name: str, *, request_id: str, user_payload: Mapping[str, Any]
+    ) -> KnownDone:
+        return KnownDone(await self.save_state(name, request_id=request_id))
+
+
+async def test_declared_capabilities_pass_through_and_their_calls_are_delayed() -> None:
+    inner = DeclaresCheckpointing()
+    client = with_latency(inner, ONE_WAY)
+    assert capability(client, CHECKPOINT_DIR) == Path("/checkpoints")
+    assert capability(inner, FUTURE_DONE) is None
+    save = capability(client, SAVE_STATE_WITH_PAYLOAD)
+    assert save is not None
+    started = anyio.current_time()
+    future = await save("c", request_id="s", user_payload={"context": {}})
+    submitted = anyio.current_time()
+    assert submitted - started >= 2 * ONE_WAY
+    assert inner.counters.applied["save_state"] == 1
+    # Behind a network, knowing whether a request is done takes a poll: not declared.
+    assert capability(future, FUTURE_DONE) is None
+    response: SaveStateResponse = await future.result()
+    assert anyio.current_time() - submitted >= 2 * ONE_WAY
+    assert response.path.endswith("/weights/c")

@@ -15,9 +15,16 @@ from typing import Any
 import pytest
 
 from crucible_kitchen.errors import StageFailed
-from crucible_kitchen.kitchen import Adapters, Kitchen, RunResult
 from crucible_kitchen.telemetry import StageStart, TelemetryEvent
-from crucible_kitchen.testing import ChaosMonkey, FaultTrace, KillPoint, StageKiller
+from crucible_kitchen.testing import (
+    ChaosMonkey,
+    FaultTrace,
+    KillPoint,
+    NoopKitchen,
+    RunOutcome,
+    StageKiller,
+    assert_same_outcome,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -30,34 +37,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-async def _run(workflow: str, hook: Any, *, max_restarts: int = 5) -> tuple[RunResult, Adapters]:
-    adapters = Adapters.noop(seed=11)
-    async with Kitchen.open() as kitchen:
-        run = await kitchen.start(
-            workflow,
-            CONFIGS[workflow],
-            adapters=adapters,
-            seed=11,
-            run_id=f"{workflow}-matrix",
-            fault_hook=hook,
-            max_restarts=max_restarts,
-        )
-        return await run.wait(), adapters
-
-
-def _effects(adapters: Adapters) -> dict[str, Any]:
-    """What the backends did: each adapter's applied mutating requests (those with a request
-    id; calls without one, such as ``create_sampling_client``, change nothing and may be
-    repeated), and the model's state."""
-    effects: dict[str, Any] = {}
-    for port, adapter in adapters.items():
-        counters = getattr(adapter, "counters", None)
-        if counters is not None:
-            applied = [entry for entry in counters.log if entry[1] is not None]
-            assert len(applied) == len(set(applied)), f"{port} applied a request twice"
-            effects[port] = sorted(applied)
-    effects["model"] = adapters["training_client"].state
-    return effects
+async def _run(workflow: str, hook: Any, **options: Any) -> RunOutcome:
+    kitchen = NoopKitchen(seed=11, run_id=f"{workflow}-matrix")
+    options.setdefault("max_restarts", 5)
+    return await kitchen.run(workflow, CONFIGS[workflow], fault_hook=hook, **options)
 
 
 async def _points(workflow: str) -> list[tuple[str, str, str]]:
@@ -68,28 +51,24 @@ async def _points(workflow: str) -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize("workflow", sorted(CONFIGS))
 async def test_killing_any_stage_at_any_point_changes_nothing(workflow: str) -> None:
-    clean, clean_adapters = await _run(workflow, None)
-    expected = _effects(clean_adapters)
+    clean = await _run(workflow, None)
     points = await _points(workflow)
     assert {point for _, point, _ in points} >= {"execute", "before_call", "after_submit"}
     for stage, point, operation in points:
         killer = StageKiller(KillPoint(stage, point, operation=operation))  # type: ignore[arg-type]
-        result, adapters = await _run(workflow, killer)
         where = f"{workflow}: kill {stage} at {point} ({operation})"
+        killed = await _run(workflow, killer)
         assert len(killer.kills) == 1, where
-        assert result.metrics == clean.metrics, where
-        assert result.steps == clean.steps, where
-        assert _effects(adapters) == expected, where
+        assert_same_outcome(clean, killed, where=where)
 
 
 @pytest.mark.parametrize("workflow", sorted(CONFIGS))
 async def test_seeded_chaos_changes_nothing(workflow: str) -> None:
-    clean, clean_adapters = await _run(workflow, None)
+    clean = await _run(workflow, None)
     chaos = ChaosMonkey(seed=5, rate=0.1, max_kills=8)
-    result, adapters = await _run(workflow, chaos, max_restarts=20)
+    chaotic = await _run(workflow, chaos, max_restarts=20)
     assert chaos.kills
-    assert (result.metrics, result.steps) == (clean.metrics, clean.steps)
-    assert _effects(adapters) == _effects(clean_adapters)
+    assert_same_outcome(clean, chaotic)
 
 
 @pytest.mark.parametrize("workflow", sorted(CONFIGS))
@@ -100,19 +79,8 @@ async def test_a_stage_killed_past_intensity_fails_the_run_and_cleanup_runs(
     stage = next(s for s, p, _ in points if p == "execute")
     killer = StageKiller(*(KillPoint(stage, "execute", execution=n) for n in range(1, 10)))
     events: list[TelemetryEvent] = []
-    adapters = Adapters.noop(seed=11)
-    async with Kitchen.open() as kitchen:
-        run = await kitchen.start(
-            workflow,
-            CONFIGS[workflow],
-            adapters=adapters,
-            seed=11,
-            fault_hook=killer,
-            telemetry=[events.append],
-            max_restarts=1,
-        )
-        with pytest.raises(StageFailed, match="supervisor gave up") as caught:
-            await run.wait()
+    with pytest.raises(StageFailed, match="supervisor gave up") as caught:
+        await _run(workflow, killer, telemetry=[events.append], max_restarts=1)
     assert caught.value.stage == stage
     started = [e.stage for e in events if isinstance(e, StageStart)]
     assert started[-1] == "flush_metrics"  # the cleanup stage ran after the failure

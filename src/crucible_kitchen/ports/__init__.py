@@ -15,7 +15,14 @@ Conventions every port follows:
 
 from __future__ import annotations
 
+from crucible_kitchen.ports._blob_store import RESERVED_KEY_PREFIX as RESERVED_KEY_PREFIX
 from crucible_kitchen.ports._blob_store import BlobStore as BlobStore
+from crucible_kitchen.ports._blob_store import check_blob_key as check_blob_key
+from crucible_kitchen.ports._capabilities import Capabilities as Capabilities
+from crucible_kitchen.ports._capabilities import Capability as Capability
+from crucible_kitchen.ports._capabilities import CapabilityProvider as CapabilityProvider
+from crucible_kitchen.ports._capabilities import capability as capability
+from crucible_kitchen.ports._capabilities import declared_capabilities as declared_capabilities
 from crucible_kitchen.ports._catalog import PORT_PROTOCOLS as PORT_PROTOCOLS
 from crucible_kitchen.ports._catalog import PortName as PortName
 from crucible_kitchen.ports._catalog import check_adapter as check_adapter
@@ -29,12 +36,24 @@ from crucible_kitchen.ports._feedback_client import ExportFormat as ExportFormat
 from crucible_kitchen.ports._feedback_client import FeedbackClient as FeedbackClient
 from crucible_kitchen.ports._feedback_client import FeedbackExport as FeedbackExport
 from crucible_kitchen.ports._feedback_client import FeedbackTrigger as FeedbackTrigger
+from crucible_kitchen.ports._future import FUTURE_DONE as FUTURE_DONE
 from crucible_kitchen.ports._future import BackendFuture as BackendFuture
 from crucible_kitchen.ports._metrics_store import MetricsStore as MetricsStore
 from crucible_kitchen.ports._model_registry import ModelRegistry as ModelRegistry
 from crucible_kitchen.ports._renderer import Renderer as Renderer
 from crucible_kitchen.ports._sampling_client import SamplingClient as SamplingClient
 from crucible_kitchen.ports._tokenizer import Tokenizer as Tokenizer
+from crucible_kitchen.ports._training_client import CHECKPOINT_DIR as CHECKPOINT_DIR
+from crucible_kitchen.ports._training_client import CHECKPOINT_PAYLOAD as CHECKPOINT_PAYLOAD
+from crucible_kitchen.ports._training_client import (
+    SAVE_STATE_WITH_PAYLOAD as SAVE_STATE_WITH_PAYLOAD,
+)
+from crucible_kitchen.ports._training_client import (
+    ReadCheckpointPayload as ReadCheckpointPayload,
+)
+from crucible_kitchen.ports._training_client import (
+    SaveStateWithPayload as SaveStateWithPayload,
+)
 from crucible_kitchen.ports._training_client import TrainingClient as TrainingClient
 from crucible_kitchen.ports._types import LOSS_FN_INPUTS as LOSS_FN_INPUTS
 from crucible_kitchen.ports._types import AdamParams as AdamParams
@@ -76,12 +95,20 @@ from crucible_kitchen.ports._types import Trajectory as Trajectory
 from crucible_kitchen.ports._types import Transition as Transition
 
 __all__ = (
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_PAYLOAD",
+    "FUTURE_DONE",
     "LOSS_FN_INPUTS",
     "PORT_PROTOCOLS",
+    "RESERVED_KEY_PREFIX",
+    "SAVE_STATE_WITH_PAYLOAD",
     "AdamParams",
     "BackendFuture",
     "BlobInfo",
     "BlobStore",
+    "Capabilities",
+    "Capability",
+    "CapabilityProvider",
     "CuratedExample",
     "CustomLossFn",
     "CustomLossOutput",
@@ -112,6 +139,7 @@ __all__ = (
     "ModelRegistry",
     "OptimStepResponse",
     "PortName",
+    "ReadCheckpointPayload",
     "RegisteredModel",
     "Renderer",
     "SampleResponse",
@@ -119,6 +147,7 @@ __all__ = (
     "SamplingClient",
     "SamplingParams",
     "SaveStateResponse",
+    "SaveStateWithPayload",
     "SaveWeightsForSamplerResponse",
     "StepResult",
     "StopCondition",
@@ -131,6 +160,9 @@ __all__ = (
     "TrainingClient",
     "Trajectory",
     "Transition",
+    "capability",
     "check_adapter",
+    "check_blob_key",
+    "declared_capabilities",
     "protocol_problems",
 )

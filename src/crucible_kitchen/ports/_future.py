@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-__all__ = ("BackendFuture",)
+from crucible_kitchen.ports._capabilities import Capability
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ("FUTURE_DONE", "BackendFuture")
 
 ResultT_co = TypeVar("ResultT_co", covariant=True)
 
@@ -28,3 +33,12 @@ class BackendFuture(Protocol[ResultT_co]):
             PermanentBackendError: the request failed; re-sending cannot help.
         """
         ...
+
+
+FUTURE_DONE: Final[Capability[Callable[[], bool]]] = Capability(
+    "done",
+    """A function telling whether the request has finished, known without a round trip to
+    the backend: once it returns ``True``, :meth:`BackendFuture.result` returns at once.
+    Declared by futures of in-process backends; callers then await such futures in turn
+    instead of concurrently (no task per future).""",
+)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from crucible_kitchen.ports._capabilities import Capability
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
     from crucible_kitchen.ports._future import BackendFuture
     from crucible_kitchen.ports._sampling_client import SamplingClient
@@ -23,7 +26,14 @@ if TYPE_CHECKING:
         SaveWeightsForSamplerResponse,
     )
 
-__all__ = ("TrainingClient",)
+__all__ = (
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_PAYLOAD",
+    "SAVE_STATE_WITH_PAYLOAD",
+    "ReadCheckpointPayload",
+    "SaveStateWithPayload",
+    "TrainingClient",
+)
 
 
 class TrainingClient(Protocol):
@@ -126,3 +136,47 @@ class TrainingClient(Protocol):
     def get_tokenizer(self) -> Tokenizer:
         """The tokenizer of the model being trained. Needs no request."""
         ...
+
+
+# ------------------------------------------------------------------------------------------
+# Optional capabilities (see ``crucible_kitchen.ports.capability``)
+
+
+class SaveStateWithPayload(Protocol):
+    """:meth:`TrainingClient.save_state` that also stores a JSON object with the checkpoint."""
+
+    async def __call__(
+        self, name: str, *, request_id: str, user_payload: Mapping[str, Any]
+    ) -> BackendFuture[SaveStateResponse]: ...
+
+
+class ReadCheckpointPayload(Protocol):
+    """Reads back the payload stored with a checkpoint (``None`` if it was saved without)."""
+
+    async def __call__(self, path: str) -> dict[str, Any] | None: ...
+
+
+SAVE_STATE_WITH_PAYLOAD: Final[Capability[SaveStateWithPayload]] = Capability(
+    "save_state_with_payload",
+    """Save a state like ``save_state`` and store ``user_payload`` (a JSON object) in the
+    same checkpoint, committed together with the weights; the workflows put the context
+    snapshot there, so a new process can resume from the checkpoint alone. A re-sent
+    request (same ``request_id``, same payload) returns the first answer; another payload
+    under the same id raises ``RequestIdConflict``.""",
+)
+
+CHECKPOINT_PAYLOAD: Final[Capability[ReadCheckpointPayload]] = Capability(
+    "checkpoint_payload",
+    """Read the ``user_payload`` stored by ``SAVE_STATE_WITH_PAYLOAD`` in the checkpoint at
+    ``path`` (a ``SaveStateResponse.path``); ``None`` for a checkpoint saved without one.
+    Works in a new process on a new client. Raises ``ResourceNotFound`` for an unknown
+    path and ``CheckpointError`` for an unreadable checkpoint.""",
+)
+
+CHECKPOINT_DIR: Final[Capability[Path]] = Capability(
+    "checkpoint_dir",
+    """The local directory the client's checkpoints are written to: every path that
+    ``save_state`` returns is a directory ``<checkpoint_dir>/<kind>/<name>/`` holding a
+    ``manifest.json``, written when the checkpoint is complete. Resume lists it to find a
+    run's checkpoints.""",
+)

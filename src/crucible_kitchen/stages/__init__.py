@@ -38,7 +38,6 @@ from crucible_kitchen.stages._common import split_rows as split_rows
 from crucible_kitchen.stages._context import Context as Context
 from crucible_kitchen.stages._context import ContextSnapshot as ContextSnapshot
 from crucible_kitchen.stages._context import RunInfo as RunInfo
-from crucible_kitchen.stages._context import derive_seed as derive_seed
 from crucible_kitchen.stages._contract import StageContract as StageContract
 from crucible_kitchen.stages._contract import StateKey as StateKey
 from crucible_kitchen.stages._contract import config_problems as config_problems
@@ -91,6 +90,7 @@ from crucible_kitchen.stages._supervised import BuildSupervisedDataset as BuildS
 from crucible_kitchen.stages._supervised import EvaluateNll as EvaluateNll
 from crucible_kitchen.stages._supervised import SampleReplies as SampleReplies
 from crucible_kitchen.stages._supervised import SubmitSupervisedStep as SubmitSupervisedStep
+from crucible_kitchen.training import derive_seed as derive_seed
 
 __all__ = (
     "PAIRS",

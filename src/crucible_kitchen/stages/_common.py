@@ -8,7 +8,6 @@ and the ``ctx.config`` fields (of one of the recipes' config models) it reads an
 from __future__ import annotations
 
 import abc
-import inspect
 import json
 import math
 import re
@@ -30,6 +29,8 @@ from crucible_kitchen.errors import (
     TrainingInputError,
 )
 from crucible_kitchen.ports import (
+    FUTURE_DONE,
+    SAVE_STATE_WITH_PAYLOAD,
     AdamParams,
     Datum,
     Message,
@@ -38,6 +39,7 @@ from crucible_kitchen.ports import (
     ModelInput,
     TensorData,
     Trajectory,
+    capability,
 )
 from crucible_kitchen.stages._context import ContextSnapshot
 from crucible_kitchen.stages._contract import (
@@ -476,13 +478,14 @@ async def gather_results(*futures: BackendFuture[Any]) -> list[Any]:
     """The results of ``futures``, awaited concurrently: behind a network, one poll round
     trip for all of them instead of one each.
 
-    Futures that know their state without a round trip (they have a ``done()`` method, as
-    the local backend's do) are awaited in turn, which costs no extra time and no tasks.
+    Futures that know their state without a round trip (they declare
+    :data:`~crucible_kitchen.ports.FUTURE_DONE`, as the local backend's do) are awaited in
+    turn, which costs no extra time and no tasks.
 
     Raises:
         Exception: the error of the first future (in argument order) that failed, as is.
     """
-    if all(callable(getattr(future, "done", None)) for future in futures):
+    if all(capability(future, FUTURE_DONE) is not None for future in futures):
         return [await future.result() for future in futures]
     outcomes: list[tuple[bool, Any]] = [(False, None)] * len(futures)
 
@@ -787,25 +790,14 @@ def snapshot_from_checkpoint(context: Mapping[str, Any]) -> ContextSnapshot:
     return msgspec.convert({**context, "loops": dict(loops)}, ContextSnapshot)
 
 
-def _takes_keyword(method: Any, name: str) -> bool:
-    try:
-        parameters = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        (p.name == name and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
-        or p.kind is inspect.Parameter.VAR_KEYWORD
-        for p in parameters
-    )
-
-
 class SaveCheckpoint(BuiltinStage):
     """Save weights, optimizer state and the context as ``<checkpoint_prefix>_<step>``.
 
     The context snapshot (:func:`checkpoint_snapshot`) goes into the checkpoint as
-    ``user_payload={"context": ...}`` when the training client's ``save_state`` takes a
-    payload (local torch does), so weights and position are committed together; otherwise
-    (noop) it is kept in ``ctx.state["checkpoint_context"]``. Workflows drain the steps in
+    ``user_payload={"context": ...}`` when the training client declares
+    :data:`~crucible_kitchen.ports.SAVE_STATE_WITH_PAYLOAD` (local torch does), so weights
+    and position are committed together; otherwise (noop) it is kept in
+    ``ctx.state["checkpoint_context"]``. Workflows drain the steps in
     flight first, so the snapshot's position and the saved weights agree.
     """
 
@@ -821,8 +813,9 @@ class SaveCheckpoint(BuiltinStage):
         snapshot = checkpoint_snapshot(ctx)
         client = ctx.port("training_client")
         request_id = ctx.request_id("save_state")
-        if _takes_keyword(ctx.run.ports["training_client"].save_state, "user_payload"):
-            future = await client.save_state(  # type: ignore[call-arg]  # checked above
+        save_with_payload = capability(client, SAVE_STATE_WITH_PAYLOAD)
+        if save_with_payload is not None:
+            future = await save_with_payload(
                 name, request_id=request_id, user_payload={"context": snapshot}
             )
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, cast, overload
@@ -11,6 +10,7 @@ import msgspec
 from typing_extensions import TypeVar
 
 from crucible_kitchen.errors import PortError
+from crucible_kitchen.training import derive_seed
 
 if TYPE_CHECKING:
     from crucible_kitchen.ports import (
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     )
     from crucible_kitchen.telemetry import TelemetryBus
 
-__all__ = ("Context", "ContextSnapshot", "RunInfo", "derive_seed")
+__all__ = ("Context", "ContextSnapshot", "RunInfo")
 
 FaultHook = Callable[[str, "Context", str], Awaitable[None]]
 """``await hook(point, ctx, operation)`` at each fault point (see ``stages._faults``)."""
@@ -51,12 +51,6 @@ class ContextSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     step: int
     loops: dict[str, int]
     path: str
-
-
-def derive_seed(*parts: object) -> int:
-    """A 64-bit seed from any parts, stable across processes and Python versions."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
 
 
 class RunInfo:

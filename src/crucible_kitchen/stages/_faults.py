@@ -6,12 +6,17 @@ The engine sets :data:`current_stage_kill` while a stage executes; a run's fault
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from crucible_kitchen.ports import declared_capabilities
+
 if TYPE_CHECKING:
+    from crucible_kitchen.ports import Capabilities, Capability
+
     from ._context import Context
 
 __all__ = ("FaultPoint", "FaultProxy", "current_stage_context", "current_stage_kill")
@@ -52,7 +57,9 @@ class _FaultFuture:
 
 
 class FaultProxy:
-    """Wraps an adapter so that the run's fault hook sees every call and every await."""
+    """Wraps an adapter so that the run's fault hook sees every call and every await,
+    including those made through the adapter's declared capabilities (the operation is
+    then the capability's name)."""
 
     __slots__ = ("_adapter", "_ctx", "_hook")
 
@@ -62,7 +69,19 @@ class FaultProxy:
         self._hook = hook
 
     def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._adapter, name)
+        return self._hooked(name, getattr(self._adapter, name))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return {
+            key: functools.partial(self._capability, key, get)
+            for key, get in declared_capabilities(self._adapter).items()
+        }
+
+    def _capability(self, key: Capability[Any], get: Callable[[], Any]) -> Any:
+        return self._hooked(key.name, get())
+
+    def _hooked(self, name: str, attribute: Any) -> Any:
         if not inspect.iscoroutinefunction(attribute):
             return attribute
         ctx, hook = self._ctx, self._hook

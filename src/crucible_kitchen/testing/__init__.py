@@ -3,6 +3,11 @@
 - Fault injection into runs: :class:`StageKiller` kills a stage's actor at a chosen point
   (:class:`KillPoint`), :class:`ChaosMonkey` at seeded random ones, :class:`FaultTrace` records
   the points a run reaches.
+- Comparing runs: :class:`NoopKitchen` runs a workflow on fresh noop adapters and returns
+  its :class:`RunOutcome`; :func:`assert_same_outcome` checks that two runs ended the same.
+- A pytest plugin (entry point ``crucible_kitchen``, loaded with the package): the fixtures
+  ``noop_kitchen``, ``stage_killer``, ``chaos_seed`` and ``chaos_monkey``, and the kills of
+  a failed test in its report.
 - Port conformance checks (``check_training_client`` and the others), and :func:`with_latency`
   around any adapter.
 
@@ -13,6 +18,9 @@ Faults inside the noop backend itself (slow, failing or hanging calls) live with
 from __future__ import annotations
 
 from crucible_kitchen.testing._latency import with_latency as with_latency
+from crucible_kitchen.testing._outcomes import NoopKitchen as NoopKitchen
+from crucible_kitchen.testing._outcomes import RunOutcome as RunOutcome
+from crucible_kitchen.testing._outcomes import assert_same_outcome as assert_same_outcome
 from crucible_kitchen.testing._port_conformance import check_blob_store as check_blob_store
 from crucible_kitchen.testing._port_conformance import check_dataset_store as check_dataset_store
 from crucible_kitchen.testing._port_conformance import (
@@ -44,7 +52,10 @@ __all__ = (
     "FaultTrace",
     "Kill",
     "KillPoint",
+    "NoopKitchen",
+    "RunOutcome",
     "StageKiller",
+    "assert_same_outcome",
     "check_blob_store",
     "check_dataset_store",
     "check_env_group_builder",

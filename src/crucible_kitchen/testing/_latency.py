@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import anyio
 
-from crucible_kitchen.ports import SamplingClient, protocol_problems
+from crucible_kitchen.ports import SamplingClient, declared_capabilities, protocol_problems
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from crucible_kitchen.ports import Capabilities
 
 __all__ = ("with_latency",)
 
@@ -25,7 +27,10 @@ def with_latency(adapter: AdapterT, seconds: float) -> AdapterT:
     Every async method call becomes one round trip: ``seconds`` before the adapter sees the
     request, ``seconds`` after it answers. Awaiting the result of a returned future is one
     more round trip (the poll), like Tinker's ``retrieve_future``. Sampling clients a call
-    returns are wrapped too. Sync methods and attributes pass through untouched.
+    returns are wrapped too. Sync methods and attributes pass through untouched. The
+    adapter's declared capabilities are forwarded, their async functions delayed the same
+    way; futures behind the network declare no
+    :data:`~crucible_kitchen.ports.FUTURE_DONE` (knowing their state takes a poll).
 
     Example::
 
@@ -46,7 +51,19 @@ class _LatencyProxy:
         self._seconds = seconds
 
     def __getattr__(self, name: str) -> Any:
-        value = getattr(self._adapter, name)
+        return self._wrap(getattr(self._adapter, name))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return {
+            key: functools.partial(self._capability, get)
+            for key, get in declared_capabilities(self._adapter).items()
+        }
+
+    def _capability(self, get: Callable[[], Any]) -> Any:
+        return self._wrap(get())
+
+    def _wrap(self, value: Any) -> Any:
         if not inspect.iscoroutinefunction(value):
             return value
         return _delayed(value, self._seconds)

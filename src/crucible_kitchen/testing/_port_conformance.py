@@ -8,6 +8,10 @@ Each ``check_<port>(make_adapter)`` builds fresh adapters with ``make_adapter`` 
 
 ``make_adapter`` must return adapters in the same initial state each time (same seed, same
 initial weights): several checks compare two fresh adapters given the same requests.
+
+What an adapter declares beyond its Protocol (its ``capabilities``, see
+:func:`crucible_kitchen.ports.capability`) is checked too: a declared capability must really
+work, and one left undeclared is not required.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio.to_thread
 
 from crucible_kitchen.errors import (
     InvalidRequest,
@@ -23,6 +30,10 @@ from crucible_kitchen.errors import (
     ResourceNotFound,
 )
 from crucible_kitchen.ports import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_PAYLOAD,
+    FUTURE_DONE,
+    SAVE_STATE_WITH_PAYLOAD,
     AdamParams,
     BlobInfo,
     BlobStore,
@@ -49,13 +60,15 @@ from crucible_kitchen.ports import (
     TrainingClient,
     Trajectory,
     Transition,
+    capability,
+    declared_capabilities,
     protocol_problems,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from crucible_kitchen.ports import DatasetRow, ForwardBackwardOutput
+    from crucible_kitchen.ports import BackendFuture, DatasetRow, ForwardBackwardOutput
 
 __all__ = (
     "check_blob_store",
@@ -71,6 +84,7 @@ __all__ = (
 )
 
 AdapterT = TypeVar("AdapterT")
+T = TypeVar("T")
 
 
 def _expect(condition: bool, message: str) -> None:
@@ -81,7 +95,24 @@ def _expect(condition: bool, message: str) -> None:
 def _conforms(protocol: type, adapter: AdapterT) -> AdapterT:
     problems = protocol_problems(protocol, adapter)
     _expect(not problems, f"{type(adapter).__name__} is not a {protocol.__name__}: {problems}")
+    _declares_well(adapter)
     return adapter
+
+
+def _declares_well(obj: object) -> None:
+    try:
+        declared_capabilities(obj)
+    except TypeError as exc:
+        raise AssertionError(f"capabilities: {exc}") from None
+
+
+async def _result(what: str, future: BackendFuture[T]) -> T:
+    """Await ``future``; if it declares ``FUTURE_DONE``, that must then say it is done."""
+    _declares_well(future)
+    value = await future.result()
+    done = capability(future, FUTURE_DONE)
+    _expect(done is None or done(), f"{what}: FUTURE_DONE says not done after the result")
+    return value
 
 
 async def _expect_error(
@@ -165,7 +196,7 @@ async def check_training_client(
     datum = _cross_entropy_datum(tokenizer, "The quick brown fox jumps")
     length = datum.model_input.length
 
-    output = await (await client.forward([datum], "cross_entropy")).result()
+    output = await _result("forward", await client.forward([datum], "cross_entropy"))
     _expect(len(output.loss_fn_outputs) == 1, "forward: one output per datum")
     before = tuple(float(v) for v in output.loss_fn_outputs[0]["logprobs"].data)
     _expect(len(before) == length, f"forward: {len(before)} logprobs for {length} positions")
@@ -188,11 +219,11 @@ async def check_training_client(
             await trainee.forward_backward([item], "cross_entropy", request_id=request_id)
             for item, request_id in steps
         ]
-        return [await future.result() for future in futures]
+        return [await _result("forward_backward", future) for future in futures]
 
     results = await accumulate(client, [(datum, "cc-fb"), (datum, "cc-fb"), (other, "cc-fb2")])
     _expect(results[0] == results[1], "re-sent forward_backward: other result")
-    step = await (await client.optim_step(adam, request_id="cc-opt")).result()
+    step = await _result("optim_step", await client.optim_step(adam, request_id="cc-opt"))
     step_again = await (await client.optim_step(adam, request_id="cc-opt")).result()
     _expect(step == step_again, "re-sent optim_step: other result")
     trained = await _logprobs(client, datum)
@@ -261,6 +292,73 @@ async def check_training_client(
         _close([float(v) for v in scored[1:] if v is not None], trained, sampler_tolerance),
         "the sampling client scores the sequence unlike the training client",
     )
+    await _check_checkpoint_capabilities(make_adapter, datum, before, tolerance)
+
+
+async def _check_checkpoint_capabilities(
+    make_adapter: Callable[[], TrainingClient],
+    datum: Datum,
+    initial: Sequence[float],
+    tolerance: float,
+) -> None:
+    """``SAVE_STATE_WITH_PAYLOAD``, ``CHECKPOINT_PAYLOAD`` and ``CHECKPOINT_DIR``, if declared."""
+    client = make_adapter()
+    save_with_payload = capability(client, SAVE_STATE_WITH_PAYLOAD)
+    read_payload = capability(client, CHECKPOINT_PAYLOAD)
+    directory = capability(client, CHECKPOINT_DIR)
+    payload = {"context": {"step": 3, "loops": [["epochs", 1]], "state": {"x": [1.5, None]}}}
+    saved = await (await client.save_state("cc-plain", request_id="cc-plain")).result()
+    if save_with_payload is not None:
+        what = "SAVE_STATE_WITH_PAYLOAD"
+        first = await save_with_payload("cc-payload", request_id="cc-sp", user_payload=payload)
+        with_payload = await _result(what, first)
+        again = await save_with_payload("cc-payload", request_id="cc-sp", user_payload=payload)
+        _expect(await again.result() == with_payload, f"{what}: a re-sent request, other answer")
+        await _expect_error(
+            RequestIdConflict,
+            f"{what} reusing a request_id with another payload",
+            lambda: save_with_payload("cc-payload", request_id="cc-sp", user_payload={"x": 1}),
+        )
+        await (await client.forward_backward([datum], "cross_entropy", request_id="fb")).result()
+        await (await client.optim_step(AdamParams(learning_rate=1e-2), request_id="o")).result()
+        await (await client.load_state(with_payload.path, request_id="load")).result()
+        _expect(
+            _close(await _logprobs(client, datum), initial, tolerance),
+            f"{what}: load_state did not restore the weights saved with the payload",
+        )
+        if read_payload is not None:
+            # Resuming reads the payload in a new process: through a new client.
+            read_again = capability(make_adapter(), CHECKPOINT_PAYLOAD)
+            _expect(read_again is not None, "CHECKPOINT_PAYLOAD: declared by one client only")
+            assert read_again is not None
+            stored = await read_again(with_payload.path)
+            _expect(
+                stored == payload,
+                f"CHECKPOINT_PAYLOAD: {stored!r}, not the payload saved with the checkpoint",
+            )
+    if read_payload is not None:
+        stored = await read_payload(saved.path)
+        _expect(stored is None, f"CHECKPOINT_PAYLOAD: {stored!r} for a checkpoint saved without")
+        await _expect_error(
+            ResourceNotFound,
+            "CHECKPOINT_PAYLOAD of an unknown path",
+            lambda: read_payload(saved.path + "-missing"),
+        )
+    if directory is not None:
+        _expect(isinstance(directory, Path), f"CHECKPOINT_DIR: {directory!r} is not a Path")
+        checkpoint = Path(saved.path)
+
+        def laid_out() -> bool:
+            return (
+                checkpoint.resolve().parent.parent == directory.resolve()
+                and (checkpoint / "manifest.json").is_file()
+            )
+
+        _expect(
+            await anyio.to_thread.run_sync(laid_out),
+            f"CHECKPOINT_DIR: the checkpoint {saved.path} is not <{directory}>/<kind>/<name>/ "
+            "with a manifest.json",
+        )
 
 
 async def check_sampling_client(make_adapter: Callable[[], SamplingClient]) -> None:
@@ -276,7 +374,7 @@ async def check_sampling_client(make_adapter: Callable[[], SamplingClient]) -> N
     prompt = ModelInput.from_ints(tokens)
     params = SamplingParams(max_tokens=8, temperature=1.0, seed=7)
 
-    response = await (await client.sample(prompt, 3, params)).result()
+    response = await _result("sample", await client.sample(prompt, 3, params))
     _expect(isinstance(response, SampleResponse), "sample: not a SampleResponse")
     _expect(len(response.sequences) == 3, f"sample: {len(response.sequences)} sequences for 3")
     for sequence in response.sequences:
@@ -358,7 +456,19 @@ async def check_dataset_store(make_adapter: Callable[[], DatasetStore], *, datas
     )
 
 
-_BAD_BLOB_KEYS = ("", "/abs", "../up", "a/../b", "a//b", "./a", "a/.", "a\\b", "a\x00b")
+_BAD_BLOB_KEYS = (
+    "",
+    "/abs",
+    "../up",
+    "a/../b",
+    "a//b",
+    "./a",
+    "a/.",
+    "a\\b",
+    "a\x00b",
+    "a/.ck-tmp-b",
+    ".ck-tmp-c",
+)
 
 
 async def check_blob_store(make_adapter: Callable[[], BlobStore]) -> None:

@@ -12,6 +12,7 @@ Torch-free, re-exported here:
   :func:`kl_penalty_advantages` (KL vs a reference folded into advantages),
   :func:`reverse_kl_advantages` (on-policy distillation), :func:`discounted_future_sum`,
   :func:`kl_sample_train_metrics`, :func:`weighted_mean_nll`.
+- **Seeds**: :func:`derive_seed`, the one way every generator in the package is seeded.
 - **Tokenizers**: the :class:`ChatTokenizer` protocol renderers need, :class:`ByteTokenizer`,
   and :class:`BpeTokenizer` / :func:`train_bpe_tokenizer` / :func:`default_bpe_tokenizer`
   (these import ``tokenizers``, from the ``torch`` extra, only when called).
@@ -88,6 +89,7 @@ from crucible_kitchen.training._schedules import (
     lr_multiplier,
     scheduled_learning_rate,
 )
+from crucible_kitchen.training._seeds import derive_seed
 from crucible_kitchen.training._tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -131,6 +133,7 @@ __all__ = (
     "bundled_corpus",
     "compute_advantages",
     "default_bpe_tokenizer",
+    "derive_seed",
     "discounted_future_sum",
     "extract_integer_answer",
     "generate_arithmetic_problems",

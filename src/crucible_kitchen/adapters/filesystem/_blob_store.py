@@ -14,12 +14,11 @@ from crucible_kitchen.adapters.filesystem._files import (
     TEMP_PREFIX,
     RequestLedger,
     atomic_write,
-    check_key,
     confined_path,
     os_error,
 )
 from crucible_kitchen.errors import InvalidRequest, ResourceNotFound
-from crucible_kitchen.ports import BlobInfo
+from crucible_kitchen.ports import BlobInfo, check_blob_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,7 +57,7 @@ class FilesystemBlobStore:
         return self._root
 
     def _path(self, operation: str, key: object) -> tuple[str, Path]:
-        checked = check_key(_PORT, operation, key)
+        checked = check_blob_key(key, operation=operation)
         return checked, confined_path(self._root, checked, port=_PORT, operation=operation)
 
     async def _io(self, operation: str, work: Callable[[], T]) -> T:

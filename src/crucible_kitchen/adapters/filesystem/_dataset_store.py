@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio.to_thread
 import msgspec
 
-from crucible_kitchen.adapters.filesystem._files import check_key, confined_path, os_error
+from crucible_kitchen.adapters.filesystem._files import confined_path, os_error
 from crucible_kitchen.errors import (
     DataError,
     InvalidRequest,
     PermanentBackendError,
     ResourceNotFound,
 )
-from crucible_kitchen.ports import DatasetInfo
+from crucible_kitchen.ports import DatasetInfo, check_blob_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -163,7 +163,7 @@ class FilesystemDatasetStore:
 
     def _splits(self, operation: str, name: str) -> list[tuple[str, Path]]:
         """Each split of dataset ``name`` and its file."""
-        key = check_key(_PORT, operation, name, what="dataset name")
+        key = check_blob_key(name, operation=operation, port=_PORT, what="dataset name")
         base = confined_path(self._root, key, port=_PORT, operation=operation)
         files = [
             base.with_name(base.name + suffix)

@@ -20,6 +20,7 @@ from crucible_kitchen.errors import (
     RequestIdConflict,
     TransientBackendError,
 )
+from crucible_kitchen.ports import RESERVED_KEY_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -28,7 +29,6 @@ __all__ = (
     "TEMP_PREFIX",
     "RequestLedger",
     "atomic_write",
-    "check_key",
     "confined_path",
     "fsync_directory",
     "os_error",
@@ -36,45 +36,18 @@ __all__ = (
 
 T = TypeVar("T")
 
-TEMP_PREFIX: Final = ".ck-tmp-"
-"""Files being written start with this; keys with a segment starting with it are refused."""
+TEMP_PREFIX: Final = RESERVED_KEY_PREFIX
+"""Files being written start with this; the port's key rule refuses keys with such a segment."""
 
 _TRANSIENT_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EBUSY})
-
-
-def check_key(port: str, operation: str, key: object, *, what: str = "key") -> str:
-    """``key`` if it is a relative, slash-separated key that cannot leave its root.
-
-    Refused: a non-string or empty key, an absolute one, a backslash or NUL, an empty,
-    ``.`` or ``..`` segment, or a segment starting with the reserved ``.ck-tmp-``.
-
-    Raises:
-        InvalidRequest: naming the key and the rule it breaks.
-    """
-    problem = None
-    if not isinstance(key, str) or not key:
-        problem = "must be a non-empty string"
-    elif key.startswith("/"):
-        problem = "must be relative"
-    elif "\\" in key or "\x00" in key:
-        problem = "must not contain a backslash or NUL"
-    elif any(segment in ("", ".", "..") for segment in key.split("/")):
-        problem = "must not have empty, '.' or '..' segments"
-    elif any(segment.startswith(TEMP_PREFIX) for segment in key.split("/")):
-        problem = f"must not have a segment starting with the reserved {TEMP_PREFIX!r}"
-    if problem is not None:
-        raise InvalidRequest(
-            f"{operation}: {what} {key!r} {problem}", port=port, operation=operation
-        )
-    assert isinstance(key, str)
-    return key
 
 
 def confined_path(root: Path, key: str, *, port: str, operation: str) -> Path:
     """The path of ``key`` under ``root`` (a resolved directory), refusing symlink escapes.
 
-    ``key`` must have passed :func:`check_key`. The path is resolved, following every
-    symbolic link that exists; if the result lies outside ``root`` the key is refused.
+    ``key`` must have passed :func:`~crucible_kitchen.ports.check_blob_key`. The path is
+    resolved, following every symbolic link that exists; if the result lies outside ``root``
+    the key is refused.
     (A link swapped in between this check and the use of the path is not caught.)
 
     Raises:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crucible_kitchen.adapters.local_torch._model import Transformer, derive_seed, dropout
+from crucible_kitchen.adapters.local_torch._model import Transformer, dropout
+from crucible_kitchen.training import derive_seed
 
 if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig

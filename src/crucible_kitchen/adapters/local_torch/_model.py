@@ -7,7 +7,6 @@ weights on any run.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import TYPE_CHECKING
 
@@ -16,15 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig, resolve_device
+from crucible_kitchen.training import derive_seed
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-
-def derive_seed(seed: int, stream: str) -> int:
-    """An independent 63-bit seed for the named ``stream`` of ``seed``."""
-    digest = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def dropout(x: Tensor, p: float, generator: torch.Generator, *, training: bool) -> Tensor:

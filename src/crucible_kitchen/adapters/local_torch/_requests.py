@@ -41,10 +41,13 @@ from crucible_kitchen.errors import (
     RequestExpired,
     RequestIdConflict,
 )
+from crucible_kitchen.ports import FUTURE_DONE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
+
+    from crucible_kitchen.ports import Capabilities
 
 __all__ = ("CallCounters", "LocalFuture", "RequestQueue", "device_worker", "fingerprint")
 
@@ -162,6 +165,11 @@ class LocalFuture(Generic[T]):
     def done(self) -> bool:
         """Whether the request has run (successfully or not)."""
         return self._job.state == _DONE
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """:data:`~crucible_kitchen.ports.FUTURE_DONE`: :meth:`done`, known in-process."""
+        return {FUTURE_DONE: lambda: self.done}
 
     async def result(self) -> T:
         """Wait for the request to run and return its result.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final
 from crucible_kitchen.adapters.local_torch._checkpoint import load_checkpoint, read_manifest
 from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
-from crucible_kitchen.adapters.local_torch._model import build_model, derive_seed
+from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
 from crucible_kitchen.adapters.local_torch._sampling import (
     GeneratedSequence,
@@ -19,6 +19,7 @@ from crucible_kitchen.adapters.local_torch._sampling import (
 from crucible_kitchen.adapters.local_torch._translate import translated
 from crucible_kitchen.errors import CheckpointMismatch, ConfigError, InvalidRequest
 from crucible_kitchen.ports import SampledSequence, SampleResponse
+from crucible_kitchen.training import derive_seed
 
 if TYPE_CHECKING:
     import os

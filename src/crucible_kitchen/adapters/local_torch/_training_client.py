@@ -20,7 +20,6 @@ from crucible_kitchen.adapters.local_torch._config import (
     preset,
     resolve_device,
 )
-from crucible_kitchen.adapters.local_torch._model import derive_seed
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
 from crucible_kitchen.adapters.local_torch._sampling_client import LocalTorchSamplingClient
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
@@ -34,7 +33,10 @@ from crucible_kitchen.errors import (
     ResourceNotFound,
 )
 from crucible_kitchen.ports import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_PAYLOAD,
     LOSS_FN_INPUTS,
+    SAVE_STATE_WITH_PAYLOAD,
     AdamParams,
     CustomLossOutput,
     Datum,
@@ -45,6 +47,7 @@ from crucible_kitchen.ports import (
     SaveWeightsForSamplerResponse,
     TensorData,
 )
+from crucible_kitchen.training import derive_seed
 from crucible_kitchen.training.losses import builtin_loss
 
 if TYPE_CHECKING:
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
-    from crucible_kitchen.ports import CustomLossFn, LossFnType, OptimStepResponse
+    from crucible_kitchen.ports import Capabilities, CustomLossFn, LossFnType, OptimStepResponse
 
 __all__ = ("LocalTorchTrainingClient",)
 
@@ -155,6 +158,18 @@ class LocalTorchTrainingClient:
     def counters(self) -> CallCounters:
         """Calls received, applied, failed and deduplicated, per method; the applied log."""
         return self._queue.counters
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Declares :data:`~crucible_kitchen.ports.SAVE_STATE_WITH_PAYLOAD` (:meth:`save_state`
+        with ``user_payload``), :data:`~crucible_kitchen.ports.CHECKPOINT_PAYLOAD`
+        (:meth:`checkpoint_payload`) and :data:`~crucible_kitchen.ports.CHECKPOINT_DIR`
+        (:attr:`checkpoint_dir`)."""
+        return {
+            SAVE_STATE_WITH_PAYLOAD: lambda: self.save_state,
+            CHECKPOINT_PAYLOAD: lambda: self.checkpoint_payload,
+            CHECKPOINT_DIR: lambda: self.checkpoint_dir,
+        }
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Final
 
 from crucible_kitchen.adapters.noop._ledger import RequestLedger
 from crucible_kitchen.errors import InvalidRequest, ResourceNotFound
-from crucible_kitchen.ports import BlobInfo
+from crucible_kitchen.ports import BlobInfo, check_blob_key
 
 if TYPE_CHECKING:
     from crucible_kitchen.adapters.noop._faults import FaultPlan
@@ -36,7 +36,7 @@ class NoopBlobStore:
 
     async def read(self, key: str) -> bytes:
         """See :meth:`crucible_kitchen.ports.BlobStore.read`."""
-        _check_key("read", key)
+        check_blob_key(key, operation="read")
 
         def effect() -> bytes:
             data = self._blobs.get(key)
@@ -50,7 +50,7 @@ class NoopBlobStore:
 
     async def write(self, key: str, data: bytes, *, request_id: str) -> BlobInfo:
         """See :meth:`crucible_kitchen.ports.BlobStore.write`."""
-        _check_key("write", key)
+        check_blob_key(key, operation="write")
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidRequest(
                 f"write: data is a {type(data).__name__}, not bytes", port=_PORT, operation="write"
@@ -69,12 +69,12 @@ class NoopBlobStore:
 
     async def exists(self, key: str) -> bool:
         """See :meth:`crucible_kitchen.ports.BlobStore.exists`."""
-        _check_key("exists", key)
+        check_blob_key(key, operation="exists")
         return await self._ledger.call("exists", lambda: key in self._blobs)
 
     async def delete(self, key: str, *, request_id: str) -> bool:
         """See :meth:`crucible_kitchen.ports.BlobStore.delete`."""
-        _check_key("delete", key)
+        check_blob_key(key, operation="delete")
         return await self._ledger.call(
             "delete",
             lambda: self._blobs.pop(key, None) is not None,
@@ -86,20 +86,4 @@ class NoopBlobStore:
         """See :meth:`crucible_kitchen.ports.BlobStore.list_keys`."""
         return await self._ledger.call(
             "list_keys", lambda: sorted(key for key in self._blobs if key.startswith(prefix))
-        )
-
-
-def _check_key(operation: str, key: str) -> None:
-    problem = None
-    if not isinstance(key, str) or not key:
-        problem = "must be a non-empty string"
-    elif key.startswith("/"):
-        problem = "must be relative"
-    elif "\\" in key or "\x00" in key:
-        problem = "must not contain a backslash or NUL"
-    elif any(segment in ("", ".", "..") for segment in key.split("/")):
-        problem = "must not have empty, '.' or '..' segments"
-    if problem is not None:
-        raise InvalidRequest(
-            f"{operation}: blob key {key!r} {problem}", port=_PORT, operation=operation
         )
