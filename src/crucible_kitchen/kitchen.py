@@ -735,8 +735,6 @@ class Kitchen:
         seed: int = 0,
         run_id: str | None = None,
         fault_hook: FaultHook | None = None,
-        max_restarts: int = 3,
-        restart_window: float = 5.0,
         cleanup_timeout: float = 60.0,
         initial_state: Mapping[str, Any] | None = None,
         resume: ContextSnapshot | None = None,
@@ -784,8 +782,6 @@ class Kitchen:
             run_id=run_id,
             run_dir=directory,
             fault_hook=fault_hook,
-            max_restarts=max_restarts,
-            restart_window=restart_window,
             cleanup_timeout=cleanup_timeout,
             initial_state=initial_state,
             resume=resume,
@@ -798,8 +794,6 @@ class Kitchen:
         adapters: str | Mapping[str, Any] | None = None,
         telemetry: Sequence[Any] = (),
         fault_hook: FaultHook | None = None,
-        max_restarts: int = 3,
-        restart_window: float = 5.0,
         cleanup_timeout: float = 60.0,
     ) -> RunHandle:
         """Start the run of ``run_dir`` again where its latest complete checkpoint left it.
@@ -870,8 +864,6 @@ class Kitchen:
             run_id=record.run_id,
             run_dir=directory,
             fault_hook=fault_hook,
-            max_restarts=max_restarts,
-            restart_window=restart_window,
             cleanup_timeout=cleanup_timeout,
             initial_state=initial_state,
             resume=snapshot,
@@ -891,8 +883,6 @@ class Kitchen:
         run_id: str,
         run_dir: Path | None,
         fault_hook: FaultHook | None,
-        max_restarts: int,
-        restart_window: float,
         cleanup_timeout: float,
         initial_state: Mapping[str, Any] | None,
         resume: ContextSnapshot | None,
@@ -946,8 +936,6 @@ class Kitchen:
                 run=info,
                 initial=initial,
                 resume_loops={} if resume is None else dict(resume.loops),
-                max_restarts=max_restarts,
-                restart_window=restart_window,
                 cleanup_timeout=cleanup_timeout,
             )
             supervisor = build_run_supervisor(plan)
