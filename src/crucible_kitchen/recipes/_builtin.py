@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Final
 
+import crucible_kitchen.stages as stages
 from crucible_kitchen.recipes._configs import (
     DistillationConfig,
     FeedbackLoopConfig,
@@ -16,14 +17,6 @@ from crucible_kitchen.recipes._configs import (
     TrainingConfig,
 )
 from crucible_kitchen.recipes._recipe import Recipe
-from crucible_kitchen.stages import (
-    AssembleRlBatch,
-    BuildEnvGroups,
-    ComputeAdvantages,
-    FlushMetrics,
-    ReceiveRollouts,
-    ShuffleEpoch,
-)
 from crucible_kitchen.workflows import (
     Workflow,
     distillation_workflow,
@@ -39,12 +32,12 @@ if TYPE_CHECKING:
 __all__ = ("BUILTIN_RECIPES",)
 
 _BOOKKEEPING: Final = (
-    AssembleRlBatch,
-    BuildEnvGroups,
-    ComputeAdvantages,
-    FlushMetrics,
-    ReceiveRollouts,
-    ShuffleEpoch,
+    stages.AssembleRlBatch,
+    stages.BuildEnvGroups,
+    stages.ComputeAdvantages,
+    stages.FlushMetrics,
+    stages.ReceiveRollouts,
+    stages.ShuffleEpoch,
 )
 """Built-in stages that only compute on the run's state or flush metrics: they get the short
 ``timeouts.bookkeeping``. Every other stage may wait on a backend (``timeouts.backend``)."""
