@@ -164,7 +164,6 @@ async def train(
             run_id="demo",  # request ids start with the run id: fix it to compare two runs
             telemetry=[events.append],
             fault_hook=fault_hook,
-            max_restarts=10,  # each kill is a restart; allow more than the default 3 in 5 s
         )
         result = await run.wait()
     return result, events

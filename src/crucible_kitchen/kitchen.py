@@ -736,8 +736,6 @@ class Kitchen:
         seed: int = 0,
         run_id: str | None = None,
         fault_hook: FaultHook | None = None,
-        max_restarts: int = 3,
-        restart_window: float = 5.0,
         cleanup_timeout: float = 60.0,
         initial_state: Mapping[str, Any] | None = None,
         resume: ContextSnapshot | None = None,
@@ -785,8 +783,6 @@ class Kitchen:
             run_id=run_id,
             run_dir=directory,
             fault_hook=fault_hook,
-            max_restarts=max_restarts,
-            restart_window=restart_window,
             cleanup_timeout=cleanup_timeout,
             initial_state=initial_state,
             resume=resume,
@@ -799,8 +795,6 @@ class Kitchen:
         adapters: str | Mapping[str, Any] | None = None,
         telemetry: Sequence[Any] = (),
         fault_hook: FaultHook | None = None,
-        max_restarts: int = 3,
-        restart_window: float = 5.0,
         cleanup_timeout: float = 60.0,
     ) -> RunHandle:
         """Start the run of ``run_dir`` again where its latest complete checkpoint left it.
@@ -871,8 +865,6 @@ class Kitchen:
             run_id=record.run_id,
             run_dir=directory,
             fault_hook=fault_hook,
-            max_restarts=max_restarts,
-            restart_window=restart_window,
             cleanup_timeout=cleanup_timeout,
             initial_state=initial_state,
             resume=snapshot,
@@ -892,8 +884,6 @@ class Kitchen:
         run_id: str,
         run_dir: Path | None,
         fault_hook: FaultHook | None,
-        max_restarts: int,
-        restart_window: float,
         cleanup_timeout: float,
         initial_state: Mapping[str, Any] | None,
         resume: ContextSnapshot | None,
@@ -947,8 +937,6 @@ class Kitchen:
                 run=info,
                 initial=initial,
                 resume_loops={} if resume is None else dict(resume.loops),
-                max_restarts=max_restarts,
-                restart_window=restart_window,
                 cleanup_timeout=cleanup_timeout,
             )
             supervisor = build_run_supervisor(plan)

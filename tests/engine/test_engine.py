@@ -20,6 +20,7 @@ from crucible_kitchen.kitchen import Adapters, Kitchen
 from crucible_kitchen.recipes import Recipe
 from crucible_kitchen.stages import Context, RetryPolicy, Stage
 from crucible_kitchen.telemetry import StageException, StageStart, TelemetryEvent
+from crucible_kitchen.testing import KillPoint, StageKiller
 from crucible_kitchen.workflows import (
     Workflow,
     async_loop,
@@ -121,7 +122,7 @@ async def test_retries_exhausted_fails_with_the_last_error() -> None:
 
     wf = Workflow("always", stage("always", always, retry=RetryPolicy(max_attempts=2)))
     async with Kitchen.open() as kitchen:
-        run = await kitchen.start(wf, adapters={}, max_restarts=10)
+        run = await kitchen.start(wf, adapters={})
         with pytest.raises(StageFailed, match="attempt 2: ValueError: bad 2"):
             await run.wait()
         result = await run.result()
@@ -142,7 +143,7 @@ async def test_a_stage_past_its_timeout_is_killed_and_retried() -> None:
     assert calls == [1, 2]
 
 
-async def test_a_stage_killed_past_intensity_fails_the_run_and_cleanup_runs() -> None:
+async def test_a_stage_failing_for_good_runs_its_cleanup_and_the_workflow_cleanup() -> None:
     cleaned: list[bool] = []
 
     async def doomed(ctx: Context) -> None:
@@ -153,13 +154,55 @@ async def test_a_stage_killed_past_intensity_fails_the_run_and_cleanup_runs() ->
 
     wf = Workflow(
         "doomed",
-        stage("doomed", doomed, retry=RetryPolicy(max_attempts=100)),
+        stage("doomed", doomed, retry=RetryPolicy(max_attempts=7)),
         cleanup=[stage("close", close)],
     )
-    with pytest.raises(StageFailed, match="supervisor gave up") as caught:
+    with pytest.raises(StageFailed, match="attempt 7: RuntimeError: always crashes") as caught:
         await Kitchen.run(wf, adapters={})
     assert isinstance(caught.value.__cause__, RuntimeError)
     assert cleaned == [True]
+
+
+async def _run_killed(kills: int) -> tuple[Any, list[tuple[int, int]], StageKiller]:
+    """Three executions of a stage allowed 6 attempts, the first killed on its first
+    ``kills`` attempts: the result (or error), the (loop index, attempt) of each execution
+    that ran, and the killer."""
+    ran: list[tuple[int, int]] = []
+
+    async def fragile(ctx: Context) -> None:
+        ran.append((ctx.loops["l"], ctx.attempt))
+        ctx.step += 1
+
+    workflow = Workflow(
+        "fragile", loop("l", 3, stage("fragile", fragile, retry=RetryPolicy(max_attempts=6)))
+    )
+    killer = StageKiller(
+        *(KillPoint("fragile", "execute", execution=n) for n in range(1, kills + 1))
+    )
+    async with Kitchen.open() as kitchen:
+        run = await kitchen.start(workflow, adapters={}, fault_hook=killer)
+        try:
+            outcome: Any = await run.wait()
+        except StageFailed as error:
+            outcome = error
+    return outcome, ran, killer
+
+
+async def test_a_stage_killed_one_time_less_than_its_attempts_succeeds_however_fast() -> None:
+    # Five kills in far less than a second: the stage's policy alone decides.
+    result, ran, killer = await _run_killed(5)
+    assert len(killer.kills) == 5
+    assert (result.status, result.steps) == ("completed", 3)
+    assert ran == [(0, 6), (1, 1), (2, 1)]
+
+
+async def test_a_stage_killed_as_often_as_its_attempts_fails_naming_stage_and_attempts() -> None:
+    error, ran, killer = await _run_killed(6)
+    assert len(killer.kills) == 6
+    assert isinstance(error, StageFailed)
+    assert (error.stage, error.path, error.attempt) == ("fragile", "l/fragile", 6)
+    assert str(error) == "stage 'fragile' failed on attempt 6: its actor was killed"
+    assert ran == []
 
 
 async def test_parallel_branches_really_run_concurrently_and_merge() -> None:
@@ -466,6 +509,31 @@ async def test_request_stop_finishes_the_iteration_then_runs_cleanup() -> None:
     assert seen == [0, 1, 2]
     assert (result.status, result.steps, result.metrics) == ("cancelled", 3, {"saved_at": 3.0})
     assert cleaned == [True]
+
+
+async def test_an_async_loop_producer_finishing_last_does_not_roll_the_run_back() -> None:
+    # The producer works on copies of the consumer's context; a copy it finishes after the
+    # consumer's latest commit is not the run's context (a stopped run reported its step).
+    handle_box: list[Any] = []
+
+    async def produce(ctx: Context) -> None:
+        if ctx.item("l") == 2:
+            await anyio.wait_all_tasks_blocked()  # the consumer has committed item 1
+        ctx.state["out"] = ctx.item("l")
+
+    async def consume(ctx: Context) -> None:
+        ctx.step += 1
+        if ctx.step == 2:
+            handle_box[0].request_stop()
+
+    body = async_loop(
+        "l", 10, produce=[stage("p", produce)], consume=[stage("c", consume)], output="out"
+    )
+    async with Kitchen.open() as kitchen:
+        run = await kitchen.start(Workflow("late_producer", body), adapters={})
+        handle_box.append(run)
+        result = await run.result()
+    assert (result.status, result.steps) == ("cancelled", 2)
 
 
 @pytest.mark.parametrize("kind", ["async_loop", "stream_loop"])

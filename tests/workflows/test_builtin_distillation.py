@@ -85,7 +85,6 @@ async def test_killed_distillation_stages_change_nothing() -> None:
                 seed=30,
                 run_id="distill-faults",
                 fault_hook=killer,
-                max_restarts=10,
                 telemetry=[events.append],
             )
             result = await handle.wait()

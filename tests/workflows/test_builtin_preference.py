@@ -153,7 +153,6 @@ async def test_killed_dpo_stages_change_nothing() -> None:
                 seed=13,
                 run_id="dpo-faults",
                 fault_hook=killer,
-                max_restarts=10,
                 telemetry=[events.append],
             )
             result = await handle.wait()

@@ -227,7 +227,6 @@ async def test_killed_rl_stages_change_nothing() -> None:
                 seed=9,
                 run_id="rl-faults",
                 fault_hook=killer,
-                max_restarts=10,
                 telemetry=[events.append],
             )
             result = await handle.wait()

@@ -20,7 +20,13 @@ from crucible_kitchen.adapters.noop import (
     NoopRenderer,
     TransientFailure,
 )
-from crucible_kitchen.errors import ConfigError, DataError, StageFailed, TransientBackendError
+from crucible_kitchen.errors import (
+    ConfigError,
+    DataError,
+    PermanentBackendError,
+    StageFailed,
+    TransientBackendError,
+)
 from crucible_kitchen.kitchen import Adapters, Kitchen
 from crucible_kitchen.ports import Datum, Message, ModelInput, TensorData
 from crucible_kitchen.telemetry import (
@@ -193,7 +199,6 @@ async def test_a_run_with_killed_stages_ends_exactly_like_an_undisturbed_one() -
                 seed=3,
                 run_id="sft-faults",
                 fault_hook=killer,
-                max_restarts=10,
                 telemetry=[events.append],
             )
             return await handle.wait(), client, events
@@ -264,7 +269,9 @@ async def test_a_failed_step_fails_the_run_at_once_and_cleanup_still_runs() -> N
             adapters=Adapters.noop(seed=0, faults=faults),
             telemetry=[events.append],
         )
-    # Awaiting again cannot help: the steps after the failed one have run already.
+    # Re-sending cannot help: the steps after the failed one have run already.
     assert (info.value.stage, info.value.attempt) == ("await_step", 1)
-    assert isinstance(info.value.__cause__, TransientBackendError)
+    assert isinstance(info.value.__cause__, PermanentBackendError)
+    assert isinstance(info.value.__cause__.__cause__, TransientBackendError)
+    assert "out of order" in str(info.value)
     assert stage_sequence(events)[-1] == "flush_metrics"

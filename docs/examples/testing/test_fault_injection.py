@@ -53,10 +53,11 @@ async def test_seeded_chaos_changes_nothing(
     assert_same_outcome(clean, chaotic)
 
 
-async def test_a_stage_killed_past_its_restarts_fails_the_run(
+async def test_a_stage_killed_on_every_attempt_fails_the_run(
     noop_kitchen: NoopKitchen, stage_killer: Callable[..., StageKiller]
 ) -> None:
-    killer = stage_killer(*(KillPoint("submit_step", "execute", execution=n) for n in (1, 2, 3)))
-    with pytest.raises(StageFailed, match="supervisor gave up") as failed:
-        await noop_kitchen.run(WORKFLOW, CONFIG, fault_hook=killer, max_restarts=1)
-    assert failed.value.stage == "submit_step"
+    config = {**CONFIG, "retry": {"attempts": 2}}
+    killer = stage_killer(*(KillPoint("submit_step", "execute", execution=n) for n in (1, 2)))
+    with pytest.raises(StageFailed, match="its actor was killed") as failed:
+        await noop_kitchen.run(WORKFLOW, config, fault_hook=killer)
+    assert (failed.value.stage, failed.value.attempt) == ("submit_step", 2)

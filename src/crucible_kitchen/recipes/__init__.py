@@ -8,7 +8,9 @@ from crucible_kitchen.recipes._configs import DistillationConfig as Distillation
 from crucible_kitchen.recipes._configs import FeedbackLoopConfig as FeedbackLoopConfig
 from crucible_kitchen.recipes._configs import PreferenceConfig as PreferenceConfig
 from crucible_kitchen.recipes._configs import ReinforcementConfig as ReinforcementConfig
+from crucible_kitchen.recipes._configs import RetrySettings as RetrySettings
 from crucible_kitchen.recipes._configs import SlBasicConfig as SlBasicConfig
+from crucible_kitchen.recipes._configs import StageTimeouts as StageTimeouts
 from crucible_kitchen.recipes._configs import SupervisedConfig as SupervisedConfig
 from crucible_kitchen.recipes._configs import TrainingConfig as TrainingConfig
 from crucible_kitchen.recipes._recipe import Recipe as Recipe
@@ -22,7 +24,9 @@ __all__ = (
     "PreferenceConfig",
     "Recipe",
     "ReinforcementConfig",
+    "RetrySettings",
     "SlBasicConfig",
+    "StageTimeouts",
     "SupervisedConfig",
     "TrainingConfig",
     "validate_config",

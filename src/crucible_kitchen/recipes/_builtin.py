@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any, Final
 
+import crucible_kitchen.stages as stages
 from crucible_kitchen.recipes._configs import (
     DistillationConfig,
     FeedbackLoopConfig,
@@ -12,9 +14,11 @@ from crucible_kitchen.recipes._configs import (
     ReinforcementConfig,
     SlBasicConfig,
     SupervisedConfig,
+    TrainingConfig,
 )
 from crucible_kitchen.recipes._recipe import Recipe
 from crucible_kitchen.workflows import (
+    Workflow,
     distillation_workflow,
     feedback_loop_workflow,
     preference_workflow,
@@ -22,7 +26,46 @@ from crucible_kitchen.workflows import (
     supervised_workflow,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = ("BUILTIN_RECIPES",)
+
+_BOOKKEEPING: Final = (
+    stages.AssembleRlBatch,
+    stages.BuildEnvGroups,
+    stages.ComputeAdvantages,
+    stages.FlushMetrics,
+    stages.ReceiveRollouts,
+    stages.ShuffleEpoch,
+)
+"""Built-in stages that only compute on the run's state or flush metrics: they get the short
+``timeouts.bookkeeping``. Every other stage may wait on a backend (``timeouts.backend``)."""
+
+
+def _with_stage_settings(build: Callable[[Any], Workflow]) -> Callable[[Any], Workflow]:
+    """``build``, with the config's ``timeouts`` and ``retry`` applied to every stage.
+
+    Each stage keeps its own idea of which errors are worth retrying; the config sets how
+    many attempts, the backoff and the timeout.
+    """
+
+    def configured(config: TrainingConfig) -> Workflow:
+        timeouts, retry = config.timeouts, config.retry
+
+        def configure(node: Any) -> Any:  # a StageNode, a frozen dataclass
+            bookkeeping = isinstance(node.stage, _BOOKKEEPING)
+            return dataclasses.replace(
+                node,
+                timeout=timeouts.bookkeeping if bookkeeping else timeouts.backend,
+                retry=dataclasses.replace(
+                    node.retry, max_attempts=retry.attempts, backoff=retry.backoff
+                ),
+            )
+
+        return build(config).map_stages(configure)
+
+    return configured
 
 
 def _local_torch_options(config: SlBasicConfig, adapters: str) -> dict[str, Any]:
@@ -43,7 +86,7 @@ BUILTIN_RECIPES: tuple[Recipe, ...] = (
         "sl_basic",
         "Supervised fine-tuning of a small transformer on CPU (local torch, chat_tasks); "
         "checkpoints and resumes",
-        supervised_workflow,
+        _with_stage_settings(supervised_workflow),
         SlBasicConfig,
         adapters="local_torch",
         adapter_options=_local_torch_options,
@@ -52,31 +95,31 @@ BUILTIN_RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "supervised",
         "Supervised fine-tuning on conversations (cross-entropy, pipelined steps)",
-        supervised_workflow,
+        _with_stage_settings(supervised_workflow),
         SupervisedConfig,
     ),
     Recipe(
         "reinforcement",
         "GRPO-style RL on verifiable problems (group-relative advantages, on-policy)",
-        reinforcement_workflow,
+        _with_stage_settings(reinforcement_workflow),
         ReinforcementConfig,
     ),
     Recipe(
         "preference",
         "DPO on preference pairs against the frozen initial weights",
-        preference_workflow,
+        _with_stage_settings(preference_workflow),
         PreferenceConfig,
     ),
     Recipe(
         "distillation",
         "On-policy distillation from the 'teacher_sampling_client' port (reverse KL)",
-        distillation_workflow,
+        _with_stage_settings(distillation_workflow),
         DistillationConfig,
     ),
     Recipe(
         "feedback_loop",
         "Retrain a deployment on its curated production feedback when a trigger fires",
-        feedback_loop_workflow,
+        _with_stage_settings(feedback_loop_workflow),
         FeedbackLoopConfig,
     ),
 )

@@ -2,11 +2,18 @@
 
 Defaults are small, so that a run on the noop adapters takes well under a second; field
 names follow tinker-cookbook's configs. Steps are optimizer steps, counted from 0.
+
+Values are strict: a value of another type is an error, never converted (``epochs=True`` is
+not one epoch, ``epochs=2.5`` not two), except that text (``"2"``, ``"1e-3"``, ``"true"``: a
+command-line ``key=value`` setting or a config file's string) is read as the field's type.
+Floats must be finite, and counts have upper bounds no real run comes near.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import pydantic
 from pydantic import Field
@@ -20,7 +27,9 @@ __all__ = (
     "FeedbackLoopConfig",
     "PreferenceConfig",
     "ReinforcementConfig",
+    "RetrySettings",
     "SlBasicConfig",
+    "StageTimeouts",
     "SupervisedConfig",
     "TrainingConfig",
 )
@@ -29,8 +38,89 @@ _SPLIT_PATTERN = r"^[^\[\]]+(\[-?\d*:-?\d*\])?$"
 """A split name, or a slice of one: ``train``, ``train[-64:]``, ``train[:-64]``."""
 
 
+_MAX_STEPS = 100_000_000
+"""Bound of step counts and cadences: more optimizer steps than any run takes."""
+_MAX_ITEMS = 1_000_000_000
+"""Bound of example and row counts."""
+_MAX_TOKENS = 1_048_576
+"""Bound of sequence lengths, in tokens."""
+_MAX_SECONDS = 604_800.0
+"""Bound of timeouts: a week."""
+
+
+@functools.cache
+def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(annotation)
+
+
+def _read_text(annotation: Any, text: str) -> Any:
+    """``text`` as a value of ``annotation``: as is if the type takes text, else parsed
+    (``"2"`` → 2); unchanged if it is neither, for the field's validation to report."""
+    adapter = _adapter(annotation)
+    for strict in (True, False):
+        try:
+            return adapter.validate_python(text, strict=strict)
+        except pydantic.ValidationError:
+            continue
+    return text
+
+
 class _Config(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    model_config = pydantic.ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False
+    )
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _parse_text(cls, data: Any) -> Any:
+        """Read text values as their fields' types; everything else stays strict."""
+        if not isinstance(data, Mapping):
+            return data
+        fields = cls.model_fields
+        return {
+            key: _read_text(fields[key].annotation, value)
+            if isinstance(value, str) and key in fields
+            else value
+            for key, value in data.items()
+        }
+
+
+class RetrySettings(_Config):
+    """How often a built-in stage's failed execution is tried again: after a crash, a kill,
+    a timeout or a transient backend error (a re-sent request keeps its request id, so the
+    backend applies it once). Bad input and permanent backend errors fail at once."""
+
+    attempts: int = Field(
+        default=6, ge=1, le=100, description="Attempts per stage execution, the first included."
+    )
+    backoff: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=600.0,
+        description="Seconds before the second attempt after an error; doubles for each later "
+        "one (the defaults ride out about 15 s of errors). A killed attempt is retried at once.",
+    )
+
+
+class StageTimeouts(_Config):
+    """Seconds one execution of a built-in stage may take; then it is killed and retried
+    (same request ids), and once its attempts are used up the run fails with ``TimeoutError``.
+    ``None``: no limit."""
+
+    backend: float | None = Field(
+        default=1800.0,
+        gt=0.0,
+        le=_MAX_SECONDS,
+        description="Stages that may wait on a backend: training steps, sampling, checkpoints, "
+        "evaluation, data loading and rendering.",
+    )
+    bookkeeping: float | None = Field(
+        default=120.0,
+        gt=0.0,
+        le=_MAX_SECONDS,
+        description="Stages that only compute on the run's state or flush metrics "
+        "(shuffling, advantages, batch assembly).",
+    )
 
 
 class AdamConfig(_Config):
@@ -38,8 +128,8 @@ class AdamConfig(_Config):
 
     beta1: float = Field(default=0.9, ge=0.0, lt=1.0, description="First-moment decay.")
     beta2: float = Field(default=0.95, ge=0.0, lt=1.0, description="Second-moment decay.")
-    eps: float = Field(default=1e-8, gt=0.0, description="Denominator epsilon.")
-    weight_decay: float = Field(default=0.0, ge=0.0, description="Decoupled weight decay.")
+    eps: float = Field(default=1e-8, gt=0.0, le=1.0, description="Denominator epsilon.")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="Decoupled weight decay.")
     grad_clip_norm: float = Field(default=0.0, ge=0.0, description="Gradient norm clip; 0 is off.")
 
 
@@ -54,16 +144,19 @@ class TrainingConfig(_Config):
     model_version: str | None = Field(
         default=None, min_length=1, description="Registered version; by default the run id."
     )
-    learning_rate: float = Field(default=1e-4, gt=0.0, description="Base learning rate.")
+    learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0, description="Base learning rate.")
     lr_schedule: LRSchedule = Field(
         default="linear", description="constant, linear or cosine decay."
     )
     warmup_steps: int = Field(
-        default=0, ge=0, description="Linear warmup steps (capped at the run's total steps)."
+        default=0,
+        ge=0,
+        le=_MAX_STEPS,
+        description="Linear warmup steps (capped at the run's total steps).",
     )
     adam: AdamConfig = Field(default_factory=AdamConfig, description="AdamW settings.")
     save_every: int = Field(
-        default=0, ge=0, description="Save a checkpoint every N steps; 0 is off."
+        default=0, ge=0, le=_MAX_STEPS, description="Save a checkpoint every N steps; 0 is off."
     )
     checkpoint_prefix: str = Field(
         default="step",
@@ -71,7 +164,9 @@ class TrainingConfig(_Config):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Checkpoint names are '<prefix>_<step:06d>'.",
     )
-    eval_every: int = Field(default=0, ge=0, description="Evaluate every N steps; 0 is off.")
+    eval_every: int = Field(
+        default=0, ge=0, le=_MAX_STEPS, description="Evaluate every N steps; 0 is off."
+    )
     final_eval: bool = Field(default=True, description="Evaluate once more after the last step.")
     eval_split: str = Field(
         default="test",
@@ -82,6 +177,7 @@ class TrainingConfig(_Config):
     eval_examples: int | None = Field(
         default=32,
         ge=1,
+        le=_MAX_ITEMS,
         description="Evaluate on at most this many rows; None for the whole split.",
     )
     use_evaluator: bool = Field(
@@ -90,6 +186,12 @@ class TrainingConfig(_Config):
     )
     register_model: bool = Field(
         default=True, description="Register the final weights with the 'model_registry' port."
+    )
+    retry: RetrySettings = Field(
+        default_factory=RetrySettings, description="How failed stage executions are retried."
+    )
+    timeouts: StageTimeouts = Field(
+        default_factory=StageTimeouts, description="How long one stage execution may take."
     )
 
     @property
@@ -101,11 +203,15 @@ class TrainingConfig(_Config):
 class _SupervisedTraining(TrainingConfig):
     """Supervised training on rendered conversations, pipelined (also used by the feedback loop)."""
 
-    batch_size: int = Field(default=8, ge=1, description="Examples per optimizer step.")
-    epochs: int = Field(default=1, ge=1, description="Passes over the dataset.")
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")
+    batch_size: int = Field(
+        default=8, ge=1, le=_MAX_ITEMS, description="Examples per optimizer step."
+    )
+    epochs: int = Field(default=1, ge=1, le=10_000, description="Passes over the dataset.")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=_MAX_STEPS, description="Stop after this many steps."
+    )
     max_length: int = Field(
-        default=512, ge=2, description="Tokens per example; longer ones are cut."
+        default=512, ge=2, le=_MAX_TOKENS, description="Tokens per example; longer ones are cut."
     )
     train_on_what: TrainOnWhat = Field(
         default="last_assistant_message", description="Which tokens of a conversation carry weight."
@@ -118,16 +224,17 @@ class _SupervisedTraining(TrainingConfig):
         description="Steps submitted ahead of the one awaited (tinker-cookbook submit_ahead).",
     )
     max_examples: int | None = Field(
-        default=None, ge=1, description="Use at most this many training rows."
+        default=None, ge=1, le=_MAX_ITEMS, description="Use at most this many training rows."
     )
     eval_generations: int = Field(
         default=0,
         ge=0,
+        le=_MAX_ITEMS,
         description="At each evaluation, sample a greedy reply to the first N evaluation "
         "prompts (eval.sample events); 0 is off.",
     )
     generation_max_tokens: int = Field(
-        default=32, ge=1, description="Tokens per sampled evaluation reply."
+        default=32, ge=1, le=_MAX_TOKENS, description="Tokens per sampled evaluation reply."
     )
 
 
@@ -163,7 +270,10 @@ class SlBasicConfig(SupervisedConfig):
         default="chatml", description="Chat format of the conversations."
     )
     lora_rank: int | None = Field(
-        default=None, ge=1, description="Train LoRA adapters of this rank; None trains all."
+        default=None,
+        ge=1,
+        le=65_536,
+        description="Train LoRA adapters of this rank; None trains all.",
     )
     device: str = Field(default="cpu", min_length=1, description="cpu, cuda, cuda:N or auto.")
     split: str = Field(
@@ -179,27 +289,40 @@ class SlBasicConfig(SupervisedConfig):
         description="Held-out rows to evaluate on (disjoint from 'split').",
     )
     eval_examples: int | None = Field(
-        default=None, ge=1, description="Evaluate on at most this many rows; None for all."
+        default=None,
+        ge=1,
+        le=_MAX_ITEMS,
+        description="Evaluate on at most this many rows; None for all.",
     )
-    batch_size: int = Field(default=16, ge=1, description="Examples per optimizer step.")
-    epochs: int = Field(default=12, ge=1, description="Passes over the training rows.")
+    batch_size: int = Field(
+        default=16, ge=1, le=_MAX_ITEMS, description="Examples per optimizer step."
+    )
+    epochs: int = Field(default=12, ge=1, le=10_000, description="Passes over the training rows.")
     max_length: int = Field(
-        default=128, ge=2, description="Tokens per example; longer ones are cut."
+        default=128, ge=2, le=_MAX_TOKENS, description="Tokens per example; longer ones are cut."
     )
-    learning_rate: float = Field(default=5e-3, gt=0.0, description="Peak learning rate.")
+    learning_rate: float = Field(default=5e-3, gt=0.0, le=1.0, description="Peak learning rate.")
     lr_schedule: LRSchedule = Field(
         default="cosine", description="constant, linear or cosine decay."
     )
-    warmup_steps: int = Field(default=20, ge=0, description="Linear warmup steps.")
+    warmup_steps: int = Field(default=20, ge=0, le=_MAX_STEPS, description="Linear warmup steps.")
     adam: AdamConfig = Field(
         default_factory=lambda: AdamConfig(grad_clip_norm=1.0), description="AdamW settings."
     )
-    eval_every: int = Field(default=50, ge=0, description="Evaluate every N steps; 0 is off.")
+    eval_every: int = Field(
+        default=50, ge=0, le=_MAX_STEPS, description="Evaluate every N steps; 0 is off."
+    )
     eval_generations: int = Field(
-        default=2, ge=0, description="Greedy replies sampled at each evaluation; 0 is off."
+        default=2,
+        ge=0,
+        le=_MAX_ITEMS,
+        description="Greedy replies sampled at each evaluation; 0 is off.",
     )
     save_every: int = Field(
-        default=50, ge=0, description="Save a resumable checkpoint every N steps; 0 is off."
+        default=50,
+        ge=0,
+        le=_MAX_STEPS,
+        description="Save a resumable checkpoint every N steps; 0 is off.",
     )
     use_evaluator: bool = Field(
         default=False, description="Also score with the 'evaluator' port (none is local)."
@@ -216,20 +339,24 @@ class ReinforcementConfig(TrainingConfig):
         pattern=_SPLIT_PATTERN,
         description="Split the problems come from, or a slice of one ('train[:-64]').",
     )
-    learning_rate: float = Field(default=4e-5, gt=0.0, description="Base learning rate.")
+    learning_rate: float = Field(default=4e-5, gt=0.0, le=1.0, description="Base learning rate.")
     lr_schedule: LRSchedule = Field(
         default="constant", description="constant, linear or cosine decay."
     )
     num_batches: int = Field(
-        default=4, ge=1, description="Optimizer steps (one batch of groups each)."
+        default=4, ge=1, le=_MAX_STEPS, description="Optimizer steps (one batch of groups each)."
     )
-    groups_per_batch: int = Field(default=4, ge=1, description="Problems per batch.")
+    groups_per_batch: int = Field(default=4, ge=1, le=_MAX_ITEMS, description="Problems per batch.")
     group_size: int = Field(
-        default=4, ge=1, description="Rollouts per problem (samples per prompt)."
+        default=4, ge=1, le=_MAX_ITEMS, description="Rollouts per problem (samples per prompt)."
     )
-    max_tokens: int = Field(default=16, ge=1, description="Tokens per sampled reply.")
-    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature.")
-    max_turns: int = Field(default=4, ge=1, description="Episode length limit, in agent turns.")
+    max_tokens: int = Field(
+        default=16, ge=1, le=_MAX_TOKENS, description="Tokens per sampled reply."
+    )
+    temperature: float = Field(default=1.0, ge=0.0, le=100.0, description="Sampling temperature.")
+    max_turns: int = Field(
+        default=4, ge=1, le=_MAX_ITEMS, description="Episode length limit, in agent turns."
+    )
     format_coef: float = Field(
         default=0.1, ge=0.0, description="Reward penalty for a reply that does not end properly."
     )
@@ -255,7 +382,10 @@ class ReinforcementConfig(TrainingConfig):
         default=0.0, ge=0.0, le=1.0, description="KL penalty discount."
     )
     sampler_refresh_every: int = Field(
-        default=1, ge=1, description="Save weights for the sampler every N steps (1 is on-policy)."
+        default=1,
+        ge=1,
+        le=_MAX_STEPS,
+        description="Save weights for the sampler every N steps (1 is on-policy).",
     )
     mode: Literal["sync", "async"] = Field(
         default="sync",
@@ -287,15 +417,21 @@ class PreferenceConfig(TrainingConfig):
         pattern=_SPLIT_PATTERN,
         description="Split to train on, or a slice of one ('train[:-32]').",
     )
-    learning_rate: float = Field(default=1e-5, gt=0.0, description="Base learning rate.")
+    learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0, description="Base learning rate.")
     dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature beta.")
-    batch_size: int = Field(default=4, ge=1, description="Preference pairs per optimizer step.")
-    epochs: int = Field(default=1, ge=1, description="Passes over the pairs.")
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")
-    max_length: int = Field(
-        default=512, ge=2, description="Tokens per sequence; longer ones are cut."
+    batch_size: int = Field(
+        default=4, ge=1, le=_MAX_ITEMS, description="Preference pairs per optimizer step."
     )
-    max_examples: int | None = Field(default=None, ge=1, description="Use at most this many pairs.")
+    epochs: int = Field(default=1, ge=1, le=10_000, description="Passes over the pairs.")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=_MAX_STEPS, description="Stop after this many steps."
+    )
+    max_length: int = Field(
+        default=512, ge=2, le=_MAX_TOKENS, description="Tokens per sequence; longer ones are cut."
+    )
+    max_examples: int | None = Field(
+        default=None, ge=1, le=_MAX_ITEMS, description="Use at most this many pairs."
+    )
     shuffle: bool = Field(default=True, description="Reshuffle the pairs every epoch.")
     pipeline_depth: int = Field(
         default=1, ge=0, le=16, description="Steps submitted ahead of the one awaited."
@@ -317,17 +453,24 @@ class DistillationConfig(TrainingConfig):
     lr_schedule: LRSchedule = Field(
         default="constant", description="constant, linear or cosine decay."
     )
-    num_batches: int = Field(default=4, ge=1, description="Optimizer steps.")
-    prompts_per_batch: int = Field(default=4, ge=1, description="Prompts per batch.")
-    samples_per_prompt: int = Field(default=2, ge=1, description="Student samples per prompt.")
-    max_tokens: int = Field(default=16, ge=1, description="Tokens per sampled reply.")
-    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature.")
+    num_batches: int = Field(default=4, ge=1, le=_MAX_STEPS, description="Optimizer steps.")
+    prompts_per_batch: int = Field(default=4, ge=1, le=_MAX_ITEMS, description="Prompts per batch.")
+    samples_per_prompt: int = Field(
+        default=2, ge=1, le=_MAX_ITEMS, description="Student samples per prompt."
+    )
+    max_tokens: int = Field(
+        default=16, ge=1, le=_MAX_TOKENS, description="Tokens per sampled reply."
+    )
+    temperature: float = Field(default=1.0, ge=0.0, le=100.0, description="Sampling temperature.")
     kl_coef: float = Field(default=1.0, gt=0.0, description="Weight of the per-token reverse KL.")
     kl_discount_factor: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Reverse-KL discount."
     )
     sampler_refresh_every: int = Field(
-        default=1, ge=1, description="Save weights for the sampler every N steps (1 is on-policy)."
+        default=1,
+        ge=1,
+        le=_MAX_STEPS,
+        description="Save weights for the sampler every N steps (1 is on-policy).",
     )
 
 
@@ -338,16 +481,24 @@ class FeedbackLoopConfig(_SupervisedTraining):
         default="default", min_length=1, description="The deployment to watch."
     )
     curate_limit: int | None = Field(
-        default=64, ge=1, description="Curate at most this many examples; None for all."
+        default=64,
+        ge=1,
+        le=_MAX_ITEMS,
+        description="Curate at most this many examples; None for all.",
     )
     min_examples: int = Field(
-        default=8, ge=1, description="Retrain only with at least this many curated examples."
+        default=8,
+        ge=1,
+        le=_MAX_ITEMS,
+        description="Retrain only with at least this many curated examples.",
     )
     export_format: ExportFormat = Field(default="jsonl", description="File format of the export.")
     final_eval: bool = Field(
         default=True, description="Evaluate the retrained model before registering."
     )
-    batch_size: int = Field(default=4, ge=1, description="Examples per optimizer step.")
+    batch_size: int = Field(
+        default=4, ge=1, le=_MAX_ITEMS, description="Examples per optimizer step."
+    )
 
     @pydantic.model_validator(mode="after")
     def _registers(self) -> FeedbackLoopConfig:

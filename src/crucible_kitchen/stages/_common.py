@@ -19,7 +19,6 @@ import anyio
 import msgspec
 
 from crucible_kitchen.errors import (
-    BackendError,
     CheckpointError,
     ConfigError,
     DataError,
@@ -27,6 +26,7 @@ from crucible_kitchen.errors import (
     PortError,
     RenderError,
     TrainingInputError,
+    TransientBackendError,
 )
 from crucible_kitchen.ports import (
     FUTURE_DONE,
@@ -504,6 +504,25 @@ async def gather_results(*futures: BackendFuture[Any]) -> list[Any]:
     return [value for _, value in outcomes]
 
 
+async def _step_results(step: InFlightStep) -> tuple[ForwardBackwardOutput, OptimStepResponse]:
+    """The answers to a submitted step's two requests.
+
+    Raises:
+        PermanentBackendError: one failed; a transient error is its ``__cause__``.
+    """
+    try:
+        output, optim = await gather_results(step.forward_backward, step.optim)
+    except TransientBackendError as exc:
+        raise PermanentBackendError(
+            f"step {step.step}: {exc}; the requests submitted after it have run, so "
+            "re-sending it would apply it out of order",
+            port=exc.port,
+            operation=exc.operation,
+            request_id=exc.request_id,
+        ) from exc
+    return output, optim
+
+
 async def record_metrics(ctx: Context, step: int, row: Mapping[str, float]) -> None:
     """Put a metrics row in ``ctx.metrics`` (latest values win) and the metrics store."""
     ctx.metrics.update(row)
@@ -521,12 +540,13 @@ class AwaitTrainingSteps(BuiltinStage, abc.ABC):
     awaited step's metrics row goes to ``ctx.metrics`` and the metrics store, and its
     telemetry event is emitted (and the epoch's, after the last step of an epoch).
 
-    A killed execution is retried (the futures are in the context); a backend error is not:
-    a future keeps its error, and the requests submitted after the failed one have run.
+    A killed or timed-out execution is retried (the futures are in the context), and so is a
+    transient error of the metrics store. A failed step is not: a future keeps its error, and
+    the requests submitted after the failed one have run, so re-sending it would apply it out
+    of order; a transient error there fails at once as a :class:`PermanentBackendError`.
     """
 
     requires: ClassVar[tuple[str, ...]] = ("metrics_store",)
-    retry: ClassVar[RetryPolicy] = RetryPolicy(never_retry=(*_BAD_INPUT, BackendError))
     pipelined: ClassVar[bool] = True
 
     def __init__(self, *, drain: bool = False) -> None:
@@ -541,7 +561,7 @@ class AwaitTrainingSteps(BuiltinStage, abc.ABC):
         keep = 0 if self.drain or not self.pipelined else int(ctx.config.pipeline_depth)
         while len(in_flight) > keep:
             oldest = in_flight[0]
-            output, optim = await gather_results(oldest.forward_backward, oldest.optim)
+            output, optim = await _step_results(oldest)
             row = {**oldest.metrics, **self.report(oldest, output)}
             row.update({f"optim/{k}": float(v) for k, v in optim.metrics.items()})
             await record_metrics(ctx, oldest.step, row)

@@ -20,11 +20,16 @@ __all__ = ("FunctionStage", "RetryPolicy", "Stage", "as_stage")
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often a failed stage execution is tried again.
+    """How often a failed stage execution is tried again: a stage's one retry budget.
+
+    Nothing else caps these retries: the supervisor that restarts the stage's actor after each
+    failed attempt has no restart limit of its own, so a stage allowed ``max_attempts``
+    attempts gets them however quickly they fail.
 
     Args:
         max_attempts: attempts in all, the first included (1 = never retry).
-        backoff: seconds before the second attempt; doubles for each later one.
+        backoff: seconds before the second attempt after an error; doubles for each later
+            one. An attempt whose actor was killed is retried at once.
         retry_on: errors that may succeed on a second try. A kill of the stage's actor always
             qualifies; a stage that overruns its timeout fails with a ``TimeoutError``, which
             the default ``(Exception,)`` covers.
@@ -46,8 +51,10 @@ class RetryPolicy:
             return True
         return isinstance(error, self.retry_on) and not isinstance(error, self.never_retry)
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1``."""
+    def delay(self, error: BaseException | None, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` after ``error`` (None: killed)."""
+        if error is None:
+            return 0.0
         return self.backoff * 2.0 ** max(0, attempt - 1)
 
 

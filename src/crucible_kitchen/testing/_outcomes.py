@@ -130,7 +130,7 @@ class NoopKitchen:
         """Run ``target`` (a workflow or recipe, by name or object) to its end.
 
         ``start_options`` go to :meth:`Kitchen.start <crucible_kitchen.Kitchen.start>`
-        (``fault_hook``, ``max_restarts``, ``telemetry``, ...); by default the run keeps no
+        (``fault_hook``, ``telemetry``, ...); by default the run keeps no
         run directory.
 
         Raises:

@@ -44,7 +44,7 @@ CHAOS_RATE = 0.1
 """The probability that the ``chaos_monkey`` fixture kills a stage at a fault point."""
 
 CHAOS_MAX_KILLS = 3
-"""The most kills of the ``chaos_monkey`` fixture: within a run's default restart intensity."""
+"""The most kills of the ``chaos_monkey`` fixture: fewer than any stage's attempts."""
 
 _KILLERS = pytest.StashKey[list[tuple[str, "Callable[[], list[Kill]]"]]]()
 

@@ -23,7 +23,7 @@ has every field the stages declare they read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from crucible_kitchen.errors import ConfigError, WorkflowDefinitionError
@@ -241,6 +241,32 @@ def _children(node: Node) -> Iterator[tuple[str, tuple[Node, ...]]]:
             return
 
 
+def _map_stages(
+    nodes: tuple[Node, ...], change: Callable[[StageNode], StageNode]
+) -> tuple[Node, ...]:
+    """``nodes`` with every stage node in them, at any depth, replaced by ``change(node)``."""
+    return tuple(_map_node(node, change) for node in nodes)
+
+
+def _map_node(node: Node, change: Callable[[StageNode], StageNode]) -> Node:
+    match node:
+        case StageNode():
+            return change(node)
+        case LoopNode(body=body) | StreamLoopNode(body=body):
+            return replace(node, body=_map_stages(body, change))
+        case ConditionalNode(then=then, otherwise=otherwise):
+            return replace(
+                node, then=_map_stages(then, change), otherwise=_map_stages(otherwise, change)
+            )
+        case ParallelNode(branches=branches):
+            return replace(node, branches=tuple(_map_stages(b, change) for b in branches))
+        case AsyncLoopNode(produce=produce, consume=consume):
+            return replace(
+                node, produce=_map_stages(produce, change), consume=_map_stages(consume, change)
+            )
+    raise AssertionError(node)
+
+
 class Workflow:
     """A named tree of nodes, plus cleanup nodes that run however the run ends.
 
@@ -287,6 +313,19 @@ class Workflow:
     def stages(self) -> list[StageNode]:
         """Every stage node, in definition order."""
         return [node for _, node in self.walk() if isinstance(node, StageNode)]
+
+    def map_stages(self, change: Callable[[StageNode], StageNode]) -> Workflow:
+        """A copy in which every stage node, cleanup nodes included, is ``change(node)``.
+
+        For settings that apply across a workflow, e.g. a recipe's timeouts and retries:
+        ``workflow.map_stages(lambda node: dataclasses.replace(node, timeout=60.0))``.
+        """
+        return Workflow(
+            self.name,
+            *_map_stages(self.nodes, change),
+            cleanup=_map_stages(self.cleanup, change),
+            description=self.description,
+        )
 
     def cleanup_stage_names(self) -> set[str]:
         return {

@@ -8,18 +8,27 @@
     └── workflow actor      significant: walks the tree and owns the committed Context
 
 The workflow actor sends ``Execute`` to a stage's actor with ``call(timeout=stage timeout)``
-and commits the context it gets back. If the stage actor crashes or is killed, its supervisor
-restarts it and the workflow actor re-sends the same ``Execute`` (attempt + 1) within the
-stage's retry policy; once that supervisor gives up, the run fails with :class:`StageFailed`.
+and commits the context it gets back. If the stage actor crashes, is killed or overruns its
+timeout, its supervisor restarts it and the workflow actor re-sends the same ``Execute``
+(attempt + 1) as the stage's :class:`~crucible_kitchen.stages.RetryPolicy` allows; once the
+policy says no more, the run fails with :class:`StageFailed`.
+
+One retry budget: the stage's policy. A stage actor only fails while it executes an
+``Execute`` that the workflow actor sent and counts, so its restarts are bounded by the
+policies' ``max_attempts``; the stage supervisors therefore set no restart intensity of their
+own (an intensity window would cap the same retries a second time, by how long each attempt
+took).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -73,6 +82,8 @@ from ._dsl import (
 )
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
     from crucible_kitchen.stages import Context, RunInfo
 
 __all__ = ("Execute", "RunOutcome", "RunPlan", "RunStatus", "build_run_supervisor")
@@ -82,6 +93,10 @@ logger = logging.getLogger("crucible_kitchen.workflows")
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 
 _MISSING = object()
+
+_STAGE_RESTARTS_UNBOUNDED = sys.maxsize
+"""The stage supervisors' restart intensity: the stages' retry policies bound their restarts
+(see the module docstring)."""
 
 
 class _StopRequested(Exception):
@@ -117,8 +132,6 @@ class RunPlan:
     workflow: Workflow
     run: RunInfo
     initial: Context
-    max_restarts: int = 3
-    restart_window: float = 5.0
     cleanup_timeout: float = 60.0
     outcome: RunOutcome = field(default_factory=RunOutcome)
     run_supervisor: Supervisor | None = None
@@ -319,16 +332,23 @@ class WorkflowActor(Actor[Any]):
                 )
 
     # ------------------------------------------------------------------ the interpreter
+    #
+    # ``commit``: whether the nodes run on the run's own line of contexts, so that what their
+    # stages return becomes the committed context (what a failed or stopped run reports).
+    # Parallel branches and an async loop's producer work on copies, merged or passed on
+    # later: they do not commit.
 
-    async def _run_nodes(self, nodes: tuple[Node, ...], ctx: Context) -> Context:
+    async def _run_nodes(
+        self, nodes: tuple[Node, ...], ctx: Context, *, commit: bool = True
+    ) -> Context:
         for node in nodes:
-            ctx = await self._run_node(node, ctx)
+            ctx = await self._run_node(node, ctx, commit)
         return ctx
 
-    async def _run_node(self, node: Node, ctx: Context) -> Context:
+    async def _run_node(self, node: Node, ctx: Context, commit: bool) -> Context:
         match node:
             case StageNode():
-                return await self._execute(node, ctx)
+                return await self._execute(node, ctx, commit)
             case LoopNode(name=name, over=over, body=body):
                 items = range(over) if isinstance(over, int) else over(ctx)
                 start = self._resume_from(name)
@@ -337,17 +357,22 @@ class WorkflowActor(Actor[Any]):
                         continue
                     if ctx.run.stop_requested:
                         raise _StopRequested
-                    ctx = await self._run_nodes(body, ctx.enter_loop(name, index, item))
+                    ctx = await self._run_nodes(
+                        body, ctx.enter_loop(name, index, item), commit=commit
+                    )
                     ctx.leave_loop(name)
                 return ctx
             case ConditionalNode(when=when, then=then, otherwise=otherwise):
-                return await self._run_nodes(then if when(ctx) else otherwise, ctx)
+                return await self._run_nodes(then if when(ctx) else otherwise, ctx, commit=commit)
             case ParallelNode():
-                return await self._parallel(node, ctx)
+                merged = await self._parallel(node, ctx)
+                if commit:
+                    self.committed = merged
+                return merged
             case AsyncLoopNode():
-                return await self._async_loop(node, ctx)
+                return await self._async_loop(node, ctx, commit)
             case StreamLoopNode():
-                return await self._stream_loop(node, ctx)
+                return await self._stream_loop(node, ctx, commit)
         raise AssertionError(node)
 
     def _resume_from(self, loop: str) -> int:
@@ -357,76 +382,28 @@ class WorkflowActor(Actor[Any]):
         index = self.resume.pop(loop)
         return index if self.resume else index + 1  # the innermost loop resumes after it
 
-    async def _execute(self, node: StageNode, ctx: Context) -> Context:
-        ref = self.refs[node.name]
-        run = ctx.run
-        policy = node.retry
-        path = self.plan.workflow.paths[node.name]
+    async def _execute(self, node: StageNode, ctx: Context, commit: bool) -> Context:
+        """Run a stage node until an attempt succeeds or its retry policy says no more.
+
+        Raises:
+            StageFailed: the stage failed for good (after its ``cleanup`` hook ran).
+        """
         attempt = 0
-        last: BaseException | None = None
         while True:
             attempt += 1
             started = time.perf_counter()
-            try:
-                committed: Context = await ref.call(
-                    Execute(context=ctx, attempt=attempt, trace=self.trace),
-                    timeout=node.timeout,
-                )
-            except CallTimeout:
-                ref.kill()
-                error: BaseException | None = TimeoutError(
-                    f"stage {node.name!r} took longer than {node.timeout} s"
-                )
-            except ActorExited as exc:
-                reason = exc.reason
-                error = reason.error if reason.kind is ExitKind.CRASH else None
-            except ActorNotRunning as exc:
-                cause = last or exc
-                await _rollback(node, ctx.fork(path=path, attempt=attempt - 1), last)
-                raise StageFailed(
-                    f"stage {node.name!r} failed on attempt {attempt - 1}: its supervisor gave "
-                    f"up after too many restarts; last error: {_describe(last)}",
-                    stage=node.name,
-                    path=path,
-                    attempt=attempt - 1,
-                ) from cause
-            else:
-                self.committed = committed
-                return committed
-            last = error or last
-            will_retry = policy.retries(error, attempt)
-            run.telemetry.emit(
-                StageException(
-                    stage=node.name,
-                    path=path,
-                    attempt=attempt,
-                    loop=dict(ctx.loops),
-                    duration_s=time.perf_counter() - started,
-                    error_type="Killed" if error is None else type(error).__name__,
-                    error_message="the stage's actor was killed" if error is None else str(error),
-                    will_retry=will_retry,
-                )
-            )
-            if self.span is not None:
-                add_event(
-                    self.span,
-                    "stage.retry" if will_retry else "stage.failed",
-                    {
-                        "crucible_kitchen.stage": node.name,
-                        "crucible_kitchen.attempt": attempt,
-                        "exception.type": "Killed" if error is None else type(error).__name__,
-                        "exception.message": "killed" if error is None else str(error),
-                    },
-                )
-            run.telemetry.emit(
-                SupervisorRestart(
-                    supervisor=f"{run.run_id}/stages",
-                    child=node.name,
-                    attempt=attempt + 1,
-                    reason="killed" if error is None else f"{type(error).__name__}: {error}",
-                )
+            result = await self._attempt(node, ctx, attempt)
+            if not isinstance(result, _Failed):
+                if commit:
+                    self.committed = result
+                return result
+            error = result.error
+            will_retry = result.retryable and node.retry.retries(error, attempt)
+            self._report_failure(
+                node, ctx, attempt, error, will_retry, time.perf_counter() - started
             )
             if not will_retry:
+                path = self.plan.workflow.paths[node.name]
                 await _rollback(node, ctx.fork(path=path, attempt=attempt), error)
                 raise StageFailed(
                     f"stage {node.name!r} failed on attempt {attempt}: {_describe(error)}",
@@ -434,9 +411,70 @@ class WorkflowActor(Actor[Any]):
                     path=path,
                     attempt=attempt,
                 ) from error
-            delay = policy.delay(attempt)
+            delay = node.retry.delay(error, attempt)
             if delay > 0:
                 await anyio.sleep(delay)
+
+    async def _attempt(self, node: StageNode, ctx: Context, attempt: int) -> Context | _Failed:
+        """One execution of the stage by its actor: the context it returned, or why not."""
+        ref = self.refs[node.name]
+        try:
+            committed: Context = await ref.call(
+                Execute(context=ctx, attempt=attempt, trace=self.trace), timeout=node.timeout
+            )
+        except CallTimeout:
+            ref.kill()
+            return _Failed(TimeoutError(f"stage {node.name!r} took longer than {node.timeout} s"))
+        except ActorExited as exc:
+            reason = exc.reason
+            return _Failed(reason.error if reason.kind is ExitKind.CRASH else None)
+        except ActorNotRunning as exc:  # its supervisor has stopped: nothing can run it again
+            return _Failed(exc, retryable=False)
+        return committed
+
+    def _report_failure(
+        self,
+        node: StageNode,
+        ctx: Context,
+        attempt: int,
+        error: BaseException | None,
+        will_retry: bool,
+        duration: float,
+    ) -> None:
+        """The telemetry and span events of a failed attempt."""
+        run = ctx.run
+        error_type = "Killed" if error is None else type(error).__name__
+        run.telemetry.emit(
+            StageException(
+                stage=node.name,
+                path=self.plan.workflow.paths[node.name],
+                attempt=attempt,
+                loop=dict(ctx.loops),
+                duration_s=duration,
+                error_type=error_type,
+                error_message="the stage's actor was killed" if error is None else str(error),
+                will_retry=will_retry,
+            )
+        )
+        if self.span is not None:
+            add_event(
+                self.span,
+                "stage.retry" if will_retry else "stage.failed",
+                {
+                    "crucible_kitchen.stage": node.name,
+                    "crucible_kitchen.attempt": attempt,
+                    "exception.type": error_type,
+                    "exception.message": "killed" if error is None else str(error),
+                },
+            )
+        run.telemetry.emit(
+            SupervisorRestart(
+                supervisor=f"{run.run_id}/stages",
+                child=node.name,
+                attempt=attempt + 1,
+                reason="killed" if error is None else f"{error_type}: {error}",
+            )
+        )
 
     async def _parallel(self, node: ParallelNode, base: Context) -> Context:
         results: list[Context | None] = [None] * len(node.branches)
@@ -444,7 +482,7 @@ class WorkflowActor(Actor[Any]):
 
         async def branch(index: int, nodes: tuple[Node, ...]) -> None:
             async with limiter:
-                results[index] = await self._run_nodes(nodes, base.fork())
+                results[index] = await self._run_nodes(nodes, base.fork(), commit=False)
 
         await _first_error(
             lambda tg: [tg.start_soon(branch, i, b) for i, b in enumerate(node.branches)]
@@ -454,8 +492,8 @@ class WorkflowActor(Actor[Any]):
             return node.merge(base, finished)
         return _merge(node.name, base, finished)
 
-    async def _async_loop(self, node: AsyncLoopNode, ctx: Context) -> Context:
-        send, receive = anyio.create_memory_object_stream[tuple[int, Any]](node.buffer)
+    async def _async_loop(self, node: AsyncLoopNode, ctx: Context, commit: bool) -> Context:
+        send, receive = anyio.create_memory_object_stream[Any](node.buffer)
         latest = [ctx]
         items = range(node.over) if isinstance(node.over, int) else node.over(ctx)
 
@@ -463,25 +501,17 @@ class WorkflowActor(Actor[Any]):
             async with send:
                 for index, item in enumerate(items):
                     produced = await self._run_nodes(
-                        node.produce, latest[0].enter_loop(node.name, index, item)
+                        node.produce, latest[0].enter_loop(node.name, index, item), commit=False
                     )
-                    await send.send((index, produced.state.get(node.output)))
+                    await send.send(produced.state.get(node.output))
 
-        async def consume() -> None:
-            async with receive:
-                async for index, value in receive:
-                    if ctx.run.stop_requested:
-                        raise _StopRequested
-                    done = await self._run_nodes(
-                        node.consume, latest[0].enter_loop(node.name, index, value)
-                    )
-                    done.leave_loop(node.name)
-                    latest[0] = done
-
+        consume = partial(
+            self._consume, node.name, node.consume, receive, latest, start=0, commit=commit
+        )
         await _first_error(lambda tg: [tg.start_soon(produce), tg.start_soon(consume)])
         return latest[0]
 
-    async def _stream_loop(self, node: StreamLoopNode, ctx: Context) -> Context:
+    async def _stream_loop(self, node: StreamLoopNode, ctx: Context, commit: bool) -> Context:
         send, receive = anyio.create_memory_object_stream[Any](node.prefetch)
         source = node.source(ctx)
         latest = [ctx]
@@ -496,25 +526,48 @@ class WorkflowActor(Actor[Any]):
                         await send.send(item)
 
         start = self._resume_from(node.name)
+        consume = partial(
+            self._consume, node.name, node.body, receive, latest, start=start, commit=commit
+        )
+        await _first_error(lambda tg: [tg.start_soon(fetch), tg.start_soon(consume)])
+        return latest[0]
 
-        async def body() -> None:
-            async with receive:
-                index = 0
-                async for item in receive:
-                    if index < start:
-                        index += 1
-                        continue
-                    if ctx.run.stop_requested:
+    async def _consume(
+        self,
+        loop: str,
+        body: tuple[Node, ...],
+        receive: MemoryObjectReceiveStream[Any],
+        latest: list[Context],
+        *,
+        start: int,
+        commit: bool,
+    ) -> None:
+        """The consuming side of an async or stream loop: ``body`` on each item, in order.
+
+        Item ``index`` (counted from 0) runs on ``latest[0]`` positioned there, and its result
+        becomes ``latest[0]``; items before ``start`` (a resumed run's) are skipped. A stop
+        request ends the loop before the next item.
+        """
+        async with receive:
+            index = 0
+            async for item in receive:
+                if index >= start:
+                    if self.plan.run.stop_requested:
                         raise _StopRequested
                     done = await self._run_nodes(
-                        node.body, latest[0].enter_loop(node.name, index, item)
+                        body, latest[0].enter_loop(loop, index, item), commit=commit
                     )
-                    done.leave_loop(node.name)
+                    done.leave_loop(loop)
                     latest[0] = done
-                    index += 1
+                index += 1
 
-        await _first_error(lambda tg: [tg.start_soon(fetch), tg.start_soon(body)])
-        return latest[0]
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """An attempt that failed: ``error`` is None when the stage's actor was killed."""
+
+    error: BaseException | None
+    retryable: bool = True
 
 
 async def _first_error(start: Callable[[anyio.abc.TaskGroup], object]) -> None:
@@ -591,10 +644,7 @@ def build_run_supervisor(plan: RunPlan) -> Supervisor:
         return ChildSpec(
             name,
             lambda: Supervisor(
-                specs,
-                intensity=plan.max_restarts,
-                period=plan.restart_window,
-                name=f"{plan.run.run_id}/{name}",
+                specs, intensity=_STAGE_RESTARTS_UNBOUNDED, name=f"{plan.run.run_id}/{name}"
             ),
             restart="temporary",
             shutdown="infinity",

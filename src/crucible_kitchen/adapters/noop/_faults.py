@@ -33,16 +33,27 @@ class Latency:
 
 @dataclass(frozen=True, slots=True)
 class TransientFailure:
-    """Fail with :class:`~crucible_kitchen.errors.TransientBackendError`, without effect."""
+    """Fail with :class:`~crucible_kitchen.errors.TransientBackendError`, without effect.
+
+    ``on_submit=True``: the call itself raises, as when the backend refuses a request
+    (overloaded, connection lost): nothing is queued, so re-sending it at once keeps the
+    order of requests. Otherwise the failure shows where the answer shows (see
+    :class:`FaultPlan`), after the requests submitted later may have taken effect.
+    """
 
     message: str = "injected transient failure"
+    on_submit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PermanentFailure:
-    """Fail with :class:`~crucible_kitchen.errors.PermanentBackendError`, without effect."""
+    """Fail with :class:`~crucible_kitchen.errors.PermanentBackendError`, without effect.
+
+    ``on_submit``: as for :class:`TransientFailure`.
+    """
 
     message: str = "injected permanent failure"
+    on_submit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +103,8 @@ class FaultPlan:
     """Which calls fail, hang or are slow; shared by any number of noop adapters.
 
     Faults show where the backend's answer shows: in ``result()`` of the future a call
-    returns, else in the call itself. A call that fails or hangs takes no effect.
+    returns, else in the call itself (failures with ``on_submit=True`` always in the call).
+    A call that fails or hangs takes no effect.
 
     Example::
 

@@ -142,6 +142,8 @@ class RequestLedger:
 
         Raises:
             RequestIdConflict: ``request_id`` was accepted for another method or content.
+            TransientBackendError, PermanentBackendError: an injected failure with
+                ``on_submit=True``.
         """
         await anyio.lowlevel.checkpoint()
         self.counters.calls[method] += 1
@@ -163,6 +165,8 @@ class RequestLedger:
                 else (PermanentBackendError)
             )
             message = f"{method}: {fault.message}"
+            if fault.on_submit:
+                raise kind(message, port=self.port, operation=method, request_id=request_id)
             return NoopFuture(
                 _raiser(
                     lambda: kind(message, port=self.port, operation=method, request_id=request_id)
