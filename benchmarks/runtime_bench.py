@@ -6,7 +6,7 @@ Run::
     .venv/bin/python benchmarks/runtime_bench.py --quick         # a few seconds, small N
     .venv/bin/python benchmarks/runtime_bench.py --backend trio --reps 3 --json out.json
 
-What it measures (method of ``/work/shared/reference/calibration.md``): every repetition makes
+What it measures: every repetition makes
 one ``anyio.run`` per backend (backend order alternates), and inside it runs every variant of a
 group in an order that rotates with the repetition. A variant's figure is the mean over N
 operations after a warm-up and a ``gc.collect()`` (GC stays on). Ratios are computed per

@@ -18,6 +18,8 @@ import pytest
 import crucible_kitchen.cli
 from crucible_kitchen import Kitchen
 from crucible_kitchen.cli import EXIT_BROKEN_PIPE, ProgressDisplay, _curves, _start_and_wait, main
+from crucible_kitchen.errors import RunCancelled
+from crucible_kitchen.telemetry import TrainingStep
 
 if TYPE_CHECKING:
     from crucible_kitchen.kitchen import RunHandle
@@ -183,3 +185,23 @@ def test_plot_names_eval_metrics_as_the_console_does() -> None:
     losses, rates = _curves(rows)
     assert losses == {"eval/loss": ([1.0], [1.7]), "train/loss": ([0.0, 1.0], [2.0, 1.5])}
     assert rates == {"learning_rate": ([0.0, 1.0], [1e-3, 1e-3])}
+
+
+# --- the README's way to stop a run -------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_readme_stop_returns_a_cancelled_result_where_wait_raises() -> None:
+    """README: ``run.request_stop()`` then ``await run.result()``; ``wait()`` would raise."""
+    async with Kitchen.open() as kitchen:
+        run = await kitchen.start("supervised", {"epochs": 3}, run_dir=False)
+        async for event in run.events():
+            if isinstance(event, TrainingStep) and event.step == 1:
+                run.request_stop()
+        result = await run.result()
+        assert result.status == "cancelled"
+        assert 2 <= result.steps < 24  # 3 epochs of 8 steps
+        with pytest.raises(RunCancelled):
+            await run.wait()
+        aborted = await kitchen.start("supervised", {"epochs": 3}, run_dir=False)
+        assert (await aborted.cancel()).status in ("cancelled", "completed")
