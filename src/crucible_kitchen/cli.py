@@ -178,7 +178,7 @@ class ProgressDisplay:
         self.steps_done: int | None = None
         """Steps whose step event arrived (1 + the last one's 0-based index)."""
         self.step_metrics: dict[str, float] = {}
-        """The metrics of the last step event (its loss as ``loss`` when it has no other)."""
+        """The metrics of the last step event."""
         self.checkpoint_steps: dict[str, int] = {}
         """Each checkpoint saved: its path and the step it was taken after."""
         self._last = (time.perf_counter(), 0.0)
@@ -189,7 +189,8 @@ class ProgressDisplay:
             self.task = self.progress.add_task(event.workflow, total=None, stats="")
         elif isinstance(event, _STEP_EVENTS):
             self._step(event)
-            return
+            if isinstance(event, TrainingStep):
+                return  # the bar shows it; DPO, RL and distillation steps also get a line
         elif isinstance(event, TrainingCheckpoint):
             self.checkpoint_steps[event.path] = event.step
         elif isinstance(event, WorkflowStop):
@@ -203,8 +204,6 @@ class ProgressDisplay:
     def _step(self, event: TrainingStep | DpoStep | RlStep | DistillationStep) -> None:
         self.steps_done = event.step + 1
         self.step_metrics = dict(event.metrics)
-        if event.loss is not None:
-            self.step_metrics.setdefault("loss", event.loss)
         if self.task is None:
             return
         now, tokens = time.perf_counter(), float(event.metrics.get("train/tokens", 0.0))
