@@ -214,7 +214,7 @@ class _Envelope:
 
 
 async def floor_nowait_b16(n: int, warmup: int) -> float:
-    """calibration.md's ``full_call_nowait_b16``: Struct + Event/slot + ``fail_after(5)``."""
+    """``full_call_nowait_b16``, a call built by hand: Struct + Event/slot + ``fail_after(5)``."""
     tx, rx = anyio.create_memory_object_stream[_Envelope](16)
 
     async def server() -> None:
