@@ -17,7 +17,14 @@ import pytest
 
 import crucible_kitchen.cli
 from crucible_kitchen import Kitchen
-from crucible_kitchen.cli import EXIT_BROKEN_PIPE, ProgressDisplay, _curves, _start_and_wait, main
+from crucible_kitchen.cli import (
+    EXIT_BROKEN_PIPE,
+    ProgressDisplay,
+    _curves,
+    _report,
+    _start_and_wait,
+    main,
+)
 from crucible_kitchen.errors import RunCancelled
 from crucible_kitchen.telemetry import TrainingStep
 
@@ -153,7 +160,9 @@ def test_the_cli_uses_only_public_names_of_other_packages() -> None:
     imported = [
         node.module
         for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crucible_kitchen")
+        if isinstance(node, ast.ImportFrom)
+        and node.module is not None
+        and node.module.startswith("crucible_kitchen")
     ]
     assert "crucible_kitchen.telemetry" in imported
     private = [m for m in imported if any(part.startswith("_") for part in m.split("."))]
@@ -205,3 +214,31 @@ async def test_the_readme_stop_returns_a_cancelled_result_where_wait_raises() ->
             await run.wait()
         aborted = await kitchen.start("supervised", {"epochs": 3}, run_dir=False)
         assert (await aborted.cancel()).status in ("cancelled", "completed")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("keeps_dir", [True, False])
+async def test_a_stopped_run_that_cannot_resume_says_why(
+    keeps_dir: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The noop adapters keep their checkpoints in memory; ``run_dir=False`` keeps no files."""
+    display = ProgressDisplay(enabled=False)
+    async with Kitchen.open() as kitchen:
+        run = await kitchen.start(
+            "supervised",
+            {"epochs": 3},
+            telemetry=[display],
+            run_dir=tmp_path / "run" if keeps_dir else False,
+        )
+        async for event in run.events():
+            if isinstance(event, TrainingStep) and event.step == 1:
+                run.request_stop()
+        result = await run.result()
+    assert _report(result, display, run, "trio") == 130
+    last = capsys.readouterr().err.splitlines()[-1]
+    if keeps_dir:
+        checkpoint = result.artifacts["last_checkpoint"]
+        assert checkpoint.startswith("noop://")
+        assert last == f"its checkpoints are not on disk ({checkpoint}), so it cannot be resumed"
+    else:
+        assert last == "this run keeps no run directory, so it cannot be resumed"
