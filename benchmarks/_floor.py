@@ -1,4 +1,4 @@
-"""The reference loop every benchmark divides by (calibration.md's ``bare_b0``).
+"""The reference loop every benchmark divides by (``bare_b0``).
 
 Two tasks, a request and a reply anyio memory stream, both buffer 0, int payload. Shared by
 the scripts in this folder, which run as ``python benchmarks/<script>.py`` (so this folder is

@@ -6,7 +6,7 @@ Run::
     .venv/bin/python benchmarks/runtime_bench.py --quick         # a few seconds, small N
     .venv/bin/python benchmarks/runtime_bench.py --backend trio --reps 3 --json out.json
 
-What it measures (method of ``/work/shared/reference/calibration.md``): every repetition makes
+What it measures: every repetition makes
 one ``anyio.run`` per backend (backend order alternates), and inside it runs every variant of a
 group in an order that rotates with the repetition. A variant's figure is the mean over N
 operations after a warm-up and a ``gc.collect()`` (GC stays on). Ratios are computed per
@@ -214,7 +214,7 @@ class _Envelope:
 
 
 async def floor_nowait_b16(n: int, warmup: int) -> float:
-    """calibration.md's ``full_call_nowait_b16``: Struct + Event/slot + ``fail_after(5)``."""
+    """``full_call_nowait_b16``, a call built by hand: Struct + Event/slot + ``fail_after(5)``."""
     tx, rx = anyio.create_memory_object_stream[_Envelope](16)
 
     async def server() -> None:

@@ -36,3 +36,21 @@ def test_benchmark_quick_mode_still_runs(script: Path) -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_docs_stand_alone() -> None:
+    """README, docs/ and the benchmarks point at nothing outside the repository."""
+    texts = [
+        ROOT / "README.md",
+        *(ROOT / "docs").rglob("*.md"),
+        *(ROOT / "benchmarks").glob("*.py"),
+    ]
+    texts += EXAMPLES
+    outside = ("/work/", "../shared", "shared/reference", "calibration.md")
+    found = [
+        f"{path.relative_to(ROOT)}: {needle}"
+        for path in texts
+        for needle in outside
+        if needle in path.read_text(encoding="utf-8")
+    ]
+    assert found == []

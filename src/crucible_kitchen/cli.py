@@ -1,43 +1,41 @@
 """The ``kitchen`` command: run, resume, list, describe and plot training runs.
 
-::
-
-    kitchen run sl_basic                                  # the README's main job
-    kitchen run sl_basic --config my.toml epochs=3 learning_rate=1e-3
-    kitchen resume runs/sl_basic-1a2b3c4d                 # continue from its last checkpoint
-    kitchen plot runs/sl_basic-1a2b3c4d                   # loss and learning-rate curves (PNG)
-    kitchen recipes
-    kitchen describe sl_basic
-
-Ctrl-C once: finish the current step, checkpoint, stop (``kitchen resume`` continues exactly
-there). Ctrl-C twice: cancel at once (cleanup stages still run).
+``kitchen --help`` shows the commands with examples (:data:`EXAMPLES`). Ctrl-C once: finish the
+current step, checkpoint, stop, then print the ``kitchen resume`` command that continues there.
+Ctrl-C twice: cancel at once (cleanup stages still run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import signal
 import sys
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 
 from crucible_kitchen.errors import ConfigError, KitchenError
 from crucible_kitchen.kitchen import Kitchen
 from crucible_kitchen.telemetry import (
     ConsoleHandler,
+    DistillationStep,
+    DpoStep,
+    RlStep,
     TelemetryEvent,
+    TrainingCheckpoint,
     TrainingStep,
     WorkflowException,
     WorkflowStart,
     WorkflowStop,
 )
-from crucible_kitchen.telemetry._handlers import stderr_console
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -47,6 +45,20 @@ if TYPE_CHECKING:
 __all__ = ("load_config_file", "main", "parse_overrides")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command that SIGPIPE ended (``| head``)
+
+EXAMPLES = """\
+examples:
+  kitchen run sl_basic                            # the README's main job
+  kitchen run sl_basic --config my.toml epochs=3 learning_rate=1e-3
+  kitchen resume runs/sl_basic-1a2b3c4d           # continue from its last checkpoint
+  kitchen plot runs/sl_basic-1a2b3c4d             # loss and learning-rate curves (PNG)
+  kitchen recipes
+  kitchen describe sl_basic
+
+Ctrl-C once: finish the current step, checkpoint, stop; the command that resumes the run
+is printed at the end. Ctrl-C twice: cancel at once (cleanup stages still run).
+"""
 
 
 def _parse_value(text: str) -> Any:
@@ -128,10 +140,15 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_STEP_EVENTS = (TrainingStep, DpoStep, RlStep, DistillationStep)
+
+
 class ProgressDisplay:
     """A telemetry handler that draws a rich progress bar: step, loss, tokens/s, ETA.
 
-    Other events worth a line (failures, retries, checkpoints, evals) print above the bar.
+    Other events worth a line (failures, retries, checkpoints, evals) print above the bar. It
+    also keeps what the end-of-run report needs: the steps whose results arrived
+    (:attr:`steps_done`), the metrics of the last of them, and the checkpoints saved.
     """
 
     def __init__(self, *, enabled: bool = True) -> None:
@@ -144,8 +161,8 @@ class ProgressDisplay:
             TimeRemainingColumn,
         )
 
-        self.console = stderr_console()
-        self.lines = ConsoleHandler(self.console)
+        self.lines = ConsoleHandler()
+        self.console = self.lines.console
         self.progress: Progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -158,41 +175,79 @@ class ProgressDisplay:
             disable=not enabled,
         )
         self.task: TaskID | None = None
+        self.steps_done: int | None = None
+        """Steps whose step event arrived (1 + the last one's 0-based index)."""
+        self.step_metrics: dict[str, float] = {}
+        """The metrics of the last step event."""
+        self.checkpoint_steps: dict[str, int] = {}
+        """Each checkpoint saved: its path and the step it was taken after."""
         self._last = (time.perf_counter(), 0.0)
 
     def __call__(self, event: TelemetryEvent) -> None:
         if isinstance(event, WorkflowStart):
             self.progress.start()
             self.task = self.progress.add_task(event.workflow, total=None, stats="")
-        if isinstance(event, TrainingStep) and self.task is not None:
-            now, tokens = time.perf_counter(), float(event.metrics.get("train/tokens", 0.0))
-            then, _ = self._last
-            rate = tokens / (now - then) if now > then and tokens else 0.0
-            self._last = (now, tokens)
-            loss = "" if event.loss is None else f"loss {event.loss:.4f}"
-            speed = f"  {rate:,.0f} tok/s" if rate else ""
-            self.progress.update(
-                self.task, completed=event.step + 1, total=event.total_steps, stats=f"{loss}{speed}"
-            )
-            return
+        elif isinstance(event, _STEP_EVENTS):
+            self._step(event)
+            if isinstance(event, TrainingStep):
+                return  # the bar shows it; DPO, RL and distillation steps also get a line
+        elif isinstance(event, TrainingCheckpoint):
+            self.checkpoint_steps[event.path] = event.step
+        elif isinstance(event, WorkflowStop):
+            event = self._finish(event)
         line = self.lines.format(event)
         if line is not None and line[0] >= 20:
             self.progress.console.print(line[1], markup=False, highlight=False)
         if isinstance(event, WorkflowStop | WorkflowException):
             self.progress.stop()
 
+    def _step(self, event: TrainingStep | DpoStep | RlStep | DistillationStep) -> None:
+        self.steps_done = event.step + 1
+        self.step_metrics = dict(event.metrics)
+        if self.task is None:
+            return
+        now, tokens = time.perf_counter(), float(event.metrics.get("train/tokens", 0.0))
+        then, _ = self._last
+        rate = tokens / (now - then) if now > then and tokens else 0.0
+        self._last = (now, tokens)
+        loss = "" if event.loss is None else f"loss {event.loss:.4f}"
+        speed = f"  {rate:,.0f} tok/s" if rate else ""
+        total = event.total_steps if isinstance(event, TrainingStep) else None
+        self.progress.update(
+            self.task, completed=self.steps_done, total=total, stats=f"{loss}{speed}"
+        )
+
+    def _finish(self, event: WorkflowStop) -> WorkflowStop:
+        """Fill the bar of a completed run; for a stopped run, count the steps whose results
+        arrived (a pipelined run stops with one more step submitted than finished)."""
+        if event.status != "completed" and self.steps_done is not None:
+            event = msgspec.structs.replace(event, steps=min(event.steps, self.steps_done))
+        if self.task is not None:
+            total = event.steps if event.status == "completed" else None
+            self.progress.update(self.task, completed=event.steps, total=total)
+        return event
+
     def close(self) -> None:
         self.progress.stop()
 
 
-async def _await_with_signals(handle: RunHandle, console: Any) -> RunResult:
-    """Wait for the run; the first Ctrl-C stops it gracefully, the second cancels it."""
-    async with anyio.create_task_group() as tg:
+async def _start_and_wait(
+    start: Callable[[Kitchen], Awaitable[RunHandle]], display: ProgressDisplay, verb: str
+) -> tuple[RunHandle, RunResult] | None:
+    """Start a run and wait for it. Ctrl-C (or SIGTERM) during start-up abandons the start
+    (``None``); once it runs, the first stops it gracefully and the second cancels it."""
+    console = display.console
+    handle: RunHandle | None = None
+    failure: Exception | None = None
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async def watch() -> None:
                 interrupts = 0
                 async for _ in signals:
+                    if handle is None:
+                        tg.cancel_scope.cancel()
+                        return
                     interrupts += 1
                     if interrupts == 1:
                         console.print(
@@ -205,25 +260,60 @@ async def _await_with_signals(handle: RunHandle, console: Any) -> RunResult:
                         tg.start_soon(handle.cancel)
                         return
 
-        tg.start_soon(watch)
-        result = await handle.result()
-        tg.cancel_scope.cancel()
-    return result
+            tg.start_soon(watch)
+            try:
+                async with Kitchen.open() as kitchen:
+                    handle = await start(kitchen)
+                    console.print(f"{verb} [bold]{handle.run_id}[/] ({handle.workflow})")
+                    result = await handle.result()
+            except Exception as exc:  # raised below, outside the group that would wrap it
+                failure = exc
+            tg.cancel_scope.cancel()
+    display.close()
+    if failure is not None:
+        raise failure
+    if handle is None:
+        return None
+    return handle, result
 
 
-def _report(result: RunResult, console: Any) -> int:
-    metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()))
-    console.print(f"[bold]{result.status}[/]: {result.steps} steps in {result.duration_s:.1f} s")
+def _report(result: RunResult, display: ProgressDisplay, handle: RunHandle, backend: str) -> int:
+    """Print how the run ended; for a stopped run, where and how to resume it."""
+    console = display.console
+    steps, metrics = result.steps, dict(result.metrics)
+    if result.status != "completed" and display.steps_done is not None:
+        steps = min(steps, display.steps_done)  # as the bar and the stop line say
+        metrics.update(display.step_metrics)  # the last finished step's, not a partial one's
+    console.print(f"[bold]{result.status}[/]: {steps} steps in {result.duration_s:.1f} s")
     if metrics:
-        console.print(metrics, markup=False)
+        console.print("  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())), markup=False)
     for name, path in sorted(result.artifacts.items()):
         console.print(f"  {name}: {path}", markup=False)
     if result.status == "completed":
         return EXIT_OK
-    if result.status == "cancelled":
-        return EXIT_STOPPED
-    console.print(f"[red]failed[/]: {result.error}", markup=True)
-    return EXIT_FAILED
+    if result.status == "failed":
+        console.print(f"[red]failed[/]: {result.error}", markup=True)
+    console.print(_resume_hint(result, display, handle, backend), markup=False)
+    return EXIT_STOPPED if result.status == "cancelled" else EXIT_FAILED
+
+
+def _resume_hint(
+    result: RunResult, display: ProgressDisplay, handle: RunHandle, backend: str
+) -> str:
+    """The exact ``kitchen resume`` command, and the step it starts from."""
+    if handle.run_dir is None:
+        return "this run keeps no run directory, so it cannot be resumed"
+    command = f"kitchen resume {shlex.quote(str(handle.run_dir))}"
+    if backend != "asyncio":
+        command += f" --backend {backend}"
+    checkpoint = result.artifacts.get("last_checkpoint")
+    if checkpoint is None:
+        return f"no checkpoint was saved; to start again from step 0: {command}"
+    if "://" in checkpoint:
+        return f"its checkpoints are not on disk ({checkpoint}), so it cannot be resumed"
+    step = display.checkpoint_steps.get(checkpoint)
+    where = "its last checkpoint" if step is None else f"step {step} (its last checkpoint)"
+    return f"to resume from {where}: {command}"
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -235,25 +325,33 @@ async def _run(args: argparse.Namespace) -> int:
     telemetry: list[Any] = [display]
     if args.jsonl:
         telemetry.append(("jsonl", args.jsonl))
-    start: dict[str, Any] = {"adapters": args.adapters, "telemetry": telemetry, "seed": args.seed}
+    options: dict[str, Any] = {"adapters": args.adapters, "telemetry": telemetry}
     if args.run_dir:
-        start["run_dir"] = args.run_dir
-    async with Kitchen.open() as kitchen:
-        handle = await kitchen.start(args.target, config, **start)
-        display.console.print(f"run [bold]{handle.run_id}[/] ({handle.workflow})")
-        result = await _await_with_signals(handle, display.console)
-    display.close()
-    return _report(result, display.console)
+        options["run_dir"] = args.run_dir
+
+    async def start(kitchen: Kitchen) -> RunHandle:
+        return await kitchen.start(args.target, config, seed=args.seed, **options)
+
+    return _outcome(await _start_and_wait(start, display, "run"), display, args.backend)
 
 
 async def _resume(args: argparse.Namespace) -> int:
     display = ProgressDisplay(enabled=not args.quiet)
-    async with Kitchen.open() as kitchen:
-        handle = await kitchen.resume(args.run_dir, telemetry=[display])
-        display.console.print(f"resuming [bold]{handle.run_id}[/] from {args.run_dir}")
-        result = await _await_with_signals(handle, display.console)
-    display.close()
-    return _report(result, display.console)
+
+    async def start(kitchen: Kitchen) -> RunHandle:
+        return await kitchen.resume(args.run_dir, telemetry=[display])
+
+    return _outcome(await _start_and_wait(start, display, "resuming"), display, args.backend)
+
+
+def _outcome(
+    ended: tuple[RunHandle, RunResult] | None, display: ProgressDisplay, backend: str
+) -> int:
+    if ended is None:
+        display.console.print("interrupted during start-up: the run did not start")
+        return EXIT_STOPPED
+    handle, result = ended
+    return _report(result, display, handle, backend)
 
 
 async def _recipes() -> int:
@@ -266,6 +364,9 @@ async def _recipes() -> int:
 def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw the loss curves and the learning rate of a run's ``metrics.jsonl`` into a PNG.
 
+    Evaluation metrics, which ``metrics.jsonl`` keeps under tinker-cookbook's ``test/``
+    prefix, are labelled ``eval/`` as on the console (``eval/loss``).
+
     Raises:
         KitchenError: no metrics file, nothing to plot, or matplotlib is missing.
     """
@@ -275,20 +376,7 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
         rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
     except OSError as exc:
         raise KitchenError(f"no metrics to plot: cannot read {source}: {exc.strerror}") from exc
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for row in rows:
-        step = row.get("step")
-        if not isinstance(step, int | float):
-            continue
-        for key, value in row.items():
-            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
-                xs, ys = series.setdefault(key, ([], []))
-                xs.append(float(step))
-                ys.append(float(value))
-    losses = _distinct(
-        {k: v for k, v in series.items() if ("loss" in k or "nll" in k) and "tokens" not in k}
-    )
-    rates = _distinct({k: v for k, v in series.items() if k in ("lr", "learning_rate", "train/lr")})
+    losses, rates = _curves(rows)
     if not losses and not rates:
         raise KitchenError(f"nothing to plot in {source}: no loss or learning-rate columns")
     try:
@@ -315,11 +403,39 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return target
 
 
-def _distinct(
-    curves: dict[str, tuple[list[float], list[float]]],
-) -> dict[str, tuple[list[float], list[float]]]:
+Curves = dict[str, tuple[list[float], list[float]]]
+"""Named curves: each name's steps and values."""
+
+
+def _curves(rows: Sequence[Mapping[str, Any]]) -> tuple[Curves, Curves]:
+    """The loss curves and the learning-rate curves of ``metrics.jsonl`` rows, each named as
+    the console names it (:func:`_legend`), aliases of one another dropped."""
+    series: Curves = {}
+    for row in rows:
+        step = row.get("step")
+        if not isinstance(step, int | float):
+            continue
+        for key, value in row.items():
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                xs, ys = series.setdefault(_legend(key), ([], []))
+                xs.append(float(step))
+                ys.append(float(value))
+    losses = _distinct(
+        {k: v for k, v in series.items() if ("loss" in k or "nll" in k) and "tokens" not in k}
+    )
+    rates = _distinct({k: v for k, v in series.items() if k in ("lr", "learning_rate", "train/lr")})
+    return losses, rates
+
+
+def _legend(key: str) -> str:
+    """A column's name as the console prints it: ``metrics.jsonl`` keeps evaluation metrics
+    under tinker-cookbook's ``test/`` prefix, the console and the run's metrics say ``eval/``."""
+    return "eval/" + key.removeprefix("test/") if key.startswith("test/") else key
+
+
+def _distinct(curves: Curves) -> Curves:
     """Drop a curve that repeats an earlier one under another name (cookbook aliases)."""
-    kept: dict[str, tuple[list[float], list[float]]] = {}
+    kept: Curves = {}
     for key in sorted(curves):
         if curves[key] not in kept.values():
             kept[key] = curves[key]
@@ -331,12 +447,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="kitchen",
         description="Run, resume and inspect crucible-kitchen training runs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        epilog=EXAMPLES,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a recipe or built-in workflow")
     run.add_argument("target", help="a recipe name (see `kitchen recipes`)")
-    run.add_argument("overrides", nargs="*", metavar="key=value", help="config settings")
+    run.add_argument(
+        "overrides", nargs="*", default=[], metavar="key=value", help="config settings (optional)"
+    )
     run.add_argument("--config", metavar="FILE", help="settings from a .toml, .yaml or .json file")
     run.add_argument("--adapters", default=None, help="adapter set (default: the recipe's)")
     run.add_argument("--seed", type=int, default=0)
@@ -354,7 +472,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("recipes", help="list the recipes")
     describe = commands.add_parser("describe", help="show a recipe's workflow")
     describe.add_argument("target")
-    describe.add_argument("overrides", nargs="*", metavar="key=value")
+    describe.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     return parser
 
 
@@ -366,6 +484,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or not all("=" in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    try:
+        return _command(args)
+    except BrokenPipeError:
+        # The reader went away (``kitchen describe ... | head``): no traceback, and nothing
+        # more to write; point stdout at /dev/null so that the exit's flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return anyio.run(_run, args, backend=args.backend)

@@ -16,8 +16,10 @@ from crucible_kitchen.telemetry import (
     ConsoleHandler,
     DpoStep,
     EvalComplete,
+    FeedbackBaselineUpdated,
     JsonlHandler,
     MetricsJsonlHandler,
+    ModelRegistered,
     RlStep,
     StageException,
     StageStart,
@@ -328,3 +330,32 @@ def test_build_handlers_closes_what_it_opened_when_a_later_spec_is_bad(tmp_path:
         build_handlers([Spy(tmp_path / "a.jsonl"), "nope"])
     assert opened
     assert all(handler.closed for handler in opened)
+
+
+def test_console_names_a_registered_version_without_gluing_a_v_to_a_name() -> None:
+    lines = console_lines(
+        [
+            ModelRegistered(name="m", version="3", model_id="id-3"),
+            ModelRegistered(name="m", version="sl_basic-1a2b3c4d", model_id="id-4"),
+            FeedbackBaselineUpdated(deployment_id="d", model_name="m", model_version="2"),
+        ]
+    )
+    assert lines == [
+        "[Kitchen] Model registered: m v3 (id: id-3)",
+        "[Kitchen] Model registered: m version sl_basic-1a2b3c4d (id: id-4)",
+        "[Kitchen] Baseline of d updated to m v2",
+    ]
+
+
+def test_the_console_wraps_nothing_when_the_output_is_not_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Everything printed on a handler's console (the CLI's summary too), not only events."""
+    console = ConsoleHandler().console  # on stderr, captured: not a terminal
+    path = "runs/" + "a-long-directory-name/" * 6 + "checkpoints/weights/step_000050"
+    console.print(f"  last_checkpoint: {path}", markup=False)
+    console.print("  ".join(f"metric/{i}=0.5" for i in range(20)))
+    assert capsys.readouterr().err.splitlines() == [
+        f"  last_checkpoint: {path}",
+        "  ".join(f"metric/{i}=0.5" for i in range(20)),
+    ]

@@ -134,176 +134,242 @@ class ConsoleHandler:
 
     def format(self, event: BaseEvent) -> tuple[int, str] | None:
         """The event's level and line, or ``None`` for an event not printed (a skipped step)."""
-        match event:
-            case WorkflowStart(workflow=workflow, recipe=recipe):
-                source = f"recipe {recipe}, " if recipe else ""
-                return 20, f"[Kitchen] Workflow {workflow} started ({source}run {event.run_id})"
-            case WorkflowStop(status="completed"):
-                return 20, (
-                    f"[Kitchen] Workflow {event.workflow} completed in "
-                    f"{_duration(event.duration_s)} ({event.steps} steps){_metrics(event.metrics)}"
-                )
-            case WorkflowStop():
-                return 30, (
-                    f"[Kitchen] Workflow {event.workflow} {event.status} after "
-                    f"{_duration(event.duration_s)} ({event.steps} steps)"
-                )
-            case WorkflowException():
-                where = (
-                    f" in stage {event.stage} ({event.path}, attempt {event.attempt})"
-                    if event.stage
-                    else ""
-                )
-                return 40, (
-                    f"[Kitchen] Workflow {event.workflow} failed after "
-                    f"{_duration(event.duration_s)}{where}: "
-                    f"{_error(event.error_type, event.error_message)}"
-                )
-            case StageStart():
-                return 10, (
-                    f"[Kitchen] Stage {event.stage} started"
-                    f"{_loop(event.loop)}{_attempt(event.attempt)}"
-                )
-            case StageStop():
-                return 10, (
-                    f"[Kitchen] Stage {event.stage} completed in {_duration(event.duration_s)}"
-                    f"{_loop(event.loop)}{_attempt(event.attempt)}"
-                )
-            case StageException():
-                retry = ", will retry" if event.will_retry else ""
-                return 30 if event.will_retry else 40, (
-                    f"[Kitchen] Stage {event.stage} failed after {_duration(event.duration_s)}"
-                    f"{_loop(event.loop)} (attempt {event.attempt}{retry}): "
-                    f"{_error(event.error_type, event.error_message)}"
-                )
-            case TrainingStep():
-                if not self._shows(event.step, event.total_steps):
-                    return None
-                return 20, (
-                    f"[Kitchen] Step {event.step + 1}/{_opt(event.total_steps)}"
-                    f" | loss={_num(event.loss, '.4f')} | lr={_num(event.lr, '.3e')}"
-                )
-            case TrainingEpoch():
-                return 20, (
-                    f"[Kitchen] Epoch {event.epoch + 1}/{_opt(event.total_epochs)} complete"
-                    f"{_metrics(event.metrics)}"
-                )
-            case TrainingCheckpoint():
-                return 20, (
-                    f"[Kitchen] Checkpoint saved: {event.name} at {event.path} "
-                    f"(after {event.step} steps)"
-                )
-            case TrainingResume():
-                return 20, f"[Kitchen] Resumed from {event.path} (after {event.step} steps)"
-            case EvalSample():
-                reference = "" if event.reference is None else f" (reference: {event.reference!r})"
-                return 20, (
-                    f"[Kitchen] Sample at step {_opt(event.step)}: {event.prompt!r} -> "
-                    f"{event.completion!r}{reference}"
-                )
-            case EvalComplete():
-                parts = [
-                    p
-                    for p in (
-                        event.model and f"for {event.model}",
-                        event.dataset and f"on {event.dataset}",
-                    )
-                    if p
-                ]
-                what = (" " + " ".join(parts)) if parts else ""
-                return 20, (
-                    f"[Kitchen] Evaluation complete{what} ({event.sample_count} samples)"
-                    f"{_metrics(event.metrics)}"
-                )
-            case ModelRegistered():
-                return 20, (
-                    f"[Kitchen] Model registered: {event.name} v{event.version} "
-                    f"(id: {event.model_id})"
-                )
-            case DpoDatasetBuilt():
-                return 10, (
-                    f"[Kitchen] DPO dataset built: {event.num_pairs} pairs "
-                    f"in {event.num_batches} batches"
-                )
-            case DpoStep():
-                if not self._shows(event.step, None):
-                    return None
-                return 20, (
-                    f"[Kitchen] DPO step {event.step + 1} | loss={event.loss:.4f} "
-                    f"| acc={event.accuracy:.3f} | margin={event.margin:.4f} "
-                    f"| lr={_num(event.lr, '.3e')}"
-                )
-            case RlEnvGroupBuilt():
-                return 10, (
-                    f"[Kitchen] RL env groups built: {event.groups_per_batch} x "
-                    f"{event.group_size} {event.env_type}"
-                )
-            case RlRolloutComplete():
-                return 10, (
-                    f"[Kitchen] RL rollouts {event.step + 1}: {event.num_trajectories} "
-                    f"trajectories in {_duration(event.duration_s)}, "
-                    f"reward={event.reward_mean:.4f}±{event.reward_std:.4f}"
-                )
-            case RlAdvantagesComputed():
-                return 10, (
-                    f"[Kitchen] RL advantages {event.step + 1}: {event.count} "
-                    f"(mean={event.advantage_mean:.4f}, std={event.advantage_std:.4f})"
-                )
-            case RlBatchAssembled():
-                return 10, (
-                    f"[Kitchen] RL batch {event.step + 1}: {event.num_datums} datums "
-                    f"from {event.num_trajectories} trajectories"
-                )
-            case RlStep():
-                if not self._shows(event.step, None):
-                    return None
-                return 20, (
-                    f"[Kitchen] RL step {event.step + 1} "
-                    f"| reward={event.reward_mean:.4f}±{event.reward_std:.4f} "
-                    f"| loss={_num(event.loss, '.4f')} | kl={_num(event.kl_sample_train, '.2e')} "
-                    f"| lr={_num(event.lr, '.3e')}"
-                )
-            case DistillationStep():
-                if not self._shows(event.step, None):
-                    return None
-                return 20, (
-                    f"[Kitchen] Distillation step {event.step + 1} "
-                    f"| loss={_num(event.loss, '.4f')} "
-                    f"| teacher_kl={_num(event.teacher_kl, '.4f')} | lr={_num(event.lr, '.3e')}"
-                )
-            case FeedbackTriggersChecked():
-                triggers = ", ".join(event.triggers) or "none"
-                verdict = "retraining" if event.should_retrain else "no retraining"
-                return 20, (
-                    f"[Kitchen] Feedback triggers for {event.deployment_id}: {triggers} ({verdict})"
-                )
-            case FeedbackDataCurated():
-                return 20, (
-                    f"[Kitchen] Feedback curated for {event.deployment_id}: {event.count} examples"
-                )
-            case FeedbackDataExported():
-                return 20, (
-                    f"[Kitchen] Feedback exported for {event.deployment_id}: "
-                    f"{event.path} ({event.format})"
-                )
-            case FeedbackBaselineUpdated():
-                model = event.model_name or event.model_id or "?"
-                version = f" v{event.model_version}" if event.model_version else ""
-                return 20, (
-                    f"[Kitchen] Baseline of {event.deployment_id} updated to {model}{version}"
-                )
-            case SupervisorRestart():
-                return 30, (
-                    f"[Kitchen] Restarted {event.child} (attempt {event.attempt}): {event.reason}"
-                )
-        return None  # an event type this handler does not know (added later)
+        if isinstance(event, _STEP_EVENTS) and not self._shows(event):
+            return None
+        lines = _LINES.get(type(event))
+        return None if lines is None else lines(event)  # None: a type added later
 
-    def _shows(self, step: int, total: int | None) -> bool:
+    def _shows(self, event: TrainingStep | DpoStep | RlStep | DistillationStep) -> bool:
+        total = event.total_steps if isinstance(event, TrainingStep) else None
         return (
             self.step_every == 1
-            or step % self.step_every == 0
-            or (total is not None and step == total - 1)
+            or event.step % self.step_every == 0
+            or (total is not None and event.step == total - 1)
         )
+
+
+Line: TypeAlias = tuple[int, str]
+"""A console line and its level (a :mod:`logging` number)."""
+
+_STEP_EVENTS = (TrainingStep, DpoStep, RlStep, DistillationStep)
+
+
+def _workflow_line(event: BaseEvent) -> Line | None:
+    match event:
+        case WorkflowStart(workflow=workflow, recipe=recipe):
+            source = f"recipe {recipe}, " if recipe else ""
+            return 20, f"[Kitchen] Workflow {workflow} started ({source}run {event.run_id})"
+        case WorkflowStop(status="completed"):
+            return 20, (
+                f"[Kitchen] Workflow {event.workflow} completed in "
+                f"{_duration(event.duration_s)} ({event.steps} steps){_metrics(event.metrics)}"
+            )
+        case WorkflowStop():
+            return 30, (
+                f"[Kitchen] Workflow {event.workflow} {event.status} after "
+                f"{_duration(event.duration_s)} ({event.steps} steps)"
+            )
+        case WorkflowException():
+            where = (
+                f" in stage {event.stage} ({event.path}, attempt {event.attempt})"
+                if event.stage
+                else ""
+            )
+            return 40, (
+                f"[Kitchen] Workflow {event.workflow} failed after "
+                f"{_duration(event.duration_s)}{where}: "
+                f"{_error(event.error_type, event.error_message)}"
+            )
+    return None
+
+
+def _stage_line(event: BaseEvent) -> Line | None:
+    match event:
+        case StageStart():
+            return 10, (
+                f"[Kitchen] Stage {event.stage} started{_loop(event.loop)}{_attempt(event.attempt)}"
+            )
+        case StageStop():
+            return 10, (
+                f"[Kitchen] Stage {event.stage} completed in {_duration(event.duration_s)}"
+                f"{_loop(event.loop)}{_attempt(event.attempt)}"
+            )
+        case StageException():
+            retry = ", will retry" if event.will_retry else ""
+            return 30 if event.will_retry else 40, (
+                f"[Kitchen] Stage {event.stage} failed after {_duration(event.duration_s)}"
+                f"{_loop(event.loop)} (attempt {event.attempt}{retry}): "
+                f"{_error(event.error_type, event.error_message)}"
+            )
+    return None
+
+
+def _training_line(event: BaseEvent) -> Line | None:
+    match event:
+        case TrainingStep():
+            return 20, (
+                f"[Kitchen] Step {event.step + 1}/{_opt(event.total_steps)}"
+                f" | loss={_num(event.loss, '.4f')} | lr={_num(event.lr, '.3e')}"
+            )
+        case TrainingEpoch():
+            return 20, (
+                f"[Kitchen] Epoch {event.epoch + 1}/{_opt(event.total_epochs)} complete"
+                f"{_metrics(event.metrics)}"
+            )
+        case TrainingCheckpoint():
+            return 20, (
+                f"[Kitchen] Checkpoint saved: {event.name} at {event.path} "
+                f"(after {event.step} steps)"
+            )
+        case TrainingResume():
+            return 20, f"[Kitchen] Resumed from {event.path} (after {event.step} steps)"
+    return None
+
+
+def _evaluation_line(event: BaseEvent) -> Line | None:
+    match event:
+        case EvalSample():
+            reference = "" if event.reference is None else f" (reference: {event.reference!r})"
+            return 20, (
+                f"[Kitchen] Sample at step {_opt(event.step)}: {event.prompt!r} -> "
+                f"{event.completion!r}{reference}"
+            )
+        case EvalComplete():
+            parts = [
+                f"for {event.model}" if event.model else "",
+                event.dataset and f"on {event.dataset}",
+            ]
+            what = "".join(f" {part}" for part in parts if part)
+            return 20, (
+                f"[Kitchen] Evaluation complete{what} ({event.sample_count} samples)"
+                f"{_metrics(event.metrics)}"
+            )
+        case ModelRegistered():
+            return 20, (
+                f"[Kitchen] Model registered: {event.name} {_version(event.version)} "
+                f"(id: {event.model_id})"
+            )
+    return None
+
+
+def _algorithm_line(event: BaseEvent) -> Line | None:
+    """DPO, RL and distillation: their steps (info) and their bookkeeping (debug)."""
+    match event:
+        case DpoDatasetBuilt():
+            return 10, (
+                f"[Kitchen] DPO dataset built: {event.num_pairs} pairs "
+                f"in {event.num_batches} batches"
+            )
+        case DpoStep():
+            return 20, (
+                f"[Kitchen] DPO step {event.step + 1} | loss={event.loss:.4f} "
+                f"| acc={event.accuracy:.3f} | margin={event.margin:.4f} "
+                f"| lr={_num(event.lr, '.3e')}"
+            )
+        case RlEnvGroupBuilt():
+            return 10, (
+                f"[Kitchen] RL env groups built: {event.groups_per_batch} x "
+                f"{event.group_size} {event.env_type}"
+            )
+        case RlRolloutComplete():
+            return 10, (
+                f"[Kitchen] RL rollouts {event.step + 1}: {event.num_trajectories} "
+                f"trajectories in {_duration(event.duration_s)}, "
+                f"reward={event.reward_mean:.4f}±{event.reward_std:.4f}"
+            )
+        case RlAdvantagesComputed():
+            return 10, (
+                f"[Kitchen] RL advantages {event.step + 1}: {event.count} "
+                f"(mean={event.advantage_mean:.4f}, std={event.advantage_std:.4f})"
+            )
+        case RlBatchAssembled():
+            return 10, (
+                f"[Kitchen] RL batch {event.step + 1}: {event.num_datums} datums "
+                f"from {event.num_trajectories} trajectories"
+            )
+        case RlStep():
+            return 20, (
+                f"[Kitchen] RL step {event.step + 1} "
+                f"| reward={event.reward_mean:.4f}±{event.reward_std:.4f} "
+                f"| loss={_num(event.loss, '.4f')} | kl={_num(event.kl_sample_train, '.2e')} "
+                f"| lr={_num(event.lr, '.3e')}"
+            )
+        case DistillationStep():
+            return 20, (
+                f"[Kitchen] Distillation step {event.step + 1} "
+                f"| loss={_num(event.loss, '.4f')} "
+                f"| teacher_kl={_num(event.teacher_kl, '.4f')} | lr={_num(event.lr, '.3e')}"
+            )
+    return None
+
+
+def _feedback_line(event: BaseEvent) -> Line | None:
+    match event:
+        case FeedbackTriggersChecked():
+            triggers = ", ".join(event.triggers) or "none"
+            verdict = "retraining" if event.should_retrain else "no retraining"
+            return 20, (
+                f"[Kitchen] Feedback triggers for {event.deployment_id}: {triggers} ({verdict})"
+            )
+        case FeedbackDataCurated():
+            return 20, (
+                f"[Kitchen] Feedback curated for {event.deployment_id}: {event.count} examples"
+            )
+        case FeedbackDataExported():
+            return 20, (
+                f"[Kitchen] Feedback exported for {event.deployment_id}: "
+                f"{event.path} ({event.format})"
+            )
+        case FeedbackBaselineUpdated():
+            model = event.model_name or event.model_id or "?"
+            version = f" {_version(event.model_version)}" if event.model_version else ""
+            return 20, f"[Kitchen] Baseline of {event.deployment_id} updated to {model}{version}"
+    return None
+
+
+def _restart_line(event: BaseEvent) -> Line | None:
+    if isinstance(event, SupervisorRestart):
+        return 30, f"[Kitchen] Restarted {event.child} (attempt {event.attempt}): {event.reason}"
+    return None
+
+
+_LINES: dict[type[BaseEvent], Callable[[BaseEvent], Line | None]] = {
+    **dict.fromkeys((WorkflowStart, WorkflowStop, WorkflowException), _workflow_line),
+    **dict.fromkeys((StageStart, StageStop, StageException), _stage_line),
+    **dict.fromkeys(
+        (TrainingStep, TrainingEpoch, TrainingCheckpoint, TrainingResume), _training_line
+    ),
+    **dict.fromkeys((EvalSample, EvalComplete, ModelRegistered), _evaluation_line),
+    **dict.fromkeys(
+        (
+            DpoDatasetBuilt,
+            DpoStep,
+            RlEnvGroupBuilt,
+            RlRolloutComplete,
+            RlAdvantagesComputed,
+            RlBatchAssembled,
+            RlStep,
+            DistillationStep,
+        ),
+        _algorithm_line,
+    ),
+    **dict.fromkeys(
+        (
+            FeedbackTriggersChecked,
+            FeedbackDataCurated,
+            FeedbackDataExported,
+            FeedbackBaselineUpdated,
+        ),
+        _feedback_line,
+    ),
+    SupervisorRestart: _restart_line,
+}
+"""The line of each event type the console knows, by family."""
+
+
+def _version(version: str) -> str:
+    """``v3`` for a version number, ``version sl_basic-1a2b`` for a name."""
+    return f"v{version}" if version.isdigit() else f"version {version}"
 
 
 def _duration(seconds: float) -> str:
@@ -713,10 +779,12 @@ def _bad_spec(spec: object) -> str:
 
 
 def stderr_console() -> Console:
-    """A rich console on stderr that falls silent when its reader goes away (``| head``).
+    """A rich console on stderr that falls silent when its reader goes away (``| head``), and
+    that wraps no line when stderr is not a terminal (a log file or a pipe gets whole lines).
 
     Rich's default is to raise ``SystemExit`` from whatever code printed, which would end the
-    run (or the host application) from inside a telemetry handler.
+    run (or the host application) from inside a telemetry handler, and to wrap at 80 columns
+    anything that is not a terminal, splitting paths.
     """
     from rich.console import Console
 
@@ -724,4 +792,6 @@ def stderr_console() -> Console:
         def on_broken_pipe(self) -> None:
             self.quiet = True
 
-    return _StderrConsole(stderr=True)
+    console = _StderrConsole(stderr=True)
+    console.soft_wrap = not console.is_terminal
+    return console
