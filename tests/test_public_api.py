@@ -29,8 +29,12 @@ PUBLIC = {
         "open_supervisor",
     ),
     "crucible_kitchen.workflows": (
+        "RunOutcome",
+        "RunPlan",
+        "RunStatus",
         "Workflow",
         "async_loop",
+        "build_run_supervisor",
         "conditional",
         "distillation_workflow",
         "feedback_loop_workflow",

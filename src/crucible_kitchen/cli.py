@@ -249,7 +249,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _resume(args: argparse.Namespace) -> int:
     display = ProgressDisplay(enabled=not args.quiet)
     async with Kitchen.open() as kitchen:
-        handle = await kitchen.resume(args.run_dir, telemetry=[display])
+        handle = await kitchen.start_resumed(args.run_dir, telemetry=[display])
         display.console.print(f"resuming [bold]{handle.run_id}[/] from {args.run_dir}")
         result = await _await_with_signals(handle, display.console)
     display.close()

@@ -41,6 +41,7 @@ from ._events import (
     SupervisorRestart,
     TelemetryEvent,
     TrainingCheckpoint,
+    TrainingCheckpointDamaged,
     TrainingEpoch,
     TrainingResume,
     TrainingStep,
@@ -195,6 +196,11 @@ class ConsoleHandler:
                 )
             case TrainingResume():
                 return 20, f"[Kitchen] Resumed from {event.path} (after {event.step} steps)"
+            case TrainingCheckpointDamaged():
+                return 30, (
+                    f"[Kitchen] Checkpoint {event.path} is damaged ({event.reason}); resuming "
+                    f"from {event.resume_from or 'the first step'}, and replacing it"
+                )
             case EvalSample():
                 reference = "" if event.reference is None else f" (reference: {event.reference!r})"
                 return 20, (

@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
+from crucible_kitchen._files import atomic_write, fsync_directory
 from crucible_kitchen.adapters.local_torch._config import sha256_of_json
 from crucible_kitchen.adapters.local_torch._lora import lora_layers
 from crucible_kitchen.errors import (
@@ -89,21 +90,6 @@ def model_identity(model: Transformer) -> dict[str, Any]:
     """The config identity a checkpoint of ``model`` records and is checked against."""
     lora = None if model.lora_config is None else model.lora_config.identity()
     return {"model": model.config.identity(), "lora": lora}
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "xb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _optimizer_payload(
@@ -209,8 +195,7 @@ def save_checkpoint(
     try:
         staging.chmod(0o755)  # like any directory the run writes, not mkdtemp's 0o700
         for name, data in contents.items():
-            _write_file(staging / name, data)
-        _fsync_directory(staging)
+            atomic_write(staging / name, data, exclusive=True)
         try:
             os.rename(staging, target)
         except OSError as exc:
@@ -220,7 +205,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     return manifest
 
 
