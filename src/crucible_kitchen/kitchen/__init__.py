@@ -48,8 +48,6 @@ from crucible_kitchen.kitchen._handle import RunHandle as RunHandle
 from crucible_kitchen.kitchen._kitchen import Kitchen as Kitchen
 from crucible_kitchen.kitchen._kitchen import RunOptions as RunOptions
 from crucible_kitchen.kitchen._kitchen import StartOptions as StartOptions
-from crucible_kitchen.kitchen._registry import ADAPTERS_GROUP as ADAPTERS_GROUP
-from crucible_kitchen.kitchen._registry import RECIPES_GROUP as RECIPES_GROUP
 from crucible_kitchen.kitchen._results import DryRun as DryRun
 from crucible_kitchen.kitchen._results import RecipeInfo as RecipeInfo
 from crucible_kitchen.kitchen._results import RunResult as RunResult
@@ -57,8 +55,6 @@ from crucible_kitchen.kitchen._run_dir import RunRecord as RunRecord
 from crucible_kitchen.kitchen._run_dir import read_run_record as read_run_record
 
 __all__ = (
-    "ADAPTERS_GROUP",
-    "RECIPES_GROUP",
     "Adapters",
     "DryRun",
     "Kitchen",
