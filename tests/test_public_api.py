@@ -29,10 +29,10 @@ PUBLIC = {
         "open_supervisor",
     ),
     "crucible_kitchen.kitchen": (
-            "Adapters",
+        "Adapters",
         "DryRun",
         "Kitchen",
-            "RecipeInfo",
+        "RecipeInfo",
         "RunHandle",
         "RunOptions",
         "RunRecord",
