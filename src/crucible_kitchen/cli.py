@@ -339,7 +339,7 @@ async def _resume(args: argparse.Namespace) -> int:
     display = ProgressDisplay(enabled=not args.quiet)
 
     async def start(kitchen: Kitchen) -> RunHandle:
-        return await kitchen.resume(args.run_dir, telemetry=[display])
+        return await kitchen.start_resumed(args.run_dir, telemetry=[display])
 
     return _outcome(await _start_and_wait(start, display, "resuming"), display, args.backend)
 

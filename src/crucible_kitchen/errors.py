@@ -31,7 +31,10 @@ every other layer may import it.
     │                               (also a ValueError)
     ├── MessageDecodeError          bytes that are not a valid message  (also a ValueError)
     ├── PortError                   an adapter is missing or does not implement its port
+    │   └── AdapterSetNotFound      no adapter set registered by that name  (also a LookupError)
     ├── RecipeNotFound              no recipe or workflow by that name  (also a LookupError)
+    ├── RegistryError               a registered adapter set or recipe (an entry point) cannot be
+    │                               loaded, is registered twice, or is not what its group holds
     ├── RenderError                 a conversation cannot be rendered or a completion parsed
     │                               (also a ValueError)
     ├── RunDirectoryError           a run directory cannot be written, read or resumed
@@ -64,6 +67,7 @@ __all__ = (
     "ActorError",
     "ActorExited",
     "ActorNotRunning",
+    "AdapterSetNotFound",
     "BackendError",
     "CallTimeout",
     "CheckpointCorrupted",
@@ -84,6 +88,7 @@ __all__ = (
     "PermanentBackendError",
     "PortError",
     "RecipeNotFound",
+    "RegistryError",
     "RenderError",
     "RequestExpired",
     "RequestIdConflict",
@@ -259,6 +264,29 @@ class PortError(KitchenError):
         super().__init__(message)
         self.port = port
         self.problems = problems or []
+
+
+class AdapterSetNotFound(PortError, LookupError):
+    """No adapter set is registered under that name; ``known`` lists the registered ones."""
+
+    def __init__(self, name: str, *, known: list[str], group: str) -> None:
+        super().__init__(
+            f"no adapter set named {name!r}; known: {', '.join(known) or 'none registered'} "
+            f"(the {group!r} entry points of the installed packages)",
+            port="*",
+        )
+        self.name = name
+        self.known = known
+
+
+class RegistryError(KitchenError):
+    """An entry point of ``group`` named ``name`` cannot be used: it fails to load, two
+    packages register that name, or it is not what the group holds."""
+
+    def __init__(self, message: str, *, group: str, name: str) -> None:
+        super().__init__(message)
+        self.group = group
+        self.name = name
 
 
 class MessageDecodeError(KitchenError, ValueError):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from crucible_kitchen._files import TEMP_PREFIX
 from crucible_kitchen.adapters.filesystem import (
     FilesystemBlobStore,
     FilesystemDatasetStore,
@@ -18,7 +19,6 @@ from crucible_kitchen.adapters.filesystem import (
     bundled_data_dir,
     filesystem_adapters,
 )
-from crucible_kitchen.adapters.filesystem._files import TEMP_PREFIX
 from crucible_kitchen.errors import (
     DataError,
     InvalidRequest,

@@ -175,7 +175,7 @@ async def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(
         (part / log).write_bytes(text + b'{"event": "crucible_kitchen.training.st')
 
     async with Kitchen.open() as kitchen:
-        resumed_handle = await kitchen.resume(part)
+        resumed_handle = await kitchen.start_resumed(part)
         assert resumed_handle.resumed_from == str(part / "checkpoints/weights/step_000029")
         resumed = await resumed_handle.wait()
     assert (resumed.status, resumed.steps, resumed.run_id) == ("completed", 48, "r")
@@ -232,7 +232,7 @@ async def test_run_directories_refuse_what_they_cannot_do(tmp_path: Path) -> Non
     with pytest.raises(RunDirectoryError, match="keeps no checkpoints"):
         async with Kitchen.open() as kitchen:
             (noop_dir / "summary.json").unlink()  # as if the process had been killed
-            await kitchen.resume(noop_dir)
+            await kitchen.start_resumed(noop_dir)
 
 
 async def test_split_slices_carve_a_held_out_set() -> None:

@@ -218,21 +218,21 @@ def test_an_interrupted_write_leaves_nothing_behind(
 ) -> None:
     model = build_model(config, seed=0)
     optimizer = build_optimizer(model)
-    real_write = _checkpoint._write_file
+    real_write = _checkpoint.atomic_write
 
-    def write_half_then_fail(path: Path, data: bytes) -> None:
+    def write_half_then_fail(path: Path, data: bytes, *, exclusive: bool = False) -> None:
         if path.name == TRAIN_STATE_TENSORS_FILE:
             with open(path, "xb") as file:
                 file.write(data[: len(data) // 2])
             raise OSError("disk full")
-        real_write(path, data)
+        real_write(path, data, exclusive=exclusive)
 
-    monkeypatch.setattr(_checkpoint, "_write_file", write_half_then_fail)
+    monkeypatch.setattr(_checkpoint, "atomic_write", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer, step=1)
     assert list((tmp_path / "runs").iterdir()) == []
 
-    monkeypatch.setattr(_checkpoint, "_write_file", real_write)
+    monkeypatch.setattr(_checkpoint, "atomic_write", real_write)
     save_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer, step=1)
     assert [path.name for path in (tmp_path / "runs").iterdir()] == ["ckpt"]
     load_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Protocol
 
+from crucible_kitchen._files import TEMP_PREFIX
 from crucible_kitchen.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -11,8 +12,9 @@ if TYPE_CHECKING:
 
 __all__ = ("RESERVED_KEY_PREFIX", "BlobStore", "check_blob_key")
 
-RESERVED_KEY_PREFIX: Final = ".ck-tmp-"
-"""Key segments starting with this are reserved for a store's writes in progress."""
+RESERVED_KEY_PREFIX: Final = TEMP_PREFIX
+"""Key segments starting with this are reserved for a store's writes in progress (the
+temporary files of the package's atomic writer)."""
 
 
 def check_blob_key(

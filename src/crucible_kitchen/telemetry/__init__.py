@@ -50,6 +50,7 @@ from ._events import StageStop as StageStop
 from ._events import SupervisorRestart as SupervisorRestart
 from ._events import TelemetryEvent as TelemetryEvent
 from ._events import TrainingCheckpoint as TrainingCheckpoint
+from ._events import TrainingCheckpointDamaged as TrainingCheckpointDamaged
 from ._events import TrainingEpoch as TrainingEpoch
 from ._events import TrainingResume as TrainingResume
 from ._events import TrainingStep as TrainingStep
@@ -120,6 +121,7 @@ __all__ = (
     "TelemetryBus",
     "TelemetryEvent",
     "TrainingCheckpoint",
+    "TrainingCheckpointDamaged",
     "TrainingEpoch",
     "TrainingResume",
     "TrainingStep",

@@ -163,6 +163,18 @@ class TrainingResume(BaseEvent, frozen=True, kw_only=True, tag="crucible_kitchen
     path: str
 
 
+class TrainingCheckpointDamaged(
+    BaseEvent, frozen=True, kw_only=True, tag="crucible_kitchen.training.checkpoint_damaged"
+):
+    """A resumed run found the checkpoint at ``path`` damaged (``reason``) and resumes from
+    ``resume_from`` instead (``None``: from its first step); the replay writes a new checkpoint
+    in the damaged one's place."""
+
+    path: str
+    reason: str
+    resume_from: str | None = None
+
+
 class EvalSample(BaseEvent, frozen=True, kw_only=True, tag="crucible_kitchen.eval.sample"):
     """A reply sampled from the current weights for a held-out prompt (a qualitative check).
 
@@ -371,6 +383,7 @@ TelemetryEvent: TypeAlias = (
     | TrainingEpoch
     | TrainingCheckpoint
     | TrainingResume
+    | TrainingCheckpointDamaged
     | EvalSample
     | EvalComplete
     | ModelRegistered

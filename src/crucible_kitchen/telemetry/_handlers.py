@@ -41,6 +41,7 @@ from ._events import (
     SupervisorRestart,
     TelemetryEvent,
     TrainingCheckpoint,
+    TrainingCheckpointDamaged,
     TrainingEpoch,
     TrainingResume,
     TrainingStep,
@@ -223,6 +224,11 @@ def _training_line(event: BaseEvent) -> Line | None:
             )
         case TrainingResume():
             return 20, f"[Kitchen] Resumed from {event.path} (after {event.step} steps)"
+        case TrainingCheckpointDamaged():
+            return 30, (
+                f"[Kitchen] Checkpoint {event.path} is damaged ({event.reason}); resuming "
+                f"from {event.resume_from or 'the first step'}, and replacing it"
+            )
     return None
 
 
@@ -337,7 +343,14 @@ _LINES: dict[type[BaseEvent], Callable[[BaseEvent], Line | None]] = {
     **dict.fromkeys((WorkflowStart, WorkflowStop, WorkflowException), _workflow_line),
     **dict.fromkeys((StageStart, StageStop, StageException), _stage_line),
     **dict.fromkeys(
-        (TrainingStep, TrainingEpoch, TrainingCheckpoint, TrainingResume), _training_line
+        (
+            TrainingStep,
+            TrainingEpoch,
+            TrainingCheckpoint,
+            TrainingResume,
+            TrainingCheckpointDamaged,
+        ),
+        _training_line,
     ),
     **dict.fromkeys((EvalSample, EvalComplete, ModelRegistered), _evaluation_line),
     **dict.fromkeys(

@@ -7,16 +7,16 @@ or loaded, so importing this module costs nothing.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crucible_kitchen._files import atomic_write
 from crucible_kitchen.errors import TrainingInputError
 from crucible_kitchen.training._corpus import bundled_corpus
 from crucible_kitchen.training._tokenizer import BOS_TOKEN, EOS_TOKEN, SPECIAL_TOKENS
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterable, Sequence
 
     import tokenizers
@@ -136,19 +136,9 @@ class BpeTokenizer:
         return cls(backend, bos_token=bos_token, eos_token=eos_token)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the tokenizer to ``path`` atomically (temporary file, fsync, rename)."""
+        """Write the tokenizer to ``path`` atomically (see :func:`atomic_write`)."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(self.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(target, self.to_json().encode())
         return target
 
     @classmethod

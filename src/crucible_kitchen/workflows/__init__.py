@@ -1,6 +1,7 @@
 """Workflows: the DSL, the engine that runs a workflow as a supervised tree, built-in workflows.
 
-See ``docs/guides/custom-workflows.md``.
+See ``docs/guides/custom-workflows.md``. :class:`RunPlan`, :class:`RunOutcome` and
+:func:`build_run_supervisor` are the engine's entry point, for the Kitchen.
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ from crucible_kitchen.workflows._dsl import loop as loop
 from crucible_kitchen.workflows._dsl import parallel as parallel
 from crucible_kitchen.workflows._dsl import stage as stage
 from crucible_kitchen.workflows._dsl import stream_loop as stream_loop
+from crucible_kitchen.workflows._engine import RunOutcome as RunOutcome
+from crucible_kitchen.workflows._engine import RunPlan as RunPlan
+from crucible_kitchen.workflows._engine import RunStatus as RunStatus
+from crucible_kitchen.workflows._engine import build_run_supervisor as build_run_supervisor
 
 __all__ = (
+    "RunOutcome",
+    "RunPlan",
+    "RunStatus",
     "Workflow",
     "async_loop",
+    "build_run_supervisor",
     "conditional",
     "distillation_workflow",
     "feedback_loop_workflow",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import anyio.lowlevel
 
+from crucible_kitchen._json import config_json
 from crucible_kitchen.errors import (
     ActorExited,
     ActorNotRunning,
@@ -255,7 +256,7 @@ class WorkflowActor(Actor[Any]):
         outcome = plan.outcome
         started = time.perf_counter()
         run.telemetry.emit(
-            WorkflowStart(workflow=run.workflow, recipe=run.recipe, config=_jsonable(run.config))
+            WorkflowStart(workflow=run.workflow, recipe=run.recipe, config=config_json(run.config))
         )
         span = None
         if run.tracer is not None:
@@ -619,16 +620,6 @@ def _describe(error: BaseException | None) -> str:
     if error is None:
         return "its actor was killed"
     return f"{type(error).__name__}: {error}"
-
-
-def _jsonable(config: Any) -> dict[str, Any]:
-    dump = getattr(config, "model_dump", None)
-    if callable(dump):
-        result = dump(mode="json")
-        return result if isinstance(result, dict) else {"config": result}
-    if isinstance(config, dict):
-        return dict(config)
-    return {"config": repr(config)}
 
 
 def build_run_supervisor(plan: RunPlan) -> Supervisor:

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Final
 
 import anyio.to_thread
 
+from crucible_kitchen._files import TEMP_PREFIX, atomic_write
 from crucible_kitchen.adapters.filesystem._files import (
-    TEMP_PREFIX,
     RequestLedger,
-    atomic_write,
     confined_path,
     os_error,
 )

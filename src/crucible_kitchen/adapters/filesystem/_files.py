@@ -1,10 +1,10 @@
-"""Paths confined to a root, atomic writes, and the request ledger of the filesystem adapters."""
+"""Paths confined to a root, OS errors translated, and the request ledger of the filesystem
+adapters (atomic writes: :mod:`crucible_kitchen._files`)."""
 
 from __future__ import annotations
 
 import errno
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
@@ -20,24 +20,13 @@ from crucible_kitchen.errors import (
     RequestIdConflict,
     TransientBackendError,
 )
-from crucible_kitchen.ports import RESERVED_KEY_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = (
-    "TEMP_PREFIX",
-    "RequestLedger",
-    "atomic_write",
-    "confined_path",
-    "fsync_directory",
-    "os_error",
-)
+__all__ = ("RequestLedger", "confined_path", "os_error")
 
 T = TypeVar("T")
-
-TEMP_PREFIX: Final = RESERVED_KEY_PREFIX
-"""Files being written start with this; the port's key rule refuses keys with such a segment."""
 
 _TRANSIENT_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EBUSY})
 
@@ -63,48 +52,6 @@ def confined_path(root: Path, key: str, *, port: str, operation: str) -> Path:
             operation=operation,
         )
     return path
-
-
-def fsync_directory(path: Path) -> None:
-    """Flush a directory's entries to disk (where the platform allows it)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-    """Write ``data`` to ``path`` all or nothing: temporary file, fsync, rename, fsync dir.
-
-    A reader sees the old content or the new one, never a mix; a crash leaves at most a
-    ``.ck-tmp-*`` file behind. With ``exclusive`` an existing ``path`` is never replaced.
-
-    Raises:
-        FileExistsError: ``exclusive`` and ``path`` exists.
-        OSError: the write failed; nothing changed at ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
-    try:
-        with open(temporary, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if exclusive:
-            os.link(temporary, path)  # atomic, and fails if path exists
-            temporary.unlink()
-        else:
-            os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
 
 
 def os_error(

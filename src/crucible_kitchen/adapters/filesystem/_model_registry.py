@@ -12,12 +12,8 @@ from typing import TYPE_CHECKING, Final
 import anyio.to_thread
 import msgspec
 
-from crucible_kitchen.adapters.filesystem._files import (
-    TEMP_PREFIX,
-    RequestLedger,
-    atomic_write,
-    os_error,
-)
+from crucible_kitchen._files import TEMP_PREFIX, atomic_write
+from crucible_kitchen.adapters.filesystem._files import RequestLedger, os_error
 from crucible_kitchen.errors import InvalidRequest, PermanentBackendError, ResourceNotFound
 from crucible_kitchen.ports import ModelArtifact, RegisteredModel
 

@@ -3,7 +3,7 @@
 A checkpoint is a directory::
 
     manifest.json             format, step, config and its hash, sha256 and size of each file,
-                              the caller's JSON payload
+                              the caller's JSON payload and its hash
     model.safetensors         every weight of the model (LoRA adapters included)
     train_state.safetensors   optional: AdamW moments and step counts per parameter name, and
                               the dropout RNG state
@@ -11,8 +11,10 @@ A checkpoint is a directory::
 
 It is written into a hidden staging directory next to its final place (each file fsynced),
 then renamed into place and the parent directory fsynced, so a reader sees either the complete
-checkpoint or nothing. A crash mid-write leaves only a ``.<name>.*.partial`` directory.
-Loading checks every file's size and sha256, and the config, before changing anything.
+checkpoint or nothing. A crash mid-write leaves only a ``.<name>.*.partial`` directory
+(:func:`remove_partial_checkpoints` clears them away). Loading checks every file's size and
+sha256, and the config, before changing anything; :func:`verify_checkpoint` checks a whole
+checkpoint without loading it, and :func:`set_aside` moves a damaged one out of the way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
+from crucible_kitchen._files import atomic_write, fsync_directory
 from crucible_kitchen.adapters.local_torch._config import sha256_of_json
 from crucible_kitchen.adapters.local_torch._lora import lora_layers
 from crucible_kitchen.errors import (
@@ -89,21 +93,6 @@ def model_identity(model: Transformer) -> dict[str, Any]:
     """The config identity a checkpoint of ``model`` records and is checked against."""
     lora = None if model.lora_config is None else model.lora_config.identity()
     return {"model": model.config.identity(), "lora": lora}
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "xb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _optimizer_payload(
@@ -199,6 +188,7 @@ def save_checkpoint(
             for name, record in manifest.files.items()
         },
         "user_payload": manifest.user_payload,
+        "user_payload_hash": sha256_of_json(manifest.user_payload),
     }
     contents[MANIFEST_FILE] = json.dumps(manifest_json, indent=2, sort_keys=True).encode()
 
@@ -209,8 +199,7 @@ def save_checkpoint(
     try:
         staging.chmod(0o755)  # like any directory the run writes, not mkdtemp's 0o700
         for name, data in contents.items():
-            _write_file(staging / name, data)
-        _fsync_directory(staging)
+            atomic_write(staging / name, data, exclusive=True)
         try:
             os.rename(staging, target)
         except OSError as exc:
@@ -220,7 +209,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     return manifest
 
 
@@ -273,6 +262,11 @@ def read_manifest(directory: str | os.PathLike[str]) -> CheckpointManifest:
         raise CheckpointCorrupted(f"{path} is malformed: {exc!r}", path=str(path)) from exc
     if sha256_of_json(config) != config_hash:
         raise CheckpointCorrupted(f"{path}: config does not match config_hash", path=str(path))
+    payload_hash = raw.get("user_payload_hash")  # absent from checkpoints of older versions
+    if payload_hash is not None and sha256_of_json(payload) != payload_hash:
+        raise CheckpointCorrupted(
+            f"{path}: user_payload does not match user_payload_hash", path=str(path)
+        )
     return CheckpointManifest(
         step=step, config=config, config_hash=config_hash, files=files, user_payload=payload
     )
@@ -298,6 +292,60 @@ def _read_verified(directory: Path, name: str, manifest: CheckpointManifest) -> 
             f"{path} fails its sha256 check: {digest} != {record.sha256}", path=str(path)
         )
     return data
+
+
+def verify_checkpoint(directory: str | os.PathLike[str]) -> CheckpointManifest:
+    """Check the whole checkpoint in ``directory`` without loading it: its manifest, and the
+    size and sha256 of every file it lists.
+
+    Returns:
+        The checkpoint's manifest.
+
+    Raises:
+        CheckpointCorrupted: as :func:`read_manifest`, or a file is missing, truncated or
+            fails its sha256 check.
+        CheckpointMismatch: as :func:`read_manifest`.
+    """
+    root = Path(directory)
+    manifest = read_manifest(root)
+    for name in manifest.files:
+        _read_verified(root, name, manifest)
+    return manifest
+
+
+def set_aside(directory: str | os.PathLike[str]) -> Path:
+    """Move the (damaged) checkpoint in ``directory`` out of the way, keeping its files: it
+    is renamed to a hidden ``.<name>.damaged-<random>`` beside it, which no reader takes for
+    a checkpoint, so that a new one can be written in its place.
+
+    Returns:
+        Where it went.
+    """
+    source = Path(directory)
+    target = source.with_name(f".{source.name}.damaged-{secrets.token_hex(4)}")
+    os.rename(source, target)
+    fsync_directory(source.parent)
+    return target
+
+
+def remove_partial_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.<name>.*.partial`` staging directories that a process killed while
+    writing a checkpoint left in ``root`` or its subdirectories (one level down, where
+    checkpoints of each kind go).
+
+    Returns:
+        The directories removed.
+    """
+    base = Path(root)
+    leftovers = [
+        path
+        for pattern in (".*.partial", "*/.*.partial")
+        for path in base.glob(pattern)
+        if path.is_dir() and not path.is_symlink()
+    ]
+    for path in leftovers:
+        shutil.rmtree(path)
+    return leftovers
 
 
 def _load_tensors(directory: Path, name: str, manifest: CheckpointManifest) -> dict[str, Tensor]:

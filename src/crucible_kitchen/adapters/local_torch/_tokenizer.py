@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from crucible_kitchen._files import atomic_write
 from crucible_kitchen.errors import ConfigError, InvalidRequest, TrainingInputError
 from crucible_kitchen.training import (
     BOS_TOKEN,
@@ -23,6 +22,7 @@ from crucible_kitchen.training import (
 )
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Sequence
 
     from crucible_kitchen.training import ChatTokenizer
@@ -155,23 +155,12 @@ class LocalTokenizer:
             raise InvalidRequest(str(exc), port=_PORT, operation="decode") from exc
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the tokenizer to ``path`` as JSON, atomically (temporary file, fsync, rename)."""
+        """Write the tokenizer to ``path`` as JSON, atomically (see :func:`atomic_write`)."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         content = json.dumps(
             {"format": _FORMAT, "format_version": _FORMAT_VERSION, **self._spec}, indent=1
         )
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                os.fchmod(handle.fileno(), 0o644)  # like the run's other files, not 0o600
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(target, content.encode())
         return target
 
     @classmethod

@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import torch
 
-from crucible_kitchen.adapters.local_torch._checkpoint import read_manifest
+from crucible_kitchen.adapters.local_torch._checkpoint import (
+    read_manifest,
+    remove_partial_checkpoints,
+    set_aside,
+    verify_checkpoint,
+)
 from crucible_kitchen.adapters.local_torch._config import (
     LoraConfig,
     ModelConfig,
@@ -26,6 +31,7 @@ from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
 from crucible_kitchen.adapters.local_torch._trainer import Trainer
 from crucible_kitchen.adapters.local_torch._translate import translated
 from crucible_kitchen.errors import (
+    CheckpointCorrupted,
     CheckpointError,
     CheckpointMismatch,
     ConfigError,
@@ -137,6 +143,8 @@ class LocalTorchTrainingClient:
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device))
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        if self._checkpoint_dir is not None:
+            remove_partial_checkpoints(self._checkpoint_dir)  # what a killed process left
         lora_part = "" if lora_config is None else f"-lora{lora_config.rank}"
         self._model_id = f"local-torch-{self._base_model}-seed{seed}{lora_part}"
 
@@ -191,16 +199,18 @@ class LocalTorchTrainingClient:
         return await self._queue.call("state_tensors", self._trainer.state_tensors, record=False)
 
     async def checkpoint_payload(self, path: str) -> dict[str, Any] | None:
-        """The ``user_payload`` given to the :meth:`save_state` that wrote ``path``.
+        """The ``user_payload`` given to the :meth:`save_state` that wrote ``path``, once
+        the whole checkpoint verifies (its manifest, and every file's size and sha256).
 
         Raises:
             ResourceNotFound: no checkpoint at ``path``.
-            CheckpointError: the checkpoint's manifest is unreadable.
+            CheckpointError: the checkpoint is damaged (see ``verify_checkpoint``) or of
+                another format.
         """
 
         def work() -> dict[str, Any] | None:
             self._require_checkpoint("checkpoint_payload", path)
-            payload = read_manifest(path).user_payload or {}
+            payload = verify_checkpoint(path).user_payload or {}
             user = payload.get("user")
             return user if isinstance(user, dict) else None
 
@@ -442,14 +452,17 @@ class LocalTorchTrainingClient:
         }
         with translated(_PORT, method, request_id, atomic=True):
             if os.path.lexists(path):
-                if _saved_by(path, request_id, digest):
+                if _damaged(path):
+                    set_aside(path)  # this save replaces it (the replay of a resumed run)
+                elif _saved_by(path, request_id, digest):
                     return  # this very request wrote it, in an earlier process
-                raise InvalidRequest(
-                    f"{method}: a checkpoint already exists at {path}; choose another name",
-                    port=_PORT,
-                    operation=method,
-                    request_id=request_id,
-                )
+                else:
+                    raise InvalidRequest(
+                        f"{method}: a checkpoint already exists at {path}; choose another name",
+                        port=_PORT,
+                        operation=method,
+                        request_id=request_id,
+                    )
             self._trainer.save(path, with_optimizer=with_optimizer, payload=payload)
 
     def _require_checkpoint(self, method: str, path: str, request_id: str | None = None) -> None:
@@ -600,6 +613,18 @@ class LocalTorchTrainingClient:
                 raise invalid(f"gradient {index} is not finite")
         if not math.isfinite(custom.loss):
             raise invalid(f"loss {custom.loss} is not finite")
+
+
+def _damaged(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` is damaged: a missing or malformed manifest, a file
+    missing or failing its check (one of another format is not damaged, only foreign)."""
+    try:
+        verify_checkpoint(path)
+    except CheckpointCorrupted:
+        return True
+    except CheckpointError:
+        return False
+    return False
 
 
 def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:

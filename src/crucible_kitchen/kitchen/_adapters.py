@@ -1,0 +1,157 @@
+"""The adapters of a run, by port name, and the built-in adapter sets' factories."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from crucible_kitchen.errors import RegistryError
+from crucible_kitchen.kitchen._registry import ADAPTERS_GROUP, adapter_factory, adapter_set_names
+
+if TYPE_CHECKING:
+    import os
+
+__all__ = ("Adapters",)
+
+
+class Adapters(Mapping[str, Any]):
+    """The adapters of a run, by port name (``adapters["training_client"]``).
+
+    ``name`` is the registered adapter set they came from (``"noop"``, ``"local_torch"``), if
+    any (see :meth:`named`).
+    """
+
+    def __init__(self, ports: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        self._ports: dict[str, Any] = {**(ports or {}), **more}
+        self.name: str | None = None
+
+    def __getitem__(self, port: str) -> Any:
+        return self._ports[port]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ports)
+
+    def __len__(self) -> int:
+        return len(self._ports)
+
+    def __repr__(self) -> str:
+        return f"Adapters({', '.join(f'{k}={type(v).__name__}' for k, v in self._ports.items())})"
+
+    def replace(self, **ports: Any) -> Adapters:
+        """A copy with some ports bound to other adapters."""
+        return Adapters(self._ports, **ports)
+
+    @classmethod
+    def named(
+        cls,
+        name: str,
+        *,
+        seed: int = 0,
+        run_dir: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> Adapters:
+        """The adapter set registered as ``name``, built with ``seed``, ``run_dir`` and its
+        ``options``.
+
+        Sets are registered by installed packages under the ``crucible_kitchen.adapters``
+        entry-point group (see ``docs/guides/writing-adapters.md``); crucible-kitchen
+        registers ``"noop"`` (:meth:`noop`), ``"local_torch"`` (:meth:`local_torch`) and
+        ``"none"`` (:meth:`empty`). :meth:`names` lists them all.
+
+        Raises:
+            AdapterSetNotFound: no adapter set has that name (a :class:`PortError` listing
+                the known names).
+            RegistryError: the set's entry point cannot be loaded, or its factory returned
+                something other than a mapping of ports.
+        """
+        built = adapter_factory(name)(seed=seed, run_dir=run_dir, **options)
+        if not isinstance(built, Mapping):
+            raise RegistryError(
+                f"{ADAPTERS_GROUP} entry point {name!r} returned {type(built).__name__}, not "
+                "Adapters (a mapping of port names to adapters)",
+                group=ADAPTERS_GROUP,
+                name=name,
+            )
+        adapters = built if isinstance(built, Adapters) else cls(built)
+        adapters.name = name
+        return adapters
+
+    @staticmethod
+    def names() -> list[str]:
+        """The names of every registered adapter set, sorted."""
+        return adapter_set_names()
+
+    @classmethod
+    def empty(cls, *, seed: int = 0, run_dir: str | os.PathLike[str] | None = None) -> Adapters:
+        """No port bound: the ``"none"`` set, for workflows that need no adapters."""
+        del seed, run_dir  # the factory signature every set shares
+        return cls()
+
+    @classmethod
+    def noop(
+        cls, *, seed: int = 0, run_dir: str | os.PathLike[str] | None = None, **options: Any
+    ) -> Adapters:
+        """Every port bound to a deterministic in-memory noop adapter (for tests and demos).
+
+        ``run_dir`` is unused: everything stays in memory.
+        """
+        from crucible_kitchen.adapters.noop import noop_adapters
+
+        del run_dir
+        ports: dict[str, Any] = {
+            str(port): adapter for port, adapter in noop_adapters(seed=seed, **options).items()
+        }
+        adapters = cls(ports)
+        adapters.name = "noop"
+        return adapters
+
+    @classmethod
+    def local_torch(
+        cls,
+        *,
+        seed: int = 0,
+        run_dir: str | os.PathLike[str] | None = None,
+        model: Any = "tiny",
+        tokenizer: Any = "byte",
+        renderer: str = "chatml",
+        lora: Any = None,
+        device: str = "cpu",
+        data_root: str | os.PathLike[str] | None = None,
+    ) -> Adapters:
+        """Real training and sampling on this machine (needs the ``torch`` extra).
+
+        - ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``: local torch
+          (``local_torch_adapters``: a transformer from the ``model`` preset or config, seeded
+          by ``seed``; checkpoints under ``run_dir/checkpoints``);
+        - ``dataset_store`` (the bundled data, or ``data_root``), ``blob_store`` and
+          ``model_registry`` (under ``run_dir``): filesystem;
+        - ``metrics_store``: the in-memory noop store, as there is no durable local one (a
+          run directory's ``metrics.jsonl`` is the durable record).
+
+        No ``evaluator`` is bound: a run that asks for one fails at start with a
+        :class:`~crucible_kitchen.errors.PortError`. Without ``run_dir`` everything goes to
+        temporary directories.
+
+        Raises:
+            ConfigError: an invalid model, LoRA, tokenizer or device.
+        """
+        from crucible_kitchen.adapters.filesystem import filesystem_adapters
+        from crucible_kitchen.adapters.local_torch import local_torch_adapters
+        from crucible_kitchen.adapters.noop import NoopMetricsStore
+
+        local = local_torch_adapters(
+            model=model,
+            seed=seed,
+            lora=lora,
+            device=device,
+            tokenizer=tokenizer,
+            renderer=renderer,
+            run_dir=run_dir,
+        )
+        files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
+        ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
+        ports.update((str(port), adapter) for port, adapter in local.items())
+        ports["metrics_store"] = NoopMetricsStore()
+        adapters = cls(ports)
+        adapters.name = "local_torch"
+        return adapters
