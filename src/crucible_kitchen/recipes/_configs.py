@@ -12,7 +12,7 @@ import pydantic
 from pydantic import Field
 
 from crucible_kitchen.ports import ExportFormat, TrainOnWhat
-from crucible_kitchen.training import AdvantageNormalization, LRSchedule
+from crucible_kitchen.training import AdvantageNormalization, DPOLossType, LRSchedule
 
 __all__ = (
     "AdamConfig",
@@ -254,6 +254,11 @@ class ReinforcementConfig(TrainingConfig):
     kl_discount_factor: float = Field(
         default=0.0, ge=0.0, le=1.0, description="KL penalty discount."
     )
+    compute_post_kl: bool = Field(
+        default=False,
+        description="After each step, log the KL between the sampler and the updated policy "
+        "on the batch (optim/kl_pre_post_*); costs a weights save and a scoring pass.",
+    )
     sampler_refresh_every: int = Field(
         default=1, ge=1, description="Save weights for the sampler every N steps (1 is on-policy)."
     )
@@ -289,6 +294,15 @@ class PreferenceConfig(TrainingConfig):
     )
     learning_rate: float = Field(default=1e-5, gt=0.0, description="Base learning rate.")
     dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature beta.")
+    loss_type: DPOLossType = Field(
+        default="sigmoid", description="sigmoid (DPO), hinge or ipo, as TRL defines them."
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Conservative DPO: the chance a preference label is flipped (sigmoid only).",
+    )
     batch_size: int = Field(default=4, ge=1, description="Preference pairs per optimizer step.")
     epochs: int = Field(default=1, ge=1, description="Passes over the pairs.")
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps.")
@@ -300,6 +314,12 @@ class PreferenceConfig(TrainingConfig):
     pipeline_depth: int = Field(
         default=1, ge=0, le=16, description="Steps submitted ahead of the one awaited."
     )
+
+    @pydantic.model_validator(mode="after")
+    def _smoothing_is_sigmoid(self) -> PreferenceConfig:
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError("label_smoothing applies to loss_type 'sigmoid' only")
+        return self
 
 
 class DistillationConfig(TrainingConfig):

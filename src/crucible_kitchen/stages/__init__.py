@@ -8,6 +8,7 @@ each declares what it reads and writes in its :class:`StageContract`.
 
 from __future__ import annotations
 
+from crucible_kitchen.stages._common import PARSE_ERROR_MASKED as PARSE_ERROR_MASKED
 from crucible_kitchen.stages._common import RESUME_FROM as RESUME_FROM
 from crucible_kitchen.stages._common import AwaitTrainingSteps as AwaitTrainingSteps
 from crucible_kitchen.stages._common import BuiltinStage as BuiltinStage
@@ -69,6 +70,7 @@ from crucible_kitchen.stages._reinforcement import AssembleRlBatch as AssembleRl
 from crucible_kitchen.stages._reinforcement import AwaitRlSteps as AwaitRlSteps
 from crucible_kitchen.stages._reinforcement import BuildEnvGroups as BuildEnvGroups
 from crucible_kitchen.stages._reinforcement import ComputeAdvantages as ComputeAdvantages
+from crucible_kitchen.stages._reinforcement import ComputePostUpdateKl as ComputePostUpdateKl
 from crucible_kitchen.stages._reinforcement import DoRollouts as DoRollouts
 from crucible_kitchen.stages._reinforcement import LoadProblems as LoadProblems
 from crucible_kitchen.stages._reinforcement import Problem as Problem
@@ -94,6 +96,7 @@ from crucible_kitchen.training import derive_seed as derive_seed
 
 __all__ = (
     "PAIRS",
+    "PARSE_ERROR_MASKED",
     "RESUME_FROM",
     "TRAIN_DATA",
     "ApplyKlPenalty",
@@ -110,6 +113,7 @@ __all__ = (
     "BuiltinStage",
     "CheckTriggers",
     "ComputeAdvantages",
+    "ComputePostUpdateKl",
     "ComputeReferenceLogprobs",
     "Context",
     "ContextSnapshot",

@@ -11,7 +11,8 @@ Torch-free, re-exported here:
   optional std normalization or leave-one-out), :func:`nonconstant_group_indices`,
   :func:`kl_penalty_advantages` (KL vs a reference folded into advantages),
   :func:`reverse_kl_advantages` (on-policy distillation), :func:`discounted_future_sum`,
-  :func:`kl_sample_train_metrics`, :func:`weighted_mean_nll`.
+  :func:`kl_sample_train_metrics`, :func:`post_update_kl_metrics`,
+  :func:`weighted_mean_nll`, :func:`bits_per_byte`.
 - **Seeds**: :func:`derive_seed`, the one way every generator in the package is seeded.
 - **Tokenizers**: the :class:`ChatTokenizer` protocol renderers need, :class:`ByteTokenizer`,
   and :class:`BpeTokenizer` / :func:`train_bpe_tokenizer` / :func:`default_bpe_tokenizer`
@@ -40,6 +41,7 @@ from crucible_kitchen.training._advantages import (
     kl_penalty_advantages,
     kl_sample_train_metrics,
     nonconstant_group_indices,
+    post_update_kl_metrics,
     reverse_kl_advantages,
     weighted_mean_nll,
 )
@@ -67,6 +69,7 @@ from crucible_kitchen.training._datasets import (
     to_jsonl,
     write_bundled_data,
 )
+from crucible_kitchen.training._dpo import DPO_LOSS_TYPES, DPOLossType
 from crucible_kitchen.training._renderers import (
     RENDERERS,
     ChatMLRenderer,
@@ -103,6 +106,7 @@ __all__ = (
     "BOS_TOKEN",
     "CHAT_TASKS",
     "DEFAULT_BPE_VOCAB_SIZE",
+    "DPO_LOSS_TYPES",
     "EOS_TOKEN",
     "LR_SCHEDULES",
     "PAD_TOKEN",
@@ -116,6 +120,7 @@ __all__ = (
     "ChatExample",
     "ChatMLRenderer",
     "ChatTokenizer",
+    "DPOLossType",
     "LRSchedule",
     "Llama3Renderer",
     "Message",
@@ -148,6 +153,7 @@ __all__ = (
     "load_preference_pairs",
     "lr_multiplier",
     "nonconstant_group_indices",
+    "post_update_kl_metrics",
     "reverse_kl_advantages",
     "scheduled_learning_rate",
     "to_jsonl",

@@ -26,6 +26,7 @@ __all__ = (
     "kl_penalty_advantages",
     "kl_sample_train_metrics",
     "nonconstant_group_indices",
+    "post_update_kl_metrics",
     "reverse_kl_advantages",
     "weighted_mean_nll",
 )
@@ -264,6 +265,49 @@ def reverse_kl_advantages(
     )
 
 
+def _masked_diffs(
+    first: Sequence[Sequence[float]],
+    second: Sequence[Sequence[float]],
+    masks: Sequence[Sequence[float]],
+) -> list[float]:
+    """``first - second`` at every token with ``m > 0``."""
+    return [
+        a - b
+        for xs, ys, ms in zip(first, second, masks, strict=True)
+        for a, b, m in zip(xs, ys, ms, strict=True)
+        if m > 0
+    ]
+
+
+def post_update_kl_metrics(
+    sampling_logprobs: Sequence[Sequence[float]],
+    post_update_logprobs: Sequence[Sequence[float]],
+    masks: Sequence[Sequence[float]],
+) -> dict[str, float]:
+    """How far an update moved the policy on the tokens it trained on (tinker-cookbook's
+    ``compute_post_kl``).
+
+    With ``q`` the sampler's logprobs (the policy before the update) and ``lp`` the updated
+    policy's logprobs of the same tokens, over ``m > 0``: ``kl_pre_post_v1 = mean(q - lp)``
+    and ``kl_pre_post_v2 = 0.5 * mean((q - lp)**2)``, both NaN when no token is an action
+    token.
+
+    Raises:
+        TrainingInputError: the inputs do not have one equally long sequence per datum.
+    """
+    _check_aligned(
+        ("sampling_logprobs", "post_update_logprobs", "masks"),
+        (sampling_logprobs, post_update_logprobs, masks),
+    )
+    diffs = _masked_diffs(sampling_logprobs, post_update_logprobs, masks)
+    if not diffs:
+        return {"kl_pre_post_v1": math.nan, "kl_pre_post_v2": math.nan}
+    return {
+        "kl_pre_post_v1": _mean(diffs),
+        "kl_pre_post_v2": 0.5 * _mean([d * d for d in diffs]),
+    }
+
+
 def kl_sample_train_metrics(
     sampling_logprobs: Sequence[Sequence[float]],
     training_logprobs: Sequence[Sequence[float]],
@@ -283,13 +327,8 @@ def kl_sample_train_metrics(
         ("sampling_logprobs", "training_logprobs", "masks"),
         (sampling_logprobs, training_logprobs, masks),
     )
-    diffs: list[float] = []
-    sampled: list[float] = []
-    for qs, lps, ms in zip(sampling_logprobs, training_logprobs, masks, strict=True):
-        for q, lp, m in zip(qs, lps, ms, strict=True):
-            if m > 0:
-                diffs.append(q - lp)
-                sampled.append(q)
+    diffs = _masked_diffs(sampling_logprobs, training_logprobs, masks)
+    sampled = _masked_diffs(sampling_logprobs, [[0.0] * len(qs) for qs in sampling_logprobs], masks)
     if not diffs:
         nan = float("nan")
         return {
