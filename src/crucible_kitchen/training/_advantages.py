@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 from crucible_kitchen.errors import TrainingInputError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Collection, Sequence
 
 __all__ = (
     "ADVANTAGE_NORMALIZATIONS",
     "AdvantageAdjustment",
     "AdvantageNormalization",
+    "bits_per_byte",
     "compute_advantages",
     "discounted_future_sum",
     "kl_penalty_advantages",
@@ -363,3 +364,49 @@ def weighted_mean_nll(
         for lp, w in zip(lps, ws, strict=True)
     )
     return -weighted / total_weight
+
+
+def bits_per_byte(
+    logprobs: Sequence[Sequence[float]],
+    weights: Sequence[Sequence[float]],
+    target_tokens: Sequence[Sequence[int]],
+    decode: Callable[[Sequence[int]], str],
+    *,
+    special_ids: Collection[int] = (),
+) -> float:
+    """Bits per byte, the NLL that compares across tokenizers (tinker-cookbook's
+    ``compute_bpb``).
+
+    A target token is *counted* when its weight is > 0 (weights are a mask here, not
+    multipliers) and it is not in ``special_ids`` (end-of-turn markers and the like carry no
+    text). Then::
+
+        bpb = -sum(lp over counted tokens) / (ln(2) * utf8_bytes(counted tokens))
+
+    where the bytes are those of ``decode`` applied to each run of consecutive counted
+    tokens of a datum. NaN when the counted tokens hold no byte.
+
+    Raises:
+        TrainingInputError: the inputs do not have one equally long sequence per datum.
+    """
+    _check_aligned(
+        ("logprobs", "weights", "target_tokens"),
+        (logprobs, weights, [[float(t) for t in ts] for ts in target_tokens]),
+    )
+    special = frozenset(special_ids)
+    nats: list[float] = []
+    num_bytes = 0
+    for lps, ws, tokens in zip(logprobs, weights, target_tokens, strict=True):
+        run: list[int] = []
+        for lp, w, token in zip(lps, ws, tokens, strict=True):
+            if w > 0 and token not in special:
+                nats.append(-lp)
+                run.append(token)
+            elif run:
+                num_bytes += len(decode(run).encode("utf-8"))
+                run = []
+        if run:
+            num_bytes += len(decode(run).encode("utf-8"))
+    if num_bytes == 0:
+        return math.nan
+    return math.fsum(nats) / (math.log(2.0) * num_bytes)
