@@ -17,17 +17,20 @@ Torch-free, re-exported here:
 - **Tokenizers**: the :class:`ChatTokenizer` protocol renderers need, :class:`ByteTokenizer`,
   and :class:`BpeTokenizer` / :func:`train_bpe_tokenizer` / :func:`default_bpe_tokenizer`
   (these import ``tokenizers``, from the ``torch`` extra, only when called).
-- **Renderers**: :class:`RoleColonRenderer`, :class:`Llama3Renderer`, :class:`ChatMLRenderer`
-  (:func:`get_renderer` by name), :class:`TrainOnWhat` masks, :class:`SupervisedExample` and
-  its next-token shift :class:`NextTokenExample`, completion parsing.
+- **Renderers**: :class:`RoleColonRenderer`, :class:`Llama3Renderer`, :class:`ChatMLRenderer`,
+  Qwen3's with thinking blocks (:class:`Qwen3Renderer`, :func:`split_thinking`) and without
+  (:class:`Qwen3DisableThinkingRenderer`) (:func:`get_renderer` by name), :class:`TrainOnWhat`
+  masks, :class:`SupervisedExample` and its next-token shift :class:`NextTokenExample`,
+  completion parsing.
 - **Bundled data**: chat tasks (SFT), arithmetic problems with :func:`arithmetic_reward` (RL),
   preference pairs (DPO) and the tokenizer corpus, each with its deterministic generator.
 
 Needs torch, import explicitly:
 
 - :mod:`crucible_kitchen.training.losses`: Tinker's sum-reduced token losses
-  (``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``, ``dro``), DPO, k3 KL and
-  target logprobs from logits.
+  (``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``, ``dro``), DPO (TRL's
+  ``sigmoid``, ``hinge`` and ``ipo``), top-K reverse-KL distillation, k3 KL and target
+  logprobs from logits.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ from crucible_kitchen.training._renderers import (
     NextTokenExample,
     ParsedResponse,
     ParseTermination,
+    Qwen3DisableThinkingRenderer,
+    Qwen3Renderer,
     RenderedMessage,
     Renderer,
     RoleColonRenderer,
@@ -86,6 +91,7 @@ from crucible_kitchen.training._renderers import (
     TrainOnWhat,
     build_text_completion_example,
     get_renderer,
+    split_thinking,
 )
 from crucible_kitchen.training._schedules import (
     LR_SCHEDULES,
@@ -129,6 +135,8 @@ __all__ = (
     "ParseTermination",
     "ParsedResponse",
     "PreferencePair",
+    "Qwen3DisableThinkingRenderer",
+    "Qwen3Renderer",
     "RenderedMessage",
     "Renderer",
     "RoleColonRenderer",
@@ -158,6 +166,7 @@ __all__ = (
     "post_update_kl_metrics",
     "reverse_kl_advantages",
     "scheduled_learning_rate",
+    "split_thinking",
     "to_jsonl",
     "train_bpe_tokenizer",
     "weighted_mean_nll",
