@@ -334,6 +334,11 @@ class DistillationConfig(TrainingConfig):
         pattern=_SPLIT_PATTERN,
         description="Split the prompts come from, or a slice of one ('train[:-64]').",
     )
+    extra_datasets: tuple[str, ...] = Field(
+        default=(),
+        description="More prompt datasets (the same split), mixed in; the teacher KL is also "
+        "logged per dataset (distill/teacher_kl/dataset_<i>, 0 is 'dataset').",
+    )
     lr_schedule: LRSchedule = Field(
         default="constant", description="constant, linear or cosine decay."
     )

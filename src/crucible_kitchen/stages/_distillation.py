@@ -12,6 +12,7 @@ State: ``"prompts"`` (conversations, in run order), ``"distill_batch"`` (an
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, ClassVar, Final
 
@@ -36,6 +37,7 @@ from crucible_kitchen.stages._common import (
     merge_contracts,
     rl_datums,
     row_messages,
+    split_rows,
     submit_training_step,
 )
 from crucible_kitchen.stages._contract import StageContract, StateKey
@@ -66,8 +68,13 @@ _SEED_MASK: Final = 0x7FFFFFFF
 
 PROMPTS: Final = StateKey("prompts", tuple, rebuilt_on_resume=True)
 """The prompts' conversations, in run order."""
+PROMPT_DATASETS: Final = StateKey("prompt_datasets", tuple, rebuilt_on_resume=True)
+"""Per prompt, the index of the dataset it comes from: 0 for ``dataset``, then
+``extra_datasets`` in order."""
 DISTILL_BATCH: Final = StateKey("distill_batch", RlBatch)
 """The student's samples of this batch, as training data."""
+DISTILL_DATASETS: Final = StateKey("distill_datasets", tuple)
+"""Per datum of ``distill_batch``, the index of its prompt's dataset."""
 _PROMPT_KEYS: Final = ("prompt", "question", "instruction", "input")
 
 
@@ -94,21 +101,33 @@ def prompt_messages(row: DatasetRow, index: int) -> tuple[Message, ...]:
 
 
 class LoadPrompts(BuiltinStage):
-    """Read the prompts of ``dataset``/``split`` and fix their order for the run.
+    """Read the prompts of ``dataset``/``split`` (and of each of ``extra_datasets``, same
+    split) and fix their order for the run; remember each prompt's dataset.
 
     ``split`` may be a slice of a split (``"train[:-64]"``, see :func:`split_rows`).
     """
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
-    contract = merge_contracts(LOADS_SPLIT, StageContract(writes=(PROMPTS,)))
+    contract = merge_contracts(
+        LOADS_SPLIT,
+        StageContract(config=("extra_datasets",), writes=(PROMPTS, PROMPT_DATASETS)),
+    )
 
     async def execute(self, ctx: Context) -> Context:
-        rows = await load_split(ctx)
-        prompts = [prompt_messages(row, index) for index, row in enumerate(rows)]
-        if not prompts:
-            raise DataError(f"dataset {ctx.config.dataset!r}/{ctx.config.split!r} has no prompts")
+        config = ctx.config
+        sources = [await load_split(ctx)]
+        for name in config.extra_datasets:
+            sources.append(await split_rows(ctx.port("dataset_store"), name, config.split))
+        prompts: list[tuple[int, tuple[Message, ...]]] = []
+        for dataset, (name, rows) in enumerate(
+            zip((config.dataset, *config.extra_datasets), sources, strict=True)
+        ):
+            if not rows:
+                raise DataError(f"dataset {name!r}/{config.split!r} has no prompts")
+            prompts.extend((dataset, prompt_messages(row, index)) for index, row in enumerate(rows))
         ctx.rng("prompt_order").shuffle(prompts)
-        ctx.state["prompts"] = tuple(prompts)
+        ctx.state["prompts"] = tuple(messages for _, messages in prompts)
+        ctx.state["prompt_datasets"] = tuple(dataset for dataset, _ in prompts)
         return ctx
 
 
@@ -118,13 +137,14 @@ class SampleStudent(BuiltinStage):
     requires: ClassVar[tuple[str, ...]] = ("renderer",)
     contract = StageContract(
         config=("prompts_per_batch", "samples_per_prompt", "max_tokens", "temperature"),
-        reads=(PROMPTS, SAMPLER),
-        writes=(DISTILL_BATCH,),
+        reads=(PROMPTS, PROMPT_DATASETS, SAMPLER),
+        writes=(DISTILL_BATCH, DISTILL_DATASETS),
     )
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config
         prompts: tuple[tuple[Message, ...], ...] = ctx.state["prompts"]
+        prompt_datasets: tuple[int, ...] = ctx.state["prompt_datasets"]
         per_batch = int(config.prompts_per_batch)
         first = ctx.loops["batches"] * per_batch
         renderer = ctx.port("renderer")
@@ -132,7 +152,8 @@ class SampleStudent(BuiltinStage):
         stop = renderer.get_stop_sequences()
         requests = []
         for j in range(per_batch):
-            prompt = renderer.build_generation_prompt(prompts[(first + j) % len(prompts)])
+            position = (first + j) % len(prompts)
+            prompt = renderer.build_generation_prompt(prompts[position])
             operation = f"sample/{j}"
             params = SamplingParams(
                 max_tokens=int(config.max_tokens),
@@ -146,10 +167,11 @@ class SampleStudent(BuiltinStage):
                 params,
                 request_id=ctx.request_id(operation),
             )
-            requests.append((prompt, future))
+            requests.append((prompt_datasets[position], prompt, future))
         data: list[Datum] = []
         masks: list[tuple[float, ...]] = []
-        for prompt, future in requests:
+        datasets: list[int] = []
+        for dataset, prompt, future in requests:
             for sequence in (await future.result()).sequences:
                 trajectory = Trajectory(
                     transitions=(
@@ -167,20 +189,28 @@ class SampleStudent(BuiltinStage):
                 for datum, mask in rl_datums(trajectory, 0.0):
                     data.append(datum)
                     masks.append(mask)
+                    datasets.append(dataset)
         if not data:
             raise TrainingInputError("the student's samples produced no training data")
         ctx.state["distill_batch"] = RlBatch(data=tuple(data), masks=tuple(masks))
+        ctx.state["distill_datasets"] = tuple(datasets)
         return ctx
 
 
 class ScoreWithTeacher(BuiltinStage):
-    """Score the student's samples with the teacher; advantage = -kl_coef * reverse KL."""
+    """Score the student's samples with the teacher; advantage = -kl_coef * reverse KL.
+
+    Logs ``distill/teacher_kl`` and, per dataset ``i`` of the batch,
+    ``distill/teacher_kl/dataset_{i}`` (tinker-cookbook's ``teacher_kl/dataset_{i}``).
+    """
 
     requires: ClassVar[tuple[str, ...]] = ("teacher_sampling_client",)
     contract = merge_contracts(
         ADJUSTS_ADVANTAGES,
         StageContract(
-            config=("kl_coef",), reads=(DISTILL_BATCH,), writes=(DISTILL_BATCH, STEP_METRICS)
+            config=("kl_coef",),
+            reads=(DISTILL_BATCH, DISTILL_DATASETS),
+            writes=(DISTILL_BATCH, STEP_METRICS),
         ),
     )
 
@@ -190,10 +220,10 @@ class ScoreWithTeacher(BuiltinStage):
             ctx.state["distill_batch"],
             ctx.port("teacher_sampling_client"),
             "teacher_logprobs",
-            reverse_kl_advantages,
+            functools.partial(reverse_kl_advantages, dataset_indices=ctx.state["distill_datasets"]),
             coef=float(ctx.config.kl_coef),
         )
-        ctx.state["step_metrics"] = {"distill/teacher_kl": metrics["teacher_kl"]}
+        ctx.state["step_metrics"] = {f"distill/{k}": v for k, v in metrics.items()}
         return ctx
 
 
