@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from _builtin_support import floats, of_type, recording_adapters
+from _builtin_support import floats, of_type, recording_adapters, stage_sequence
 
 from crucible_kitchen.adapters.noop import NoopSamplingClient, NoopTrainingClient
 from crucible_kitchen.kitchen import Kitchen
@@ -56,7 +56,7 @@ async def test_the_post_update_kl_compares_the_sampler_with_the_updated_weights(
     result = await Kitchen.run(
         "reinforcement", config, adapters=adapters, seed=seed, telemetry=[events.append]
     )
-    assert [e.stage for e in events if type(e).__name__ == "StageStop"].count("post_update_kl") == 3
+    assert stage_sequence(events).count("post_update_kl") == 3
     store = adapters["metrics_store"]
     recorded = {
         name: {p.step: p.value for p in await store.read(result.run_id, name=name)}
