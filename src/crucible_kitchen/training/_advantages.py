@@ -266,18 +266,30 @@ def reverse_kl_advantages(
     )
 
 
-def _masked_diffs(
-    first: Sequence[Sequence[float]],
-    second: Sequence[Sequence[float]],
+def _logprob_drift(
+    names: tuple[str, str, str],
+    sampling_logprobs: Sequence[Sequence[float]],
+    other_logprobs: Sequence[Sequence[float]],
     masks: Sequence[Sequence[float]],
-) -> list[float]:
-    """``first - second`` at every token with ``m > 0``."""
-    return [
-        a - b
-        for xs, ys, ms in zip(first, second, masks, strict=True)
-        for a, b, m in zip(xs, ys, ms, strict=True)
+) -> tuple[float, float, float]:
+    """Over the tokens with ``m > 0``: ``mean(q - lp)``, ``0.5 * mean((q - lp)**2)`` and
+    ``mean(q)``; NaN for each when there is no such token.
+
+    Raises:
+        TrainingInputError: the inputs (called ``names``) do not have one equally long
+            sequence per datum.
+    """
+    _check_aligned(names, (sampling_logprobs, other_logprobs, masks))
+    pairs = [
+        (q, lp)
+        for qs, lps, ms in zip(sampling_logprobs, other_logprobs, masks, strict=True)
+        for q, lp, m in zip(qs, lps, ms, strict=True)
         if m > 0
     ]
+    if not pairs:
+        return math.nan, math.nan, math.nan
+    diffs = [q - lp for q, lp in pairs]
+    return _mean(diffs), 0.5 * _mean([d * d for d in diffs]), _mean([q for q, _ in pairs])
 
 
 def post_update_kl_metrics(
@@ -296,17 +308,13 @@ def post_update_kl_metrics(
     Raises:
         TrainingInputError: the inputs do not have one equally long sequence per datum.
     """
-    _check_aligned(
+    v1, v2, _ = _logprob_drift(
         ("sampling_logprobs", "post_update_logprobs", "masks"),
-        (sampling_logprobs, post_update_logprobs, masks),
+        sampling_logprobs,
+        post_update_logprobs,
+        masks,
     )
-    diffs = _masked_diffs(sampling_logprobs, post_update_logprobs, masks)
-    if not diffs:
-        return {"kl_pre_post_v1": math.nan, "kl_pre_post_v2": math.nan}
-    return {
-        "kl_pre_post_v1": _mean(diffs),
-        "kl_pre_post_v2": 0.5 * _mean([d * d for d in diffs]),
-    }
+    return {"kl_pre_post_v1": v1, "kl_pre_post_v2": v2}
 
 
 def kl_sample_train_metrics(
@@ -324,23 +332,16 @@ def kl_sample_train_metrics(
     Raises:
         TrainingInputError: the inputs do not have one equally long sequence per datum.
     """
-    _check_aligned(
+    v1, v2, mean_sampled = _logprob_drift(
         ("sampling_logprobs", "training_logprobs", "masks"),
-        (sampling_logprobs, training_logprobs, masks),
+        sampling_logprobs,
+        training_logprobs,
+        masks,
     )
-    diffs = _masked_diffs(sampling_logprobs, training_logprobs, masks)
-    sampled = _masked_diffs(sampling_logprobs, [[0.0] * len(qs) for qs in sampling_logprobs], masks)
-    if not diffs:
-        nan = float("nan")
-        return {
-            "optim/kl_sample_train_v1": nan,
-            "optim/kl_sample_train_v2": nan,
-            "optim/entropy": nan,
-        }
     return {
-        "optim/kl_sample_train_v1": _mean(diffs),
-        "optim/kl_sample_train_v2": 0.5 * _mean([d * d for d in diffs]),
-        "optim/entropy": -_mean(sampled),
+        "optim/kl_sample_train_v1": v1,
+        "optim/kl_sample_train_v2": v2,
+        "optim/entropy": -mean_sampled,
     }
 
 
