@@ -116,8 +116,8 @@ class DpoLoss:
     The gradient with respect to ``lp[t]`` is ``d(loss)/d(dc) * w[t] / n`` on chosen tokens
     (``d(loss)/d(dr)`` on rejected ones), exact. Metrics (means over pairs): ``dpo_loss``,
     ``accuracy`` (dc > dr), ``chosen_reward`` (beta * dc), ``rejected_reward`` (beta * dr),
-    ``margin`` (their difference); ``num_pairs``; and ``num_tokens``, the tokens of the
-    pairs' sequences (inputs, TRL's count).
+    ``margin`` (their difference); ``num_pairs``; and ``num_tokens``, the input tokens of
+    the chosen and rejected datums (tinker-cookbook's count).
 
     Args:
         beta: the DPO temperature.
