@@ -1,5 +1,6 @@
 """(N, K) targets on the local training client: soft-target cross-entropy and top-K reverse-KL
-distillation through a custom loss, checked against logprobs computed independently."""
+distillation through the custom loss :class:`TopKReverseKlLoss`, checked against logprobs
+computed independently."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from crucible_kitchen.adapters.local_torch import LocalTorchTrainingClient
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.errors import InvalidRequest
-from crucible_kitchen.ports import AdamParams, CustomLossOutput, Datum, ModelInput, TensorData
+from crucible_kitchen.ports import AdamParams, Datum, ModelInput, TensorData
+from crucible_kitchen.stages import TopKReverseKlLoss
 from crucible_kitchen.training.losses import topk_reverse_kl_loss
 
 if TYPE_CHECKING:
@@ -86,31 +88,10 @@ async def test_soft_target_cross_entropy_sums_weights_times_top_k_logprobs(
 async def test_top_k_reverse_kl_trains_through_a_custom_loss(tmp_path: Path) -> None:
     client = LocalTorchTrainingClient(model="tiny", seed=3, checkpoint_dir=tmp_path / "a")
     data = _data()
-    seen: list[tuple[int, ...]] = []
-
-    def reverse_kl(batch: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
-        total = 0.0
-        grads = []
-        for datum, lp in zip(batch, logprobs, strict=True):
-            seen.append(lp.dims)
-            student = torch.tensor(lp.tolist(), dtype=torch.float64, requires_grad=True)
-            teacher = torch.tensor(datum.loss_fn_inputs["weights"].tolist(), dtype=torch.float64)
-            loss = topk_reverse_kl_loss(student, teacher)
-            loss.backward()
-            assert student.grad is not None
-            total += float(loss.detach())
-            grads.append(
-                TensorData(
-                    dtype="float32", data=tuple(student.grad.flatten().tolist()), shape=lp.dims
-                )
-            )
-        return CustomLossOutput(loss=total, logprob_grads=tuple(grads), metrics={})
-
     before = await (await client.forward(data, "cross_entropy")).result()
     result = await (
-        await client.forward_backward_custom(data, reverse_kl, request_id="kl")
+        await client.forward_backward_custom(data, TopKReverseKlLoss(), request_id="kl")
     ).result()
-    assert seen == [(4, K), (2, K)]
     # The reported loss is the top-K reverse KL of the independently computed logprobs.
     expected = sum(
         float(
@@ -129,7 +110,7 @@ async def test_top_k_reverse_kl_trains_through_a_custom_loss(tmp_path: Path) -> 
     for step in range(5):
         await (await client.optim_step(ADAM, request_id=f"opt{step}")).result()
         result = await (
-            await client.forward_backward_custom(data, reverse_kl, request_id=f"kl{step}")
+            await client.forward_backward_custom(data, TopKReverseKlLoss(), request_id=f"kl{step}")
         ).result()
     assert result.metrics["loss:sum"] < expected
 

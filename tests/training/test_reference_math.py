@@ -13,7 +13,7 @@ import torch
 
 from crucible_kitchen.errors import TrainingInputError
 from crucible_kitchen.ports import Datum, ModelInput, TensorData
-from crucible_kitchen.stages import DpoLoss
+from crucible_kitchen.stages import DpoLoss, TopKReverseKlLoss
 from crucible_kitchen.training import (
     DPO_LOSS_TYPES,
     bits_per_byte,
@@ -175,6 +175,31 @@ def test_topk_reverse_kl_hand_computed_with_its_exact_gradient() -> None:
     torch.testing.assert_close(
         student.grad, t([expected_1, expected_2, [0.0, 0.0, 0.0]]), rtol=1e-9, atol=1e-12
     )
+
+
+def test_the_torch_free_top_k_loss_gives_the_same_loss_and_gradient() -> None:
+    n = len(TOPK_STUDENT)
+    datum = Datum(
+        model_input=ModelInput.from_ints(list(range(n))),
+        loss_fn_inputs={
+            "target_tokens": TensorData(dtype="int64", data=tuple(range(n * 3)), shape=(n, 3)),
+            "weights": TensorData.from_list(TOPK_TEACHER, dtype="float32"),
+        },
+    )
+    student = TensorData.from_list(TOPK_STUDENT, dtype="float32")
+    out = TopKReverseKlLoss()([datum], [student])
+    assert out.loss == pytest.approx(KL_1 + KL_2, abs=1e-12)
+    assert out.metrics == pytest.approx(
+        {"topk_reverse_kl": (KL_1 + KL_2) / 2, "topk_positions": 2.0}
+    )
+    reference = t(TOPK_STUDENT, grad=True)
+    topk_reverse_kl_loss(reference, t(TOPK_TEACHER)).backward()
+    assert reference.grad is not None
+    [grad] = out.logprob_grads
+    assert grad.dims == (n, 3)
+    torch.testing.assert_close(t(grad.tolist()), reference.grad, rtol=1e-9, atol=1e-12)  # type: ignore[arg-type]
+    with pytest.raises(TrainingInputError, match=r"\(N, K\)"):
+        TopKReverseKlLoss()([datum], [TensorData(dtype="float32", data=(0.0,) * n)])
 
 
 def test_topk_reverse_kl_is_zero_when_the_student_matches_the_teacher() -> None:

@@ -50,6 +50,7 @@ from crucible_kitchen.stages._distillation import LoadPrompts as LoadPrompts
 from crucible_kitchen.stages._distillation import SampleStudent as SampleStudent
 from crucible_kitchen.stages._distillation import ScoreWithTeacher as ScoreWithTeacher
 from crucible_kitchen.stages._distillation import SubmitDistillationStep as SubmitDistillationStep
+from crucible_kitchen.stages._distillation import TopKReverseKlLoss as TopKReverseKlLoss
 from crucible_kitchen.stages._faults import current_stage_context as current_stage_context
 from crucible_kitchen.stages._faults import current_stage_kill as current_stage_kill
 from crucible_kitchen.stages._feedback import CheckTriggers as CheckTriggers
@@ -156,6 +157,7 @@ __all__ = (
     "SubmitDpoStep",
     "SubmitRlStep",
     "SubmitSupervisedStep",
+    "TopKReverseKlLoss",
     "UpdateBaseline",
     "as_stage",
     "batches_this_epoch",

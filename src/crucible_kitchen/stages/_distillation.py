@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from crucible_kitchen.errors import DataError, TrainingInputError
 from crucible_kitchen.ports import (
+    CustomLossOutput,
     Message,
     ModelInput,
     SamplingParams,
+    TensorData,
     TokensWithLogprobs,
     Trajectory,
     Transition,
@@ -51,7 +54,7 @@ from crucible_kitchen.telemetry import DistillationStep
 from crucible_kitchen.training import reverse_kl_advantages
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from crucible_kitchen.ports import DatasetRow, Datum, ForwardBackwardOutput, SamplingClient
     from crucible_kitchen.stages._context import Context
@@ -62,6 +65,7 @@ __all__ = (
     "SampleStudent",
     "ScoreWithTeacher",
     "SubmitDistillationStep",
+    "TopKReverseKlLoss",
 )
 
 _SEED_MASK: Final = 0x7FFFFFFF
@@ -76,6 +80,77 @@ DISTILL_BATCH: Final = StateKey("distill_batch", RlBatch)
 DISTILL_DATASETS: Final = StateKey("distill_datasets", tuple)
 """Per datum of ``distill_batch``, the index of its prompt's dataset."""
 _PROMPT_KEYS: Final = ("prompt", "question", "instruction", "input")
+
+
+def _position_kl(student: Sequence[float], teacher: Sequence[float]) -> tuple[float, list[float]]:
+    """One position's reverse KL over the used slots (teacher probability > 0) and its
+    gradient with respect to the student's logprobs of every slot."""
+    used = [k for k, q in enumerate(teacher) if q > 0]
+    grads = [0.0] * len(student)
+    if not used:
+        return 0.0, grads
+    top = max(student[k] for k in used)
+    log_norm = top + math.log(math.fsum(math.exp(student[k] - top) for k in used))
+    log_p = {k: student[k] - log_norm for k in used}
+    gap = {k: log_p[k] - math.log(teacher[k]) for k in used}
+    kl = math.fsum(math.exp(log_p[k]) * gap[k] for k in used)
+    for k in used:
+        grads[k] = math.exp(log_p[k]) * (gap[k] - kl)
+    return kl, grads
+
+
+@dataclass(frozen=True, slots=True)
+class TopKReverseKlLoss:
+    """Top-K reverse-KL distillation as a :data:`~crucible_kitchen.ports.CustomLossFn`
+    (tinker-cookbook's ``reverse_kl_custom_loss``), torch-free, for any backend's
+    ``forward_backward_custom``.
+
+    Each datum has ``(N, K)`` ``target_tokens`` (the teacher's K most likely tokens at each
+    position) and ``(N, K)`` ``weights`` holding the teacher's probabilities of them,
+    renormalized over the K, 0 for an unused slot or an untrained position. With ``lp`` the
+    student's logprobs of those tokens, renormalized over the used slots into ``p``::
+
+        loss = sum over positions of sum_k p[k] * (log p[k] - log q[k])
+
+    with its exact gradient ``p[k] * (log(p[k] / q[k]) - KL)`` per slot (the same math as
+    :func:`crucible_kitchen.training.losses.topk_reverse_kl_loss`). Metrics:
+    ``topk_reverse_kl`` (mean per trained position) and ``topk_positions``.
+    """
+
+    def __call__(self, data: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
+        """The loss of ``data`` given the student's ``(N, K)`` logprobs of each datum.
+
+        Raises:
+            TrainingInputError: a datum's weights and logprobs are not both ``(N, K)``.
+        """
+        if len(data) != len(logprobs):
+            raise TrainingInputError(f"{len(data)} data but {len(logprobs)} logprobs")
+        total: list[float] = []
+        grads: list[TensorData] = []
+        for index, (datum, student) in enumerate(zip(data, logprobs, strict=True)):
+            teacher = datum.loss_fn_inputs["weights"]
+            if len(student.dims) != 2 or teacher.dims != student.dims:
+                raise TrainingInputError(
+                    f"datum {index}: top-K distillation needs (N, K) weights and logprobs, "
+                    f"got {teacher.dims} and {student.dims}"
+                )
+            width = student.dims[1]
+            flat: list[float] = []
+            for start in range(0, len(student.data), width):
+                kl, grad = _position_kl(
+                    [float(v) for v in student.data[start : start + width]],
+                    [float(v) for v in teacher.data[start : start + width]],
+                )
+                if any(float(v) > 0 for v in teacher.data[start : start + width]):
+                    total.append(kl)
+                flat.extend(grad)
+            grads.append(TensorData(dtype="float32", data=tuple(flat), shape=student.dims))
+        loss = math.fsum(total)
+        metrics = {
+            "topk_reverse_kl": loss / len(total) if total else math.nan,
+            "topk_positions": float(len(total)),
+        }
+        return CustomLossOutput(loss=loss, logprob_grads=tuple(grads), metrics=metrics)
 
 
 def prompt_messages(row: DatasetRow, index: int) -> tuple[Message, ...]:
