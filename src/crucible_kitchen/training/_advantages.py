@@ -267,19 +267,22 @@ def reverse_kl_advantages(
 
 
 def _logprob_drift(
-    names: tuple[str, str, str],
     sampling_logprobs: Sequence[Sequence[float]],
     other_logprobs: Sequence[Sequence[float]],
     masks: Sequence[Sequence[float]],
+    *,
+    other: str,
 ) -> tuple[float, float, float]:
     """Over the tokens with ``m > 0``: ``mean(q - lp)``, ``0.5 * mean((q - lp)**2)`` and
     ``mean(q)``; NaN for each when there is no such token.
 
     Raises:
-        TrainingInputError: the inputs (called ``names``) do not have one equally long
-            sequence per datum.
+        TrainingInputError: the inputs (``other`` names ``other_logprobs``) do not have one
+            equally long sequence per datum.
     """
-    _check_aligned(names, (sampling_logprobs, other_logprobs, masks))
+    _check_aligned(
+        ("sampling_logprobs", other, "masks"), (sampling_logprobs, other_logprobs, masks)
+    )
     pairs = [
         (q, lp)
         for qs, lps, ms in zip(sampling_logprobs, other_logprobs, masks, strict=True)
@@ -309,10 +312,7 @@ def post_update_kl_metrics(
         TrainingInputError: the inputs do not have one equally long sequence per datum.
     """
     v1, v2, _ = _logprob_drift(
-        ("sampling_logprobs", "post_update_logprobs", "masks"),
-        sampling_logprobs,
-        post_update_logprobs,
-        masks,
+        sampling_logprobs, post_update_logprobs, masks, other="post_update_logprobs"
     )
     return {"kl_pre_post_v1": v1, "kl_pre_post_v2": v2}
 
@@ -333,10 +333,7 @@ def kl_sample_train_metrics(
         TrainingInputError: the inputs do not have one equally long sequence per datum.
     """
     v1, v2, mean_sampled = _logprob_drift(
-        ("sampling_logprobs", "training_logprobs", "masks"),
-        sampling_logprobs,
-        training_logprobs,
-        masks,
+        sampling_logprobs, training_logprobs, masks, other="training_logprobs"
     )
     return {
         "optim/kl_sample_train_v1": v1,
