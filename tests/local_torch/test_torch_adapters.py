@@ -139,7 +139,7 @@ async def test_sampling_client_tokenizers_and_renderers_pass_the_conformance_che
     await check_sampling_client(lambda: sampler)
     for tokenizer in (LocalTokenizer.byte(), LocalTokenizer.bpe()):
         check_tokenizer(lambda tokenizer=tokenizer: tokenizer)
-        for name in ("chatml", "llama3", "role_colon"):
+        for name in ("chatml", "llama3", "role_colon", "qwen3", "qwen3_disable_thinking"):
             check_renderer(lambda tokenizer=tokenizer, name=name: LocalRenderer(tokenizer, name))
 
 

@@ -13,6 +13,8 @@ from crucible_kitchen.training import (
     Llama3Renderer,
     Message,
     ParseTermination,
+    Qwen3DisableThinkingRenderer,
+    Qwen3Renderer,
     Renderer,
     RoleColonRenderer,
     SupervisedExample,
@@ -20,6 +22,7 @@ from crucible_kitchen.training import (
     build_text_completion_example,
     default_bpe_tokenizer,
     get_renderer,
+    split_thinking,
 )
 
 BYTES = ByteTokenizer()
@@ -348,12 +351,14 @@ def test_rendered_assistant_turn_parses_back(name: str) -> None:
 
 
 def test_unknown_renderer_name() -> None:
-    with pytest.raises(RenderError, match="unknown renderer 'qwen3'"):
-        get_renderer("qwen3", BYTES)
+    with pytest.raises(RenderError, match="unknown renderer 'qwen9'"):
+        get_renderer("qwen9", BYTES)
     assert {name: cls.name for name, cls in RENDERERS.items()} == {
         "chatml": "chatml",
         "llama3": "llama3",
         "role_colon": "role_colon",
+        "qwen3": "qwen3",
+        "qwen3_disable_thinking": "qwen3_disable_thinking",
     }
 
 
@@ -404,3 +409,96 @@ def test_content_must_be_text() -> None:
 def test_unknown_train_on_what() -> None:
     with pytest.raises(RenderError, match="unknown train_on_what 'everything'"):
         ChatMLRenderer(BYTES).build_supervised_example(HI_YO, "everything")  # type: ignore[arg-type]
+
+
+# --- Qwen3: thinking blocks, and thinking disabled ------------------------------------------------
+
+THINKING = [user("What is 2+2?"), assistant("<think>add them</think>4")]
+
+
+def test_qwen3_exact_tokens_and_weights_with_a_thinking_block() -> None:
+    # Qwen3's template frames the block as "<think>\n{reasoning}\n</think>\n\n{answer}".
+    example = Qwen3Renderer(BYTES).build_supervised_example(THINKING)
+    output = [*b("<think>\nadd them\n</think>\n\n4"), IM_END]
+    assert example.tokens == (
+        IM_START, *b("user\nWhat is 2+2?"), IM_END,
+        *b("\n"), IM_START, *b("assistant\n"),
+        *output,
+    )  # fmt: skip
+    assert example.weights == (0.0,) * (len(example.tokens) - len(output)) + (1.0,) * len(output)
+    assert BYTES.decode(list(example.tokens)) == (
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\nadd them\n</think>\n\n4<|im_end|>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "rendered"),
+    [
+        # No reasoning: the template still opens an empty block.
+        ("4", "<think>\n\n</think>\n\n4"),
+        # Newlines around the reasoning and before the answer are framing, normalized.
+        ("<think>\n\nadd\n</think>\n4", "<think>\nadd\n</think>\n\n4"),
+        ("<think></think>4", "<think>\n\n</think>\n\n4"),
+    ],
+)
+def test_qwen3_frames_every_assistant_reply_as_the_template_does(
+    content: str, rendered: str
+) -> None:
+    example = Qwen3Renderer(BYTES).build_supervised_example([user("Q"), assistant(content)])
+    assert trained_spans(BYTES, example) == [rendered + "<|im_end|>"]
+
+
+def test_qwen3_keeps_thinking_in_the_history_so_turns_extend() -> None:
+    renderer = Qwen3Renderer(BYTES)
+    conversation = [*THINKING, user("And 3+3?"), assistant("<think>again</think>6")]
+    example = renderer.build_supervised_example(conversation, TrainOnWhat.ALL_ASSISTANT_MESSAGES)
+    assert trained_spans(BYTES, example) == [
+        "<think>\nadd them\n</think>\n\n4<|im_end|>",
+        "<think>\nagain\n</think>\n\n6<|im_end|>",
+    ]
+    prompt = renderer.build_generation_prompt(conversation[:3])
+    assert BYTES.decode(prompt).endswith(
+        "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert list(example.tokens[: len(prompt)]) == prompt
+
+
+def test_qwen3_disable_thinking_exact_tokens_and_weights() -> None:
+    # enable_thinking=False: an empty block after the assistant header, not trained on.
+    renderer = Qwen3DisableThinkingRenderer(BYTES)
+    example = renderer.build_supervised_example(HI_YO)
+    assert example.tokens == (
+        IM_START, *b("user\nHi"), IM_END,
+        *b("\n"), IM_START, *b("assistant\n<think>\n\n</think>\n\n"),
+        *b("Yo"), IM_END,
+    )  # fmt: skip
+    assert trained_spans(BYTES, example) == ["Yo<|im_end|>"]
+    prompt = renderer.build_generation_prompt([user("Hi")])
+    assert BYTES.decode(prompt) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    with pytest.raises(RenderError, match="thinking is disabled"):
+        renderer.build_supervised_example([user("Q"), assistant("<think>x</think>y")])
+
+
+@pytest.mark.parametrize(
+    ("completion", "content", "termination"),
+    [
+        ("<think>\nadd\n</think>\n\n4<|im_end|>", "<think>add</think>4", "stop_sequence"),
+        ("<think>\n\n</think>\n\n4<|im_end|>", "4", "stop_sequence"),
+        ("<think>\nstill thinking", "<think>\nstill thinking", "malformed"),
+    ],
+)
+def test_qwen3_parse_response_unframes_the_thinking_block(
+    completion: str, content: str, termination: str
+) -> None:
+    parsed = Qwen3Renderer(BYTES).parse_response(BYTES.encode(completion))
+    assert parsed.message == assistant(content)
+    assert parsed.termination is ParseTermination(termination)
+
+
+def test_split_thinking() -> None:
+    assert split_thinking("<think>\nr\n</think>\n\na") == ("r", "a")
+    assert split_thinking("<think></think>a") == ("", "a")
+    assert split_thinking("just an answer") == (None, "just an answer")

@@ -26,7 +26,9 @@ LOADERS: dict[str, tuple[type[Stage], str]] = {  # the recipe, its loader, the k
 async def load(recipe: str, split: str) -> tuple[Any, ...]:
     """What the recipe's loader puts in the state from ``split`` of 40 synthetic rows."""
     loader, key = LOADERS[recipe]
-    config = SimpleNamespace(dataset="arithmetic", split=split, max_examples=None)
+    config = SimpleNamespace(
+        dataset="arithmetic", split=split, max_examples=None, extra_datasets=()
+    )
     run = RunInfo(
         run_id="r",
         workflow=recipe,

@@ -52,7 +52,13 @@ WORKFLOWS = ("supervised", "reinforcement", "preference", "distillation", "feedb
 OPTIONS: dict[str, list[dict[str, Any]]] = {
     "supervised": [{"epochs": 2, "save_every": 3, "eval_every": 4, "eval_generations": 1}],
     "reinforcement": [
-        {"num_batches": 2, "kl_penalty_coef": 0.1, "eval_every": 1, "save_every": 1},
+        {
+            "num_batches": 2,
+            "kl_penalty_coef": 0.1,
+            "eval_every": 1,
+            "save_every": 1,
+            "compute_post_kl": True,
+        },
         {
             "num_batches": 3,
             "mode": "async",

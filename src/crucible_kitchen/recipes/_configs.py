@@ -19,7 +19,7 @@ import pydantic
 from pydantic import Field
 
 from crucible_kitchen.ports import ExportFormat, TrainOnWhat
-from crucible_kitchen.training import AdvantageNormalization, LRSchedule
+from crucible_kitchen.training import AdvantageNormalization, DPOLossType, LRSchedule
 
 __all__ = (
     "AdamConfig",
@@ -381,6 +381,11 @@ class ReinforcementConfig(TrainingConfig):
     kl_discount_factor: float = Field(
         default=0.0, ge=0.0, le=1.0, description="KL penalty discount."
     )
+    compute_post_kl: bool = Field(
+        default=False,
+        description="After each step, log the KL between the sampler and the updated policy "
+        "on the batch (optim/kl_pre_post_*); costs a weights save and a scoring pass.",
+    )
     sampler_refresh_every: int = Field(
         default=1,
         ge=1,
@@ -419,6 +424,15 @@ class PreferenceConfig(TrainingConfig):
     )
     learning_rate: float = Field(default=1e-5, gt=0.0, le=1.0, description="Base learning rate.")
     dpo_beta: float = Field(default=0.1, gt=0.0, description="DPO temperature beta.")
+    loss_type: DPOLossType = Field(
+        default="sigmoid", description="sigmoid (DPO), hinge or ipo, as TRL defines them."
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Conservative DPO: the chance a preference label is flipped (sigmoid only).",
+    )
     batch_size: int = Field(
         default=4, ge=1, le=_MAX_ITEMS, description="Preference pairs per optimizer step."
     )
@@ -437,6 +451,12 @@ class PreferenceConfig(TrainingConfig):
         default=1, ge=0, le=16, description="Steps submitted ahead of the one awaited."
     )
 
+    @pydantic.model_validator(mode="after")
+    def _smoothing_is_sigmoid(self) -> PreferenceConfig:
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError("label_smoothing applies to loss_type 'sigmoid' only")
+        return self
+
 
 class DistillationConfig(TrainingConfig):
     """On-policy distillation: the student samples, the 'teacher_sampling_client' scores."""
@@ -449,6 +469,13 @@ class DistillationConfig(TrainingConfig):
         min_length=1,
         pattern=_SPLIT_PATTERN,
         description="Split the prompts come from, or a slice of one ('train[:-64]').",
+    )
+    extra_datasets: tuple[str, ...] = Field(
+        default=(),
+        strict=False,  # a JSON list (config.json, a config file) is a tuple here
+        max_length=64,
+        description="More prompt datasets (the same split), mixed in; the teacher KL is also "
+        "logged per dataset (distill/teacher_kl/dataset_<i>, 0 is 'dataset').",
     )
     lr_schedule: LRSchedule = Field(
         default="constant", description="constant, linear or cosine decay."

@@ -8,6 +8,7 @@ each declares what it reads and writes in its :class:`StageContract`.
 
 from __future__ import annotations
 
+from crucible_kitchen.stages._common import PARSE_ERROR_MASKED as PARSE_ERROR_MASKED
 from crucible_kitchen.stages._common import RESUME_FROM as RESUME_FROM
 from crucible_kitchen.stages._common import AwaitTrainingSteps as AwaitTrainingSteps
 from crucible_kitchen.stages._common import BuiltinStage as BuiltinStage
@@ -49,6 +50,7 @@ from crucible_kitchen.stages._distillation import LoadPrompts as LoadPrompts
 from crucible_kitchen.stages._distillation import SampleStudent as SampleStudent
 from crucible_kitchen.stages._distillation import ScoreWithTeacher as ScoreWithTeacher
 from crucible_kitchen.stages._distillation import SubmitDistillationStep as SubmitDistillationStep
+from crucible_kitchen.stages._distillation import TopKReverseKlLoss as TopKReverseKlLoss
 from crucible_kitchen.stages._faults import current_stage_context as current_stage_context
 from crucible_kitchen.stages._faults import current_stage_kill as current_stage_kill
 from crucible_kitchen.stages._feedback import CheckTriggers as CheckTriggers
@@ -69,6 +71,7 @@ from crucible_kitchen.stages._reinforcement import AssembleRlBatch as AssembleRl
 from crucible_kitchen.stages._reinforcement import AwaitRlSteps as AwaitRlSteps
 from crucible_kitchen.stages._reinforcement import BuildEnvGroups as BuildEnvGroups
 from crucible_kitchen.stages._reinforcement import ComputeAdvantages as ComputeAdvantages
+from crucible_kitchen.stages._reinforcement import ComputePostUpdateKl as ComputePostUpdateKl
 from crucible_kitchen.stages._reinforcement import DoRollouts as DoRollouts
 from crucible_kitchen.stages._reinforcement import LoadProblems as LoadProblems
 from crucible_kitchen.stages._reinforcement import Problem as Problem
@@ -94,6 +97,7 @@ from crucible_kitchen.training import derive_seed as derive_seed
 
 __all__ = (
     "PAIRS",
+    "PARSE_ERROR_MASKED",
     "RESUME_FROM",
     "TRAIN_DATA",
     "ApplyKlPenalty",
@@ -110,6 +114,7 @@ __all__ = (
     "BuiltinStage",
     "CheckTriggers",
     "ComputeAdvantages",
+    "ComputePostUpdateKl",
     "ComputeReferenceLogprobs",
     "Context",
     "ContextSnapshot",
@@ -152,6 +157,7 @@ __all__ = (
     "SubmitDpoStep",
     "SubmitRlStep",
     "SubmitSupervisedStep",
+    "TopKReverseKlLoss",
     "UpdateBaseline",
     "as_stage",
     "batches_this_epoch",

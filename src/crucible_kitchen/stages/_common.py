@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.telemetry import BaseEvent
 
 __all__ = (
+    "PARSE_ERROR_MASKED",
     "RESUME_FROM",
     "AwaitTrainingSteps",
     "BuiltinStage",
@@ -285,13 +286,21 @@ def datum_sequence(datum: Datum) -> ModelInput:
     return datum.model_input.append_int(int(targets[-1]))
 
 
+PARSE_ERROR_MASKED: Final = "parse_error_masked"
+"""The transition metric an env sets (to 1) on a turn whose reply could not be parsed and
+must not be trained on: :func:`rl_datums` gives its tokens mask 0 and advantage 0
+(tinker-cookbook's ``PARSE_ERROR_MASKED_METRIC_KEY``)."""
+
+
 def rl_datums(trajectory: Trajectory, advantage: float) -> list[tuple[Datum, tuple[float, ...]]]:
     """The training data of one trajectory, each datum with its action mask.
 
     Turns are merged into one datum while each observation extends the sequence so far
     (tinker-cookbook's ``trajectory_to_data``); otherwise a new datum starts. Per target
     token: ``logprobs`` holds the sampler's logprob (0 on observation tokens) and
-    ``advantages`` the trajectory's advantage on action tokens (0 elsewhere).
+    ``advantages`` the trajectory's advantage on action tokens (0 elsewhere). A turn whose
+    metrics flag :data:`PARSE_ERROR_MASKED` (>= 1) trains nothing: its action tokens get
+    mask 0 and advantage 0, while the other turns train as usual.
 
     Raises:
         TrainingInputError: an action has no sampler logprobs.
@@ -330,9 +339,10 @@ def rl_datums(trajectory: Trajectory, advantage: float) -> list[tuple[Datum, tup
         tokens.extend(observation)
         logprobs.extend([0.0] * len(observation))
         mask.extend([0.0] * len(observation))
+        trained = float(transition.metrics.get(PARSE_ERROR_MASKED, 0.0)) < 1.0
         tokens.extend(action.tokens)
         logprobs.extend(action.logprobs)
-        mask.extend([1.0] * len(action.tokens))
+        mask.extend([1.0 if trained else 0.0] * len(action.tokens))
     flush()
     return out
 

@@ -12,14 +12,18 @@ State: ``"prompts"`` (conversations, in run order), ``"distill_batch"`` (an
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from crucible_kitchen.errors import DataError, TrainingInputError
 from crucible_kitchen.ports import (
+    CustomLossOutput,
     Message,
     ModelInput,
     SamplingParams,
+    TensorData,
     TokensWithLogprobs,
     Trajectory,
     Transition,
@@ -36,6 +40,7 @@ from crucible_kitchen.stages._common import (
     merge_contracts,
     rl_datums,
     row_messages,
+    split_rows,
     submit_training_step,
 )
 from crucible_kitchen.stages._contract import StageContract, StateKey
@@ -49,7 +54,7 @@ from crucible_kitchen.telemetry import DistillationStep
 from crucible_kitchen.training import reverse_kl_advantages
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from crucible_kitchen.ports import DatasetRow, Datum, ForwardBackwardOutput, SamplingClient
     from crucible_kitchen.stages._context import Context
@@ -60,15 +65,92 @@ __all__ = (
     "SampleStudent",
     "ScoreWithTeacher",
     "SubmitDistillationStep",
+    "TopKReverseKlLoss",
 )
 
 _SEED_MASK: Final = 0x7FFFFFFF
 
 PROMPTS: Final = StateKey("prompts", tuple, rebuilt_on_resume=True)
 """The prompts' conversations, in run order."""
+PROMPT_DATASETS: Final = StateKey("prompt_datasets", tuple, rebuilt_on_resume=True)
+"""Per prompt, the index of the dataset it comes from: 0 for ``dataset``, then
+``extra_datasets`` in order."""
 DISTILL_BATCH: Final = StateKey("distill_batch", RlBatch)
 """The student's samples of this batch, as training data."""
+DISTILL_DATASETS: Final = StateKey("distill_datasets", tuple)
+"""Per datum of ``distill_batch``, the index of its prompt's dataset."""
 _PROMPT_KEYS: Final = ("prompt", "question", "instruction", "input")
+
+
+def _position_kl(student: Sequence[float], teacher: Sequence[float]) -> tuple[float, list[float]]:
+    """One position's reverse KL over the used slots (teacher probability > 0) and its
+    gradient with respect to the student's logprobs of every slot."""
+    used = [k for k, q in enumerate(teacher) if q > 0]
+    grads = [0.0] * len(student)
+    if not used:
+        return 0.0, grads
+    top = max(student[k] for k in used)
+    log_norm = top + math.log(math.fsum(math.exp(student[k] - top) for k in used))
+    log_p = {k: student[k] - log_norm for k in used}
+    gap = {k: log_p[k] - math.log(teacher[k]) for k in used}
+    kl = math.fsum(math.exp(log_p[k]) * gap[k] for k in used)
+    for k in used:
+        grads[k] = math.exp(log_p[k]) * (gap[k] - kl)
+    return kl, grads
+
+
+@dataclass(frozen=True, slots=True)
+class TopKReverseKlLoss:
+    """Top-K reverse-KL distillation as a :data:`~crucible_kitchen.ports.CustomLossFn`
+    (tinker-cookbook's ``reverse_kl_custom_loss``), torch-free, for any backend's
+    ``forward_backward_custom``.
+
+    Each datum has ``(N, K)`` ``target_tokens`` (the teacher's K most likely tokens at each
+    position) and ``(N, K)`` ``weights`` holding the teacher's probabilities of them,
+    renormalized over the K, 0 for an unused slot or an untrained position. With ``lp`` the
+    student's logprobs of those tokens, renormalized over the used slots into ``p``::
+
+        loss = sum over positions of sum_k p[k] * (log p[k] - log q[k])
+
+    with its exact gradient ``p[k] * (log(p[k] / q[k]) - KL)`` per slot (the same math as
+    :func:`crucible_kitchen.training.losses.topk_reverse_kl_loss`). Metrics:
+    ``topk_reverse_kl`` (mean per trained position) and ``topk_positions``.
+    """
+
+    def __call__(self, data: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
+        """The loss of ``data`` given the student's ``(N, K)`` logprobs of each datum.
+
+        Raises:
+            TrainingInputError: a datum's weights and logprobs are not both ``(N, K)``.
+        """
+        if len(data) != len(logprobs):
+            raise TrainingInputError(f"{len(data)} data but {len(logprobs)} logprobs")
+        total: list[float] = []
+        grads: list[TensorData] = []
+        for index, (datum, student) in enumerate(zip(data, logprobs, strict=True)):
+            teacher = datum.loss_fn_inputs["weights"]
+            if len(student.dims) != 2 or teacher.dims != student.dims:
+                raise TrainingInputError(
+                    f"datum {index}: top-K distillation needs (N, K) weights and logprobs, "
+                    f"got {teacher.dims} and {student.dims}"
+                )
+            width = student.dims[1]
+            flat: list[float] = []
+            for start in range(0, len(student.data), width):
+                kl, grad = _position_kl(
+                    [float(v) for v in student.data[start : start + width]],
+                    [float(v) for v in teacher.data[start : start + width]],
+                )
+                if any(float(v) > 0 for v in teacher.data[start : start + width]):
+                    total.append(kl)
+                flat.extend(grad)
+            grads.append(TensorData(dtype="float32", data=tuple(flat), shape=student.dims))
+        loss = math.fsum(total)
+        metrics = {
+            "topk_reverse_kl": loss / len(total) if total else math.nan,
+            "topk_positions": float(len(total)),
+        }
+        return CustomLossOutput(loss=loss, logprob_grads=tuple(grads), metrics=metrics)
 
 
 def prompt_messages(row: DatasetRow, index: int) -> tuple[Message, ...]:
@@ -94,21 +176,33 @@ def prompt_messages(row: DatasetRow, index: int) -> tuple[Message, ...]:
 
 
 class LoadPrompts(BuiltinStage):
-    """Read the prompts of ``dataset``/``split`` and fix their order for the run.
+    """Read the prompts of ``dataset``/``split`` (and of each of ``extra_datasets``, same
+    split) and fix their order for the run; remember each prompt's dataset.
 
     ``split`` may be a slice of a split (``"train[:-64]"``, see :func:`split_rows`).
     """
 
     requires: ClassVar[tuple[str, ...]] = ("dataset_store",)
-    contract = merge_contracts(LOADS_SPLIT, StageContract(writes=(PROMPTS,)))
+    contract = merge_contracts(
+        LOADS_SPLIT,
+        StageContract(config=("extra_datasets",), writes=(PROMPTS, PROMPT_DATASETS)),
+    )
 
     async def execute(self, ctx: Context) -> Context:
-        rows = await load_split(ctx)
-        prompts = [prompt_messages(row, index) for index, row in enumerate(rows)]
-        if not prompts:
-            raise DataError(f"dataset {ctx.config.dataset!r}/{ctx.config.split!r} has no prompts")
+        config = ctx.config
+        sources = [await load_split(ctx)]
+        for name in config.extra_datasets:
+            sources.append(await split_rows(ctx.port("dataset_store"), name, config.split))
+        prompts: list[tuple[int, tuple[Message, ...]]] = []
+        for dataset, (name, rows) in enumerate(
+            zip((config.dataset, *config.extra_datasets), sources, strict=True)
+        ):
+            if not rows:
+                raise DataError(f"dataset {name!r}/{config.split!r} has no prompts")
+            prompts.extend((dataset, prompt_messages(row, index)) for index, row in enumerate(rows))
         ctx.rng("prompt_order").shuffle(prompts)
-        ctx.state["prompts"] = tuple(prompts)
+        ctx.state["prompts"] = tuple(messages for _, messages in prompts)
+        ctx.state["prompt_datasets"] = tuple(dataset for dataset, _ in prompts)
         return ctx
 
 
@@ -118,13 +212,14 @@ class SampleStudent(BuiltinStage):
     requires: ClassVar[tuple[str, ...]] = ("renderer",)
     contract = StageContract(
         config=("prompts_per_batch", "samples_per_prompt", "max_tokens", "temperature"),
-        reads=(PROMPTS, SAMPLER),
-        writes=(DISTILL_BATCH,),
+        reads=(PROMPTS, PROMPT_DATASETS, SAMPLER),
+        writes=(DISTILL_BATCH, DISTILL_DATASETS),
     )
 
     async def execute(self, ctx: Context) -> Context:
         config = ctx.config
         prompts: tuple[tuple[Message, ...], ...] = ctx.state["prompts"]
+        prompt_datasets: tuple[int, ...] = ctx.state["prompt_datasets"]
         per_batch = int(config.prompts_per_batch)
         first = ctx.loops["batches"] * per_batch
         renderer = ctx.port("renderer")
@@ -132,7 +227,8 @@ class SampleStudent(BuiltinStage):
         stop = renderer.get_stop_sequences()
         requests = []
         for j in range(per_batch):
-            prompt = renderer.build_generation_prompt(prompts[(first + j) % len(prompts)])
+            position = (first + j) % len(prompts)
+            prompt = renderer.build_generation_prompt(prompts[position])
             operation = f"sample/{j}"
             params = SamplingParams(
                 max_tokens=int(config.max_tokens),
@@ -146,10 +242,11 @@ class SampleStudent(BuiltinStage):
                 params,
                 request_id=ctx.request_id(operation),
             )
-            requests.append((prompt, future))
+            requests.append((prompt_datasets[position], prompt, future))
         data: list[Datum] = []
         masks: list[tuple[float, ...]] = []
-        for prompt, future in requests:
+        datasets: list[int] = []
+        for dataset, prompt, future in requests:
             for sequence in (await future.result()).sequences:
                 trajectory = Trajectory(
                     transitions=(
@@ -167,20 +264,28 @@ class SampleStudent(BuiltinStage):
                 for datum, mask in rl_datums(trajectory, 0.0):
                     data.append(datum)
                     masks.append(mask)
+                    datasets.append(dataset)
         if not data:
             raise TrainingInputError("the student's samples produced no training data")
         ctx.state["distill_batch"] = RlBatch(data=tuple(data), masks=tuple(masks))
+        ctx.state["distill_datasets"] = tuple(datasets)
         return ctx
 
 
 class ScoreWithTeacher(BuiltinStage):
-    """Score the student's samples with the teacher; advantage = -kl_coef * reverse KL."""
+    """Score the student's samples with the teacher; advantage = -kl_coef * reverse KL.
+
+    Logs ``distill/teacher_kl`` and, per dataset ``i`` of the batch,
+    ``distill/teacher_kl/dataset_{i}`` (tinker-cookbook's ``teacher_kl/dataset_{i}``).
+    """
 
     requires: ClassVar[tuple[str, ...]] = ("teacher_sampling_client",)
     contract = merge_contracts(
         ADJUSTS_ADVANTAGES,
         StageContract(
-            config=("kl_coef",), reads=(DISTILL_BATCH,), writes=(DISTILL_BATCH, STEP_METRICS)
+            config=("kl_coef",),
+            reads=(DISTILL_BATCH, DISTILL_DATASETS),
+            writes=(DISTILL_BATCH, STEP_METRICS),
         ),
     )
 
@@ -190,10 +295,10 @@ class ScoreWithTeacher(BuiltinStage):
             ctx.state["distill_batch"],
             ctx.port("teacher_sampling_client"),
             "teacher_logprobs",
-            reverse_kl_advantages,
+            functools.partial(reverse_kl_advantages, dataset_indices=ctx.state["distill_datasets"]),
             coef=float(ctx.config.kl_coef),
         )
-        ctx.state["step_metrics"] = {"distill/teacher_kl": metrics["teacher_kl"]}
+        ctx.state["step_metrics"] = {f"distill/{k}": v for k, v in metrics.items()}
         return ctx
 
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.ports import DatasetRow, Datum, ForwardBackwardOutput, Renderer
     from crucible_kitchen.stages._context import Context
+    from crucible_kitchen.training import DPOLossType
 
 __all__ = (
     "AwaitDpoSteps",
@@ -70,28 +71,65 @@ def _sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
+def _pair_loss(
+    loss_type: str,
+    beta: float,
+    label_smoothing: float,
+    delta_c: float,
+    delta_r: float,
+    length_c: float,
+    length_r: float,
+) -> tuple[float, float, float]:
+    """One pair's loss and its derivatives with respect to ``delta_c`` and ``delta_r``."""
+    if loss_type == "ipo":
+        gap = delta_c / length_c - delta_r / length_r - 1.0 / (2.0 * beta)
+        return gap * gap, 2.0 * gap / length_c, -2.0 * gap / length_r
+    z = beta * (delta_c - delta_r)
+    if loss_type == "hinge":
+        slope = -1.0 if z < 1.0 else 0.0
+        return max(0.0, 1.0 - z), beta * slope, -beta * slope
+    eps = label_smoothing
+    loss = -(1.0 - eps) * _log_sigmoid(z) - eps * _log_sigmoid(-z)
+    slope = -(1.0 - eps) * _sigmoid(-z) + eps * _sigmoid(z)
+    return loss, beta * slope, -beta * slope
+
+
 @dataclass(frozen=True, slots=True)
 class DpoLoss:
-    """The DPO loss as a :data:`~crucible_kitchen.ports.CustomLossFn` (tinker-cookbook's math).
+    """The DPO loss as a :data:`~crucible_kitchen.ports.CustomLossFn` (tinker-cookbook's
+    data layout, TRL's loss variants).
 
     Data come as pairs: chosen at even, rejected at odd positions. With ``w`` a datum's
     weights (1 on the completion), a sequence's logprob is the weighted token *sum*::
 
         dc = sum(w * lp(chosen)) - sum(w * lpref(chosen))     # dr likewise for rejected
-        loss = mean over pairs of -log(sigmoid(beta * (dc - dr)))
+        z  = beta * (dc - dr)
 
-    so d(loss)/d(lp[t]) = -sigmoid(-beta * (dc - dr)) * beta * w[t] / n on chosen tokens,
-    with the opposite sign on rejected ones. Metrics (means over pairs): ``dpo_loss``,
+    and the loss is the mean over pairs of (see
+    :func:`crucible_kitchen.training.losses.dpo_loss`, the same math in torch):
+
+    - ``sigmoid``: ``-(1 - eps) * log(sigmoid(z)) - eps * log(sigmoid(-z))``,
+      ``eps = label_smoothing``;
+    - ``hinge``: ``max(0, 1 - z)``;
+    - ``ipo``: ``(dc / |c| - dr / |r| - 1 / (2 * beta)) ** 2``, ``|c| = max(1, sum(w))``.
+
+    The gradient with respect to ``lp[t]`` is ``d(loss)/d(dc) * w[t] / n`` on chosen tokens
+    (``d(loss)/d(dr)`` on rejected ones), exact. Metrics (means over pairs): ``dpo_loss``,
     ``accuracy`` (dc > dr), ``chosen_reward`` (beta * dc), ``rejected_reward`` (beta * dr),
-    ``margin`` (their difference); and ``num_pairs``.
+    ``margin`` (their difference); ``num_pairs``; and ``num_tokens``, the input tokens of
+    the chosen and rejected datums (tinker-cookbook's count).
 
     Args:
         beta: the DPO temperature.
         reference_logprobs: per datum, the frozen reference's target logprobs.
+        loss_type: ``sigmoid``, ``hinge`` or ``ipo``.
+        label_smoothing: ``eps`` of the sigmoid loss, in ``[0, 0.5)``.
     """
 
     beta: float
     reference_logprobs: tuple[tuple[float, ...], ...]
+    loss_type: DPOLossType = "sigmoid"
+    label_smoothing: float = 0.0
 
     def __call__(self, data: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
         """The loss of ``data`` given the policy's ``logprobs`` of each datum.
@@ -120,22 +158,30 @@ class DpoLoss:
             math.fsum(wt * (p - r) for wt, p, r in zip(w, lp, ref, strict=True))
             for w, lp, ref in zip(weights, policy, self.reference_logprobs, strict=True)
         ]
+        lengths = [max(1.0, math.fsum(w)) for w in weights]
         beta = self.beta
         losses, wins, chosen, rejected = [], [], [], []
         grads: list[TensorData] = []
         for i in range(n):
-            delta_c, delta_r = ratios[2 * i], ratios[2 * i + 1]
-            z = beta * (delta_c - delta_r)
-            losses.append(-_log_sigmoid(z))
-            wins.append(1.0 if delta_c > delta_r else 0.0)
-            chosen.append(beta * delta_c)
-            rejected.append(beta * delta_r)
-            scale = _sigmoid(-z) * beta / n
-            for d, sign in ((2 * i, -1.0), (2 * i + 1, 1.0)):
+            c, r = 2 * i, 2 * i + 1
+            loss, grad_c, grad_r = _pair_loss(
+                self.loss_type,
+                beta,
+                self.label_smoothing,
+                ratios[c],
+                ratios[r],
+                lengths[c],
+                lengths[r],
+            )
+            losses.append(loss)
+            wins.append(1.0 if ratios[c] > ratios[r] else 0.0)
+            chosen.append(beta * ratios[c])
+            rejected.append(beta * ratios[r])
+            for d, grad in ((c, grad_c), (r, grad_r)):
                 grads.append(
                     TensorData(
                         dtype="float32",
-                        data=tuple(sign * scale * wt for wt in weights[d]),
+                        data=tuple(grad * wt / n for wt in weights[d]),
                         shape=logprobs[d].shape,
                     )
                 )
@@ -147,6 +193,7 @@ class DpoLoss:
             "rejected_reward": math.fsum(rejected) / n,
             "margin": (math.fsum(chosen) - math.fsum(rejected)) / n,
             "num_pairs": float(n),
+            "num_tokens": float(sum(d.model_input.length for d in data)),
         }
         return CustomLossOutput(loss=loss, logprob_grads=tuple(grads), metrics=metrics)
 
@@ -258,7 +305,10 @@ class SubmitDpoStep(BuiltinStage):
     contract = merge_contracts(
         SUBMITS_STEPS,
         BATCHES_EPOCHS,
-        StageContract(config=("batch_size", "dpo_beta"), reads=(PAIRS, REFERENCE_LOGPROBS)),
+        StageContract(
+            config=("batch_size", "dpo_beta", "loss_type", "label_smoothing"),
+            reads=(PAIRS, REFERENCE_LOGPROBS),
+        ),
     )
 
     async def execute(self, ctx: Context) -> Context:
@@ -268,6 +318,8 @@ class SubmitDpoStep(BuiltinStage):
         loss = DpoLoss(
             beta=float(ctx.config.dpo_beta),
             reference_logprobs=tuple(lp for pair in references for lp in pair),
+            loss_type=ctx.config.loss_type,
+            label_smoothing=float(ctx.config.label_smoothing),
         )
         await submit_training_step(
             ctx,
@@ -293,6 +345,7 @@ class AwaitDpoSteps(AwaitTrainingSteps):
             "dpo/rejected_reward": float(metrics["rejected_reward"]),
             "dpo/margin": float(metrics["margin"]),
             "dpo/num_pairs": float(metrics["num_pairs"]),
+            "dpo/num_tokens": float(metrics["num_tokens"]),
             "dpo/lr": step.lr,
             "dpo/epoch": float(step.epoch),
             "dpo/progress": (step.step + 1) / step.total_steps,

@@ -40,7 +40,9 @@ from crucible_kitchen.stages._common import (
     InFlightStep,
     load_split,
     merge_contracts,
+    record_metrics,
     rl_datums,
+    sampler_for_current_weights,
     sequence_logprobs,
     submit_training_step,
     training_logprobs,
@@ -60,6 +62,7 @@ from crucible_kitchen.training import (
     kl_penalty_advantages,
     kl_sample_train_metrics,
     nonconstant_group_indices,
+    post_update_kl_metrics,
 )
 
 if TYPE_CHECKING:
@@ -83,6 +86,7 @@ __all__ = (
     "AwaitRlSteps",
     "BuildEnvGroups",
     "ComputeAdvantages",
+    "ComputePostUpdateKl",
     "DoRollouts",
     "LoadProblems",
     "Problem",
@@ -661,3 +665,28 @@ class AwaitRlSteps(AwaitTrainingSteps):
             lr=step.lr,
             metrics=dict(row),
         )
+
+
+class ComputePostUpdateKl(BuiltinStage):
+    """How far the step just awaited moved the policy on its own batch (tinker-cookbook's
+    ``compute_post_kl``): the updated weights score the batch's sampled tokens, compared
+    with the sampler's logprobs.
+
+    Records ``optim/kl_pre_post_v1`` (mean ``q - lp``) and ``optim/kl_pre_post_v2`` (half
+    the mean square) over the action tokens, at the step just awaited. Costs one save of
+    the weights for sampling (``post_kl_<step>``) and a scoring pass per datum.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client", "metrics_store")
+    contract = StageContract(reads=(RL_BATCH,))
+
+    async def execute(self, ctx: Context) -> Context:
+        batch: RlBatch = ctx.state["rl_batch"]
+        step = ctx.step - 1
+        _, sampler = await sampler_for_current_weights(ctx, f"post_kl_{step:06d}")
+        updated = await sequence_logprobs(ctx, sampler, batch.data, "post_update_logprobs")
+        metrics = post_update_kl_metrics(
+            batch.sampling_logprobs(), updated, [list(m) for m in batch.masks]
+        )
+        await record_metrics(ctx, step, {f"optim/{k}": v for k, v in metrics.items()})
+        return ctx

@@ -39,7 +39,7 @@ from crucible_kitchen.stages._common import (
 )
 from crucible_kitchen.stages._contract import StageContract, StateKey
 from crucible_kitchen.telemetry import EvalComplete, EvalSample, TrainingStep
-from crucible_kitchen.training import weighted_mean_nll
+from crucible_kitchen.training import bits_per_byte, weighted_mean_nll
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -172,9 +172,15 @@ class AwaitSupervisedSteps(AwaitTrainingSteps):
 
 
 class EvaluateNll(BuiltinStage):
-    """Held-out NLL of the current weights on the evaluation data (``forward``, no gradient)."""
+    """Held-out NLL of the current weights on the evaluation data (``forward``, no gradient).
 
-    requires: ClassVar[tuple[str, ...]] = ("training_client", "metrics_store")
+    Records ``eval/loss`` (mean NLL per weighted token, nats) and ``eval/bpb`` (bits per byte
+    of the trained text, :func:`~crucible_kitchen.training.bits_per_byte`), which compares
+    models with different tokenizers. Special tokens (those ``decode`` drops with
+    ``skip_special_tokens=True``) count in the NLL but not in bits per byte.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client", "metrics_store", "tokenizer")
     contract = StageContract(
         config=("batch_size", "eval_split"),
         reads=(EVAL_DATA, DATASET),
@@ -190,8 +196,17 @@ class EvaluateNll(BuiltinStage):
         logprobs: list[list[float]] = []
         for future in futures:
             logprobs.extend(training_logprobs(await future.result()))
-        nll = weighted_mean_nll(logprobs, [datum_weights(d) for d in data])
-        await record_metrics(ctx, ctx.step, {"eval/loss": nll})
+        weights = [datum_weights(d) for d in data]
+        nll = weighted_mean_nll(logprobs, weights)
+        tokenizer = ctx.port("tokenizer")
+        targets = [[int(t) for t in d.loss_fn_inputs["target_tokens"].data] for d in data]
+        special = {
+            token
+            for token in {t for tokens in targets for t in tokens}
+            if not tokenizer.decode([token], skip_special_tokens=True)
+        }
+        bpb = bits_per_byte(logprobs, weights, targets, tokenizer.decode, special_ids=special)
+        await record_metrics(ctx, ctx.step, {"eval/loss": nll, "eval/bpb": bpb})
         ctx.state["last_eval_step"] = ctx.step
         ctx.emit(
             EvalComplete(
@@ -199,7 +214,7 @@ class EvaluateNll(BuiltinStage):
                 dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
                 step=ctx.step,
                 sample_count=len(data),
-                metrics={"loss": nll},
+                metrics={"loss": nll, "bpb": bpb},
             )
         )
         return ctx

@@ -11,22 +11,26 @@ Torch-free, re-exported here:
   optional std normalization or leave-one-out), :func:`nonconstant_group_indices`,
   :func:`kl_penalty_advantages` (KL vs a reference folded into advantages),
   :func:`reverse_kl_advantages` (on-policy distillation), :func:`discounted_future_sum`,
-  :func:`kl_sample_train_metrics`, :func:`weighted_mean_nll`.
+  :func:`kl_sample_train_metrics`, :func:`post_update_kl_metrics`,
+  :func:`weighted_mean_nll`, :func:`bits_per_byte`.
 - **Seeds**: :func:`derive_seed`, the one way every generator in the package is seeded.
 - **Tokenizers**: the :class:`ChatTokenizer` protocol renderers need, :class:`ByteTokenizer`,
   and :class:`BpeTokenizer` / :func:`train_bpe_tokenizer` / :func:`default_bpe_tokenizer`
   (these import ``tokenizers``, from the ``torch`` extra, only when called).
-- **Renderers**: :class:`RoleColonRenderer`, :class:`Llama3Renderer`, :class:`ChatMLRenderer`
-  (:func:`get_renderer` by name), :class:`TrainOnWhat` masks, :class:`SupervisedExample` and
-  its next-token shift :class:`NextTokenExample`, completion parsing.
+- **Renderers**: :class:`RoleColonRenderer`, :class:`Llama3Renderer`, :class:`ChatMLRenderer`,
+  Qwen3's with thinking blocks (:class:`Qwen3Renderer`, :func:`split_thinking`) and without
+  (:class:`Qwen3DisableThinkingRenderer`) (:func:`get_renderer` by name), :class:`TrainOnWhat`
+  masks, :class:`SupervisedExample` and its next-token shift :class:`NextTokenExample`,
+  completion parsing.
 - **Bundled data**: chat tasks (SFT), arithmetic problems with :func:`arithmetic_reward` (RL),
   preference pairs (DPO) and the tokenizer corpus, each with its deterministic generator.
 
 Needs torch, import explicitly:
 
 - :mod:`crucible_kitchen.training.losses`: Tinker's sum-reduced token losses
-  (``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``, ``dro``), DPO, k3 KL and
-  target logprobs from logits.
+  (``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``, ``dro``), DPO (TRL's
+  ``sigmoid``, ``hinge`` and ``ipo``), top-K reverse-KL distillation, k3 KL and target
+  logprobs from logits.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from crucible_kitchen.training._advantages import (
     ADVANTAGE_NORMALIZATIONS,
     AdvantageAdjustment,
     AdvantageNormalization,
+    bits_per_byte,
     compute_advantages,
     discounted_future_sum,
     kl_penalty_advantages,
     kl_sample_train_metrics,
     nonconstant_group_indices,
+    post_update_kl_metrics,
     reverse_kl_advantages,
     weighted_mean_nll,
 )
@@ -67,6 +73,7 @@ from crucible_kitchen.training._datasets import (
     to_jsonl,
     write_bundled_data,
 )
+from crucible_kitchen.training._dpo import DPO_LOSS_TYPES, DPOLossType
 from crucible_kitchen.training._renderers import (
     RENDERERS,
     ChatMLRenderer,
@@ -75,6 +82,8 @@ from crucible_kitchen.training._renderers import (
     NextTokenExample,
     ParsedResponse,
     ParseTermination,
+    Qwen3DisableThinkingRenderer,
+    Qwen3Renderer,
     RenderedMessage,
     Renderer,
     RoleColonRenderer,
@@ -82,6 +91,7 @@ from crucible_kitchen.training._renderers import (
     TrainOnWhat,
     build_text_completion_example,
     get_renderer,
+    split_thinking,
 )
 from crucible_kitchen.training._schedules import (
     LR_SCHEDULES,
@@ -103,6 +113,7 @@ __all__ = (
     "BOS_TOKEN",
     "CHAT_TASKS",
     "DEFAULT_BPE_VOCAB_SIZE",
+    "DPO_LOSS_TYPES",
     "EOS_TOKEN",
     "LR_SCHEDULES",
     "PAD_TOKEN",
@@ -116,6 +127,7 @@ __all__ = (
     "ChatExample",
     "ChatMLRenderer",
     "ChatTokenizer",
+    "DPOLossType",
     "LRSchedule",
     "Llama3Renderer",
     "Message",
@@ -123,12 +135,15 @@ __all__ = (
     "ParseTermination",
     "ParsedResponse",
     "PreferencePair",
+    "Qwen3DisableThinkingRenderer",
+    "Qwen3Renderer",
     "RenderedMessage",
     "Renderer",
     "RoleColonRenderer",
     "SupervisedExample",
     "TrainOnWhat",
     "arithmetic_reward",
+    "bits_per_byte",
     "build_text_completion_example",
     "bundled_corpus",
     "compute_advantages",
@@ -148,8 +163,10 @@ __all__ = (
     "load_preference_pairs",
     "lr_multiplier",
     "nonconstant_group_indices",
+    "post_update_kl_metrics",
     "reverse_kl_advantages",
     "scheduled_learning_rate",
+    "split_thinking",
     "to_jsonl",
     "train_bpe_tokenizer",
     "weighted_mean_nll",

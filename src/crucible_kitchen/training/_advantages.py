@@ -15,17 +15,19 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 from crucible_kitchen.errors import TrainingInputError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Collection, Sequence
 
 __all__ = (
     "ADVANTAGE_NORMALIZATIONS",
     "AdvantageAdjustment",
     "AdvantageNormalization",
+    "bits_per_byte",
     "compute_advantages",
     "discounted_future_sum",
     "kl_penalty_advantages",
     "kl_sample_train_metrics",
     "nonconstant_group_indices",
+    "post_update_kl_metrics",
     "reverse_kl_advantages",
     "weighted_mean_nll",
 )
@@ -264,6 +266,57 @@ def reverse_kl_advantages(
     )
 
 
+def _logprob_drift(
+    sampling_logprobs: Sequence[Sequence[float]],
+    other_logprobs: Sequence[Sequence[float]],
+    masks: Sequence[Sequence[float]],
+    *,
+    other: str,
+) -> tuple[float, float, float]:
+    """Over the tokens with ``m > 0``: ``mean(q - lp)``, ``0.5 * mean((q - lp)**2)`` and
+    ``mean(q)``; NaN for each when there is no such token.
+
+    Raises:
+        TrainingInputError: the inputs (``other`` names ``other_logprobs``) do not have one
+            equally long sequence per datum.
+    """
+    _check_aligned(
+        ("sampling_logprobs", other, "masks"), (sampling_logprobs, other_logprobs, masks)
+    )
+    pairs = [
+        (q, lp)
+        for qs, lps, ms in zip(sampling_logprobs, other_logprobs, masks, strict=True)
+        for q, lp, m in zip(qs, lps, ms, strict=True)
+        if m > 0
+    ]
+    if not pairs:
+        return math.nan, math.nan, math.nan
+    diffs = [q - lp for q, lp in pairs]
+    return _mean(diffs), 0.5 * _mean([d * d for d in diffs]), _mean([q for q, _ in pairs])
+
+
+def post_update_kl_metrics(
+    sampling_logprobs: Sequence[Sequence[float]],
+    post_update_logprobs: Sequence[Sequence[float]],
+    masks: Sequence[Sequence[float]],
+) -> dict[str, float]:
+    """How far an update moved the policy on the tokens it trained on (tinker-cookbook's
+    ``compute_post_kl``).
+
+    With ``q`` the sampler's logprobs (the policy before the update) and ``lp`` the updated
+    policy's logprobs of the same tokens, over ``m > 0``: ``kl_pre_post_v1 = mean(q - lp)``
+    and ``kl_pre_post_v2 = 0.5 * mean((q - lp)**2)``, both NaN when no token is an action
+    token.
+
+    Raises:
+        TrainingInputError: the inputs do not have one equally long sequence per datum.
+    """
+    v1, v2, _ = _logprob_drift(
+        sampling_logprobs, post_update_logprobs, masks, other="post_update_logprobs"
+    )
+    return {"kl_pre_post_v1": v1, "kl_pre_post_v2": v2}
+
+
 def kl_sample_train_metrics(
     sampling_logprobs: Sequence[Sequence[float]],
     training_logprobs: Sequence[Sequence[float]],
@@ -279,28 +332,13 @@ def kl_sample_train_metrics(
     Raises:
         TrainingInputError: the inputs do not have one equally long sequence per datum.
     """
-    _check_aligned(
-        ("sampling_logprobs", "training_logprobs", "masks"),
-        (sampling_logprobs, training_logprobs, masks),
+    v1, v2, mean_sampled = _logprob_drift(
+        sampling_logprobs, training_logprobs, masks, other="training_logprobs"
     )
-    diffs: list[float] = []
-    sampled: list[float] = []
-    for qs, lps, ms in zip(sampling_logprobs, training_logprobs, masks, strict=True):
-        for q, lp, m in zip(qs, lps, ms, strict=True):
-            if m > 0:
-                diffs.append(q - lp)
-                sampled.append(q)
-    if not diffs:
-        nan = float("nan")
-        return {
-            "optim/kl_sample_train_v1": nan,
-            "optim/kl_sample_train_v2": nan,
-            "optim/entropy": nan,
-        }
     return {
-        "optim/kl_sample_train_v1": _mean(diffs),
-        "optim/kl_sample_train_v2": 0.5 * _mean([d * d for d in diffs]),
-        "optim/entropy": -_mean(sampled),
+        "optim/kl_sample_train_v1": v1,
+        "optim/kl_sample_train_v2": v2,
+        "optim/entropy": -mean_sampled,
     }
 
 
@@ -324,3 +362,49 @@ def weighted_mean_nll(
         for lp, w in zip(lps, ws, strict=True)
     )
     return -weighted / total_weight
+
+
+def bits_per_byte(
+    logprobs: Sequence[Sequence[float]],
+    weights: Sequence[Sequence[float]],
+    target_tokens: Sequence[Sequence[int]],
+    decode: Callable[[Sequence[int]], str],
+    *,
+    special_ids: Collection[int] = (),
+) -> float:
+    """Bits per byte, the NLL that compares across tokenizers (tinker-cookbook's
+    ``compute_bpb``).
+
+    A target token is *counted* when its weight is > 0 (weights are a mask here, not
+    multipliers) and it is not in ``special_ids`` (end-of-turn markers and the like carry no
+    text). Then::
+
+        bpb = -sum(lp over counted tokens) / (ln(2) * utf8_bytes(counted tokens))
+
+    where the bytes are those of ``decode`` applied to each run of consecutive counted
+    tokens of a datum. NaN when the counted tokens hold no byte.
+
+    Raises:
+        TrainingInputError: the inputs do not have one equally long sequence per datum.
+    """
+    _check_aligned(
+        ("logprobs", "weights", "target_tokens"),
+        (logprobs, weights, [[float(t) for t in ts] for ts in target_tokens]),
+    )
+    special = frozenset(special_ids)
+    nats: list[float] = []
+    num_bytes = 0
+    for lps, ws, tokens in zip(logprobs, weights, target_tokens, strict=True):
+        run: list[int] = []
+        for lp, w, token in zip(lps, ws, tokens, strict=True):
+            if w > 0 and token not in special:
+                nats.append(-lp)
+                run.append(token)
+            elif run:
+                num_bytes += len(decode(run).encode("utf-8"))
+                run = []
+        if run:
+            num_bytes += len(decode(run).encode("utf-8"))
+    if num_bytes == 0:
+        return math.nan
+    return math.fsum(nats) / (math.log(2.0) * num_bytes)

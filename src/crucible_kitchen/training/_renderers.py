@@ -13,7 +13,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from enum import StrEnum
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Final, Literal
 
 import msgspec
 
@@ -32,6 +32,8 @@ __all__ = (
     "NextTokenExample",
     "ParseTermination",
     "ParsedResponse",
+    "Qwen3DisableThinkingRenderer",
+    "Qwen3Renderer",
     "RenderedMessage",
     "Renderer",
     "RoleColonRenderer",
@@ -39,6 +41,7 @@ __all__ = (
     "TrainOnWhat",
     "build_text_completion_example",
     "get_renderer",
+    "split_thinking",
 )
 
 _ROLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -554,8 +557,110 @@ class ChatMLRenderer(Renderer):
         return self._parse_at_stop_token(tokens, "<|im_end|>")
 
 
+_THINK_OPEN: Final = "<think>"
+_THINK_CLOSE: Final = "</think>"
+_EMPTY_THINKING: Final = f"{_THINK_OPEN}\n\n{_THINK_CLOSE}\n\n"
+
+
+def split_thinking(content: str) -> tuple[str | None, str]:
+    """A Qwen3 reply's reasoning and its answer: the text inside ``<think>...</think>``
+    (stripped of surrounding newlines) and the text after it (stripped of leading newlines),
+    or ``None`` and the content as it is when it has no ``</think>``."""
+    if _THINK_CLOSE not in content:
+        return None, content
+    before, _, after = content.partition(_THINK_CLOSE)
+    return before.rpartition(_THINK_OPEN)[2].strip("\n"), after.lstrip("\n")
+
+
+class Qwen3Renderer(ChatMLRenderer):
+    """Qwen3's chat template with thinking enabled: ChatML, and an assistant reply opens
+    with a ``<think>`` block::
+
+        <|im_start|>user\nWhat is 2+2?<|im_end|>
+        <|im_start|>assistant\n<think>\nadd them\n</think>\n\n4<|im_end|>
+
+    The block is written the way the template frames it: ``<think>\n{reasoning}\n</think>\n\n``
+    then the answer, with ``reasoning`` stripped of surrounding newlines and the answer of
+    leading ones; a reply without reasoning gets the empty block ``<think>\n\n</think>\n\n``
+    (tinker-cookbook's ``Qwen3Renderer``). The reasoning is part of the message's content,
+    written inline as ``<think>...</think>``.
+
+    Every assistant turn keeps its block, also in the history (tinker-cookbook's
+    ``strip_thinking_from_history=False``, the setting for multi-turn RL): each turn's
+    prompt is then a prefix of the next, where Hugging Face's template, which drops the
+    blocks of turns before the last user message, is not. The generation prompt ends with
+    the assistant header; the model writes its ``<think>`` block itself. Parsing undoes the
+    framing: a reply with reasoning reads ``<think>{reasoning}</think>{answer}``, one with an
+    empty block just ``{answer}`` (:func:`split_thinking` separates the two), so parsing a
+    rendered message gives it back.
+    """
+
+    name = "qwen3"
+
+    def render_message(self, message: Message, *, index: int) -> RenderedMessage:
+        """ChatML's pieces, the assistant output opened by its framed thinking block."""
+        rendered = super().render_message(message, index=index)
+        if message.role != "assistant":
+            return rendered
+        reasoning, answer = split_thinking(message.content)
+        block = f"{_THINK_OPEN}\n{reasoning or ''}\n{_THINK_CLOSE}\n\n"
+        return RenderedMessage(header=rendered.header, output=block + answer + "<|im_end|>")
+
+    def parse_response(self, tokens: Sequence[int]) -> ParsedResponse:
+        """ChatML's parse, with the thinking block unframed (see the class docstring); a
+        reply cut off inside its block keeps its text as it is."""
+        parsed = super().parse_response(tokens)
+        reasoning, answer = split_thinking(parsed.message.content)
+        if reasoning is None:
+            return parsed
+        content = f"{_THINK_OPEN}{reasoning}{_THINK_CLOSE}{answer}" if reasoning else answer
+        return ParsedResponse(
+            message=Message(role="assistant", content=content), termination=parsed.termination
+        )
+
+
+class Qwen3DisableThinkingRenderer(ChatMLRenderer):
+    """Qwen3's chat template with thinking disabled (Hugging Face's
+    ``enable_thinking=False``; tinker-cookbook's ``Qwen3DisableThinkingRenderer``)::
+
+        <|im_start|>user\nHi<|im_end|>
+        <|im_start|>assistant\n<think>\n\n</think>\n\nHello<|im_end|>
+
+    The empty thinking block is part of every assistant header, so the generation prompt
+    already holds it and the model answers directly; it is not trained on. The answer is
+    stripped of leading newlines, as the template does.
+
+    Raises:
+        RenderError: (when rendering) an assistant message holds a ``</think>`` block.
+    """
+
+    name = "qwen3_disable_thinking"
+
+    def render_message(self, message: Message, *, index: int) -> RenderedMessage:
+        """ChatML's pieces; an assistant header ends with the empty thinking block."""
+        rendered = super().render_message(message, index=index)
+        if message.role != "assistant":
+            return rendered
+        if _THINK_CLOSE in message.content:
+            raise RenderError(
+                f"message {index}: a thinking block in an assistant message, but thinking is "
+                "disabled; use the 'qwen3' renderer"
+            )
+        return RenderedMessage(
+            header=rendered.header + _EMPTY_THINKING,
+            output=message.content.lstrip("\n") + "<|im_end|>",
+        )
+
+
 RENDERERS: Mapping[str, type[Renderer]] = {
-    cls.name: cls for cls in (RoleColonRenderer, Llama3Renderer, ChatMLRenderer)
+    cls.name: cls
+    for cls in (
+        RoleColonRenderer,
+        Llama3Renderer,
+        ChatMLRenderer,
+        Qwen3Renderer,
+        Qwen3DisableThinkingRenderer,
+    )
 }
 """Every renderer by name."""
 

@@ -23,12 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from crucible_kitchen.errors import TrainingInputError
+from crucible_kitchen.training._dpo import DPO_LOSS_TYPES, DPOLossType
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = (
     "BUILTIN_LOSSES",
+    "DPO_LOSS_TYPES",
+    "DPOLossType",
     "DPOOutput",
     "builtin_loss",
     "cispo_loss",
@@ -40,6 +43,7 @@ __all__ = (
     "k3_kl_loss",
     "ppo_loss",
     "sequence_logprobs",
+    "topk_reverse_kl_loss",
 )
 
 
@@ -300,26 +304,35 @@ def dpo_loss(
     *,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
+    loss_type: DPOLossType = "sigmoid",
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
 ) -> DPOOutput:
     """Direct preference optimization over pairs of sequence logprobs.
 
     Each argument has one entry per pair (shape ``(pairs,)``), a sequence logprob from
     :func:`sequence_logprobs` under the policy or the frozen reference. With
     ``dc = chosen - chosen_reference``, ``dr = rejected - rejected_reference`` and
-    ``z = beta * (dc - dr)``::
+    ``z = beta * (dc - dr)``, the loss is the mean over pairs of (TRL's definitions):
 
-        loss = mean_pairs( -(1 - eps) * log sigmoid(z) - eps * log sigmoid(-z) )
+    - ``"sigmoid"`` (default): ``-(1 - eps) * log sigmoid(z) - eps * log sigmoid(-z)``, where
+      ``eps = label_smoothing`` (0 gives the standard DPO loss; >0 the conservative variant
+      of torchtune); ``log sigmoid`` is computed stably;
+    - ``"hinge"``: ``relu(1 - z)`` (SLiC);
+    - ``"ipo"``: ``(dc / |c| - dr / |r| - 1 / (2 * beta)) ** 2``, with ``|c|``, ``|r|`` the
+      completions' token counts (``chosen_lengths`` / ``rejected_lengths``, required; counts
+      below 1 count as 1): TRL averages the log-ratios per token for IPO.
 
-    where ``eps = label_smoothing`` (0 gives the standard DPO loss; >0 the "robust" variant
-    of torchtune). ``log sigmoid`` is computed stably.
+    ``label_smoothing`` applies to ``"sigmoid"`` only.
 
     Metrics (floats, tinker-cookbook's keys): ``dpo_loss``; ``accuracy`` = mean[dc > dr]
     (strict); ``margin`` = mean(beta*dc - beta*dr); ``chosen_reward`` = mean(beta*dc);
     ``rejected_reward`` = mean(beta*dr); ``num_pairs``.
 
     Raises:
-        TrainingInputError: the inputs are not 1-D of one non-zero length, or ``beta`` /
-            ``label_smoothing`` is out of range.
+        TrainingInputError: the inputs are not 1-D of one non-zero length, ``beta`` /
+            ``label_smoothing`` is out of range, the ``loss_type`` is unknown, smoothing is
+            asked of another loss than sigmoid, or IPO lacks the lengths.
     """
     _check_same_shape(
         chosen_logprobs=chosen_logprobs,
@@ -336,12 +349,33 @@ def dpo_loss(
         raise TrainingInputError(f"beta must be a finite number > 0, got {beta}")
     if not 0.0 <= label_smoothing < 0.5:
         raise TrainingInputError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if loss_type not in DPO_LOSS_TYPES:
+        raise TrainingInputError(
+            f"unknown DPO loss_type {loss_type!r}; expected one of {', '.join(DPO_LOSS_TYPES)}"
+        )
+    if label_smoothing and loss_type != "sigmoid":
+        raise TrainingInputError(f"label_smoothing applies to the sigmoid loss, not {loss_type!r}")
     chosen_ratio = chosen_logprobs - chosen_reference_logprobs
     rejected_ratio = rejected_logprobs - rejected_reference_logprobs
     logits = beta * (chosen_ratio - rejected_ratio)
-    losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(
-        -logits
-    )
+    if loss_type == "sigmoid":
+        losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * (
+            F.logsigmoid(-logits)
+        )
+    elif loss_type == "hinge":
+        losses = torch.relu(1.0 - logits)
+    else:
+        if chosen_lengths is None or rejected_lengths is None:
+            raise TrainingInputError("the ipo loss needs chosen_lengths and rejected_lengths")
+        _check_same_shape(
+            chosen_logprobs=chosen_logprobs,
+            chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths,
+        )
+        delta = chosen_ratio / chosen_lengths.clamp(min=1.0) - rejected_ratio / (
+            rejected_lengths.clamp(min=1.0)
+        )
+        losses = (delta - 1.0 / (2.0 * beta)) ** 2
     loss = losses.mean()
     with torch.no_grad():
         chosen_rewards = beta * chosen_ratio
@@ -355,3 +389,43 @@ def dpo_loss(
             "num_pairs": float(chosen_logprobs.numel()),
         }
     return DPOOutput(loss, metrics)
+
+
+def topk_reverse_kl_loss(
+    target_logprobs: torch.Tensor, teacher_probs: torch.Tensor
+) -> torch.Tensor:
+    """Reverse KL to the teacher over its top-K tokens per position, summed over positions.
+
+    ``target_logprobs`` has shape ``(..., N, K)``: the student's logprobs of the teacher's K
+    most likely tokens at each position (:func:`compute_target_logprobs` with ``(N, K)``
+    targets). ``teacher_probs`` has the same shape: the teacher's probabilities of those
+    tokens renormalized over the K, 0 for an unused slot or a position not trained
+    (tinker-cookbook's ``sdft`` encoding, which carries them in ``weights``). Per position
+    with a used slot, the student is renormalized over the used slots and::
+
+        p = softmax(lp over used slots),   q = teacher_probs
+        L = sum_positions sum_k p[k] * (log p[k] - log q[k])
+
+    The gradient is the exact gradient of this KL (equal to the cookbook's REINFORCE form
+    ``p * sg(log p - log q)``).
+
+    Raises:
+        TrainingInputError: the shapes differ, are not at least 2-D, or a probability is
+            negative or not finite.
+    """
+    _check_same_shape(target_logprobs=target_logprobs, teacher_probs=teacher_probs)
+    if target_logprobs.dim() < 2:
+        raise TrainingInputError(
+            f"top-K inputs need shape (..., N, K), got {tuple(target_logprobs.shape)}"
+        )
+    if teacher_probs.numel() and not (
+        bool(torch.isfinite(teacher_probs).all()) and float(teacher_probs.min()) >= 0.0
+    ):
+        raise TrainingInputError("teacher_probs must be finite and >= 0")
+    used = teacher_probs > 0
+    # A large finite fill, not -inf: a position without used slots must not give NaN gradients.
+    student = F.log_softmax(target_logprobs.masked_fill(~used, -1e30), dim=-1)
+    student = student.masked_fill(~used, 0.0)
+    teacher = torch.log(teacher_probs.clamp(min=torch.finfo(teacher_probs.dtype).tiny))
+    per_slot = torch.where(used, student.exp() * (student - teacher), 0.0)
+    return per_slot.sum()

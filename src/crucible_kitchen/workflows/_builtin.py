@@ -27,6 +27,7 @@ from crucible_kitchen.stages import (
     BuildSupervisedDataset,
     CheckTriggers,
     ComputeAdvantages,
+    ComputePostUpdateKl,
     ComputeReferenceLogprobs,
     CurateFeedback,
     DoRollouts,
@@ -193,9 +194,10 @@ def reinforcement_workflow(config: Any) -> Workflow:
     ``mode="sync"`` (default, deterministic, on-policy): per batch, refresh_sampler (when
     ``sampler_refresh_every`` calls for it) → build_env_groups → rollouts →
     compute_advantages → assemble_batch → [kl_penalty] → train_step → await_step →
-    [eval, checkpoint]. ``mode="async"``: rollouts are produced from the latest weights
-    while earlier batches train, at most ``max_steps_off_policy`` batches ahead (an
-    ``async_loop``); the importance-sampling loss corrects for the staleness.
+    [post_update_kl (``compute_post_kl``)] → [eval, checkpoint]. ``mode="async"``: rollouts
+    are produced from the latest weights while earlier batches train, at most
+    ``max_steps_off_policy`` batches ahead (an ``async_loop``); the importance-sampling loss
+    corrects for the staleness.
 
     Resumable in sync mode (``[restore]`` first; a requested stop checkpoints): the
     checkpoint holds the weights, the optimizer state and the sampler's weights path, so
@@ -216,8 +218,10 @@ def reinforcement_workflow(config: Any) -> Workflow:
     train += [
         stage("train_step", SubmitRlStep),
         stage("await_step", AwaitRlSteps()),
-        *_periodic(config, nll=False, resumable=resumable),
     ]
+    if config.compute_post_kl:
+        train.append(stage("post_update_kl", ComputePostUpdateKl))
+    train += _periodic(config, nll=False, resumable=resumable)
     body: Node
     if config.mode == "async":
         body = async_loop(

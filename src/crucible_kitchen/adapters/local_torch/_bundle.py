@@ -45,7 +45,8 @@ def local_torch_adapters(
         lora: a :class:`LoraConfig`, a rank, or ``None`` for full fine-tuning.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         tokenizer: ``"byte"``, ``"bpe"`` or a :class:`LocalTokenizer`.
-        renderer: the chat format: ``"chatml"``, ``"llama3"`` or ``"role_colon"``.
+        renderer: the chat format: ``"chatml"``, ``"llama3"``, ``"role_colon"``, ``"qwen3"`` or
+            ``"qwen3_disable_thinking"``.
         run_dir: checkpoints go to ``run_dir/checkpoints`` and the tokenizer is saved as
             ``run_dir/tokenizer.json``; ``None`` uses a temporary directory and saves nothing.
         default_max_tokens: completion length when a request leaves ``max_tokens`` unset.

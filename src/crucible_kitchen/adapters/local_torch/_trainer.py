@@ -27,7 +27,7 @@ from crucible_kitchen.adapters.local_torch._model import build_model, target_log
 from crucible_kitchen.adapters.local_torch._optim import build_optimizer, optimizer_step
 from crucible_kitchen.adapters.local_torch._sampling import snapshot_for_sampling
 from crucible_kitchen.ports import ForwardBackwardOutput, OptimStepResponse, TensorData
-from crucible_kitchen.training.losses import builtin_loss
+from crucible_kitchen.training.losses import builtin_loss, compute_target_logprobs
 
 if TYPE_CHECKING:
     import os
@@ -49,8 +49,9 @@ _SAMPLER_CACHE_SIZE: Final = 2
 class Batch:
     """Right-padded model inputs, targets and loss inputs of a list of datums, on the device.
 
-    Padding has target 0, mask ``False`` and every loss input 0, so it adds nothing to any
-    built-in loss.
+    ``targets`` and the loss inputs have shape ``(batch, width)``, or ``(batch, width, K)``
+    when every datum has ``(N, K)`` targets (K targets per position). Padding has target 0,
+    mask ``False`` and every loss input 0, so it adds nothing to any built-in loss.
     """
 
     inputs: Tensor
@@ -61,12 +62,17 @@ class Batch:
     shapes: tuple[tuple[int, ...] | None, ...]
 
 
-def _padded(rows: Sequence[Sequence[float]], width: int, dtype: torch.dtype) -> Tensor:
+def _padded(
+    rows: Sequence[Sequence[float]], width: int, dtype: torch.dtype, per_position: int = 1
+) -> Tensor:
+    """Flat rows of ``per_position`` values per position, right-padded to ``width``
+    positions: shape ``(rows, width)``, or ``(rows, width, per_position)`` when it is > 1."""
     flat: list[float] = []
     for row in rows:
         flat.extend(row)
-        flat.extend([0] * (width - len(row)))
-    return torch.tensor(flat, dtype=dtype).view(len(rows), width)
+        flat.extend([0] * (width * per_position - len(row)))
+    shape = (len(rows), width) if per_position == 1 else (len(rows), width, per_position)
+    return torch.tensor(flat, dtype=dtype).view(shape)
 
 
 class Trainer:
@@ -101,20 +107,27 @@ class Trainer:
     def batch(self, data: Sequence[Datum], keys: Sequence[str]) -> Batch:
         """Stack ``data`` and its float loss inputs ``keys`` into padded tensors."""
         inputs = [datum.model_input.to_ints() for datum in data]
-        targets = [datum.loss_fn_inputs["target_tokens"].data for datum in data]
+        targets = [datum.loss_fn_inputs["target_tokens"] for datum in data]
+        dims = targets[0].dims
+        per_position = dims[1] if len(dims) == 2 else 1
         lengths = tuple(len(tokens) for tokens in inputs)
         width = max(lengths)
         device = self.device
         mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
         loss_inputs = {
             key: _padded(
-                [datum.loss_fn_inputs[key].data for datum in data], width, torch.float32
+                [datum.loss_fn_inputs[key].data for datum in data],
+                width,
+                torch.float32,
+                per_position,
             ).to(device)
             for key in keys
         }
         return Batch(
             inputs=_padded(inputs, width, torch.int64).to(device),
-            targets=_padded(targets, width, torch.int64).to(device),
+            targets=_padded(
+                [target.data for target in targets], width, torch.int64, per_position
+            ).to(device),
             mask=mask.to(device),
             lengths=lengths,
             loss_inputs=loss_inputs,
@@ -124,18 +137,29 @@ class Trainer:
     def _outputs(
         self, batch: Batch, logprobs: Tensor, row_losses: Sequence[float] | None
     ) -> tuple[dict[str, TensorData], ...]:
-        rows = logprobs.detach().to("cpu", torch.float32).tolist()
+        rows = logprobs.detach().to("cpu", torch.float32).flatten(start_dim=1).tolist()
+        per_position = 1 if logprobs.dim() == 2 else logprobs.shape[2]
         outputs = []
         for index, (row, length) in enumerate(zip(rows, batch.lengths, strict=True)):
             output = {
                 "logprobs": TensorData(
-                    dtype="float32", data=tuple(row[:length]), shape=batch.shapes[index]
+                    dtype="float32",
+                    data=tuple(row[: length * per_position]),
+                    shape=batch.shapes[index],
                 )
             }
             if row_losses is not None:
                 output["loss"] = TensorData(dtype="float32", data=(row_losses[index],), shape=())
             outputs.append(output)
         return tuple(outputs)
+
+    def _target_logprobs(self, batch: Batch) -> Tensor:
+        """The model's logprobs of the batch's targets (one or K per position), 0 on padding."""
+        if batch.targets.dim() == 2:
+            return target_logprobs(self.model, batch.inputs, batch.targets, batch.mask)
+        logits = self.model(batch.inputs)
+        logprobs = compute_target_logprobs(logits, batch.targets)
+        return logprobs.masked_fill(~batch.mask[..., None], 0.0)
 
     def _row_losses(
         self, loss_fn: str, batch: Batch, logprobs: Tensor, config: Mapping[str, float]
@@ -168,7 +192,7 @@ class Trainer:
         """
         batch = self.batch(data, keys)
         if backward:
-            logprobs = target_logprobs(self.model, batch.inputs, batch.targets, batch.mask)
+            logprobs = self._target_logprobs(batch)
             losses = self._row_losses(loss_fn, batch, logprobs, config)
             total = losses.sum()
             self._accumulate(total)
@@ -177,7 +201,7 @@ class Trainer:
             self.model.eval()
             try:
                 with torch.no_grad():
-                    logprobs = target_logprobs(self.model, batch.inputs, batch.targets, batch.mask)
+                    logprobs = self._target_logprobs(batch)
                     losses = self._row_losses(loss_fn, batch, logprobs, config)
                     total = losses.sum()
             finally:
@@ -192,7 +216,7 @@ class Trainer:
     def custom_forward(self, data: Sequence[Datum]) -> tuple[Batch, Tensor, list[TensorData]]:
         """Phase one of a custom loss: the differentiable target logprobs of ``data``."""
         batch = self.batch(data, ())
-        logprobs = target_logprobs(self.model, batch.inputs, batch.targets, batch.mask)
+        logprobs = self._target_logprobs(batch)
         outputs = self._outputs(batch, logprobs, None)
         return batch, logprobs, [output["logprobs"] for output in outputs]
 
@@ -200,9 +224,10 @@ class Trainer:
         self, batch: Batch, logprobs: Tensor, logprob_grads: Sequence[TensorData]
     ) -> None:
         """Phase two: back-propagate ``sum(grad * logprobs)``, whose gradient is the caller's."""
-        grads = _padded([grad.data for grad in logprob_grads], logprobs.shape[1], torch.float32).to(
-            self.device
-        )
+        per_position = 1 if logprobs.dim() == 2 else logprobs.shape[2]
+        grads = _padded(
+            [grad.data for grad in logprob_grads], logprobs.shape[1], torch.float32, per_position
+        ).to(self.device)
         self._accumulate((grads * logprobs).sum())
 
     def _accumulate(self, total: Tensor) -> None:

@@ -74,6 +74,11 @@ _REQUIRED_INPUTS: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 
+_TOP_K_LOSSES: Final = frozenset({"cross_entropy"})
+"""The built-in losses that take ``(N, K)`` targets (and ``(N, K)`` weights): Tinker's soft
+target cross-entropy. A custom loss takes them too; the RL losses do not."""
+
+
 class LocalTorchTrainingClient:
     """Implements :class:`~crucible_kitchen.ports.TrainingClient` with a torch model in-process.
 
@@ -271,7 +276,7 @@ class LocalTorchTrainingClient:
         """
         method = "forward_backward_custom"
         data = tuple(data)
-        self._check_data(method, data, ())
+        self._check_data(method, data, (), top_k=True)
         digest = fingerprint(_PORT, method, list(data))
 
         def work() -> ForwardBackwardOutput:
@@ -524,14 +529,20 @@ class LocalTorchTrainingClient:
             known = ", ".join(_REQUIRED_INPUTS)
             raise self._invalid(operation, f"unknown loss_fn {loss_fn!r}; known: {known}")
         keys = tuple(key for key in required if key != "target_tokens")
-        self._check_data(operation, data, keys)
+        self._check_data(operation, data, keys, top_k=loss_fn in _TOP_K_LOSSES)
         return keys
 
-    def _check_data(self, operation: str, data: Sequence[Datum], keys: Sequence[str]) -> None:
+    def _check_data(
+        self, operation: str, data: Sequence[Datum], keys: Sequence[str], *, top_k: bool
+    ) -> None:
+        """Refuse malformed data. ``target_tokens`` has shape ``(N,)``, or ``(N, K)`` (K
+        targets per position, one K for the whole request) where ``top_k`` allows it; every
+        loss input in ``keys`` has the targets' shape."""
         if not data:
             raise self._invalid(operation, "data is empty")
         vocab = self.config.vocab_size
         limit = self.config.max_seq_len
+        widths: set[int | None] = set()
         for index, datum in enumerate(data):
             if not isinstance(datum, Datum):
                 raise self._invalid(operation, f"data[{index}] is a {type(datum).__name__}")
@@ -549,12 +560,16 @@ class LocalTorchTrainingClient:
             targets = datum.loss_fn_inputs.get("target_tokens")
             if targets is None:
                 raise self._invalid(operation, f"data[{index}] lacks loss input 'target_tokens'")
-            if targets.dtype != "int64" or targets.dims != (length,):
+            dims = targets.dims
+            shaped = dims == (length,) or (top_k and len(dims) == 2 and dims[0] == length > 0)
+            if targets.dtype != "int64" or not shaped or 0 in dims:
+                expected = f"({length},) or ({length}, K)" if top_k else f"({length},)"
                 raise self._invalid(
                     operation,
-                    f"data[{index}]: 'target_tokens' must be int64 of shape ({length},), "
-                    f"got {targets.dtype} {targets.dims}",
+                    f"data[{index}]: 'target_tokens' must be int64 of shape {expected}, "
+                    f"got {targets.dtype} {dims}",
                 )
+            widths.add(dims[1] if len(dims) == 2 else None)
             if not (min(targets.data) >= 0 and max(targets.data) < vocab):
                 raise self._invalid(
                     operation, f"data[{index}]: target_tokens must be ids in [0, {vocab})"
@@ -563,13 +578,19 @@ class LocalTorchTrainingClient:
                 tensor = datum.loss_fn_inputs.get(key)
                 if tensor is None:
                     raise self._invalid(operation, f"data[{index}] lacks loss input {key!r}")
-                if tensor.dims != (length,):
+                if tensor.dims != dims:
                     raise self._invalid(
                         operation,
-                        f"data[{index}]: {key!r} has shape {tensor.dims} for {length} positions",
+                        f"data[{index}]: {key!r} has shape {tensor.dims}, target_tokens {dims}",
                     )
                 if not all(math.isfinite(value) for value in tensor.data):
                     raise self._invalid(operation, f"data[{index}]: {key!r} is not finite")
+        if len(widths) > 1:
+            raise self._invalid(
+                operation,
+                "every datum of a request needs the same target_tokens shape (N,) or "
+                f"(N, K) with one K; got K of {sorted(widths, key=str)}",
+            )
 
     def _loss_config(
         self, operation: str, loss_fn: str, config: Mapping[str, float | str] | None
