@@ -11,11 +11,12 @@ Conventions every port follows:
   request gets the first one's result and its effect is applied once.
 - Backend failures are :class:`~crucible_kitchen.errors.BackendError` subclasses; foreign
   exceptions are translated at the adapter's edge.
+
+``protocol_problems`` is re-exported for the Kitchen and the conformance checks, not public.
 """
 
 from __future__ import annotations
 
-from crucible_kitchen.ports._blob_store import RESERVED_KEY_PREFIX as RESERVED_KEY_PREFIX
 from crucible_kitchen.ports._blob_store import BlobStore as BlobStore
 from crucible_kitchen.ports._blob_store import check_blob_key as check_blob_key
 from crucible_kitchen.ports._capabilities import Capabilities as Capabilities
@@ -100,7 +101,6 @@ __all__ = (
     "FUTURE_DONE",
     "LOSS_FN_INPUTS",
     "PORT_PROTOCOLS",
-    "RESERVED_KEY_PREFIX",
     "SAVE_STATE_WITH_PAYLOAD",
     "AdamParams",
     "BackendFuture",
@@ -164,5 +164,4 @@ __all__ = (
     "check_adapter",
     "check_blob_key",
     "declared_capabilities",
-    "protocol_problems",
 )

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from crucible_kitchen.stages import (
+from crucible_kitchen.stages import Stage
+from crucible_kitchen.stages.builtin import (
     PAIRS,
     TRAIN_DATA,
     ApplyKlPenalty,
@@ -49,7 +50,6 @@ from crucible_kitchen.stages import (
     SaveFinalWeights,
     ScoreWithTeacher,
     ShuffleEpoch,
-    Stage,
     SubmitDistillationStep,
     SubmitDpoStep,
     SubmitRlStep,
