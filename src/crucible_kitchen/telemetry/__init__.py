@@ -4,9 +4,10 @@
   ...): frozen msgspec structs, one tagged union :data:`TelemetryEvent`, JSON via
   :func:`encode_event` / :func:`decode_event`.
 - Handlers (a :data:`Handler` is any callable taking an event, sync or async):
-  :class:`ConsoleHandler` (rich), :class:`JsonlHandler` (every event), :class:`MetricsJsonlHandler` (tinker-cookbook
-  ``metrics.jsonl`` rows, see :func:`metrics_row`), :class:`CallbackHandler`; a run takes them,
-  or specs such as ``"console"`` or ``("jsonl", "runs/")`` (:data:`HandlerSpec`).
+  :class:`ConsoleHandler` (rich), :class:`JsonlHandler` (every event),
+  :class:`MetricsJsonlHandler` (tinker-cookbook ``metrics.jsonl`` rows, see
+  :func:`metrics_row`), :class:`CallbackHandler`; a run takes them, or specs such as
+  ``"console"`` or ``("jsonl", "runs/")`` (:data:`HandlerSpec`).
 - Each run has one event bus: a synchronous, cheap ``emit`` that stamps ``seq`` and fans out in
   order to sync handlers, async handlers (bounded buffers) and subscribers (``run.events()``);
   ``run.telemetry_statistics()`` returns its :class:`BusStatistics`.

@@ -10,9 +10,8 @@ Every workflow ends with the ``flush_metrics`` cleanup stage, which runs however
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crucible_kitchen.stages import Stage
 from crucible_kitchen.stages.builtin import (
     PAIRS,
     TRAIN_DATA,
@@ -68,6 +67,9 @@ from crucible_kitchen.stages.builtin import (
 )
 
 from ._dsl import Node, Workflow, async_loop, conditional, loop, stage
+
+if TYPE_CHECKING:
+    from crucible_kitchen.stages import Stage
 
 __all__ = (
     "distillation_workflow",
