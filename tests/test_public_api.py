@@ -136,6 +136,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "FUTURE_DONE",
         "LOSS_FN_INPUTS",
         "PORT_PROTOCOLS",
+        "RESERVED_KEY_PREFIX",
         "SAVE_STATE_WITH_PAYLOAD",
         "AdamParams",
         "BackendFuture",

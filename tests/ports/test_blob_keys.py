@@ -9,8 +9,7 @@ import pytest
 from crucible_kitchen.adapters.filesystem import FilesystemBlobStore
 from crucible_kitchen.adapters.noop import NoopBlobStore
 from crucible_kitchen.errors import InvalidRequest
-from crucible_kitchen.ports import BlobStore, check_blob_key
-from crucible_kitchen.ports._blob_store import RESERVED_KEY_PREFIX
+from crucible_kitchen.ports import RESERVED_KEY_PREFIX, BlobStore, check_blob_key
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -17,6 +17,7 @@ Conventions every port follows:
 
 from __future__ import annotations
 
+from crucible_kitchen.ports._blob_store import RESERVED_KEY_PREFIX as RESERVED_KEY_PREFIX
 from crucible_kitchen.ports._blob_store import BlobStore as BlobStore
 from crucible_kitchen.ports._blob_store import check_blob_key as check_blob_key
 from crucible_kitchen.ports._capabilities import Capabilities as Capabilities
@@ -101,6 +102,7 @@ __all__ = (
     "FUTURE_DONE",
     "LOSS_FN_INPUTS",
     "PORT_PROTOCOLS",
+    "RESERVED_KEY_PREFIX",
     "SAVE_STATE_WITH_PAYLOAD",
     "AdamParams",
     "BackendFuture",
