@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -172,11 +174,28 @@ def test_no_module_imports_another_packages_private_module(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", USER_CODE, ids=lambda p: str(p.relative_to(ROOT)))
-def test_examples_and_benchmarks_import_no_private_module(path: Path) -> None:
-    for line, name in _imported_names(ast.parse(path.read_text(), str(path)), ""):
-        assert "._" not in name.replace(".__", "."), (
-            f"{path.relative_to(ROOT)}:{line} imports {name}"
-        )
+def test_examples_and_benchmarks_import_public_names_only(path: Path) -> None:
+    """No private module, and from a public namespace only what its ``__all__`` lists."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module]
+        else:
+            continue
+        where = f"{path.relative_to(ROOT)}:{node.lineno}"
+        for module_name in modules:
+            if not module_name.startswith("crucible_kitchen"):
+                continue
+            assert _private_owner(f"{module_name}.x") is None, f"{where} imports {module_name}"
+            if isinstance(node, ast.ImportFrom):
+                module = importlib.import_module(module_name)
+                for alias in node.names:
+                    public = alias.name in module.__all__ or (
+                        isinstance(getattr(module, alias.name, None), ModuleType)
+                        and not alias.name.startswith("_")
+                    )
+                    assert public, f"{where} imports {module_name}.{alias.name}, not public"
 
 
 def test_importing_the_package_stays_light() -> None:
