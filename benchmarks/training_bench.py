@@ -622,7 +622,8 @@ def breakdown(
     """Where a kitchen step's time goes, in ms per step (medians over the reps)."""
     from crucible_kitchen.adapters.local_torch._requests import fingerprint
     from crucible_kitchen.adapters.local_torch._trainer import Trainer
-    from crucible_kitchen.stages import AwaitSupervisedSteps, InFlightStep
+    from crucible_kitchen.stages._common import InFlightStep
+    from crucible_kitchen.stages.builtin import AwaitSupervisedSteps
 
     result = {
         key: med([r[f"split_{key}"] for r in rows])

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "crucible_kitchen"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "crucible_kitchen"
+# Code that users read as examples: it may import public namespaces only, never `pkg._x`.
+# benchmarks/training_bench.py is left out: it times the local torch backend's private pieces
+# (model, optimizer, request queue) one by one against a hand-written training loop.
+USER_CODE = sorted(
+    p
+    for p in [*(ROOT / "docs").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
+    if p.name != "training_bench.py"
+)
 
 # The bottom level: modules that import nothing from crucible_kitchen; every part may use them.
 BOTTOM = {"errors", "_files", "_json"}
@@ -121,6 +132,70 @@ def test_each_module_imports_only_the_layers_below_it(path: Path) -> None:
         if part == "adapters" and target == "adapters":
             own = path.relative_to(PACKAGE).parts[1]
             assert name.split(".")[2] == own, f"an adapter imports another backend: {name}"
+
+
+def _imported_names(tree: ast.AST, package: str) -> list[tuple[int, str]]:
+    """Every ``crucible_kitchen`` module or name imported (type-only imports too), dotted."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.extend((node.lineno, f"{module}.{alias.name}") for alias in node.names)
+    return [(line, name) for line, name in names if name.startswith("crucible_kitchen.")]
+
+
+def _private_owner(name: str) -> str | None:
+    """The package whose private module ``name`` reaches into (``crucible_kitchen.stages`` for
+    ``crucible_kitchen.stages._common.X``); None for a public path or the root's own helpers
+    (``crucible_kitchen._files``), which every package inside the root may use."""
+    parts = name.split(".")
+    for index, part in enumerate(parts[1:], start=1):
+        if part.startswith("_") and not part.startswith("__"):
+            return None if index == 1 else ".".join(parts[:index])
+    return None
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_another_packages_private_module(path: Path) -> None:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    module = ".".join(rel.parts).removesuffix(".__init__")
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for line, name in _imported_names(ast.parse(path.read_text(), str(path)), package):
+        owner = _private_owner(name)
+        assert owner is None or module == owner or module.startswith(f"{owner}."), (
+            f"{rel}.py:{line} imports {name}: go through {owner}'s public names"
+        )
+
+
+@pytest.mark.parametrize("path", USER_CODE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_examples_and_benchmarks_import_public_names_only(path: Path) -> None:
+    """No private module, and from a public namespace only what its ``__all__`` lists."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module]
+        else:
+            continue
+        where = f"{path.relative_to(ROOT)}:{node.lineno}"
+        for module_name in modules:
+            if not module_name.startswith("crucible_kitchen"):
+                continue
+            assert _private_owner(f"{module_name}.x") is None, f"{where} imports {module_name}"
+            if isinstance(node, ast.ImportFrom):
+                module = importlib.import_module(module_name)
+                for alias in node.names:
+                    public = alias.name in module.__all__ or (
+                        isinstance(getattr(module, alias.name, None), ModuleType)
+                        and not alias.name.startswith("_")
+                    )
+                    assert public, f"{where} imports {module_name}.{alias.name}, not public"
 
 
 def test_importing_the_package_stays_light() -> None:

@@ -15,6 +15,18 @@ import pydantic
 
 from crucible_kitchen import Context, Kitchen, Recipe, RetryPolicy, Workflow
 from crucible_kitchen.errors import ConfigError, StageFailed, WorkflowDefinitionError, WorkflowError
+from crucible_kitchen.recipes import SupervisedConfig
+from crucible_kitchen.stages.builtin import (
+    TRAIN_DATA,
+    AwaitSupervisedSteps,
+    BuildSupervisedDataset,
+    FlushMetrics,
+    LoadDataset,
+    ShuffleEpoch,
+    SubmitSupervisedStep,
+    batches_this_epoch,
+    planned_epochs,
+)
 from crucible_kitchen.workflows import (
     async_loop,
     conditional,
@@ -173,6 +185,28 @@ async def answer(ctx: Context) -> None:
     ctx.metrics["prompts"] = ctx.metrics.get("prompts", 0.0) + 1
 
 
+# --- 6. built-in stages in a workflow of your own -------------------------------------------
+# Supervised fine-tuning as the built-in workflow does it, without evaluation or checkpoints.
+lean_sft = Workflow(
+    "lean_sft",
+    stage("load_dataset", LoadDataset),
+    stage("build_dataset", BuildSupervisedDataset),
+    loop(
+        "epochs",
+        planned_epochs,
+        stage("shuffle", ShuffleEpoch(TRAIN_DATA)),
+        loop(
+            "batches",
+            batches_this_epoch,
+            stage("submit_step", SubmitSupervisedStep),  # forward_backward + optim_step, unawaited
+            stage("await_step", AwaitSupervisedSteps()),  # keeps `pipeline_depth` in flight
+        ),
+    ),
+    stage("drain", AwaitSupervisedSteps(drain=True)),
+    cleanup=[stage("flush_metrics", FlushMetrics)],
+)
+
+
 async def main() -> None:
     closed.clear()
     produced.clear()
@@ -295,6 +329,27 @@ async def main() -> None:
         "        stage checkpoint (FunctionStage)  [Record a checkpoint as a run artifact.]",
         "  cleanup:",
         "    stage close (FunctionStage)  [Release what the run holds; runs however the run ends.]",
+    ]
+
+    # 8. Built-in stages: they read a recipe's config model, and their contracts are checked.
+    lean = Recipe("lean_sft", "SFT from built-in stages", lean_sft, SupervisedConfig)
+    result = await Kitchen.run(lean, {"epochs": 1, "batch_size": 32}, adapters="noop")
+    assert (result.status, result.steps) == ("completed", 2)
+    try:
+        Workflow("no_dataset", *[node for node in lean_sft.nodes if node.name != "build_dataset"])
+    except WorkflowDefinitionError as exc:
+        problems = exc.problems
+    else:
+        raise AssertionError("nothing writes what the training stages read")
+    unwritten = "which no stage of the workflow writes"
+    assert problems == [
+        f"epochs: reads state key 'num_epochs', {unwritten}",
+        f"shuffle: reads state key 'train_data', {unwritten}",
+        f"batches: reads state key 'num_batches', {unwritten}",
+        f"batches: reads state key 'total_steps', {unwritten}",
+        f"submit_step: reads state key 'num_batches', {unwritten}",
+        f"submit_step: reads state key 'total_steps', {unwritten}",
+        f"submit_step: reads state key 'train_data', {unwritten}",
     ]
 
 

@@ -11,6 +11,22 @@ Layering (enforced by ``tests/test_layering.py``), bottom to top:
 - ``kitchen`` ties them together; ``service`` and ``cli`` sit on the public API.
 
 torch, aiohttp, opentelemetry-sdk and trio are never imported by ``import crucible_kitchen``.
+
+The public API, and what is not:
+
+- A public namespace is a package or module whose name has no leading underscore; its public
+  names are exactly its ``__all__`` (pinned by ``tests/test_public_api.py``). The top level
+  holds what most programs need; the rest live in the namespace of their layer (the actor
+  runtime in ``crucible_kitchen.supervisors``, port protocols in ``crucible_kitchen.ports``,
+  built-in stages in ``crucible_kitchen.stages.builtin``, ...).
+- Implementation lives in private modules (``_name.py``), imported only by their own package.
+- Engine plumbing that one package shares with the library's other packages (the run plan a
+  Kitchen hands the workflow engine, contract checks, resume keys, span helpers, ...) is
+  re-exported by the owning package's ``__init__`` as ``from ._x import name as name`` but
+  left out of its ``__all__``: other packages import it from there, never from ``pkg._x``
+  (``tests/test_layering.py`` checks this), and users should not rely on it.
+  ``crucible_kitchen._files`` and ``crucible_kitchen._json`` are the root package's private
+  helpers, shared by every package inside it.
 """
 
 from __future__ import annotations
@@ -24,36 +40,20 @@ from crucible_kitchen.recipes import Recipe as Recipe
 from crucible_kitchen.stages import Context as Context
 from crucible_kitchen.stages import RetryPolicy as RetryPolicy
 from crucible_kitchen.stages import Stage as Stage
-from crucible_kitchen.supervisors import Actor as Actor
-from crucible_kitchen.supervisors import ActorRef as ActorRef
-from crucible_kitchen.supervisors import ChildSpec as ChildSpec
-from crucible_kitchen.supervisors import ExitKind as ExitKind
-from crucible_kitchen.supervisors import ExitReason as ExitReason
-from crucible_kitchen.supervisors import Message as Message
-from crucible_kitchen.supervisors import Supervisor as Supervisor
-from crucible_kitchen.supervisors import open_supervisor as open_supervisor
 from crucible_kitchen.workflows import Workflow as Workflow
 
 __version__ = "0.1.0"
 
 __all__ = (
-    "Actor",
-    "ActorRef",
     "Adapters",
-    "ChildSpec",
     "Context",
-    "ExitKind",
-    "ExitReason",
     "Kitchen",
     "KitchenError",
-    "Message",
     "Recipe",
     "RetryPolicy",
     "RunHandle",
     "RunResult",
     "Stage",
-    "Supervisor",
     "Workflow",
     "__version__",
-    "open_supervisor",
 )

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.kitchen import RunHandle, RunResult
 
-__all__ = ("load_config_file", "main", "parse_overrides")
+__all__ = ("main",)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # as a shell reports a command that SIGPIPE ended (``| head``)

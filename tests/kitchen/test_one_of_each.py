@@ -11,7 +11,8 @@ import pytest
 
 from crucible_kitchen._files import FILE_MODE, TEMP_PREFIX, atomic_write
 from crucible_kitchen._json import config_json
-from crucible_kitchen.kitchen import Kitchen, read_run_record
+from crucible_kitchen.kitchen import Kitchen
+from crucible_kitchen.kitchen._run_dir import read_run_record
 from crucible_kitchen.telemetry import WorkflowStart
 
 if TYPE_CHECKING:

@@ -15,9 +15,11 @@ from safetensors.torch import load_file
 
 from crucible_kitchen.adapters.filesystem import FilesystemDatasetStore, bundled_data_dir
 from crucible_kitchen.errors import ConfigError, DataError, RunDirectoryError, StageFailed
-from crucible_kitchen.kitchen import Kitchen, RunHandle, RunResult, read_run_record
-from crucible_kitchen.recipes import SlBasicConfig, validate_config
-from crucible_kitchen.stages import split_rows
+from crucible_kitchen.kitchen import Kitchen, RunHandle, RunResult
+from crucible_kitchen.kitchen._run_dir import read_run_record
+from crucible_kitchen.recipes import SlBasicConfig
+from crucible_kitchen.recipes._recipe import validate_config
+from crucible_kitchen.stages._common import split_rows
 from crucible_kitchen.telemetry import (
     EvalComplete,
     EvalSample,

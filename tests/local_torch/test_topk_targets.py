@@ -15,7 +15,7 @@ from crucible_kitchen.adapters.local_torch import LocalTorchTrainingClient
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.errors import InvalidRequest
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, TensorData
-from crucible_kitchen.stages import TopKReverseKlLoss
+from crucible_kitchen.stages.builtin import TopKReverseKlLoss
 from crucible_kitchen.training.losses import topk_reverse_kl_loss
 
 if TYPE_CHECKING:

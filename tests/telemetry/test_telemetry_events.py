@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from _strategies import for_type
 from crucible_kitchen.errors import MessageDecodeError
 from crucible_kitchen.telemetry import (
-    EVENT_TYPES,
     BaseEvent,
     StageException,
     TelemetryEvent,
@@ -25,6 +24,7 @@ from crucible_kitchen.telemetry import (
     encode_event,
     event_name,
 )
+from crucible_kitchen.telemetry._events import EVENT_TYPES
 
 json_scalars = (
     st.none()

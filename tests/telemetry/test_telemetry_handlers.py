@@ -34,9 +34,9 @@ from crucible_kitchen.telemetry import (
     WorkflowStart,
     WorkflowStop,
     build_handler,
-    build_handlers,
     decode_event,
 )
+from crucible_kitchen.telemetry._handlers import build_handlers
 
 
 def console_lines(events: list[TelemetryEvent], **options: Any) -> list[str]:

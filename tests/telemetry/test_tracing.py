@@ -27,8 +27,8 @@ from crucible_kitchen.telemetry import (
     run_attributes,
     stage_attributes,
     start_run_span,
-    start_stage_span,
 )
+from crucible_kitchen.telemetry._tracing import start_stage_span
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

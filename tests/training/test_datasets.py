@@ -17,20 +17,18 @@ from crucible_kitchen.training import (
     Message,
     TrainOnWhat,
     arithmetic_reward,
-    bundled_corpus,
     default_bpe_tokenizer,
     extract_integer_answer,
     generate_arithmetic_problems,
     generate_chat_examples,
-    generate_corpus,
     generate_preference_pairs,
     get_renderer,
     load_arithmetic_problems,
     load_chat_examples,
     load_preference_pairs,
-    to_jsonl,
-    write_bundled_data,
 )
+from crucible_kitchen.training._corpus import bundled_corpus, generate_corpus
+from crucible_kitchen.training._datasets import to_jsonl, write_bundled_data
 
 if TYPE_CHECKING:
     from collections.abc import Callable

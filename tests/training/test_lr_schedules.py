@@ -7,12 +7,8 @@ import math
 import pytest
 
 from crucible_kitchen.errors import TrainingInputError
-from crucible_kitchen.training import (
-    LR_SCHEDULES,
-    LRSchedule,
-    lr_multiplier,
-    scheduled_learning_rate,
-)
+from crucible_kitchen.training import LRSchedule, lr_multiplier, scheduled_learning_rate
+from crucible_kitchen.training._schedules import LR_SCHEDULES
 
 
 def cookbook_multiplier(schedule: str, step: int, total_steps: int) -> float:

@@ -13,7 +13,7 @@ import torch
 
 from crucible_kitchen.errors import TrainingInputError
 from crucible_kitchen.ports import Datum, ModelInput, TensorData
-from crucible_kitchen.stages import DpoLoss, TopKReverseKlLoss
+from crucible_kitchen.stages.builtin import DpoLoss, TopKReverseKlLoss
 from crucible_kitchen.training import (
     DPO_LOSS_TYPES,
     bits_per_byte,

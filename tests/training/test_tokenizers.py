@@ -17,10 +17,10 @@ from crucible_kitchen.training import (
     BpeTokenizer,
     ByteTokenizer,
     ChatTokenizer,
-    bundled_corpus,
     default_bpe_tokenizer,
     train_bpe_tokenizer,
 )
+from crucible_kitchen.training._corpus import bundled_corpus
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -19,7 +19,7 @@ from crucible_kitchen.adapters.noop import NoopTrainingClient
 from crucible_kitchen.errors import TrainingInputError
 from crucible_kitchen.kitchen import Kitchen
 from crucible_kitchen.ports import Datum, ModelInput, TensorData
-from crucible_kitchen.stages import DpoLoss
+from crucible_kitchen.stages.builtin import DpoLoss
 from crucible_kitchen.telemetry import DpoDatasetBuilt, DpoStep, StageException, TelemetryEvent
 from crucible_kitchen.testing._stage_faults import KillPoint, StageKiller
 

@@ -24,7 +24,7 @@ from crucible_kitchen.adapters.noop import (
 )
 from crucible_kitchen.kitchen import Adapters, Kitchen
 from crucible_kitchen.ports import Datum, Message, ModelInput, SampleResponse
-from crucible_kitchen.stages import Problem, ProblemEnv
+from crucible_kitchen.stages._reinforcement import Problem, ProblemEnv
 from crucible_kitchen.telemetry import (
     RlAdvantagesComputed,
     RlRolloutComplete,

@@ -15,7 +15,8 @@ import pytest
 
 from crucible_kitchen.adapters.noop import NoopTrainingClient
 from crucible_kitchen.errors import RunDirectoryError
-from crucible_kitchen.kitchen import Adapters, Kitchen, RunHandle, read_run_record
+from crucible_kitchen.kitchen import Adapters, Kitchen, RunHandle
+from crucible_kitchen.kitchen._run_dir import read_run_record
 from crucible_kitchen.stages import RESUME_FROM, snapshot_from_checkpoint
 from crucible_kitchen.telemetry import (
     DistillationStep,

@@ -12,7 +12,8 @@ from _builtin_support import floats, of_type, recording_adapters, stage_sequence
 from crucible_kitchen.adapters.noop import NoopSamplingClient, NoopTrainingClient
 from crucible_kitchen.kitchen import Kitchen
 from crucible_kitchen.ports import ModelInput, TokensWithLogprobs, Trajectory, Transition
-from crucible_kitchen.stages import PARSE_ERROR_MASKED, rl_datums
+from crucible_kitchen.stages._common import rl_datums
+from crucible_kitchen.stages.builtin import PARSE_ERROR_MASKED
 from crucible_kitchen.telemetry import DistillationStep, DpoStep, EvalComplete, TelemetryEvent
 
 pytestmark = pytest.mark.anyio

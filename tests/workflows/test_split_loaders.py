@@ -11,7 +11,8 @@ import pytest
 from crucible_kitchen.adapters.noop import noop_adapters
 from crucible_kitchen.errors import ConfigError, DataError
 from crucible_kitchen.recipes import BUILTIN_RECIPES
-from crucible_kitchen.stages import Context, LoadDataset, LoadProblems, LoadPrompts, RunInfo, Stage
+from crucible_kitchen.stages import Context, RunInfo, Stage
+from crucible_kitchen.stages.builtin import LoadDataset, LoadProblems, LoadPrompts
 from crucible_kitchen.telemetry import TelemetryBus
 
 pytestmark = pytest.mark.anyio

@@ -31,7 +31,6 @@ from crucible_kitchen.stages import (
     RESUME_FROM,
     Context,
     RunInfo,
-    SaveCheckpoint,
     Stage,
     StageContract,
     StateKey,
@@ -39,6 +38,7 @@ from crucible_kitchen.stages import (
     declares,
     snapshot_from_checkpoint,
 )
+from crucible_kitchen.stages.builtin import SaveCheckpoint
 from crucible_kitchen.telemetry import TrainingCheckpoint
 from crucible_kitchen.workflows import Workflow, stage, supervised_workflow
 

@@ -7,3 +7,5 @@ Importing this package imports no backend.
 """
 
 from __future__ import annotations
+
+__all__: tuple[str, ...] = ()

@@ -38,9 +38,9 @@ from crucible_kitchen.stages import (
     RESUME_FROM,
     Context,
     ContextSnapshot,
-    RestoreCheckpoint,
     RunInfo,
 )
+from crucible_kitchen.stages.builtin import RestoreCheckpoint
 from crucible_kitchen.supervisors import ChildSpec, Supervisor, open_supervisor
 from crucible_kitchen.telemetry import (
     JsonlHandler,
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
     from crucible_kitchen.kitchen._checkpoints import ResumePoint
-    from crucible_kitchen.stages._context import FaultHook
+    from crucible_kitchen.stages import FaultHook
 
 __all__ = ("Kitchen", "RunOptions", "StartOptions", "Target")
 

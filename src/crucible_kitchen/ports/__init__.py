@@ -11,6 +11,8 @@ Conventions every port follows:
   request gets the first one's result and its effect is applied once.
 - Backend failures are :class:`~crucible_kitchen.errors.BackendError` subclasses; foreign
   exceptions are translated at the adapter's edge.
+
+``protocol_problems`` is re-exported for the Kitchen and the conformance checks, not public.
 """
 
 from __future__ import annotations
@@ -164,5 +166,4 @@ __all__ = (
     "check_adapter",
     "check_blob_key",
     "declared_capabilities",
-    "protocol_problems",
 )

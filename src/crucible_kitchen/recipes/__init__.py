@@ -1,4 +1,8 @@
-"""Recipes: the Recipe contract (WHAT to train) and the built-in recipes and their configs."""
+"""Recipes: the Recipe contract (WHAT to train) and the built-in recipes' config models.
+
+The built-in recipes are listed by ``Kitchen.recipes()`` and run by name; ``BUILTIN_RECIPES`` is
+re-exported for the Kitchen's registry, not public.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,8 @@ from crucible_kitchen.recipes._configs import StageTimeouts as StageTimeouts
 from crucible_kitchen.recipes._configs import SupervisedConfig as SupervisedConfig
 from crucible_kitchen.recipes._configs import TrainingConfig as TrainingConfig
 from crucible_kitchen.recipes._recipe import Recipe as Recipe
-from crucible_kitchen.recipes._recipe import validate_config as validate_config
 
 __all__ = (
-    "BUILTIN_RECIPES",
     "AdamConfig",
     "DistillationConfig",
     "FeedbackLoopConfig",
@@ -29,5 +31,4 @@ __all__ = (
     "StageTimeouts",
     "SupervisedConfig",
     "TrainingConfig",
-    "validate_config",
 )

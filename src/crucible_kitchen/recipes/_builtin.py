@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Final
 
-import crucible_kitchen.stages as stages
+import crucible_kitchen.stages.builtin as builtin_stages
 from crucible_kitchen.recipes._configs import (
     DistillationConfig,
     FeedbackLoopConfig,
@@ -32,12 +32,12 @@ if TYPE_CHECKING:
 __all__ = ("BUILTIN_RECIPES",)
 
 _BOOKKEEPING: Final = (
-    stages.AssembleRlBatch,
-    stages.BuildEnvGroups,
-    stages.ComputeAdvantages,
-    stages.FlushMetrics,
-    stages.ReceiveRollouts,
-    stages.ShuffleEpoch,
+    builtin_stages.AssembleRlBatch,
+    builtin_stages.BuildEnvGroups,
+    builtin_stages.ComputeAdvantages,
+    builtin_stages.FlushMetrics,
+    builtin_stages.ReceiveRollouts,
+    builtin_stages.ShuffleEpoch,
 )
 """Built-in stages that only compute on the run's state or flush metrics: they get the short
 ``timeouts.bookkeeping``. Every other stage may wait on a backend (``timeouts.backend``)."""

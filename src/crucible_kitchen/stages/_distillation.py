@@ -6,7 +6,7 @@ teacher is the sampling client bound to the port ``teacher_sampling_client``; it
 the student's tokenizer and renderer.
 
 State: ``"prompts"`` (conversations, in run order), ``"distill_batch"`` (an
-:class:`~crucible_kitchen.stages.RlBatch`), ``"step_metrics"``, plus the shared keys of
+``RlBatch``), ``"step_metrics"``, plus the shared keys of
 ``_common`` (``"sampler"`` is the student).
 """
 

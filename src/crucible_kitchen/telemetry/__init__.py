@@ -3,16 +3,20 @@
 - Events (``crucible_kitchen.workflow.run.start``, ``...stage.run.stop``, ``...training.step``,
   ...): frozen msgspec structs, one tagged union :data:`TelemetryEvent`, JSON via
   :func:`encode_event` / :func:`decode_event`.
-- :class:`TelemetryBus`: one per run; a synchronous, cheap ``emit`` that stamps ``seq`` and
-  fans out in order to sync handlers, async handlers (bounded buffers drained by
-  ``run_async_handlers``) and subscribers (``subscribe()``, optionally replaying the past).
-- Handlers: :class:`ConsoleHandler` (rich), :class:`JsonlHandler` (every event),
-  :class:`MetricsJsonlHandler` (tinker-cookbook ``metrics.jsonl`` rows),
-  :class:`CallbackHandler`; :func:`build_handler` turns specs such as ``"console"`` or
-  ``("jsonl", "runs/")`` into handlers.
-- Tracing: a run span and explicitly parented stage spans (:func:`start_run_span`,
-  :func:`start_stage_span`, :func:`inject_context`, :func:`extract_context`), built on the
-  OpenTelemetry API; :func:`configure_tracing` builds a private SDK provider.
+- Handlers (a :data:`Handler` is any callable taking an event, sync or async):
+  :class:`ConsoleHandler` (rich), :class:`JsonlHandler` (every event),
+  :class:`MetricsJsonlHandler` (tinker-cookbook ``metrics.jsonl`` rows, see
+  :func:`metrics_row`), :class:`CallbackHandler`; a run takes them, or specs such as
+  ``"console"`` or ``("jsonl", "runs/")`` (:data:`HandlerSpec`).
+- Each run has one event bus: a synchronous, cheap ``emit`` that stamps ``seq`` and fans out in
+  order to sync handlers, async handlers (bounded buffers) and subscribers (``run.events()``);
+  ``run.telemetry_statistics()`` returns its :class:`BusStatistics`.
+- Tracing: a run span and explicitly parented stage spans, built on the OpenTelemetry API;
+  :func:`configure_tracing` builds a private SDK provider (spans to memory, the console,
+  OTLP, or a :class:`JsonlSpanExporter`), and :func:`get_span_exporter` returns its exporter.
+
+The names re-exported here but not in ``__all__`` (the bus, span helpers and attribute names)
+are shared with the library's other packages, not public.
 
 This package imports only ``crucible_kitchen.errors`` from crucible-kitchen. rich is imported
 when a :class:`ConsoleHandler` is made, and the OpenTelemetry SDK by :func:`configure_tracing`
@@ -27,7 +31,6 @@ from ._bus import BusStatistics as BusStatistics
 from ._bus import Handler as Handler
 from ._bus import HandlerStatistics as HandlerStatistics
 from ._bus import TelemetryBus as TelemetryBus
-from ._events import EVENT_TYPES as EVENT_TYPES
 from ._events import BaseEvent as BaseEvent
 from ._events import DistillationStep as DistillationStep
 from ._events import DpoDatasetBuilt as DpoDatasetBuilt
@@ -66,7 +69,6 @@ from ._handlers import HandlerSpec as HandlerSpec
 from ._handlers import JsonlHandler as JsonlHandler
 from ._handlers import MetricsJsonlHandler as MetricsJsonlHandler
 from ._handlers import build_handler as build_handler
-from ._handlers import build_handlers as build_handlers
 from ._handlers import metrics_row as metrics_row
 from ._tracing import ATTR_ATTEMPT as ATTR_ATTEMPT
 from ._tracing import ATTR_LOOP_PREFIX as ATTR_LOOP_PREFIX
@@ -80,15 +82,11 @@ from ._tracing import record_exception as record_exception
 from ._tracing import run_attributes as run_attributes
 from ._tracing import stage_attributes as stage_attributes
 from ._tracing import start_run_span as start_run_span
-from ._tracing import start_stage_span as start_stage_span
 
 if TYPE_CHECKING:
     from ._span_exporter import JsonlSpanExporter as JsonlSpanExporter
 
 __all__ = (
-    "ATTR_ATTEMPT",
-    "ATTR_LOOP_PREFIX",
-    "EVENT_TYPES",
     "BaseEvent",
     "BusStatistics",
     "CallbackHandler",
@@ -118,7 +116,6 @@ __all__ = (
     "StageStart",
     "StageStop",
     "SupervisorRestart",
-    "TelemetryBus",
     "TelemetryEvent",
     "TrainingCheckpoint",
     "TrainingCheckpointDamaged",
@@ -128,23 +125,12 @@ __all__ = (
     "WorkflowException",
     "WorkflowStart",
     "WorkflowStop",
-    "add_event",
-    "build_handler",
-    "build_handlers",
     "configure_tracing",
     "decode_event",
     "encode_event",
     "event_name",
-    "extract_context",
     "get_span_exporter",
-    "get_tracer",
-    "inject_context",
     "metrics_row",
-    "record_exception",
-    "run_attributes",
-    "stage_attributes",
-    "start_run_span",
-    "start_stage_span",
 )
 
 

@@ -35,91 +35,75 @@ Needs torch, import explicitly:
 
 from __future__ import annotations
 
+from crucible_kitchen.training._advantages import AdvantageAdjustment as AdvantageAdjustment
+from crucible_kitchen.training._advantages import AdvantageNormalization as AdvantageNormalization
+from crucible_kitchen.training._advantages import bits_per_byte as bits_per_byte
+from crucible_kitchen.training._advantages import compute_advantages as compute_advantages
+from crucible_kitchen.training._advantages import discounted_future_sum as discounted_future_sum
+from crucible_kitchen.training._advantages import kl_penalty_advantages as kl_penalty_advantages
+from crucible_kitchen.training._advantages import kl_sample_train_metrics as kl_sample_train_metrics
 from crucible_kitchen.training._advantages import (
-    ADVANTAGE_NORMALIZATIONS,
-    AdvantageAdjustment,
-    AdvantageNormalization,
-    bits_per_byte,
-    compute_advantages,
-    discounted_future_sum,
-    kl_penalty_advantages,
-    kl_sample_train_metrics,
-    nonconstant_group_indices,
-    post_update_kl_metrics,
-    reverse_kl_advantages,
-    weighted_mean_nll,
+    nonconstant_group_indices as nonconstant_group_indices,
 )
-from crucible_kitchen.training._bpe import (
-    DEFAULT_BPE_VOCAB_SIZE,
-    BpeTokenizer,
-    default_bpe_tokenizer,
-    train_bpe_tokenizer,
-)
-from crucible_kitchen.training._byte_tokenizer import ByteTokenizer
-from crucible_kitchen.training._corpus import bundled_corpus, generate_corpus
+from crucible_kitchen.training._advantages import post_update_kl_metrics as post_update_kl_metrics
+from crucible_kitchen.training._advantages import reverse_kl_advantages as reverse_kl_advantages
+from crucible_kitchen.training._advantages import weighted_mean_nll as weighted_mean_nll
+from crucible_kitchen.training._bpe import BpeTokenizer as BpeTokenizer
+from crucible_kitchen.training._bpe import default_bpe_tokenizer as default_bpe_tokenizer
+from crucible_kitchen.training._bpe import train_bpe_tokenizer as train_bpe_tokenizer
+from crucible_kitchen.training._byte_tokenizer import ByteTokenizer as ByteTokenizer
+from crucible_kitchen.training._datasets import CHAT_TASKS as CHAT_TASKS
+from crucible_kitchen.training._datasets import ArithmeticProblem as ArithmeticProblem
+from crucible_kitchen.training._datasets import ChatExample as ChatExample
+from crucible_kitchen.training._datasets import PreferencePair as PreferencePair
+from crucible_kitchen.training._datasets import arithmetic_reward as arithmetic_reward
+from crucible_kitchen.training._datasets import extract_integer_answer as extract_integer_answer
 from crucible_kitchen.training._datasets import (
-    CHAT_TASKS,
-    ArithmeticProblem,
-    ChatExample,
-    PreferencePair,
-    arithmetic_reward,
-    extract_integer_answer,
-    generate_arithmetic_problems,
-    generate_chat_examples,
-    generate_preference_pairs,
-    load_arithmetic_problems,
-    load_chat_examples,
-    load_preference_pairs,
-    to_jsonl,
-    write_bundled_data,
+    generate_arithmetic_problems as generate_arithmetic_problems,
 )
-from crucible_kitchen.training._dpo import DPO_LOSS_TYPES, DPOLossType
+from crucible_kitchen.training._datasets import generate_chat_examples as generate_chat_examples
+from crucible_kitchen.training._datasets import (
+    generate_preference_pairs as generate_preference_pairs,
+)
+from crucible_kitchen.training._datasets import load_arithmetic_problems as load_arithmetic_problems
+from crucible_kitchen.training._datasets import load_chat_examples as load_chat_examples
+from crucible_kitchen.training._datasets import load_preference_pairs as load_preference_pairs
+from crucible_kitchen.training._dpo import DPO_LOSS_TYPES as DPO_LOSS_TYPES
+from crucible_kitchen.training._dpo import DPOLossType as DPOLossType
+from crucible_kitchen.training._renderers import RENDERERS as RENDERERS
+from crucible_kitchen.training._renderers import ChatMLRenderer as ChatMLRenderer
+from crucible_kitchen.training._renderers import Llama3Renderer as Llama3Renderer
+from crucible_kitchen.training._renderers import Message as Message
+from crucible_kitchen.training._renderers import NextTokenExample as NextTokenExample
+from crucible_kitchen.training._renderers import ParsedResponse as ParsedResponse
+from crucible_kitchen.training._renderers import ParseTermination as ParseTermination
 from crucible_kitchen.training._renderers import (
-    RENDERERS,
-    ChatMLRenderer,
-    Llama3Renderer,
-    Message,
-    NextTokenExample,
-    ParsedResponse,
-    ParseTermination,
-    Qwen3DisableThinkingRenderer,
-    Qwen3Renderer,
-    RenderedMessage,
-    Renderer,
-    RoleColonRenderer,
-    SupervisedExample,
-    TrainOnWhat,
-    build_text_completion_example,
-    get_renderer,
-    split_thinking,
+    Qwen3DisableThinkingRenderer as Qwen3DisableThinkingRenderer,
 )
-from crucible_kitchen.training._schedules import (
-    LR_SCHEDULES,
-    LRSchedule,
-    lr_multiplier,
-    scheduled_learning_rate,
+from crucible_kitchen.training._renderers import Qwen3Renderer as Qwen3Renderer
+from crucible_kitchen.training._renderers import RenderedMessage as RenderedMessage
+from crucible_kitchen.training._renderers import Renderer as Renderer
+from crucible_kitchen.training._renderers import RoleColonRenderer as RoleColonRenderer
+from crucible_kitchen.training._renderers import SupervisedExample as SupervisedExample
+from crucible_kitchen.training._renderers import TrainOnWhat as TrainOnWhat
+from crucible_kitchen.training._renderers import (
+    build_text_completion_example as build_text_completion_example,
 )
-from crucible_kitchen.training._seeds import derive_seed
-from crucible_kitchen.training._tokenizer import (
-    BOS_TOKEN,
-    EOS_TOKEN,
-    PAD_TOKEN,
-    SPECIAL_TOKENS,
-    ChatTokenizer,
-)
+from crucible_kitchen.training._renderers import get_renderer as get_renderer
+from crucible_kitchen.training._renderers import split_thinking as split_thinking
+from crucible_kitchen.training._schedules import LRSchedule as LRSchedule
+from crucible_kitchen.training._schedules import lr_multiplier as lr_multiplier
+from crucible_kitchen.training._schedules import scheduled_learning_rate as scheduled_learning_rate
+from crucible_kitchen.training._seeds import derive_seed as derive_seed
+from crucible_kitchen.training._tokenizer import BOS_TOKEN as BOS_TOKEN
+from crucible_kitchen.training._tokenizer import EOS_TOKEN as EOS_TOKEN
+from crucible_kitchen.training._tokenizer import SPECIAL_TOKENS as SPECIAL_TOKENS
+from crucible_kitchen.training._tokenizer import ChatTokenizer as ChatTokenizer
 
 __all__ = (
-    "ADVANTAGE_NORMALIZATIONS",
-    "BOS_TOKEN",
     "CHAT_TASKS",
-    "DEFAULT_BPE_VOCAB_SIZE",
     "DPO_LOSS_TYPES",
-    "EOS_TOKEN",
-    "LR_SCHEDULES",
-    "PAD_TOKEN",
     "RENDERERS",
-    "SPECIAL_TOKENS",
-    "AdvantageAdjustment",
     "AdvantageNormalization",
     "ArithmeticProblem",
     "BpeTokenizer",
@@ -145,7 +129,6 @@ __all__ = (
     "arithmetic_reward",
     "bits_per_byte",
     "build_text_completion_example",
-    "bundled_corpus",
     "compute_advantages",
     "default_bpe_tokenizer",
     "derive_seed",
@@ -153,7 +136,6 @@ __all__ = (
     "extract_integer_answer",
     "generate_arithmetic_problems",
     "generate_chat_examples",
-    "generate_corpus",
     "generate_preference_pairs",
     "get_renderer",
     "kl_penalty_advantages",
@@ -167,8 +149,6 @@ __all__ = (
     "reverse_kl_advantages",
     "scheduled_learning_rate",
     "split_thinking",
-    "to_jsonl",
     "train_bpe_tokenizer",
     "weighted_mean_nll",
-    "write_bundled_data",
 )

@@ -1,7 +1,7 @@
 """Workflows: the DSL, the engine that runs a workflow as a supervised tree, built-in workflows.
 
-See ``docs/guides/custom-workflows.md``. :class:`RunPlan`, :class:`RunOutcome` and
-:func:`build_run_supervisor` are the engine's entry point, for the Kitchen.
+See ``docs/guides/custom-workflows.md``. The engine's entry point (``RunPlan``,
+``RunOutcome``, ``RunStatus``, ``build_run_supervisor``) is shared with the Kitchen, not public.
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ from crucible_kitchen.workflows._engine import RunStatus as RunStatus
 from crucible_kitchen.workflows._engine import build_run_supervisor as build_run_supervisor
 
 __all__ = (
-    "RunOutcome",
-    "RunPlan",
-    "RunStatus",
     "Workflow",
     "async_loop",
-    "build_run_supervisor",
     "conditional",
     "distillation_workflow",
     "feedback_loop_workflow",

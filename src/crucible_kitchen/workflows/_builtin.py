@@ -10,9 +10,9 @@ Every workflow ends with the ``flush_metrics`` cleanup stage, which runs however
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crucible_kitchen.stages import (
+from crucible_kitchen.stages.builtin import (
     PAIRS,
     TRAIN_DATA,
     ApplyKlPenalty,
@@ -50,7 +50,6 @@ from crucible_kitchen.stages import (
     SaveFinalWeights,
     ScoreWithTeacher,
     ShuffleEpoch,
-    Stage,
     SubmitDistillationStep,
     SubmitDpoStep,
     SubmitRlStep,
@@ -69,6 +68,9 @@ from crucible_kitchen.stages import (
 )
 
 from ._dsl import Node, Workflow, async_loop, conditional, loop, stage
+
+if TYPE_CHECKING:
+    from crucible_kitchen.stages import Stage
 
 __all__ = (
     "distillation_workflow",

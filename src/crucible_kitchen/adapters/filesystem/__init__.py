@@ -19,7 +19,6 @@ from crucible_kitchen.adapters.filesystem._blob_store import (
 )
 from crucible_kitchen.adapters.filesystem._bundle import bundled_data_dir as bundled_data_dir
 from crucible_kitchen.adapters.filesystem._bundle import filesystem_adapters as filesystem_adapters
-from crucible_kitchen.adapters.filesystem._dataset_store import MESSAGE_FIELDS as MESSAGE_FIELDS
 from crucible_kitchen.adapters.filesystem._dataset_store import (
     FilesystemDatasetStore as FilesystemDatasetStore,
 )
@@ -28,7 +27,6 @@ from crucible_kitchen.adapters.filesystem._model_registry import (
 )
 
 __all__ = (
-    "MESSAGE_FIELDS",
     "FilesystemBlobStore",
     "FilesystemDatasetStore",
     "FilesystemModelRegistry",

@@ -9,8 +9,7 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
 - :func:`local_torch_adapters`: all four, keyed by port name;
-- :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
-- :class:`LocalFuture`, :class:`CallCounters`: what the clients' calls return and count.
+- :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture.
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``).
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
     from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
-    from crucible_kitchen.adapters.local_torch._requests import CallCounters as CallCounters
-    from crucible_kitchen.adapters.local_torch._requests import LocalFuture as LocalFuture
     from crucible_kitchen.adapters.local_torch._sampling_client import (
         LocalTorchSamplingClient as LocalTorchSamplingClient,
     )
@@ -41,8 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = (
     "PRESETS",
-    "CallCounters",
-    "LocalFuture",
     "LocalRenderer",
     "LocalTokenizer",
     "LocalTorchSamplingClient",
@@ -54,8 +49,6 @@ __all__ = (
 
 _LAZY: dict[str, str] = {
     "PRESETS": "_config",
-    "CallCounters": "_requests",
-    "LocalFuture": "_requests",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",
     "LocalTorchSamplingClient": "_sampling_client",
