@@ -145,12 +145,14 @@ class _ChildExited:
 
 
 class _RetryRestart:
-    """Time to restart ``slot``, if it still waits for it (see ``Supervisor._pending``)."""
+    """Time to restart ``slot``, unless it was called off (see ``Supervisor._pending``)."""
 
-    __slots__ = ("slot",)
+    __slots__ = ("counted", "slot")
 
-    def __init__(self, slot: Slot) -> None:
+    def __init__(self, slot: Slot, *, counted: bool) -> None:
         self.slot = slot
+        self.counted = counted
+        """The restart was already counted against intensity (a delayed first attempt)."""
 
 
 class _StopRequested:
@@ -298,8 +300,8 @@ class Supervisor(Child):
         self._slots: list[Slot] = []
         self._by_id: dict[str, Slot] = {}
         self._restarts: deque[float] = deque()
-        self._pending: dict[Slot, bool] = {}
-        """Children whose restart is queued or delayed -> whether it was already counted."""
+        self._pending: dict[Slot, _RetryRestart] = {}
+        """Children whose restart is queued or delayed, and the event that will run it."""
         self._restart_total = 0
         self._state: Literal["created", "starting", "running", "stopping", "stopped"] = "created"
         self._incarnation: Incarnation | None = None
@@ -519,14 +521,12 @@ class Supervisor(Child):
 
     async def _on_retry(self, event: _RetryRestart) -> BaseException | None:
         slot = event.slot
-        counted = self._pending.pop(slot, None)
-        if (
-            counted is None
-            or self._by_id.get(slot.id) is not slot
-            or slot.state is not SlotState.RESTARTING
-        ):
-            return None  # terminated or deleted meanwhile, or restarted along with a sibling
-        if counted:
+        if self._pending.get(slot) is not event:
+            return None  # called off (terminated), or restarted along with a sibling
+        del self._pending[slot]
+        if self._by_id.get(slot.id) is not slot or slot.state is not SlotState.RESTARTING:
+            return None
+        if event.counted:
             await self._attempt_restart(slot)
             return None
         assert slot.last_exit is not None
@@ -538,15 +538,16 @@ class Supervisor(Child):
         A child has at most one restart on its way: a second request joins it (and is counted
         when it runs unless both were counted already).
         """
-        queued = slot in self._pending
-        self._pending[slot] = counted and self._pending.get(slot, True)
-        if queued:
+        queued = self._pending.get(slot)
+        if queued is not None:
+            queued.counted = queued.counted and counted
             return
+        self._pending[slot] = event = _RetryRestart(slot, counted=counted)
         if delay > 0:
             assert self._timers_tg is not None
-            self._timers_tg.start_soon(self._post_later, delay, _RetryRestart(slot))
+            self._timers_tg.start_soon(self._post_later, delay, event)
         else:
-            self._post(_RetryRestart(slot))
+            self._post(event)
 
     def _add_restart(self) -> bool:
         """OTP's ``add_restart``: count a restart; True if that exceeds the intensity."""
