@@ -838,7 +838,7 @@ class Supervisor(Child):
             return await self._add_and_start(spec)
         except ChildStartError as exc:
             if self._state != "running":  # stopped or killed while the child was starting
-                raise self._not_running(exc) from exc
+                raise self._not_running() from exc
             raise
 
     async def terminate_child(self, child_id: str) -> None:
