@@ -126,6 +126,11 @@ class Probe(Actor[ProbeMsg]):
             raise RuntimeError("cleanup failed")
 
 
+async def settle() -> None:
+    """Let the supervisor finish reacting to what just happened."""
+    await anyio.wait_all_tasks_blocked()
+
+
 class FakeClock:
     """A clock for restart-intensity tests: time moves only when the test says."""
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-from _probe import Crash, FakeClock, Knobs, Log, Ping, Probe
+from _probe import Crash, FakeClock, Knobs, Log, Ping, Probe, settle
 
 from crucible_kitchen.errors import (
     ActorExited,
@@ -53,10 +53,6 @@ def kinds(log: Log, *wanted: str) -> list[tuple[str, str]]:
 async def crash(sup: Supervisor, child: str) -> None:
     with pytest.raises(ActorExited):
         await sup.ref(child).call(Crash())
-
-
-async def settle() -> None:
-    await anyio.wait_all_tasks_blocked()
 
 
 def attempt_states(strategy: str, attempt: int) -> list[tuple[str, str, int]]:

@@ -4,11 +4,10 @@ calling itself, spec checks, child counts and crash reports, on asyncio and trio
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import anyio
 import pytest
-from _probe import Crash, Knobs, Log, Ping, Probe, StopNormally
+from _probe import Crash, Knobs, Log, Ping, Probe, StopNormally, settle
 
 from crucible_kitchen.errors import (
     ActorExited,
@@ -18,20 +17,9 @@ from crucible_kitchen.errors import (
     ChildStartError,
     SupervisorNotRunning,
 )
-from crucible_kitchen.supervisors import (
-    Actor,
-    ActorRef,
-    ChildSpec,
-    ExitKind,
-    Supervisor,
-    open_supervisor,
-)
+from crucible_kitchen.supervisors import Actor, ChildSpec, ExitKind, Supervisor, open_supervisor
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leaked_tasks")]
-
-
-async def settle() -> None:
-    await anyio.wait_all_tasks_blocked()
 
 
 # ------------------------------------------------------------------ a killed supervisor
@@ -91,23 +79,21 @@ async def test_kill_on_a_root_kills_its_tree_without_cleanup(how: str) -> None:
         supervisor = Supervisor(children)
         async with anyio.create_task_group() as tg:
             await tg.start(supervisor.serve)
-            ref = await _kill(supervisor)
+            await _kill(supervisor)
     else:
         async with open_supervisor(children) as supervisor:
-            ref = await _kill(supervisor)
+            await _kill(supervisor)
     assert log.of("start") == ["a", "b"]
     assert log.of("stop") == []  # a kill skips every on_stop
     with pytest.raises(ActorNotRunning):
-        await ref.call(Ping())
+        await supervisor.ref("a").call(Ping())
     with pytest.raises(SupervisorNotRunning):
         await supervisor.terminate_child("a")
 
 
-async def _kill(supervisor: Supervisor) -> ActorRef[Any]:
-    ref = supervisor.ref("a")
+async def _kill(supervisor: Supervisor) -> None:
     supervisor.kill()
     assert (await supervisor.wait()).kind is ExitKind.KILLED
-    return ref
 
 
 # ------------------------------------------------------------------ an actor calling itself
