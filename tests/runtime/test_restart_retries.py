@@ -11,6 +11,8 @@ starts wait on gates, so each test looks at the tree while one attempt is in pro
 
 from __future__ import annotations
 
+import contextlib
+import random
 from typing import TYPE_CHECKING
 
 import anyio
@@ -20,11 +22,18 @@ from _probe import Crash, FakeClock, Knobs, Log, Ping, Probe, settle
 from crucible_kitchen.errors import (
     ActorExited,
     ActorNotRunning,
+    ChildNotFound,
     ChildStartError,
     ChildStateError,
     RestartIntensityExceeded,
 )
-from crucible_kitchen.supervisors import ChildSpec, ExitKind, Supervisor, open_supervisor
+from crucible_kitchen.supervisors import (
+    ChildSpec,
+    ExitKind,
+    PendingCall,
+    Supervisor,
+    open_supervisor,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -278,3 +287,51 @@ async def test_delete_child_in_a_retry_loop(strategy: str) -> None:
         assert kinds(log, "stop", "fail", "start") == expected_log
         assert children(sup) == expected
         assert sup.statistics().restarts == 2
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_faults_and_requests_never_leave_a_child_restarting(
+    strategy: str, seed: int
+) -> None:
+    """Crashes, failing starts and dynamic-API requests, several at once, in a seeded order.
+
+    Whenever the supervisor is idle, each child is running or stopped, never ``restarting``,
+    and ``alive`` agrees with ``which_children``; every request sent to a child is answered
+    or fails, none waits for ever.
+    """
+    rng = random.Random(seed)
+    log = Log()
+    knobs: dict[str, Knobs] = {}
+    names = "abcd"
+    pending: list[PendingCall] = []
+
+    async def crash_one(name: str) -> None:
+        with contextlib.suppress(ActorExited, ActorNotRunning, ChildNotFound):
+            await sup.ref(name).call(Crash())
+
+    async def ask(name: str) -> None:
+        with contextlib.suppress(ActorNotRunning, ChildNotFound):
+            pending.append(await sup.ref(name).send_request(Ping()))
+
+    async def request(name: str) -> None:
+        operation = rng.choice([sup.terminate_child, sup.restart_child, sup.delete_child])
+        with contextlib.suppress(ChildStateError, ChildStartError, ChildNotFound):
+            await operation(name)
+
+    operations = [crash_one, ask, request]
+    async with open_supervisor(
+        tree(log, knobs), strategy=strategy, intensity=10**6, clock=FakeClock()
+    ) as sup:
+        for _ in range(30):
+            knobs[rng.choice(names)].start_failures += rng.randint(0, 2)
+            async with anyio.create_task_group() as tg:
+                for _ in range(rng.randint(1, 3)):
+                    tg.start_soon(rng.choice(operations), rng.choice(names))
+            await settle()
+            for child in sup.which_children():
+                assert child.state in ("running", "stopped"), (child, children(sup))
+                assert sup.ref(child.id).alive is (child.state == "running")
+    for call in pending:
+        with contextlib.suppress(ActorNotRunning, ActorExited):
+            assert (await call.receive(timeout=None))[0] in names
