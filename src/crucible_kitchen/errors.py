@@ -11,6 +11,7 @@ every other layer may import it.
     │   ├── ActorExited             the actor died before it replied
     │   ├── ActorNotRunning         no live actor behind the reference ("noproc")
     │   ├── CallTimeout             no reply within the timeout  (also a TimeoutError)
+    │   ├── CallToSelf              an actor called itself and would wait for ever ("calling_self")
     │   ├── MailboxFull             cast_nowait into a full mailbox
     │   └── MessageTypeError        the message is not in the actor's protocol  (also a TypeError)
     ├── BackendError                a call through a port to a backend failed
@@ -70,6 +71,7 @@ __all__ = (
     "AdapterSetNotFound",
     "BackendError",
     "CallTimeout",
+    "CallToSelf",
     "CheckpointCorrupted",
     "CheckpointError",
     "CheckpointExists",
@@ -149,6 +151,14 @@ class CallTimeout(ActorError, TimeoutError):
     def __init__(self, message: str, *, actor: str, timeout: float) -> None:
         super().__init__(message, actor=actor)
         self.timeout = timeout
+
+
+class CallToSelf(ActorError):
+    """An actor called itself (OTP's ``calling_self``): it cannot answer while it waits.
+
+    Raised at once by ``call`` from the actor's own ``on_start`` or message loop (a handler, or
+    a task a handler started). Cast to yourself to queue work for later, or do it in place.
+    """
 
 
 class MailboxFull(ActorError):

@@ -50,6 +50,8 @@ class Knobs:
     """The next this-many starts raise."""
     start_gate: anyio.Event | None = None
     """on_start waits for it."""
+    start_gates: list[anyio.Event] = field(default_factory=list)
+    """Each start takes the first of these (instead of ``start_gate``) and waits for it."""
     stop_delay: float = 0.0
     """on_stop sleeps this long (to test shutdown timeouts)."""
     stop_error: bool = False
@@ -59,7 +61,8 @@ class Knobs:
 
 @dataclass
 class Log:
-    """What every probe did, in order: ("start", name, n), ("stop", name, reason kind)."""
+    """What every probe did, in order: ("start", name, n), ("fail", name, n) for a start that
+    raised, ("stop", name, reason kind)."""
 
     events: list[tuple[str, str, Any]] = field(default_factory=list)
 
@@ -74,10 +77,13 @@ class Probe(Actor[ProbeMsg]):
         self.knobs = knobs or Knobs()
 
     async def on_start(self) -> None:
-        if self.knobs.start_gate is not None:
-            await self.knobs.start_gate.wait()
+        gates = self.knobs.start_gates
+        gate = gates.pop(0) if gates else self.knobs.start_gate
+        if gate is not None:
+            await gate.wait()
         if self.knobs.start_failures > 0:
             self.knobs.start_failures -= 1
+            self.log.events.append(("fail", self.name, self.incarnation))
             raise RuntimeError(f"{self.name} cannot start")
         self.log.events.append(("start", self.name, self.incarnation))
 
@@ -118,6 +124,11 @@ class Probe(Actor[ProbeMsg]):
             await anyio.sleep(self.knobs.stop_delay)
         if self.knobs.stop_error:
             raise RuntimeError("cleanup failed")
+
+
+async def settle() -> None:
+    """Let the supervisor finish reacting to what just happened."""
+    await anyio.wait_all_tasks_blocked()
 
 
 class FakeClock:

@@ -24,6 +24,7 @@ from _probe import (
     Probe,
     StopNormally,
     StopShutdown,
+    settle,
 )
 
 from crucible_kitchen.errors import (
@@ -56,11 +57,6 @@ async def crash(supervisor: Supervisor, child: str) -> None:
     with pytest.raises(ActorExited):
         await supervisor.ref(child).call(Crash())
     await settle()
-
-
-async def settle() -> None:
-    """Let the supervisor finish reacting to what just happened."""
-    await anyio.wait_all_tasks_blocked()
 
 
 # ------------------------------------------------------------------ A1. flags and defaults

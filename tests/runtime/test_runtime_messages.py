@@ -62,6 +62,14 @@ def test_bad_messages_are_rejected_with_a_typed_error(payload: bytes, where: str
     assert isinstance(caught.value.__cause__, msgspec.DecodeError)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("value", [None, 7, ["Ping"], {"type": "Ping"}], ids=repr)
+def test_a_value_that_is_not_bytes_is_a_decode_error(fmt: str, value: object) -> None:
+    codec: MessageCodec[Any] = MessageCodec(ProbeMsg, format=fmt)  # type: ignore[arg-type]
+    with pytest.raises(MessageDecodeError, match=f"must be bytes, not {type(value).__name__}"):
+        codec.decode(value)  # type: ignore[arg-type]
+
+
 def test_messages_are_frozen_and_keyword_only() -> None:
     with pytest.raises(TypeError):
         Ping(3)  # type: ignore[misc]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from contextvars import ContextVar
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, Union, final, get_args
 from typing import get_origin as _get_origin
@@ -19,6 +20,7 @@ from crucible_kitchen.errors import (
     ActorExited,
     ActorNotRunning,
     CallTimeout,
+    CallToSelf,
     MailboxFull,
     MessageTypeError,
 )
@@ -44,6 +46,10 @@ DEFAULT_CALL_TIMEOUT: Final = 5.0
 """OTP's default: ``gen_server:call/2`` waits 5 s."""
 DEFAULT_SHUTDOWN: Final = 5.0
 """Seconds a worker's cleanup may take when its spec does not say (OTP's 5000 ms)."""
+
+_SELF: Final[ContextVar[Slot | None]] = ContextVar("crucible_kitchen_actor_self", default=None)
+"""The actor whose ``on_start`` or message loop runs in this task (or in the task that started
+this one): a call from here to that actor could never be answered."""
 
 
 class SlotState(enum.Enum):
@@ -392,6 +398,7 @@ class Actor(Child, Generic[M]):
         slot = incarnation.slot
         assert slot is not None
         assert slot.mailbox is not None
+        _SELF.set(slot)
         receive = slot.mailbox.get
         while not self._ck_stop_requested:
             item = await receive()
@@ -451,7 +458,9 @@ class Actor(Child, Generic[M]):
 
     async def _ck_run(self, incarnation: Incarnation, ready: Callable[[], None]) -> None:
         self._ck_incarnation = incarnation
+        starting = _SELF.set(incarnation.slot)
         await self.on_start()
+        _SELF.reset(starting)  # tasks that a custom run() starts may call this actor
         ready()
         await self.run()
 
@@ -643,8 +652,15 @@ class ActorRef(Generic[M]):
             ActorExited: the actor died before replying, at once, not at the timeout.
             ActorNotRunning: the actor is stopped or deleted.
             MessageTypeError: the message is not of a type the actor accepts.
+            CallToSelf: the actor called itself (it could never answer).
         """
         slot = self._slot
+        if _SELF.get() is slot:
+            raise CallToSelf(
+                f"actor {slot.id!r} called itself: it cannot answer while it waits; "
+                "cast to yourself or do the work in place",
+                actor=slot.id,
+            )
         call = _Call(message)
         mailbox = self._check(message)
         try:

@@ -68,12 +68,17 @@ class MessageCodec(Generic[T]):
         """Deserialize and validate one message.
 
         Raises:
-            MessageDecodeError: the bytes are malformed or do not match the message type.
+            MessageDecodeError: ``data`` is not bytes, or the bytes are malformed or do not
+                match the message type.
         """
         try:
             return self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise MessageDecodeError(f"invalid {self.format} message: {exc}") from exc
+        except TypeError as exc:  # msgspec's answer to an argument that is not a buffer
+            raise MessageDecodeError(
+                f"a {self.format} message must be bytes, not {type(data).__name__}"
+            ) from exc
 
 
 class ChildInfo(msgspec.Struct, frozen=True, kw_only=True, tag=True):

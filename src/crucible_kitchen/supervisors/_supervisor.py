@@ -3,9 +3,11 @@
 A supervisor runs its children in one task group that outside cancellation cannot reach, so
 that only the supervisor decides when, and in which order, a child stops. Each incarnation of a
 child runs in its own monitor task (:func:`run_incarnation`) that turns the way it ended into
-an :class:`ExitReason` and posts it to the supervisor's control loop. The control loop and the
-public API serialize on one lock; a restart attempt that fails is retried through the loop
-(OTP's ``try_again_restart``), so the supervisor stays responsive while a child cannot start.
+an :class:`ExitReason` and posts it to the supervisor's control loop. That one task handles
+child exits, restarts and the dynamic API's requests (``terminate_child``, ``restart_child``,
+``delete_child``), one event at a time; only ``start_child`` starts its child from the caller's
+task. A restart whose start fails is retried through the loop for the child that failed to
+start (OTP's ``try_again_restart``), so the supervisor stays responsive while it cannot start.
 """
 
 from __future__ import annotations
@@ -143,6 +145,8 @@ class _ChildExited:
 
 
 class _RetryRestart:
+    """Time to restart ``slot``, unless it was called off (see ``Supervisor._pending``)."""
+
     __slots__ = ("counted", "slot")
 
     def __init__(self, slot: Slot, *, counted: bool) -> None:
@@ -205,10 +209,15 @@ def _spec_problems(spec: object, auto_shutdown: str) -> list[str]:
         problems.append(
             f"{where}: shutdown must be seconds >= 0, 'brutal_kill' or 'infinity', not {shutdown!r}"
         )
-    if spec.significant and spec.restart == "permanent":
-        problems.append(f"{where}: a permanent child cannot be significant")
-    if spec.significant and auto_shutdown == "never":
-        problems.append(f"{where}: significant children need auto_shutdown other than 'never'")
+    if not isinstance(spec.significant, bool):
+        problems.append(  # type: ignore[unreachable]
+            f"{where}: significant must be a bool, not {spec.significant!r}"
+        )
+    elif spec.significant:
+        if spec.restart == "permanent":
+            problems.append(f"{where}: a permanent child cannot be significant")
+        if auto_shutdown == "never":
+            problems.append(f"{where}: significant children need auto_shutdown other than 'never'")
     if not isinstance(spec.mailbox_size, int) or spec.mailbox_size < 1:
         problems.append(f"{where}: mailbox_size must be an integer >= 1")
     if spec.start_timeout is not None and not spec.start_timeout > 0:
@@ -291,6 +300,8 @@ class Supervisor(Child):
         self._slots: list[Slot] = []
         self._by_id: dict[str, Slot] = {}
         self._restarts: deque[float] = deque()
+        self._pending: dict[Slot, _RetryRestart] = {}
+        """Children whose restart is queued or delayed, and the event that will run it."""
         self._restart_total = 0
         self._state: Literal["created", "starting", "running", "stopping", "stopped"] = "created"
         self._incarnation: Incarnation | None = None
@@ -323,8 +334,8 @@ class Supervisor(Child):
         startup = _Startup()
         try:
             async with anyio.create_task_group() as host:
-                host.start_soon(
-                    run_incarnation, incarnation, startup, None, name=f"sup:{self.name}"
+                incarnation.task = host.create_task(
+                    run_incarnation(incarnation, startup, None), name=f"sup:{self.name}"
                 )
                 await startup.event.wait()
                 if startup.error is None:
@@ -423,6 +434,8 @@ class Supervisor(Child):
         self._post(_StopRequested())
 
     def _ck_kill(self, incarnation: Incarnation) -> None:
+        if self._state == "running":
+            self._state = "stopping"  # requests in progress end with SupervisorNotRunning
         self._kill_children()
         incarnation.cancel()
 
@@ -458,7 +471,10 @@ class Supervisor(Child):
                 try:
                     event.value = await event.operation()
                 except Exception as exc:
-                    event.error = exc
+                    event.error = exc if self._state == "running" else self._not_running(exc)
+                except BaseException:  # killed meanwhile: the caller must not wait for ever
+                    event.fail(self._not_running())
+                    raise
                 event.done.set()
                 continue
             if isinstance(event, _ChildExited):
@@ -479,15 +495,16 @@ class Supervisor(Child):
         slot.incarnation = None
         slot.last_exit = reason
         restart = slot.spec.restart
+        if reason.abnormal:  # OTP's child_terminated report, whatever the restart type
+            logger.warning(
+                "supervisor %r: child %r (%s) terminated: %s",
+                self.name,
+                slot.id,
+                restart,
+                reason,
+                exc_info=reason.error if reason.kind is ExitKind.CRASH else None,
+            )
         if restart == "permanent" or (restart == "transient" and reason.abnormal):
-            if reason.abnormal:
-                logger.warning(
-                    "supervisor %r: child %r exited: %s",
-                    self.name,
-                    slot.id,
-                    reason,
-                    exc_info=reason.error if reason.kind is ExitKind.CRASH else None,
-                )
             slot.state = SlotState.RESTARTING
             return await self._restart(slot, reason)
         if restart == "temporary":
@@ -504,13 +521,33 @@ class Supervisor(Child):
 
     async def _on_retry(self, event: _RetryRestart) -> BaseException | None:
         slot = event.slot
+        if self._pending.get(slot) is not event:
+            return None  # called off (terminated), or restarted along with a sibling
+        del self._pending[slot]
         if self._by_id.get(slot.id) is not slot or slot.state is not SlotState.RESTARTING:
-            return None  # terminated or deleted while waiting
+            return None
         if event.counted:
             await self._attempt_restart(slot)
             return None
         assert slot.last_exit is not None
         return await self._restart(slot, slot.last_exit)
+
+    def _schedule_restart(self, slot: Slot, *, counted: bool, delay: float = 0.0) -> None:
+        """Restart ``slot`` through the control loop, after ``delay`` seconds.
+
+        A child has at most one restart on its way: a second request joins it (and is counted
+        when it runs unless both were counted already).
+        """
+        queued = self._pending.get(slot)
+        if queued is not None:
+            queued.counted = queued.counted and counted
+            return
+        self._pending[slot] = event = _RetryRestart(slot, counted=counted)
+        if delay > 0:
+            assert self._timers_tg is not None
+            self._timers_tg.start_soon(self._post_later, delay, event)
+        else:
+            self._post(event)
 
     def _add_restart(self) -> bool:
         """OTP's ``add_restart``: count a restart; True if that exceeds the intensity."""
@@ -542,41 +579,70 @@ class Supervisor(Child):
             return error
         delay = self._backoff(len(self._restarts)) if self._backoff is not None else 0.0
         if delay > 0:
-            assert self._timers_tg is not None
-            self._timers_tg.start_soon(self._post_later, delay, _RetryRestart(slot, counted=True))
+            self._schedule_restart(slot, counted=True, delay=delay)
             return None
         await anyio.lowlevel.checkpoint()  # a restart storm must not starve the event loop
         await self._attempt_restart(slot)
         return None
 
-    async def _attempt_restart(self, slot: Slot) -> None:
-        try:
-            if self.strategy == "one_for_one":
-                await self._start_incarnation(slot)
-            else:
-                await self._restart_group(slot)
-        except ChildStartError as exc:
-            logger.warning(
-                "supervisor %r: restart of %r failed; will retry: %s", self.name, slot.id, exc.cause
-            )
-            slot.state = SlotState.RESTARTING
-            slot.last_exit = ExitReason(ExitKind.CRASH, "failed to restart", exc.cause)
-            self._post(_RetryRestart(slot, counted=False))
-
-    async def _restart_group(self, failed: Slot) -> None:
+    def _group(self, slot: Slot) -> list[Slot]:
+        """The children that the strategy restarts along with ``slot``, in start order."""
+        if self.strategy == "one_for_one":
+            return [slot]
         if self.strategy == "one_for_all":
-            group = list(self._slots)
-        else:
-            group = self._slots[self._slots.index(failed) :]
+            return list(self._slots)
+        return self._slots[self._slots.index(slot) :]
+
+    async def _attempt_restart(self, target: Slot) -> None:
+        """Restart ``target`` and its group: stop those running (reverse order), start all.
+
+        As OTP's ``restart_multiple_children``: when a child fails to start, the children
+        before it keep running, it and those after it wait (``restarting``), and the retry is
+        aimed at it, so under ``rest_for_one`` only it and those after it are restarted again.
+        """
+        # A child that start_child is starting (from its caller's task) is left to it.
+        group = [
+            s
+            for s in self._group(target)
+            if s.incarnation is None or s.state is not SlotState.RESTARTING
+        ]
+        for slot in group:
+            self._pending.pop(slot, None)  # this attempt restarts them all
         for slot in reversed(group):
-            if slot is not failed and slot.incarnation is not None:
+            if slot.incarnation is not None:
                 await self._terminate(slot, SlotState.RESTARTING)
                 if slot.spec.restart == "temporary":  # OTP-07: not restarted, spec removed
                     self._remove(slot, slot.last_exit or ExitReason(ExitKind.SHUTDOWN))
-        for slot in group:
-            if self._by_id.get(slot.id) is slot and slot.incarnation is None:
-                slot.state = SlotState.RESTARTING
+        starting = [s for s in group if self._by_id.get(s.id) is s and s.incarnation is None]
+        for slot in starting:
+            slot.state = SlotState.RESTARTING  # messages sent to them wait for them
+        for slot in starting:
+            try:
                 await self._start_incarnation(slot)
+            except ChildStartError as exc:
+                logger.warning(
+                    "supervisor %r: restart of %r failed; will retry: %s",
+                    self.name,
+                    slot.id,
+                    exc.cause,
+                )
+                slot.last_exit = ExitReason(ExitKind.CRASH, "failed to restart", exc.cause)
+                self._schedule_restart(slot, counted=False)
+                return
+
+    def _stop_abandoned(self) -> None:
+        """Stop the children left waiting for a restart that no longer comes.
+
+        After ``terminate_child`` ended a retry loop, the children that waited for it are
+        stopped, as OTP leaves them not running; a later group restart starts them again.
+        """
+        covered = self.strategy == "one_for_all" and bool(self._pending)
+        for slot in self._slots:
+            if slot in self._pending:
+                covered = covered or self.strategy == "rest_for_one"
+            elif not covered and slot.state is SlotState.RESTARTING and slot.incarnation is None:
+                slot.state = SlotState.STOPPED
+                slot.drain(slot.last_exit or ExitReason(ExitKind.SHUTDOWN))
 
     def _auto_shutdown_due(self) -> bool:
         if self.auto_shutdown == "any_significant":
@@ -646,8 +712,9 @@ class Supervisor(Child):
                 incarnation.kill()
                 with anyio.CancelScope(shield=True):
                     await incarnation.exited.wait()
-                slot.incarnation = None
-                slot.last_exit = incarnation.reason
+                if slot.incarnation is incarnation:
+                    slot.incarnation = None
+                    slot.last_exit = incarnation.reason
         if not startup.succeeded:
             assert startup.error is not None
             raise self._start_error(slot, startup.error) from startup.error
@@ -710,7 +777,12 @@ class Supervisor(Child):
 
     def _running(self) -> None:
         if self._state != "running":
-            raise SupervisorNotRunning(f"supervisor {self.name!r} is {self._state}")
+            raise self._not_running()
+
+    def _not_running(self, cause: Exception | None = None) -> SupervisorNotRunning:
+        error = SupervisorNotRunning(f"supervisor {self.name!r} is {self._state}")
+        error.__cause__ = cause
+        return error
 
     def _slot(self, child_id: str) -> Slot:
         try:
@@ -744,6 +816,8 @@ class Supervisor(Child):
             ChildStateError: a child with that id exists (``"running"`` or
                 ``"already_present"``).
             ChildStartError: the child failed to start; its spec is not kept.
+            SupervisorNotRunning: the supervisor is not running, or stopped (or was killed)
+                while the child was starting.
         """
         problems = _spec_problems(spec, self.auto_shutdown)
         if problems:
@@ -760,16 +834,23 @@ class Supervisor(Child):
         # Started from the caller's task (a spawn costs about one task switch, as
         # TaskGroup.start does): a caller cancelled meanwhile kills the half-started child and
         # leaves no spec behind.
-        return await self._add_and_start(spec)
+        try:
+            return await self._add_and_start(spec)
+        except ChildStartError as exc:
+            if self._state != "running":  # stopped or killed while the child was starting
+                raise self._not_running() from exc
+            raise
 
     async def terminate_child(self, child_id: str) -> None:
         """Stop a child (its spec is kept, unless temporary). Never triggers auto shutdown."""
 
         async def terminate() -> None:
             slot = self._slot(child_id)
+            self._pending.pop(slot, None)  # a restart on its way is called off
             await self._terminate(slot, SlotState.STOPPED)
             if slot.spec.restart == "temporary":
                 self._remove(slot, slot.last_exit or ExitReason(ExitKind.SHUTDOWN))
+            self._stop_abandoned()
 
         await self._request(terminate)
 
@@ -860,12 +941,17 @@ class Supervisor(Child):
         ]
 
     def count_children(self) -> ChildCounts:
-        """How many specs, running children, supervisors and workers (OTP's count)."""
+        """How many specs, running children, supervisors and workers (OTP's count).
+
+        ``supervisors + workers == specs``: a child that never ran (ignored) counts as a worker,
+        OTP's default child type.
+        """
+        supervisors = sum(1 for s in self._slots if s.is_supervisor)
         return ChildCounts(
             specs=len(self._slots),
             active=sum(1 for s in self._slots if s.state is SlotState.RUNNING),
-            supervisors=sum(1 for s in self._slots if s.is_supervisor),
-            workers=sum(1 for s in self._slots if s.is_supervisor is False),
+            supervisors=supervisors,
+            workers=len(self._slots) - supervisors,
         )
 
     def statistics(self) -> SupervisorStatistics:
