@@ -84,6 +84,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "AdapterSetNotFound",
         "BackendError",
         "CallTimeout",
+        "CallToSelf",
         "CheckpointCorrupted",
         "CheckpointError",
         "CheckpointExists",
