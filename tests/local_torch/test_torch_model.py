@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ import torch
 
 from crucible_kitchen.adapters.local_torch._config import (
     PRESETS,
+    LoraConfig,
     ModelConfig,
     enable_determinism,
     preset,
@@ -64,6 +66,19 @@ def test_invalid_config_lists_every_problem() -> None:
     assert "dropout" in str(caught.value)
     with pytest.raises(ValueError, match="n_kv_heads"):
         dataclasses.replace(PRESETS["tiny"], n_kv_heads=3)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("field", ["rope_theta", "norm_eps", "init_std"])
+def test_non_finite_model_floats_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match="must be positive and finite"):
+        dataclasses.replace(PRESETS["tiny"], **{field: value})
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_non_finite_lora_alpha_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match="alpha must be positive and finite"):
+        LoraConfig(rank=4, alpha=value)
 
 
 def test_cuda_requested_without_cuda_is_a_clear_error() -> None:

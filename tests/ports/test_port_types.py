@@ -383,3 +383,18 @@ def test_tensor_list_round_trip(tensor: TensorData) -> None:
 def test_every_loss_lists_its_inputs() -> None:
     assert set(LOSS_FN_INPUTS) == set(get_args(LossFnType))
     assert all("target_tokens" in keys for keys in LOSS_FN_INPUTS.values())
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize(
+    "field", ["learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm"]
+)
+def test_adam_params_refuse_non_finite_values(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"{field} .* must be finite"):
+        AdamParams(**{field: value})
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_sampling_params_refuse_a_non_finite_temperature(value: float) -> None:
+    with pytest.raises(ValueError, match=r"temperature .* must be >= 0 and finite"):
+        SamplingParams(temperature=value)

@@ -344,7 +344,11 @@ class AdamParams(msgspec.Struct, frozen=True, kw_only=True):
     grad_clip_norm: float = 0.0
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [
+            f"{name} {value} must be finite"
+            for name, value in msgspec.structs.asdict(self).items()
+            if not math.isfinite(value)
+        ]
         if not self.learning_rate >= 0:
             problems.append(f"learning_rate {self.learning_rate} must be >= 0")
         for name, beta in (("beta1", self.beta1), ("beta2", self.beta2)):
@@ -429,8 +433,8 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
         problems = []
         if self.max_tokens is not None and self.max_tokens < 1:
             problems.append(f"max_tokens {self.max_tokens} must be >= 1")
-        if not self.temperature >= 0:
-            problems.append(f"temperature {self.temperature} must be >= 0")
+        if not 0 <= self.temperature < math.inf:
+            problems.append(f"temperature {self.temperature} must be >= 0 and finite")
         if self.top_k != -1 and self.top_k < 1:
             problems.append(f"top_k {self.top_k} must be -1 (off) or >= 1")
         if not 0 < self.top_p <= 1:

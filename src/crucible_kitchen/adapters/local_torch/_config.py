@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -83,8 +84,10 @@ class ModelConfig:
             problems.append(f"dtype must be one of {sorted(_TORCH_DTYPES)}, got {self.dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
-            problems.append("rope_theta, norm_eps and init_std must be positive")
+        if not all(
+            0 < value < math.inf for value in (self.rope_theta, self.norm_eps, self.init_std)
+        ):
+            problems.append("rope_theta, norm_eps and init_std must be positive and finite")
         if problems:
             raise ValueError("invalid ModelConfig:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -147,8 +150,8 @@ class LoraConfig:
         problems: list[str] = []
         if not isinstance(self.rank, int) or self.rank < 1:
             problems.append(f"rank must be a positive int, got {self.rank!r}")
-        if self.alpha <= 0:
-            problems.append(f"alpha must be positive, got {self.alpha!r}")
+        if not 0 < self.alpha < math.inf:
+            problems.append(f"alpha must be positive and finite, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         unknown = sorted(set(self.targets) - set(LORA_TARGETS))
