@@ -49,6 +49,8 @@ __all__ = ("SERVICE_KEY", "create_app", "mount_kitchen")
 
 SERVICE_KEY = web.AppKey("crucible_kitchen.service", KitchenService)
 """``app[SERVICE_KEY]`` is the :class:`KitchenService` of a kitchen application."""
+CLIENT_KEY = web.RequestKey("crucible_kitchen.client", str)
+"""``request[CLIENT_KEY]``: who the per-client limits count the request's runs for."""
 
 
 def create_app(**settings: Any) -> web.Application:
@@ -132,7 +134,7 @@ def _auth_middleware(token: str | Any) -> Middleware:
                     "loopback-only",
                     "this kitchen has no token, so it serves loopback clients only",
                 )
-            request["crucible_kitchen.client"] = peer
+            request[CLIENT_KEY] = peer
             return await handler(request)
         if request.match_info.handler is _health:  # probes need no token
             return await handler(request)
@@ -145,7 +147,7 @@ def _auth_middleware(token: str | Any) -> Middleware:
                 "a valid bearer token is required (Authorization: Bearer <token>)",
                 headers={"WWW-Authenticate": 'Bearer realm="crucible-kitchen"'},
             )
-        request["crucible_kitchen.client"] = name or peer
+        request[CLIENT_KEY] = name or peer
         return await handler(request)
 
     return authenticate
@@ -241,7 +243,7 @@ async def _start_run(request: web.Request) -> web.Response:
         raise Problem(400, "malformed-json", f"the request body is not valid JSON: {exc}") from None
     try:
         run = await service.start_run(
-            client=request["crucible_kitchen.client"],
+            client=request[CLIENT_KEY],
             recipe=start.recipe,
             config=start.config,
             adapters=start.adapters,

@@ -37,8 +37,8 @@ class StartRun(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class RunView(msgspec.Struct, frozen=True, kw_only=True):
     """``GET /runs/{id}``: where a run stands.
 
-    ``stage`` is the stage executing now (``None`` between stages and after the end); ``step``
-    the last training step reported; ``metrics`` the latest value of each metric; ``artifacts``
+    ``stage`` is the stage executing now (``None`` between stages and after the end);
+    ``steps`` the training steps done; ``metrics`` the latest value of each metric; ``artifacts``
     what the run produced (once it ended); ``error`` why it failed.
     """
 
@@ -49,7 +49,7 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True):
     status: RunStatus
     created: float
     stage: str | None
-    step: int | None
+    steps: int
     metrics: dict[str, float]
     artifacts: dict[str, str]
     error: str | None = None

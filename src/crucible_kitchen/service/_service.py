@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from crucible_kitchen import Kitchen
-from crucible_kitchen.telemetry import StageException, StageStart, StageStop, metrics_row
+from crucible_kitchen.telemetry import (
+    EvalComplete,
+    StageException,
+    StageStart,
+    StageStop,
+    metrics_row,
+)
 
 from ._problems import Problem
 from ._schema import RunView
@@ -78,7 +84,7 @@ class TrackedRun:
     adapters: str | None
     created: float = field(default_factory=time.time)
     stage: str | None = None
-    step: int | None = None
+    steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     result: RunResult | None = None
@@ -93,9 +99,8 @@ class TrackedRun:
         if row is None:
             return
         self.history.append(row)
-        step = row.get("step")
-        if isinstance(step, int):
-            self.step = step
+        if not isinstance(event, EvalComplete):  # an evaluation's step is not one more done
+            self.steps = max(self.steps, row["step"] + 1)
         self.metrics.update(
             (key, float(value))
             for key, value in row.items()
@@ -116,7 +121,7 @@ class TrackedRun:
             status=self.handle.status if result is None else result.status,
             created=self.created,
             stage=None if result is not None else self.stage,
-            step=self.step,
+            steps=self.steps if result is None else result.steps,
             metrics=dict(self.metrics),
             artifacts={} if result is None else dict(result.artifacts),
             error=None if result is None else result.error,
