@@ -1,4 +1,4 @@
-"""A gated recipe for the service tests, and a Server-Sent Events reader.
+"""What the service tests share: a gated recipe, a Server-Sent Events reader, a served app.
 
 The ``gated`` recipe runs ``steps`` training steps; each step waits at a :class:`Gate` the
 test opens, so that a test holds a run mid-stream for as long as it needs. When the run is
@@ -8,18 +8,29 @@ built-in recipes checkpoint on a graceful stop.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import pydantic
+from aiohttp.test_utils import TestClient, TestServer
 
 from crucible_kitchen import Context, Recipe, Workflow
+from crucible_kitchen.service import (
+    PROBLEM_CONTENT_TYPE,
+    SERVICE_KEY,
+    KitchenService,
+    create_app,
+)
 from crucible_kitchen.telemetry import TrainingStep
 from crucible_kitchen.workflows import conditional, loop, stage
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
     from aiohttp import ClientResponse
 
 
@@ -126,3 +137,40 @@ class EventReader:
         while (frame := await self.next()) is not None:
             frames.append(frame)
         return frames
+
+
+NOOP_RUN = {"recipe": "supervised", "adapters": "noop", "config": {"max_steps": 3}}
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, gate: Gate | None = None, **settings: Any
+) -> AsyncIterator[tuple[TestClient[Any, Any], KitchenService]]:
+    recipes = [] if gate is None else [gated_recipe(gate)]
+    app = create_app(root=tmp_path / "runs", recipes=recipes, **settings)
+    async with TestClient(TestServer(app)) as client:
+        yield client, app[SERVICE_KEY]
+
+
+async def problem(response: ClientResponse, status: int, kind: str) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM_CONTENT_TYPE
+    body: dict[str, Any] = msgspec.json.decode(await response.read())
+    assert body["type"] == f"urn:crucible-kitchen:problem:{kind}"
+    assert body["status"] == status
+    return body
+
+
+async def start(client: TestClient[Any, Any], body: dict[str, Any]) -> str:
+    response = await client.post("/runs", json=body)
+    assert response.status == 202, await response.text()
+    run: dict[str, Any] = await response.json()
+    assert response.headers["Location"] == f"/runs/{run['run_id']}"
+    return str(run["run_id"])
+
+
+async def follow(client: TestClient[Any, Any], run_id: str, **headers: str) -> EventReader:
+    response = await client.get(f"/runs/{run_id}/events", headers=headers)
+    assert response.status == 200
+    assert response.content_type == "text/event-stream"
+    return EventReader(response)
