@@ -146,8 +146,9 @@ NOOP_RUN = {"recipe": "supervised", "adapters": "noop", "config": {"max_steps": 
 async def serving(
     tmp_path: Path, gate: Gate | None = None, **settings: Any
 ) -> AsyncIterator[tuple[TestClient[Any, Any], KitchenService]]:
-    recipes = [] if gate is None else [gated_recipe(gate)]
-    app = create_app(root=tmp_path / "runs", recipes=recipes, **settings)
+    if gate is not None:
+        settings["recipes"] = [*settings.get("recipes", ()), gated_recipe(gate)]
+    app = create_app(root=tmp_path / "runs", **settings)
     async with TestClient(TestServer(app)) as client:
         yield client, app[SERVICE_KEY]
 

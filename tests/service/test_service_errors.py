@@ -13,6 +13,7 @@ from _service_support import NOOP_RUN, Gate, gated_recipe, problem, serving, sta
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from crucible_kitchen import Recipe, Workflow
 from crucible_kitchen.service import create_app, mount_kitchen
 
 if TYPE_CHECKING:
@@ -239,3 +240,21 @@ async def test_no_new_runs_once_shutdown_began(tmp_path: Path) -> None:
         assert (await health.json())["status"] == "stopping"
         body = await problem(await client.post("/runs", json=NOOP_RUN), 503, "stopping")
         assert body["detail"] == "the kitchen is shutting down and takes no new runs"
+
+
+async def test_an_unexpected_failure_is_a_logged_internal_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(_config: object) -> Workflow:
+        raise RuntimeError("the recipe's builder is broken")
+
+    recipe = Recipe("broken", "its workflow cannot be built", broken)
+    async with serving(tmp_path, recipes=[recipe]) as (client, _):
+        response = await client.post("/runs", json={"recipe": "broken"})
+        body = await problem(response, 500, "internal-error")
+        assert body["detail"] == "the service failed to handle the request; its log has the details"
+        assert "the recipe's builder is broken" not in await response.text()
+    [record] = [r for r in caplog.records if r.name == "crucible_kitchen.service"]
+    assert record.getMessage() == "POST /runs failed"
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "the recipe's builder is broken"

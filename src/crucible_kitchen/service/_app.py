@@ -180,16 +180,16 @@ def _tracing_middleware(provider: Any) -> Middleware:
     @web.middleware
     async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
-        route = request.path if resource is None else resource.canonical
+        attributes = {"http.request.method": request.method, "url.path": request.path}
+        name = request.method
+        if resource is not None:  # a route matched: name the span after it, not the path
+            attributes["http.route"] = resource.canonical
+            name = f"{request.method} {resource.canonical}"
         with tracer.start_as_current_span(
-            f"{request.method} {route}",
+            name,
             context=extract_context(dict(request.headers)),
             kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": request.method,
-                "url.path": request.path,
-                "http.route": route,
-            },
+            attributes=attributes,
         ) as span:
             response = await handler(request)
             span.set_attribute("http.response.status_code", response.status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
 
 __all__ = ("PROBLEM_CONTENT_TYPE", "Problem", "problem_middleware")
+
+logger = logging.getLogger("crucible_kitchen.service")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:crucible-kitchen:problem:"
@@ -75,8 +78,8 @@ class Problem(Exception):
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer :class:`Problem` and aiohttp's own HTTP errors (no route, wrong method, body too
-    large) with problem documents."""
+    """Answer :class:`Problem`, aiohttp's own HTTP errors (no route, wrong method, body too
+    large) and unexpected failures (500, logged) with problem documents."""
     try:
         return await handler(request)
     except Problem as problem:
@@ -85,6 +88,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         return _from_http_error(request, exc).response()
+    except Exception:
+        logger.exception("%s %s failed", request.method, request.path)
+        detail = "the service failed to handle the request; its log has the details"
+        return Problem(500, "internal-error", detail).response()
 
 
 def _from_http_error(request: web.Request, exc: web.HTTPException) -> Problem:

@@ -268,6 +268,8 @@ class KitchenService:
         tracker.attach(run)
         self._runs[handle.run_id] = run
         self._task_group.start_soon(self._record_result, run)
+        if self.stopping:  # shutdown began while the run started: it stops with the others
+            self._task_group.start_soon(self.stop_run, run)
         return run
 
     async def _record_result(self, run: TrackedRun) -> None:
