@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from crucible_kitchen import Recipe, Workflow
+from crucible_kitchen.errors import ConfigError
 from crucible_kitchen.service import create_app, mount_kitchen
 
 if TYPE_CHECKING:
@@ -258,3 +259,15 @@ async def test_an_unexpected_failure_is_a_logged_internal_error(
     assert record.getMessage() == "POST /runs failed"
     assert record.exc_info is not None
     assert str(record.exc_info[1]) == "the recipe's builder is broken"
+
+
+def test_invalid_settings_are_all_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_app(token={"alice": "a", "bob": ""}, max_body_bytes=0, heartbeat_s=0.0)
+    assert caught.value.problems == [
+        "bob: a token must not be empty",
+        "max_body_bytes: must be at least 1, got 0",
+        "heartbeat_s: must be more than 0 seconds, got 0.0",
+    ]
+    with pytest.raises(ConfigError, match="token: a token must not be empty"):
+        create_app(token="")

@@ -41,6 +41,8 @@ from ._schema import (
 from ._service import KitchenService, ServiceSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from aiohttp.typedefs import Handler, Middleware
 
     from crucible_kitchen import RunHandle
@@ -113,7 +115,7 @@ def _json(value: object, status: int = 200, headers: dict[str, str] | None = Non
 # ---------------------------------------------------------------------- middlewares
 
 
-def _auth_middleware(token: str | Any) -> Middleware:
+def _auth_middleware(token: str | Mapping[str, str] | None) -> Middleware:
     """Bearer-token auth (constant-time comparison); without a token, loopback peers only.
 
     The request's client is the token's name (a mapping of tokens) or else the peer address.

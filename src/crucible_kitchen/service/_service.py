@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from crucible_kitchen import Kitchen
+from crucible_kitchen.errors import ConfigError
 from crucible_kitchen.telemetry import (
     EvalComplete,
     StageException,
@@ -56,6 +57,9 @@ class ServiceSettings:
       that went away is noticed.
     - ``tracer_provider``: OpenTelemetry spans of requests and runs go there.
     - ``page_size``, ``max_page_size``: ``GET /runs`` pagination.
+
+    Raises:
+        ConfigError: every invalid setting (an empty token, a limit below 1, ...).
     """
 
     root: str | os.PathLike[str] = "runs"
@@ -69,6 +73,23 @@ class ServiceSettings:
     tracer_provider: Any = None
     page_size: int = 50
     max_page_size: int = 500
+
+    def __post_init__(self) -> None:
+        problems = []
+        tokens = {"token": self.token} if isinstance(self.token, str) else dict(self.token or {})
+        problems += [f"{name}: a token must not be empty" for name, t in tokens.items() if not t]
+        for name in ("max_body_bytes", "page_size", "max_page_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.max_runs_per_client is not None and self.max_runs_per_client < 1:
+            problems.append(
+                f"max_runs_per_client: must be at least 1 or None, got {self.max_runs_per_client}"
+            )
+        for name in ("stop_grace_s", "heartbeat_s"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}: must be more than 0 seconds, got {getattr(self, name)}")
+        if problems:
+            raise ConfigError(problems, source="service settings")
 
 
 @dataclass(eq=False)
