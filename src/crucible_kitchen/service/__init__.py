@@ -18,7 +18,7 @@ cancelled after ``stop_grace_s``. :func:`create_app` is the same application sta
 
     POST /runs                  {"recipe", "config", "adapters", "seed"} -> 202 + the run
     GET  /runs                  ?status=running&offset=0&limit=50
-    GET  /runs/{id}             status, stage, step, latest metrics, artifacts
+    GET  /runs/{id}             status, stage, steps, latest metrics, artifacts
     POST /runs/{id}/cancel      stop gracefully -> 202
     GET  /runs/{id}/metrics     the metrics history
     GET  /runs/{id}/events      Server-Sent Events; Last-Event-ID resumes
