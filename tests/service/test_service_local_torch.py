@@ -51,3 +51,19 @@ async def test_a_shutdown_checkpoints_a_training_run_that_then_resumes(tmp_path:
     resumed = await Kitchen.resume(run_dir)
     assert (resumed.status, resumed.steps) == ("completed", 12)
     assert resumed.metrics["data/train_examples"] == 64.0
+
+
+async def test_a_dataset_name_cannot_reach_files_outside_the_data_root(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"messages": [{"role": "user", "content": "private"}]}\n')
+    outside = str(secret.with_suffix(""))
+    async with serving(tmp_path, max_runs_per_client=None) as (client, service):
+        runs = [
+            await start(client, {"recipe": "sl_basic", "config": {"dataset": name}})
+            for name in ("../" * 30 + outside.lstrip("/"), outside)
+        ]
+        results = [await service.run(run_id).handle.result() for run_id in runs]
+    reasons = ["must not have empty, '.' or '..' segments", "must be relative"]
+    for result, reason in zip(results, reasons, strict=True):
+        assert (result.status, result.failed_stage) == ("failed", "load_dataset")
+        assert (result.error or "").endswith(reason)
