@@ -42,9 +42,9 @@ async def index(_request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     """A host route that uses the kitchen through Python, not HTTP."""
-    runs = request.app[KITCHEN].kitchen.runs()
-    running = sum(run.status == "running" for run in runs)
-    return web.json_response({"runs": len(runs), "running": running})
+    kitchen = request.app[KITCHEN].kitchen
+    running = sum(run.status == "running" for run in kitchen.runs())
+    return web.json_response({"running": running, "finished": len(kitchen.finished())})
 
 
 def make_app(root: str = "runs", token: str | None = None) -> web.Application:

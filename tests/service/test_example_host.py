@@ -58,7 +58,7 @@ async def test_the_host_keeps_its_routes_and_middleware_and_runs_training(
 
         run = await (await client.get(f"/kitchen/runs/{run_id}", headers=auth)).json()
         assert (run["status"], run["steps"]) == ("completed", 2)
-        assert await (await client.get("/status")).json() == {"runs": 1, "running": 0}
+        assert await (await client.get("/status")).json() == {"running": 0, "finished": 1}
         assert (await client.get("/kitchen/runs")).status == 401  # the kitchen's own auth
         assert (await client.get("/status")).status == 200  # ... not the host's
         assert (await client.get("/kitchen/health")).status == 200
