@@ -376,7 +376,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         try:
             await _stream_events(response, run.handle, after, service.settings.heartbeat_s)
-            await response.write(_frame("end", msgspec.json.encode({"status": run.handle.status})))
+            result = await run.handle.result()  # the final status, once the run is finished
+            await response.write(_frame("end", msgspec.json.encode({"status": result.status})))
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away: nothing more to send
