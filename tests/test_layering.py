@@ -64,7 +64,7 @@ ALLOWED: dict[str, set[str]] = {
         "recipes",
     },
     "service": {"__init__", "errors", "kitchen", "telemetry", "recipes", "ports"},
-    "cli": {"__init__", "errors", "kitchen", "telemetry", "recipes", "ports"},
+    "cli": {"__init__", "errors", "kitchen", "telemetry", "recipes", "ports", "service"},
     "__init__": {
         "errors",
         "supervisors",

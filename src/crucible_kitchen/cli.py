@@ -55,6 +55,7 @@ examples:
   kitchen plot runs/sl_basic-1a2b3c4d             # loss and learning-rate curves (PNG)
   kitchen recipes
   kitchen describe sl_basic
+  kitchen serve --port 8080                       # the HTTP API (docs/guides/service.md)
 
 Ctrl-C once: finish the current step, checkpoint, stop; the command that resumes the run
 is printed at the end. Ctrl-C twice: cancel at once (cleanup stages still run).
@@ -473,6 +474,15 @@ def _parser() -> argparse.ArgumentParser:
     describe = commands.add_parser("describe", help="show a recipe's workflow")
     describe.add_argument("target")
     describe.add_argument("overrides", nargs="*", default=[], metavar="key=value")
+    serving = commands.add_parser("serve", help="serve the HTTP API (needs the service extra)")
+    serving.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    serving.add_argument("--port", type=int, default=8080)
+    serving.add_argument("--root", default="runs", help="where run directories go")
+    serving.add_argument(
+        "--token",
+        default=os.environ.get("KITCHEN_TOKEN"),
+        help="bearer token clients must send (default: $KITCHEN_TOKEN); required off loopback",
+    )
     return parser
 
 
@@ -503,6 +513,11 @@ def _command(args: argparse.Namespace) -> int:
             return anyio.run(_resume, args, backend=args.backend)
         if args.command == "recipes":
             return anyio.run(_recipes)
+        if args.command == "serve":
+            from crucible_kitchen.service import serve
+
+            serve(host=args.host, port=args.port, root=args.root, token=args.token)
+            return EXIT_OK
         if args.command == "plot":
             print(plot(args.run_dir, args.out))
             return EXIT_OK

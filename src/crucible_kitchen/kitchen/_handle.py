@@ -14,7 +14,7 @@ from crucible_kitchen.kitchen._results import RunResult
 from crucible_kitchen.kitchen._run_dir import SUMMARY_FILE, write_json
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Callable
     from pathlib import Path
 
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
@@ -32,7 +32,8 @@ class RunHandle:
     """A run in progress: its events, its status, waiting for it, cancelling it.
 
     ``run_dir`` is its run directory (``None`` if it keeps none); ``resumed_from`` the
-    checkpoint a resumed run continues from.
+    checkpoint a resumed run continues from; ``on_finish`` is called with the result once
+    the run has been finished.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class RunHandle:
         run_dir: Path | None = None,
         resumed_from: str | None = None,
         tracer_provider: SdkTracerProvider | None = None,
+        on_finish: Callable[[RunHandle, RunResult], None] | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow = plan.workflow.name
@@ -56,6 +58,7 @@ class RunHandle:
         self._supervisor = supervisor
         self._bus = bus
         self._tracer_provider = tracer_provider
+        self._on_finish = on_finish
         self._started = time.perf_counter()
         self._result: RunResult | None = None
         self._finishing = anyio.Lock()
@@ -133,6 +136,8 @@ class RunHandle:
                 logger.exception("run %r: cannot write %s", self.run_id, SUMMARY_FILE)
         if self._tracer_provider is not None:
             await anyio.to_thread.run_sync(self._tracer_provider.shutdown)
+        if self._on_finish is not None:
+            self._on_finish(self, result)
         return result
 
     def request_stop(self) -> None:

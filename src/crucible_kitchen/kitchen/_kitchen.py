@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+import weakref
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, Unpack
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import Mapping, Sequence
 
+    from anyio.abc import TaskGroup
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
     from crucible_kitchen.kitchen._checkpoints import ResumePoint
@@ -124,26 +128,42 @@ class _Launch:
 
 
 class _KitchenContext:
+    """Opens the root supervisor, and a task group of reapers below it: one per run, which
+    waits for the run's end, finishes it (its result and ``summary.json``) and retires it."""
+
     def __init__(self, cls: type[Kitchen], **options: Any) -> None:
         self._cls = cls
         self._options = options
-        self._root = open_supervisor(name="kitchen", intensity=0)
+        self._stack = contextlib.AsyncExitStack()
         self._kitchen: Kitchen | None = None
 
     async def __aenter__(self) -> Kitchen:
-        supervisor = await self._root.__aenter__()
-        self._kitchen = self._cls(supervisor, **self._options)
+        async with contextlib.AsyncExitStack() as stack:
+            reapers = anyio.create_task_group()
+            await reapers.__aenter__()
+            # Left without the body's exception: it is the root supervisor's to handle, and a
+            # task group would wrap it in an exception group.
+            stack.push_async_callback(reapers.__aexit__, None, None, None)
+            stack.push_async_callback(self._finish_runs)
+            supervisor = await stack.enter_async_context(
+                open_supervisor(name="kitchen", intensity=0)
+            )
+            self._kitchen = self._cls(supervisor, **self._options)
+            self._kitchen._reapers = reapers
+            self._stack = stack.pop_all()
         return self._kitchen
 
     async def __aexit__(self, *exc_info: Any) -> bool:
-        try:
-            return await self._root.__aexit__(*exc_info)
-        finally:
-            if self._kitchen is not None:
-                with anyio.CancelScope(shield=True):
-                    for run in self._kitchen.runs():
-                        run._cancelled = True
-                        await run.result()
+        return bool(await self._stack.__aexit__(*exc_info))
+
+    async def _finish_runs(self) -> None:
+        """Once the root supervisor has stopped every run: finish those not finished yet."""
+        if self._kitchen is None:
+            return
+        with anyio.CancelScope(shield=True):
+            for run in self._kitchen.runs():
+                run._cancelled = True
+                await run.result()
 
 
 class Kitchen:
@@ -158,6 +178,12 @@ class Kitchen:
         runs_root: where run directories go by default (``<runs_root>/<run_id>``).
         trace_run_dirs: write a run directory's spans to its ``traces.jsonl`` (needs the
             OpenTelemetry SDK; off when ``tracer_provider`` is given).
+        keep_finished: how many results of finished runs :meth:`finished` keeps.
+
+    A Kitchen that lives for months keeps its memory flat: once a run has ended, the Kitchen
+    keeps only its :class:`RunResult` (the ``keep_finished`` newest), and the run's events
+    and state live on only as long as its caller keeps the :class:`RunHandle` (the full
+    record is in its run directory, if it has one).
     """
 
     _default_telemetry: ClassVar[list[Any]] = []
@@ -171,12 +197,16 @@ class Kitchen:
         recipes: Sequence[Recipe] = (),
         runs_root: str | os.PathLike[str] = "runs",
         trace_run_dirs: bool = True,
+        keep_finished: int = 1000,
     ) -> None:
         self._supervisor = supervisor
         self._telemetry = list(telemetry)
         self._tracer = None if tracer_provider is None else get_tracer(tracer_provider)
         self._recipes = RecipeBook(recipes)
-        self._runs: dict[str, RunHandle] = {}
+        self._handles: weakref.WeakValueDictionary[str, RunHandle] = weakref.WeakValueDictionary()
+        self._unfinished: dict[str, RunHandle] = {}
+        self._finished: deque[RunResult] = deque(maxlen=keep_finished)
+        self._reapers: TaskGroup | None = None
         self.runs_root = Path(runs_root)
         self._trace_run_dirs = trace_run_dirs
 
@@ -234,6 +264,7 @@ class Kitchen:
         recipes: Sequence[Recipe] = (),
         runs_root: str | os.PathLike[str] = "runs",
         trace_run_dirs: bool = True,
+        keep_finished: int = 1000,
     ) -> _KitchenContext:
         """A long-lived Kitchen for several concurrent runs; closing it stops every run."""
         return _KitchenContext(
@@ -243,6 +274,7 @@ class Kitchen:
             recipes=recipes,
             runs_root=runs_root,
             trace_run_dirs=trace_run_dirs,
+            keep_finished=keep_finished,
         )
 
     # ------------------------------------------------------------------ telemetry defaults
@@ -525,13 +557,32 @@ class Kitchen:
             if launch.initial_state is None
             else launch.initial_state.get(RESUME_FROM),
             tracer_provider=provider,
+            on_finish=self._retire,
         )
-        self._runs[launch.run_id] = handle
+        self._handles[launch.run_id] = handle
+        self._unfinished[launch.run_id] = handle
+        if self._reapers is not None:
+            self._reapers.start_soon(self._reap, handle)
         return handle
 
+    @staticmethod
+    async def _reap(handle: RunHandle) -> None:
+        """Finish the run when it ends, whether or not anyone waits for it."""
+        await handle.result()
+
+    def _retire(self, handle: RunHandle, result: RunResult) -> None:
+        """Keep only the result of a finished run (the caller may still hold its handle)."""
+        self._finished.append(result)
+        del self._unfinished[handle.run_id]
+
     def runs(self) -> list[RunHandle]:
-        """Every run started by this Kitchen, oldest first."""
-        return list(self._runs.values())
+        """The runs of this Kitchen that have not finished, and those finished whose handles
+        are still held somewhere, oldest first."""
+        return list(self._handles.values())
+
+    def finished(self) -> list[RunResult]:
+        """The results of the newest finished runs (``keep_finished`` of them), oldest first."""
+        return list(self._finished)
 
 
 def _resolve(recipes: Mapping[str, Recipe], target: Target) -> Recipe:

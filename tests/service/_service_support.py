@@ -1,0 +1,177 @@
+"""What the service tests share: a gated recipe, a Server-Sent Events reader, a served app.
+
+The ``gated`` recipe runs ``steps`` training steps; each step waits at a :class:`Gate` the
+test opens, so that a test holds a run mid-stream for as long as it needs. When the run is
+asked to stop, its ``checkpoint_on_stop`` stage records a checkpoint before it ends, as the
+built-in recipes checkpoint on a graceful stop.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+import pydantic
+from aiohttp.test_utils import TestClient, TestServer
+
+from crucible_kitchen import Context, Recipe, Workflow
+from crucible_kitchen.service import (
+    PROBLEM_CONTENT_TYPE,
+    SERVICE_KEY,
+    KitchenService,
+    create_app,
+)
+from crucible_kitchen.telemetry import TrainingStep
+from crucible_kitchen.workflows import conditional, loop, stage
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from aiohttp import ClientResponse
+
+
+class Gate:
+    """Where each step of a gated run waits; ``open()`` lets every step through from then on.
+
+    ``reached`` is set when a step first waits, so a test knows the run is mid-stream.
+    """
+
+    def __init__(self) -> None:
+        self.reached = anyio.Event()
+        self._open = anyio.Event()
+        self.checkpoints: list[tuple[str, int]] = []
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def passage(self) -> None:
+        self.reached.set()
+        await self._open.wait()
+
+
+class GatedConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = pydantic.Field(default=3, ge=1, le=1_000_000)
+    loss: float = pydantic.Field(default=1.0, gt=0.0)
+
+
+def gated_recipe(gate: Gate, name: str = "gated") -> Recipe:
+    async def train(ctx: Context) -> None:
+        await gate.passage()
+        loss = ctx.config.loss / (ctx.step + 1)
+        ctx.run.telemetry.emit(
+            TrainingStep(step=ctx.step, total_steps=ctx.config.steps, loss=loss, lr=0.1)
+        )
+        ctx.metrics["loss"] = loss
+        ctx.step += 1
+
+    async def checkpoint(ctx: Context) -> None:
+        gate.checkpoints.append((ctx.run.run_id, ctx.step))
+
+    def build(config: GatedConfig) -> Workflow:
+        return Workflow(
+            "gated",
+            loop(
+                "steps",
+                config.steps,
+                stage("train", train),
+                conditional(
+                    "on_stop",
+                    lambda ctx: ctx.run.stop_requested,
+                    then=[stage("checkpoint_on_stop", checkpoint)],
+                ),
+            ),
+        )
+
+    return Recipe(name, "steps that wait at a gate", build, config_model=GatedConfig)
+
+
+@dataclass
+class Frame:
+    """One Server-Sent Event."""
+
+    event: str
+    data: Any
+    id: int | None = None
+
+
+@dataclass
+class EventReader:
+    """Reads the frames of an SSE response one at a time (comments are skipped)."""
+
+    response: ClientResponse
+    comments: int = 0
+    _fields: dict[str, str] = field(default_factory=dict)
+
+    async def next(self) -> Frame | None:
+        """The next frame, or ``None`` at the end of the stream."""
+        while True:
+            raw = await self.response.content.readline()
+            if not raw:
+                return None
+            line = raw.decode().rstrip("\n")
+            if line.startswith(":"):
+                self.comments += 1
+                continue
+            if line:
+                key, _, value = line.partition(": ")
+                self._fields[key] = value
+                continue
+            if not self._fields:  # the blank line after a comment
+                continue
+            fields, self._fields = self._fields, {}
+            return Frame(
+                event=fields["event"],
+                data=msgspec.json.decode(fields["data"]),
+                id=int(fields["id"]) if "id" in fields else None,
+            )
+
+    async def rest(self) -> list[Frame]:
+        """Every frame up to the end of the stream."""
+        frames = []
+        while (frame := await self.next()) is not None:
+            frames.append(frame)
+        return frames
+
+
+NOOP_RUN = {"recipe": "supervised", "adapters": "noop", "config": {"max_steps": 3}}
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, gate: Gate | None = None, **settings: Any
+) -> AsyncIterator[tuple[TestClient[Any, Any], KitchenService]]:
+    if gate is not None:
+        settings["recipes"] = [*settings.get("recipes", ()), gated_recipe(gate)]
+    app = create_app(root=tmp_path / "runs", **settings)
+    async with TestClient(TestServer(app)) as client:
+        yield client, app[SERVICE_KEY]
+
+
+async def problem(response: ClientResponse, status: int, kind: str) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM_CONTENT_TYPE
+    body: dict[str, Any] = msgspec.json.decode(await response.read())
+    assert body["type"] == f"urn:crucible-kitchen:problem:{kind}"
+    assert body["status"] == status
+    return body
+
+
+async def start(client: TestClient[Any, Any], body: dict[str, Any]) -> str:
+    response = await client.post("/runs", json=body)
+    assert response.status == 202, await response.text()
+    run: dict[str, Any] = await response.json()
+    assert response.headers["Location"] == f"/runs/{run['run_id']}"
+    return str(run["run_id"])
+
+
+async def follow(client: TestClient[Any, Any], run_id: str, **headers: str) -> EventReader:
+    response = await client.get(f"/runs/{run_id}/events", headers=headers)
+    assert response.status == 200
+    assert response.content_type == "text/event-stream"
+    return EventReader(response)

@@ -1,0 +1,10 @@
+"""The service tests run on asyncio only: aiohttp has no trio support."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,70 @@
+"""``kitchen serve``: the same application standalone, in a process of its own.
+
+The server is aiohttp's, on asyncio; the test talks to it over loopback with the standard
+library's HTTP client and stops it with SIGINT, as a terminal would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from typing import TYPE_CHECKING
+
+from crucible_kitchen.cli import main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_answers_over_http_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "crucible_kitchen.cli", "serve", "--port", str(port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KITCHEN_TOKEN": "from-the-env"}
+    with subprocess.Popen(
+        [*command, "--root", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    ) as server:
+        try:
+            assert server.stdout is not None
+            first = server.stdout.readline()
+            assert f"Running on http://127.0.0.1:{port}" in first
+            base = f"http://127.0.0.1:{port}"
+            with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
+                assert json.load(response)["status"] == "ok"
+            request = urllib.request.Request(
+                f"{base}/recipes", headers={"Authorization": "Bearer from-the-env"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert "sl_basic" in {r["name"] for r in json.load(response)["recipes"]}
+        finally:
+            server.send_signal(signal.SIGINT)
+            output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+
+
+def test_serve_refuses_a_public_address_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KITCHEN_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert capsys.readouterr().err == (
+        "kitchen: invalid kitchen serve settings:\n"
+        "  - host '0.0.0.0' is reachable from other machines: give a bearer token "
+        "(--token or KITCHEN_TOKEN), or serve on 127.0.0.1\n"
+    )

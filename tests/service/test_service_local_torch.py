@@ -1,0 +1,69 @@
+"""A real ``sl_basic`` run on the local torch backend, started and stopped over HTTP.
+
+aiohttp runs only on asyncio, so this test runs on anyio's asyncio backend only, against
+aiohttp's ``TestServer`` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+from _service_support import EventReader, serving, start
+
+from crucible_kitchen import Kitchen
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+FEW_STEPS = {
+    "max_examples": 64,
+    "batch_size": 8,
+    "max_steps": 12,
+    "eval_every": 100,
+    "save_every": 100,
+    "eval_generations": 0,
+    "warmup_steps": 2,
+}
+
+
+async def test_a_shutdown_checkpoints_a_training_run_that_then_resumes(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    async with serving(tmp_path) as (client, service):
+        run_id = await start(client, {"recipe": "sl_basic", "config": FEW_STEPS, "seed": 5})
+        events = EventReader(await client.get(f"/runs/{run_id}/events"))
+        while (frame := await events.next()) is not None:
+            if frame.event == "crucible_kitchen.training.step":
+                break
+    # The host shut down mid-training: the run stopped at a step boundary and checkpointed.
+    result = service.run(run_id).result
+    assert result is not None
+    assert result.status == "cancelled"
+    assert 0 < result.steps < 12
+    run_dir = root / run_id
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("cancelled", result.steps)
+    saved = (run_dir / "checkpoints" / "weights").iterdir()
+    assert [path.name for path in saved if path.is_dir()]
+    resumed = await Kitchen.resume(run_dir)
+    assert (resumed.status, resumed.steps) == ("completed", 12)
+    assert resumed.metrics["data/train_examples"] == 64.0
+
+
+async def test_a_dataset_name_cannot_reach_files_outside_the_data_root(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"messages": [{"role": "user", "content": "private"}]}\n')
+    outside = str(secret.with_suffix(""))
+    async with serving(tmp_path, max_runs_per_client=None) as (client, service):
+        runs = [
+            await start(client, {"recipe": "sl_basic", "config": {"dataset": name}})
+            for name in ("../" * 30 + outside.lstrip("/"), outside)
+        ]
+        results = [await service.run(run_id).handle.result() for run_id in runs]
+    reasons = ["must not have empty, '.' or '..' segments", "must be relative"]
+    for result, reason in zip(results, reasons, strict=True):
+        assert (result.status, result.failed_stage) == ("failed", "load_dataset")
+        assert (result.error or "").endswith(reason)
