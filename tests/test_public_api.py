@@ -125,6 +125,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "Adapters",
         "DryRun",
         "Kitchen",
+        "KitchenOptions",
         "RecipeInfo",
         "RunHandle",
         "RunOptions",

@@ -46,6 +46,7 @@ from __future__ import annotations
 from crucible_kitchen.kitchen._adapters import Adapters as Adapters
 from crucible_kitchen.kitchen._handle import RunHandle as RunHandle
 from crucible_kitchen.kitchen._kitchen import Kitchen as Kitchen
+from crucible_kitchen.kitchen._kitchen import KitchenOptions as KitchenOptions
 from crucible_kitchen.kitchen._kitchen import RunOptions as RunOptions
 from crucible_kitchen.kitchen._kitchen import StartOptions as StartOptions
 from crucible_kitchen.kitchen._results import DryRun as DryRun
@@ -56,6 +57,7 @@ __all__ = (
     "Adapters",
     "DryRun",
     "Kitchen",
+    "KitchenOptions",
     "RecipeInfo",
     "RunHandle",
     "RunOptions",

@@ -66,9 +66,21 @@ if TYPE_CHECKING:
     from crucible_kitchen.kitchen._checkpoints import ResumePoint
     from crucible_kitchen.stages import FaultHook
 
-__all__ = ("Kitchen", "RunOptions", "StartOptions", "Target")
+__all__ = ("Kitchen", "KitchenOptions", "RunOptions", "StartOptions", "Target")
 
 Target = str | Recipe | Workflow
+
+
+class KitchenOptions(TypedDict, total=False):
+    """The settings of a Kitchen, as :meth:`Kitchen.open` and the constructor take them (see
+    :class:`Kitchen`)."""
+
+    telemetry: Sequence[Any]
+    tracer_provider: Any
+    recipes: Sequence[Recipe]
+    runs_root: str | os.PathLike[str]
+    trace_run_dirs: bool
+    keep_finished: int
 
 
 class RunOptions(TypedDict, total=False):
@@ -131,7 +143,7 @@ class _KitchenContext:
     """Opens the root supervisor, and a task group of reapers below it: one per run, which
     waits for the run's end, finishes it (its result and ``summary.json``) and retires it."""
 
-    def __init__(self, cls: type[Kitchen], **options: Any) -> None:
+    def __init__(self, cls: type[Kitchen], **options: Unpack[KitchenOptions]) -> None:
         self._cls = cls
         self._options = options
         self._stack = contextlib.AsyncExitStack()
@@ -256,26 +268,9 @@ class Kitchen:
         return result  # noqa: RET504
 
     @classmethod
-    def open(
-        cls,
-        *,
-        telemetry: Sequence[Any] = (),
-        tracer_provider: Any = None,
-        recipes: Sequence[Recipe] = (),
-        runs_root: str | os.PathLike[str] = "runs",
-        trace_run_dirs: bool = True,
-        keep_finished: int = 1000,
-    ) -> _KitchenContext:
+    def open(cls, **options: Unpack[KitchenOptions]) -> _KitchenContext:
         """A long-lived Kitchen for several concurrent runs; closing it stops every run."""
-        return _KitchenContext(
-            cls,
-            telemetry=telemetry,
-            tracer_provider=tracer_provider,
-            recipes=recipes,
-            runs_root=runs_root,
-            trace_run_dirs=trace_run_dirs,
-            keep_finished=keep_finished,
-        )
+        return _KitchenContext(cls, **options)
 
     # ------------------------------------------------------------------ telemetry defaults
 
