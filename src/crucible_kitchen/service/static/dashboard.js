@@ -94,7 +94,8 @@ async function refreshRuns() {
     button.dataset.runId = run.run_id;
     button.setAttribute("aria-current", String(run.run_id === state.selected));
     const id = document.createElement("code");
-    id.textContent = `${run.recipe || run.workflow} · ${run.run_id}`;
+    id.textContent = run.run_id;
+    id.title = `recipe ${run.recipe || run.workflow}`;
     const status = document.createElement("span");
     status.className = `status ${run.status}`;
     status.textContent = run.status;
@@ -235,6 +236,14 @@ function onEvent(name, event) {
 
 // ------------------------------------------------------------------ charts (uPlot)
 
+// Tick labels that stay distinct for learning rates (1e-5) as well as losses (2.31).
+function tick(value) {
+  const size = Math.abs(value);
+  if (value === 0) return "0";
+  if (size < 1e-2 || size >= 1e5) return value.toExponential(1);
+  return String(Number(value.toPrecision(4)));
+}
+
 function chartWidth(figure) {
   return Math.max(240, figure.clientWidth);
 }
@@ -249,7 +258,7 @@ function resetCharts() {
       width: chartWidth(figure),
       height: 220,
       scales: { x: { time: false } },
-      axes: [{ label: "step" }, {}],
+      axes: [{ label: "step" }, { size: 64, values: (_, splits) => splits.map(tick) }],
       legend: { show: false },
       series: [{ label: "step" }, { label: key, stroke, width: 2 }],
     }, state.data[key], figure);
