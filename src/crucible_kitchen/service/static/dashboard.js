@@ -135,12 +135,15 @@ async function select(runId) {
   for (const button of document.querySelectorAll("#runs button")) {
     button.setAttribute("aria-current", String(button.dataset.runId === runId));
   }
+  let run;
   try {
-    showRun(await api(`runs/${encodeURIComponent(runId)}`));
+    run = await api(`runs/${encodeURIComponent(runId)}`);
   } catch (err) {
     notify(err.message);
     return;
   }
+  if (state.selected !== runId) return;  // another run was selected meanwhile
+  showRun(run);
   state.follow = new AbortController();
   follow(runId, state.follow.signal);
 }
@@ -192,7 +195,7 @@ async function follow(runId, signal) {
         while ((cut = buffer.indexOf("\n\n")) >= 0) {
           const frame = parseFrame(buffer.slice(0, cut));
           buffer = buffer.slice(cut + 2);
-          if (!frame) continue;
+          if (!frame || signal.aborted) continue;
           if (frame.id !== null) lastId = frame.id;
           if (frame.event === "end") {
             await refreshRuns();
