@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
+BROWSER_STAMP := $(VENV)/.browser-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint typecheck bench clean
 
@@ -12,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+# The dashboard's browser test drives Debian's chromium and chromedriver: installed when missing.
+$(BROWSER_STAMP): $(STAMP)
+	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver)
+	touch $(BROWSER_STAMP)
 
 run: $(STAMP)
 	$(BIN)/kitchen run sl_basic
@@ -23,7 +31,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck $(BROWSER_STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)

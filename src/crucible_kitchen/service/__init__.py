@@ -23,6 +23,7 @@ cancelled after ``stop_grace_s``. :func:`create_app` is the same application sta
     GET  /runs/{id}/metrics     the metrics history
     GET  /runs/{id}/events      Server-Sent Events; Last-Event-ID resumes
     GET  /recipes, GET /health
+    GET  /                      the dashboard: runs, a start form, live charts, cancel
 
 aiohttp runs on asyncio only. This package imports aiohttp (the ``service`` extra); only
 public names of crucible-kitchen are used.

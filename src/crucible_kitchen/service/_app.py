@@ -28,6 +28,7 @@ from crucible_kitchen.telemetry import (
     get_tracer,
 )
 
+from ._dashboard import add_dashboard
 from ._problems import Problem, problem_middleware
 from ._schema import (
     Health,
@@ -41,7 +42,7 @@ from ._schema import (
 from ._service import KitchenService, ServiceSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
     from aiohttp.typedefs import Handler, Middleware
 
@@ -66,7 +67,8 @@ def create_app(**settings: Any) -> web.Application:
     middlewares: list[Middleware] = []
     if service.settings.tracer_provider is not None:
         middlewares.append(_tracing_middleware(service.settings.tracer_provider))
-    middlewares += [problem_middleware, _auth_middleware(service.settings.token)]
+    public: set[Handler] = {_health}
+    middlewares += [problem_middleware, _auth_middleware(service.settings.token, public)]
     app = web.Application(middlewares=middlewares)
     app[SERVICE_KEY] = service
     app.cleanup_ctx.append(service.lifespan)
@@ -79,6 +81,7 @@ def create_app(**settings: Any) -> web.Application:
     app.router.add_post("/runs/{run_id}/cancel", _cancel_run)
     app.router.add_get("/runs/{run_id}/metrics", _metrics)
     app.router.add_get("/runs/{run_id}/events", _events)
+    public |= add_dashboard(app)
     return app
 
 
@@ -115,8 +118,11 @@ def _json(value: object, status: int = 200, headers: dict[str, str] | None = Non
 # ---------------------------------------------------------------------- middlewares
 
 
-def _auth_middleware(token: str | Mapping[str, str] | None) -> Middleware:
+def _auth_middleware(
+    token: str | Mapping[str, str] | None, public: Collection[Handler]
+) -> Middleware:
     """Bearer-token auth (constant-time comparison); without a token, loopback peers only.
+    The ``public`` handlers need no token.
 
     The request's client is the token's name (a mapping of tokens) or else the peer address.
     """
@@ -138,7 +144,7 @@ def _auth_middleware(token: str | Mapping[str, str] | None) -> Middleware:
                 )
             request[CLIENT_KEY] = peer
             return await handler(request)
-        if request.match_info.handler is _health:  # probes need no token
+        if request.match_info.handler in public:  # probes and the dashboard page
             return await handler(request)
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         name = _token_holder(tokens, presented.strip().encode()) if scheme == "Bearer" else None
