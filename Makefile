@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # The dashboard's browser test drives Debian's chromium and chromedriver: installed when missing.
 $(BROWSER_STAMP): $(STAMP)
 	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
-		($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver)
+		($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
 	touch $(BROWSER_STAMP)
 
 run: $(STAMP)
