@@ -174,9 +174,11 @@ async def load(config: Config, root: Path) -> dict[str, Any]:
     counter = EventCounter()
     Kitchen.attach_telemetry(counter)
     try:
+        # No client-side pool limit: 100 open event streams must not queue the polls.
+        connector = aiohttp.TCPConnector(limit=0)
         async with (
             served(root=root, max_runs_per_client=None) as (base, _),
-            aiohttp.ClientSession(base) as session,
+            aiohttp.ClientSession(base, connector=connector) as session,
         ):
             body = {**NOOP_RUN, "config": {"max_steps": config.load_steps}}
             for _ in range(3):  # warm-up: imports, first-request costs
@@ -224,7 +226,7 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
     train = {
         "recipe": "sl_basic",
         "config": {
-            "max_examples": 64,
+            "max_examples": 512,
             "batch_size": 8,
             "max_steps": config.train_steps,
             "eval_every": 1000,
