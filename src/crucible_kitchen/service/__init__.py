@@ -26,7 +26,9 @@ cancelled after ``stop_grace_s``. :func:`create_app` is the same application sta
     GET  /recipes, GET /health
 
 Runs with a run directory outlive the service: after a restart ``GET /runs`` lists them
-from ``<root>`` and a stopped one can be resumed. aiohttp runs on asyncio only. This package imports aiohttp (the ``service`` extra); only
+from ``<root>`` and a stopped one can be resumed.
+
+aiohttp runs on asyncio only. This package imports aiohttp (the ``service`` extra); only
 public names of crucible-kitchen are used.
 """
 

@@ -168,6 +168,7 @@ class KitchenService:
         self._task_group: TaskGroup | None = None
         self._runs: dict[str, TrackedRun] = {}
         self._past: dict[str, PastRun] = {}
+        self._resuming: set[str] = set()
         self._closing = anyio.Event()
         self._stopping = False
         self._streams = 0
@@ -285,20 +286,24 @@ class KitchenService:
         task_group = self._accepting()
         directory = run_directory(Path(self.settings.root), run_id)
         current = self._runs.get(run_id)
-        if current is not None and current.result is None:
+        if run_id in self._resuming or (current is not None and current.result is None):
             raise Problem(409, "run-running", f"run {run_id!r} is running; nothing to resume")
-        past = await anyio.to_thread.run_sync(read_past_run, directory)
-        if past is None:
-            raise Problem(404, "unknown-run", f"no run with id {run_id!r} on disk to resume")
-        if past.adapters is not None:
-            self._check_adapter_set(past.adapters)
-        self._check_client_limit(client)
-        tracker = _Tracker()
+        self._resuming.add(run_id)  # one resume at a time: two would share the directory
         try:
-            handle = await self.kitchen.start_resumed(directory, telemetry=[tracker])
-        except RunDirectoryError as exc:  # the server's paths are no business of its clients
-            detail = str(exc).replace(str(directory.parent), "<root>")
-            raise Problem(409, "cannot-resume", detail) from None
+            past = await anyio.to_thread.run_sync(read_past_run, directory)
+            if past is None:
+                raise Problem(404, "unknown-run", f"no run with id {run_id!r} on disk to resume")
+            if past.adapters is not None:
+                self._check_adapter_set(past.adapters)
+            self._check_client_limit(client)
+            tracker = _Tracker()
+            try:
+                handle = await self.kitchen.start_resumed(directory, telemetry=[tracker])
+            except RunDirectoryError as exc:  # the server's paths are no business of clients
+                detail = str(exc).replace(str(directory.parent), "<root>")
+                raise Problem(409, "cannot-resume", detail) from None
+        finally:
+            self._resuming.discard(run_id)
         self._past.pop(run_id, None)
         self._runs.pop(run_id, None)  # listed again at the end, as the newest run
         return self._track(task_group, handle, tracker, client=client, adapters=past.adapters)
