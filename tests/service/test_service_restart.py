@@ -91,6 +91,10 @@ async def test_after_a_restart_past_runs_are_listed_and_read_from_disk(tmp_path:
         assert view.status == 200
         assert await view.json() == after["runs"][0]
         await problem(await client.get(f"/runs/{in_memory_only}"), 404, "unknown-run")
+        for path in ("metrics", "events"):
+            body = await problem(await client.get(f"/runs/{done}/{path}"), 404, "past-run")
+            assert "ended before this service started" in body["detail"]
+        await problem(await client.post(f"/runs/{done}/cancel"), 404, "past-run")
 
 
 async def test_a_run_directory_without_a_summary_is_listed_as_interrupted(

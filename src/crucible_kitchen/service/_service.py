@@ -375,11 +375,19 @@ class KitchenService:
         """A run started through the service.
 
         Raises:
-            Problem: no such run (404).
+            Problem: no such run (404 ``unknown-run``), or a run that ended before the service
+                started (404 ``past-run``: only its view is served).
         """
         try:
             return self._runs[run_id]
         except KeyError:
+            if run_id in self._past:
+                raise Problem(
+                    404,
+                    "past-run",
+                    f"run {run_id!r} ended before this service started: GET /runs/{run_id} "
+                    "shows it, and its metrics and events are in its run directory",
+                ) from None
             raise Problem(404, "unknown-run", f"no run with id {run_id!r}") from None
 
     def runs(self, status: str | None = None) -> list[TrackedRun]:
