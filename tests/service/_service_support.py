@@ -60,7 +60,7 @@ class GatedConfig(pydantic.BaseModel):
     loss: float = pydantic.Field(default=1.0, gt=0.0)
 
 
-def gated_recipe(gate: Gate, name: str = "gated") -> Recipe:
+def gated_recipe(gate: Gate, name: str = "gated", *, writes_run_dir: bool = False) -> Recipe:
     async def train(ctx: Context) -> None:
         await gate.passage()
         loss = ctx.config.loss / (ctx.step + 1)
@@ -88,7 +88,13 @@ def gated_recipe(gate: Gate, name: str = "gated") -> Recipe:
             ),
         )
 
-    return Recipe(name, "steps that wait at a gate", build, config_model=GatedConfig)
+    return Recipe(
+        name,
+        "steps that wait at a gate",
+        build,
+        config_model=GatedConfig,
+        writes_run_dir=writes_run_dir,
+    )
 
 
 @dataclass

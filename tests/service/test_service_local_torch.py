@@ -10,7 +10,9 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
+import torch
 from _service_support import EventReader, serving, start
+from safetensors.torch import load_file
 
 from crucible_kitchen import Kitchen
 
@@ -19,6 +21,11 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
+FINAL_FILES = (
+    "checkpoints/weights/final/model.safetensors",
+    "checkpoints/weights/final/train_state.safetensors",
+    "checkpoints/sampler_weights/final/model.safetensors",
+)
 FEW_STEPS = {
     "max_examples": 64,
     "batch_size": 8,
@@ -30,7 +37,9 @@ FEW_STEPS = {
 }
 
 
-async def test_a_shutdown_checkpoints_a_training_run_that_then_resumes(tmp_path: Path) -> None:
+async def test_a_run_stopped_by_a_shutdown_resumes_over_http_bit_identically(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "runs"
     async with serving(tmp_path) as (client, service):
         run_id = await start(client, {"recipe": "sl_basic", "config": FEW_STEPS, "seed": 5})
@@ -48,9 +57,24 @@ async def test_a_shutdown_checkpoints_a_training_run_that_then_resumes(tmp_path:
     assert (summary["status"], summary["steps"]) == ("cancelled", result.steps)
     saved = (run_dir / "checkpoints" / "weights").iterdir()
     assert [path.name for path in saved if path.is_dir()]
-    resumed = await Kitchen.resume(run_dir)
+
+    async with serving(tmp_path) as (client, service):  # the server again, on the same root
+        listed = (await (await client.get("/runs")).json())["runs"]
+        assert [(run["run_id"], run["status"]) for run in listed] == [(run_id, "cancelled")]
+        response = await client.post(f"/runs/{run_id}/resume")
+        assert response.status == 202, await response.text()
+        resumed = await service.run(run_id).handle.result()
     assert (resumed.status, resumed.steps) == ("completed", 12)
     assert resumed.metrics["data/train_examples"] == 64.0
+
+    reference = tmp_path / "uninterrupted"
+    whole = await Kitchen.run("sl_basic", FEW_STEPS, seed=5, run_dir=reference)
+    assert whole.status == "completed"
+    for name in FINAL_FILES:
+        want, got = load_file(reference / name), load_file(run_dir / name)
+        assert want.keys() == got.keys(), name
+        for key in want:
+            assert torch.equal(want[key], got[key]), f"{name}: {key} differs"
 
 
 async def test_a_dataset_name_cannot_reach_files_outside_the_data_root(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -225,25 +225,25 @@ async def test_the_jsonl_span_exporter_writes_one_span_a_line(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("exporter", "match"),
     [
-        ("otlp", "pip install opentelemetry-exporter-otlp"),
         ("zipkin", "unknown span exporter 'zipkin'"),
         ("jsonl:", "needs a path"),
         (42, "unknown span exporter 42"),
     ],
 )
 async def test_configure_tracing_rejects_what_it_cannot_build(exporter: Any, match: str) -> None:
-    if exporter == "otlp" and _otlp_installed():
-        pytest.skip("the OTLP exporter is installed here")
     with pytest.raises(TelemetryError, match=match):
         configure_tracing(exporter)
 
 
-def _otlp_installed() -> bool:
-    try:
-        importlib.import_module("opentelemetry.exporter.otlp")
-    except ImportError:
-        return False
-    return True
+async def test_otlp_without_an_exporter_package_says_which_extra_installs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for transport in ("http", "grpc"):  # a None entry makes the import fail
+        monkeypatch.setitem(
+            sys.modules, f"opentelemetry.exporter.otlp.proto.{transport}.trace_exporter", None
+        )
+    with pytest.raises(TelemetryError, match=r"pip install 'crucible-kitchen\[otel\]'"):
+        configure_tracing("otlp:http://127.0.0.1:4318")
 
 
 async def test_get_span_exporter_refuses_a_foreign_provider() -> None:

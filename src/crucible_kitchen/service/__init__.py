@@ -20,10 +20,14 @@ cancelled after ``stop_grace_s``. :func:`create_app` is the same application sta
     GET  /runs                  ?status=running&offset=0&limit=50
     GET  /runs/{id}             status, stage, steps, latest metrics, artifacts
     POST /runs/{id}/cancel      stop gracefully -> 202
+    POST /runs/{id}/resume      go on from the newest checkpoint of <root>/<id> -> 202
     GET  /runs/{id}/metrics     the metrics history
     GET  /runs/{id}/events      Server-Sent Events; Last-Event-ID resumes
     GET  /recipes, GET /health
     GET  /                      the dashboard: runs, a start form, live charts, cancel
+
+Runs with a run directory outlive the service: after a restart ``GET /runs`` lists them
+from ``<root>`` and a stopped one can be resumed.
 
 aiohttp runs on asyncio only. This package imports aiohttp (the ``service`` extra); only
 public names of crucible-kitchen are used.

@@ -79,6 +79,7 @@ def create_app(**settings: Any) -> web.Application:
     app.router.add_get("/runs", _list_runs)
     app.router.add_get("/runs/{run_id}", _get_run, name="run")
     app.router.add_post("/runs/{run_id}/cancel", _cancel_run)
+    app.router.add_post("/runs/{run_id}/resume", _resume_run)
     app.router.add_get("/runs/{run_id}/metrics", _metrics)
     app.router.add_get("/runs/{run_id}/events", _events)
     public |= add_dashboard(app)
@@ -329,7 +330,7 @@ async def _list_runs(request: web.Request) -> web.Response:
             ) from None
     offset = _query_int(request, "offset", 0, low=0, high=2**31)
     limit = _query_int(request, "limit", settings.page_size, low=1, high=settings.max_page_size)
-    runs = service.runs(status)
+    runs = service.all_runs(status)
     page = runs[offset : offset + limit]
     following = offset + limit
     return _json(
@@ -344,13 +345,19 @@ async def _list_runs(request: web.Request) -> web.Response:
 
 
 async def _get_run(request: web.Request) -> web.Response:
-    return _json(_service(request).run(request.match_info["run_id"]).view())
+    return _json(await _service(request).view(request.match_info["run_id"]))
 
 
 async def _cancel_run(request: web.Request) -> web.Response:
     service = _service(request)
     run = service.run(request.match_info["run_id"])
     service.cancel_run(run)
+    return _json(run.view(), status=202)
+
+
+async def _resume_run(request: web.Request) -> web.Response:
+    service = _service(request)
+    run = await service.resume_run(client=request[CLIENT_KEY], run_id=request.match_info["run_id"])
     return _json(run.view(), status=202)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from crucible_kitchen import Kitchen
-from crucible_kitchen.errors import ConfigError
+from crucible_kitchen.errors import ConfigError, RunDirectoryError
 from crucible_kitchen.telemetry import (
     EvalComplete,
     StageException,
@@ -22,6 +22,7 @@ from crucible_kitchen.telemetry import (
     metrics_row,
 )
 
+from ._past import PastRun, read_past_run, run_directory, scan_past_runs
 from ._problems import Problem
 from ._schema import RunView
 
@@ -166,6 +167,8 @@ class KitchenService:
         self._kitchen: Kitchen | None = None
         self._task_group: TaskGroup | None = None
         self._runs: dict[str, TrackedRun] = {}
+        self._past: dict[str, PastRun] = {}
+        self._resuming: set[str] = set()
         self._closing = anyio.Event()
         self._stopping = False
         self._streams = 0
@@ -206,6 +209,8 @@ class KitchenService:
 
     async def _own_kitchen(self, ready: asyncio.Future[None]) -> None:
         settings = self.settings
+        past = await anyio.to_thread.run_sync(scan_past_runs, Path(settings.root))
+        self._past = {run.run_id: run for run in past}
         async with (
             Kitchen.open(
                 runs_root=Path(settings.root),
@@ -257,10 +262,59 @@ class KitchenService:
                 too many runs running (429).
             ConfigError, PortError, RecipeNotFound: from :meth:`Kitchen.start`.
         """
-        if self._stopping or self._task_group is None:
-            raise Problem(503, "stopping", "the kitchen is shutting down and takes no new runs")
+        task_group = self._accepting()
         kitchen = self.kitchen
         adapter_set = adapters or kitchen.recipe(recipe).adapters
+        self._check_adapter_set(adapter_set)
+        self._check_client_limit(client)
+        tracker = _Tracker()
+        handle = await kitchen.start(
+            recipe, dict(config), adapters=adapter_set, seed=seed, telemetry=[tracker]
+        )
+        return self._track(task_group, handle, tracker, client=client, adapters=adapter_set)
+
+    async def resume_run(self, *, client: str, run_id: str) -> TrackedRun:
+        """Start the run ``<root>/<run_id>`` again where its newest checkpoint left it (see
+        :meth:`Kitchen.start_resumed`), for ``client``: a run that an earlier process (or
+        this one) stopped before it completed.
+
+        Raises:
+            Problem: shutting down (503), no such run (404), the run is running (409) or
+                cannot be resumed (409: it completed, its recipe is unknown here, ...), its
+                adapter set is not allowed (422), the client has too many runs running (429).
+        """
+        task_group = self._accepting()
+        directory = run_directory(Path(self.settings.root), run_id)
+        current = self._runs.get(run_id)
+        if run_id in self._resuming or (current is not None and current.result is None):
+            raise Problem(409, "run-running", f"run {run_id!r} is running; nothing to resume")
+        self._resuming.add(run_id)  # one resume at a time: two would share the directory
+        try:
+            past = await anyio.to_thread.run_sync(read_past_run, directory)
+            if past is None:
+                raise Problem(404, "unknown-run", f"no run with id {run_id!r} on disk to resume")
+            if past.adapters is not None:
+                self._check_adapter_set(past.adapters)
+            self._check_client_limit(client)
+            tracker = _Tracker()
+            try:
+                handle = await self.kitchen.start_resumed(directory, telemetry=[tracker])
+            except RunDirectoryError as exc:  # the server's paths are no business of clients
+                detail = str(exc).replace(str(directory.parent), "<root>")
+                raise Problem(409, "cannot-resume", detail) from None
+        finally:
+            self._resuming.discard(run_id)
+        self._past.pop(run_id, None)
+        self._runs.pop(run_id, None)  # listed again at the end, as the newest run
+        return self._track(task_group, handle, tracker, client=client, adapters=past.adapters)
+
+    def _accepting(self) -> TaskGroup:
+        """The task group that runs' result watchers go to, while new runs are accepted."""
+        if self._stopping or self._task_group is None:
+            raise Problem(503, "stopping", "the kitchen is shutting down and takes no new runs")
+        return self._task_group
+
+    def _check_adapter_set(self, adapter_set: str) -> None:
         allowed = self.settings.adapter_sets
         if allowed is not None and adapter_set not in allowed:
             raise Problem(
@@ -269,28 +323,37 @@ class KitchenService:
                 f"adapter set {adapter_set!r} is not allowed here; allowed: "
                 f"{', '.join(sorted(allowed)) or 'none'}",
             )
+
+    def _check_client_limit(self, client: str) -> None:
         limit = self.settings.max_runs_per_client
-        if limit is not None:
-            running = sum(
-                1 for run in self._runs.values() if run.client == client and run.result is None
-            )
-            if running >= limit:
-                raise Problem(
-                    429,
-                    "too-many-runs",
-                    f"client {client!r} has {running} runs running, the most allowed; "
-                    "wait for one to end or cancel one",
-                )
-        tracker = _Tracker()
-        handle = await kitchen.start(
-            recipe, dict(config), adapters=adapter_set, seed=seed, telemetry=[tracker]
+        if limit is None:
+            return
+        running = sum(
+            1 for run in self._runs.values() if run.client == client and run.result is None
         )
-        run = TrackedRun(handle=handle, client=client, adapters=adapter_set)
+        if running >= limit:
+            raise Problem(
+                429,
+                "too-many-runs",
+                f"client {client!r} has {running} runs running, the most allowed; "
+                "wait for one to end or cancel one",
+            )
+
+    def _track(
+        self,
+        task_group: TaskGroup,
+        handle: RunHandle,
+        tracker: _Tracker,
+        *,
+        client: str,
+        adapters: str | None,
+    ) -> TrackedRun:
+        run = TrackedRun(handle=handle, client=client, adapters=adapters)
         tracker.attach(run)
         self._runs[handle.run_id] = run
-        self._task_group.start_soon(self._record_result, run)
+        task_group.start_soon(self._record_result, run)
         if self.stopping:  # shutdown began while the run started: it stops with the others
-            self._task_group.start_soon(self.stop_run, run)
+            task_group.start_soon(self.stop_run, run)
         return run
 
     async def _record_result(self, run: TrackedRun) -> None:
@@ -312,16 +375,44 @@ class KitchenService:
         """A run started through the service.
 
         Raises:
-            Problem: no such run (404).
+            Problem: no such run (404 ``unknown-run``), or a run that ended before the service
+                started (404 ``past-run``: only its view is served).
         """
         try:
             return self._runs[run_id]
         except KeyError:
+            if run_id in self._past:
+                raise Problem(
+                    404,
+                    "past-run",
+                    f"run {run_id!r} ended before this service started: GET /runs/{run_id} "
+                    "shows it, and its metrics and events are in its run directory",
+                ) from None
             raise Problem(404, "unknown-run", f"no run with id {run_id!r}") from None
 
     def runs(self, status: str | None = None) -> list[TrackedRun]:
         """The runs started through the service, oldest first, those with ``status`` only."""
         return [run for run in self._runs.values() if status is None or run.status == status]
+
+    def all_runs(self, status: str | None = None) -> list[TrackedRun | PastRun]:
+        """The runs found on disk when the service started (oldest first), then those started
+        through it; those with ``status`` only."""
+        runs: list[TrackedRun | PastRun] = [*self._past.values(), *self._runs.values()]
+        return [run for run in runs if status is None or run.status == status]
+
+    async def view(self, run_id: str) -> RunView:
+        """Where the run ``run_id`` stands: a run started here, else its run directory.
+
+        Raises:
+            Problem: no such run (404).
+        """
+        run = self._runs.get(run_id) or self._past.get(run_id)
+        if run is None:
+            directory = run_directory(Path(self.settings.root), run_id)
+            run = await anyio.to_thread.run_sync(read_past_run, directory)
+        if run is None:
+            raise Problem(404, "unknown-run", f"no run with id {run_id!r}")
+        return run.view()
 
     # ------------------------------------------------------------------ event streams
 

@@ -87,10 +87,13 @@ def configure_tracing(
     """Build a private SDK ``TracerProvider`` exporting to ``exporter``; ``None`` turns tracing off.
 
     Exporters: ``"memory"`` (an ``InMemorySpanExporter``, for tests and dashboards; fetch it
-    with :func:`get_span_exporter`), ``"console"`` (stderr), ``"otlp"`` (needs the
-    ``opentelemetry-exporter-otlp`` package; configured by the standard ``OTEL_EXPORTER_OTLP_*``
-    environment variables), ``"jsonl:<path>"`` (finished spans as JSON lines, see
-    ``JsonlSpanExporter``; a directory gets ``spans.jsonl``), or any ``SpanExporter`` instance.
+    with :func:`get_span_exporter`), ``"console"`` (stderr), ``"otlp"`` (OTLP over
+    HTTP/protobuf, installed by the ``otel`` extra; the collector and headers come from the
+    standard ``OTEL_EXPORTER_OTLP_*`` environment variables, default ``http://localhost:4318``),
+    ``"otlp:<endpoint>"`` (the same, to the collector at ``<endpoint>``, e.g.
+    ``"otlp:http://collector:4318"``; spans go to ``<endpoint>/v1/traces``), ``"jsonl:<path>"``
+    (finished spans as JSON lines, see ``JsonlSpanExporter``; a directory gets ``spans.jsonl``),
+    or any ``SpanExporter`` instance.
     An in-memory exporter sits behind a ``SimpleSpanProcessor``, every other one behind a
     ``BatchSpanProcessor``. The global provider is never set. Call ``provider.shutdown()`` at
     the end to flush the batch and close the exporter.
@@ -123,7 +126,7 @@ def configure_tracing(
     else:
         raise TelemetryError(
             f"unknown span exporter {exporter!r}: expected 'memory', 'console', 'otlp', "
-            "'jsonl:<path>' or a SpanExporter"
+            "'otlp:<endpoint>', 'jsonl:<path>' or a SpanExporter"
         )
     provider = SdkProvider(resource=Resource.create({"service.name": service_name}))
     if isinstance(span_exporter, InMemorySpanExporter):
@@ -146,6 +149,32 @@ def get_span_exporter(provider: SdkTracerProvider) -> SpanExporter:
         raise TelemetryError(f"{provider!r} was not made by configure_tracing") from None
 
 
+def _otlp_exporter(endpoint: str | None) -> SpanExporter:
+    """OTLP over HTTP/protobuf (the ``otel`` extra), else over gRPC if only that is installed.
+
+    ``endpoint`` is the collector's base URL, as in ``OTEL_EXPORTER_OTLP_ENDPOINT``: over HTTP
+    the spans go to ``<endpoint>/v1/traces``. ``None`` leaves it to the standard
+    ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` variables (default ``http://localhost:4318``).
+    """
+    for module, path in (
+        ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "/v1/traces"),
+        ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", ""),
+    ):
+        try:
+            otlp = importlib.import_module(module)
+        except ImportError:
+            continue
+        if endpoint is None:
+            exporter: SpanExporter = otlp.OTLPSpanExporter()
+        else:
+            exporter = otlp.OTLPSpanExporter(endpoint=endpoint.rstrip("/") + path)
+        return exporter
+    raise TelemetryError(
+        "the 'otlp' span exporter needs the OTLP exporter package: "
+        "pip install 'crucible-kitchen[otel]' (or opentelemetry-exporter-otlp-proto-http)"
+    )
+
+
 def _named_exporter(name: str) -> SpanExporter:
     if name == "memory":
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
@@ -157,21 +186,8 @@ def _named_exporter(name: str) -> SpanExporter:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter(out=sys.stderr)
-    if name == "otlp":
-        for module in (
-            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-            "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-        ):
-            try:
-                otlp = importlib.import_module(module)
-            except ImportError:
-                continue
-            exporter: SpanExporter = otlp.OTLPSpanExporter()
-            return exporter
-        raise TelemetryError(
-            "the 'otlp' span exporter needs the OTLP exporter package: "
-            "pip install opentelemetry-exporter-otlp"
-        )
+    if name == "otlp" or name.startswith("otlp:"):
+        return _otlp_exporter(name.removeprefix("otlp").removeprefix(":") or None)
     if name.startswith("jsonl:"):
         path = name.removeprefix("jsonl:")
         if not path:
@@ -180,7 +196,8 @@ def _named_exporter(name: str) -> SpanExporter:
 
         return JsonlSpanExporter(path)
     raise TelemetryError(
-        f"unknown span exporter {name!r}: expected 'memory', 'console', 'otlp' or 'jsonl:<path>'"
+        f"unknown span exporter {name!r}: expected 'memory', 'console', 'otlp', "
+        "'otlp:<endpoint>' or 'jsonl:<path>'"
     )
 
 

@@ -1,0 +1,344 @@
+"""The embedded service under load, and a Kitchen that lives long, on asyncio (aiohttp).
+
+Run::
+
+    .venv/bin/python benchmarks/service_bench.py            # 10,000 runs, 100 concurrent, sl_basic
+    .venv/bin/python benchmarks/service_bench.py --quick    # a smoke run of a few seconds
+    .venv/bin/python benchmarks/service_bench.py --json out.json
+
+What it measures, in one process:
+
+1. ``memory``: one ``Kitchen.open()`` runs ``--runs`` noop ``supervised`` runs one after the
+   other; the resident set size (RSS, from ``/proc/self/statm``) is sampled ten times. Flat
+   means last ÷ first (after the first tenth, the warm-up) stays near 1.
+2. ``load``: the service (``create_app``) on 127.0.0.1, started with aiohttp's ``AppRunner``;
+   ``--concurrent`` noop runs are started with ``POST /runs`` at once, and for each run one
+   client polls ``GET /runs/{id}`` until the run ended while another reads its
+   ``GET /runs/{id}/events`` stream to the ``end`` event (a poller waits ``--poll-interval``
+   between its requests; 0 makes 100 clients ask back to back). Reported: p50/p99 latency of
+   ``GET /runs/{id}`` (target p99 < 50 ms), events delivered over SSE against events emitted
+   (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS growth per run.
+3. ``lag``: while one ``sl_basic`` run trains on local torch in the same process (started
+   over HTTP), a probe sleeps 10 ms again and again and records the overshoot (the event
+   loop's lag; target p99 < 50 ms), and a client asks ``GET /health`` every 50 ms.
+
+Importing this module has no side effects; :func:`main` runs it. It is a benchmark, never a
+timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from crucible_kitchen import Kitchen
+from crucible_kitchen.service import SERVICE_KEY, create_app
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from crucible_kitchen.telemetry import TelemetryEvent
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MIB = 1024 * 1024
+NOOP_RUN: dict[str, Any] = {"recipe": "supervised", "adapters": "noop"}
+
+
+@dataclass(frozen=True)
+class Config:
+    runs: int = 10_000
+    noop_steps: int = 3
+    concurrent: int = 100
+    load_steps: int = 20
+    poll_interval_s: float = 0.05
+    train_steps: int = 400
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE / MIB
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --------------------------------------------------------------------------- 1. memory
+
+
+async def long_lived_memory(config: Config, root: Path) -> dict[str, Any]:
+    every = max(1, config.runs // 10)
+    samples: list[tuple[int, float]] = []
+    started = time.perf_counter()
+    async with Kitchen.open(runs_root=root) as kitchen:
+        for index in range(1, config.runs + 1):
+            run = await kitchen.start(
+                "supervised", {"max_steps": config.noop_steps}, adapters="noop"
+            )
+            result = await run.wait()
+            assert result.status == "completed", result
+            del run
+            if index % every == 0:
+                samples.append((index, rss_mib()))
+        kept = len(kitchen.finished())
+    elapsed = time.perf_counter() - started
+    first, last = samples[0][1], samples[-1][1]
+    return {
+        "runs": config.runs,
+        "rss_mib": samples,
+        "first_mib": first,
+        "last_mib": last,
+        "last_over_first": last / first,
+        "growth_kib_per_run": (last - first) * 1024 / max(1, samples[-1][0] - samples[0][0]),
+        "finished_kept": kept,
+        "runs_per_s": config.runs / elapsed,
+    }
+
+
+# --------------------------------------------------------------------------- serving
+
+
+@asynccontextmanager
+async def served(**settings: Any) -> AsyncIterator[tuple[str, web.Application]]:
+    app = create_app(**settings)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}", app
+    finally:
+        await runner.cleanup()
+
+
+# --------------------------------------------------------------------------- 2. load
+
+
+class EventCounter:
+    """A Kitchen-wide telemetry handler: how many events each run emitted."""
+
+    def __init__(self) -> None:
+        self.emitted: Counter[str] = Counter()
+
+    def __call__(self, event: TelemetryEvent) -> None:
+        self.emitted[event.run_id] += 1
+
+
+async def poll(
+    session: aiohttp.ClientSession, url: str, latencies: list[float], interval_s: float
+) -> None:
+    while True:
+        sent = time.perf_counter()
+        async with session.get(url) as response:
+            body = await response.read()
+        latencies.append(time.perf_counter() - sent)
+        assert response.status == 200, body
+        if msgspec.json.decode(body)["status"] != "running":
+            return
+        await asyncio.sleep(interval_s)
+
+
+async def stream(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    """The number of events an SSE stream delivered (lines ``id: n``) and the final status."""
+    delivered, last_event, final = 0, "", ""
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as response:
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("id: "):
+                delivered += 1
+            elif line.startswith("event: "):
+                last_event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and last_event == "end":
+                final = msgspec.json.decode(line.removeprefix("data: "))["status"]
+    return delivered, final
+
+
+async def load(config: Config, root: Path) -> dict[str, Any]:
+    counter = EventCounter()
+    Kitchen.attach_telemetry(counter)
+    try:
+        # No client-side pool limit: 100 open event streams must not queue the polls.
+        connector = aiohttp.TCPConnector(limit=0)
+        async with (
+            served(root=root, max_runs_per_client=None) as (base, _),
+            aiohttp.ClientSession(base, connector=connector) as session,
+        ):
+            body = {**NOOP_RUN, "config": {"max_steps": config.load_steps}}
+            for _ in range(3):  # warm-up: imports, first-request costs
+                async with session.post("/runs", json=body) as response:
+                    await stream(session, f"/runs/{(await response.json())['run_id']}/events")
+            before = rss_mib()
+
+            async def start() -> str:
+                async with session.post("/runs", json=body) as response:
+                    assert response.status == 202, await response.text()
+                    return str((await response.json())["run_id"])
+
+            started = time.perf_counter()
+            run_ids = await asyncio.gather(*(start() for _ in range(config.concurrent)))
+            latencies: list[float] = []
+            polls = [
+                poll(session, f"/runs/{run_id}", latencies, config.poll_interval_s)
+                for run_id in run_ids
+            ]
+            streams = [stream(session, f"/runs/{run_id}/events") for run_id in run_ids]
+            results = await asyncio.gather(*polls, *streams)
+            elapsed = time.perf_counter() - started
+            after = rss_mib()
+    finally:
+        Kitchen.detach_telemetry()
+    delivered = [result for result in results if isinstance(result, tuple)]
+    return {
+        "concurrent": config.concurrent,
+        "poll_interval_s": config.poll_interval_s,
+        "get_run_p50_ms": percentile(latencies, 0.5) * 1000,
+        "get_run_p99_ms": percentile(latencies, 0.99) * 1000,
+        "get_run_requests": len(latencies),
+        "events_delivered": sum(count for count, _ in delivered),
+        "events_emitted": sum(counter.emitted[run_id] for run_id in run_ids),
+        "final_statuses": dict(Counter(status for _, status in delivered)),
+        "rss_growth_kib_per_run": (after - before) * 1024 / config.concurrent,
+        "wall_s": elapsed,
+    }
+
+
+# --------------------------------------------------------------------------- 3. lag
+
+
+async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
+    train = {
+        "recipe": "sl_basic",
+        "config": {
+            "max_examples": 512,
+            "batch_size": 8,
+            "max_steps": config.train_steps,
+            "eval_every": 1000,
+            "save_every": 1000,
+            "eval_generations": 0,
+        },
+    }
+    lags: list[float] = []
+    health: list[float] = []
+    failures = 0
+    async with served(root=root) as (base, app), aiohttp.ClientSession(base) as session:
+        async with session.post("/runs", json=train) as response:
+            assert response.status == 202, await response.text()
+            run_id = (await response.json())["run_id"]
+        handle = app[SERVICE_KEY].run(run_id).handle
+        waiter = asyncio.ensure_future(handle.result())
+
+        async def probe() -> None:
+            while not waiter.done():
+                sent = time.perf_counter()
+                await asyncio.sleep(0.010)
+                lags.append(time.perf_counter() - sent - 0.010)
+
+        async def ask_health() -> None:
+            nonlocal failures
+            while not waiter.done():
+                sent = time.perf_counter()
+                async with session.get("/health") as response:
+                    await response.read()
+                health.append(time.perf_counter() - sent)
+                failures += response.status != 200
+                await asyncio.sleep(0.050)
+
+        started = time.perf_counter()
+        await asyncio.gather(probe(), ask_health())
+        result = waiter.result()
+        elapsed = time.perf_counter() - started
+    return {
+        "status": result.status,
+        "steps": result.steps,
+        "train_s": elapsed,
+        "lag_p50_ms": percentile(lags, 0.5) * 1000,
+        "lag_p99_ms": percentile(lags, 0.99) * 1000,
+        "lag_max_ms": max(lags) * 1000,
+        "health_answers": len(health),
+        "health_failures": failures,
+        "health_p99_ms": percentile(health, 0.99) * 1000,
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+async def measure(config: Config) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
+        root = Path(tmp)
+        return {
+            "memory": await long_lived_memory(config, root / "memory"),
+            "load": await load(config, root / "load"),
+            "lag": await lag_while_training(config, root / "lag"),
+        }
+
+
+def report(figures: dict[str, Any]) -> str:
+    memory, load_, lag = figures["memory"], figures["load"], figures["lag"]
+    samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in memory["rss_mib"])
+    return "\n".join(
+        [
+            f"1. memory: {memory['runs']} sequential noop runs in one Kitchen "
+            f"({memory['runs_per_s']:.0f} runs/s); RSS MiB by run: {samples}",
+            f"   last/first {memory['last_over_first']:.3f}, "
+            f"{memory['growth_kib_per_run']:.2f} KiB per run; "
+            f"finished results kept: {memory['finished_kept']}",
+            f"2. load: {load_['concurrent']} concurrent noop runs over HTTP in "
+            f"{load_['wall_s']:.2f} s (polls every {load_['poll_interval_s']} s); "
+            f"GET /runs/{{id}} p50 {load_['get_run_p50_ms']:.1f} ms, "
+            f"p99 {load_['get_run_p99_ms']:.1f} ms ({load_['get_run_requests']} requests); "
+            f"events delivered {load_['events_delivered']} / emitted {load_['events_emitted']}; "
+            f"final {load_['final_statuses']}; "
+            f"RSS +{load_['rss_growth_kib_per_run']:.1f} KiB per run",
+            f"3. lag: sl_basic on local torch, {lag['steps']} steps in {lag['train_s']:.1f} s "
+            f"({lag['status']}); loop lag p50 {lag['lag_p50_ms']:.2f} ms, "
+            f"p99 {lag['lag_p99_ms']:.2f} ms, max {lag['lag_max_ms']:.1f} ms; /health answered "
+            f"{lag['health_answers']} times, {lag['health_failures']} failures, "
+            f"p99 {lag['health_p99_ms']:.1f} ms",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    parser.add_argument(
+        "--poll-interval", type=float, default=Config.poll_interval_s, help="seconds"
+    )
+    args = parser.parse_args(argv)
+    config = Config(poll_interval_s=args.poll_interval)
+    if args.quick:
+        config = replace(config, runs=200, concurrent=10, load_steps=5, train_steps=3)
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"config: {asdict(config)}")
+    figures = asyncio.run(measure(config))
+    print(report(figures))
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    load_ = figures["load"]
+    if load_["events_delivered"] != load_["events_emitted"]:
+        print("events were lost", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Runs of earlier service processes, read from their run directories under the root.
+
+A run directory ``<root>/<run_id>`` holds ``config.json`` (written when the run started) and
+``summary.json`` (its :class:`RunResult`, written when it ended). A run id from a request is
+checked before it names a directory: it must be one path segment of the characters run ids
+are made of, so that it can never reach outside the root.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from crucible_kitchen import RunResult
+
+from ._problems import Problem
+from ._schema import RunView
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ("PastRun", "read_past_run", "run_directory", "scan_past_runs")
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+INTERRUPTED = "the service stopped before this run ended (it has no summary.json)"
+
+
+class _Record(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of a run directory's ``config.json`` that the listing shows."""
+
+    run_id: str
+    recipe: str | None
+    workflow: str
+    adapters: str | None
+    created: float
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """A run found on disk: its start record, and its result if it ended with one."""
+
+    record: _Record
+    result: RunResult | None
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    @property
+    def adapters(self) -> str | None:
+        return self.record.adapters
+
+    @property
+    def status(self) -> str:
+        """Its final status; a run without ``summary.json`` was interrupted: ``cancelled``."""
+        return "cancelled" if self.result is None else self.result.status
+
+    def view(self) -> RunView:
+        record, result = self.record, self.result
+        return RunView(
+            run_id=record.run_id,
+            recipe=record.recipe,
+            workflow=record.workflow,
+            adapters=record.adapters,
+            status="cancelled" if result is None else result.status,
+            created=record.created,
+            stage=None,
+            steps=0 if result is None else result.steps,
+            metrics={} if result is None else dict(result.metrics),
+            artifacts={} if result is None else dict(result.artifacts),
+            error=INTERRUPTED if result is None else result.error,
+            failed_stage=None if result is None else result.failed_stage,
+        )
+
+
+def run_directory(root: Path, run_id: str) -> Path:
+    """``<root>/<run_id>``, once ``run_id`` is known to be a plain run id.
+
+    Raises:
+        Problem: ``run_id`` is not one (404: no run can have it).
+    """
+    if not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise Problem(404, "unknown-run", f"no run with id {run_id!r}")
+    return root / run_id
+
+
+def read_past_run(directory: Path) -> PastRun | None:
+    """The run in ``directory``, or ``None`` when it holds no readable ``config.json``
+    whose run id is the directory's name. An unreadable ``summary.json`` counts as none."""
+    try:
+        record = msgspec.json.decode((directory / CONFIG_FILE).read_bytes(), type=_Record)
+    except (OSError, msgspec.DecodeError):
+        return None
+    if record.run_id != directory.name:
+        return None
+    try:
+        result = msgspec.json.decode((directory / SUMMARY_FILE).read_bytes(), type=RunResult)
+    except (OSError, msgspec.DecodeError):
+        result = None
+    return PastRun(record=record, result=result)
+
+
+def scan_past_runs(root: Path) -> list[PastRun]:
+    """Every run directory directly under ``root``, oldest first (none if ``root`` is not
+    there)."""
+    try:
+        directories = [path for path in root.iterdir() if path.is_dir()]
+    except OSError:
+        return []
+    runs = [run for path in directories if (run := read_past_run(path)) is not None]
+    return sorted(runs, key=lambda run: (run.record.created, run.run_id))
