@@ -10,13 +10,13 @@ from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfi
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
-from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._sampling import (
     GeneratedSequence,
     SamplingOptions,
     generate,
     prompt_logprobs,
 )
+from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._translate import translated
 from crucible_kitchen.errors import CheckpointMismatch, ConfigError, InvalidRequest
 from crucible_kitchen.ports import SampledSequence, SampleResponse
