@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -48,10 +47,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from training_bench import discard
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from crucible_kitchen import Adapters
     from crucible_kitchen.ports import Datum
 
 SEED = 0
@@ -175,17 +175,6 @@ async def sizes_part(settings: Settings, default_threads: int) -> list[dict[str,
 # ------------------------------------------------------------------------------ 2. main job
 
 
-def discard(adapters: Adapters) -> None:
-    """Remove the temporary directories of adapters built without a ``run_dir``."""
-    directories = [
-        adapters["blob_store"].root.parent,
-        getattr(adapters["training_client"], "_checkpoint_dir", None),
-    ]
-    for directory in directories:
-        if directory is not None and Path(directory).name.startswith("crucible-kitchen-"):
-            shutil.rmtree(directory, ignore_errors=True)
-
-
 async def main_job(steps: int, threads: int | str, *, evaluate: bool) -> tuple[float, float]:
     """Wall seconds and final training loss of sl_basic cut to ``steps`` steps."""
     from crucible_kitchen import Adapters, Kitchen
@@ -229,7 +218,7 @@ async def main_part(settings: Settings, default_threads: int) -> list[dict[str, 
 
 
 def median_of(rows: Sequence[dict[str, Any]], key: str) -> float:
-    return statistics.median(row[key] for row in rows)
+    return float(statistics.median(row[key] for row in rows))
 
 
 def summary(results: dict[str, dict[str, Any]], default_threads: int) -> list[str]:
