@@ -105,6 +105,7 @@ def size_configs() -> dict[str, Any]:
     tiny, small = PRESETS["tiny"], PRESETS["small"]
     return {
         "tiny": dataclasses.replace(tiny, vocab_size=265),
+        "tiny-96": dataclasses.replace(tiny, vocab_size=265, d_model=96, d_ff=256),
         "tiny-128": dataclasses.replace(tiny, vocab_size=265, d_model=128, d_ff=352, n_layers=4),
         "small": dataclasses.replace(small, vocab_size=265),
         "small-8": dataclasses.replace(small, vocab_size=265, n_layers=8),
@@ -254,7 +255,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, str | None, tuple[str, 
     parser.add_argument("--quick", action="store_true", help="smoke run: a few seconds")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
-    sizes: tuple[str, ...] = ("tiny", "tiny-128", "small", "small-8")
+    sizes: tuple[str, ...] = ("tiny", "tiny-96", "tiny-128", "small", "small-8")
     if args.quick:
         args.steps, args.reps, args.size_steps, sizes = 2, 1, 1, ("tiny",)
         args.load, args.load_limit, args.max_collapse = 1, 60.0, float("inf")

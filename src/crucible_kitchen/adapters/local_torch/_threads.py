@@ -30,7 +30,7 @@ __all__ = ("SINGLE_THREAD_BELOW", "Threads", "resolve_threads", "use_threads")
 Threads: TypeAlias = int | Literal["auto"]
 """A ``threads`` setting: a count ≥ 1, or ``"auto"`` (see :func:`resolve_threads`)."""
 
-SINGLE_THREAD_BELOW: Final = 2_000_000
+SINGLE_THREAD_BELOW: Final = 500_000
 """``"auto"`` gives one thread to models with fewer parameters than this (``tiny``: 0.12 M).
 Measured on 2 cores (docs/benchmarks.md, "CPU threads"): below it a second thread gains
 nothing even on an idle machine."""
