@@ -125,7 +125,7 @@ class Adapters(Mapping[str, Any]):
           (``local_torch_adapters``: a transformer from the ``model`` preset or config, seeded
           by ``seed``; checkpoints under ``run_dir/checkpoints``; torch computes with
           ``threads`` intra-op threads: a count, or ``"auto"``: ``OMP_NUM_THREADS`` when set,
-          else one for a model under 0.5 M parameters, else torch's current count);
+          else one for a model under 2 M parameters, else torch's current count);
         - ``dataset_store`` (the bundled data, or ``data_root``), ``blob_store`` and
           ``model_registry`` (under ``run_dir``): filesystem;
         - ``metrics_store``: the in-memory noop store, as there is no durable local one (a

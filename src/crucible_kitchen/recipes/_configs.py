@@ -281,7 +281,7 @@ class SlBasicConfig(SupervisedConfig):
     threads: int | Literal["auto"] = Field(
         default="auto",
         description="torch's CPU threads; auto: OMP_NUM_THREADS when set, else 1 for a model "
-        "under 0.5M parameters (tiny), else torch's default.",
+        "under 2M parameters (tiny), else torch's default.",
     )
     split: str = Field(
         default="train[:-64]",

@@ -53,7 +53,7 @@ def local_torch_adapters(
             ``run_dir/tokenizer.json``; ``None`` uses a temporary directory and saves nothing.
         default_max_tokens: completion length when a request leaves ``max_tokens`` unset.
         threads: torch's intra-op thread count for the clients' requests: a count ≥ 1, or
-            ``"auto"``: ``OMP_NUM_THREADS`` when set, else one thread for a model under 0.5 M
+            ``"auto"``: ``OMP_NUM_THREADS`` when set, else one thread for a model under 2 M
             parameters (``tiny``), else torch's current count.
 
     Raises:

@@ -1,8 +1,9 @@
 """How many CPU threads torch computes with in a local backend: the ``threads`` setting.
 
 On a CPU with a few cores, torch's default (one intra-op thread per physical core) costs more
-than it gains for small models: their matrices are too small to split, and OpenMP threads
-that spin at every parallel region's barrier collapse when another process holds a core.
+than it gains for small models: their matrices are too small to split well, and OpenMP
+threads that spin at every parallel region's barrier collapse when another process holds a
+core.
 ``"auto"`` therefore gives such models one thread.
 
 The count is applied per request in the device's worker thread (:func:`use_threads`), since
@@ -30,10 +31,12 @@ __all__ = ("SINGLE_THREAD_BELOW", "Threads", "resolve_threads", "use_threads")
 Threads: TypeAlias = int | Literal["auto"]
 """A ``threads`` setting: a count ≥ 1, or ``"auto"`` (see :func:`resolve_threads`)."""
 
-SINGLE_THREAD_BELOW: Final = 500_000
+SINGLE_THREAD_BELOW: Final = 2_000_000
 """``"auto"`` gives one thread to models with fewer parameters than this (``tiny``: 0.12 M).
-Measured on 2 cores (docs/benchmarks.md, "CPU threads"): below it a second thread gains
-nothing even on an idle machine."""
+Measured on 2 cores (docs/benchmarks.md, "CPU threads"): below it a second thread gains less
+on an idle machine (1.4-1.6× a step) and loses under load (0.8-0.9×, and the main job's
+sampling collapses); from ``small`` (3.2 M) on it gains 1.9× idle and about breaks even
+loaded."""
 
 _OMP_NUM_THREADS: Final = "OMP_NUM_THREADS"
 
