@@ -34,8 +34,8 @@ Threads: TypeAlias = int | Literal["auto"]
 SINGLE_THREAD_BELOW: Final = 2_000_000
 """``"auto"`` gives one thread to models with fewer parameters than this (``tiny``: 0.12 M).
 Measured on 2 cores (docs/benchmarks.md, "CPU threads"): below it a second thread gains less
-on an idle machine (1.4-1.6× a step) and loses under load (0.8-0.9×, and the main job's
-sampling collapses); from ``small`` (3.2 M) on it gains 1.9× idle and about breaks even
+on an idle machine (1.4-1.6x a step) and loses under load (0.8-0.9x, and the main job's
+sampling collapses); from ``small`` (3.2 M) on it gains 1.9x idle and about breaks even
 loaded."""
 
 _OMP_NUM_THREADS: Final = "OMP_NUM_THREADS"
