@@ -54,8 +54,9 @@ median of those ratios and their range.
    file). Each reports its peak RSS (``VmHWM``) and its RSS after its imports; then runs once
    more under ``tracemalloc`` for the peak of Python-side allocations.
 
-Threads: ``torch.set_num_threads(--threads)`` for the whole process (the kitchen's worker threads
-included) and the same in the children; with one thread the process is pinned to one CPU
+Threads: ``torch.set_num_threads(--threads)`` for the whole process, and ``OMP_NUM_THREADS``
+set to the same, which the kitchen's ``threads="auto"`` follows in its worker thread; the same
+in the children; with one thread the process is pinned to one CPU
 (``--cpus``, see :func:`pin`). Event loop: asyncio (``anyio.run``). The temporary directories
 the kitchen's adapters make (the checkpoints of ``save_final``, empty stores) are removed after
 each run.
@@ -1019,6 +1020,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(settings.threads)
+    os.environ["OMP_NUM_THREADS"] = str(settings.threads)  # the kitchen's threads="auto" too
     cpus = pin(args.cpus, settings.threads)
     if args.child is not None:
         child(args.child, settings.steps, args.batches_file)

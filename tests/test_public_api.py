@@ -50,6 +50,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "LoraConfig",
         "ModelConfig",
         "local_torch_adapters",
+        "parameter_count",
     ),
     "crucible_kitchen.adapters.noop": (
         "CallCounters",

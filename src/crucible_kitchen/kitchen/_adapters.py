@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from crucible_kitchen.errors import RegistryError
 from crucible_kitchen.kitchen._registry import ADAPTERS_GROUP, adapter_factory, adapter_set_names
@@ -116,13 +116,16 @@ class Adapters(Mapping[str, Any]):
         renderer: str = "chatml",
         lora: Any = None,
         device: str = "cpu",
+        threads: int | Literal["auto"] = "auto",
         data_root: str | os.PathLike[str] | None = None,
     ) -> Adapters:
         """Real training and sampling on this machine (needs the ``torch`` extra).
 
         - ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``: local torch
           (``local_torch_adapters``: a transformer from the ``model`` preset or config, seeded
-          by ``seed``; checkpoints under ``run_dir/checkpoints``);
+          by ``seed``; checkpoints under ``run_dir/checkpoints``; torch computes with
+          ``threads`` intra-op threads: a count, or ``"auto"``: ``OMP_NUM_THREADS`` when set,
+          else one for a model under 2 M parameters, else torch's current count);
         - ``dataset_store`` (the bundled data, or ``data_root``), ``blob_store`` and
           ``model_registry`` (under ``run_dir``): filesystem;
         - ``metrics_store``: the in-memory noop store, as there is no durable local one (a
@@ -133,7 +136,7 @@ class Adapters(Mapping[str, Any]):
         temporary directories.
 
         Raises:
-            ConfigError: an invalid model, LoRA, tokenizer or device.
+            ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
         """
         from crucible_kitchen.adapters.filesystem import filesystem_adapters
         from crucible_kitchen.adapters.local_torch import local_torch_adapters
@@ -147,6 +150,7 @@ class Adapters(Mapping[str, Any]):
             tokenizer=tokenizer,
             renderer=renderer,
             run_dir=run_dir,
+            threads=threads,
         )
         files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}

@@ -69,7 +69,8 @@ def _with_stage_settings(build: Callable[[Any], Workflow]) -> Callable[[Any], Wo
 
 
 def _local_torch_options(config: SlBasicConfig, adapters: str) -> dict[str, Any]:
-    """The model, tokenizer and renderer of an ``sl_basic`` run on ``local_torch``."""
+    """The model, tokenizer, renderer, device and threads of an ``sl_basic`` run on
+    ``local_torch``."""
     if adapters != "local_torch":
         return {}
     return {
@@ -78,6 +79,7 @@ def _local_torch_options(config: SlBasicConfig, adapters: str) -> dict[str, Any]
         "renderer": config.renderer,
         "lora": config.lora_rank,
         "device": config.device,
+        "threads": config.threads,
     }
 
 

@@ -46,6 +46,8 @@ _MAX_TOKENS = 1_048_576
 """Bound of sequence lengths, in tokens."""
 _MAX_SECONDS = 604_800.0
 """Bound of timeouts: a week."""
+_MAX_THREADS = 4096
+"""Bound of thread counts."""
 
 
 @functools.cache
@@ -254,8 +256,8 @@ class SlBasicConfig(SupervisedConfig):
     """``sl_basic``: SFT of a small transformer on CPU with the local torch backend.
 
     The bundled ``chat_tasks`` has one split: its last 64 rows are held out for the
-    evaluation (NLL and sampled replies), the rest are trained on. The model, tokenizer and
-    renderer settings configure the ``local_torch`` adapters.
+    evaluation (NLL and sampled replies), the rest are trained on. The model, tokenizer,
+    renderer, LoRA, device and threads settings configure the ``local_torch`` adapters.
     """
 
     model: str = Field(
@@ -276,6 +278,11 @@ class SlBasicConfig(SupervisedConfig):
         description="Train LoRA adapters of this rank; None trains all.",
     )
     device: str = Field(default="cpu", min_length=1, description="cpu, cuda, cuda:N or auto.")
+    threads: int | Literal["auto"] = Field(
+        default="auto",
+        description="torch's CPU threads; auto: OMP_NUM_THREADS when set, else 1 for a model "
+        "under 2M parameters (tiny), else torch's default.",
+    )
     split: str = Field(
         default="train[:-64]",
         min_length=1,
@@ -327,6 +334,14 @@ class SlBasicConfig(SupervisedConfig):
     use_evaluator: bool = Field(
         default=False, description="Also score with the 'evaluator' port (none is local)."
     )
+
+    @pydantic.field_validator("threads", mode="before")
+    @classmethod
+    def _thread_count(cls, value: object) -> object:
+        """One message for every wrong value, rather than one per member of the union."""
+        if value == "auto" or (type(value) is int and 1 <= value <= _MAX_THREADS):
+            return value
+        raise ValueError(f"must be 'auto' or an int from 1 to {_MAX_THREADS}")
 
 
 class ReinforcementConfig(TrainingConfig):

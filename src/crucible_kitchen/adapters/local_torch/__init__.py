@@ -9,7 +9,8 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
 - :func:`local_torch_adapters`: all four, keyed by port name;
-- :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture.
+- :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
+  :func:`parameter_count` its size (what ``threads="auto"`` decides by).
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``).
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import PRESETS as PRESETS
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
+    from crucible_kitchen.adapters.local_torch._model import parameter_count as parameter_count
     from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
     from crucible_kitchen.adapters.local_torch._sampling_client import (
         LocalTorchSamplingClient as LocalTorchSamplingClient,
@@ -45,6 +47,7 @@ __all__ = (
     "LoraConfig",
     "ModelConfig",
     "local_torch_adapters",
+    "parameter_count",
 )
 
 _LAZY: dict[str, str] = {
@@ -54,6 +57,7 @@ _LAZY: dict[str, str] = {
     "LocalTorchSamplingClient": "_sampling_client",
     "LocalTorchTrainingClient": "_training_client",
     "LoraConfig": "_config",
+    "parameter_count": "_model",
     "ModelConfig": "_config",
     "local_torch_adapters": "_bundle",
 }

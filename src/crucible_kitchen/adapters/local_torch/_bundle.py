@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import os
 
     from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
+    from crucible_kitchen.adapters.local_torch._threads import Threads
     from crucible_kitchen.ports import PortName
 
 __all__ = ("local_torch_adapters",)
@@ -31,6 +32,7 @@ def local_torch_adapters(
     renderer: str = "chatml",
     run_dir: str | os.PathLike[str] | None = None,
     default_max_tokens: int = 128,
+    threads: Threads = "auto",
 ) -> dict[PortName, object]:
     """Real adapters for ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``.
 
@@ -50,9 +52,12 @@ def local_torch_adapters(
         run_dir: checkpoints go to ``run_dir/checkpoints`` and the tokenizer is saved as
             ``run_dir/tokenizer.json``; ``None`` uses a temporary directory and saves nothing.
         default_max_tokens: completion length when a request leaves ``max_tokens`` unset.
+        threads: torch's intra-op thread count for the clients' requests: a count ≥ 1, or
+            ``"auto"``: ``OMP_NUM_THREADS`` when set, else one thread for a model under 2 M
+            parameters (``tiny``), else torch's current count.
 
     Raises:
-        ConfigError: an invalid model, LoRA, tokenizer or device.
+        ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
     """
     local_tokenizer = (
@@ -70,6 +75,7 @@ def local_torch_adapters(
         device=device,
         checkpoint_dir=checkpoint_dir,
         default_max_tokens=default_max_tokens,
+        threads=threads,
     )
     return {
         "training_client": training_client,

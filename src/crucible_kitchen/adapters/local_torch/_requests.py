@@ -7,7 +7,9 @@ awaits its future: like a remote backend, which starts a request when it arrives
 client's requests are applied exactly in its submission order, one at a time, and equal
 request sequences have equal effects. One thread per device, not per client: torch already
 spreads one op over all of a device's cores, so two clients computing at once would only fight
-over them, and every new thread that calls torch builds its own OpenMP thread pool.
+over them, and every new thread that calls torch builds its own OpenMP thread pool. Before each
+request the worker sets torch's intra-op thread count to the client's (``threads``, see
+``_threads``).
 
 Awaiting a future only waits for its request, so the event loop stays free while torch
 computes, and cancelling a waiter never cancels the request. Futures may be awaited from any
@@ -35,6 +37,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from crucible_kitchen.adapters.local_torch._threads import use_threads
 from crucible_kitchen.errors import (
     InvalidRequest,
     PermanentBackendError,
@@ -197,14 +200,20 @@ class RequestQueue:
     Args:
         port: the port name reported in errors (``"training_client"``).
         device: the device the client computes on; its requests run in that device's worker.
+        threads: torch's intra-op thread count for this client's requests, set in the worker
+            thread before each one (clients sharing the worker may use different counts);
+            ``None`` leaves the worker's count as it is.
         retain: how many answered requests with an id keep their result for re-sends.
     """
 
-    def __init__(self, port: str, *, device: str = "cpu", retain: int = 256) -> None:
+    def __init__(
+        self, port: str, *, device: str = "cpu", threads: int | None = None, retain: int = 256
+    ) -> None:
         if retain < 1:
             raise ValueError(f"retain must be >= 1, got {retain}")
         self.port = port
         self.counters = CallCounters()
+        self.threads = threads
         self._worker = device_worker(device)
         self._retain = retain
         self._lock = threading.Lock()
@@ -324,6 +333,8 @@ class RequestQueue:
 
     def _run(self, job: _Job[Any]) -> None:
         """Run one request in the worker thread, record it, wake its waiters."""
+        if self.threads is not None:
+            use_threads(self.threads)
         job.execute(self.port)
         with self._lock:
             self._pending -= 1

@@ -16,6 +16,7 @@ from crucible_kitchen.adapters.local_torch._sampling import (
     generate,
     prompt_logprobs,
 )
+from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._translate import translated
 from crucible_kitchen.errors import CheckpointMismatch, ConfigError, InvalidRequest
 from crucible_kitchen.ports import SampledSequence, SampleResponse
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.adapters.local_torch._model import Transformer
     from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
+    from crucible_kitchen.adapters.local_torch._threads import Threads
     from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
     from crucible_kitchen.ports import ModelInput, SamplingParams
 
@@ -64,6 +66,11 @@ class LocalTorchSamplingClient:
         seed: seeds unseeded requests.
         default_max_tokens: completion length when ``max_tokens`` is ``None`` (capped by the
             room left in the context window).
+        threads: torch's intra-op thread count for this client's requests, or ``"auto"``
+            (see ``LocalTorchTrainingClient``).
+
+    Raises:
+        ConfigError: the tokenizer has more ids than the model, or ``threads`` is invalid.
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class LocalTorchSamplingClient:
         *,
         seed: int = 0,
         default_max_tokens: int = 128,
+        threads: Threads = "auto",
     ) -> None:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ConfigError(
@@ -86,7 +94,9 @@ class LocalTorchSamplingClient:
         self._tokenizer = tokenizer
         self._seed = seed
         self._default_max_tokens = default_max_tokens
-        self._queue = RequestQueue(_PORT, device=str(model.device))
+        self._queue = RequestQueue(
+            _PORT, device=str(model.device), threads=resolve_threads(threads, model.config)
+        )
 
     @classmethod
     def from_checkpoint(
@@ -97,6 +107,7 @@ class LocalTorchSamplingClient:
         device: str = "cpu",
         seed: int = 0,
         default_max_tokens: int = 128,
+        threads: Threads = "auto",
     ) -> LocalTorchSamplingClient:
         """A client over the weights of a checkpoint, rebuilt from its manifest's config.
 
@@ -140,6 +151,7 @@ class LocalTorchSamplingClient:
             tokenizer,
             seed=derive_seed(seed, f"sampler:{Path(path).name}"),
             default_max_tokens=default_max_tokens,
+            threads=threads,
         )
 
     @property

@@ -27,6 +27,7 @@ from crucible_kitchen.adapters.local_torch._config import (
 )
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
 from crucible_kitchen.adapters.local_torch._sampling_client import LocalTorchSamplingClient
+from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
 from crucible_kitchen.adapters.local_torch._trainer import Trainer
 from crucible_kitchen.adapters.local_torch._translate import translated
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
+    from crucible_kitchen.adapters.local_torch._threads import Threads
     from crucible_kitchen.ports import Capabilities, CustomLossFn, LossFnType, OptimStepResponse
 
 __all__ = ("LocalTorchTrainingClient",)
@@ -116,10 +118,14 @@ class LocalTorchTrainingClient:
         deterministic: on CUDA, switch torch to deterministic kernels (process-wide); CPU
             kernels are deterministic already.
         default_max_tokens: completion length for samplers when ``max_tokens`` is ``None``.
+        threads: torch's intra-op thread count for this client's requests and for its
+            sampling clients': a count, or ``"auto"`` (``OMP_NUM_THREADS`` when set, else one
+            thread for a small model, else torch's current count; see :attr:`threads`).
 
     Raises:
         ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
-            smaller than the tokenizer's, or an unavailable device.
+            smaller than the tokenizer's, an unavailable device, or an invalid ``threads``
+            (or ``OMP_NUM_THREADS``).
     """
 
     def __init__(
@@ -134,18 +140,20 @@ class LocalTorchTrainingClient:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         deterministic: bool = True,
         default_max_tokens: int = 128,
+        threads: Threads = "auto",
     ) -> None:
         self._tokenizer = tokenizer if tokenizer is not None else LocalTokenizer.byte()
         self._base_model = model if isinstance(model, str) else "custom"
         config, lora_config = _resolve_config(
             model, seed=seed, lora=lora, tokenizer=self._tokenizer, device=device, dtype=dtype
         )
+        self._threads = resolve_threads(threads, config)
         if deterministic and resolve_device(config.device).type == "cuda":
             enable_determinism()
         self._seed = seed
         self._default_max_tokens = default_max_tokens
         self._trainer = Trainer(config, seed=seed, lora=lora_config)
-        self._queue = RequestQueue(_PORT, device=str(self._trainer.device))
+        self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if self._checkpoint_dir is not None:
@@ -161,6 +169,11 @@ class LocalTorchTrainingClient:
         """The model's architecture: the vocabulary resized to the tokenizer's, device and
         dtype as configured (``"auto"`` stays ``"auto"``)."""
         return self._trainer.config
+
+    @property
+    def threads(self) -> int:
+        """torch's intra-op thread count for this client's requests (``"auto"`` resolved)."""
+        return self._threads
 
     @property
     def lora_config(self) -> LoraConfig | None:
@@ -403,6 +416,7 @@ class LocalTorchTrainingClient:
                 self._tokenizer,
                 seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
                 default_max_tokens=self._default_max_tokens,
+                threads=self.threads,
             )
 
         return await self._queue.call(method, work, record=False)
@@ -434,6 +448,7 @@ class LocalTorchTrainingClient:
             self._tokenizer,
             seed=derive_seed(self._seed, "sampler:initial"),
             default_max_tokens=self._default_max_tokens,
+            threads=self.threads,
         )
 
     # ---------------------------------------------------------------------------------------
