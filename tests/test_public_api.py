@@ -463,6 +463,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "topk_reverse_kl_loss",
     ),
     "crucible_kitchen.workflows": (
+        "StageNode",
         "Workflow",
         "async_loop",
         "conditional",

@@ -18,6 +18,7 @@ from crucible_kitchen.recipes._configs import (
 )
 from crucible_kitchen.recipes._recipe import Recipe
 from crucible_kitchen.workflows import (
+    StageNode,
     Workflow,
     distillation_workflow,
     feedback_loop_workflow,
@@ -53,7 +54,7 @@ def _with_stage_settings(build: Callable[[Any], Workflow]) -> Callable[[Any], Wo
     def configured(config: TrainingConfig) -> Workflow:
         timeouts, retry = config.timeouts, config.retry
 
-        def configure(node: Any) -> Any:  # a StageNode, a frozen dataclass
+        def configure(node: StageNode) -> StageNode:
             bookkeeping = isinstance(node.stage, _BOOKKEEPING)
             return dataclasses.replace(
                 node,

@@ -11,6 +11,7 @@ from crucible_kitchen.workflows._builtin import feedback_loop_workflow as feedba
 from crucible_kitchen.workflows._builtin import preference_workflow as preference_workflow
 from crucible_kitchen.workflows._builtin import reinforcement_workflow as reinforcement_workflow
 from crucible_kitchen.workflows._builtin import supervised_workflow as supervised_workflow
+from crucible_kitchen.workflows._dsl import StageNode as StageNode
 from crucible_kitchen.workflows._dsl import Workflow as Workflow
 from crucible_kitchen.workflows._dsl import async_loop as async_loop
 from crucible_kitchen.workflows._dsl import conditional as conditional
@@ -24,6 +25,7 @@ from crucible_kitchen.workflows._engine import RunStatus as RunStatus
 from crucible_kitchen.workflows._engine import build_run_supervisor as build_run_supervisor
 
 __all__ = (
+    "StageNode",
     "Workflow",
     "async_loop",
     "conditional",
