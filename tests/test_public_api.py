@@ -130,8 +130,11 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "RecipeInfo",
         "RunHandle",
         "RunOptions",
+        "RunRecord",
         "RunResult",
         "StartOptions",
+        "read_run_record",
+        "read_run_summary",
     ),
     "crucible_kitchen.ports": (
         "CHECKPOINT_DIR",

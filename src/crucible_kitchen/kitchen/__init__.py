@@ -52,6 +52,9 @@ from crucible_kitchen.kitchen._kitchen import StartOptions as StartOptions
 from crucible_kitchen.kitchen._results import DryRun as DryRun
 from crucible_kitchen.kitchen._results import RecipeInfo as RecipeInfo
 from crucible_kitchen.kitchen._results import RunResult as RunResult
+from crucible_kitchen.kitchen._run_dir import RunRecord as RunRecord
+from crucible_kitchen.kitchen._run_dir import read_run_record as read_run_record
+from crucible_kitchen.kitchen._run_dir import read_run_summary as read_run_summary
 
 __all__ = (
     "Adapters",
@@ -61,6 +64,9 @@ __all__ = (
     "RecipeInfo",
     "RunHandle",
     "RunOptions",
+    "RunRecord",
     "RunResult",
     "StartOptions",
+    "read_run_record",
+    "read_run_summary",
 )

@@ -16,6 +16,7 @@ import msgspec
 
 from crucible_kitchen._files import atomic_write
 from crucible_kitchen.errors import RunDirectoryError
+from crucible_kitchen.kitchen._results import RunResult
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -33,6 +34,7 @@ __all__ = (
     "drop_partial_lines",
     "package_version",
     "read_run_record",
+    "read_run_summary",
     "removed_on_failure",
     "write_json",
 )
@@ -98,17 +100,23 @@ def write_json(path: Path, value: msgspec.Struct) -> None:
     atomic_write(path, msgspec.json.format(msgspec.json.encode(value), indent=2))
 
 
+def read_run_summary(run_dir: str | os.PathLike[str]) -> RunResult | None:
+    """The ``summary.json`` of a run directory: how the run ended; ``None`` when it has no
+    readable one (the run has not ended, or its process was killed)."""
+    try:
+        return msgspec.json.decode((Path(run_dir) / SUMMARY_FILE).read_bytes(), type=RunResult)
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
 def check_unfinished(directory: Path, record: RunRecord) -> None:
     """Refuse to resume a run whose ``summary.json`` says it completed.
 
     Raises:
         RunDirectoryError: the run completed already.
     """
-    try:
-        summary = msgspec.json.decode((directory / SUMMARY_FILE).read_bytes())
-    except (OSError, msgspec.DecodeError):
-        return
-    if isinstance(summary, dict) and summary.get("status") == "completed":
+    summary = read_run_summary(directory)
+    if summary is not None and summary.status == "completed":
         raise RunDirectoryError(
             f"run {record.run_id!r} in {directory} completed already; nothing to resume",
             path=str(directory),

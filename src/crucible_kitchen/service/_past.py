@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-import msgspec
-
-from crucible_kitchen import RunResult
+from crucible_kitchen.errors import RunDirectoryError
+from crucible_kitchen.kitchen import RunRecord, RunResult, read_run_record, read_run_summary
 
 from ._problems import Problem
 from ._schema import RunView
@@ -24,27 +23,15 @@ if TYPE_CHECKING:
 
 __all__ = ("PastRun", "read_past_run", "run_directory", "scan_past_runs")
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 INTERRUPTED = "the service stopped before this run ended (it has no summary.json)"
-
-
-class _Record(msgspec.Struct, frozen=True, kw_only=True):
-    """The fields of a run directory's ``config.json`` that the listing shows."""
-
-    run_id: str
-    recipe: str | None
-    workflow: str
-    adapters: str | None
-    created: float
 
 
 @dataclass(frozen=True)
 class PastRun:
     """A run found on disk: its start record, and its result if it ended with one."""
 
-    record: _Record
+    record: RunRecord
     result: RunResult | None
 
     @property
@@ -56,7 +43,7 @@ class PastRun:
         return self.record.adapters
 
     @property
-    def status(self) -> str:
+    def status(self) -> Literal["completed", "failed", "cancelled"]:
         """Its final status; a run without ``summary.json`` was interrupted: ``cancelled``."""
         return "cancelled" if self.result is None else self.result.status
 
@@ -67,7 +54,7 @@ class PastRun:
             recipe=record.recipe,
             workflow=record.workflow,
             adapters=record.adapters,
-            status="cancelled" if result is None else result.status,
+            status=self.status,
             created=record.created,
             stage=None,
             steps=0 if result is None else result.steps,
@@ -93,16 +80,12 @@ def read_past_run(directory: Path) -> PastRun | None:
     """The run in ``directory``, or ``None`` when it holds no readable ``config.json``
     whose run id is the directory's name. An unreadable ``summary.json`` counts as none."""
     try:
-        record = msgspec.json.decode((directory / CONFIG_FILE).read_bytes(), type=_Record)
-    except (OSError, msgspec.DecodeError):
+        record = read_run_record(directory)
+    except RunDirectoryError:
         return None
     if record.run_id != directory.name:
         return None
-    try:
-        result = msgspec.json.decode((directory / SUMMARY_FILE).read_bytes(), type=RunResult)
-    except (OSError, msgspec.DecodeError):
-        result = None
-    return PastRun(record=record, result=result)
+    return PastRun(record=record, result=read_run_summary(directory))
 
 
 def scan_past_runs(root: Path) -> list[PastRun]:
