@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
-import crucible_kitchen.stages.builtin as builtin_stages
 from crucible_kitchen.recipes._configs import (
     DistillationConfig,
     FeedbackLoopConfig,
@@ -32,17 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ("BUILTIN_RECIPES",)
 
-_BOOKKEEPING: Final = (
-    builtin_stages.AssembleRlBatch,
-    builtin_stages.BuildEnvGroups,
-    builtin_stages.ComputeAdvantages,
-    builtin_stages.FlushMetrics,
-    builtin_stages.ReceiveRollouts,
-    builtin_stages.ShuffleEpoch,
-)
-"""Built-in stages that only compute on the run's state or flush metrics: they get the short
-``timeouts.bookkeeping``. Every other stage may wait on a backend (``timeouts.backend``)."""
-
 
 def _with_stage_settings(build: Callable[[Any], Workflow]) -> Callable[[Any], Workflow]:
     """``build``, with the config's ``timeouts`` and ``retry`` applied to every stage.
@@ -55,7 +43,7 @@ def _with_stage_settings(build: Callable[[Any], Workflow]) -> Callable[[Any], Wo
         timeouts, retry = config.timeouts, config.retry
 
         def configure(node: StageNode) -> StageNode:
-            bookkeeping = isinstance(node.stage, _BOOKKEEPING)
+            bookkeeping = getattr(node.stage, "bookkeeping", False)  # BuiltinStage
             return dataclasses.replace(
                 node,
                 timeout=timeouts.bookkeeping if bookkeeping else timeouts.backend,

@@ -174,9 +174,15 @@ _BAD_INPUT: Final = (
 
 
 class BuiltinStage(Stage):
-    """Base of the built-in stages: a crash is retried, bad data or config is not."""
+    """Base of the built-in stages: a crash is retried, bad data or config is not.
+
+    ``bookkeeping`` marks a stage that only computes on the run's state or flushes metrics
+    (recipes give it their short ``timeouts.bookkeeping``); every other built-in stage may wait
+    on a backend.
+    """
 
     retry: ClassVar[RetryPolicy] = RetryPolicy(never_retry=_BAD_INPUT)
+    bookkeeping: ClassVar[bool] = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -612,6 +618,8 @@ class ShuffleEpoch(BuiltinStage):
 
     ``source`` is the state key of the items ordered.
     """
+
+    bookkeeping = True
 
     def __init__(self, source: StateKey) -> None:
         self.source = source.name
@@ -1051,6 +1059,8 @@ class RegisterModel(BuiltinStage):
 
 class FlushMetrics(BuiltinStage):
     """Make every recorded metric durable (a cleanup stage: it runs however the run ends)."""
+
+    bookkeeping = True
 
     requires: ClassVar[tuple[str, ...]] = ("metrics_store",)
     contract = StageContract()

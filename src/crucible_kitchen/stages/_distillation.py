@@ -137,11 +137,11 @@ class TopKReverseKlLoss:
             width = student.dims[1]
             flat: list[float] = []
             for start in range(0, len(student.data), width):
+                teacher_slots = [float(v) for v in teacher.data[start : start + width]]
                 kl, grad = _position_kl(
-                    [float(v) for v in student.data[start : start + width]],
-                    [float(v) for v in teacher.data[start : start + width]],
+                    [float(v) for v in student.data[start : start + width]], teacher_slots
                 )
-                if any(float(v) > 0 for v in teacher.data[start : start + width]):
+                if any(v > 0 for v in teacher_slots):
                     total.append(kl)
                 flat.extend(grad)
             grads.append(TensorData(dtype="float32", data=tuple(flat), shape=student.dims))

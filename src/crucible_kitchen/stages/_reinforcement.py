@@ -311,6 +311,8 @@ def _problem(row: Mapping[str, Any], index: int) -> Problem:
 class BuildEnvGroups(BuiltinStage):
     """Build this batch's env groups: ``groups_per_batch`` problems, ``group_size`` envs each."""
 
+    bookkeeping = True
+
     requires: ClassVar[tuple[str, ...]] = ("renderer",)
     contract = StageContract(
         config=("groups_per_batch", "group_size", "format_coef"),
@@ -488,6 +490,8 @@ def _rollout_metrics(groups: Sequence[RolloutGroup]) -> dict[str, float]:
 class ReceiveRollouts(BuiltinStage):
     """Take the rollouts the producer of an async loop handed over (``ctx.item("batches")``)."""
 
+    bookkeeping = True
+
     contract = StageContract(writes=(ROLLOUTS,))
 
     async def execute(self, ctx: Context) -> Context:
@@ -498,6 +502,8 @@ class ReceiveRollouts(BuiltinStage):
 
 class ComputeAdvantages(BuiltinStage):
     """Group-relative advantages of the rollouts; optionally drop constant-reward groups."""
+
+    bookkeeping = True
 
     contract = StageContract(
         config=("remove_constant_reward_groups", "advantage_normalization"),
@@ -535,6 +541,8 @@ class ComputeAdvantages(BuiltinStage):
 
 class AssembleRlBatch(BuiltinStage):
     """Turn trajectories and advantages into ``importance_sampling``/``ppo`` datums."""
+
+    bookkeeping = True
 
     contract = StageContract(reads=(ROLLOUTS, ADVANTAGES), writes=(RL_BATCH, STEP_METRICS))
 

@@ -202,7 +202,12 @@ class EvaluateNll(BuiltinStage):
         targets = [[int(t) for t in d.loss_fn_inputs["target_tokens"].data] for d in data]
         special = {
             token
-            for token in {t for tokens in targets for t in tokens}
+            for token in {
+                t
+                for ts, ws in zip(targets, weights, strict=True)
+                for t, w in zip(ts, ws, strict=False)
+                if w > 0
+            }
             if not tokenizer.decode([token], skip_special_tokens=True)
         }
         bpb = bits_per_byte(logprobs, weights, targets, tokenizer.decode, special_ids=special)

@@ -472,11 +472,9 @@ class LocalTorchTrainingClient:
         }
         with translated(_PORT, method, request_id, atomic=True):
             if os.path.lexists(path):
-                if _damaged(path):
-                    set_aside(path)  # this save replaces it (the replay of a resumed run)
-                elif _saved_by(path, request_id, digest):
+                if _saved_by(path, request_id, digest):
                     return  # this very request wrote it, in an earlier process
-                else:
+                if path.exists():  # a sound checkpoint, or one of another format
                     raise InvalidRequest(
                         f"{method}: a checkpoint already exists at {path}; choose another name",
                         port=_PORT,
@@ -651,22 +649,15 @@ class LocalTorchTrainingClient:
             raise invalid(f"loss {custom.loss} is not finite")
 
 
-def _damaged(path: Path) -> bool:
-    """Whether the checkpoint at ``path`` is damaged: a missing or malformed manifest, a file
-    missing or failing its check (one of another format is not damaged, only foreign)."""
-    try:
-        verify_checkpoint(path)
-    except CheckpointCorrupted:
-        return True
-    except CheckpointError:
-        return False
-    return False
-
-
 def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
-    """Whether the checkpoint at ``path`` was written by this very request."""
+    """Whether the checkpoint at ``path`` was written by this very request. A damaged one
+    (a missing or malformed manifest, a file missing or failing its check) is set aside, so
+    that this save replaces it (the replay of a resumed run); one of another format stays."""
     try:
-        payload = read_manifest(path).user_payload or {}
+        payload = verify_checkpoint(path).user_payload or {}
+    except CheckpointCorrupted:
+        set_aside(path)
+        return False
     except CheckpointError:
         return False
     return payload.get("request_id") == request_id and payload.get("fingerprint") == digest.hex()
