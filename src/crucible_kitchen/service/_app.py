@@ -33,7 +33,6 @@ from ._problems import Problem, problem_middleware
 from ._schema import (
     Health,
     MetricsHistory,
-    RecipeInfo,
     RecipeList,
     RunList,
     StartRun,
@@ -227,15 +226,7 @@ async def _health(request: web.Request) -> web.Response:
 async def _recipes(request: web.Request) -> web.Response:
     service = _service(request)
     allowed = service.settings.adapter_sets
-    recipes = [
-        RecipeInfo(
-            name=info.name,
-            description=info.description,
-            workflow=info.workflow,
-            adapters=info.adapters,
-        )
-        for info in service.kitchen.recipes()
-    ]
+    recipes = service.kitchen.recipes()
     return _json(
         RecipeList(recipes=recipes, adapter_sets=None if allowed is None else sorted(allowed))
     )

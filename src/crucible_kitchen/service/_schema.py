@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from crucible_kitchen.kitchen import RecipeInfo
+
 __all__ = (
     "Health",
     "MetricsHistory",
@@ -71,13 +73,6 @@ class MetricsHistory(msgspec.Struct, frozen=True, kw_only=True):
 
     run_id: str
     rows: list[dict[str, Any]]
-
-
-class RecipeInfo(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    description: str
-    workflow: str
-    adapters: str
 
 
 class RecipeList(msgspec.Struct, frozen=True, kw_only=True):

@@ -24,7 +24,7 @@ from crucible_kitchen.telemetry import (
 
 from ._past import PastRun, read_past_run, run_directory, scan_past_runs
 from ._problems import Problem
-from ._schema import RunView
+from ._schema import RunStatus, RunView
 
 if TYPE_CHECKING:
     import os
@@ -130,7 +130,7 @@ class TrackedRun:
         )
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunStatus:
         return self.handle.status if self.result is None else self.result.status
 
     def view(self) -> RunView:
@@ -140,7 +140,7 @@ class TrackedRun:
             recipe=self.handle.recipe,
             workflow=self.handle.workflow,
             adapters=self.adapters,
-            status=self.handle.status if result is None else result.status,
+            status=self.status,
             created=self.created,
             stage=None if result is not None else self.stage,
             steps=self.steps if result is None else result.steps,
