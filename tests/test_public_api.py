@@ -329,6 +329,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "open_supervisor",
     ),
     "crucible_kitchen.telemetry": (
+        "STEP_EVENTS",
         "BaseEvent",
         "BusStatistics",
         "CallbackHandler",

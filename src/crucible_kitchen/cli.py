@@ -25,6 +25,7 @@ import msgspec
 from crucible_kitchen.errors import ConfigError, KitchenError
 from crucible_kitchen.kitchen import Kitchen
 from crucible_kitchen.telemetry import (
+    STEP_EVENTS,
     ConsoleHandler,
     DistillationStep,
     DpoStep,
@@ -141,9 +142,6 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-_STEP_EVENTS = (TrainingStep, DpoStep, RlStep, DistillationStep)
-
-
 class ProgressDisplay:
     """A telemetry handler that draws a rich progress bar: step, loss, tokens/s, ETA.
 
@@ -188,7 +186,7 @@ class ProgressDisplay:
         if isinstance(event, WorkflowStart):
             self.progress.start()
             self.task = self.progress.add_task(event.workflow, total=None, stats="")
-        elif isinstance(event, _STEP_EVENTS):
+        elif isinstance(event, STEP_EVENTS):
             self._step(event)
             if isinstance(event, TrainingStep):
                 return  # the bar shows it; DPO, RL and distillation steps also get a line

@@ -31,6 +31,7 @@ from ._bus import BusStatistics as BusStatistics
 from ._bus import Handler as Handler
 from ._bus import HandlerStatistics as HandlerStatistics
 from ._bus import TelemetryBus as TelemetryBus
+from ._events import STEP_EVENTS as STEP_EVENTS
 from ._events import BaseEvent as BaseEvent
 from ._events import DistillationStep as DistillationStep
 from ._events import DpoDatasetBuilt as DpoDatasetBuilt
@@ -87,6 +88,7 @@ if TYPE_CHECKING:
     from ._span_exporter import JsonlSpanExporter as JsonlSpanExporter
 
 __all__ = (
+    "STEP_EVENTS",
     "BaseEvent",
     "BusStatistics",
     "CallbackHandler",

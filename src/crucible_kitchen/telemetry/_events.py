@@ -16,7 +16,7 @@ dictionaries hold floats; JSON has no NaN or infinity, so non-finite values are 
 from __future__ import annotations
 
 import typing
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
 
@@ -404,6 +404,9 @@ TelemetryEvent: TypeAlias = (
 """Every telemetry event, as one tagged union (decode with :func:`decode_event`)."""
 
 EVENT_TYPES: tuple[type[TelemetryEvent], ...] = typing.get_args(TelemetryEvent)
+
+STEP_EVENTS: Final = (TrainingStep, DpoStep, RlStep, DistillationStep)
+"""The events that mark one optimizer step of a workflow (SFT, DPO, RL, distillation)."""
 """The classes of :data:`TelemetryEvent`, in declaration order."""
 
 _NAMES: dict[type[BaseEvent], str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}

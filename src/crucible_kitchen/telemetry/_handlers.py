@@ -19,6 +19,7 @@ from crucible_kitchen.errors import TelemetryError
 
 from ._bus import Handler
 from ._events import (
+    STEP_EVENTS,
     BaseEvent,
     DistillationStep,
     DpoDatasetBuilt,
@@ -135,7 +136,7 @@ class ConsoleHandler:
 
     def format(self, event: BaseEvent) -> tuple[int, str] | None:
         """The event's level and line, or ``None`` for an event not printed (a skipped step)."""
-        if isinstance(event, _STEP_EVENTS) and not self._shows(event):
+        if isinstance(event, STEP_EVENTS) and not self._shows(event):
             return None
         lines = _LINES.get(type(event))
         return None if lines is None else lines(event)  # None: a type added later
@@ -151,8 +152,6 @@ class ConsoleHandler:
 
 Line: TypeAlias = tuple[int, str]
 """A console line and its level (a :mod:`logging` number)."""
-
-_STEP_EVENTS = (TrainingStep, DpoStep, RlStep, DistillationStep)
 
 
 def _workflow_line(event: BaseEvent) -> Line | None:
