@@ -9,11 +9,13 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
 - :func:`local_torch_adapters`: all four, keyed by port name;
-- :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
+- :class:`ModelConfig` (with :class:`RopeScaling`), :class:`LoraConfig`, :data:`PRESETS`:
+  the model's architecture, from a preset, by hand or read from a Hugging Face model
+  directory (``model=`` a path);
   :func:`parameter_count` its size (what ``threads="auto"`` decides by).
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
-``_optim``, ``_checkpoint``, ``_trainer``).
+``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import PRESETS as PRESETS
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
+    from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
     from crucible_kitchen.adapters.local_torch._model import parameter_count as parameter_count
     from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
     from crucible_kitchen.adapters.local_torch._sampling_client import (
@@ -46,6 +49,7 @@ __all__ = (
     "LocalTorchTrainingClient",
     "LoraConfig",
     "ModelConfig",
+    "RopeScaling",
     "local_torch_adapters",
     "parameter_count",
 )
@@ -59,6 +63,7 @@ _LAZY: dict[str, str] = {
     "LoraConfig": "_config",
     "parameter_count": "_model",
     "ModelConfig": "_config",
+    "RopeScaling": "_config",
     "local_torch_adapters": "_bundle",
 }
 
