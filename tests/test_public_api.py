@@ -50,6 +50,8 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "LoraConfig",
         "ModelConfig",
         "RopeScaling",
+        "export_hf",
+        "export_peft",
         "local_torch_adapters",
         "parameter_count",
     ),

@@ -12,7 +12,9 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :class:`ModelConfig` (with :class:`RopeScaling`), :class:`LoraConfig`, :data:`PRESETS`:
   the model's architecture, from a preset, by hand or read from a Hugging Face model
   directory (``model=`` a path);
-  :func:`parameter_count` its size (what ``threads="auto"`` decides by).
+  :func:`parameter_count` its size (what ``threads="auto"`` decides by);
+- :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
+  (LoRA merged) or its LoRA adapters in PEFT's format.
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
     from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
+    from crucible_kitchen.adapters.local_torch._hf_export import export_hf as export_hf
+    from crucible_kitchen.adapters.local_torch._hf_export import export_peft as export_peft
     from crucible_kitchen.adapters.local_torch._model import parameter_count as parameter_count
     from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
     from crucible_kitchen.adapters.local_torch._sampling_client import (
@@ -50,6 +54,8 @@ __all__ = (
     "LoraConfig",
     "ModelConfig",
     "RopeScaling",
+    "export_hf",
+    "export_peft",
     "local_torch_adapters",
     "parameter_count",
 )
@@ -64,6 +70,8 @@ _LAZY: dict[str, str] = {
     "parameter_count": "_model",
     "ModelConfig": "_config",
     "RopeScaling": "_config",
+    "export_hf": "_hf_export",
+    "export_peft": "_hf_export",
     "local_torch_adapters": "_bundle",
 }
 
