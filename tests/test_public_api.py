@@ -137,6 +137,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "RunRecord",
         "RunResult",
         "StartOptions",
+        "export_run",
         "read_run_record",
         "read_run_summary",
     ),
