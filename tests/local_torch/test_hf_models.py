@@ -21,7 +21,7 @@ from crucible_kitchen.adapters.local_torch import (
     local_torch_adapters,
 )
 from crucible_kitchen.adapters.local_torch._checkpoint import load_checkpoint
-from crucible_kitchen.adapters.local_torch._config import ModelConfig, preset
+from crucible_kitchen.adapters.local_torch._config import ModelConfig, RopeScaling, preset
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import load_hf_weights, read_hf_model
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, lora_layers
 from crucible_kitchen.adapters.local_torch._model import Transformer, build_model
@@ -419,3 +419,32 @@ async def test_exports_refuse_an_existing_target_and_peft_needs_lora(
     with pytest.raises(PretrainedModelError, match="no LoRA adapters"):
         export_peft(path, tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_the_new_config_fields_are_validated_and_round_trip_through_the_identity() -> None:
+    with pytest.raises(ValueError, match="d_head must be a positive int"):
+        preset("tiny", d_head=0)
+    with pytest.raises(ValueError, match="RoPE needs an even head dim"):
+        preset("tiny", d_head=15)
+    with pytest.raises(ValueError, match="high_freq_factor > low_freq_factor"):
+        RopeScaling(
+            factor=8.0,
+            low_freq_factor=4.0,
+            high_freq_factor=1.0,
+            original_max_position_embeddings=8,
+        )
+    scaling = RopeScaling(
+        factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8
+    )
+    with pytest.raises(ValueError, match="rope_scaling needs positions='rope'"):
+        preset("tiny", positions="learned", rope_scaling=scaling)
+    config = preset("tiny", d_head=32, qkv_bias=True, rope_scaling=scaling, pretrained="ab")
+    assert ModelConfig.from_identity(config.identity()) == config
+    assert set(config.identity()) - set(preset("tiny").identity()) == {
+        "d_head",
+        "qkv_bias",
+        "rope_scaling",
+        "pretrained",
+    }
+    with pytest.raises(ValueError, match="not a model config identity"):
+        ModelConfig.from_identity({**config.identity(), "colour": "red"})

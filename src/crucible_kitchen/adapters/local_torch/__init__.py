@@ -13,6 +13,8 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
   the model's architecture, from a preset, by hand or read from a Hugging Face model
   directory (``model=`` a path);
   :func:`parameter_count` its size (what ``threads="auto"`` decides by);
+- :class:`HFModelDirectory`: what a Hugging Face model directory given as ``model=`` holds
+  (``LocalTorchTrainingClient.pretrained``);
 - :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
   (LoRA merged) or its LoRA adapters in PEFT's format.
 
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
     from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
+    from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
+        HFModelDirectory as HFModelDirectory,
+    )
     from crucible_kitchen.adapters.local_torch._hf_export import export_hf as export_hf
     from crucible_kitchen.adapters.local_torch._hf_export import export_peft as export_peft
     from crucible_kitchen.adapters.local_torch._model import parameter_count as parameter_count
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "PRESETS",
+    "HFModelDirectory",
     "LocalRenderer",
     "LocalTokenizer",
     "LocalTorchSamplingClient",
@@ -62,6 +68,7 @@ __all__ = (
 
 _LAZY: dict[str, str] = {
     "PRESETS": "_config",
+    "HFModelDirectory": "_hf_checkpoint",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",
     "LocalTorchSamplingClient": "_sampling_client",
