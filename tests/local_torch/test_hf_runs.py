@@ -62,6 +62,19 @@ def _config(model_dir: Path) -> dict[str, Any]:
     }
 
 
+async def _run_stopped_after(step: int, config: dict[str, Any], **options: Any) -> None:
+    """Run ``sl_basic`` and stop it (as Ctrl-C does) once ``step`` is done."""
+    handles: list[RunHandle] = []
+
+    def stop(event: TelemetryEvent) -> None:
+        if isinstance(event, TrainingStep) and event.step == step:
+            handles[0].request_stop()
+
+    async with Kitchen.open() as kitchen:
+        handles.append(await kitchen.start("sl_basic", config, telemetry=[stop], **options))
+        assert (await handles[0].result()).status == "cancelled"
+
+
 def _logits(model: Any) -> torch.Tensor:
     with torch.no_grad():
         logits: torch.Tensor = model.eval()(TOKENS).logits
@@ -75,19 +88,7 @@ async def test_a_stopped_run_on_a_pretrained_model_resumes_and_exports(
     await Kitchen.run("sl_basic", config, seed=5, run_id="r", run_dir=tmp_path / "full")
 
     part = tmp_path / "part"
-    handles: list[RunHandle] = []
-
-    def stop_at_step_2(event: TelemetryEvent) -> None:
-        if isinstance(event, TrainingStep) and event.step == 2:
-            handles[0].request_stop()
-
-    async with Kitchen.open() as kitchen:
-        handles.append(
-            await kitchen.start(
-                "sl_basic", config, seed=5, run_id="r", run_dir=part, telemetry=[stop_at_step_2]
-            )
-        )
-        assert (await handles[0].result()).status == "cancelled"
+    await _run_stopped_after(2, config, seed=5, run_id="r", run_dir=part)
     with pytest.raises(RunDirectoryError, match="no final checkpoint"):
         export_run(part, tmp_path / "too-early")
     resumed = await Kitchen.resume(part)
@@ -113,17 +114,7 @@ async def test_resume_refuses_a_changed_model_directory(model_dir: Path, tmp_pat
     own = shutil.copytree(model_dir, tmp_path / "model")
     config = {**_config(own), "max_examples": 16}
     part = tmp_path / "part"
-    handles: list[RunHandle] = []
-
-    def stop_at_step_0(event: TelemetryEvent) -> None:
-        if isinstance(event, TrainingStep) and event.step == 0:
-            handles[0].request_stop()
-
-    async with Kitchen.open() as kitchen:
-        handles.append(
-            await kitchen.start("sl_basic", config, run_dir=part, telemetry=[stop_at_step_0])
-        )
-        await handles[0].result()
+    await _run_stopped_after(0, config, run_dir=part)
     weights = load_file(own / "model.safetensors")
     weights["model.norm.weight"] += 1.0
     save_file(weights, own / "model.safetensors", metadata={"format": "pt"})
