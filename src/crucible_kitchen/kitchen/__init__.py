@@ -44,6 +44,7 @@ had written appear again after a ``crucible_kitchen.training.resume`` event.
 from __future__ import annotations
 
 from crucible_kitchen.kitchen._adapters import Adapters as Adapters
+from crucible_kitchen.kitchen._export import export_run as export_run
 from crucible_kitchen.kitchen._handle import RunHandle as RunHandle
 from crucible_kitchen.kitchen._kitchen import Kitchen as Kitchen
 from crucible_kitchen.kitchen._kitchen import KitchenOptions as KitchenOptions
@@ -67,6 +68,7 @@ __all__ = (
     "RunRecord",
     "RunResult",
     "StartOptions",
+    "export_run",
     "read_run_record",
     "read_run_summary",
 )

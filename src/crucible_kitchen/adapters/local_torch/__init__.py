@@ -9,11 +9,17 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
 - :func:`local_torch_adapters`: all four, keyed by port name;
-- :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
-  :func:`parameter_count` its size (what ``threads="auto"`` decides by).
+- :class:`ModelConfig` (with :class:`RopeScaling`), :class:`LoraConfig`, :data:`PRESETS`:
+  the model's architecture, from a preset, by hand or read from a Hugging Face model
+  directory (``model=`` a path);
+  :func:`parameter_count` its size (what ``threads="auto"`` decides by);
+- :class:`HFModelDirectory`: what a Hugging Face model directory given as ``model=`` holds
+  (``LocalTorchTrainingClient.pretrained``);
+- :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
+  (LoRA merged) or its LoRA adapters in PEFT's format.
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
-``_optim``, ``_checkpoint``, ``_trainer``).
+``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import PRESETS as PRESETS
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
+    from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
+    from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
+        HFModelDirectory as HFModelDirectory,
+    )
+    from crucible_kitchen.adapters.local_torch._hf_export import export_hf as export_hf
+    from crucible_kitchen.adapters.local_torch._hf_export import export_peft as export_peft
     from crucible_kitchen.adapters.local_torch._model import parameter_count as parameter_count
     from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
     from crucible_kitchen.adapters.local_torch._sampling_client import (
@@ -40,18 +52,23 @@ if TYPE_CHECKING:
 
 __all__ = (
     "PRESETS",
+    "HFModelDirectory",
     "LocalRenderer",
     "LocalTokenizer",
     "LocalTorchSamplingClient",
     "LocalTorchTrainingClient",
     "LoraConfig",
     "ModelConfig",
+    "RopeScaling",
+    "export_hf",
+    "export_peft",
     "local_torch_adapters",
     "parameter_count",
 )
 
 _LAZY: dict[str, str] = {
     "PRESETS": "_config",
+    "HFModelDirectory": "_hf_checkpoint",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",
     "LocalTorchSamplingClient": "_sampling_client",
@@ -59,6 +76,9 @@ _LAZY: dict[str, str] = {
     "LoraConfig": "_config",
     "parameter_count": "_model",
     "ModelConfig": "_config",
+    "RopeScaling": "_config",
+    "export_hf": "_hf_export",
+    "export_peft": "_hf_export",
     "local_torch_adapters": "_bundle",
 }
 
