@@ -708,14 +708,16 @@ class JinjaRenderer(Renderer):
     stops at the EOS token, and a reply is the text before it.
 
     Supervised examples are the template's text encoded as a whole, so their tokens are
-    ``apply_chat_template``'s. The pieces that ``train_on_what`` weighs are found by
-    rendering every prefix of the conversation: message ``i`` is what rendering ``i + 1``
-    messages adds to rendering ``i``. An assistant message's header is what the generation
-    prompt adds; another message's header is its text up to the last occurrence of its
-    (stripped) content, or nothing if the template does not write the content as it is. The
-    output runs to the first EOS token after the header (what the model writes, the stop
-    token included); the text after it (a newline, say) is weighted like a header, and a
-    leading BOS token is never trained.
+    ``apply_chat_template``'s, up to the last message's EOS token (the newline, say, that a
+    template writes after it is left out: the model stops before it). The pieces that
+    ``train_on_what`` weighs are found by rendering every prefix of the conversation:
+    message ``i`` is what rendering ``i + 1`` messages adds to rendering ``i``. An assistant
+    message's header is what the generation prompt adds; another message's header is its
+    text up to the last occurrence of its (stripped) content, or nothing if the template
+    does not write the content as it is. The output runs to the first EOS token after the
+    header (what the model writes, the stop token included); the text after it (before the
+    next message) is weighted like a header; a leading BOS token is never trained. A parsed
+    reply is stripped of surrounding whitespace.
 
     The template must be *prefix-stable*: rendering a longer conversation keeps the text (and
     tokens) of a shorter one, and an assistant message follows the generation prompt. Qwen3's
@@ -777,9 +779,14 @@ class JinjaRenderer(Renderer):
         return [self._special_id(self._stop_token)]
 
     def parse_response(self, tokens: Sequence[int]) -> ParsedResponse:
-        """Content before the EOS token: ``STOP_SEQUENCE`` if there is exactly one,
-        ``MALFORMED`` otherwise."""
-        return self._parse_at_stop_token(tokens, self._stop_token)
+        """Content before the EOS token, stripped of surrounding whitespace (which templates
+        add around the content, or trim from it): ``STOP_SEQUENCE`` if there is exactly one
+        EOS, ``MALFORMED`` otherwise."""
+        parsed = self._parse_at_stop_token(tokens, self._stop_token)
+        content = parsed.message.content.strip()
+        return ParsedResponse(
+            message=Message(role="assistant", content=content), termination=parsed.termination
+        )
 
     def build_generation_prompt(
         self, messages: Sequence[Message], *, role: str = "assistant", prefill: str | None = None
@@ -855,6 +862,7 @@ class JinjaRenderer(Renderer):
                 (piece.output, is_trained),
                 (piece.stop_overlap, train_headers),
             ]
+        segments.pop()  # the text after the last stop token, which the model never writes
         first = next((i for i, (segment, _) in enumerate(segments) if segment), None)
         if first is None:
             raise RenderError("the chat template renders this conversation as no text at all")
