@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from _chat_templates import LLAMA_3, LLAMA_3_2, MISTRAL, QWEN_2_5, QWEN_3, SMOLLM2
+from _spans import trained_spans
 
 from crucible_kitchen.errors import ChatTemplateError, RenderError, TokenizerFileError
 from crucible_kitchen.training import (
+    SPECIAL_TOKENS,
     ChatMLRenderer,
     ChatTemplate,
     HfTokenizer,
@@ -24,7 +26,6 @@ from crucible_kitchen.training import (
     ParseTermination,
     Qwen3DisableThinkingRenderer,
     Qwen3Renderer,
-    SupervisedExample,
     TrainOnWhat,
     load_hf_tokenizer,
     renderer_for_chat_template,
@@ -35,17 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-SPECIAL = (
-    "<|begin_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<s>",
-    "</s>",
-)
+# the byte tokenizer's special tokens (Llama 3's and ChatML's among them), and Qwen's and Mistral's
+SPECIAL = (*SPECIAL_TOKENS, "<|endoftext|>", "<s>", "</s>")
 CORPUS = [
     "You are a helpful assistant. Be brief.",
     "What is the capital of France? Paris is the capital of France.",
@@ -155,19 +147,6 @@ def template_tokens(
     return tokenizer.encode(rendered)
 
 
-def trained_spans(tokenizer: HfTokenizer, example: SupervisedExample) -> list[str]:
-    """The decoded runs of consecutive tokens with weight 1."""
-    spans: list[list[int]] = []
-    previous = 0.0
-    for token, weight in zip(example.tokens, example.weights, strict=True):
-        if weight and not previous:
-            spans.append([])
-        if weight:
-            spans[-1].append(token)
-        previous = weight
-    return [tokenizer.decode(span) for span in spans]
-
-
 # --- the tokenizer -----------------------------------------------------------------------------
 
 
@@ -178,20 +157,20 @@ def test_hf_tokenizer_round_trips_and_reads_its_special_tokens(
     text = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHé, 2 + 2?<|eot_id|>"
     ids = llama.encode(text)
     assert llama.decode(ids) == text
-    assert ids[:2] == [llama.special_token_id(t) for t in SPECIAL[:2]]
+    assert ids[:2] == [llama.special_token_id(t) for t in SPECIAL[3:5]]
     assert llama.encode("Paris") == llama.backend.encode("Paris", add_special_tokens=False).ids
-    assert (llama.bos_token_id, llama.eos_token_id) == (0, 3)  # trained in SPECIAL's order
+    assert (llama.bos_token_id, llama.eos_token_id) == (3, 6)  # trained in SPECIAL's order
     assert (llama.bos_token, llama.eos_token, llama.pad_token_id) == (
         "<|begin_of_text|>",
         "<|eot_id|>",
         None,
     )
-    assert (qwen3.bos_token_id, qwen3.eos_token_id, qwen3.pad_token_id) == (None, 5, 6)
+    assert (qwen3.bos_token_id, qwen3.eos_token_id, qwen3.pad_token_id) == (None, 8, 9)
     assert qwen3.chat_template == QWEN_3
     # <think> is one added token, but not a special one
     assert len(qwen3.encode("<think>")) == 1
     assert qwen3.special_token_id("<think>") is None
-    assert qwen3.special_token_id("<|im_start|>") == 4
+    assert qwen3.special_token_id("<|im_start|>") == 7
     assert qwen3.vocab_size == llama.vocab_size == len(qwen3.backend.get_vocab())
 
 
