@@ -30,7 +30,10 @@ class HfTokenizer(BpeTokenizer):
     and the Jinja ``chat_template`` its ``tokenizer_config.json`` names.
 
     ``encode`` adds no BOS/EOS (the ``post_processor`` of ``tokenizer.json`` is not applied);
-    every added token, special or not (Qwen3's ``<think>``), is matched in the text.
+    every added token, special or not (Qwen3's ``<think>``), is matched in the text. Text
+    round-trips through ``encode`` and ``decode`` when the model's tokenizer is byte-level (Llama
+    3, Qwen, SmolLM2); one with a normalizer or an unknown token (SentencePiece-style Llama 2,
+    Mistral) may change some text, as it does in ``transformers``.
     :meth:`special_token_id` knows the tokens marked special. Build one with
     :func:`load_hf_tokenizer`.
 
