@@ -196,6 +196,31 @@ def test_tokenizer_json_alone_and_other_template_forms(tmp_path: Path) -> None:
     assert load_hf_tokenizer(as_object).bos_token == "<s>"
 
 
+def test_added_tokens_decoder_adds_and_marks_tokens(tmp_path: Path) -> None:
+    base = load_hf_tokenizer(write_model_dir(tmp_path / "base", "qwen3"))
+    think, extra = base.backend.token_to_id("<think>"), base.vocab_size
+    added = {
+        str(think): {"content": "<think>", "special": True},
+        str(extra): {"content": "<|extra|>", "special": True, "normalized": False},
+        "0": {"content": SPECIAL[0], "special": True},  # as tokenizer.json has it already
+    }
+    model = write_model_dir(tmp_path / "model", "qwen3", added_tokens_decoder=added)
+    tokenizer = load_hf_tokenizer(model)
+    assert tokenizer.special_token_id("<think>") == think
+    assert tokenizer.special_token_id("<|extra|>") == extra
+    assert tokenizer.encode("a<|extra|>") == [*tokenizer.encode("a"), extra]
+    assert tokenizer.vocab_size == base.vocab_size + 1
+    wrong = {str(extra + 5): {"content": "<|extra|>", "special": True}}
+    model = write_model_dir(tmp_path / "wrong", "qwen3", added_tokens_decoder=wrong)
+    message = rf"'<\|extra\|>' has id {extra} in tokenizer\.json, not {extra + 5}"
+    with pytest.raises(TokenizerFileError, match=message) as caught:
+        load_hf_tokenizer(model)
+    assert caught.value.path == str(model / "tokenizer_config.json")
+    bad = write_model_dir(tmp_path / "bad", "qwen3", added_tokens_decoder={"x": {}})
+    with pytest.raises(TokenizerFileError, match="entry 'x' is not a token"):
+        load_hf_tokenizer(bad)
+
+
 @pytest.mark.parametrize(
     ("damage", "file", "message"),
     [
