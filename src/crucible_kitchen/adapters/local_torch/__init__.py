@@ -6,8 +6,9 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 
 - :class:`LocalTorchTrainingClient` (port ``training_client``) and
   :class:`LocalTorchSamplingClient` (``sampling_client``);
-- :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
-  and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
+- :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer,
+  or a Hugging Face model's own) and :class:`LocalRenderer` (``renderer``, over
+  ``training``'s chat formats): torch-free;
 - :func:`local_torch_adapters`: all four, keyed by port name;
 - :class:`ModelConfig` (with :class:`RopeScaling`), :class:`LoraConfig`, :data:`PRESETS`:
   the model's architecture, from a preset, by hand or read from a Hugging Face model
