@@ -189,7 +189,7 @@ async def test_greedy_generations_equal_transformers(
     family: str, saved: Callable[[str], Path]
 ) -> None:
     directory = saved(family)
-    sampler = local_torch_adapters(model=directory)["sampling_client"]
+    sampler = local_torch_adapters(model=directory, tokenizer="byte")["sampling_client"]
     prompt = [5, 17, 250, 3, 99]
     reference = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
     expected = _hf_greedy(reference, prompt, 16)
@@ -320,7 +320,7 @@ def _edit_weights(directory: Path, edit: Callable[[dict[str, torch.Tensor]], Non
 def _load_error(directory: Path, tmp_path: Path) -> PretrainedModelError:
     run_dir = tmp_path / "run"
     with pytest.raises(PretrainedModelError) as caught:
-        local_torch_adapters(model=directory, run_dir=run_dir)
+        local_torch_adapters(model=directory, tokenizer="byte", run_dir=run_dir)
     assert not run_dir.exists()  # nothing written
     return caught.value
 
