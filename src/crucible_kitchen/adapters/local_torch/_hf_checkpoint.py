@@ -10,6 +10,7 @@ dtype is checked from the files' headers before any weight is read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -170,10 +171,9 @@ def _rope(hf: dict[str, Any], problems: list[str]) -> tuple[float, RopeScaling |
         return float(theta), None
 
 
-def _model_config(
-    hf: dict[str, Any], path: Path, *, digest: str, dtype: DTypeName, device: str
-) -> ModelConfig:
-    """Our :class:`ModelConfig` for ``config.json``'s contents (``path`` for errors)."""
+def _model_config(hf: dict[str, Any], path: Path, *, dtype: DTypeName, device: str) -> ModelConfig:
+    """Our :class:`ModelConfig` for ``config.json``'s contents (``path`` for errors), without
+    the ``pretrained`` digest."""
     problems: list[str] = []
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -219,7 +219,6 @@ def _model_config(
             qkv_bias=model_type == "qwen2",
             qk_norm=model_type == "qwen3",
             rope_scaling=scaling,
-            pretrained=digest,
             dtype=dtype,
             device=device,
         )
@@ -264,14 +263,14 @@ def _tensor_infos(directory: Path) -> dict[str, _TensorInfo]:
     infos: dict[str, _TensorInfo] = {}
     for file in sorted(set(files.values())):
         present = _header(file)
-        for name in sorted(n for n, f in files.items() if f == file and n not in present):
-            raise _fail(
-                file, [f"missing tensor {name} (listed in {WEIGHTS_INDEX_FILE})"], tensor=name
-            )
-        for name in sorted(set(present) - set(files)):
-            raise _fail(
-                file, [f"unexpected tensor {name} (not in {WEIGHTS_INDEX_FILE})"], tensor=name
-            )
+        missing = sorted(n for n, f in files.items() if f == file and n not in present)
+        if missing:
+            problem = f"missing tensor {missing[0]} (listed in {WEIGHTS_INDEX_FILE})"
+            raise _fail(file, [problem], tensor=missing[0])
+        unexpected = sorted(set(present) - set(files))
+        if unexpected:
+            problem = f"unexpected tensor {unexpected[0]} (not in {WEIGHTS_INDEX_FILE})"
+            raise _fail(file, [problem], tensor=unexpected[0])
         infos.update((name, (file, *info)) for name, info in present.items())
     return infos
 
@@ -338,19 +337,20 @@ def read_hf_model(
     directory = Path(path)
     hf = _read_json(directory / CONFIG_FILE, required=True)
     assert hf is not None
-    infos = _tensor_infos(directory)
-    digest = _digest(directory, sorted({info[0] for info in infos.values()}))
-    named = hf.get("torch_dtype", hf.get("dtype"))
     if dtype is None:
+        named = hf.get("torch_dtype", hf.get("dtype"))
         dtype = named if config_dtype and named in get_args(DTypeName) else "float32"
     config = _model_config(
-        hf, directory / CONFIG_FILE, digest=digest, dtype=cast("DTypeName", dtype), device=device
+        hf, directory / CONFIG_FILE, dtype=cast("DTypeName", dtype), device=device
     )
+    infos = _tensor_infos(directory)
     sharded = (directory / WEIGHTS_INDEX_FILE).is_file()
     _check_tensors(config, infos, directory / (WEIGHTS_INDEX_FILE if sharded else WEIGHTS_FILE))
+    # Hashed once everything else checked out: the slow part, for a large model.
+    digest = _digest(directory, sorted({info[0] for info in infos.values()}))
     return HFModelDirectory(
         path=directory,
-        config=config,
+        config=dataclasses.replace(config, pretrained=digest),
         hf_config=hf,
         generation_config=_read_json(directory / GENERATION_CONFIG_FILE, required=False),
         tensor_files={name: info[0] for name, info in infos.items()},
@@ -368,8 +368,9 @@ def _check_tensors(config: ModelConfig, infos: dict[str, _TensorInfo], weights: 
     """Refuse a missing, unexpected, mis-shaped or non-float tensor; ``weights`` is the file
     named for a missing one."""
     expected = {hf_tensor_name(name): shape for name, shape in _our_shapes(config).items()}
-    for name in sorted(set(expected) - set(infos)):
-        raise _fail(weights, [f"missing tensor {name}"], tensor=name)
+    missing = sorted(set(expected) - set(infos))
+    if missing:
+        raise _fail(weights, [f"missing tensor {missing[0]}"], tensor=missing[0])
     for name, (file, dtype, shape) in sorted(infos.items()):
         if _IGNORED.match(name):
             continue
