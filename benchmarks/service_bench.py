@@ -241,8 +241,8 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
         async with session.post("/runs", json=train) as response:
             assert response.status == 202, await response.text()
             run_id = (await response.json())["run_id"]
-        handle = app[SERVICE_KEY].run(run_id).handle
-        waiter = asyncio.ensure_future(handle.result())
+        service = app[SERVICE_KEY]
+        waiter = asyncio.ensure_future(service.result(service.run(run_id)))
 
         async def probe() -> None:
             while not waiter.done():
