@@ -16,10 +16,11 @@ import concurrent.futures
 import math
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
@@ -110,7 +111,7 @@ class ServiceSettings:
     tracer_provider: Any = None
     page_size: int = 50
     max_page_size: int = 500
-    keep_finished: int = 1000
+    keep_finished: int = 200
 
     def __post_init__(self) -> None:
         problems = []
@@ -648,23 +649,24 @@ class KitchenService:
     async def _live_events(
         handle: RunHandle, after: int, kitchen_loop: asyncio.AbstractEventLoop
     ) -> AsyncGenerator[StoredEvent, None]:
-        queue: asyncio.Queue[StoredEvent | None] = asyncio.Queue()
-        host = asyncio.get_running_loop()
+        handoff = _Handoff[StoredEvent | None](asyncio.get_running_loop())
 
         async def forward() -> None:  # on the kitchen loop
             try:
                 async for event in handle.events():
                     if event.seq > after:
-                        stored = StoredEvent(event.seq, event_name(event), encode_event(event))
-                        host.call_soon_threadsafe(queue.put_nowait, stored)
+                        handoff.put(StoredEvent(event.seq, event_name(event), encode_event(event)))
             finally:
-                host.call_soon_threadsafe(queue.put_nowait, None)
+                handoff.put(None)
 
         forwarding = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(forward(), kitchen_loop))
         try:
-            while (stored := await queue.get()) is not None:
-                yield stored
-            await forwarding  # raises what ended the forwarding early
+            while True:
+                for stored in await handoff.take():
+                    if stored is None:
+                        await forwarding  # raises what ended the forwarding early
+                        return
+                    yield stored
         finally:
             forwarding.cancel()
 
@@ -709,6 +711,36 @@ class KitchenService:
             self._streams -= 1
             if self._streams == 0:
                 self._streams_closed.set()
+
+
+class _Handoff(Generic[T]):
+    """Items put on any thread and taken on one event loop (the host's), with one wake-up of
+    that loop per batch of items rather than per item."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[T] = deque()
+        self._wake_pending = False
+        self._ready = asyncio.Event()
+
+    def put(self, item: T) -> None:
+        self._items.append(item)  # before the check: a pending wake-up will see it
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._ready.set()
+
+    async def take(self) -> list[T]:
+        """The items put so far, oldest first, waiting for one if there is none."""
+        while not self._items:
+            self._ready.clear()
+            if not self._items:
+                await self._ready.wait()
+        items = self._items
+        return [items.popleft() for _ in range(len(items))]
 
 
 async def _kept_events(
