@@ -101,17 +101,20 @@ async def long_lived_memory(config: Config, root: Path) -> dict[str, Any]:
             if index % every == 0:
                 samples.append((index, rss_mib()))
         kept = len(kitchen.finished())
-    elapsed = time.perf_counter() - started
+    return {**memory_figures(samples, time.perf_counter() - started), "finished_kept": kept}
+
+
+def memory_figures(samples: list[tuple[int, float]], elapsed_s: float) -> dict[str, Any]:
+    """RSS samples ``(runs done, MiB)`` as figures: flat means last ÷ first near 1."""
     first, last = samples[0][1], samples[-1][1]
     return {
-        "runs": config.runs,
+        "runs": samples[-1][0],
         "rss_mib": samples,
         "first_mib": first,
         "last_mib": last,
         "last_over_first": last / first,
         "growth_kib_per_run": (last - first) * 1024 / max(1, samples[-1][0] - samples[0][0]),
-        "finished_kept": kept,
-        "runs_per_s": config.runs / elapsed,
+        "runs_per_s": samples[-1][0] / elapsed_s,
     }
 
 
@@ -264,18 +267,7 @@ async def service_memory(config: Config, root: Path) -> dict[str, Any]:
             if index % every == 0:
                 samples.append((index, rss_mib()))
         kept = len(app[SERVICE_KEY].runs())
-    elapsed = time.perf_counter() - started
-    first, last = samples[0][1], samples[-1][1]
-    return {
-        "runs": config.runs,
-        "rss_mib": samples,
-        "first_mib": first,
-        "last_mib": last,
-        "last_over_first": last / first,
-        "growth_kib_per_run": (last - first) * 1024 / max(1, samples[-1][0] - samples[0][0]),
-        "summaries_kept": kept,
-        "runs_per_s": config.runs / elapsed,
-    }
+    return {**memory_figures(samples, time.perf_counter() - started), "summaries_kept": kept}
 
 
 # --------------------------------------------------------------------------- 3. lag
