@@ -16,6 +16,7 @@ import concurrent.futures
 import math
 import threading
 import time
+from asyncio import FIRST_COMPLETED
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -237,7 +238,6 @@ class KitchenService:
         self._task_group: TaskGroup | None = None
         self._kitchen_loop: asyncio.AbstractEventLoop | None = None
         self._host_loop: asyncio.AbstractEventLoop | None = None
-        self._closing: anyio.Event | None = None
         self._runs: dict[str, TrackedRun | _OnDisk] = {}
         self._finished: list[str] = []  # finished runs with a summary, in the order they ended
         self._past: dict[str, PastRun] = {}
@@ -285,42 +285,44 @@ class KitchenService:
         cleanup stop every run, close the Kitchen and wait for its thread."""
         self._host_loop = asyncio.get_running_loop()
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        closing: concurrent.futures.Future[None] = concurrent.futures.Future()
         ended: concurrent.futures.Future[None] = concurrent.futures.Future()
         thread = threading.Thread(
-            target=self._kitchen_thread, args=(ready, ended), name="crucible-kitchen"
+            target=self._kitchen_thread, args=(ready, closing, ended), name="crucible-kitchen"
         )
         thread.start()
-        waiting = asyncio.wrap_future(ready)
         owner = asyncio.wrap_future(ended)
-        await asyncio.wait((owner, waiting), return_when=asyncio.FIRST_COMPLETED)
-        if owner.done():
-            thread.join()
-            owner.result()  # raises what failed the start
         try:
+            await asyncio.wait((owner, asyncio.wrap_future(ready)), return_when=FIRST_COMPLETED)
+            if owner.done():
+                owner.result()  # raises what failed the start
             yield
         finally:
-            if self._kitchen_loop is not None and self._closing is not None:
-                self._kitchen_loop.call_soon_threadsafe(self._closing.set)
+            closing.set_result(None)  # whenever the Kitchen gets there, it stops
             try:
                 await asyncio.shield(owner)
             finally:
                 thread.join()
 
     def _kitchen_thread(
-        self, ready: concurrent.futures.Future[None], ended: concurrent.futures.Future[None]
+        self,
+        ready: concurrent.futures.Future[None],
+        closing: concurrent.futures.Future[None],
+        ended: concurrent.futures.Future[None],
     ) -> None:
         try:
-            anyio.run(self._own_kitchen, ready, backend="asyncio")
+            anyio.run(self._own_kitchen, ready, closing, backend="asyncio")
         except BaseException as exc:  # handed to the host's loop, which raises it
             ended.set_exception(exc)
         else:
             ended.set_result(None)
 
-    async def _own_kitchen(self, ready: concurrent.futures.Future[None]) -> None:
+    async def _own_kitchen(
+        self, ready: concurrent.futures.Future[None], closing: concurrent.futures.Future[None]
+    ) -> None:
         settings = self.settings
         past = await anyio.to_thread.run_sync(scan_past_runs, Path(settings.root))
         self._past = {run.run_id: run for run in past}
-        self._closing = anyio.Event()
         async with (
             Kitchen.open(
                 runs_root=Path(settings.root),
@@ -333,7 +335,7 @@ class KitchenService:
             self._kitchen_loop = asyncio.get_running_loop()
             ready.set_result(None)
             try:
-                await self._closing.wait()
+                await asyncio.wrap_future(closing)
                 await self._stop_runs()
             finally:
                 self._kitchen = self._task_group = self._kitchen_loop = None
