@@ -362,7 +362,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: ``id`` is the event's ``seq``, ``event`` its name, ``data`` its
     JSON; after the run's last event an ``end`` event carries the final status. A client that
     reconnects with ``Last-Event-ID: n`` gets every event after ``n``. The events of a run
-    that has ended come from its run directory."""
+    that has ended come from its run directory (or, without one, from memory)."""
     service = _service(request)
     run_id = request.match_info["run_id"]
     after = _last_event_id(request)
@@ -421,7 +421,7 @@ async def _stream_events(
     async with anyio.create_task_group() as task_group, receive:
         task_group.start_soon(pump)
         present = await _write_frames(response, receive, heartbeat_s)
-        task_group.cancel_scope.cancel()  # the client went away: stop reading events
+        task_group.cancel_scope.cancel()  # stop reading events if the client went away
     return present
 
 

@@ -6,7 +6,8 @@ adapters compute in Python) thus never queues the host's requests behind it, and
 loop stays the host's. Whatever touches the Kitchen or a run's handle runs on the kitchen loop
 (:meth:`KitchenService.on_kitchen`); the service's own records of the runs
 (:class:`TrackedRun`, the index of runs) change on the host's loop only, except for what a
-run's telemetry handler writes into its record (its stage, step and latest metrics).
+run's telemetry handler writes into its record (its stage, step and latest metrics, and the
+events and metrics rows of a run without a run directory).
 """
 
 from __future__ import annotations
