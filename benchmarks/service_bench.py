@@ -10,12 +10,16 @@ What it measures, in one process:
 
 1. ``memory``: one ``Kitchen.open()`` runs ``--runs`` noop ``supervised`` runs one after the
    other; the resident set size (RSS, from ``/proc/self/statm``) is sampled ten times. Flat
-   means last ÷ first (after the first tenth, the warm-up) stays near 1.
+   means last ÷ first (after the first tenth, the warm-up) stays near 1. ``service_memory``:
+   the same number of runs one after the other through the service, each started with
+   ``POST /runs`` and followed over its event stream to its end.
 2. ``load``: the service (``create_app``) on 127.0.0.1, started with aiohttp's ``AppRunner``;
    ``--concurrent`` noop runs are started with ``POST /runs`` at once, and for each run one
    client polls ``GET /runs/{id}`` until the run ended while another reads its
    ``GET /runs/{id}/events`` stream to the ``end`` event (a poller waits ``--poll-interval``
-   between its requests; 0 makes 100 clients ask back to back). Reported: p50/p99 latency of
+   between its requests; 0 makes 100 clients ask back to back). The clients run in a child
+   process of their own, as real clients would, so that their work does not share the
+   service's event loop and interpreter lock. Reported: p50/p99 latency of
    ``GET /runs/{id}`` (target p99 < 50 ms), events delivered over SSE against events emitted
    (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS growth per run.
 3. ``lag``: while one ``sl_basic`` run trains on local torch in the same process (started
@@ -97,17 +101,20 @@ async def long_lived_memory(config: Config, root: Path) -> dict[str, Any]:
             if index % every == 0:
                 samples.append((index, rss_mib()))
         kept = len(kitchen.finished())
-    elapsed = time.perf_counter() - started
+    return {**memory_figures(samples, time.perf_counter() - started), "finished_kept": kept}
+
+
+def memory_figures(samples: list[tuple[int, float]], elapsed_s: float) -> dict[str, Any]:
+    """RSS samples ``(runs done, MiB)`` as figures: flat means last ÷ first near 1."""
     first, last = samples[0][1], samples[-1][1]
     return {
-        "runs": config.runs,
+        "runs": samples[-1][0],
         "rss_mib": samples,
         "first_mib": first,
         "last_mib": last,
         "last_over_first": last / first,
         "growth_kib_per_run": (last - first) * 1024 / max(1, samples[-1][0] - samples[0][0]),
-        "finished_kept": kept,
-        "runs_per_s": config.runs / elapsed,
+        "runs_per_s": samples[-1][0] / elapsed_s,
     }
 
 
@@ -170,53 +177,97 @@ async def stream(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     return delivered, final
 
 
+async def clients(base: str, config: Config) -> dict[str, Any]:
+    """The load's clients: start the runs, poll them and stream their events."""
+    # No client-side pool limit: 100 open event streams must not queue the polls.
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(base, connector=connector) as session:
+        body = {**NOOP_RUN, "config": {"max_steps": config.load_steps}}
+        for _ in range(3):  # warm-up: imports, first-request costs
+            async with session.post("/runs", json=body) as response:
+                await stream(session, f"/runs/{(await response.json())['run_id']}/events")
+
+        async def start() -> str:
+            async with session.post("/runs", json=body) as response:
+                assert response.status == 202, await response.text()
+                return str((await response.json())["run_id"])
+
+        started = time.perf_counter()
+        run_ids = await asyncio.gather(*(start() for _ in range(config.concurrent)))
+        latencies: list[float] = []
+        polls = [
+            poll(session, f"/runs/{run_id}", latencies, config.poll_interval_s)
+            for run_id in run_ids
+        ]
+        streams = [stream(session, f"/runs/{run_id}/events") for run_id in run_ids]
+        results = await asyncio.gather(*polls, *streams)
+        elapsed = time.perf_counter() - started
+    delivered = [result for result in results if isinstance(result, tuple)]
+    return {
+        "run_ids": run_ids,
+        "latencies": latencies,
+        "events_delivered": sum(count for count, _ in delivered),
+        "final_statuses": dict(Counter(status for _, status in delivered)),
+        "wall_s": elapsed,
+    }
+
+
 async def load(config: Config, root: Path) -> dict[str, Any]:
+    """The service in this process; its clients in another one (as real clients are), so
+    that their own work does not share this process's event loop and interpreter lock."""
     counter = EventCounter()
     Kitchen.attach_telemetry(counter)
     try:
-        # No client-side pool limit: 100 open event streams must not queue the polls.
-        connector = aiohttp.TCPConnector(limit=0)
-        async with (
-            served(root=root, max_runs_per_client=None) as (base, _),
-            aiohttp.ClientSession(base, connector=connector) as session,
-        ):
-            body = {**NOOP_RUN, "config": {"max_steps": config.load_steps}}
-            for _ in range(3):  # warm-up: imports, first-request costs
-                async with session.post("/runs", json=body) as response:
-                    await stream(session, f"/runs/{(await response.json())['run_id']}/events")
+        async with served(root=root, max_runs_per_client=None) as (base, _):
             before = rss_mib()
-
-            async def start() -> str:
-                async with session.post("/runs", json=body) as response:
-                    assert response.status == 202, await response.text()
-                    return str((await response.json())["run_id"])
-
-            started = time.perf_counter()
-            run_ids = await asyncio.gather(*(start() for _ in range(config.concurrent)))
-            latencies: list[float] = []
-            polls = [
-                poll(session, f"/runs/{run_id}", latencies, config.poll_interval_s)
-                for run_id in run_ids
-            ]
-            streams = [stream(session, f"/runs/{run_id}/events") for run_id in run_ids]
-            results = await asyncio.gather(*polls, *streams)
-            elapsed = time.perf_counter() - started
+            client = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--clients-of",
+                base,
+                "--client-config",
+                json.dumps(asdict(config)),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            output, _ = await client.communicate()
+            assert client.returncode == 0, f"the clients failed (exit {client.returncode})"
+            seen = json.loads(output)
             after = rss_mib()
     finally:
         Kitchen.detach_telemetry()
-    delivered = [result for result in results if isinstance(result, tuple)]
+    latencies = seen["latencies"]
     return {
         "concurrent": config.concurrent,
         "poll_interval_s": config.poll_interval_s,
         "get_run_p50_ms": percentile(latencies, 0.5) * 1000,
         "get_run_p99_ms": percentile(latencies, 0.99) * 1000,
         "get_run_requests": len(latencies),
-        "events_delivered": sum(count for count, _ in delivered),
-        "events_emitted": sum(counter.emitted[run_id] for run_id in run_ids),
-        "final_statuses": dict(Counter(status for _, status in delivered)),
+        "events_delivered": seen["events_delivered"],
+        "events_emitted": sum(counter.emitted[run_id] for run_id in seen["run_ids"]),
+        "final_statuses": seen["final_statuses"],
         "rss_growth_kib_per_run": (after - before) * 1024 / config.concurrent,
-        "wall_s": elapsed,
+        "wall_s": seen["wall_s"],
     }
+
+
+async def service_memory(config: Config, root: Path) -> dict[str, Any]:
+    """``--runs`` noop runs one after the other through the service: each started with
+    ``POST /runs`` and followed over its event stream to its end; RSS sampled ten times."""
+    every = max(1, config.runs // 10)
+    samples: list[tuple[int, float]] = []
+    body = {**NOOP_RUN, "config": {"max_steps": config.noop_steps}}
+    started = time.perf_counter()
+    async with served(root=root) as (base, app), aiohttp.ClientSession(base) as session:
+        for index in range(1, config.runs + 1):
+            async with session.post("/runs", json=body) as response:
+                assert response.status == 202, await response.text()
+                run_id = (await response.json())["run_id"]
+            delivered, final = await stream(session, f"/runs/{run_id}/events")
+            assert (final, delivered > 0) == ("completed", True), (final, delivered)
+            if index % every == 0:
+                samples.append((index, rss_mib()))
+        kept = len(app[SERVICE_KEY].runs())
+    return {**memory_figures(samples, time.perf_counter() - started), "summaries_kept": kept}
 
 
 # --------------------------------------------------------------------------- 3. lag
@@ -241,8 +292,8 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
         async with session.post("/runs", json=train) as response:
             assert response.status == 202, await response.text()
             run_id = (await response.json())["run_id"]
-        handle = app[SERVICE_KEY].run(run_id).handle
-        waiter = asyncio.ensure_future(handle.result())
+        service = app[SERVICE_KEY]
+        waiter = asyncio.ensure_future(service.result(service.run(run_id)))
 
         async def probe() -> None:
             while not waiter.done():
@@ -285,6 +336,7 @@ async def measure(config: Config) -> dict[str, Any]:
         root = Path(tmp)
         return {
             "memory": await long_lived_memory(config, root / "memory"),
+            "service_memory": await service_memory(config, root / "service-memory"),
             "load": await load(config, root / "load"),
             "lag": await lag_while_training(config, root / "lag"),
         }
@@ -292,7 +344,9 @@ async def measure(config: Config) -> dict[str, Any]:
 
 def report(figures: dict[str, Any]) -> str:
     memory, load_, lag = figures["memory"], figures["load"], figures["lag"]
+    service = figures["service_memory"]
     samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in memory["rss_mib"])
+    service_samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in service["rss_mib"])
     return "\n".join(
         [
             f"1. memory: {memory['runs']} sequential noop runs in one Kitchen "
@@ -300,6 +354,11 @@ def report(figures: dict[str, Any]) -> str:
             f"   last/first {memory['last_over_first']:.3f}, "
             f"{memory['growth_kib_per_run']:.2f} KiB per run; "
             f"finished results kept: {memory['finished_kept']}",
+            f"1b. service memory: {service['runs']} sequential noop runs over HTTP "
+            f"({service['runs_per_s']:.0f} runs/s); RSS MiB by run: {service_samples}",
+            f"   last/first {service['last_over_first']:.3f}, "
+            f"{service['growth_kib_per_run']:.2f} KiB per run; "
+            f"run summaries kept: {service['summaries_kept']}",
             f"2. load: {load_['concurrent']} concurrent noop runs over HTTP in "
             f"{load_['wall_s']:.2f} s (polls every {load_['poll_interval_s']} s); "
             f"GET /runs/{{id}} p50 {load_['get_run_p50_ms']:.1f} ms, "
@@ -323,7 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--poll-interval", type=float, default=Config.poll_interval_s, help="seconds"
     )
+    parser.add_argument("--clients-of", help=argparse.SUPPRESS)  # the load's client process
+    parser.add_argument("--client-config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.clients_of is not None:
+        config = Config(**json.loads(args.client_config))
+        print(json.dumps(asyncio.run(clients(args.clients_of, config))))
+        return 0
     config = Config(poll_interval_s=args.poll_interval)
     if args.quick:
         config = replace(config, runs=200, concurrent=10, load_steps=5, train_steps=3)

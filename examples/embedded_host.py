@@ -41,10 +41,16 @@ async def index(_request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """A host route that uses the kitchen through Python, not HTTP."""
-    kitchen = request.app[KITCHEN].kitchen
-    running = sum(run.status == "running" for run in kitchen.runs())
-    return web.json_response({"running": running, "finished": len(kitchen.finished())})
+    """A host route that uses the kitchen through Python, not HTTP. The Kitchen lives on an
+    event loop of its own: what reads or changes it runs there, through ``on_kitchen``."""
+    service = request.app[KITCHEN]
+
+    async def count() -> dict[str, int]:
+        kitchen = service.kitchen
+        running = sum(run.status == "running" for run in kitchen.runs())
+        return {"running": running, "finished": len(kitchen.finished())}
+
+    return web.json_response(await service.on_kitchen(count()))
 
 
 def make_app(root: str = "runs", token: str | None = None) -> web.Application:

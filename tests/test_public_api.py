@@ -130,6 +130,8 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "WorkflowError",
     ),
     "crucible_kitchen.kitchen": (
+        "EVENTS_FILE",
+        "METRICS_FILE",
         "Adapters",
         "DryRun",
         "Kitchen",
@@ -240,6 +242,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "RunView",
         "ServiceSettings",
         "StartRun",
+        "StoredEvent",
         "TrackedRun",
         "create_app",
         "mount_kitchen",

@@ -8,11 +8,12 @@ built-in recipes checkpoint on a graceful stop.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import msgspec
 import pydantic
 from aiohttp.test_utils import TestClient, TestServer
@@ -34,6 +35,37 @@ if TYPE_CHECKING:
     from aiohttp import ClientResponse
 
 
+class ThreadEvent:
+    """An event set on one thread and waited for on another's event loop: the service runs
+    the Kitchen (and the gated stages) on a loop of its own, the tests on the host's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            waiters, self._waiters = self._waiters, []
+        for waiter_loop, waiter in waiters:
+            waiter_loop.call_soon_threadsafe(_wake, waiter)
+
+    async def wait(self) -> None:
+        with self._lock:
+            if self._set:
+                return
+            loop = asyncio.get_running_loop()
+            waiter = loop.create_future()
+            self._waiters.append((loop, waiter))
+        await waiter
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Gate:
     """Where each step of a gated run waits; ``open()`` lets every step through from then on.
 
@@ -41,8 +73,8 @@ class Gate:
     """
 
     def __init__(self) -> None:
-        self.reached = anyio.Event()
-        self._open = anyio.Event()
+        self.reached = ThreadEvent()
+        self._open = ThreadEvent()
         self.checkpoints: list[tuple[str, int]] = []
 
     def open(self) -> None:

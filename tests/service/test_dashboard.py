@@ -136,27 +136,42 @@ async def test_nothing_outside_the_static_files_is_reachable(tmp_path: Path, nam
 
 class Turnstile:
     """Each step of a ``paced`` run waits for a permit; the test hands permits out from its
-    own thread with :meth:`let_through`. :meth:`stop_requested` tells whether the run that
-    waits was asked to stop."""
+    own thread with :meth:`let_through` (the steps wait on the kitchen's loop, in a thread
+    of its own). :meth:`stop_requested` tells whether the run that waits was asked to stop."""
 
-    def __init__(self, server_loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = server_loop
-        self._permits = asyncio.Semaphore(0)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._permits = 0
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self._waiting: Context | None = None
 
     async def passage(self, ctx: Context) -> None:
         self._waiting = ctx
-        await self._permits.acquire()
+        while True:
+            with self._lock:
+                if self._permits:
+                    self._permits -= 1
+                    return
+                loop = asyncio.get_running_loop()
+                waiter = loop.create_future()
+                self._wake = (loop, waiter)
+            await waiter
 
     def stop_requested(self) -> bool:
         return self._waiting is not None and bool(self._waiting.run.stop_requested)
 
     def let_through(self, steps: int) -> None:
-        def release() -> None:
-            for _ in range(steps):
-                self._permits.release()
+        with self._lock:
+            self._permits += steps
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            loop, waiter = wake
+            loop.call_soon_threadsafe(_wake, waiter)
 
-        self._loop.call_soon_threadsafe(release)
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class PacedConfig(pydantic.BaseModel):
@@ -199,7 +214,7 @@ def served_in_a_thread(
         return asyncio.run_coroutine_threadsafe(coroutine, server_loop).result(timeout=30)
 
     try:
-        turnstile = Turnstile(server_loop)
+        turnstile = Turnstile()
         runner = web.AppRunner(
             _host(tmp_path, recipes=[paced_recipe(turnstile)], adapter_sets=["noop"])
         )

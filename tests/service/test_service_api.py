@@ -75,7 +75,7 @@ async def test_a_running_run_shows_its_stage_step_and_latest_metrics(tmp_path: P
         )
         assert (await (await client.get("/health")).json())["runs_running"] == 1
         gate.open()
-        await service.run(run_id).handle.result()
+        await service.result(service.run(run_id))
         run = await (await client.get(f"/runs/{run_id}")).json()
         assert run["status"] == "completed"
         assert run["steps"] == 2
@@ -88,7 +88,7 @@ async def test_runs_are_listed_a_page_at_a_time_and_filtered_by_status(tmp_path:
     async with serving(tmp_path, gate, max_runs_per_client=None) as (client, service):
         done = [await start(client, NOOP_RUN) for _ in range(3)]
         for run_id in done:
-            await service.run(run_id).handle.result()
+            await service.result(service.run(run_id))
         waiting = await start(client, {"recipe": "gated"})
 
         page = await (await client.get("/runs", params={"limit": "2"})).json()
@@ -122,7 +122,7 @@ async def test_cancel_stops_a_run_gracefully_and_a_second_cancel_conflicts(
         assert gate.checkpoints == [(run_id, 1)]
         run = await (await client.get(f"/runs/{run_id}")).json()
         assert (run["status"], run["steps"]) == ("cancelled", 1)
-        await service.run(run_id).handle.result()
+        await service.result(service.run(run_id))
         body = await problem(await client.post(f"/runs/{run_id}/cancel"), 409, "run-ended")
         assert body["detail"] == f"run {run_id!r} has ended already (cancelled)"
 
@@ -136,7 +136,7 @@ async def test_a_reconnecting_client_resumes_after_its_last_event_id(tmp_path: P
         seen = [await first.next(), await first.next()]
         first.response.close()
         gate.open()
-        await service.run(run_id).handle.result()
+        await service.result(service.run(run_id))
 
         last_id = seen[-1].id
         assert last_id is not None
@@ -160,7 +160,7 @@ async def test_a_client_that_disconnects_mid_stream_leaves_the_run_and_server_so
         gate.open()  # the next events find the connection gone
         with anyio.fail_after(10):
             await service.streams_closed()
-        result = await service.run(run_id).handle.result()
+        result = await service.result(service.run(run_id))
         assert (result.status, result.steps) == ("completed", 3)
         assert (await client.get("/health")).status == 200
 
@@ -196,8 +196,8 @@ async def test_shutdown_with_runs_in_flight_ends_every_run_with_a_final_status(
         await blocked.reached.wait()
         await looping.reached.wait()
     runs = service.runs()
-    assert [run.handle.run_id for run in runs] == [stuck, busy]
-    results = {run.handle.run_id: run.result for run in runs}
+    assert [run.run_id for run in runs] == [stuck, busy]
+    results = {run.run_id: run.result for run in runs}
     assert all(result is not None and result.status == "cancelled" for result in results.values())
     # The busy run stopped at a step boundary when asked, after its checkpoint stage ran.
     steps = results[busy].steps  # type: ignore[union-attr]

@@ -63,7 +63,7 @@ async def test_a_run_stopped_by_a_shutdown_resumes_over_http_bit_identically(
         assert [(run["run_id"], run["status"]) for run in listed] == [(run_id, "cancelled")]
         response = await client.post(f"/runs/{run_id}/resume")
         assert response.status == 202, await response.text()
-        resumed = await service.run(run_id).handle.result()
+        resumed = await service.result(service.run(run_id))
     assert (resumed.status, resumed.steps) == ("completed", 12)
     assert resumed.metrics["data/train_examples"] == 64.0
 
@@ -86,7 +86,7 @@ async def test_a_dataset_name_cannot_reach_files_outside_the_data_root(tmp_path:
             await start(client, {"recipe": "sl_basic", "config": {"dataset": name}})
             for name in ("../" * 30 + outside.lstrip("/"), outside)
         ]
-        results = [await service.run(run_id).handle.result() for run_id in runs]
+        results = [await service.result(service.run(run_id)) for run_id in runs]
     reasons = ["must not have empty, '.' or '..' segments", "must be relative"]
     for result, reason in zip(results, reasons, strict=True):
         assert (result.status, result.failed_stage) == ("failed", "load_dataset")

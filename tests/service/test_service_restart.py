@@ -11,7 +11,7 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _service_support import NOOP_RUN, Gate, gated_recipe, problem, serving, start
+from _service_support import NOOP_RUN, Gate, follow, gated_recipe, problem, serving, start
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -59,7 +59,7 @@ async def stop_after_one_step(
     await gate.reached.wait()
     assert (await client.post(f"/runs/{run_id}/cancel")).status == 202
     gate.open()
-    assert (await service.run(run_id).handle.result()).status == "cancelled"
+    assert (await service.result(service.run(run_id))).status == "cancelled"
     assert gate.checkpoints == [(run_id, 1)]
     return run_id
 
@@ -69,9 +69,9 @@ async def test_after_a_restart_past_runs_are_listed_and_read_from_disk(tmp_path:
     async with serving(tmp_path, recipes=keeping_run_dirs(gate)) as (client, service):
         stopped = await stop_after_one_step(client, service, gate)
         done = await start(client, {"recipe": "gated", "config": {"steps": 2}})
-        assert (await service.run(done).handle.result()).status == "completed"
+        assert (await service.result(service.run(done))).status == "completed"
         in_memory_only = await start(client, NOOP_RUN)  # its recipe keeps no run directory
-        await service.run(in_memory_only).handle.result()
+        await service.result(service.run(in_memory_only))
         before = await listing(client)
     assert [run["run_id"] for run in before["runs"]] == [stopped, done, in_memory_only]
 
@@ -91,9 +91,14 @@ async def test_after_a_restart_past_runs_are_listed_and_read_from_disk(tmp_path:
         assert view.status == 200
         assert await view.json() == after["runs"][0]
         await problem(await client.get(f"/runs/{in_memory_only}"), 404, "unknown-run")
-        for path in ("metrics", "events"):
-            body = await problem(await client.get(f"/runs/{done}/{path}"), 404, "past-run")
-            assert "ended before this service started" in body["detail"]
+        # A past run's metrics history and events are read from its run directory.
+        history = await (await client.get(f"/runs/{done}/metrics")).json()
+        assert [row["train_mean_nll"] for row in history["rows"]] == [1.0, 0.5]
+        frames = await (await follow(client, done)).rest()
+        assert [frame.id for frame in frames[:-1]] == list(range(1, len(frames)))
+        assert frames[-1].data == {"status": "completed"}
+        resumed = await (await follow(client, done, **{"Last-Event-ID": "3"})).rest()
+        assert resumed == frames[3:]
         await problem(await client.post(f"/runs/{done}/cancel"), 404, "past-run")
 
 
@@ -103,7 +108,7 @@ async def test_a_run_directory_without_a_summary_is_listed_as_interrupted(
     gate = open_gate()
     async with serving(tmp_path, recipes=keeping_run_dirs(gate)) as (client, service):
         run_id = await start(client, {"recipe": "gated", "config": {"steps": 2}})
-        await service.run(run_id).handle.result()
+        await service.result(service.run(run_id))
     (tmp_path / "runs" / run_id / "summary.json").unlink()  # as if the process was killed
     shutil.copytree(tmp_path / "runs" / run_id, tmp_path / "runs" / "renamed")
     async with serving(tmp_path, recipes=keeping_run_dirs(gate)) as (client, _):
@@ -125,7 +130,7 @@ async def test_resume_says_why_a_run_cannot_resume_without_showing_server_paths(
     async with serving(tmp_path, recipes=keeping_run_dirs(gate)) as (client, service):
         stopped = await stop_after_one_step(client, service, gate)
         done = await start(client, {"recipe": "gated", "config": {"steps": 2}})
-        await service.run(done).handle.result()
+        await service.result(service.run(done))
 
     async with serving(tmp_path, recipes=keeping_run_dirs(open_gate())) as (client, _):
         body = await problem(await client.post(f"/runs/{done}/resume"), 409, "cannot-resume")
@@ -151,7 +156,7 @@ async def test_a_run_id_never_names_a_path_outside_the_root(tmp_path: Path, run_
     gate = open_gate()
     async with serving(tmp_path, recipes=keeping_run_dirs(gate)) as (client, service):
         real = await start(client, {"recipe": "gated", "config": {"steps": 1}})
-        await service.run(real).handle.result()
+        await service.result(service.run(real))
     shutil.copytree(tmp_path / "runs" / real, tmp_path / "outside")  # a run dir beside root
     async with serving(tmp_path, recipes=keeping_run_dirs(gate)) as (client, _):
         for response in (

@@ -28,7 +28,7 @@ async def test_the_request_span_is_the_parent_of_the_run_span(tmp_path: Path) ->
     async with serving(tmp_path, tracer_provider=provider) as (client, service):
         client.session.headers["traceparent"] = f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"
         run_id = await start(client, NOOP_RUN)
-        await service.run(run_id).handle.result()
+        await service.result(service.run(run_id))
         assert (await client.get(f"/runs/{run_id}")).status == 200
     spans = get_span_exporter(provider).get_finished_spans()  # type: ignore[attr-defined]
     by_name = {span.name: span for span in spans}

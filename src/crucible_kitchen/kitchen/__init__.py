@@ -53,11 +53,15 @@ from crucible_kitchen.kitchen._kitchen import StartOptions as StartOptions
 from crucible_kitchen.kitchen._results import DryRun as DryRun
 from crucible_kitchen.kitchen._results import RecipeInfo as RecipeInfo
 from crucible_kitchen.kitchen._results import RunResult as RunResult
+from crucible_kitchen.kitchen._run_dir import EVENTS_FILE as EVENTS_FILE
+from crucible_kitchen.kitchen._run_dir import METRICS_FILE as METRICS_FILE
 from crucible_kitchen.kitchen._run_dir import RunRecord as RunRecord
 from crucible_kitchen.kitchen._run_dir import read_run_record as read_run_record
 from crucible_kitchen.kitchen._run_dir import read_run_summary as read_run_summary
 
 __all__ = (
+    "EVENTS_FILE",
+    "METRICS_FILE",
     "Adapters",
     "DryRun",
     "Kitchen",

@@ -38,6 +38,7 @@ from __future__ import annotations
 from ._app import SERVICE_KEY as SERVICE_KEY
 from ._app import create_app as create_app
 from ._app import mount_kitchen as mount_kitchen
+from ._past import StoredEvent as StoredEvent
 from ._problems import PROBLEM_CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from ._problems import Problem as Problem
 from ._schema import Health as Health
@@ -63,6 +64,7 @@ __all__ = (
     "RunView",
     "ServiceSettings",
     "StartRun",
+    "StoredEvent",
     "TrackedRun",
     "create_app",
     "mount_kitchen",

@@ -20,15 +20,10 @@ from crucible_kitchen.errors import (
     RecipeNotFound,
     RunDirectoryError,
 )
-from crucible_kitchen.telemetry import (
-    TelemetryEvent,
-    encode_event,
-    event_name,
-    extract_context,
-    get_tracer,
-)
+from crucible_kitchen.telemetry import extract_context, get_tracer
 
 from ._dashboard import add_dashboard
+from ._past import StoredEvent
 from ._problems import Problem, problem_middleware
 from ._schema import (
     Health,
@@ -41,11 +36,10 @@ from ._schema import (
 from ._service import KitchenService, ServiceSettings
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import AsyncIterator, Collection, Mapping
 
     from aiohttp.typedefs import Handler, Middleware
-
-    from crucible_kitchen import RunHandle
+    from anyio.streams.memory import MemoryObjectReceiveStream
 
 __all__ = ("SERVICE_KEY", "create_app", "mount_kitchen")
 
@@ -268,7 +262,7 @@ async def _start_run(request: web.Request) -> web.Response:
         raise Problem(422, "adapters-do-not-fit", str(exc), errors=exc.problems) from None
     except RunDirectoryError as exc:
         raise Problem(409, "run-directory-taken", str(exc)) from None
-    location = request.app.router["run"].url_for(run_id=run.handle.run_id)
+    location = request.app.router["run"].url_for(run_id=run.run_id)
     return _json(run.view(), status=202, headers={"Location": str(location)})
 
 
@@ -326,7 +320,7 @@ async def _list_runs(request: web.Request) -> web.Response:
     following = offset + limit
     return _json(
         RunList(
-            runs=[run.view() for run in page],
+            runs=await service.views(page),
             total=len(runs),
             offset=offset,
             limit=limit,
@@ -353,8 +347,10 @@ async def _resume_run(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    run = _service(request).run(request.match_info["run_id"])
-    return _json(MetricsHistory(run_id=run.handle.run_id, rows=list(run.history)))
+    run_id = request.match_info["run_id"]
+    return _json(
+        MetricsHistory(run_id=run_id, rows=await _service(request).metrics_history(run_id))
+    )
 
 
 # ---------------------------------------------------------------------- event stream
@@ -365,10 +361,12 @@ _KEEPALIVE = b": keepalive\n\n"
 async def _events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: ``id`` is the event's ``seq``, ``event`` its name, ``data`` its
     JSON; after the run's last event an ``end`` event carries the final status. A client that
-    reconnects with ``Last-Event-ID: n`` gets every event after ``n``."""
+    reconnects with ``Last-Event-ID: n`` gets every event after ``n``. The events of a run
+    that has ended come from its run directory (or, without one, from memory)."""
     service = _service(request)
-    run = service.run(request.match_info["run_id"])
+    run_id = request.match_info["run_id"]
     after = _last_event_id(request)
+    events = service.events(run_id, after)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -379,12 +377,15 @@ async def _events(request: web.Request) -> web.StreamResponse:
     with service.stream():
         await response.prepare(request)
         try:
-            await _stream_events(response, run.handle, after, service.settings.heartbeat_s)
-            result = await run.handle.result()  # the final status, once the run is finished
-            await response.write(_frame("end", msgspec.json.encode({"status": result.status})))
+            if not await _stream_events(response, events, service.settings.heartbeat_s):
+                return response
+            status = await service.final_status(run_id)
+            await response.write(_frame("end", msgspec.json.encode({"status": status})))
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away: nothing more to send
+        finally:
+            await events.aclose()
     return response
 
 
@@ -405,26 +406,45 @@ def _frame(name: str, data: bytes, event_id: int | None = None) -> bytes:
 
 
 async def _stream_events(
-    response: web.StreamResponse, handle: RunHandle, after: int, heartbeat_s: float
-) -> None:
-    """Write the run's events after ``after`` until its last one, a keepalive comment when
-    none came for ``heartbeat_s``."""
-    send, receive = anyio.create_memory_object_stream[TelemetryEvent](math.inf)
+    response: web.StreamResponse, events: AsyncIterator[StoredEvent], heartbeat_s: float
+) -> bool:
+    """Write ``events`` until the last one, a keepalive comment when none came for
+    ``heartbeat_s``; the events that are ready are written together. Returns whether the
+    client was there to the end."""
+    send, receive = anyio.create_memory_object_stream[StoredEvent](math.inf)
 
     async def pump() -> None:
         async with send:
-            async for event in handle.events():
-                if event.seq > after:
-                    await send.send(event)
+            async for stored in events:
+                await send.send(stored)
 
     async with anyio.create_task_group() as task_group, receive:
         task_group.start_soon(pump)
-        while True:
-            frame = _KEEPALIVE
-            with anyio.move_on_after(heartbeat_s):
+        present = await _write_frames(response, receive, heartbeat_s)
+        task_group.cancel_scope.cancel()  # stop reading events if the client went away
+    return present
+
+
+async def _write_frames(
+    response: web.StreamResponse,
+    receive: MemoryObjectReceiveStream[StoredEvent],
+    heartbeat_s: float,
+) -> bool:
+    while True:
+        frames = [_KEEPALIVE]
+        with anyio.move_on_after(heartbeat_s):
+            try:
+                stored = await receive.receive()
+            except anyio.EndOfStream:
+                return True
+            frames = [_frame(stored.name, stored.data, stored.seq)]
+            while True:
                 try:
-                    event = await receive.receive()
-                except anyio.EndOfStream:
-                    return
-                frame = _frame(event_name(event), encode_event(event), event.seq)
-            await response.write(frame)
+                    stored = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                frames.append(_frame(stored.name, stored.data, stored.seq))
+        try:
+            await response.write(b"".join(frames))
+        except ConnectionResetError:
+            return False

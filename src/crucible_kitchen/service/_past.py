@@ -1,7 +1,8 @@
 """Runs of earlier service processes, read from their run directories under the root.
 
-A run directory ``<root>/<run_id>`` holds ``config.json`` (written when the run started) and
-``summary.json`` (its :class:`RunResult`, written when it ended). A run id from a request is
+A run directory ``<root>/<run_id>`` holds ``config.json`` (written when the run started),
+``summary.json`` (its :class:`RunResult`, written when it ended), and its metrics history and
+events, a JSON object a line (``metrics.jsonl``, ``events.jsonl``). A run id from a request is
 checked before it names a directory: it must be one path segment of the characters run ids
 are made of, so that it can never reach outside the root.
 """
@@ -10,10 +11,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import msgspec
 
 from crucible_kitchen.errors import RunDirectoryError
-from crucible_kitchen.kitchen import RunRecord, RunResult, read_run_record, read_run_summary
+from crucible_kitchen.kitchen import (
+    EVENTS_FILE,
+    METRICS_FILE,
+    RunRecord,
+    RunResult,
+    read_run_record,
+    read_run_summary,
+)
 
 from ._problems import Problem
 from ._schema import RunView
@@ -21,7 +31,15 @@ from ._schema import RunView
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ("PastRun", "read_past_run", "run_directory", "scan_past_runs")
+__all__ = (
+    "PastRun",
+    "StoredEvent",
+    "read_event_lines",
+    "read_metrics_rows",
+    "read_past_run",
+    "run_directory",
+    "scan_past_runs",
+)
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 INTERRUPTED = "the service stopped before this run ended (it has no summary.json)"
@@ -97,3 +115,55 @@ def scan_past_runs(root: Path) -> list[PastRun]:
         return []
     runs = [run for path in directories if (run := read_past_run(path)) is not None]
     return sorted(runs, key=lambda run: (run.record.created, run.run_id))
+
+
+class StoredEvent(NamedTuple):
+    """One telemetry event as an event stream sends it: its number, name and JSON."""
+
+    seq: int
+    name: str
+    data: bytes
+
+
+class _EventHead(msgspec.Struct):
+    event: str
+    seq: int
+
+
+_HEAD = msgspec.json.Decoder(_EventHead)
+_ROW: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
+
+
+def _lines(path: Path) -> list[bytes]:
+    """The complete lines of a JSON-lines file (none if it is missing; a last line that
+    was cut short is left out)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return data.split(b"\n")[:-1]
+
+
+def read_event_lines(directory: Path, after: int = 0) -> list[StoredEvent]:
+    """The events in ``directory``'s ``events.jsonl`` numbered after ``after``, in order,
+    each as written (a line that is not an event is skipped)."""
+    stored = []
+    for line in _lines(directory / EVENTS_FILE):
+        try:
+            head = _HEAD.decode(line)
+        except msgspec.DecodeError:
+            continue
+        if head.seq > after:
+            stored.append(StoredEvent(head.seq, head.event, line))
+    return stored
+
+
+def read_metrics_rows(directory: Path) -> list[dict[str, Any]]:
+    """The rows of ``directory``'s ``metrics.jsonl``, in order."""
+    rows = []
+    for line in _lines(directory / METRICS_FILE):
+        try:
+            rows.append(_ROW.decode(line))
+        except msgspec.DecodeError:
+            continue
+    return rows

@@ -1,14 +1,28 @@
-"""The Kitchen behind the HTTP API: its lifetime, the runs it started, stopping them."""
+"""The Kitchen behind the HTTP API: its lifetime, the runs it started, stopping them.
+
+The Kitchen runs on an event loop of its own, in a thread of its own (the *kitchen loop*); the
+host application's loop only serves HTTP. A run's work (its actors, its stages, what the
+adapters compute in Python) thus never queues the host's requests behind it, and the host's
+loop stays the host's. Whatever touches the Kitchen or a run's handle runs on the kitchen loop
+(:meth:`KitchenService.on_kitchen`); the service's own records of the runs
+(:class:`TrackedRun`, the index of runs) change on the host's loop only, except for what a
+run's telemetry handler writes into its record (its stage, step and latest metrics, and the
+events and metrics rows of a run without a run directory).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
+import threading
 import time
+from asyncio import FIRST_COMPLETED
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
@@ -19,16 +33,36 @@ from crucible_kitchen.telemetry import (
     StageException,
     StageStart,
     StageStop,
+    encode_event,
+    event_name,
     metrics_row,
 )
 
-from ._past import PastRun, read_past_run, run_directory, scan_past_runs
+from ._past import (
+    PastRun,
+    StoredEvent,
+    read_event_lines,
+    read_metrics_rows,
+    read_past_run,
+    run_directory,
+    scan_past_runs,
+)
 from ._problems import Problem
 from ._schema import RunStatus, RunView
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
+    from collections.abc import (
+        AsyncGenerator,
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Collection,
+        Coroutine,
+        Iterator,
+        Mapping,
+        Sequence,
+    )
 
     from anyio.abc import TaskGroup
 
@@ -36,6 +70,8 @@ if TYPE_CHECKING:
     from crucible_kitchen.telemetry import TelemetryEvent
 
 __all__ = ("KitchenService", "ServiceSettings", "TrackedRun")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +94,9 @@ class ServiceSettings:
       that went away is noticed.
     - ``tracer_provider``: OpenTelemetry spans of requests and runs go there.
     - ``page_size``, ``max_page_size``: ``GET /runs`` pagination.
+    - ``keep_finished``: how many finished runs keep their summary in memory. An older run
+      with a run directory is then read from it when asked for (its view, metrics and
+      events); an older run without one is forgotten.
 
     Raises:
         ConfigError: every invalid setting (an empty token, a limit below 1, ...).
@@ -74,12 +113,13 @@ class ServiceSettings:
     tracer_provider: Any = None
     page_size: int = 50
     max_page_size: int = 500
+    keep_finished: int = 200
 
     def __post_init__(self) -> None:
         problems = []
         tokens = {"token": self.token} if isinstance(self.token, str) else dict(self.token or {})
         problems += [f"{name}: a token must not be empty" for name, t in tokens.items() if not t]
-        for name in ("max_body_bytes", "page_size", "max_page_size"):
+        for name in ("max_body_bytes", "page_size", "max_page_size", "keep_finished"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.max_runs_per_client is not None and self.max_runs_per_client < 1:
@@ -95,21 +135,32 @@ class ServiceSettings:
 
 @dataclass(eq=False)
 class TrackedRun:
-    """A run started through the service, with what its events told so far.
+    """A run started through the service: what its events told so far, then its result.
 
-    It is a synchronous telemetry handler of its run: each event updates the stage, the step,
-    the latest metrics and the metrics history.
+    It is a synchronous telemetry handler of its run (called on the kitchen loop): each event
+    updates the stage, the step and the latest metrics. A run with a run directory keeps
+    nothing more: its metrics history and events are read back from there when asked for.
+    A run without one keeps them here, compactly (each event as its JSON); the service keeps
+    that only for its ``keep_finished`` newest finished runs. Once the run has ended,
+    ``handle`` is dropped, and with it the run's telemetry history and state.
     """
 
-    handle: RunHandle
+    run_id: str
+    recipe: str | None
+    workflow: str
+    run_dir: Path | None
     client: str
     adapters: str | None
+    handle: RunHandle | None
     created: float = field(default_factory=time.time)
     stage: str | None = None
     steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] | None = None
+    events: list[StoredEvent] | None = None
     result: RunResult | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on the host's loop once ``result`` is recorded."""
 
     def __call__(self, event: TelemetryEvent) -> None:
         match event:
@@ -117,10 +168,13 @@ class TrackedRun:
                 self.stage = event.stage
             case StageStop() | StageException() if self.stage == event.stage:
                 self.stage = None
+        if self.events is not None:
+            self.events.append(StoredEvent(event.seq, event_name(event), encode_event(event)))
         row = metrics_row(event)
         if row is None:
             return
-        self.history.append(row)
+        if self.history is not None:
+            self.history.append(row)
         if not isinstance(event, EvalComplete):  # an evaluation's step is not one more done
             self.steps = max(self.steps, row["step"] + 1)
         self.metrics.update(
@@ -131,14 +185,17 @@ class TrackedRun:
 
     @property
     def status(self) -> RunStatus:
-        return self.handle.status if self.result is None else self.result.status
+        if self.result is not None:
+            return self.result.status
+        assert self.handle is not None  # dropped only once the result is recorded
+        return self.handle.status
 
     def view(self) -> RunView:
         result = self.result
         return RunView(
-            run_id=self.handle.run_id,
-            recipe=self.handle.recipe,
-            workflow=self.handle.workflow,
+            run_id=self.run_id,
+            recipe=self.recipe,
+            workflow=self.workflow,
             adapters=self.adapters,
             status=self.status,
             created=self.created,
@@ -151,25 +208,41 @@ class TrackedRun:
         )
 
 
+class _OnDisk(NamedTuple):
+    """A finished run the service no longer keeps a summary of: its run directory has it."""
+
+    run_id: str
+    status: RunStatus
+
+
+Listed = TrackedRun | PastRun | _OnDisk
+"""One entry of the service's list of runs."""
+
+
 class KitchenService:
     """Owns a Kitchen for the lifetime of an aiohttp application and the runs started over
     HTTP.
 
-    :meth:`lifespan` is the application's ``cleanup_ctx``: the Kitchen lives in a task of its
-    own (so that the anyio scopes it opens are entered and left in one task, whichever tasks
-    aiohttp starts and stops the application from). :meth:`shutdown` stops every run
+    :meth:`lifespan` is the application's ``cleanup_ctx``: it starts the Kitchen on an event
+    loop of its own in a new thread (its anyio scopes are entered and left in one task there)
+    and, at cleanup, stops it and waits for the thread. :meth:`shutdown` stops every run
     gracefully; it runs on the application's ``on_shutdown``, before aiohttp waits for open
     requests, so that event streams see their runs end.
+
+    Every method is called on the host's loop, except the coroutines given to
+    :meth:`on_kitchen`, which run on the kitchen loop.
     """
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._kitchen: Kitchen | None = None
         self._task_group: TaskGroup | None = None
-        self._runs: dict[str, TrackedRun] = {}
+        self._kitchen_loop: asyncio.AbstractEventLoop | None = None
+        self._host_loop: asyncio.AbstractEventLoop | None = None
+        self._runs: dict[str, TrackedRun | _OnDisk] = {}
+        self._finished: list[str] = []  # finished runs with a summary, in the order they ended
         self._past: dict[str, PastRun] = {}
         self._resuming: set[str] = set()
-        self._closing = anyio.Event()
         self._stopping = False
         self._streams = 0
         self._streams_closed = anyio.Event()
@@ -177,7 +250,8 @@ class KitchenService:
 
     @property
     def kitchen(self) -> Kitchen:
-        """The Kitchen, while the application runs.
+        """The Kitchen, while the application runs. It lives on the kitchen loop: await its
+        coroutines (and those of its run handles) through :meth:`on_kitchen`.
 
         Raises:
             RuntimeError: the application has not started or has stopped.
@@ -191,23 +265,62 @@ class KitchenService:
         """Whether shutdown began (new runs are refused)."""
         return self._stopping
 
+    async def on_kitchen(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the kitchen loop and return its result here, on the host's
+        loop, without blocking it; cancelling the caller cancels the coroutine. Context
+        variables (the current OpenTelemetry span among them) go along.
+
+        Raises:
+            RuntimeError: the application has not started or has stopped.
+        """
+        loop = self._kitchen_loop
+        if loop is None:
+            coroutine.close()
+            raise RuntimeError("the kitchen service is not running (start its application)")
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+
     # ------------------------------------------------------------------ lifetime
 
     async def lifespan(self, _app: object) -> AsyncIterator[None]:
-        """The ``cleanup_ctx`` of the application: start the Kitchen, and at cleanup stop
-        every run and close the Kitchen."""
-        ready = asyncio.get_running_loop().create_future()
-        owner = asyncio.create_task(self._own_kitchen(ready), name="crucible-kitchen")
-        await asyncio.wait((owner, ready), return_when=asyncio.FIRST_COMPLETED)
-        if owner.done():
-            owner.result()  # raises what failed the start
+        """The ``cleanup_ctx`` of the application: start the Kitchen on its own loop, and at
+        cleanup stop every run, close the Kitchen and wait for its thread."""
+        self._host_loop = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        closing: concurrent.futures.Future[None] = concurrent.futures.Future()
+        ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        thread = threading.Thread(
+            target=self._kitchen_thread, args=(ready, closing, ended), name="crucible-kitchen"
+        )
+        thread.start()
+        owner = asyncio.wrap_future(ended)
         try:
+            await asyncio.wait((owner, asyncio.wrap_future(ready)), return_when=FIRST_COMPLETED)
+            if owner.done():
+                owner.result()  # raises what failed the start
             yield
         finally:
-            self._closing.set()
-            await owner
+            closing.set_result(None)  # whenever the Kitchen gets there, it stops
+            try:
+                await asyncio.shield(owner)
+            finally:
+                thread.join()
 
-    async def _own_kitchen(self, ready: asyncio.Future[None]) -> None:
+    def _kitchen_thread(
+        self,
+        ready: concurrent.futures.Future[None],
+        closing: concurrent.futures.Future[None],
+        ended: concurrent.futures.Future[None],
+    ) -> None:
+        try:
+            anyio.run(self._own_kitchen, ready, closing, backend="asyncio")
+        except BaseException as exc:  # handed to the host's loop, which raises it
+            ended.set_exception(exc)
+        else:
+            ended.set_result(None)
+
+    async def _own_kitchen(
+        self, ready: concurrent.futures.Future[None], closing: concurrent.futures.Future[None]
+    ) -> None:
         settings = self.settings
         past = await anyio.to_thread.run_sync(scan_past_runs, Path(settings.root))
         self._past = {run.run_id: run for run in past}
@@ -220,29 +333,35 @@ class KitchenService:
             anyio.create_task_group() as task_group,
         ):
             self._kitchen, self._task_group = kitchen, task_group
+            self._kitchen_loop = asyncio.get_running_loop()
             ready.set_result(None)
             try:
-                await self._closing.wait()
-                await self.shutdown()
+                await asyncio.wrap_future(closing)
+                await self._stop_runs()
             finally:
-                self._kitchen = self._task_group = None
+                self._kitchen = self._task_group = self._kitchen_loop = None
 
     async def shutdown(self) -> None:
         """Refuse new runs, then stop every run (see :meth:`stop_run`) and wait until each
         has ended with its final status. Idempotent."""
         self._stopping = True
-        async with anyio.create_task_group() as task_group:
-            for run in self._runs.values():
-                if run.result is None:
-                    task_group.start_soon(self.stop_run, run)
+        if self._kitchen_loop is not None:
+            await self.on_kitchen(self._stop_runs())
 
-    async def stop_run(self, run: TrackedRun) -> RunResult:
-        """Ask ``run`` to stop at its next step boundary (its checkpoint stage runs when the
-        recipe checkpoints), and cancel it if it has not ended after ``stop_grace_s``."""
-        run.handle.request_stop()
+    async def _stop_runs(self) -> None:
+        async with anyio.create_task_group() as task_group:
+            for handle in self._kitchen.runs() if self._kitchen is not None else ():
+                if handle.status == "running":
+                    task_group.start_soon(self.stop_run, handle)
+
+    async def stop_run(self, handle: RunHandle) -> RunResult:
+        """Ask the run to stop at its next step boundary (its checkpoint stage runs when the
+        recipe checkpoints), and cancel it if it has not ended after ``stop_grace_s``. On the
+        kitchen loop."""
+        handle.request_stop()
         with anyio.move_on_after(self.settings.stop_grace_s):
-            return await run.handle.result()
-        return await run.handle.cancel()
+            return await handle.result()
+        return await handle.cancel()
 
     # ------------------------------------------------------------------ runs
 
@@ -262,16 +381,18 @@ class KitchenService:
                 too many runs running (429).
             ConfigError, PortError, RecipeNotFound: from :meth:`Kitchen.start`.
         """
-        task_group = self._accepting()
+        self._accepting()
         kitchen = self.kitchen
         adapter_set = adapters or kitchen.recipe(recipe).adapters
         self._check_adapter_set(adapter_set)
         self._check_client_limit(client)
-        tracker = _Tracker()
-        handle = await kitchen.start(
-            recipe, dict(config), adapters=adapter_set, seed=seed, telemetry=[tracker]
-        )
-        return self._track(task_group, handle, tracker, client=client, adapters=adapter_set)
+
+        async def start(tracker: _Tracker) -> RunHandle:
+            return await kitchen.start(
+                recipe, dict(config), adapters=adapter_set, seed=seed, telemetry=[tracker]
+            )
+
+        return await self.on_kitchen(self._launch(start, client=client, adapters=adapter_set))
 
     async def resume_run(self, *, client: str, run_id: str) -> TrackedRun:
         """Start the run ``<root>/<run_id>`` again where its newest checkpoint left it (see
@@ -283,10 +404,10 @@ class KitchenService:
                 cannot be resumed (409: it completed, its recipe is unknown here, ...), its
                 adapter set is not allowed (422), the client has too many runs running (429).
         """
-        task_group = self._accepting()
+        self._accepting()
         directory = run_directory(Path(self.settings.root), run_id)
         current = self._runs.get(run_id)
-        if run_id in self._resuming or (current is not None and current.result is None):
+        if run_id in self._resuming or (isinstance(current, TrackedRun) and current.result is None):
             raise Problem(409, "run-running", f"run {run_id!r} is running; nothing to resume")
         self._resuming.add(run_id)  # one resume at a time: two would share the directory
         try:
@@ -296,23 +417,23 @@ class KitchenService:
             if past.adapters is not None:
                 self._check_adapter_set(past.adapters)
             self._check_client_limit(client)
-            tracker = _Tracker()
-            try:
-                handle = await self.kitchen.start_resumed(directory, telemetry=[tracker])
-            except RunDirectoryError as exc:  # the server's paths are no business of clients
-                detail = str(exc).replace(str(directory.parent), "<root>")
-                raise Problem(409, "cannot-resume", detail) from None
+            kitchen = self.kitchen
+
+            async def start(tracker: _Tracker) -> RunHandle:
+                try:
+                    return await kitchen.start_resumed(directory, telemetry=[tracker])
+                except RunDirectoryError as exc:  # the server's paths are no business of clients
+                    detail = str(exc).replace(str(directory.parent), "<root>")
+                    raise Problem(409, "cannot-resume", detail) from None
+
+            return await self.on_kitchen(self._launch(start, client=client, adapters=past.adapters))
         finally:
             self._resuming.discard(run_id)
-        self._past.pop(run_id, None)
-        self._runs.pop(run_id, None)  # listed again at the end, as the newest run
-        return self._track(task_group, handle, tracker, client=client, adapters=past.adapters)
 
-    def _accepting(self) -> TaskGroup:
-        """The task group that runs' result watchers go to, while new runs are accepted."""
-        if self._stopping or self._task_group is None:
+    def _accepting(self) -> None:
+        """Raise unless new runs are accepted."""
+        if self._stopping or self._kitchen_loop is None:
             raise Problem(503, "stopping", "the kitchen is shutting down and takes no new runs")
-        return self._task_group
 
     def _check_adapter_set(self, adapter_set: str) -> None:
         allowed = self.settings.adapter_sets
@@ -328,9 +449,7 @@ class KitchenService:
         limit = self.settings.max_runs_per_client
         if limit is None:
             return
-        running = sum(
-            1 for run in self._runs.values() if run.client == client and run.result is None
-        )
+        running = sum(1 for run in self.runs("running") if run.client == client)
         if running >= limit:
             raise Problem(
                 429,
@@ -339,25 +458,72 @@ class KitchenService:
                 "wait for one to end or cancel one",
             )
 
-    def _track(
+    async def _launch(
         self,
-        task_group: TaskGroup,
-        handle: RunHandle,
-        tracker: _Tracker,
+        start: Callable[[_Tracker], Awaitable[RunHandle]],
         *,
         client: str,
         adapters: str | None,
     ) -> TrackedRun:
-        run = TrackedRun(handle=handle, client=client, adapters=adapters)
+        """On the kitchen loop: start the run, track it, watch for its result."""
+        task_group, host = self._task_group, self._host_loop
+        if task_group is None or host is None:
+            raise Problem(503, "stopping", "the kitchen is shutting down and takes no new runs")
+        tracker = _Tracker()
+        handle = await start(tracker)
+        run = TrackedRun(
+            run_id=handle.run_id,
+            recipe=handle.recipe,
+            workflow=handle.workflow,
+            run_dir=handle.run_dir,
+            client=client,
+            adapters=adapters,
+            handle=handle,
+            history=[] if handle.run_dir is None else None,
+            events=[] if handle.run_dir is None else None,
+        )
         tracker.attach(run)
-        self._runs[handle.run_id] = run
-        task_group.start_soon(self._record_result, run)
-        if self.stopping:  # shutdown began while the run started: it stops with the others
-            task_group.start_soon(self.stop_run, run)
+        host.call_soon_threadsafe(self._add, run)  # before the result is: callbacks keep order
+        task_group.start_soon(self._watch, run, handle, host)
+        if self._stopping:  # shutdown began while the run started: it stops with the others
+            task_group.start_soon(self.stop_run, handle)
         return run
 
-    async def _record_result(self, run: TrackedRun) -> None:
-        run.result = await run.handle.result()
+    async def _watch(
+        self, run: TrackedRun, handle: RunHandle, host: asyncio.AbstractEventLoop
+    ) -> None:
+        """On the kitchen loop: hand the run's result to the host's loop once it ended."""
+        result = await handle.result()
+        host.call_soon_threadsafe(self._ended, run, result)
+
+    def _add(self, run: TrackedRun) -> None:
+        """List ``run`` last (a resumed run is listed again, as the newest)."""
+        self._past.pop(run.run_id, None)
+        self._runs.pop(run.run_id, None)
+        self._runs[run.run_id] = run
+
+    def _ended(self, run: TrackedRun, result: RunResult) -> None:
+        """Keep a summary of the run; past ``keep_finished`` summaries, the oldest gives way
+        to its run directory (or is forgotten without one)."""
+        run.result = result
+        run.handle = None
+        run.ended.set()
+        self._finished.append(run.run_id)
+        while len(self._finished) > self.settings.keep_finished:
+            oldest = self._finished.pop(0)
+            entry = self._runs.get(oldest)
+            if not isinstance(entry, TrackedRun):
+                continue
+            if entry.run_dir is None:
+                del self._runs[oldest]
+            else:
+                self._runs[oldest] = _OnDisk(oldest, entry.status)
+
+    async def result(self, run: TrackedRun) -> RunResult:
+        """Wait until ``run`` has ended and its result is recorded here."""
+        await run.ended.wait()
+        assert run.result is not None
+        return run.result
 
     def cancel_run(self, run: TrackedRun) -> None:
         """Stop ``run`` in the background, as :meth:`stop_run` does.
@@ -365,40 +531,62 @@ class KitchenService:
         Raises:
             Problem: the run has ended already (409).
         """
-        if run.result is not None or self._task_group is None:
-            raise Problem(
-                409, "run-ended", f"run {run.handle.run_id!r} has ended already ({run.status})"
-            )
-        self._task_group.start_soon(self.stop_run, run)
+        handle, loop = run.handle, self._kitchen_loop
+        if run.result is not None or handle is None or loop is None:
+            raise Problem(409, "run-ended", f"run {run.run_id!r} has ended already ({run.status})")
+        asyncio.run_coroutine_threadsafe(self.stop_run(handle), loop)
 
     def run(self, run_id: str) -> TrackedRun:
-        """A run started through the service.
+        """A run started through the service whose summary is kept here.
 
         Raises:
-            Problem: no such run (404 ``unknown-run``), or a run that ended before the service
-                started (404 ``past-run``: only its view is served).
+            Problem: no such run (404 ``unknown-run``), or a run whose summary is kept in its
+                run directory only (404 ``past-run``: it ended before the service started, or
+                long ago).
         """
-        try:
-            return self._runs[run_id]
-        except KeyError:
-            if run_id in self._past:
-                raise Problem(
-                    404,
-                    "past-run",
-                    f"run {run_id!r} ended before this service started: GET /runs/{run_id} "
-                    "shows it, and its metrics and events are in its run directory",
-                ) from None
-            raise Problem(404, "unknown-run", f"no run with id {run_id!r}") from None
+        entry = self._runs.get(run_id)
+        if isinstance(entry, TrackedRun):
+            return entry
+        if entry is not None or run_id in self._past:
+            raise Problem(
+                404,
+                "past-run",
+                f"run {run_id!r} ended before this service started or long ago: "
+                f"GET /runs/{run_id} shows it from its run directory",
+            )
+        raise Problem(404, "unknown-run", f"no run with id {run_id!r}")
 
     def runs(self, status: str | None = None) -> list[TrackedRun]:
-        """The runs started through the service, oldest first, those with ``status`` only."""
-        return [run for run in self._runs.values() if status is None or run.status == status]
+        """The runs started through the service whose summaries are kept here, oldest first,
+        those with ``status`` only."""
+        return [
+            run
+            for run in self._runs.values()
+            if isinstance(run, TrackedRun) and (status is None or run.status == status)
+        ]
 
-    def all_runs(self, status: str | None = None) -> list[TrackedRun | PastRun]:
+    def all_runs(self, status: str | None = None) -> list[Listed]:
         """The runs found on disk when the service started (oldest first), then those started
         through it; those with ``status`` only."""
-        runs: list[TrackedRun | PastRun] = [*self._past.values(), *self._runs.values()]
+        runs: list[Listed] = [*self._past.values(), *self._runs.values()]
         return [run for run in runs if status is None or run.status == status]
+
+    async def views(self, runs: Sequence[Listed]) -> list[RunView]:
+        """The views of ``runs``; those kept only on disk are read from there."""
+        root = Path(self.settings.root)
+
+        def read(run_id: str) -> PastRun | None:
+            return read_past_run(root / run_id)
+
+        views = []
+        for run in runs:
+            if isinstance(run, _OnDisk):
+                found = await anyio.to_thread.run_sync(read, run.run_id)
+                if found is None:  # removed from disk meanwhile
+                    continue
+                run = found
+            views.append(run.view())
+        return views
 
     async def view(self, run_id: str) -> RunView:
         """Where the run ``run_id`` stands: a run started here, else its run directory.
@@ -407,12 +595,101 @@ class KitchenService:
             Problem: no such run (404).
         """
         run = self._runs.get(run_id) or self._past.get(run_id)
-        if run is None:
-            directory = run_directory(Path(self.settings.root), run_id)
-            run = await anyio.to_thread.run_sync(read_past_run, directory)
-        if run is None:
+        if isinstance(run, TrackedRun | PastRun):
+            return run.view()
+        directory = run_directory(Path(self.settings.root), run_id)
+        found = await anyio.to_thread.run_sync(read_past_run, directory)
+        if found is None:
             raise Problem(404, "unknown-run", f"no run with id {run_id!r}")
-        return run.view()
+        return found.view()
+
+    def _stored_directory(self, run_id: str) -> Path:
+        """The run directory of a run known here but not kept in memory.
+
+        Raises:
+            Problem: no such run (404).
+        """
+        if run_id not in self._runs and run_id not in self._past:
+            raise Problem(404, "unknown-run", f"no run with id {run_id!r}")
+        return run_directory(Path(self.settings.root), run_id)
+
+    async def metrics_history(self, run_id: str) -> list[dict[str, Any]]:
+        """Every metrics row of the run ``run_id``: from memory for a run without a run
+        directory, else from its ``metrics.jsonl``.
+
+        Raises:
+            Problem: no such run (404).
+        """
+        entry = self._runs.get(run_id)
+        if isinstance(entry, TrackedRun) and entry.history is not None:
+            return list(entry.history)
+        directory = self._stored_directory(run_id)
+        return await anyio.to_thread.run_sync(read_metrics_rows, directory)
+
+    def events(self, run_id: str, after: int) -> AsyncGenerator[StoredEvent, None]:
+        """The events of the run ``run_id`` after the one numbered ``after``, in order: of a
+        running run from its telemetry (every event since its first, so nothing is missed
+        until it ends), of an ended one from memory (without a run directory) or from its
+        run directory.
+
+        Raises:
+            Problem: no such run (404); raised here, before the events are iterated.
+        """
+        entry = self._runs.get(run_id)
+        if isinstance(entry, TrackedRun):
+            if entry.handle is not None:
+                return self._live_events(entry.handle, after, self._loop())
+            if entry.events is not None:
+                return _kept_events(entry.events, after)
+        return self._stored_events(self._stored_directory(run_id), after)
+
+    @staticmethod
+    async def _stored_events(directory: Path, after: int) -> AsyncGenerator[StoredEvent, None]:
+        for stored in await anyio.to_thread.run_sync(read_event_lines, directory, after):
+            yield stored
+
+    @staticmethod
+    async def _live_events(
+        handle: RunHandle, after: int, kitchen_loop: asyncio.AbstractEventLoop
+    ) -> AsyncGenerator[StoredEvent, None]:
+        handoff = _Handoff[StoredEvent | None](asyncio.get_running_loop())
+
+        async def forward() -> None:  # on the kitchen loop
+            try:
+                async for event in handle.events():
+                    if event.seq > after:
+                        handoff.put(StoredEvent(event.seq, event_name(event), encode_event(event)))
+            finally:
+                handoff.put(None)
+
+        forwarding = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(forward(), kitchen_loop))
+        try:
+            while True:
+                for stored in await handoff.take():
+                    if stored is None:
+                        await forwarding  # raises what ended the forwarding early
+                        return
+                    yield stored
+        finally:
+            forwarding.cancel()
+
+    async def final_status(self, run_id: str) -> RunStatus:
+        """The status of the run ``run_id`` once it has ended (waiting for that).
+
+        Raises:
+            Problem: no such run (404).
+        """
+        entry = self._runs.get(run_id) or self._past.get(run_id)
+        if entry is None:
+            raise Problem(404, "unknown-run", f"no run with id {run_id!r}")
+        if isinstance(entry, TrackedRun):
+            return (await self.result(entry)).status
+        return entry.status
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self._kitchen_loop is None:
+            raise Problem(503, "stopping", "the kitchen has stopped")
+        return self._kitchen_loop
 
     # ------------------------------------------------------------------ event streams
 
@@ -437,6 +714,44 @@ class KitchenService:
             self._streams -= 1
             if self._streams == 0:
                 self._streams_closed.set()
+
+
+class _Handoff(Generic[T]):
+    """Items put on any thread and taken on one event loop (the host's), with one wake-up of
+    that loop per batch of items rather than per item."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[T] = deque()
+        self._wake_pending = False
+        self._ready = asyncio.Event()
+
+    def put(self, item: T) -> None:
+        self._items.append(item)  # before the check: a pending wake-up will see it
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._ready.set()
+
+    async def take(self) -> list[T]:
+        """The items put so far, oldest first, waiting for one if there is none."""
+        while not self._items:
+            self._ready.clear()
+            if not self._items:
+                await self._ready.wait()
+        items = self._items
+        return [items.popleft() for _ in range(len(items))]
+
+
+async def _kept_events(
+    events: Sequence[StoredEvent], after: int
+) -> AsyncGenerator[StoredEvent, None]:
+    for stored in events:
+        if stored.seq > after:
+            yield stored
 
 
 class _Tracker:
