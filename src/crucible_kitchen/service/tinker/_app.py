@@ -9,11 +9,10 @@ import pydantic
 import tinker.types
 from aiohttp import web
 
+from crucible_kitchen.errors import InvalidRequest, ResourceNotFound
 
 from .._app import _token_holder, is_loopback_host
 from .._problems import Problem, problem_middleware
-from crucible_kitchen.errors import InvalidRequest, ResourceNotFound
-
 from ._errors import invalid, not_found
 from ._futures import Failure
 from ._queue import QueueFull, SequenceError
@@ -110,6 +109,9 @@ def _translating(
         except ResourceNotFound as exc:
             raise Problem(404, "not-found", str(exc)) from exc
         except QueueFull as exc:
+            server = _server(request)
+            if server.on_queue_full is not None:
+                server.on_queue_full(exc.owner)
             raise Problem(
                 429, "queue-full", str(exc), headers={"retry-after-ms": _RETRY_AFTER_MS}
             ) from exc
@@ -177,7 +179,15 @@ def _page(request: web.Request, default_limit: int) -> tuple[int, int]:
 
 
 async def _client_config(request: web.Request) -> web.Response:
-    return _json({"pjwt_auth_enabled": False, "parallel_fwdbwd_chunks": True})
+    settings = _server(request).settings
+    return _json(
+        {
+            "pjwt_auth_enabled": False,
+            "parallel_fwdbwd_chunks": True,
+            "proto_compress_fwdbwd": False,
+            "fwdbwd_max_chunk_len": settings.max_chunk_datums,
+        }
+    )
 
 
 async def _dynamic_config(request: web.Request) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from crucible_kitchen.errors import (
     CheckpointError,
     ConfigError,
@@ -10,8 +12,10 @@ from crucible_kitchen.errors import (
     ResourceNotFound,
 )
 
-from ._futures import ErrorCategory
 from ._wire import WireError
+
+if TYPE_CHECKING:
+    from ._futures import ErrorCategory
 
 __all__ = ("PORT", "category_of", "invalid", "not_found")
 

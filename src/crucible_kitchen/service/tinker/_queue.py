@@ -34,6 +34,7 @@ class QueueFull(Exception):
 
     def __init__(self, owner: str, limit: int) -> None:
         super().__init__(f"{owner} has {limit} unfinished requests; re-send later")
+        self.owner = owner
 
 
 class SequenceError(ValueError):
@@ -64,10 +65,19 @@ class _Bounded:
 
 
 class ModelQueue(_Bounded):
-    """A model's requests, started in ``seq_id`` order by :meth:`run`."""
+    """A model's requests, started in ``seq_id`` order by :meth:`run`; ``before_start(seq_id)``
+    is awaited before each start (the server's test hook)."""
 
-    def __init__(self, owner: str, futures: FutureTable, task_group: TaskGroup, limit: int):
+    def __init__(
+        self,
+        owner: str,
+        futures: FutureTable,
+        task_group: TaskGroup,
+        limit: int,
+        before_start: Callable[[int], Awaitable[None]],
+    ):
         super().__init__(owner, futures, task_group, limit)
+        self._before_start = before_start
         self._next_seq = 1
         self._waiting: dict[int, tuple[str, Start]] = {}
         self._accepted: dict[int, str] = {}
@@ -105,9 +115,11 @@ class ModelQueue(_Bounded):
             while self._next_seq not in self._waiting:
                 self._arrived = anyio.Event()
                 await self._arrived.wait()
-            request_id, start = self._waiting.pop(self._next_seq)
+            seq_id = self._next_seq
+            request_id, start = self._waiting.pop(seq_id)
             self._next_seq += 1
             try:
+                await self._before_start(seq_id)
                 finish = await start()
             except Exception as exc:
                 self.unfinished -= 1

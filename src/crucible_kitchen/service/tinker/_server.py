@@ -28,7 +28,7 @@ from crucible_kitchen.adapters.local_torch import (
     LoraConfig,
     local_torch_adapters,
 )
-from crucible_kitchen.ports import AdamParams, LOSS_FN_INPUTS
+from crucible_kitchen.ports import LOSS_FN_INPUTS, AdamParams
 
 from ._errors import invalid, not_found
 from ._futures import PROTOBUF, FutureTable, Reply
@@ -43,7 +43,7 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from anyio.abc import TaskGroup
 
@@ -109,6 +109,11 @@ class TinkerServer:
     """The Tinker API over the local torch backend (see the package docstring).
 
     Use :meth:`lifespan` as the aiohttp application's ``cleanup_ctx``.
+
+    Hooks, for monitoring and tests: ``before_start(model_id, seq_id)`` is awaited before
+    each of a model's requests starts (holding it holds the model's queue);
+    ``on_queue_full(owner)`` is called for each submission refused because its model's or
+    sampler's queue is full.
     """
 
     def __init__(self, settings: TinkerSettings) -> None:
@@ -124,6 +129,8 @@ class TinkerServer:
         self._task_group: TaskGroup | None = None
         self._closing = anyio.Event()
         self.stopping = False
+        self.before_start: Callable[[str, int], Awaitable[None]] | None = None
+        self.on_queue_full: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ lifetime
 
@@ -179,9 +186,7 @@ class TinkerServer:
         try:
             return self._sessions[session_id]
         except KeyError:
-            raise not_found(
-                f"no session {session_id!r}", resource=session_id
-            ) from None
+            raise not_found(f"no session {session_id!r}", resource=session_id) from None
 
     def session_ids(self) -> list[str]:
         return list(self._sessions)
@@ -215,7 +220,8 @@ class TinkerServer:
 
     def load_into_new_model(self, request: tinker.types.LoadWeightsRequest) -> str:
         """Accept a load_weights that creates its model (``create_training_client_from_state``)."""
-        assert request.session_id is not None and request.model_seq_id is not None
+        assert request.session_id is not None
+        assert request.model_seq_id is not None
         session = self.session(request.session_id)
         model_id = f"{session.session_id}:train:{request.model_seq_id}"
         source_run, directory = self._checkpoint_dir(request.path)
@@ -278,7 +284,14 @@ class TinkerServer:
 
         client = await anyio.to_thread.run_sync(build)
         task_group = self._group()
-        queue = ModelQueue(model_id, self.futures, task_group, self.settings.max_queue)
+
+        async def before_start(seq_id: int) -> None:
+            if self.before_start is not None:
+                await self.before_start(model_id, seq_id)
+
+        queue = ModelQueue(
+            model_id, self.futures, task_group, self.settings.max_queue, before_start
+        )
         model = _Model(model_id, record, client, queue)
         self._models[model_id] = model
         session.model_ids.append(model_id)
@@ -391,11 +404,11 @@ class TinkerServer:
 
         async def start() -> Finish:
             if ephemeral and request.sampling_session_seq_id is None:
-                raise invalid(
-                    "save_weights_for_sampler needs a path or a sampling_session_seq_id"
-                )
+                raise invalid("save_weights_for_sampler needs a path or a sampling_session_seq_id")
             name = (
-                f"{_EPHEMERAL_PREFIX}{seq_id}" if ephemeral else _checkpoint_name(request.path or "")
+                f"{_EPHEMERAL_PREFIX}{seq_id}"
+                if ephemeral
+                else _checkpoint_name(request.path or "")
             )
             future = await model.client.save_weights_for_sampler(
                 name, request_id=f"{model.model_id}:{seq_id}"
@@ -474,13 +487,9 @@ class TinkerServer:
                 )
             sampler = self._samplers[key]
         if request.topk_prompt_logprobs or request.topk_sample_logprobs:
-            raise invalid(
-                "top-k logprobs are not supported by this server"
-            )
+            raise invalid("top-k logprobs are not supported by this server")
         if request.target_prompt_logprobs is not None or request.prompt_alt_tokens_k:
-            raise invalid(
-                "target_prompt_logprobs and prompt_alt_tokens are not supported"
-            )
+            raise invalid("target_prompt_logprobs and prompt_alt_tokens are not supported")
         prompt = model_input_from_sdk(request.prompt)
         params = sampling_params_from_sdk(request.sampling_params)
         with_prompt_logprobs = bool(request.prompt_logprobs)
@@ -512,9 +521,7 @@ class TinkerServer:
     def _sampler(self, sampler_id: str) -> _Sampler:
         sampler = self._samplers.get(sampler_id)
         if sampler is None:
-            raise not_found(
-                f"no sampling session {sampler_id!r}", resource=sampler_id
-            )
+            raise not_found(f"no sampling session {sampler_id!r}", resource=sampler_id)
         return sampler
 
     def _sampler_queue(self, owner: str) -> SamplerQueue:
@@ -587,8 +594,11 @@ class TinkerServer:
         record = self._read_record(run_id)
         checkpoints = self.checkpoints(run_id)
         latest = {
-            kind: max((c for c in checkpoints if c["checkpoint_type"] == kind),
-                      key=lambda c: c["time"], default=None)
+            kind: max(
+                (c for c in checkpoints if c["checkpoint_type"] == kind),
+                key=lambda c: c["time"],
+                default=None,
+            )
             for kind in ("training", "sampler")
         }
         model = self._models.get(run_id)
@@ -650,9 +660,7 @@ class TinkerServer:
     def delete_checkpoint(self, run_id: str, kind: str, name: str) -> None:
         _, directory = self._checkpoint_dir(_tinker_path(run_id, kind, name))
         if not (directory / "manifest.json").is_file():
-            raise not_found(
-                f"no checkpoint {kind}/{name} in {run_id}", resource=name
-            )
+            raise not_found(f"no checkpoint {kind}/{name} in {run_id}", resource=name)
         shutil.rmtree(directory)
 
     def _run_dir(self, run_id: str) -> Path:
@@ -683,16 +691,12 @@ class TinkerServer:
         try:
             return msgspec.json.decode(path.read_bytes(), type=RunRecord)
         except (OSError, msgspec.DecodeError) as exc:
-            raise not_found(
-                f"no training run {run_id!r}", resource=run_id
-            ) from exc
+            raise not_found(f"no training run {run_id!r}", resource=run_id) from exc
 
 
 def _loss_fn(name: str) -> LossFnType:
     if name not in LOSS_FN_INPUTS:
-        raise invalid(
-            f"loss_fn {name!r} is not supported; supported: {', '.join(LOSS_FN_INPUTS)}"
-        )
+        raise invalid(f"loss_fn {name!r} is not supported; supported: {', '.join(LOSS_FN_INPUTS)}")
     return name  # type: ignore[return-value]
 
 
@@ -704,9 +708,7 @@ def _seq(seq_id: int | None) -> int:
 
 def _checkpoint_name(name: str) -> str:
     if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise invalid(
-            f"checkpoint name {name!r}: 1 to 128 of A-Z a-z 0-9 . _ -, not '.' or '..'"
-        )
+        raise invalid(f"checkpoint name {name!r}: 1 to 128 of A-Z a-z 0-9 . _ -, not '.' or '..'")
     return name
 
 

@@ -24,6 +24,7 @@ from crucible_kitchen.ports import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from numpy.typing import NDArray
     from tinker import types as tinker_types
 
     from crucible_kitchen.ports import ForwardBackwardOutput, SampleResponse, TensorDType
@@ -148,7 +149,7 @@ def _tensor(where: str, message: pb.Tensor) -> TensorData:
 
 def _dense_from_csr(
     csr: pb.SparseCsr, np_dtype: np.dtype[np.generic], shape: tuple[int, ...]
-) -> np.ndarray[tuple[int, ...], np.dtype[np.generic]]:
+) -> NDArray[np.generic]:
     if len(shape) != 2:
         raise ValueError(f"a sparse tensor needs a 2-d shape, got {list(shape)}")
     rows, cols = shape
@@ -185,10 +186,13 @@ def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
         signature = shape
     if group:
         _add_record(message, group)
-    return message.SerializeToString()
+    encoded: bytes = message.SerializeToString()
+    return encoded
 
 
-def _add_record(message: pb.ForwardBackwardOutput, datums: Sequence[Mapping[str, TensorData]]) -> None:
+def _add_record(
+    message: pb.ForwardBackwardOutput, datums: Sequence[Mapping[str, TensorData]]
+) -> None:
     record = message.loss_fn_outputs.add(
         type_tag=FORWARD_BACKWARD_OUTPUT_TYPE, num_datums=len(datums)
     )
@@ -200,13 +204,16 @@ def _add_record(message: pb.ForwardBackwardOutput, datums: Sequence[Mapping[str,
         field = record.fields[name]
         field.data = b"".join(array.tobytes() for array in arrays)
         field.offsets = offsets.tobytes()
-        field.dtype = proto_dtype  # type: ignore[assignment]
+        field.dtype = proto_dtype
         field.trailing_shape.extend(first.dims[1:])
 
 
 def encode_sample_response(
     response: SampleResponse,
-    topk_prompt: tuple[np.ndarray[tuple[int, ...], np.dtype[np.int32]], np.ndarray[tuple[int, ...], np.dtype[np.float32]]]
+    topk_prompt: tuple[
+        np.ndarray[tuple[int, ...], np.dtype[np.int32]],
+        np.ndarray[tuple[int, ...], np.dtype[np.float32]],
+    ]
     | None = None,
 ) -> bytes:
     """The protobuf ``SampleResponse`` of a port result; ``topk_prompt`` adds the top-k
@@ -231,7 +238,8 @@ def encode_sample_response(
         message.topk_prompt_logprobs.logprobs = logprobs.astype("<f4").tobytes()
         message.topk_prompt_logprobs.k = k
         message.topk_prompt_logprobs.length = length
-    return message.SerializeToString()
+    encoded: bytes = message.SerializeToString()
+    return encoded
 
 
 def model_input_from_sdk(model_input: tinker_types.ModelInput) -> ModelInput:
