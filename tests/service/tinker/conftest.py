@@ -7,15 +7,14 @@ import pytest
 pytest.importorskip("tinker", reason="the tinker extra is not installed")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     # The SDK drops the connection pool of its one-off configuration fetch without closing
-    # it; the garbage collector then reports the socket.
-    sdk_leak = pytest.mark.filterwarnings(
-        "ignore:Exception ignored in.*(socket|_SelectorTransport):pytest.PytestUnraisableExceptionWarning"
+    # it; the garbage collector then reports the socket, in whichever test runs next.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:Exception ignored in.*(socket|_SelectorTransport):"
+        "pytest.PytestUnraisableExceptionWarning",
     )
-    for item in items:
-        if item.path.parent.name == "tinker":
-            item.add_marker(sdk_leak)
 
 
 @pytest.fixture(autouse=True)

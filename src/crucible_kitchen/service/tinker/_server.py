@@ -224,9 +224,9 @@ class TinkerServer:
         assert request.model_seq_id is not None
         session = self.session(request.session_id)
         model_id = f"{session.session_id}:train:{request.model_seq_id}"
-        source_run, directory = self._checkpoint_dir(request.path)
 
         async def start() -> Finish:
+            source_run, directory = self._existing_checkpoint(request.path)
             source = await anyio.to_thread.run_sync(self._read_record, source_run)
             metadata = {k: str(v) for k, v in (request.user_metadata or {}).items()}
             record = msgspec.structs.replace(
@@ -437,7 +437,7 @@ class TinkerServer:
         seq_id = _seq(request.seq_id)
 
         async def start() -> Finish:
-            _, directory = self._checkpoint_dir(request.path)
+            _, directory = self._existing_checkpoint(request.path)
             future = await model.client.load_state(
                 str(directory),
                 with_optimizer=request.optimizer,
@@ -543,7 +543,7 @@ class TinkerServer:
         self, model_path: str | None, base_model: str | None
     ) -> tuple[str, LocalTorchSamplingClient]:
         if model_path is not None:
-            run_id, directory = self._checkpoint_dir(model_path)
+            run_id, directory = self._existing_checkpoint(model_path)
             owner = self._models.get(run_id)
             if owner is not None:
                 return owner.record.base_model, await owner.client.create_sampling_client(
@@ -620,9 +620,7 @@ class TinkerServer:
         return list(self._models)
 
     def weights_info(self, tinker_path: str) -> dict[str, Any]:
-        run_id, directory = self._checkpoint_dir(tinker_path)
-        if not directory.is_dir():
-            raise not_found(f"no checkpoint {tinker_path}", resource=tinker_path)
+        run_id, _ = self._existing_checkpoint(tinker_path)
         record = self._read_record(run_id)
         return {
             "base_model": record.base_model,
@@ -658,9 +656,7 @@ class TinkerServer:
         return sorted(found, key=lambda c: (c["time"], c["checkpoint_id"]))
 
     def delete_checkpoint(self, run_id: str, kind: str, name: str) -> None:
-        _, directory = self._checkpoint_dir(_tinker_path(run_id, kind, name))
-        if not (directory / "manifest.json").is_file():
-            raise not_found(f"no checkpoint {kind}/{name} in {run_id}", resource=name)
+        _, directory = self._existing_checkpoint(_tinker_path(run_id, kind, name))
         shutil.rmtree(directory)
 
     def _run_dir(self, run_id: str) -> Path:
@@ -682,6 +678,17 @@ class TinkerServer:
             )
         run_id, kind, name = parts
         return run_id, self._run_dir(run_id) / kind / _checkpoint_name(name)
+
+    def _existing_checkpoint(self, tinker_path: str) -> tuple[str, Path]:
+        """:meth:`_checkpoint_dir` of a complete checkpoint.
+
+        Raises:
+            ResourceNotFound: nothing is saved there.
+        """
+        run_id, directory = self._checkpoint_dir(tinker_path)
+        if not (directory / "manifest.json").is_file():
+            raise not_found(f"no checkpoint {tinker_path}", resource=tinker_path)
+        return run_id, directory
 
     def _read_record(self, run_id: str) -> RunRecord:
         model = self._models.get(run_id)

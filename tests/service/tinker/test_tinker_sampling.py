@@ -1,0 +1,113 @@
+"""Sampling through the official SDK: seeded reproducibility, logprobs that agree with the
+trainer's, immutable sampler snapshots, base-model and saved-path samplers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import tinker
+from _tinker_support import ADAM, TEXT, close, serving, sft_datum, training_client
+from tinker import types
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = types.ModelInput.from_ints(list(b"the kitchen"))
+
+
+def _params(seed: int | None, max_tokens: int = 12) -> types.SamplingParams:
+    return types.SamplingParams(max_tokens=max_tokens, seed=seed, temperature=1.0, stop=[])
+
+
+async def test_seeded_samples_repeat_and_carry_logprobs_and_sequence_ids(tmp_path: Path) -> None:
+    async with serving(tmp_path) as served:
+        client = await served.connect()
+        trainer = await training_client(client)
+        sampler = await trainer.save_weights_and_get_sampling_client()
+        first = await sampler.sample(PROMPT, 3, _params(seed=7))
+        again = await sampler.sample(PROMPT, 3, _params(seed=7))
+        other = await sampler.sample(PROMPT, 3, _params(seed=8))
+        short = await sampler.sample(PROMPT, 1, types.SamplingParams(max_tokens=2, seed=1))
+        await close(client)
+    tokens = [sequence.tokens for sequence in first.sequences]
+    assert len(tokens) == 3
+    assert all(len(t) == 12 for t in tokens)
+    assert tokens == [sequence.tokens for sequence in again.sequences]
+    assert tokens != [sequence.tokens for sequence in other.sequences]
+    assert len(set(map(tuple, tokens))) == 3  # the samples of one request differ
+    for sequence in first.sequences:
+        assert sequence.stop_reason == "length"
+        assert sequence.logprobs is not None
+        assert len(sequence.logprobs) == len(sequence.tokens)
+        assert all(lp <= 0 for lp in sequence.logprobs)
+    ids = [sequence.sequence_id for sequence in first.sequences]
+    assert len(set(ids)) == 3
+    assert len(short.sequences[0].tokens) <= 2
+
+
+async def test_sampler_logprobs_agree_with_the_trainer_and_snapshots_stay_frozen(
+    tmp_path: Path,
+) -> None:
+    datum = sft_datum()
+    async with serving(tmp_path) as served:
+        client = await served.connect()
+        trainer = await training_client(client)
+        await trainer.forward_backward([datum], "cross_entropy")
+        await trainer.optim_step(ADAM)
+        trained = await trainer.forward([datum], "cross_entropy")
+        snapshot = await trainer.save_weights_and_get_sampling_client()
+        prompt = types.ModelInput.from_ints(list(TEXT))
+        before = await snapshot.compute_logprobs(prompt)
+        sampled_before = await snapshot.sample(PROMPT, 1, _params(seed=3))
+        for _ in range(3):  # train on: the snapshot must not change
+            await trainer.forward_backward([datum], "cross_entropy")
+            await trainer.optim_step(ADAM)
+        after = await snapshot.compute_logprobs(prompt)
+        sampled_after = await snapshot.sample(PROMPT, 1, _params(seed=3))
+        fresh = await (await trainer.save_weights_and_get_sampling_client()).compute_logprobs(
+            prompt
+        )
+        await close(client)
+    assert before[0] is None
+    np.testing.assert_allclose(
+        np.asarray(before[1:]), np.asarray(trained.loss_fn_outputs[0]["logprobs"].data), rtol=1e-4
+    )
+    assert after == before
+    assert sampled_after.sequences[0].tokens == sampled_before.sequences[0].tokens
+    assert not np.allclose(np.asarray(fresh[1:]), np.asarray(before[1:]))
+
+
+async def test_base_model_and_saved_path_samplers(tmp_path: Path) -> None:
+    datum = sft_datum()
+    async with serving(tmp_path) as served:
+        client = await served.connect()
+        trainer = await training_client(client)
+        untrained = await trainer.forward([datum], "cross_entropy")
+        base = await client.create_sampling_client(base_model="tiny")
+        base_logprobs = await base.compute_logprobs(datum.model_input)
+        await trainer.forward_backward([datum], "cross_entropy")
+        await trainer.optim_step(ADAM)
+        saved = await trainer.save_weights_for_sampler("after-one-step")
+        from_path = await client.create_sampling_client(model_path=saved.path)
+        path_logprobs = await from_path.compute_logprobs(datum.model_input)
+        trained = await trainer.forward([datum], "cross_entropy")
+        with pytest.raises(tinker.RequestFailedError, match="not served here"):
+            await client.create_lora_training_client(base_model="gpt-unknown")
+        await close(client)
+    # A fresh LoRA adapter leaves the base model unchanged (its B matrices start at zero).
+    np.testing.assert_allclose(
+        np.asarray(base_logprobs[1:]),
+        np.asarray(untrained.loss_fn_outputs[0]["logprobs"].data)[:-1],
+        rtol=1e-4,
+    )
+    assert saved.path.endswith("/sampler_weights/after-one-step")
+    assert from_path.get_base_model() == "tiny"
+    np.testing.assert_allclose(
+        np.asarray(path_logprobs[1:]),
+        np.asarray(trained.loss_fn_outputs[0]["logprobs"].data)[:-1],
+        rtol=1e-4,
+    )
