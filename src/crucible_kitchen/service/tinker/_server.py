@@ -299,6 +299,13 @@ class TinkerServer:
         return model
 
     def model(self, model_id: str) -> _Model:
+        """The model ``model_id``, for a new request.
+
+        Raises:
+            ServerClosed: the server is shutting down.
+            ResourceNotFound: no such model.
+        """
+        self._group()
         model = self._models.get(model_id)
         if model is None:
             raise not_found(f"no model {model_id!r}", resource=model_id)
@@ -474,6 +481,7 @@ class TinkerServer:
 
     async def sample(self, request: tinker.types.SampleRequest) -> tuple[str, list[str]]:
         """Accept an asample; its request id and one sequence id per sample."""
+        self._group()
         if request.sampling_session_id is not None:
             sampler = self._sampler(request.sampling_session_id)
         else:
