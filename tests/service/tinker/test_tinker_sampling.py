@@ -111,3 +111,59 @@ async def test_base_model_and_saved_path_samplers(tmp_path: Path) -> None:
         np.asarray(trained.loss_fn_outputs[0]["logprobs"].data)[:-1],
         rtol=1e-4,
     )
+
+
+async def test_top_k_prompt_logprobs_feed_a_top_k_cross_entropy(tmp_path: Path) -> None:
+    k = 4
+    prompt = types.ModelInput.from_ints(list(b"teach the student"))
+    async with serving(tmp_path) as served:
+        client = await served.connect()
+        teacher = await client.create_sampling_client(base_model="tiny")
+        response = await teacher.sample(
+            prompt,
+            1,
+            types.SamplingParams(max_tokens=1, seed=0),
+            include_prompt_logprobs=True,
+            topk_prompt_logprobs=k,
+        )
+        last = await teacher.sample(
+            prompt,
+            1,
+            types.SamplingParams(max_tokens=1),
+            topk_prompt_logprobs=k,
+            prompt_logprobs_last_n=3,
+            include_prompt_logprobs=True,
+        )
+        top = response.topk_prompt_logprobs
+        assert top is not None
+        ids = np.array([[token for token, _ in row] for row in top[1:]])  # (N, K)
+        teacher_lps = np.array([[lp for _, lp in row] for row in top[1:]])
+        weights = np.exp(teacher_lps) / np.exp(teacher_lps).sum(axis=1, keepdims=True)
+        tokens = prompt.to_ints()
+        student = await training_client(client)
+        datum = types.Datum(
+            model_input=types.ModelInput.from_ints(tokens[:-1]),
+            loss_fn_inputs={
+                "target_tokens": types.TensorData.from_numpy(ids.astype(np.int64)),
+                "weights": types.TensorData.from_numpy(weights.astype(np.float32)),
+            },
+        )
+        result = await student.forward_backward([datum], "cross_entropy")
+        await student.optim_step(ADAM)
+        await close(client)
+    assert top[0] is None
+    assert len(top) == len(tokens)
+    for position, row in enumerate(top[1:], start=1):
+        assert len(row) == k
+        assert [lp for _, lp in row] == sorted((lp for _, lp in row), reverse=True)
+        assert row[0][1] >= response.prompt_logprobs[position] - 1e-5  # the top beats the truth
+    assert last.topk_prompt_logprobs is not None
+    assert [row is None for row in last.topk_prompt_logprobs] == [True] * (len(tokens) - 3) + [
+        False
+    ] * 3
+    student_lps = np.asarray(result.loss_fn_outputs[0]["logprobs"].data).reshape(ids.shape)
+    assert result.loss_fn_outputs[0]["logprobs"].shape == [len(tokens) - 1, k]
+    # A fresh LoRA student is its base: the teacher's own top-k logprobs come back.
+    np.testing.assert_allclose(student_lps, teacher_lps, rtol=1e-4)
+    expected = -(weights * student_lps).sum()
+    assert result.metrics["loss:sum"] == pytest.approx(expected, rel=1e-4)

@@ -33,6 +33,7 @@ from crucible_kitchen.ports import LOSS_FN_INPUTS, AdamParams
 from ._errors import invalid, not_found
 from ._futures import PROTOBUF, FutureTable, Reply
 from ._queue import Finish, ModelQueue, SamplerQueue, Start
+from ._topk import topk_prompt_logprobs
 from ._wire import (
     ForwardBackwardCall,
     WireError,
@@ -494,14 +495,18 @@ class TinkerServer:
                     key, base_model, request.model_path, client, self._sampler_queue(key)
                 )
             sampler = self._samplers[key]
-        if request.topk_prompt_logprobs or request.topk_sample_logprobs:
-            raise invalid("top-k logprobs are not supported by this server")
+        if request.topk_sample_logprobs:
+            raise invalid("topk_sample_logprobs is not supported by this server")
         if request.target_prompt_logprobs is not None or request.prompt_alt_tokens_k:
             raise invalid("target_prompt_logprobs and prompt_alt_tokens are not supported")
         prompt = model_input_from_sdk(request.prompt)
         params = sampling_params_from_sdk(request.sampling_params)
         with_prompt_logprobs = bool(request.prompt_logprobs)
         last_n = request.prompt_logprobs_last_n
+        top_k = request.topk_prompt_logprobs
+        vocab = sampler.client.model.config.vocab_size
+        if not 0 <= top_k <= vocab:
+            raise invalid(f"topk_prompt_logprobs {top_k} must be in [0, {vocab}]")
 
         async def start() -> Finish:
             future = await sampler.client.sample(
@@ -519,7 +524,12 @@ class TinkerServer:
                         response,
                         prompt_logprobs=(None,) * cut + response.prompt_logprobs[cut:],
                     )
-                return Reply(encode_sample_response(response), PROTOBUF)
+                top = None
+                if top_k:
+                    top = await anyio.to_thread.run_sync(
+                        topk_prompt_logprobs, sampler.client, prompt.to_ints(), top_k, last_n
+                    )
+                return Reply(encode_sample_response(response, top), PROTOBUF)
 
             return finish
 

@@ -210,11 +210,7 @@ def _add_record(
 
 def encode_sample_response(
     response: SampleResponse,
-    topk_prompt: tuple[
-        np.ndarray[tuple[int, ...], np.dtype[np.int32]],
-        np.ndarray[tuple[int, ...], np.dtype[np.float32]],
-    ]
-    | None = None,
+    topk_prompt: tuple[NDArray[np.int64], NDArray[np.float32]] | None = None,
 ) -> bytes:
     """The protobuf ``SampleResponse`` of a port result; ``topk_prompt`` adds the top-k
     prompt logprobs as ``(token_ids, logprobs)``, both shaped ``(prompt length, k)``."""
