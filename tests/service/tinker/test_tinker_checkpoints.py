@@ -112,3 +112,22 @@ async def test_a_taken_name_is_refused_unless_overwritten(tmp_path: Path) -> Non
         await close(client)
     assert first.path == second.path
     np.testing.assert_array_equal(again, now)
+
+
+@pytest.mark.filterwarnings("ignore:DEPRECATED. TrainingClient.load_state:FutureWarning")
+async def test_the_deprecated_load_state_is_an_ordered_request_on_the_model(
+    tmp_path: Path,
+) -> None:
+    datum = sft_datum()
+    async with serving(tmp_path) as served:
+        client = await served.connect()
+        trainer = await training_client(client)
+        saved = await trainer.save_state("start")
+        start = _logprobs(await trainer.forward([datum], "cross_entropy"))
+        await _step(trainer, datum)
+        loaded = trainer.load_state_with_optimizer(saved.path)
+        after_load = trainer.forward([datum], "cross_entropy")  # queued behind the load
+        assert (await loaded).path == saved.path
+        back = _logprobs(await after_load)
+        await close(client)
+    np.testing.assert_array_equal(back, start)
