@@ -57,6 +57,20 @@ async def serving(root: Path, **settings: Any) -> AsyncIterator[Served]:
         await http.close()
 
 
+@asynccontextmanager
+async def training(
+    root: Path, *, user_metadata: dict[str, str] | None = None, **settings: Any
+) -> AsyncIterator[tuple[Served, tinker.ServiceClient, tinker.TrainingClient]]:
+    """:func:`serving`, a client with its session, and a LoRA training client of ``tiny``;
+    the session is finished at the end."""
+    async with serving(root, **settings) as served:
+        client = await served.connect()
+        try:
+            yield served, client, await training_client(client, user_metadata=user_metadata)
+        finally:
+            await close(client)
+
+
 async def close(client: tinker.ServiceClient) -> None:
     """Finish the client's session on the server and stop its heartbeat."""
     await client.close("success")

@@ -9,7 +9,7 @@ import anyio.to_thread
 import numpy as np
 import pytest
 import tinker
-from _tinker_support import ADAM, close, serving, sft_datum, training_client
+from _tinker_support import ADAM, sft_datum, training
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,9 +33,7 @@ async def test_a_saved_state_resumes_with_or_without_its_optimizer_state(
     tmp_path: Path,
 ) -> None:
     datum = sft_datum()
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, client, trainer):
         await _step(trainer, datum)
         saved = await trainer.save_state("step-1")
         now = _logprobs(await trainer.forward([datum], "cross_entropy"))
@@ -45,7 +43,6 @@ async def test_a_saved_state_resumes_with_or_without_its_optimizer_state(
         continued = await _step(trainer, datum)
         continued_resumed = await _step(with_optimizer, datum)
         continued_fresh_adam = await _step(weights_only, datum)
-        await close(client)
     assert saved.path == f"tinker://{trainer.model_id}/weights/step-1"
     assert with_optimizer.model_id != trainer.model_id
     np.testing.assert_array_equal(resumed, now)
@@ -55,9 +52,11 @@ async def test_a_saved_state_resumes_with_or_without_its_optimizer_state(
 
 async def test_checkpoints_are_listed_described_and_deleted(tmp_path: Path) -> None:
     datum = sft_datum()
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client, user_metadata={"renderer_name": "role_colon"})
+    async with training(tmp_path, user_metadata={"renderer_name": "role_colon"}) as (
+        served,
+        client,
+        trainer,
+    ):
         await _step(trainer, datum)
         state = await trainer.save_state("state-a")
         sampler = await trainer.save_weights_for_sampler("sampler-a")
@@ -75,7 +74,6 @@ async def test_checkpoints_are_listed_described_and_deleted(tmp_path: Path) -> N
         with pytest.raises(tinker.NotFoundError):
             await rest.delete_checkpoint_from_tinker_path(sampler.path)
         await anyio.to_thread.run_sync(rest.holder.close)
-        await close(client)
     kinds = {c.checkpoint_id: c.checkpoint_type for c in listed.checkpoints}
     assert kinds == {"weights/state-a": "training", "sampler_weights/sampler-a": "sampler"}
     assert all(c.size_bytes and c.size_bytes > 0 for c in listed.checkpoints)
@@ -94,9 +92,7 @@ async def test_checkpoints_are_listed_described_and_deleted(tmp_path: Path) -> N
 
 async def test_a_taken_name_is_refused_unless_overwritten(tmp_path: Path) -> None:
     datum = sft_datum()
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, client, trainer):
         first = await trainer.save_state("name")
         await _step(trainer, datum)
         with pytest.raises(tinker.RequestFailedError, match="already exists"):
@@ -109,7 +105,6 @@ async def test_a_taken_name_is_refused_unless_overwritten(tmp_path: Path) -> Non
             await client.create_training_client_from_state("tinker://elsewhere/weights")
         with pytest.raises(tinker.RequestFailedError, match="no training run"):
             await client.create_training_client_from_state("tinker://nobody/weights/x")
-        await close(client)
     assert first.path == second.path
     np.testing.assert_array_equal(again, now)
 
@@ -119,9 +114,7 @@ async def test_the_deprecated_load_state_is_an_ordered_request_on_the_model(
     tmp_path: Path,
 ) -> None:
     datum = sft_datum()
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, _client, trainer):
         saved = await trainer.save_state("start")
         start = _logprobs(await trainer.forward([datum], "cross_entropy"))
         await _step(trainer, datum)
@@ -129,5 +122,4 @@ async def test_the_deprecated_load_state_is_an_ordered_request_on_the_model(
         after_load = trainer.forward([datum], "cross_entropy")  # queued behind the load
         assert (await loaded).path == saved.path
         back = _logprobs(await after_load)
-        await close(client)
     np.testing.assert_array_equal(back, start)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import tinker
-from _tinker_support import ADAM, TEXT, close, serving, sft_datum, training_client
+from _tinker_support import ADAM, TEXT, close, serving, sft_datum, training, training_client
 from tinker import types
 
 if TYPE_CHECKING:
@@ -24,15 +24,12 @@ def _params(seed: int | None, max_tokens: int = 12) -> types.SamplingParams:
 
 
 async def test_seeded_samples_repeat_and_carry_logprobs_and_sequence_ids(tmp_path: Path) -> None:
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, _client, trainer):
         sampler = await trainer.save_weights_and_get_sampling_client()
         first = await sampler.sample(PROMPT, 3, _params(seed=7))
         again = await sampler.sample(PROMPT, 3, _params(seed=7))
         other = await sampler.sample(PROMPT, 3, _params(seed=8))
         short = await sampler.sample(PROMPT, 1, types.SamplingParams(max_tokens=2, seed=1))
-        await close(client)
     tokens = [sequence.tokens for sequence in first.sequences]
     assert len(tokens) == 3
     assert all(len(t) == 12 for t in tokens)
@@ -53,9 +50,7 @@ async def test_sampler_logprobs_agree_with_the_trainer_and_snapshots_stay_frozen
     tmp_path: Path,
 ) -> None:
     datum = sft_datum()
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, _client, trainer):
         await trainer.forward_backward([datum], "cross_entropy")
         await trainer.optim_step(ADAM)
         trained = await trainer.forward([datum], "cross_entropy")
@@ -71,7 +66,6 @@ async def test_sampler_logprobs_agree_with_the_trainer_and_snapshots_stay_frozen
         fresh = await (await trainer.save_weights_and_get_sampling_client()).compute_logprobs(
             prompt
         )
-        await close(client)
     assert before[0] is None
     np.testing.assert_allclose(
         np.asarray(before[1:]), np.asarray(trained.loss_fn_outputs[0]["logprobs"].data), rtol=1e-4
@@ -83,9 +77,7 @@ async def test_sampler_logprobs_agree_with_the_trainer_and_snapshots_stay_frozen
 
 async def test_base_model_and_saved_path_samplers(tmp_path: Path) -> None:
     datum = sft_datum()
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, client, trainer):
         untrained = await trainer.forward([datum], "cross_entropy")
         base = await client.create_sampling_client(base_model="tiny")
         base_logprobs = await base.compute_logprobs(datum.model_input)
@@ -97,7 +89,6 @@ async def test_base_model_and_saved_path_samplers(tmp_path: Path) -> None:
         trained = await trainer.forward([datum], "cross_entropy")
         with pytest.raises(tinker.RequestFailedError, match="not served here"):
             await client.create_lora_training_client(base_model="gpt-unknown")
-        await close(client)
     # A fresh LoRA adapter leaves the base model unchanged (its B matrices start at zero).
     np.testing.assert_allclose(
         np.asarray(base_logprobs[1:]),

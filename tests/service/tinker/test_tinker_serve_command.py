@@ -5,26 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
 import tinker
 from _tinker_support import ADAM, API_KEY, sft_datum
+from test_serve_command import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_serve_tinker_trains_over_loopback_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "crucible_kitchen.cli", "serve", "--tinker"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TINKER_API_KEY": API_KEY}
     with subprocess.Popen(

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import tinker
 import torch
-from _tinker_support import ADAM, TEXT, close, rl_datum, serving, sft_datum, training_client
+from _tinker_support import (
+    ADAM,
+    TEXT,
+    close,
+    rl_datum,
+    serving,
+    sft_datum,
+    training,
+    training_client,
+)
 from tinker import types
 
 if TYPE_CHECKING:
@@ -25,9 +34,7 @@ def _logprobs(output: types.ForwardBackwardOutput, index: int = 0) -> np.ndarray
 async def test_sft_steps_pipelined_with_their_optimizer_steps_lower_the_loss(
     tmp_path: Path,
 ) -> None:
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, _client, trainer):
         datum = sft_datum()
         before = (await trainer.forward([datum], "cross_entropy")).metrics["loss:sum"]
         steps = []
@@ -39,7 +46,6 @@ async def test_sft_steps_pipelined_with_their_optimizer_steps_lower_the_loss(
         for _, optim in steps:
             await optim
         after = (await trainer.forward([datum], "cross_entropy")).metrics["loss:sum"]
-        await close(client)
     assert losses[0] == pytest.approx(before, rel=1e-6)
     assert after < 0.95 * before, (before, losses, after)
     assert losses[-1] < losses[0]
@@ -75,13 +81,10 @@ async def test_gradients_accumulate_until_the_step_and_losses_are_sums(tmp_path:
 async def test_chunks_sent_concurrently_start_in_seq_order(tmp_path: Path) -> None:
     texts = [TEXT, b"a short one", b"and a third, longer example of bytes to predict"]
     data = [sft_datum(text) for text in texts]
-    async with serving(tmp_path, max_chunk_datums=1) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path, max_chunk_datums=1) as (_served, _client, trainer):
         singles = [await trainer.forward([datum], "cross_entropy") for datum in data]
         chunked = await trainer.forward_backward(data, "cross_entropy")  # 3 requests
         await trainer.optim_step(ADAM)
-        await close(client)
     assert [len(out["logprobs"].data) for out in chunked.loss_fn_outputs] == [
         len(text) - 1 for text in texts
     ]
@@ -120,9 +123,7 @@ def _expected_rl_loss(
 async def test_rl_losses_follow_their_formulas_over_the_wire(
     tmp_path: Path, loss_fn: str, config: dict[str, float]
 ) -> None:
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, _client, trainer):
         current = _logprobs(await trainer.forward([sft_datum()], "cross_entropy"))
         offsets = np.resize([0.3, -0.3, 0.0, 0.05], current.shape)
         advantages = np.resize([1.0, -0.5, 2.0], current.shape)
@@ -130,7 +131,6 @@ async def test_rl_losses_follow_their_formulas_over_the_wire(
         datum = rl_datum(TEXT, sampling.tolist(), advantages.tolist())
         result = await trainer.forward_backward([datum], loss_fn, config or None)  # type: ignore[arg-type]
         step = await trainer.optim_step(ADAM)
-        await close(client)
     lp = _logprobs(result)
     np.testing.assert_allclose(lp, current, rtol=1e-6)
     expected = _expected_rl_loss(loss_fn, lp, np.float32(sampling), advantages, config)
@@ -142,9 +142,7 @@ async def test_forward_backward_custom_trains_a_dpo_loss(tmp_path: Path) -> None
     chosen, rejected = sft_datum(b"the answer is yes"), sft_datum(b"the answer is no!")
     beta = 0.5
 
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, _client, trainer):
         reference = await trainer.forward([chosen, rejected], "cross_entropy")
         ref = [float(_logprobs(reference, i).sum()) for i in range(2)]
 
@@ -159,7 +157,6 @@ async def test_forward_backward_custom_trains_a_dpo_loss(tmp_path: Path) -> None
         for _ in range(4):
             results.append(await trainer.forward_backward_custom([chosen, rejected], dpo))
             await trainer.optim_step(types.AdamParams(learning_rate=5e-3))
-        await close(client)
     first, last = results[0].metrics, results[-1].metrics
     assert first["loss:sum"] == pytest.approx(float(np.log(2)), rel=1e-5)  # margin 0 at start
     assert first["margin:mean"] == pytest.approx(0.0, abs=1e-5)
@@ -171,9 +168,7 @@ async def test_forward_backward_custom_trains_a_dpo_loss(tmp_path: Path) -> None
 async def test_a_bad_request_fails_its_future_and_the_next_one_still_runs(
     tmp_path: Path,
 ) -> None:
-    async with serving(tmp_path) as served:
-        client = await served.connect()
-        trainer = await training_client(client)
+    async with training(tmp_path) as (_served, _client, trainer):
         unknown = trainer.forward_backward([sft_datum()], "gspo")
         out_of_vocabulary = types.Datum(
             model_input=types.ModelInput.from_ints([1, 99_999]),
@@ -187,7 +182,6 @@ async def test_a_bad_request_fails_its_future_and_the_next_one_still_runs(
                 await future
             errors.append(caught.value)
         assert (await step).metrics is not None
-        await close(client)
     assert "gspo" in str(errors[0])
     assert "token ids must be in [0, 2" in str(errors[1])
     assert all(error.category == tinker.types.RequestErrorCategory.User for error in errors)

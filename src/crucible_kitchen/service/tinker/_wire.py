@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Final
 
+import msgspec
 import numpy as np
 from tinker.proto import tinker_public_pb2 as pb
 
@@ -56,27 +57,15 @@ class WireError(ValueError):
     """A request body that does not decode: what was wrong and where."""
 
 
-class ForwardBackwardCall:
+class ForwardBackwardCall(msgspec.Struct, frozen=True, kw_only=True):
     """A decoded ``POST /api/v1/forward_backward`` body."""
 
-    __slots__ = ("data", "forward_only", "loss_fn", "loss_fn_config", "model_id", "seq_id")
-
-    def __init__(
-        self,
-        *,
-        model_id: str,
-        seq_id: int,
-        loss_fn: str,
-        loss_fn_config: dict[str, float | str],
-        forward_only: bool,
-        data: tuple[Datum, ...],
-    ) -> None:
-        self.model_id = model_id
-        self.seq_id = seq_id
-        self.loss_fn = loss_fn
-        self.loss_fn_config = loss_fn_config
-        self.forward_only = forward_only
-        self.data = data
+    model_id: str
+    seq_id: int
+    loss_fn: str
+    loss_fn_config: dict[str, float | str]
+    forward_only: bool
+    data: tuple[Datum, ...]
 
 
 def decode_forward_backward(body: bytes) -> ForwardBackwardCall:
