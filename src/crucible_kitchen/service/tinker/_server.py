@@ -363,14 +363,10 @@ class TinkerServer:
                 raise invalid(
                     f"optimizer {type(params).__name__} is not supported; only AdamParams"
                 )
-            adam = AdamParams(
-                learning_rate=params.learning_rate,
-                beta1=params.beta1,
-                beta2=params.beta2,
-                eps=params.eps,
-                weight_decay=params.weight_decay,
-                grad_clip_norm=params.grad_clip_norm,
-            )
+            try:  # the same fields, with the port's range checks
+                adam = AdamParams(**params.model_dump())
+            except ValueError as exc:
+                raise invalid(str(exc)) from exc
             future = await model.client.optim_step(adam, request_id=f"{model.model_id}:{seq_id}")
 
             async def finish() -> Reply:
