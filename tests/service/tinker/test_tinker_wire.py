@@ -20,8 +20,8 @@ from crucible_kitchen.ports import (
     SampleResponse,
     TensorData,
 )
+from crucible_kitchen.service.tinker._errors import WireError
 from crucible_kitchen.service.tinker._wire import (
-    WireError,
     decode_forward_backward,
     encode_forward_backward_output,
     encode_sample_response,

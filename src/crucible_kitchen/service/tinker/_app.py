@@ -13,12 +13,11 @@ from crucible_kitchen.errors import InvalidRequest, ResourceNotFound
 
 from .._app import _token_holder, _token_table, is_loopback_host
 from .._problems import Problem, problem_middleware
-from ._errors import invalid, not_found
+from ._errors import QueueFull, ServerClosed, invalid, not_found
 from ._futures import Failure
-from ._queue import QueueFull, SequenceError
-from ._server import ServerClosed, TinkerServer
+from ._server import TinkerServer
 from ._settings import TinkerSettings
-from ._wire import WireError, decode_forward_backward
+from ._wire import decode_forward_backward
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -115,7 +114,7 @@ def _translating(
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except (InvalidRequest, WireError, SequenceError) as exc:
+        except InvalidRequest as exc:
             raise Problem(400, "invalid-request", str(exc)) from exc
         except pydantic.ValidationError as exc:
             errors = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]

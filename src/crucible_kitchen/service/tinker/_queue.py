@@ -15,30 +15,18 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 
-from ._errors import category_of
+from ._errors import QueueFull, category_of, invalid
 from ._futures import Failure, FutureTable, Reply
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-__all__ = ("Finish", "ModelQueue", "QueueFull", "SamplerQueue", "SequenceError", "Start", "failure")
+__all__ = ("Finish", "ModelQueue", "SamplerQueue", "Start", "failure")
 
 Finish: TypeAlias = Callable[[], Awaitable[Reply]]
 """Waits for a started request's result and encodes it."""
 Start: TypeAlias = Callable[[], Awaitable[Finish]]
 """Hands a request to the backend (in order) and returns how to finish it."""
-
-
-class QueueFull(Exception):
-    """The queue holds ``limit`` unfinished requests; the client should re-send later."""
-
-    def __init__(self, owner: str, limit: int) -> None:
-        super().__init__(f"{owner} has {limit} unfinished requests; re-send later")
-        self.owner = owner
-
-
-class SequenceError(ValueError):
-    """A ``seq_id`` that cannot be placed: below the model's next one and not known."""
 
 
 def failure(exc: Exception) -> Failure:
@@ -90,13 +78,13 @@ class ModelQueue(_Bounded):
         Raises:
             QueueFull: ``limit`` requests are unfinished (the next one in order is always
                 taken, so chunks that arrived early cannot block it).
-            SequenceError: ``seq_id`` is older than every request kept.
+            InvalidRequest: ``seq_id`` is older than every request kept.
         """
         known = self._accepted.get(seq_id)
         if known is not None:
             return known
         if seq_id < self._next_seq:
-            raise SequenceError(
+            raise invalid(
                 f"{self.owner}: seq_id {seq_id} is below the next expected {self._next_seq}"
             )
         if self.unfinished >= self._limit and seq_id != self._next_seq:

@@ -6,6 +6,7 @@ this module speaks the ports and leaves HTTP to ``_app``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -30,13 +31,12 @@ from crucible_kitchen.adapters.local_torch import (
 )
 from crucible_kitchen.ports import LOSS_FN_INPUTS, AdamParams
 
-from ._errors import invalid, not_found
+from ._errors import ServerClosed, WireError, invalid, not_found
 from ._futures import PROTOBUF, FutureTable, Reply
 from ._queue import Finish, ModelQueue, SamplerQueue, Start
 from ._topk import topk_prompt_logprobs
 from ._wire import (
     ForwardBackwardCall,
-    WireError,
     encode_forward_backward_output,
     encode_sample_response,
     model_input_from_sdk,
@@ -102,10 +102,6 @@ class _Sampler:
     queue: SamplerQueue
 
 
-class ServerClosed(Exception):
-    """The server is shutting down and takes no new requests."""
-
-
 class TinkerServer:
     """The Tinker API over the local torch backend (see the package docstring).
 
@@ -136,9 +132,8 @@ class TinkerServer:
     # ------------------------------------------------------------------ lifetime
 
     async def lifespan(self, _app: object) -> AsyncIterator[None]:
-        """Own the task group of every model's queue while the application runs."""
-        import asyncio  # aiohttp runs on asyncio; the owner task spans start and cleanup
-
+        """Own the task group of every model's queue while the application runs (in a task
+        of its own, as aiohttp runs startup and cleanup in different places)."""
         ready = asyncio.get_running_loop().create_future()
         owner = asyncio.create_task(self._own(ready), name="crucible-kitchen-tinker")
         await asyncio.wait((owner, ready), return_when=asyncio.FIRST_COMPLETED)
@@ -173,7 +168,7 @@ class TinkerServer:
 
     def _group(self) -> TaskGroup:
         if self.stopping or self._task_group is None:
-            raise ServerClosed("the server is shutting down")
+            raise ServerClosed
         return self._task_group
 
     # ------------------------------------------------------------------ sessions

@@ -22,6 +22,8 @@ from crucible_kitchen.ports import (
     TensorData,
 )
 
+from ._errors import WireError
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = (
     "FORWARD_BACKWARD_OUTPUT_TYPE",
     "ForwardBackwardCall",
-    "WireError",
     "decode_forward_backward",
     "encode_forward_backward_output",
     "encode_sample_response",
@@ -51,10 +52,6 @@ _OUTPUT_DTYPES: Final[Mapping[str, tuple[int, np.dtype[np.generic]]]] = {
     "float32": (pb.DTYPE_FLOAT32, np.dtype(np.float32)),
     "int64": (pb.DTYPE_INT64, np.dtype(np.int64)),
 }
-
-
-class WireError(ValueError):
-    """A request body that does not decode: what was wrong and where."""
 
 
 class ForwardBackwardCall(msgspec.Struct, frozen=True, kw_only=True):
