@@ -146,7 +146,7 @@ class TinkerServer:
             self._closing.set()
             await owner
 
-    async def _own(self, ready: Any) -> None:
+    async def _own(self, ready: asyncio.Future[None]) -> None:
         if self._root is None:
             self._root = Path(tempfile.mkdtemp(prefix="crucible-kitchen-tinker-"))
         async with anyio.create_task_group() as task_group:
