@@ -476,7 +476,9 @@ def _parser() -> argparse.ArgumentParser:
     serving = commands.add_parser("serve", help="serve the HTTP API (needs the service extra)")
     serving.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     serving.add_argument("--port", type=int, default=8080)
-    serving.add_argument("--root", default="runs", help="where run directories go")
+    serving.add_argument(
+        "--root", default="runs", help="where run directories go (--tinker: ROOT/tinker)"
+    )
     serving.add_argument(
         "--token",
         default=os.environ.get("KITCHEN_TOKEN"),
