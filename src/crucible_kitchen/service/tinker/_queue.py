@@ -10,6 +10,7 @@ result, encoding it) runs concurrently with the next starts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ("Finish", "ModelQueue", "SamplerQueue", "Start", "failure")
 
+logger = logging.getLogger("crucible_kitchen.service.tinker")
+
 Finish: TypeAlias = Callable[[], Awaitable[Reply]]
 """Waits for a started request's result and encodes it."""
 Start: TypeAlias = Callable[[], Awaitable[Finish]]
@@ -30,8 +33,12 @@ Start: TypeAlias = Callable[[], Awaitable[Finish]]
 
 
 def failure(exc: Exception) -> Failure:
-    """Tinker's error of a failed request: ``user`` for the request's own fault."""
-    return Failure(f"{type(exc).__name__}: {exc}", category_of(exc))
+    """Tinker's error of a failed request: ``user`` for the request's own fault; the
+    server's own failures are logged with their traceback."""
+    category = category_of(exc)
+    if category == "server":
+        logger.error("a Tinker request failed", exc_info=exc)
+    return Failure(f"{type(exc).__name__}: {exc}", category)
 
 
 class _Bounded:
