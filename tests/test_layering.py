@@ -63,7 +63,7 @@ ALLOWED: dict[str, set[str]] = {
         "workflows",
         "recipes",
     },
-    "service": {"__init__", "errors", "kitchen", "telemetry", "recipes", "ports"},
+    "service": {"__init__", "errors", "kitchen", "telemetry", "recipes", "ports", "adapters"},
     "cli": {"__init__", "errors", "kitchen", "telemetry", "recipes", "ports", "service"},
     "__init__": {
         "errors",
