@@ -18,6 +18,7 @@ def tinker_adapters(
     *,
     base_model: str,
     tokenizer: Tokenizer,
+    tokenizer_id: str | None = None,
     lora_rank: int = 32,
     seed: int | None = None,
     base_url: str | None = None,
@@ -32,6 +33,8 @@ def tinker_adapters(
     Args:
         base_model: the server's model name (``ServiceClient.create_lora_training_client``).
         tokenizer: the tokenizer of that model, returned by both clients' ``get_tokenizer``.
+        tokenizer_id: the id the server's model info must name (see
+            :class:`TinkerTrainingClient`), if known.
         lora_rank: the LoRA rank.
         seed: seeds the LoRA weights on the server; ``None`` lets the server choose.
         base_url: the server; ``None`` reads ``TINKER_BASE_URL`` (the SDK's default).
@@ -39,7 +42,12 @@ def tinker_adapters(
     """
     session = TinkerSession(base_url=base_url, api_key=api_key)
     training_client = TinkerTrainingClient(
-        session, base_model=base_model, lora_rank=lora_rank, seed=seed, tokenizer=tokenizer
+        session,
+        base_model=base_model,
+        lora_rank=lora_rank,
+        seed=seed,
+        tokenizer=tokenizer,
+        tokenizer_id=tokenizer_id,
     )
     return {
         "training_client": training_client,

@@ -9,13 +9,13 @@ never blocks the caller's event loop.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-import anyio
 import anyio.to_thread
 import msgspec
 
@@ -25,20 +25,28 @@ from crucible_kitchen.errors import InvalidRequest, RequestExpired, RequestIdCon
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ("RequestLedger", "TinkerFuture", "fingerprint", "wait_for")
+__all__ = ("RequestLedger", "TinkerFuture", "fingerprint", "in_sdk_context", "wait_for")
 
 RawT = TypeVar("RawT")
 T = TypeVar("T")
 
 _ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
-_WAITERS: Final = anyio.CapacityLimiter(1024)
-"""Threads that may wait on SDK futures at once: one per future being awaited."""
+
+
+def in_sdk_context(call: Callable[[], RawT]) -> RawT:
+    """``call()`` in an empty ``contextvars`` context.
+
+    The SDK schedules its coroutines on its own asyncio loop with the caller's context, so
+    a call from trio (or a trio worker thread) would carry trio's marker for which async
+    library runs, and the SDK's HTTP stack would then look for a trio loop in its thread.
+    """
+    return contextvars.Context().run(call)
 
 
 async def wait_for(future: Future[RawT]) -> RawT:
     """The result of an SDK future, waited for in a worker thread unless it is done."""
     if not future.done():
-        await anyio.to_thread.run_sync(wait, [future], abandon_on_cancel=True, limiter=_WAITERS)
+        await anyio.to_thread.run_sync(wait, [future], abandon_on_cancel=True)
     return future.result()
 
 

@@ -12,7 +12,12 @@ from crucible_kitchen.adapters.tinker._convert import (
     sampling_params_to_sdk,
 )
 from crucible_kitchen.adapters.tinker._errors import translated
-from crucible_kitchen.adapters.tinker._futures import RequestLedger, TinkerFuture, fingerprint
+from crucible_kitchen.adapters.tinker._futures import (
+    RequestLedger,
+    TinkerFuture,
+    fingerprint,
+    in_sdk_context,
+)
 from crucible_kitchen.errors import InvalidRequest
 from crucible_kitchen.ports import ModelInput, SampleResponse, SamplingParams
 
@@ -21,7 +26,6 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     import tinker
-
     from crucible_kitchen.adapters.tinker._session import TinkerSession
     from crucible_kitchen.ports import Tokenizer
 
@@ -87,7 +91,7 @@ class TinkerSamplingClient:
                 return found
         client = await self._sdk()
         with translated(_PORT, method, request_id):
-            raw = send(client)
+            raw = in_sdk_context(lambda: send(client))
         future = TinkerFuture(raw, convert, port=_PORT, operation=method, request_id=request_id)
         if request_id is not None and digest is not None:
             self._ledger.record(method, request_id, digest, future)

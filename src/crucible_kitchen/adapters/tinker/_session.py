@@ -6,9 +6,10 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio.to_thread
-import tinker
 
+import tinker
 from crucible_kitchen.adapters.tinker._errors import translated
+from crucible_kitchen.adapters.tinker._futures import in_sdk_context
 
 if TYPE_CHECKING:
     from crucible_kitchen.adapters.tinker._sampling_client import TinkerSamplingClient
@@ -33,6 +34,7 @@ class TinkerSession:
         self.base_url = base_url
         self._api_key = api_key
         self._service: tinker.ServiceClient | None = None
+        self._rest: tinker.RestClient | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -45,6 +47,19 @@ class TinkerSession:
                 self._service = tinker.ServiceClient(base_url=self.base_url, api_key=self._api_key)
             return self._service
 
+    def require_weights(self, path: str, *, operation: str, request_id: str | None = None) -> None:
+        """Check that the server holds a checkpoint at ``path`` (blocking).
+
+        Raises:
+            ResourceNotFound: it does not.
+        """
+        with translated(_PORT, operation, request_id, resource=path):
+            with self._lock:
+                if self._rest is None:
+                    self._rest = tinker.RestClient(base_url=self.base_url, api_key=self._api_key)
+                rest = self._rest
+            in_sdk_context(lambda: rest.get_weights_info_by_tinker_path(path).future()).result()
+
     def create_training_client_blocking(
         self, *, base_model: str, rank: int, seed: int | None
     ) -> tinker.TrainingClient:
@@ -54,10 +69,13 @@ class TinkerSession:
             BackendError: the server refused it or could not be reached (translated).
         """
         with translated(_PORT, "create_model", resource=base_model):
-            future = self.service().create_lora_training_client(
-                base_model=base_model, rank=rank, seed=seed
+            service = self.service()
+            future = in_sdk_context(
+                lambda: service.create_lora_training_client(
+                    base_model=base_model, rank=rank, seed=seed
+                ).future()
             )
-            return future.future().result()
+            return future.result()
 
     async def create_training_client(
         self, *, base_model: str, rank: int, seed: int | None
@@ -80,14 +98,17 @@ class TinkerSession:
         """
 
         def create() -> tinker.TrainingClient:
+            self.require_weights(path, operation="load_state", request_id=request_id)
             with translated(_PORT, "load_state", request_id, resource=path):
                 service = self.service()
-                future = (
-                    service.create_training_client_from_state_with_optimizer(path)
-                    if with_optimizer
-                    else service.create_training_client_from_state(path)
+                future = in_sdk_context(
+                    lambda: (
+                        service.create_training_client_from_state_with_optimizer(path)
+                        if with_optimizer
+                        else service.create_training_client_from_state(path)
+                    ).future()
                 )
-                return future.future().result()
+                return future.result()
 
         return await anyio.to_thread.run_sync(create)
 
@@ -101,10 +122,13 @@ class TinkerSession:
             BackendError: another failure (translated).
         """
         with translated("sampling_client", "create_sampling_client", resource=model_path):
-            future: Any = self.service().create_sampling_client(
-                model_path=model_path, base_model=base_model
+            service = self.service()
+            future: Any = in_sdk_context(
+                lambda: service.create_sampling_client(
+                    model_path=model_path, base_model=base_model
+                ).future()
             )
-            client: tinker.SamplingClient = future.future().result()
+            client: tinker.SamplingClient = future.result()
             return client
 
     async def sampling_client(

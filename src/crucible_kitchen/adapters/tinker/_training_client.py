@@ -22,10 +22,11 @@ from crucible_kitchen.adapters.tinker._futures import (
     RequestLedger,
     TinkerFuture,
     fingerprint,
+    in_sdk_context,
     wait_for,
 )
 from crucible_kitchen.adapters.tinker._tokenizer import HfTokenizer
-from crucible_kitchen.errors import InvalidRequest
+from crucible_kitchen.errors import InvalidRequest, PermanentBackendError
 from crucible_kitchen.ports import (
     LOSS_FN_INPUTS,
     AdamParams,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     import tinker
-
     from crucible_kitchen.adapters.tinker._sampling_client import TinkerSamplingClient
     from crucible_kitchen.adapters.tinker._session import TinkerSession
     from crucible_kitchen.ports import (
@@ -82,6 +82,10 @@ class TinkerTrainingClient:
         seed: seeds the LoRA adapters' initial weights on the server.
         tokenizer: what :meth:`get_tokenizer` returns; by default the tokenizer the
             server's model info names, loaded by the SDK (``transformers``).
+        tokenizer_id: the id the server's model info must give for ``tokenizer``, if known:
+            a model whose info names another tokenizer is refused with
+            :class:`~crucible_kitchen.errors.PermanentBackendError` (its token ids would mean
+            other text).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class TinkerTrainingClient:
         lora_rank: int = 32,
         seed: int | None = None,
         tokenizer: Tokenizer | None = None,
+        tokenizer_id: str | None = None,
     ) -> None:
         if lora_rank < 1:
             raise InvalidRequest(
@@ -102,6 +107,7 @@ class TinkerTrainingClient:
         self._lora_rank = lora_rank
         self._seed = seed
         self._tokenizer = tokenizer
+        self._tokenizer_id = tokenizer_id
         self._client: tinker.TrainingClient | None = None
         self._ledger = RequestLedger(_PORT)
         self._order = anyio.Lock()  # held while a request is being put in line
@@ -112,18 +118,33 @@ class TinkerTrainingClient:
 
     async def _sdk(self) -> tinker.TrainingClient:
         if self._client is None:
-            self._client = await self._session.create_training_client(
-                base_model=self._base_model, rank=self._lora_rank, seed=self._seed
+            self._client = self._checked(
+                await self._session.create_training_client(
+                    base_model=self._base_model, rank=self._lora_rank, seed=self._seed
+                )
             )
         return self._client
 
     def _sdk_now(self) -> tinker.TrainingClient:
         """The SDK client, created here and now (blocking) if no request made it yet."""
         if self._client is None:
-            self._client = self._session.create_training_client_blocking(
-                base_model=self._base_model, rank=self._lora_rank, seed=self._seed
+            self._client = self._checked(
+                self._session.create_training_client_blocking(
+                    base_model=self._base_model, rank=self._lora_rank, seed=self._seed
+                )
             )
         return self._client
+
+    def _checked(self, client: tinker.TrainingClient) -> tinker.TrainingClient:
+        served = client.get_info().model_data.tokenizer_id
+        if self._tokenizer_id is not None and served != self._tokenizer_id:
+            raise PermanentBackendError(
+                f"create_model: the server's {self._base_model!r} uses tokenizer {served!r}, "
+                f"this client's is {self._tokenizer_id!r}",
+                port=_PORT,
+                operation="create_model",
+            )
+        return client
 
     async def _submit(
         self,
@@ -141,7 +162,7 @@ class TinkerTrainingClient:
         async with self._order:
             client = await self._sdk()
             with translated(_PORT, method, request_id):
-                raw = send(client)
+                raw = in_sdk_context(lambda: send(client))
             self._last = raw
         future = TinkerFuture(raw, convert, port=_PORT, operation=method, request_id=request_id)
         if request_id is not None and digest is not None:
@@ -213,7 +234,7 @@ class TinkerTrainingClient:
         async with self._order:
             client = await self._sdk()
             with translated(_PORT, method, request_id):
-                forward = client.forward(scoring, "cross_entropy").future()
+                forward = in_sdk_context(lambda: client.forward(scoring, "cross_entropy").future())
             scored = await TinkerFuture(
                 forward, fwdbwd_from_sdk, port=_PORT, operation=method, request_id=request_id
             ).result()
@@ -222,9 +243,10 @@ class TinkerTrainingClient:
             self._check_custom_output(request_id, custom, logprobs)
             weights = {index: _negated(grad) for index, grad in enumerate(custom.logprob_grads)}
             with translated(_PORT, method, request_id):
-                raw = client.forward_backward(
-                    cross_entropy_data(data, weights), "cross_entropy"
-                ).future()
+                backward = cross_entropy_data(data, weights)
+                raw = in_sdk_context(
+                    lambda: client.forward_backward(backward, "cross_entropy").future()
+                )
             self._last = raw
 
         def convert(sdk_output: Any) -> ForwardBackwardOutput:
@@ -286,8 +308,10 @@ class TinkerTrainingClient:
             if self._last is not None:  # the old model's requests finish first
                 with contextlib.suppress(Exception):  # their own futures report failures
                     await wait_for(self._last)
-            self._client = await self._session.create_training_client_from_state(
-                path, with_optimizer=with_optimizer, request_id=request_id
+            self._client = self._checked(
+                await self._session.create_training_client_from_state(
+                    path, with_optimizer=with_optimizer, request_id=request_id
+                )
             )
         done: Future[Any] = _done_future(LoadStateResponse(path=path))
         future = TinkerFuture(done, lambda response: response, port=_PORT, operation=method)
