@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("tinker", reason="the tinker extra is not installed")
 
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
-from crucible_kitchen.service.tinker import create_tinker_app  # noqa: E402
+from crucible_kitchen.service.tinker import create_tinker_app
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,10 +24,12 @@ API_KEY = "tml-kitchen-test"
 
 
 class ServerThread:
-    """Serves ``create_tinker_app(**settings)`` on 127.0.0.1 (a free port) until closed."""
+    """Serves ``create_tinker_app(root=..., **settings)`` on 127.0.0.1 (a free port) until
+    closed; checkpoints go under ``root``."""
 
     def __init__(self, **settings: Any) -> None:
         self._settings = settings
+        self.root = Path(settings["root"])
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -43,7 +45,8 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
+        assert self._loop is not None
+        assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(60)
 
