@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-
-pytest.importorskip("tinker", reason="the tinker extra is not installed")
-
 from aiohttp import web
 
 from crucible_kitchen.service.tinker import create_tinker_app
