@@ -237,6 +237,13 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "mount_kitchen",
         "serve",
     ),
+    "crucible_kitchen.service.tinker": (
+        "TINKER_SERVER_KEY",
+        "TinkerServer",
+        "TinkerSettings",
+        "create_tinker_app",
+        "serve_tinker",
+    ),
     "crucible_kitchen.stages": (
         "Context",
         "ContextSnapshot",

@@ -57,6 +57,7 @@ examples:
   kitchen recipes
   kitchen describe sl_basic
   kitchen serve --port 8080                       # the HTTP API (docs/guides/service.md)
+  kitchen serve --tinker --port 8000              # the Tinker API (docs/guides/tinker.md)
 
 Ctrl-C once: finish the current step, checkpoint, stop; the command that resumes the run
 is printed at the end. Ctrl-C twice: cancel at once (cleanup stages still run).
@@ -475,12 +476,25 @@ def _parser() -> argparse.ArgumentParser:
     serving = commands.add_parser("serve", help="serve the HTTP API (needs the service extra)")
     serving.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     serving.add_argument("--port", type=int, default=8080)
-    serving.add_argument("--root", default="runs", help="where run directories go")
+    serving.add_argument(
+        "--root", default="runs", help="where run directories go (--tinker: ROOT/tinker)"
+    )
     serving.add_argument(
         "--token",
         default=os.environ.get("KITCHEN_TOKEN"),
         help="bearer token clients must send (default: $KITCHEN_TOKEN); required off loopback",
     )
+    serving.add_argument(
+        "--tinker",
+        action="store_true",
+        help="serve the local torch backend over the Tinker API instead (docs/guides/tinker.md)",
+    )
+    serving.add_argument(
+        "--api-key",
+        default=os.environ.get("TINKER_API_KEY"),
+        help="--tinker: the key SDK clients send (default: $TINKER_API_KEY); required off loopback",
+    )
+    serving.add_argument("--device", default="cpu", help="--tinker: cpu, cuda, cuda:N or auto")
     return parser
 
 
@@ -511,6 +525,17 @@ def _command(args: argparse.Namespace) -> int:
             return anyio.run(_resume, args, backend=args.backend)
         if args.command == "recipes":
             return anyio.run(_recipes)
+        if args.command == "serve" and args.tinker:
+            from crucible_kitchen.service.tinker import serve_tinker
+
+            serve_tinker(
+                host=args.host,
+                port=args.port,
+                root=os.path.join(args.root, "tinker"),
+                api_key=args.api_key,
+                device=args.device,
+            )
+            return EXIT_OK
         if args.command == "serve":
             from crucible_kitchen.service import serve
 

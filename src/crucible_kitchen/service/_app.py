@@ -126,11 +126,7 @@ def _auth_middleware(
 
     The request's client is the token's name (a mapping of tokens) or else the peer address.
     """
-    tokens: dict[str, bytes] = {}
-    if isinstance(token, str):
-        tokens[""] = token.encode()
-    elif token is not None:
-        tokens = {name: value.encode() for name, value in token.items()}
+    tokens = _token_table(token)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -169,6 +165,13 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _token_table(token: str | Mapping[str, str] | None) -> dict[str, bytes]:
+    """``{holder name: token}`` of one token (named ``""``), a mapping, or none."""
+    if isinstance(token, str):
+        return {"": token.encode()}
+    return {name: value.encode() for name, value in (token or {}).items()}
 
 
 def _token_holder(tokens: dict[str, bytes], presented: bytes) -> str | None:

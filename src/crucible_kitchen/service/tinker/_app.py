@@ -9,17 +9,15 @@ import pydantic
 import tinker.types
 from aiohttp import web
 
-
-from .._app import _token_holder, is_loopback_host
-from .._problems import Problem, problem_middleware
 from crucible_kitchen.errors import InvalidRequest, ResourceNotFound
 
-from ._errors import invalid, not_found
+from .._app import _token_holder, _token_table, is_loopback_host
+from .._problems import Problem, problem_middleware
+from ._errors import QueueFull, ServerClosed, invalid, not_found
 from ._futures import Failure
-from ._queue import QueueFull, SequenceError
-from ._server import ServerClosed, TinkerServer
+from ._server import TinkerServer
 from ._settings import TinkerSettings
-from ._wire import WireError, decode_forward_backward
+from ._wire import decode_forward_backward
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -62,12 +60,26 @@ def create_tinker_app(settings: TinkerSettings | None = None, **fields: Any) -> 
         ("POST", "/telemetry", _telemetry),
         ("GET", "/healthz", _healthz),
         ("GET", "/get_server_capabilities", _capabilities),
-        ("POST", "/create_model", _create_model),
+        (
+            "POST",
+            "/create_model",
+            _submit(tinker.types.CreateModelRequest, TinkerServer.create_model),
+        ),
         ("POST", "/get_info", _get_info),
         ("POST", "/forward_backward", _forward_backward),
-        ("POST", "/optim_step", _optim_step),
-        ("POST", "/save_weights", _save_weights),
-        ("POST", "/save_weights_for_sampler", _save_weights_for_sampler),
+        ("POST", "/optim_step", _submit(tinker.types.OptimStepRequest, TinkerServer.optim_step)),
+        (
+            "POST",
+            "/save_weights",
+            _submit(tinker.types.SaveWeightsRequest, TinkerServer.save_weights),
+        ),
+        (
+            "POST",
+            "/save_weights_for_sampler",
+            _submit(
+                tinker.types.SaveWeightsForSamplerRequest, TinkerServer.save_weights_for_sampler
+            ),
+        ),
         ("POST", "/load_weights", _load_weights),
         ("POST", "/create_sampling_session", _create_sampling_session),
         ("GET", "/samplers/{sampler_id}", _get_sampler),
@@ -102,7 +114,7 @@ def _translating(
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except (InvalidRequest, WireError, SequenceError) as exc:
+        except InvalidRequest as exc:
             raise Problem(400, "invalid-request", str(exc)) from exc
         except pydantic.ValidationError as exc:
             errors = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
@@ -110,6 +122,9 @@ def _translating(
         except ResourceNotFound as exc:
             raise Problem(404, "not-found", str(exc)) from exc
         except QueueFull as exc:
+            server = _server(request)
+            if server.on_queue_full is not None:
+                server.on_queue_full(exc.owner)
             raise Problem(
                 429, "queue-full", str(exc), headers={"retry-after-ms": _RETRY_AFTER_MS}
             ) from exc
@@ -122,11 +137,7 @@ def _translating(
 
 def _auth_middleware(api_key: str | Mapping[str, str] | None) -> Middleware:
     """``X-API-Key`` auth, compared in constant time; without a key, loopback peers only."""
-    keys: dict[str, bytes] = {}
-    if isinstance(api_key, str):
-        keys[""] = api_key.encode()
-    elif api_key is not None:
-        keys = {name: value.encode() for name, value in api_key.items()}
+    keys = _token_table(api_key)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -162,6 +173,19 @@ def _future(request_id: str, **extra: object) -> web.Response:
     return _json({"request_id": request_id, **extra})
 
 
+def _submit(
+    body_type: type[_Model], submit: Callable[[TinkerServer, _Model], str]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler that validates the body as ``body_type`` and answers with the future that
+    ``submit`` accepted."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return _future(submit(_server(request), await _body(request, body_type)))
+
+    handle.__name__ = f"_{submit.__name__}"
+    return handle
+
+
 def _page(request: web.Request, default_limit: int) -> tuple[int, int]:
     try:
         limit = int(request.query.get("limit", default_limit))
@@ -177,7 +201,15 @@ def _page(request: web.Request, default_limit: int) -> tuple[int, int]:
 
 
 async def _client_config(request: web.Request) -> web.Response:
-    return _json({"pjwt_auth_enabled": False, "parallel_fwdbwd_chunks": True})
+    settings = _server(request).settings
+    return _json(
+        {
+            "pjwt_auth_enabled": False,
+            "parallel_fwdbwd_chunks": True,
+            "proto_compress_fwdbwd": False,
+            "fwdbwd_max_chunk_len": settings.max_chunk_datums,
+        }
+    )
 
 
 async def _dynamic_config(request: web.Request) -> web.Response:
@@ -238,11 +270,6 @@ async def _capabilities(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- training
 
 
-async def _create_model(request: web.Request) -> web.Response:
-    body = await _body(request, tinker.types.CreateModelRequest)
-    return _future(_server(request).create_model(body))
-
-
 async def _get_info(request: web.Request) -> web.Response:
     body = await _body(request, tinker.types.GetInfoRequest)
     return _json(_server(request).get_info(body.model_id))
@@ -253,21 +280,6 @@ async def _forward_backward(request: web.Request) -> web.Response:
         raise invalid("compressed forward_backward bodies are not supported")
     call = decode_forward_backward(await request.read())
     return _future(_server(request).forward_backward(call))
-
-
-async def _optim_step(request: web.Request) -> web.Response:
-    body = await _body(request, tinker.types.OptimStepRequest)
-    return _future(_server(request).optim_step(body))
-
-
-async def _save_weights(request: web.Request) -> web.Response:
-    body = await _body(request, tinker.types.SaveWeightsRequest)
-    return _future(_server(request).save_weights(body))
-
-
-async def _save_weights_for_sampler(request: web.Request) -> web.Response:
-    body = await _body(request, tinker.types.SaveWeightsForSamplerRequest)
-    return _future(_server(request).save_weights_for_sampler(body))
 
 
 async def _load_weights(request: web.Request) -> web.Response:

@@ -10,18 +10,21 @@ result, encoding it) runs concurrently with the next starts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 
-from ._errors import category_of
+from ._errors import QueueFull, category_of, invalid
 from ._futures import Failure, FutureTable, Reply
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-__all__ = ("Finish", "ModelQueue", "QueueFull", "SamplerQueue", "SequenceError", "Start", "failure")
+__all__ = ("Finish", "ModelQueue", "SamplerQueue", "Start", "failure")
+
+logger = logging.getLogger("crucible_kitchen.service.tinker")
 
 Finish: TypeAlias = Callable[[], Awaitable[Reply]]
 """Waits for a started request's result and encodes it."""
@@ -29,20 +32,13 @@ Start: TypeAlias = Callable[[], Awaitable[Finish]]
 """Hands a request to the backend (in order) and returns how to finish it."""
 
 
-class QueueFull(Exception):
-    """The queue holds ``limit`` unfinished requests; the client should re-send later."""
-
-    def __init__(self, owner: str, limit: int) -> None:
-        super().__init__(f"{owner} has {limit} unfinished requests; re-send later")
-
-
-class SequenceError(ValueError):
-    """A ``seq_id`` that cannot be placed: below the model's next one and not known."""
-
-
 def failure(exc: Exception) -> Failure:
-    """Tinker's error of a failed request: ``user`` for the request's own fault."""
-    return Failure(f"{type(exc).__name__}: {exc}", category_of(exc))
+    """Tinker's error of a failed request: ``user`` for the request's own fault; the
+    server's own failures are logged with their traceback."""
+    category = category_of(exc)
+    if category == "server":
+        logger.error("a Tinker request failed", exc_info=exc)
+    return Failure(f"{type(exc).__name__}: {exc}", category)
 
 
 class _Bounded:
@@ -64,10 +60,19 @@ class _Bounded:
 
 
 class ModelQueue(_Bounded):
-    """A model's requests, started in ``seq_id`` order by :meth:`run`."""
+    """A model's requests, started in ``seq_id`` order by :meth:`run`; ``before_start(seq_id)``
+    is awaited before each start (the server's test hook)."""
 
-    def __init__(self, owner: str, futures: FutureTable, task_group: TaskGroup, limit: int):
+    def __init__(
+        self,
+        owner: str,
+        futures: FutureTable,
+        task_group: TaskGroup,
+        limit: int,
+        before_start: Callable[[int], Awaitable[None]],
+    ):
         super().__init__(owner, futures, task_group, limit)
+        self._before_start = before_start
         self._next_seq = 1
         self._waiting: dict[int, tuple[str, Start]] = {}
         self._accepted: dict[int, str] = {}
@@ -80,13 +85,13 @@ class ModelQueue(_Bounded):
         Raises:
             QueueFull: ``limit`` requests are unfinished (the next one in order is always
                 taken, so chunks that arrived early cannot block it).
-            SequenceError: ``seq_id`` is older than every request kept.
+            InvalidRequest: ``seq_id`` is older than every request kept.
         """
         known = self._accepted.get(seq_id)
         if known is not None:
             return known
         if seq_id < self._next_seq:
-            raise SequenceError(
+            raise invalid(
                 f"{self.owner}: seq_id {seq_id} is below the next expected {self._next_seq}"
             )
         if self.unfinished >= self._limit and seq_id != self._next_seq:
@@ -105,9 +110,11 @@ class ModelQueue(_Bounded):
             while self._next_seq not in self._waiting:
                 self._arrived = anyio.Event()
                 await self._arrived.wait()
-            request_id, start = self._waiting.pop(self._next_seq)
+            seq_id = self._next_seq
+            request_id, start = self._waiting.pop(seq_id)
             self._next_seq += 1
             try:
+                await self._before_start(seq_id)
                 finish = await start()
             except Exception as exc:
                 self.unfinished -= 1

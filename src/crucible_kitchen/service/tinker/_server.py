@@ -6,6 +6,7 @@ this module speaks the ports and leaves HTTP to ``_app``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -28,14 +29,14 @@ from crucible_kitchen.adapters.local_torch import (
     LoraConfig,
     local_torch_adapters,
 )
-from crucible_kitchen.ports import AdamParams, LOSS_FN_INPUTS
+from crucible_kitchen.ports import LOSS_FN_INPUTS, AdamParams
 
-from ._errors import invalid, not_found
+from ._errors import ServerClosed, WireError, invalid, not_found
 from ._futures import PROTOBUF, FutureTable, Reply
 from ._queue import Finish, ModelQueue, SamplerQueue, Start
+from ._topk import topk_prompt_logprobs
 from ._wire import (
     ForwardBackwardCall,
-    WireError,
     encode_forward_backward_output,
     encode_sample_response,
     model_input_from_sdk,
@@ -43,7 +44,7 @@ from ._wire import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from anyio.abc import TaskGroup
 
@@ -101,14 +102,15 @@ class _Sampler:
     queue: SamplerQueue
 
 
-class ServerClosed(Exception):
-    """The server is shutting down and takes no new requests."""
-
-
 class TinkerServer:
     """The Tinker API over the local torch backend (see the package docstring).
 
     Use :meth:`lifespan` as the aiohttp application's ``cleanup_ctx``.
+
+    Hooks, for monitoring and tests: ``before_start(model_id, seq_id)`` is awaited before
+    each of a model's requests starts (holding it holds the model's queue);
+    ``on_queue_full(owner)`` is called for each submission refused because its model's or
+    sampler's queue is full.
     """
 
     def __init__(self, settings: TinkerSettings) -> None:
@@ -124,13 +126,14 @@ class TinkerServer:
         self._task_group: TaskGroup | None = None
         self._closing = anyio.Event()
         self.stopping = False
+        self.before_start: Callable[[str, int], Awaitable[None]] | None = None
+        self.on_queue_full: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ lifetime
 
     async def lifespan(self, _app: object) -> AsyncIterator[None]:
-        """Own the task group of every model's queue while the application runs."""
-        import asyncio  # aiohttp runs on asyncio; the owner task spans start and cleanup
-
+        """Own the task group of every model's queue while the application runs (in a task
+        of its own, as aiohttp runs startup and cleanup in different places)."""
         ready = asyncio.get_running_loop().create_future()
         owner = asyncio.create_task(self._own(ready), name="crucible-kitchen-tinker")
         await asyncio.wait((owner, ready), return_when=asyncio.FIRST_COMPLETED)
@@ -143,7 +146,7 @@ class TinkerServer:
             self._closing.set()
             await owner
 
-    async def _own(self, ready: Any) -> None:
+    async def _own(self, ready: asyncio.Future[None]) -> None:
         if self._root is None:
             self._root = Path(tempfile.mkdtemp(prefix="crucible-kitchen-tinker-"))
         async with anyio.create_task_group() as task_group:
@@ -165,7 +168,7 @@ class TinkerServer:
 
     def _group(self) -> TaskGroup:
         if self.stopping or self._task_group is None:
-            raise ServerClosed("the server is shutting down")
+            raise ServerClosed
         return self._task_group
 
     # ------------------------------------------------------------------ sessions
@@ -179,9 +182,7 @@ class TinkerServer:
         try:
             return self._sessions[session_id]
         except KeyError:
-            raise not_found(
-                f"no session {session_id!r}", resource=session_id
-            ) from None
+            raise not_found(f"no session {session_id!r}", resource=session_id) from None
 
     def session_ids(self) -> list[str]:
         return list(self._sessions)
@@ -215,12 +216,13 @@ class TinkerServer:
 
     def load_into_new_model(self, request: tinker.types.LoadWeightsRequest) -> str:
         """Accept a load_weights that creates its model (``create_training_client_from_state``)."""
-        assert request.session_id is not None and request.model_seq_id is not None
+        assert request.session_id is not None
+        assert request.model_seq_id is not None
         session = self.session(request.session_id)
         model_id = f"{session.session_id}:train:{request.model_seq_id}"
-        source_run, directory = self._checkpoint_dir(request.path)
 
         async def start() -> Finish:
+            source_run, directory = self._existing_checkpoint(request.path)
             source = await anyio.to_thread.run_sync(self._read_record, source_run)
             metadata = {k: str(v) for k, v in (request.user_metadata or {}).items()}
             record = msgspec.structs.replace(
@@ -278,7 +280,14 @@ class TinkerServer:
 
         client = await anyio.to_thread.run_sync(build)
         task_group = self._group()
-        queue = ModelQueue(model_id, self.futures, task_group, self.settings.max_queue)
+
+        async def before_start(seq_id: int) -> None:
+            if self.before_start is not None:
+                await self.before_start(model_id, seq_id)
+
+        queue = ModelQueue(
+            model_id, self.futures, task_group, self.settings.max_queue, before_start
+        )
         model = _Model(model_id, record, client, queue)
         self._models[model_id] = model
         session.model_ids.append(model_id)
@@ -286,6 +295,13 @@ class TinkerServer:
         return model
 
     def model(self, model_id: str) -> _Model:
+        """The model ``model_id``, for a new request.
+
+        Raises:
+            ServerClosed: the server is shutting down.
+            ResourceNotFound: no such model.
+        """
+        self._group()
         model = self._models.get(model_id)
         if model is None:
             raise not_found(f"no model {model_id!r}", resource=model_id)
@@ -342,14 +358,10 @@ class TinkerServer:
                 raise invalid(
                     f"optimizer {type(params).__name__} is not supported; only AdamParams"
                 )
-            adam = AdamParams(
-                learning_rate=params.learning_rate,
-                beta1=params.beta1,
-                beta2=params.beta2,
-                eps=params.eps,
-                weight_decay=params.weight_decay,
-                grad_clip_norm=params.grad_clip_norm,
-            )
+            try:  # the same fields, with the port's range checks
+                adam = AdamParams(**params.model_dump())
+            except ValueError as exc:
+                raise invalid(str(exc)) from exc
             future = await model.client.optim_step(adam, request_id=f"{model.model_id}:{seq_id}")
 
             async def finish() -> Reply:
@@ -391,11 +403,11 @@ class TinkerServer:
 
         async def start() -> Finish:
             if ephemeral and request.sampling_session_seq_id is None:
-                raise invalid(
-                    "save_weights_for_sampler needs a path or a sampling_session_seq_id"
-                )
+                raise invalid("save_weights_for_sampler needs a path or a sampling_session_seq_id")
             name = (
-                f"{_EPHEMERAL_PREFIX}{seq_id}" if ephemeral else _checkpoint_name(request.path or "")
+                f"{_EPHEMERAL_PREFIX}{seq_id}"
+                if ephemeral
+                else _checkpoint_name(request.path or "")
             )
             future = await model.client.save_weights_for_sampler(
                 name, request_id=f"{model.model_id}:{seq_id}"
@@ -424,7 +436,7 @@ class TinkerServer:
         seq_id = _seq(request.seq_id)
 
         async def start() -> Finish:
-            _, directory = self._checkpoint_dir(request.path)
+            _, directory = self._existing_checkpoint(request.path)
             future = await model.client.load_state(
                 str(directory),
                 with_optimizer=request.optimizer,
@@ -461,6 +473,7 @@ class TinkerServer:
 
     async def sample(self, request: tinker.types.SampleRequest) -> tuple[str, list[str]]:
         """Accept an asample; its request id and one sequence id per sample."""
+        self._group()
         if request.sampling_session_id is not None:
             sampler = self._sampler(request.sampling_session_id)
         else:
@@ -473,18 +486,18 @@ class TinkerServer:
                     key, base_model, request.model_path, client, self._sampler_queue(key)
                 )
             sampler = self._samplers[key]
-        if request.topk_prompt_logprobs or request.topk_sample_logprobs:
-            raise invalid(
-                "top-k logprobs are not supported by this server"
-            )
+        if request.topk_sample_logprobs:
+            raise invalid("topk_sample_logprobs is not supported by this server")
         if request.target_prompt_logprobs is not None or request.prompt_alt_tokens_k:
-            raise invalid(
-                "target_prompt_logprobs and prompt_alt_tokens are not supported"
-            )
+            raise invalid("target_prompt_logprobs and prompt_alt_tokens are not supported")
         prompt = model_input_from_sdk(request.prompt)
         params = sampling_params_from_sdk(request.sampling_params)
         with_prompt_logprobs = bool(request.prompt_logprobs)
         last_n = request.prompt_logprobs_last_n
+        top_k = request.topk_prompt_logprobs
+        vocab = sampler.client.model.config.vocab_size
+        if not 0 <= top_k <= vocab:
+            raise invalid(f"topk_prompt_logprobs {top_k} must be in [0, {vocab}]")
 
         async def start() -> Finish:
             future = await sampler.client.sample(
@@ -502,7 +515,12 @@ class TinkerServer:
                         response,
                         prompt_logprobs=(None,) * cut + response.prompt_logprobs[cut:],
                     )
-                return Reply(encode_sample_response(response), PROTOBUF)
+                top = None
+                if top_k:
+                    top = await anyio.to_thread.run_sync(
+                        topk_prompt_logprobs, sampler.client, prompt.to_ints(), top_k, last_n
+                    )
+                return Reply(encode_sample_response(response, top), PROTOBUF)
 
             return finish
 
@@ -512,9 +530,7 @@ class TinkerServer:
     def _sampler(self, sampler_id: str) -> _Sampler:
         sampler = self._samplers.get(sampler_id)
         if sampler is None:
-            raise not_found(
-                f"no sampling session {sampler_id!r}", resource=sampler_id
-            )
+            raise not_found(f"no sampling session {sampler_id!r}", resource=sampler_id)
         return sampler
 
     def _sampler_queue(self, owner: str) -> SamplerQueue:
@@ -536,7 +552,7 @@ class TinkerServer:
         self, model_path: str | None, base_model: str | None
     ) -> tuple[str, LocalTorchSamplingClient]:
         if model_path is not None:
-            run_id, directory = self._checkpoint_dir(model_path)
+            run_id, directory = self._existing_checkpoint(model_path)
             owner = self._models.get(run_id)
             if owner is not None:
                 return owner.record.base_model, await owner.client.create_sampling_client(
@@ -587,8 +603,11 @@ class TinkerServer:
         record = self._read_record(run_id)
         checkpoints = self.checkpoints(run_id)
         latest = {
-            kind: max((c for c in checkpoints if c["checkpoint_type"] == kind),
-                      key=lambda c: c["time"], default=None)
+            kind: max(
+                (c for c in checkpoints if c["checkpoint_type"] == kind),
+                key=lambda c: c["time"],
+                default=None,
+            )
             for kind in ("training", "sampler")
         }
         model = self._models.get(run_id)
@@ -610,9 +629,7 @@ class TinkerServer:
         return list(self._models)
 
     def weights_info(self, tinker_path: str) -> dict[str, Any]:
-        run_id, directory = self._checkpoint_dir(tinker_path)
-        if not directory.is_dir():
-            raise not_found(f"no checkpoint {tinker_path}", resource=tinker_path)
+        run_id, _ = self._existing_checkpoint(tinker_path)
         record = self._read_record(run_id)
         return {
             "base_model": record.base_model,
@@ -648,11 +665,7 @@ class TinkerServer:
         return sorted(found, key=lambda c: (c["time"], c["checkpoint_id"]))
 
     def delete_checkpoint(self, run_id: str, kind: str, name: str) -> None:
-        _, directory = self._checkpoint_dir(_tinker_path(run_id, kind, name))
-        if not (directory / "manifest.json").is_file():
-            raise not_found(
-                f"no checkpoint {kind}/{name} in {run_id}", resource=name
-            )
+        _, directory = self._existing_checkpoint(_tinker_path(run_id, kind, name))
         shutil.rmtree(directory)
 
     def _run_dir(self, run_id: str) -> Path:
@@ -675,6 +688,17 @@ class TinkerServer:
         run_id, kind, name = parts
         return run_id, self._run_dir(run_id) / kind / _checkpoint_name(name)
 
+    def _existing_checkpoint(self, tinker_path: str) -> tuple[str, Path]:
+        """:meth:`_checkpoint_dir` of a complete checkpoint.
+
+        Raises:
+            ResourceNotFound: nothing is saved there.
+        """
+        run_id, directory = self._checkpoint_dir(tinker_path)
+        if not (directory / "manifest.json").is_file():
+            raise not_found(f"no checkpoint {tinker_path}", resource=tinker_path)
+        return run_id, directory
+
     def _read_record(self, run_id: str) -> RunRecord:
         model = self._models.get(run_id)
         if model is not None:
@@ -683,16 +707,12 @@ class TinkerServer:
         try:
             return msgspec.json.decode(path.read_bytes(), type=RunRecord)
         except (OSError, msgspec.DecodeError) as exc:
-            raise not_found(
-                f"no training run {run_id!r}", resource=run_id
-            ) from exc
+            raise not_found(f"no training run {run_id!r}", resource=run_id) from exc
 
 
 def _loss_fn(name: str) -> LossFnType:
     if name not in LOSS_FN_INPUTS:
-        raise invalid(
-            f"loss_fn {name!r} is not supported; supported: {', '.join(LOSS_FN_INPUTS)}"
-        )
+        raise invalid(f"loss_fn {name!r} is not supported; supported: {', '.join(LOSS_FN_INPUTS)}")
     return name  # type: ignore[return-value]
 
 
@@ -704,9 +724,7 @@ def _seq(seq_id: int | None) -> int:
 
 def _checkpoint_name(name: str) -> str:
     if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise invalid(
-            f"checkpoint name {name!r}: 1 to 128 of A-Z a-z 0-9 . _ -, not '.' or '..'"
-        )
+        raise invalid(f"checkpoint name {name!r}: 1 to 128 of A-Z a-z 0-9 . _ -, not '.' or '..'")
     return name
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from crucible_kitchen.errors import ConfigError
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
 
 __all__ = ("TinkerSettings",)
 
@@ -31,6 +33,8 @@ class TinkerSettings:
       it a submission gets HTTP 429 (the SDK backs off and re-sends).
     - ``poll_s``: how long ``retrieve_future`` holds a poll open before ``try_again`` (the
       SDK's own timeout is 45 s).
+    - ``max_chunk_datums``: the SDK splits a forward-backward call into requests of at most
+      this many datums (sent concurrently, started in order).
     - ``max_body_bytes``: a larger request body is refused with 413.
     - ``shutdown_grace_s``: on shutdown, requests already running get this long to finish;
       the others fail at once.
@@ -49,16 +53,19 @@ class TinkerSettings:
     default_max_tokens: int = 128
     max_queue: int = 64
     poll_s: float = 25.0
+    max_chunk_datums: int = 1024
     max_body_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         problems = []
         keys = {"api_key": self.api_key} if isinstance(self.api_key, str) else self.api_key
-        problems += [f"{name}: a key must not be empty" for name, k in (keys or {}).items() if not k]
+        problems += [
+            f"{name}: a key must not be empty" for name, k in (keys or {}).items() if not k
+        ]
         if not self.base_models:
             problems.append("base_models: name at least one")
-        for name in ("default_max_tokens", "max_queue", "max_body_bytes"):
+        for name in ("default_max_tokens", "max_queue", "max_chunk_datums", "max_body_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not 0 < self.poll_s < 45:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Final
 
+import msgspec
 import numpy as np
 from tinker.proto import tinker_public_pb2 as pb
 
@@ -21,9 +22,12 @@ from crucible_kitchen.ports import (
     TensorData,
 )
 
+from ._errors import WireError
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from numpy.typing import NDArray
     from tinker import types as tinker_types
 
     from crucible_kitchen.ports import ForwardBackwardOutput, SampleResponse, TensorDType
@@ -31,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = (
     "FORWARD_BACKWARD_OUTPUT_TYPE",
     "ForwardBackwardCall",
-    "WireError",
     "decode_forward_backward",
     "encode_forward_backward_output",
     "encode_sample_response",
@@ -51,31 +54,15 @@ _OUTPUT_DTYPES: Final[Mapping[str, tuple[int, np.dtype[np.generic]]]] = {
 }
 
 
-class WireError(ValueError):
-    """A request body that does not decode: what was wrong and where."""
-
-
-class ForwardBackwardCall:
+class ForwardBackwardCall(msgspec.Struct, frozen=True, kw_only=True):
     """A decoded ``POST /api/v1/forward_backward`` body."""
 
-    __slots__ = ("data", "forward_only", "loss_fn", "loss_fn_config", "model_id", "seq_id")
-
-    def __init__(
-        self,
-        *,
-        model_id: str,
-        seq_id: int,
-        loss_fn: str,
-        loss_fn_config: dict[str, float | str],
-        forward_only: bool,
-        data: tuple[Datum, ...],
-    ) -> None:
-        self.model_id = model_id
-        self.seq_id = seq_id
-        self.loss_fn = loss_fn
-        self.loss_fn_config = loss_fn_config
-        self.forward_only = forward_only
-        self.data = data
+    model_id: str
+    seq_id: int
+    loss_fn: str
+    loss_fn_config: dict[str, float | str]
+    forward_only: bool
+    data: tuple[Datum, ...]
 
 
 def decode_forward_backward(body: bytes) -> ForwardBackwardCall:
@@ -148,7 +135,7 @@ def _tensor(where: str, message: pb.Tensor) -> TensorData:
 
 def _dense_from_csr(
     csr: pb.SparseCsr, np_dtype: np.dtype[np.generic], shape: tuple[int, ...]
-) -> np.ndarray[tuple[int, ...], np.dtype[np.generic]]:
+) -> NDArray[np.generic]:
     if len(shape) != 2:
         raise ValueError(f"a sparse tensor needs a 2-d shape, got {list(shape)}")
     rows, cols = shape
@@ -185,10 +172,13 @@ def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
         signature = shape
     if group:
         _add_record(message, group)
-    return message.SerializeToString()
+    encoded: bytes = message.SerializeToString()
+    return encoded
 
 
-def _add_record(message: pb.ForwardBackwardOutput, datums: Sequence[Mapping[str, TensorData]]) -> None:
+def _add_record(
+    message: pb.ForwardBackwardOutput, datums: Sequence[Mapping[str, TensorData]]
+) -> None:
     record = message.loss_fn_outputs.add(
         type_tag=FORWARD_BACKWARD_OUTPUT_TYPE, num_datums=len(datums)
     )
@@ -200,14 +190,13 @@ def _add_record(message: pb.ForwardBackwardOutput, datums: Sequence[Mapping[str,
         field = record.fields[name]
         field.data = b"".join(array.tobytes() for array in arrays)
         field.offsets = offsets.tobytes()
-        field.dtype = proto_dtype  # type: ignore[assignment]
+        field.dtype = proto_dtype
         field.trailing_shape.extend(first.dims[1:])
 
 
 def encode_sample_response(
     response: SampleResponse,
-    topk_prompt: tuple[np.ndarray[tuple[int, ...], np.dtype[np.int32]], np.ndarray[tuple[int, ...], np.dtype[np.float32]]]
-    | None = None,
+    topk_prompt: tuple[NDArray[np.int64], NDArray[np.float32]] | None = None,
 ) -> bytes:
     """The protobuf ``SampleResponse`` of a port result; ``topk_prompt`` adds the top-k
     prompt logprobs as ``(token_ids, logprobs)``, both shaped ``(prompt length, k)``."""
@@ -231,7 +220,8 @@ def encode_sample_response(
         message.topk_prompt_logprobs.logprobs = logprobs.astype("<f4").tobytes()
         message.topk_prompt_logprobs.k = k
         message.topk_prompt_logprobs.length = length
-    return message.SerializeToString()
+    encoded: bytes = message.SerializeToString()
+    return encoded
 
 
 def model_input_from_sdk(model_input: tinker_types.ModelInput) -> ModelInput:
