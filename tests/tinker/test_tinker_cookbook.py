@@ -191,8 +191,16 @@ def test_the_cookbooks_rl_loop_trains_on_the_server(
         assert abs(row["optim/kl_sample_train_v1"]) < 1e-4, row
         assert row["grad_norm"] > 0
         assert row["gradients_applied"] == 1
-    # The policy moves: LoRA on the tiny model learns too slowly for the reward itself to
-    # rise clearly in 16 steps, but the entropy of the sampled tokens falls.
-    assert rows[-1]["optim/entropy"] < rows[0]["optim/entropy"]
     checkpoints = (tmp_path / "rl" / "checkpoints.jsonl").read_text().splitlines()
-    assert json.loads(checkpoints[-1])["sampler_path"].startswith("tinker://")
+    final = json.loads(checkpoints[-1])["sampler_path"]
+    assert final.startswith("tinker://")
+    # The policy moved. (LoRA on the tiny model learns too slowly for the reward itself to
+    # rise reliably within 16 steps: the test checks that the loop trains, not how well.)
+    service = tinker.ServiceClient(base_url=tinker_env.base_url)
+    sequence = tinker.ModelInput.from_ints([*PROMPT, ord("a")])
+    scores = [
+        service.create_sampling_client(**where).result().compute_logprobs(sequence).result()
+        for where in ({"base_model": "tiny"}, {"model_path": final})
+    ]
+    assert scores[0] != scores[1]
+    service.close("success").result()
