@@ -138,9 +138,7 @@ class Adapters(Mapping[str, Any]):
         Raises:
             ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
         """
-        from crucible_kitchen.adapters.filesystem import filesystem_adapters
         from crucible_kitchen.adapters.local_torch import local_torch_adapters
-        from crucible_kitchen.adapters.noop import NoopMetricsStore
 
         local = local_torch_adapters(
             model=model,
@@ -152,13 +150,7 @@ class Adapters(Mapping[str, Any]):
             run_dir=run_dir,
             threads=threads,
         )
-        files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
-        ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
-        ports.update((str(port), adapter) for port, adapter in local.items())
-        ports["metrics_store"] = NoopMetricsStore()
-        adapters = cls(ports)
-        adapters.name = "local_torch"
-        return adapters
+        return cls._over_files("local_torch", local, data_root=data_root, run_dir=run_dir)
 
     @classmethod
     def tinker(
@@ -193,9 +185,7 @@ class Adapters(Mapping[str, Any]):
             ConfigError: an invalid tokenizer.
             RenderError: an unknown renderer.
         """
-        from crucible_kitchen.adapters.filesystem import filesystem_adapters
         from crucible_kitchen.adapters.local_torch import LocalRenderer, LocalTokenizer
-        from crucible_kitchen.adapters.noop import NoopMetricsStore
         from crucible_kitchen.adapters.tinker import tinker_adapters
 
         local_tokenizer = LocalTokenizer.named(tokenizer)
@@ -208,12 +198,31 @@ class Adapters(Mapping[str, Any]):
             base_url=base_url,
             api_key=api_key,
         )
+        backend = {
+            **remote,
+            "tokenizer": local_tokenizer,
+            "renderer": LocalRenderer(local_tokenizer, renderer),
+        }
+        return cls._over_files("tinker", backend, data_root=data_root, run_dir=run_dir)
+
+    @classmethod
+    def _over_files(
+        cls,
+        name: str,
+        backend: Mapping[Any, object],
+        *,
+        data_root: str | os.PathLike[str] | None,
+        run_dir: str | os.PathLike[str] | None,
+    ) -> Adapters:
+        """The set ``name``: ``backend``'s ports over the filesystem stores and registry,
+        with the in-memory noop metrics store."""
+        from crucible_kitchen.adapters.filesystem import filesystem_adapters
+        from crucible_kitchen.adapters.noop import NoopMetricsStore
+
         files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
-        ports.update((str(port), adapter) for port, adapter in remote.items())
-        ports["tokenizer"] = local_tokenizer
-        ports["renderer"] = LocalRenderer(local_tokenizer, renderer)
+        ports.update((str(port), adapter) for port, adapter in backend.items())
         ports["metrics_store"] = NoopMetricsStore()
         adapters = cls(ports)
-        adapters.name = "tinker"
+        adapters.name = name
         return adapters
