@@ -8,6 +8,7 @@ must arrive intact.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from crucible_kitchen.adapters.local_torch import LocalTokenizer
 from crucible_kitchen.adapters.noop import NoopDatasetStore, NoopFeedbackClient
 from crucible_kitchen.adapters.tinker import TinkerSamplingClient, TinkerSession
+from crucible_kitchen.cli import main
 from crucible_kitchen.kitchen import Adapters, Kitchen
 
 if TYPE_CHECKING:
@@ -110,3 +112,15 @@ async def test_every_builtin_workflow_runs_through_tinker(
     )
     assert result.status == "completed", result.error
     assert result.steps > 0
+
+
+def test_kitchen_run_trains_through_tinker_from_the_shell(
+    tinker_env: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kitchen run sl_basic --adapters tinker``: the server named by ``TINKER_BASE_URL``."""
+    settings = ["max_examples=16", "batch_size=8", "eval_every=0", "final_eval=false"]
+    argv = ["run", "sl_basic", "--adapters", "tinker", "lora_rank=4", *settings]
+    assert main([*argv, "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "final_state: tinker://" in capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["adapters"] == "tinker"
