@@ -11,7 +11,7 @@ import pytest
 
 import tinker
 from crucible_kitchen.adapters.local_torch import LocalTokenizer
-from crucible_kitchen.adapters.tinker import TinkerSession, TinkerTrainingClient
+from crucible_kitchen.adapters.tinker import HfTokenizer, TinkerSession, TinkerTrainingClient
 from crucible_kitchen.adapters.tinker._errors import translate
 from crucible_kitchen.adapters.tinker._futures import RequestLedger, TinkerFuture
 from crucible_kitchen.errors import (
@@ -23,6 +23,7 @@ from crucible_kitchen.errors import (
     TransientBackendError,
 )
 from crucible_kitchen.ports import Datum, ModelInput, TensorData
+from crucible_kitchen.testing import check_tokenizer
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1/api/v1/forward_backward")
 
@@ -137,3 +138,26 @@ async def test_bad_requests_are_refused_before_anything_is_sent() -> None:
         await client.save_state("", request_id="c")
     with pytest.raises(InvalidRequest, match="lora_rank 0"):
         TinkerTrainingClient(TinkerSession(), base_model="tiny", lora_rank=0)
+
+
+def byte_level_hf_tokenizer() -> Any:
+    """A Hugging Face fast tokenizer made offline: byte-level BPE with no merges, plus an
+    end-of-sequence token added on top of its 256 byte ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
+    inner = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="<|eos|>")
+
+
+def test_a_hugging_face_tokenizer_is_the_tokenizer_port() -> None:
+    check_tokenizer(lambda: HfTokenizer(byte_level_hf_tokenizer()))
+    tokenizer = HfTokenizer(byte_level_hf_tokenizer())
+    assert tokenizer.vocab_size == 257  # the added end-of-sequence token counts
+    assert tokenizer.eos_token_id == 256
+    assert tokenizer.bos_token_id is None
+    assert tokenizer.decode([*tokenizer.encode("hi"), 256], skip_special_tokens=True) == "hi"
