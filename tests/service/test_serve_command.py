@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from crucible_kitchen.cli import main
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     import pytest
@@ -29,33 +31,40 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_serve_answers_over_http_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+@contextmanager
+def kitchen_serve(*args: str, env: dict[str, str]) -> Iterator[int]:
+    """``kitchen serve *args`` in a process of its own on a free loopback port (yielded once
+    it listens), stopped with SIGINT at the end; it must exit with status 0."""
     port = free_port()
     command = [sys.executable, "-m", "crucible_kitchen.cli", "serve", "--port", str(port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KITCHEN_TOKEN": "from-the-env"}
     with subprocess.Popen(
-        [*command, "--root", str(tmp_path)],
+        [*command, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
     ) as server:
         try:
             assert server.stdout is not None
-            first = server.stdout.readline()
-            assert f"Running on http://127.0.0.1:{port}" in first
-            base = f"http://127.0.0.1:{port}"
-            with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
-                assert json.load(response)["status"] == "ok"
-            request = urllib.request.Request(
-                f"{base}/recipes", headers={"Authorization": "Bearer from-the-env"}
-            )
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert "sl_basic" in {r["name"] for r in json.load(response)["recipes"]}
+            assert f"Running on http://127.0.0.1:{port}" in server.stdout.readline()
+            yield port
         finally:
             server.send_signal(signal.SIGINT)
             output, _ = server.communicate(timeout=30)
     assert server.returncode == 0, output
+
+
+def test_serve_answers_over_http_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    env = {"KITCHEN_TOKEN": "from-the-env"}
+    with kitchen_serve("--root", str(tmp_path), env=env) as port:
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
+            assert json.load(response)["status"] == "ok"
+        request = urllib.request.Request(
+            f"{base}/recipes", headers={"Authorization": "Bearer from-the-env"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert "sl_basic" in {r["name"] for r in json.load(response)["recipes"]}
 
 
 def test_serve_refuses_a_public_address_without_a_token(

@@ -110,35 +110,36 @@ async def test_a_full_queue_answers_429_and_the_sdk_resends(tmp_path: Path) -> N
 
 async def test_shutdown_fails_requests_in_flight_and_leaves_no_task(tmp_path: Path) -> None:
     datum = sft_datum()
-    held = anyio.Event()
-    tasks_before = len(asyncio.all_tasks())
-    async with serving(tmp_path, shutdown_grace_s=0.2) as served:
+    held, refused = anyio.Event(), anyio.Event()
+    tasks_before = asyncio.all_tasks()
+    async with serving(tmp_path, shutdown_grace_s=0.2, max_queue=2) as served:
 
         async def hold(model_id: str, seq_id: int) -> None:
-            if seq_id == 2:
-                held.set()
-                await anyio.sleep_forever()  # cancelled when the server stops
+            held.set()
+            await anyio.sleep_forever()  # cancelled when the server stops
 
         served.state.before_start = hold
+        served.state.on_queue_full = lambda owner: refused.set()
         client = await served.connect()
         trainer = await training_client(client)
-        done = trainer.forward_backward([datum], "cross_entropy")
-        running = trainer.optim_step(ADAM)  # held while starting
-        waiting = trainer.forward_backward([datum], "cross_entropy")
+        running = trainer.forward_backward([datum], "cross_entropy")  # seq 1: held starting
+        waiting = trainer.optim_step(ADAM)  # seq 2: queued behind it
+        resent = trainer.forward_backward([datum], "cross_entropy")  # seq 3: 429, re-sent
         await held.wait()
-        assert (await done).metrics["loss:sum"] > 0
+        await refused.wait()  # so seq 2 was accepted: the SDK submits in turn
         # What the application's shutdown does first, while the SDK can still poll.
         await served.state.shutdown()
         for future in (running, waiting):
             with pytest.raises(tinker.RequestFailedError, match="shutting down"):
                 await future
         async with aiohttp.ClientSession() as http:
-            body = {"model_id": trainer.model_id, "seq_id": 4, "adam_params": {}}
+            body = {"model_id": trainer.model_id, "seq_id": 3, "adam_params": {}}
             headers = {"X-API-Key": API_KEY}
             async with http.post(
                 f"{served.url}/api/v1/optim_step", json=body, headers=headers
-            ) as refused:
-                assert refused.status == 503  # new requests are refused from now on
+            ) as refused_after:
+                assert refused_after.status == 503  # new requests are refused from now on
+        resent.future().cancel()  # the SDK would go on re-sending it
         await anyio.to_thread.run_sync(client.holder.close)
     assert served.state.futures.unfinished == 0
-    assert len(asyncio.all_tasks()) == tasks_before
+    assert asyncio.all_tasks() <= tasks_before  # every task the server started has ended

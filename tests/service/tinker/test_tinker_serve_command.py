@@ -3,44 +3,25 @@ API over loopback, stopped with SIGINT as a terminal would."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import tinker
 from _tinker_support import ADAM, API_KEY, sft_datum
-from test_serve_command import free_port
+from test_serve_command import kitchen_serve
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
 def test_serve_tinker_trains_over_loopback_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    port = free_port()
-    command = [sys.executable, "-m", "crucible_kitchen.cli", "serve", "--tinker"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TINKER_API_KEY": API_KEY}
-    with subprocess.Popen(
-        [*command, "--port", str(port), "--root", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    ) as server:
-        try:
-            assert server.stdout is not None
-            assert f"Running on http://127.0.0.1:{port}" in server.stdout.readline()
-            client = tinker.ServiceClient(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY)
-            trainer = client.create_lora_training_client(base_model="tiny", rank=4).result()
-            result = trainer.forward_backward([sft_datum()], "cross_entropy").result()
-            trainer.optim_step(ADAM).result()
-            saved = trainer.save_state("first").result()
-            client.close("success").result()
-        finally:
-            server.send_signal(signal.SIGINT)
-            output, _ = server.communicate(timeout=30)
-    assert server.returncode == 0, output
+    env = {"TINKER_API_KEY": API_KEY}
+    with kitchen_serve("--tinker", "--root", str(tmp_path), env=env) as port:
+        client = tinker.ServiceClient(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY)
+        trainer = client.create_lora_training_client(base_model="tiny", rank=4).result()
+        result = trainer.forward_backward([sft_datum()], "cross_entropy").result()
+        trainer.optim_step(ADAM).result()
+        saved = trainer.save_state("first").result()
+        client.close("success").result()
     assert result.metrics["loss:sum"] > 0
     run, _, name = saved.path.removeprefix("tinker://").partition("/weights/")
     session, _, number = run.partition(":train:")
