@@ -13,6 +13,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# tinker-cookbook's loops are tested against `kitchen serve --tinker`; its tml-renderers
+	# requirement (only for Inkling and Kimi models) has no release on the registry.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps tinker-cookbook==0.6.1
 	touch $(STAMP)
 
 # The dashboard's browser test drives Debian's chromium and chromedriver: installed when missing.

@@ -81,6 +81,13 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "TransientFailure",
         "noop_adapters",
     ),
+    "crucible_kitchen.adapters.tinker": (
+        "HfTokenizer",
+        "TinkerSamplingClient",
+        "TinkerSession",
+        "TinkerTrainingClient",
+        "tinker_adapters",
+    ),
     "crucible_kitchen.cli": ("main",),
     "crucible_kitchen.errors": (
         "ActorError",

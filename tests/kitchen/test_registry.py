@@ -127,11 +127,12 @@ async def test_an_unknown_adapter_set_is_a_typed_error_listing_the_known_ones(
     cookbook: object,
 ) -> None:
     with pytest.raises(AdapterSetNotFound) as caught:
-        await Kitchen.run("supervised", {"max_steps": 1}, adapters="tinker")
+        await Kitchen.run("supervised", {"max_steps": 1}, adapters="fireworks")
     assert isinstance(caught.value, PortError | LookupError)
     assert caught.value.known == sorted(Adapters.names())
-    assert "no adapter set named 'tinker'; known: cookbook, local_torch, none, noop" in str(
-        caught.value
+    assert (
+        "no adapter set named 'fireworks'; known: cookbook, local_torch, none, noop, tinker"
+        in str(caught.value)
     )
 
 

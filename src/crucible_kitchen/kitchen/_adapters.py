@@ -55,8 +55,8 @@ class Adapters(Mapping[str, Any]):
 
         Sets are registered by installed packages under the ``crucible_kitchen.adapters``
         entry-point group (see ``docs/guides/writing-adapters.md``); crucible-kitchen
-        registers ``"noop"`` (:meth:`noop`), ``"local_torch"`` (:meth:`local_torch`) and
-        ``"none"`` (:meth:`empty`). :meth:`names` lists them all.
+        registers ``"noop"`` (:meth:`noop`), ``"local_torch"`` (:meth:`local_torch`),
+        ``"tinker"`` (:meth:`tinker`) and ``"none"`` (:meth:`empty`). :meth:`names` lists them all.
 
         Raises:
             AdapterSetNotFound: no adapter set has that name (a :class:`PortError` listing
@@ -144,9 +144,7 @@ class Adapters(Mapping[str, Any]):
             ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
             PretrainedModelError: the Hugging Face model directory cannot be loaded.
         """
-        from crucible_kitchen.adapters.filesystem import filesystem_adapters
         from crucible_kitchen.adapters.local_torch import local_torch_adapters
-        from crucible_kitchen.adapters.noop import NoopMetricsStore
 
         local = local_torch_adapters(
             model=model,
@@ -158,10 +156,79 @@ class Adapters(Mapping[str, Any]):
             run_dir=run_dir,
             threads=threads,
         )
+        return cls._over_files("local_torch", local, data_root=data_root, run_dir=run_dir)
+
+    @classmethod
+    def tinker(
+        cls,
+        *,
+        seed: int = 0,
+        run_dir: str | os.PathLike[str] | None = None,
+        base_model: str = "tiny",
+        lora_rank: int | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        tokenizer: str = "byte",
+        renderer: str = "chatml",
+        data_root: str | os.PathLike[str] | None = None,
+    ) -> Adapters:
+        """Training and sampling on a Tinker server through the official SDK (needs the
+        ``tinker`` extra): Thinking Machines' service, or ``kitchen serve --tinker``.
+
+        - ``training_client``, ``sampling_client``: ``tinker_adapters`` (a LoRA of rank
+          ``lora_rank``, 32 if ``None``, on ``base_model``, its adapters seeded by ``seed``;
+          ``base_url`` and ``api_key`` default to the SDK's ``TINKER_BASE_URL`` and
+          ``TINKER_API_KEY``); nothing is sent before the run's first request;
+        - ``tokenizer``, ``renderer``: the local ``tokenizer`` (``"byte"`` or ``"bpe"``, as
+          ``kitchen serve --tinker`` serves its presets with) and chat format;
+        - ``dataset_store``, ``blob_store``, ``model_registry``: filesystem, as for
+          :meth:`local_torch`; ``metrics_store``: the in-memory noop store.
+
+        Checkpoints live on the server (``tinker://`` paths), so a run on this set cannot
+        be resumed from its run directory.
+
+        Raises:
+            ConfigError: an invalid tokenizer.
+            RenderError: an unknown renderer.
+        """
+        from crucible_kitchen.adapters.local_torch import LocalRenderer, LocalTokenizer
+        from crucible_kitchen.adapters.tinker import tinker_adapters
+
+        local_tokenizer = LocalTokenizer.named(tokenizer)
+        remote = tinker_adapters(
+            base_model=base_model,
+            tokenizer=local_tokenizer,
+            tokenizer_id=local_tokenizer.tokenizer_id,
+            lora_rank=32 if lora_rank is None else lora_rank,
+            seed=seed,
+            base_url=base_url,
+            api_key=api_key,
+        )
+        backend = {
+            **remote,
+            "tokenizer": local_tokenizer,
+            "renderer": LocalRenderer(local_tokenizer, renderer),
+        }
+        return cls._over_files("tinker", backend, data_root=data_root, run_dir=run_dir)
+
+    @classmethod
+    def _over_files(
+        cls,
+        name: str,
+        backend: Mapping[Any, object],
+        *,
+        data_root: str | os.PathLike[str] | None,
+        run_dir: str | os.PathLike[str] | None,
+    ) -> Adapters:
+        """The set ``name``: ``backend``'s ports over the filesystem stores and registry,
+        with the in-memory noop metrics store."""
+        from crucible_kitchen.adapters.filesystem import filesystem_adapters
+        from crucible_kitchen.adapters.noop import NoopMetricsStore
+
         files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
-        ports.update((str(port), adapter) for port, adapter in local.items())
+        ports.update((str(port), adapter) for port, adapter in backend.items())
         ports["metrics_store"] = NoopMetricsStore()
         adapters = cls(ports)
-        adapters.name = "local_torch"
+        adapters.name = name
         return adapters

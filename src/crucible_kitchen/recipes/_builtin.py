@@ -59,7 +59,14 @@ def _with_stage_settings(build: Callable[[Any], Workflow]) -> Callable[[Any], Wo
 
 def _local_torch_options(config: SlBasicConfig, adapters: str) -> dict[str, Any]:
     """The model, tokenizer, renderer, device and threads of an ``sl_basic`` run on
-    ``local_torch``."""
+    ``local_torch``; on ``tinker``, the base model, tokenizer, renderer and LoRA rank."""
+    if adapters == "tinker":
+        return {
+            "base_model": config.model,
+            "tokenizer": config.tokenizer,
+            "renderer": config.renderer,
+            "lora_rank": config.lora_rank,
+        }
     if adapters != "local_torch":
         return {}
     return {
