@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import chz
 import pytest
+import tinker
 from tinker_cookbook import tokenizer_utils
 from tinker_cookbook.rl import train as rl_train
 from tinker_cookbook.rl.types import (
@@ -27,7 +28,6 @@ from tinker_cookbook.rl.types import (
 from tinker_cookbook.supervised import train as sl_train
 from tinker_cookbook.supervised.types import SupervisedDataset, SupervisedDatasetBuilder
 
-import tinker
 from crucible_kitchen.adapters.local_torch import LocalTokenizer
 
 if TYPE_CHECKING:

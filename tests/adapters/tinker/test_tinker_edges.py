@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 import tinker
+
 from crucible_kitchen.adapters.local_torch import LocalTokenizer
 from crucible_kitchen.adapters.tinker import HfTokenizer, TinkerSession, TinkerTrainingClient
 from crucible_kitchen.adapters.tinker._errors import translate
