@@ -90,12 +90,13 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None,
-        cache: tuple[Tensor, Tensor, int] | None,
+        cache: tuple[Tensor, Tensor, int | Tensor] | None,
     ) -> Tensor:
         """Attend over ``x`` (batch, seq, d_model), plus the cached prefix when ``cache`` is given.
 
         ``cache`` is (keys, values, filled length) of this layer; the new keys and values are
-        written into it in place.
+        written into it in place. A filled length per row (an int64 tensor) means one token per
+        row, each at its own position, attending over the whole (static) cache up to it.
         """
         batch, seq, _ = x.shape
         q = self.q(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
@@ -104,13 +105,25 @@ class Attention(nn.Module):
         if rope is not None:
             q = _apply_rope(q, *rope)
             k = _apply_rope(k, *rope)
+        grouped = self.n_kv_heads != self.n_heads
         start = 0
+        if cache is not None and isinstance(cache[2], Tensor):
+            keys, values, rows_start = cache[0], cache[1], cache[2]
+            rows = torch.arange(batch, device=x.device)
+            keys[rows, :, rows_start] = k[:, :, 0]
+            values[rows, :, rows_start] = v[:, :, 0]
+            visible = torch.arange(keys.shape[2], device=x.device) <= rows_start[:, None]
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=visible[:, None, None, :], enable_gqa=grouped
+            )
+            merged = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
+            stepped: Tensor = self.o(merged)
+            return stepped
         if cache is not None:
-            keys, values, start = cache
+            keys, values, start = cache[0], cache[1], int(cache[2])
             keys[:, :, start : start + seq] = k
             values[:, :, start : start + seq] = v
             k, v = keys[:, :, : start + seq], values[:, :, : start + seq]
-        grouped = self.n_kv_heads != self.n_heads
         if start == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
         else:
@@ -156,7 +169,7 @@ class Block(nn.Module):
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None,
-        cache: tuple[Tensor, Tensor, int] | None,
+        cache: tuple[Tensor, Tensor, int | Tensor] | None,
         generator: torch.Generator,
     ) -> Tensor:
         """Run the block on ``x`` (batch, seq, d_model)."""
@@ -211,11 +224,27 @@ class Transformer(nn.Module):
             [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers],
         )
 
-    def forward(self, tokens: Tensor, *, cache: KVCache | None = None) -> Tensor:
+    @property
+    def output_weight(self) -> Tensor:
+        """The (vocab, d_model) matrix that turns final hidden states into logits."""
+        return self.embed.weight if self.head is None else self.head.weight
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
+        project: bool = True,
+    ) -> Tensor:
         """Logits (batch, seq, vocab) for ``tokens`` (batch, seq) of int64 ids.
 
         With ``cache``, ``tokens`` continue the cached prefix: their positions start at
         ``cache.length``, they attend to the cached keys, and the cache grows by ``seq``.
+        With ``positions`` too (int64, one per row), ``tokens`` hold one token per row at that
+        row's own position, and ``cache.length`` is left to the caller: batched decoding of
+        rows of different lengths over a static cache. ``project=False`` returns the final
+        (normalised) hidden states (batch, seq, d_model) instead of logits.
 
         Raises:
             ValueError: the sequence would run past ``max_seq_len`` or the cache's capacity.
@@ -225,24 +254,38 @@ class Transformer(nn.Module):
         limit = self.config.max_seq_len
         if cache is not None:
             limit = min(limit, cache.capacity)
-        if start + seq > limit:
+        if positions is None and start + seq > limit:
             raise ValueError(
                 f"{start + seq} positions exceed the limit of {limit} (max_seq_len or cache size)"
             )
-        positions = torch.arange(start, start + seq, device=tokens.device)
+        at = (
+            torch.arange(start, start + seq, device=tokens.device)
+            if positions is None
+            else positions
+        )
         x: Tensor = self.embed(tokens)
         rope = None
         if self.pos_embed is None:
-            rope = _rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+            rope = _rope_tables(at, self.config.head_dim, self.config.rope_theta)
+            if positions is not None:  # one position per row: (batch, 1, 1, head_dim / 2)
+                rope = (rope[0][:, None, None], rope[1][:, None, None])
         else:
-            x = x + self.pos_embed(positions)[None]
+            x = x + (self.pos_embed(at)[None] if positions is None else self.pos_embed(at)[:, None])
         x = dropout(x, self.config.dropout, self.dropout_generator, training=self.training)
         for index, block in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache.keys[index], cache.values[index], start)
+            layer_cache = None
+            if cache is not None:
+                layer_cache = (
+                    cache.keys[index],
+                    cache.values[index],
+                    start if positions is None else positions,
+                )
             x = block(x, rope, layer_cache, self.dropout_generator)
-        if cache is not None:
+        if cache is not None and positions is None:
             cache.length = start + seq
         x = self.norm(x)
+        if not project:
+            return x
         if self.head is None:
             return F.linear(x, self.embed.weight)
         logits: Tensor = self.head(x)

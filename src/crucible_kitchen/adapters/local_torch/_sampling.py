@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import secrets
+import threading
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -16,7 +18,7 @@ from crucible_kitchen.adapters.local_torch._lora import merge_lora
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-    from crucible_kitchen.adapters.local_torch._model import Transformer
+    from crucible_kitchen.adapters.local_torch._model import KVCache, Transformer
 
 StopReason = Literal["stop", "length"]
 
@@ -153,6 +155,282 @@ def _choose(
     return tokens, raw_logprobs
 
 
+def _room(model: Transformer, prompt: Sequence[int], options: SamplingOptions) -> int:
+    """The number of tokens to generate: ``max_tokens``, or what fills the context window."""
+    max_seq_len = model.config.max_seq_len
+    room = max_seq_len - len(prompt)
+    if room < 1:
+        raise ValueError(f"a prompt of {len(prompt)} tokens fills max_seq_len={max_seq_len}")
+    max_tokens = room if options.max_tokens is None else options.max_tokens
+    if max_tokens > room:
+        raise ValueError(
+            f"a prompt of {len(prompt)} tokens plus max_tokens={max_tokens} exceeds "
+            f"max_seq_len={max_seq_len}"
+        )
+    return max_tokens
+
+
+class DecodeRequest:
+    """One request's rows in a :class:`DecodeBatch`: its options, random stream and progress.
+
+    Its samples depend only on its own prompt, options and seed (its own generator draws
+    for its own rows), never on the requests decoded beside it.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        prompt: Sequence[int],
+        options: SamplingOptions,
+        stop_when: Callable[[Sequence[int]], bool] | None,
+    ) -> None:
+        self.prompt = _check_prompt(model, prompt)
+        self.max_tokens = _room(model, prompt, options)
+        self.options = options
+        self.stop_when = stop_when
+        seed = secrets.randbits(63) if options.seed is None else options.seed
+        self.generator = torch.Generator(device=model.device).manual_seed(seed)
+        self.stop_ids = torch.tensor(options.stop_token_ids, dtype=torch.int64, device=model.device)
+        rows = options.num_samples
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=model.device)
+        self.generated: list[list[int]] = [[] for _ in range(rows)]
+        self.stopped_at: list[int | None] = [None] * rows
+        self.steps_tokens: list[Tensor] = []
+        self.steps_logprobs: list[Tensor] = []
+        self.next_logits: Tensor | None = None
+        self.prompt_scores: tuple[float | None, ...] | None = None
+        self.slots: Tensor | None = None
+        self.slot_ids: list[int] = []
+        self.result: GenerationResult | None = None
+        self.error: Exception | None = None
+
+    @property
+    def rows(self) -> int:
+        """Samples decoded for this request."""
+        return self.options.num_samples
+
+    @property
+    def length(self) -> int:
+        """Positions its rows fill once done at the latest (prompt plus ``max_tokens``)."""
+        return self.prompt.shape[1] + self.max_tokens
+
+    def advance(self) -> bool:
+        """Choose each row's next token from ``next_logits``; whether the request is done."""
+        assert self.next_logits is not None
+        step = len(self.steps_tokens)
+        tokens, logprobs = _choose(self.next_logits, self.options, self.generator)
+        self.steps_tokens.append(tokens)
+        self.steps_logprobs.append(logprobs)
+        newly_finished = torch.isin(tokens, self.stop_ids)
+        if self.stop_when is not None:
+            _check_stop_callback(
+                self.stop_when,
+                tokens,
+                newly_finished,
+                self.finished,
+                self.generated,
+                self.stopped_at,
+                step,
+            )
+        self.finished |= newly_finished
+        if step == self.max_tokens - 1 or bool(self.finished.all()):
+            all_tokens = torch.stack(self.steps_tokens, dim=1)
+            all_logprobs = torch.stack(self.steps_logprobs, dim=1)
+            self.result = GenerationResult(
+                sequences=tuple(
+                    _trim(all_tokens[row], all_logprobs[row], self.stop_ids, self.stopped_at[row])
+                    for row in range(self.rows)
+                ),
+                prompt_logprobs=self.prompt_scores,
+            )
+            return True
+        return False
+
+    def outcome(self) -> GenerationResult:
+        """The samples, or the error that ended the request."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class DecodeBatch:
+    """Continuous batching: the rows of every running request decoded together, one token per
+    row per step, over one preallocated key/value cache of a fixed shape.
+
+    Requests :meth:`add`-ed from any thread wait in a queue; each step (:meth:`run_until`, in
+    the thread that computes) first admits waiting requests in order while their rows fit in
+    ``max_rows`` (a request with more rows is admitted alone, into an empty batch): it runs the
+    prompt once and copies its keys and values into free cache slots, one per sample. Then each
+    request picks its rows' tokens with its own generator, a finished request leaves (freeing
+    its slots), and one forward pass feeds every slot its token at its own position.
+
+    The cache always has ``max_rows`` slots (more only while a larger request runs alone) of
+    ``capacity`` positions, and every step decodes all slots. So the step's kernels have one
+    shape whatever requests come and go, and a row's numbers do not depend on its neighbours:
+    a request's samples and logprobs are the same, bit for bit, whichever requests it was
+    batched with (matrix products of a fixed shape compute each row alike).
+
+    ``use_kv_cache=False`` recomputes each request's whole sequence at every step, one request
+    at a time (slow; a reference for tests).
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        *,
+        max_rows: int,
+        capacity: int | None = None,
+        use_kv_cache: bool = True,
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        self.model = model
+        self.max_rows = max_rows
+        self.capacity = model.config.max_seq_len if capacity is None else capacity
+        self.use_kv_cache = use_kv_cache
+        self._lock = threading.Lock()
+        self._waiting: deque[DecodeRequest] = deque()
+        self._running: list[DecodeRequest] = []
+        self._cache: KVCache | None = None
+        self._positions = torch.zeros(0, dtype=torch.int64)  # per slot: filled positions
+        self._active = torch.zeros(0, dtype=torch.int64)  # per slot: 1 while a row holds it
+        self._tokens = torch.zeros((0, 1), dtype=torch.int64)  # per slot: the token to feed
+        self._free: list[int] = []
+
+    def add(self, request: DecodeRequest) -> None:
+        """Queue ``request``; it joins the batch at the next step.
+
+        Raises:
+            ValueError: the request needs more positions than the cache holds.
+        """
+        if request.length > self.capacity:
+            raise ValueError(
+                f"a request of {request.length} positions exceeds the cache's {self.capacity}"
+            )
+        with self._lock:
+            self._waiting.append(request)
+
+    @property
+    def running_rows(self) -> int:
+        """Rows of the running requests."""
+        return sum(request.rows for request in self._running)
+
+    def run_until(self, request: DecodeRequest) -> GenerationResult:
+        """Step the batch until ``request`` is done; its samples (or its error).
+
+        Call from one thread at a time. Other requests progress meanwhile, and those that
+        finish keep their results for their own call.
+
+        Raises:
+            RuntimeError: ``request`` was never added.
+        """
+        if request.result is None and request.error is None:
+            with _evaluation_mode(self.model):
+                while request.result is None and request.error is None:
+                    if not (self._running or self._waiting):
+                        raise RuntimeError("run_until: the request was never added")
+                    self._step()
+        return request.outcome()
+
+    # ---------------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        self._admit()
+        for running in list(self._running):
+            try:
+                done = running.advance()
+            except Exception as exc:
+                running.error = exc
+                done = True
+            if done:
+                self._leave(running)
+        if self._running:
+            try:
+                self._forward()
+            except Exception as exc:
+                for running in list(self._running):
+                    running.error = exc
+                    self._leave(running)
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    return
+                request = self._waiting[0]
+                if self._running and len(self._free) < request.rows:
+                    return
+                self._waiting.popleft()
+            try:
+                self._prefill(request)
+            except Exception as exc:
+                request.error = exc
+            else:
+                self._running.append(request)
+
+    def _prefill(self, request: DecodeRequest) -> None:
+        model = self.model
+        prompt = request.prompt
+        cache = model.new_cache(1, capacity=prompt.shape[1]) if self.use_kv_cache else None
+        logits = model(prompt, cache=cache)
+        if request.options.include_prompt_logprobs:
+            request.prompt_scores = _prompt_logprobs_from_logits(logits, prompt)
+        request.next_logits = logits[:, -1].expand(request.rows, -1)
+        if cache is None:
+            return
+        if not self._running:
+            self._allocate(max(self.max_rows, request.rows))
+        assert self._cache is not None
+        self._free.sort()
+        request.slot_ids, self._free = self._free[: request.rows], self._free[request.rows :]
+        slots = torch.tensor(request.slot_ids, dtype=torch.int64, device=model.device)
+        length = prompt.shape[1]
+        for layer, (keys, values) in enumerate(zip(cache.keys, cache.values, strict=True)):
+            self._cache.keys[layer][slots, :, :length] = keys
+            self._cache.values[layer][slots, :, :length] = values
+        self._positions[slots] = length
+        self._active[slots] = 1
+        request.slots = slots
+
+    def _allocate(self, slots: int) -> None:
+        """A cache of ``slots`` rows, unless the current one (empty) has that many."""
+        if self._cache is not None and self._cache.batch_size == slots:
+            return
+        device = self.model.device
+        self._cache = self.model.new_cache(slots, capacity=self.capacity)
+        self._positions = torch.zeros(slots, dtype=torch.int64, device=device)
+        self._active = torch.zeros(slots, dtype=torch.int64, device=device)
+        self._tokens = torch.zeros((slots, 1), dtype=torch.int64, device=device)
+        self._free = list(range(slots))
+
+    def _leave(self, request: DecodeRequest) -> None:
+        self._running.remove(request)
+        if request.slots is not None:
+            self._active[request.slots] = 0
+            self._free.extend(request.slot_ids)
+            request.slots = None
+            request.slot_ids = []
+        request.next_logits = None
+
+    def _forward(self) -> None:
+        """Feed every slot its last token; set each running request's next logits."""
+        if not self.use_kv_cache:
+            for running in self._running:
+                steps = (tokens[:, None] for tokens in running.steps_tokens)
+                sequences = torch.cat((running.prompt.expand(running.rows, -1), *steps), dim=1)
+                running.next_logits = self.model(sequences)[:, -1]
+            return
+        assert self._cache is not None
+        for running in self._running:
+            self._tokens[running.slots, 0] = running.steps_tokens[-1]
+        logits = self.model(self._tokens, cache=self._cache, positions=self._positions)[:, -1]
+        # A free slot is decoded too, writing only at its own stale position, which stays.
+        self._positions += self._active
+        for running in self._running:
+            running.next_logits = logits[running.slots]
+
+
 def generate(
     model: Transformer,
     prompt: Sequence[int],
@@ -164,8 +442,9 @@ def generate(
     """Sample ``options.num_samples`` continuations of ``prompt`` as one batch.
 
     The prompt is run once and its key/value cache copied to every sample; each step then feeds
-    one token per sample. With ``use_kv_cache=False`` every step re-runs the whole sequence
-    instead (slow; a reference for tests). The model is put in eval mode for the call.
+    one token per sample (a :class:`DecodeBatch` of this one request). With
+    ``use_kv_cache=False`` every step re-runs the whole sequence instead (slow; a reference for
+    tests). The model is put in eval mode for the call.
 
     ``stop_when``, if given, is called after each step with the tokens a still-running sample
     has generated so far; when it returns ``True`` the sample ends there (stop reason
@@ -175,61 +454,12 @@ def generate(
         ValueError: the prompt is empty, has ids outside the vocabulary, or leaves no room for
             ``max_tokens`` within ``max_seq_len``.
     """
-    prompt_tensor = _check_prompt(model, prompt)
-    max_seq_len = model.config.max_seq_len
-    room = max_seq_len - len(prompt)
-    if room < 1:
-        raise ValueError(f"a prompt of {len(prompt)} tokens fills max_seq_len={max_seq_len}")
-    max_tokens = room if options.max_tokens is None else options.max_tokens
-    if max_tokens > room:
-        raise ValueError(
-            f"a prompt of {len(prompt)} tokens plus max_tokens={max_tokens} exceeds "
-            f"max_seq_len={max_seq_len}"
-        )
-    seed = secrets.randbits(63) if options.seed is None else options.seed
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    stop_ids = torch.tensor(options.stop_token_ids, dtype=torch.int64, device=model.device)
-    n = options.num_samples
-    with _evaluation_mode(model):
-        cache = model.new_cache(1, capacity=len(prompt) + max_tokens) if use_kv_cache else None
-        prompt_logits = model(prompt_tensor, cache=cache)
-        prompt_scores = None
-        if options.include_prompt_logprobs:
-            prompt_scores = _prompt_logprobs_from_logits(prompt_logits, prompt_tensor)
-        next_logits = prompt_logits[:, -1].expand(n, -1)
-        if cache is not None:
-            cache = cache.repeat_batch(n)
-        sequences = prompt_tensor.expand(n, -1)
-        steps_tokens: list[Tensor] = []
-        steps_logprobs: list[Tensor] = []
-        finished = torch.zeros(n, dtype=torch.bool, device=model.device)
-        generated: list[list[int]] = [[] for _ in range(n)]
-        stopped_at: list[int | None] = [None] * n
-        for step in range(max_tokens):
-            tokens, logprobs = _choose(next_logits, options, generator)
-            steps_tokens.append(tokens)
-            steps_logprobs.append(logprobs)
-            newly_finished = torch.isin(tokens, stop_ids)
-            if stop_when is not None:
-                _check_stop_callback(
-                    stop_when, tokens, newly_finished, finished, generated, stopped_at, step
-                )
-            finished |= newly_finished
-            if step == max_tokens - 1 or bool(finished.all()):
-                break
-            if cache is not None:
-                next_logits = model(tokens[:, None], cache=cache)[:, -1]
-            else:
-                sequences = torch.cat((sequences, tokens[:, None]), dim=1)
-                next_logits = model(sequences)[:, -1]
-    all_tokens = torch.stack(steps_tokens, dim=1)
-    all_logprobs = torch.stack(steps_logprobs, dim=1)
-    return GenerationResult(
-        sequences=tuple(
-            _trim(all_tokens[row], all_logprobs[row], stop_ids, stopped_at[row]) for row in range(n)
-        ),
-        prompt_logprobs=prompt_scores,
+    request = DecodeRequest(model, prompt, options, stop_when)
+    batch = DecodeBatch(
+        model, max_rows=request.rows, capacity=request.length, use_kv_cache=use_kv_cache
     )
+    batch.add(request)
+    return batch.run_until(request)
 
 
 def _check_stop_callback(
