@@ -297,6 +297,8 @@ class DecodeBatch:
         self._active = torch.zeros(0, dtype=torch.int64)  # per slot: 1 while a row holds it
         self._tokens = torch.zeros((0, 1), dtype=torch.int64)  # per slot: the token to feed
         self._free: list[int] = []
+        self.steps = 0
+        """Batched decode passes run so far (a statistic)."""
 
     def add(self, request: DecodeRequest) -> None:
         """Queue ``request``; it joins the batch at the next step.
@@ -425,6 +427,7 @@ class DecodeBatch:
         for running in self._running:
             self._tokens[running.slots, 0] = running.steps_tokens[-1]
         logits = self.model(self._tokens, cache=self._cache, positions=self._positions)[:, -1]
+        self.steps += 1
         # A free slot is decoded too, writing only at its own stale position, which stays.
         self._positions += self._active
         for running in self._running:
