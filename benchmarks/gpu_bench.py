@@ -43,7 +43,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import torch
@@ -60,6 +60,9 @@ from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._trainer import StepOptions, Trainer
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 ADAM = AdamParams(learning_rate=1e-4)
 
 
@@ -68,18 +71,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step: Any, device: torch.device, warmup: int, steps: int) -> float:
-    """Median seconds per call of ``step`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
+def _interleaved(
+    steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, reps: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each step: ``warmup`` untimed calls each, then ``reps`` rounds in
+    which every step runs once, one after the other (so machine noise hits all alike)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
     _sync(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def config_from_model_dir(path: Path, device: str) -> ModelConfig:
@@ -133,64 +141,68 @@ def bench_training(
     config = dataclasses.replace(config, max_seq_len=max(config.max_seq_len, args.seq))
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=generator)
-    positions = args.batch * args.seq
-    parameters = parameter_count(config)
-    results: list[dict[str, Any]] = []
+    data = _datums(tokens)
     fused = device.type == "cuda"
-
-    def record(variant: str, seconds: float, reference: float | None) -> None:
-        rate = positions / seconds
-        mfu = 6 * parameters * rate / (args.peak_tflops * 1e12)
-        line = {
-            "model": name,
-            "variant": variant,
-            "tokens_per_s": round(rate, 1),
-            "vs_plain": None if reference is None else round(reference / seconds, 3),
-            "mfu": round(mfu, 4),
-        }
-        results.append(line)
-        print(json.dumps(line), flush=True)
-
-    plain: dict[str, float] = {}
-    modes = [("eager", False)] + ([] if args.no_compile else [("compiled", True)])
-    for mode, compiled in modes:
+    steps: dict[str, Callable[[], None]] = {}
+    references: dict[str, str | None] = {}
+    for mode, compiled in [("eager", False)] + ([] if args.no_compile else [("compiled", True)]):
         model = build_model(config, seed=0)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
         runnable = torch.compile(model) if compiled else model
-        step = _plain_step(runnable, optimizer, tokens.to(device))
-        plain[mode] = _timed(step, device, args.warmup, args.steps)
-        record(f"plain {mode}", plain[mode], None)
-        del model, optimizer, runnable
-
-    data = _datums(tokens)
+        steps[f"plain {mode}"] = _plain_step(runnable, optimizer, tokens.to(device))
+        references[f"plain {mode}"] = None
+    chunked = StepOptions(loss_chunk=args.loss_chunk)
     variants = [
-        ("backend", StepOptions(), "eager"),
-        ("backend fast", StepOptions(loss_chunk=args.loss_chunk), "eager"),
+        ("backend", config, StepOptions(), "plain eager"),
+        ("backend fast", config, chunked, "plain eager"),
+        (
+            "backend mixed",
+            dataclasses.replace(config, dtype="float32"),
+            StepOptions(precision="mixed", loss_chunk=args.loss_chunk),
+            None,
+        ),
     ]
     if not args.no_compile:
-        variants.append(
-            ("backend compiled", StepOptions(loss_chunk=args.loss_chunk, compile=True), "compiled")
-        )
-    for variant, options, mode in variants:
-        trainer = Trainer(config, seed=0, lora=None, options=options)
+        compiled_options = StepOptions(loss_chunk=args.loss_chunk, compile=True)
+        variants.append(("backend compiled", config, compiled_options, "plain compiled"))
+    for variant, variant_config, options, reference in variants:
+        trainer = Trainer(variant_config, seed=0, lora=None, options=options)
 
         def step(trainer: Trainer = trainer) -> None:
             trainer.forward(data, "cross_entropy", {}, ("weights",), backward=True)
             trainer.optim_step(ADAM)
 
-        record(variant, _timed(step, device, args.warmup, args.steps), plain[mode])
-        del trainer
-    mixed = dataclasses.replace(config, dtype="float32")
-    trainer = Trainer(
-        mixed, seed=0, lora=None, options=StepOptions(precision="mixed", loss_chunk=args.loss_chunk)
-    )
+        steps[variant] = step
+        references[variant] = reference
+    times = _interleaved(steps, device, args.warmup, args.steps)
+    return [
+        _training_line(name, variant, times, references[variant], config, args) for variant in steps
+    ]
 
-    def mixed_step() -> None:
-        trainer.forward(data, "cross_entropy", {}, ("weights",), backward=True)
-        trainer.optim_step(ADAM)
 
-    record("backend mixed", _timed(mixed_step, device, args.warmup, args.steps), None)
-    return results
+def _training_line(
+    name: str,
+    variant: str,
+    times: dict[str, list[float]],
+    reference: str | None,
+    config: ModelConfig,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Tokens/s (median), the median per-round ratio to ``reference``, and MFU."""
+    rate = args.batch * args.seq / statistics.median(times[variant])
+    ratio = None
+    if reference is not None:
+        pairs = zip(times[reference], times[variant], strict=True)
+        ratio = round(statistics.median(ref / mine for ref, mine in pairs), 3)
+    line = {
+        "model": name,
+        "variant": variant,
+        "tokens_per_s": round(rate, 1),
+        "vs_plain": ratio,
+        "mfu": round(6 * parameter_count(config) * rate / (args.peak_tflops * 1e12), 4),
+    }
+    print(json.dumps(line), flush=True)
+    return line
 
 
 def _plain_decode(model: torch.nn.Module, prompts: list[list[int]], samples: int, new: int) -> int:
@@ -325,29 +337,25 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_rollouts:
             results += bench_rollouts(name, config, args)
     if device != "cpu" and not args.no_training:
-        enable_determinism()
+        enable_determinism()  # process-wide, so last: the cost of deterministic kernels
         for name, config in models:
-            trainer = Trainer(
-                dataclasses.replace(config, max_seq_len=max(config.max_seq_len, args.seq)),
-                seed=0,
-                lora=None,
-                options=StepOptions(loss_chunk=args.loss_chunk),
-            )
+            wide = dataclasses.replace(config, max_seq_len=max(config.max_seq_len, args.seq))
             tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1))
             data = _datums(tokens)
+            trainer = Trainer(
+                wide, seed=0, lora=None, options=StepOptions(loss_chunk=args.loss_chunk)
+            )
 
             def step(trainer: Trainer = trainer, data: list[Datum] = data) -> None:
                 trainer.forward(data, "cross_entropy", {}, ("weights",), backward=True)
                 trainer.optim_step(ADAM)
 
-            seconds = _timed(step, torch.device(device), args.warmup, args.steps)
-            line = {
-                "model": name,
-                "variant": "backend fast deterministic",
-                "tokens_per_s": round(args.batch * args.seq / seconds, 1),
-            }
-            results.append(line)
-            print(json.dumps(line), flush=True)
+            times = _interleaved(
+                {"backend fast deterministic": step}, torch.device(device), args.warmup, args.steps
+            )
+            results.append(
+                _training_line(name, "backend fast deterministic", times, None, wide, args)
+            )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
