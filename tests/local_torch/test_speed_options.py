@@ -203,14 +203,15 @@ def _requests(model: object, seed: int = 0) -> list[DecodeRequest]:
     ]
 
 
-def test_a_request_samples_the_same_bits_alone_or_batched_with_others() -> None:
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped-attention", "masked-attention"])
+def test_a_request_samples_the_same_bits_alone_or_batched_with_others(grouped: bool) -> None:
     model = build_model(LocalTorchTrainingClient().config, seed=0)
     alone = []
     for request in _requests(model):
-        batch = DecodeBatch(model, max_rows=8)
+        batch = DecodeBatch(model, max_rows=8, grouped_attention=grouped)
         batch.add(request)
         alone.append(batch.run_until(request))
-    together = DecodeBatch(model, max_rows=8)
+    together = DecodeBatch(model, max_rows=8, grouped_attention=grouped)
     requests = _requests(model)
     for request in requests:
         together.add(request)
@@ -218,6 +219,38 @@ def test_a_request_samples_the_same_bits_alone_or_batched_with_others() -> None:
     last = together.run_until(requests[-1])
     assert [together.run_until(request) for request in requests[:-1]] + [last] == alone
     assert together.steps == max(request.max_tokens for request in requests) - 1
+    # Both attention layouts compute the same samples, up to float rounding.
+    other = DecodeBatch(model, max_rows=8, grouped_attention=not grouped)
+    requests = _requests(model)
+    for request in requests:
+        other.add(request)
+    for request, expected in zip(requests, alone, strict=True):
+        result = other.run_until(request)
+        assert [s.tokens for s in result.sequences] == [s.tokens for s in expected.sequences]
+        for mine, reference in zip(result.sequences, expected.sequences, strict=True):
+            assert mine.logprobs == pytest.approx(reference.logprobs, abs=1e-5)
+
+
+def test_slots_are_reused_by_later_requests_once_their_rows_leave() -> None:
+    model = build_model(LocalTorchTrainingClient().config, seed=0)
+    batch = DecodeBatch(model, max_rows=4)
+    short = DecodeRequest(model, (5, 6), SamplingOptions(max_tokens=2, num_samples=2, seed=1), None)
+    long = DecodeRequest(model, (7,), SamplingOptions(max_tokens=6, num_samples=2, seed=2), None)
+    late = DecodeRequest(
+        model, (8, 9, 10), SamplingOptions(max_tokens=3, num_samples=2, seed=3), None
+    )
+    for request in (short, long, late):
+        batch.add(request)
+    batch.run_until(short)
+    assert late.result is None  # waiting: the four slots were held
+    assert [len(s.tokens) for s in batch.run_until(late).sequences] == [3, 3]
+    assert [len(s.tokens) for s in batch.run_until(long).sequences] == [6, 6]
+    reference = DecodeBatch(model, max_rows=4)
+    again = DecodeRequest(
+        model, (8, 9, 10), SamplingOptions(max_tokens=3, num_samples=2, seed=3), None
+    )
+    reference.add(again)
+    assert reference.run_until(again) == late.result
 
 
 def test_a_larger_request_runs_alone_and_a_full_batch_makes_others_wait() -> None:

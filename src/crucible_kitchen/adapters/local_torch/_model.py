@@ -8,6 +8,7 @@ weights on any run.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -59,6 +60,22 @@ class KVCache:
         )
 
 
+@dataclass(frozen=True)
+class RowPositions:
+    """Where each row's one new token goes in a static cache (batched decoding).
+
+    Attributes:
+        rows: (batch,) int64, each row's position: its key and value are written there, and
+            it attends to the cached keys up to it.
+        groups: ``(first row, end row, position)`` of consecutive rows that share one
+            position: attention then reads only those rows' filled prefix, group by group.
+            ``None`` attends over the whole cache with a mask per row.
+    """
+
+    rows: Tensor
+    groups: tuple[tuple[int, int, int], ...] | None = None
+
+
 def _rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
     inverse_frequencies = 1.0 / (theta ** (exponents / head_dim))
@@ -90,13 +107,13 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None,
-        cache: tuple[Tensor, Tensor, int | Tensor] | None,
+        cache: tuple[Tensor, Tensor, int | RowPositions] | None,
     ) -> Tensor:
         """Attend over ``x`` (batch, seq, d_model), plus the cached prefix when ``cache`` is given.
 
         ``cache`` is (keys, values, filled length) of this layer; the new keys and values are
-        written into it in place. A filled length per row (an int64 tensor) means one token per
-        row, each at its own position, attending over the whole (static) cache up to it.
+        written into it in place. :class:`RowPositions` instead of a length means one token
+        per row, each at its own position.
         """
         batch, seq, _ = x.shape
         q = self.q(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
@@ -107,20 +124,32 @@ class Attention(nn.Module):
             k = _apply_rope(k, *rope)
         grouped = self.n_kv_heads != self.n_heads
         start = 0
-        if cache is not None and isinstance(cache[2], Tensor):
-            keys, values, rows_start = cache[0], cache[1], cache[2]
+        if cache is not None and isinstance(cache[2], RowPositions):
+            keys, values, at = cache[0], cache[1], cache[2]
             rows = torch.arange(batch, device=x.device)
-            keys[rows, :, rows_start] = k[:, :, 0]
-            values[rows, :, rows_start] = v[:, :, 0]
-            visible = torch.arange(keys.shape[2], device=x.device) <= rows_start[:, None]
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=visible[:, None, None, :], enable_gqa=grouped
-            )
+            keys[rows, :, at.rows] = k[:, :, 0]
+            values[rows, :, at.rows] = v[:, :, 0]
+            if at.groups is None:
+                visible = torch.arange(keys.shape[2], device=x.device) <= at.rows[:, None]
+                out = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=visible[:, None, None, :], enable_gqa=grouped
+                )
+            else:
+                out = torch.zeros_like(q)
+                for first, end, position in at.groups:
+                    out[first:end] = F.scaled_dot_product_attention(
+                        q[first:end],
+                        keys[first:end, :, : position + 1],
+                        values[first:end, :, : position + 1],
+                        enable_gqa=grouped,
+                    )
             merged = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
             stepped: Tensor = self.o(merged)
             return stepped
         if cache is not None:
-            keys, values, start = cache[0], cache[1], int(cache[2])
+            keys, values, filled = cache
+            assert isinstance(filled, int)
+            start = filled
             keys[:, :, start : start + seq] = k
             values[:, :, start : start + seq] = v
             k, v = keys[:, :, : start + seq], values[:, :, : start + seq]
@@ -169,7 +198,7 @@ class Block(nn.Module):
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None,
-        cache: tuple[Tensor, Tensor, int | Tensor] | None,
+        cache: tuple[Tensor, Tensor, int | RowPositions] | None,
         generator: torch.Generator,
     ) -> Tensor:
         """Run the block on ``x`` (batch, seq, d_model)."""
@@ -234,17 +263,17 @@ class Transformer(nn.Module):
         tokens: Tensor,
         *,
         cache: KVCache | None = None,
-        positions: Tensor | None = None,
+        positions: RowPositions | None = None,
         project: bool = True,
     ) -> Tensor:
         """Logits (batch, seq, vocab) for ``tokens`` (batch, seq) of int64 ids.
 
         With ``cache``, ``tokens`` continue the cached prefix: their positions start at
         ``cache.length``, they attend to the cached keys, and the cache grows by ``seq``.
-        With ``positions`` too (int64, one per row), ``tokens`` hold one token per row at that
-        row's own position, and ``cache.length`` is left to the caller: batched decoding of
-        rows of different lengths over a static cache. ``project=False`` returns the final
-        (normalised) hidden states (batch, seq, d_model) instead of logits.
+        With ``positions`` too, ``tokens`` hold one token per row at that row's own position
+        (see :class:`RowPositions`), and ``cache.length`` is left to the caller: batched
+        decoding of rows of different lengths over a static cache. ``project=False``
+        returns the final (normalised) hidden states (batch, seq, d_model), not logits.
 
         Raises:
             ValueError: the sequence would run past ``max_seq_len`` or the cache's capacity.
@@ -261,7 +290,7 @@ class Transformer(nn.Module):
         at = (
             torch.arange(start, start + seq, device=tokens.device)
             if positions is None
-            else positions
+            else positions.rows
         )
         x: Tensor = self.embed(tokens)
         rope = None

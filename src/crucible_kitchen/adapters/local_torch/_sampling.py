@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from crucible_kitchen.adapters.local_torch._lora import merge_lora
+from crucible_kitchen.adapters.local_torch._model import RowPositions
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -199,8 +200,8 @@ class DecodeRequest:
         self.steps_logprobs: list[Tensor] = []
         self.next_logits: Tensor | None = None
         self.prompt_scores: tuple[float | None, ...] | None = None
-        self.slots: Tensor | None = None
-        self.slot_ids: list[int] = []
+        self.first_slot: int | None = None  # its rows hold slots first_slot .. + rows
+        self.position = 0  # where its rows' next token goes
         self.result: GenerationResult | None = None
         self.error: Exception | None = None
 
@@ -266,10 +267,14 @@ class DecodeBatch:
     its slots), and one forward pass feeds every slot its token at its own position.
 
     The cache always has ``max_rows`` slots (more only while a larger request runs alone) of
-    ``capacity`` positions, and every step decodes all slots. So the step's kernels have one
-    shape whatever requests come and go, and a row's numbers do not depend on its neighbours:
-    a request's samples and logprobs are the same, bit for bit, whichever requests it was
-    batched with (matrix products of a fixed shape compute each row alike).
+    ``capacity`` positions, a request's rows take consecutive slots, and every step decodes
+    all slots. So the step's matrix products have one shape whatever requests come and go, and
+    a row's numbers do not depend on its neighbours: a request's samples and logprobs are the
+    same, bit for bit, whichever requests it was batched with (a product of a fixed shape
+    computes each row alike). Attention is row-local either way: with ``grouped_attention``
+    (the default on CPU, where memory traffic dominates) each request's rows attend over their
+    own filled prefix; without (the default on GPUs: one kernel, static shapes) every row
+    attends over the whole cache under a mask.
 
     ``use_kv_cache=False`` recomputes each request's whole sequence at every step, one request
     at a time (slow; a reference for tests).
@@ -282,6 +287,7 @@ class DecodeBatch:
         max_rows: int,
         capacity: int | None = None,
         use_kv_cache: bool = True,
+        grouped_attention: bool | None = None,
     ) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
@@ -289,6 +295,9 @@ class DecodeBatch:
         self.max_rows = max_rows
         self.capacity = model.config.max_seq_len if capacity is None else capacity
         self.use_kv_cache = use_kv_cache
+        self.grouped_attention = (
+            model.device.type == "cpu" if grouped_attention is None else grouped_attention
+        )
         self._lock = threading.Lock()
         self._waiting: deque[DecodeRequest] = deque()
         self._running: list[DecodeRequest] = []
@@ -296,7 +305,7 @@ class DecodeBatch:
         self._positions = torch.zeros(0, dtype=torch.int64)  # per slot: filled positions
         self._active = torch.zeros(0, dtype=torch.int64)  # per slot: 1 while a row holds it
         self._tokens = torch.zeros((0, 1), dtype=torch.int64)  # per slot: the token to feed
-        self._free: list[int] = []
+        self._taken: list[bool] = []  # per slot: held by a running request
         self.steps = 0
         """Batched decode passes run so far (a statistic)."""
 
@@ -361,7 +370,7 @@ class DecodeBatch:
                 if not self._waiting:
                     return
                 request = self._waiting[0]
-                if self._running and len(self._free) < request.rows:
+                if self._running and self._free_run(request.rows) is None:
                     return
                 self._waiting.popleft()
             try:
@@ -384,16 +393,26 @@ class DecodeBatch:
         if not self._running:
             self._allocate(max(self.max_rows, request.rows))
         assert self._cache is not None
-        self._free.sort()
-        request.slot_ids, self._free = self._free[: request.rows], self._free[request.rows :]
-        slots = torch.tensor(request.slot_ids, dtype=torch.int64, device=model.device)
+        first = self._free_run(request.rows)
+        assert first is not None
+        end = first + request.rows
         length = prompt.shape[1]
         for layer, (keys, values) in enumerate(zip(cache.keys, cache.values, strict=True)):
-            self._cache.keys[layer][slots, :, :length] = keys
-            self._cache.values[layer][slots, :, :length] = values
-        self._positions[slots] = length
-        self._active[slots] = 1
-        request.slots = slots
+            self._cache.keys[layer][first:end, :, :length] = keys
+            self._cache.values[layer][first:end, :, :length] = values
+        self._positions[first:end] = length
+        self._active[first:end] = 1
+        self._taken[first:end] = [True] * request.rows
+        request.first_slot, request.position = first, length
+
+    def _free_run(self, rows: int) -> int | None:
+        """The first of ``rows`` consecutive free slots, if there are."""
+        run = 0
+        for slot, taken in enumerate(self._taken):
+            run = 0 if taken else run + 1
+            if run == rows:
+                return slot - rows + 1
+        return None
 
     def _allocate(self, slots: int) -> None:
         """A cache of ``slots`` rows, unless the current one (empty) has that many."""
@@ -404,15 +423,16 @@ class DecodeBatch:
         self._positions = torch.zeros(slots, dtype=torch.int64, device=device)
         self._active = torch.zeros(slots, dtype=torch.int64, device=device)
         self._tokens = torch.zeros((slots, 1), dtype=torch.int64, device=device)
-        self._free = list(range(slots))
+        self._taken = [False] * slots
 
     def _leave(self, request: DecodeRequest) -> None:
         self._running.remove(request)
-        if request.slots is not None:
-            self._active[request.slots] = 0
-            self._free.extend(request.slot_ids)
-            request.slots = None
-            request.slot_ids = []
+        first = request.first_slot
+        if first is not None:
+            end = first + request.rows
+            self._active[first:end] = 0
+            self._taken[first:end] = [False] * request.rows
+            request.first_slot = None
         request.next_logits = None
 
     def _forward(self) -> None:
@@ -424,14 +444,21 @@ class DecodeBatch:
                 running.next_logits = self.model(sequences)[:, -1]
             return
         assert self._cache is not None
+        groups = []
         for running in self._running:
-            self._tokens[running.slots, 0] = running.steps_tokens[-1]
-        logits = self.model(self._tokens, cache=self._cache, positions=self._positions)[:, -1]
+            assert running.first_slot is not None
+            first, end = running.first_slot, running.first_slot + running.rows
+            self._tokens[first:end, 0] = running.steps_tokens[-1]
+            groups.append((first, end, running.position))
+        at = RowPositions(self._positions, tuple(groups) if self.grouped_attention else None)
+        logits = self.model(self._tokens, cache=self._cache, positions=at)[:, -1]
         self.steps += 1
         # A free slot is decoded too, writing only at its own stale position, which stays.
         self._positions += self._active
         for running in self._running:
-            running.next_logits = logits[running.slots]
+            assert running.first_slot is not None
+            running.next_logits = logits[running.first_slot : running.first_slot + running.rows]
+            running.position += 1
 
 
 def generate(
