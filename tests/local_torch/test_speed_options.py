@@ -306,3 +306,67 @@ async def test_concurrent_requests_are_decoded_together_with_the_samples_of_one_
     sequential_steps = sum(5 + 2 * index for index in range(len(prompts)))
     assert one_at_a_time._batch.steps == sequential_steps
     assert batched._batch.steps < sequential_steps / 2  # requests joined a running batch
+
+
+def test_a_failing_stop_check_fails_only_its_own_request() -> None:
+    model = build_model(LocalTorchTrainingClient().config, seed=0)
+    batch = DecodeBatch(model, max_rows=8)
+
+    def broken(generated: object) -> bool:
+        raise RuntimeError("stop check failed")
+
+    failing = DecodeRequest(model, (1, 2), SamplingOptions(max_tokens=5, seed=1), broken)
+    healthy = DecodeRequest(model, (3,), SamplingOptions(max_tokens=5, seed=2), None)
+    batch.add(failing)
+    batch.add(healthy)
+    with pytest.raises(RuntimeError, match="stop check failed"):
+        batch.run_until(failing)
+    assert len(batch.run_until(healthy).sequences[0].tokens) == 5
+
+
+class _FailingForward(torch.nn.Module):
+    """Wraps a model; its batched decode passes raise while ``fail`` is set."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+        self.fail = True
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward(self, tokens: torch.Tensor, **options: object) -> torch.Tensor:
+        if self.fail and options.get("positions") is not None:
+            raise RuntimeError("decode step failed")
+        result: torch.Tensor = self.inner(tokens, **options)
+        return result
+
+
+def test_a_failing_decode_step_fails_the_running_requests_and_the_batch_recovers() -> None:
+    model = _FailingForward(build_model(LocalTorchTrainingClient().config, seed=0))
+    batch = DecodeBatch(model, max_rows=8)  # type: ignore[arg-type]
+    first = DecodeRequest(model, (1, 2), SamplingOptions(max_tokens=4, seed=1), None)  # type: ignore[arg-type]
+    second = DecodeRequest(model, (3,), SamplingOptions(max_tokens=4, seed=2), None)  # type: ignore[arg-type]
+    batch.add(first)
+    batch.add(second)
+    with pytest.raises(RuntimeError, match="decode step failed"):
+        batch.run_until(first)
+    with pytest.raises(RuntimeError, match="decode step failed"):
+        batch.run_until(second)
+    model.fail = False
+    later = DecodeRequest(model, (3,), SamplingOptions(max_tokens=4, seed=2), None)  # type: ignore[arg-type]
+    batch.add(later)
+    assert len(batch.run_until(later).sequences[0].tokens) == 4
+
+
+def test_a_request_longer_than_the_cache_is_refused() -> None:
+    model = build_model(LocalTorchTrainingClient().config, seed=0)
+    batch = DecodeBatch(model, max_rows=2, capacity=8)
+    request = DecodeRequest(model, (1, 2, 3), SamplingOptions(max_tokens=6, seed=1), None)
+    with pytest.raises(ValueError, match="exceeds the cache's 8"):
+        batch.add(request)
+    with pytest.raises(RuntimeError, match="never added"):
+        batch.run_until(request)
