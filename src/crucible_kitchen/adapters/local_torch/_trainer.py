@@ -171,19 +171,19 @@ class Batch:
 
 
 def _padded(
-    rows: Sequence[Sequence[float]], mask: Tensor, dtype: torch.dtype, per_position: int = 1
+    rows: Sequence[Sequence[float]],
+    lengths: Sequence[int],
+    dtype: torch.dtype,
+    per_position: int = 1,
 ) -> Tensor:
-    """Flat rows of ``per_position`` values per position, placed where ``mask`` (rows, width)
-    is set: shape ``(rows, width)``, or ``(rows, width, per_position)`` when it is > 1. One
-    tensor is built from all rows at once; the rest is zero."""
+    """Flat rows of ``per_position`` values per position (row ``i`` has ``lengths[i]``
+    positions), right-padded with zeros to the longest: shape ``(rows, width)``, or
+    ``(rows, width, per_position)`` when it is > 1. One tensor is built from all rows at once."""
     flat = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=dtype)
-    if per_position == 1:
-        padded = torch.zeros(mask.shape, dtype=dtype)
-        padded[mask] = flat
-    else:
-        padded = torch.zeros((*mask.shape, per_position), dtype=dtype)
-        padded[mask] = flat.view(-1, per_position)
-    return padded
+    pieces = flat.split([length * per_position for length in lengths])
+    if per_position > 1:
+        pieces = tuple(piece.view(-1, per_position) for piece in pieces)
+    return torch.nn.utils.rnn.pad_sequence(list(pieces), batch_first=True)
 
 
 class Trainer:
@@ -242,16 +242,16 @@ class Trainer:
         loss_inputs = {
             key: _padded(
                 [datum.loss_fn_inputs[key].data for datum in data],
-                mask,
+                lengths,
                 torch.float32,
                 per_position,
             ).to(device, non_blocking=True)
             for key in keys
         }
         return Batch(
-            inputs=_padded(inputs, mask, torch.int64).to(device, non_blocking=True),
+            inputs=_padded(inputs, lengths, torch.int64).to(device, non_blocking=True),
             targets=_padded(
-                [target.data for target in targets], mask, torch.int64, per_position
+                [target.data for target in targets], lengths, torch.int64, per_position
             ).to(device, non_blocking=True),
             mask=mask.to(device, non_blocking=True),
             lengths=lengths,
@@ -408,7 +408,7 @@ class Trainer:
         """Phase two: back-propagate ``sum(grad * logprobs)``, whose gradient is the caller's."""
         per_position = 1 if logprobs.dim() == 2 else logprobs.shape[2]
         grads = _padded(
-            [grad.data for grad in logprob_grads], batch.mask.cpu(), torch.float32, per_position
+            [grad.data for grad in logprob_grads], batch.lengths, torch.float32, per_position
         ).to(self.device)
         self._apply(self._gradients((grads * logprobs).sum(), None))
 
