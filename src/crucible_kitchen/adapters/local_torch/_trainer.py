@@ -15,7 +15,7 @@ import contextlib
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from crucible_kitchen.adapters.local_torch._checkpoint import (
     save_checkpoint,
 )
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
-from crucible_kitchen.adapters.local_torch._model import build_model
+from crucible_kitchen.adapters.local_torch._model import build_model, target_logprobs
 from crucible_kitchen.adapters.local_torch._optim import build_optimizer, optimizer_step
 from crucible_kitchen.adapters.local_torch._sampling import snapshot_for_sampling
 from crucible_kitchen.errors import ConfigError
@@ -35,7 +35,7 @@ from crucible_kitchen.training.losses import builtin_loss, compute_target_logpro
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from torch import Tensor
 
@@ -180,7 +180,7 @@ def _padded(
     positions), right-padded with zeros to the longest: shape ``(rows, width)``, or
     ``(rows, width, per_position)`` when it is > 1. One tensor is built from all rows at once."""
     flat = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=dtype)
-    pieces = flat.split([length * per_position for length in lengths])
+    pieces = torch.split(flat, [length * per_position for length in lengths])
     if per_position > 1:
         pieces = tuple(piece.view(-1, per_position) for piece in pieces)
     return torch.nn.utils.rnn.pad_sequence(list(pieces), batch_first=True)
@@ -218,8 +218,8 @@ class Trainer:
         self.step = 0
         self.pending_gradients = 0
         self._samplers: OrderedDict[str, Transformer] = OrderedDict()
-        self._forward_model: Callable[..., Tensor] = (
-            torch.compile(self.model) if self.options.compile else self.model
+        self._forward_model: Transformer = cast(
+            "Transformer", torch.compile(self.model) if self.options.compile else self.model
         )
 
     @property
@@ -296,9 +296,14 @@ class Trainer:
             if batch.targets.dim() == 3:
                 logprobs = compute_target_logprobs(model(batch.inputs), batch.targets)
                 return logprobs.masked_fill(~batch.mask[..., None], 0.0)
+            if chunk is None and self.device.type != "cuda":
+                # The reference formula, bit for bit (CPU results stay those of the model's
+                # own ``target_logprobs``).
+                return target_logprobs(model, batch.inputs, batch.targets, batch.mask)
             if chunk is None:
+                # On (positions, vocabulary), contiguous: on CUDA the (batch, vocabulary,
+                # positions) layout runs a log-softmax kernel several times slower.
                 logits = model(batch.inputs)
-                # Over (positions, vocabulary), contiguous: the fast log-softmax kernel.
                 nll = F.cross_entropy(
                     logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none"
                 )
@@ -317,17 +322,17 @@ class Trainer:
     def _row_losses(
         self, loss_fn: str, batch: Batch, logprobs: Tensor, config: Mapping[str, float]
     ) -> Tensor:
-        """Each datum's loss (sum over its tokens), shape (batch,), differentiable.
-
-        Padding adds nothing to any built-in loss, so each row's loss is taken over the
-        whole padded width, all rows at once (``vmap``).
-        """
-
-        def row_loss(row_logprobs: Tensor, row_inputs: dict[str, Tensor]) -> Tensor:
-            return builtin_loss(loss_fn, row_logprobs, row_inputs, config)
-
-        losses: Tensor = torch.func.vmap(row_loss)(logprobs, batch.loss_inputs)
-        return losses
+        """Each datum's loss (sum over its tokens), shape (batch,), differentiable."""
+        losses = [
+            builtin_loss(
+                loss_fn,
+                logprobs[row, :length],
+                {key: value[row, :length] for key, value in batch.loss_inputs.items()},
+                config,
+            )
+            for row, length in enumerate(batch.lengths)
+        ]
+        return torch.stack(losses)
 
     def _micro_batches(self, data: Sequence[Datum]) -> list[list[int]]:
         """Indices of ``data`` per micro-batch (see ``StepOptions.microbatch_tokens``)."""
