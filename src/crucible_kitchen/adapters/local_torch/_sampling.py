@@ -215,8 +215,8 @@ class DecodeRequest:
         """Positions its rows fill once done at the latest (prompt plus ``max_tokens``)."""
         return self.prompt.shape[1] + self.max_tokens
 
-    def advance(self) -> bool:
-        """Choose each row's next token from ``next_logits``; whether the request is done."""
+    def advance(self) -> None:
+        """Choose each row's next token from ``next_logits`` and mark the rows that stopped."""
         assert self.next_logits is not None
         step = len(self.steps_tokens)
         tokens, logprobs = _choose(self.next_logits, self.options, self.generator)
@@ -234,18 +234,22 @@ class DecodeRequest:
                 step,
             )
         self.finished |= newly_finished
-        if step == self.max_tokens - 1 or bool(self.finished.all()):
-            all_tokens = torch.stack(self.steps_tokens, dim=1)
-            all_logprobs = torch.stack(self.steps_logprobs, dim=1)
-            self.result = GenerationResult(
-                sequences=tuple(
-                    _trim(all_tokens[row], all_logprobs[row], self.stop_ids, self.stopped_at[row])
-                    for row in range(self.rows)
-                ),
-                prompt_logprobs=self.prompt_scores,
-            )
-            return True
-        return False
+
+    def finish(self, all_stopped: bool) -> bool:
+        """Whether the request is done (every row stopped, or ``max_tokens`` reached); if so,
+        its result is set."""
+        if not all_stopped and len(self.steps_tokens) < self.max_tokens:
+            return False
+        all_tokens = torch.stack(self.steps_tokens, dim=1)
+        all_logprobs = torch.stack(self.steps_logprobs, dim=1)
+        self.result = GenerationResult(
+            sequences=tuple(
+                _trim(all_tokens[row], all_logprobs[row], self.stop_ids, self.stopped_at[row])
+                for row in range(self.rows)
+            ),
+            prompt_logprobs=self.prompt_scores,
+        )
+        return True
 
     def outcome(self) -> GenerationResult:
         """The samples, or the error that ended the request."""
@@ -350,12 +354,16 @@ class DecodeBatch:
         self._admit()
         for running in list(self._running):
             try:
-                done = running.advance()
+                running.advance()
             except Exception as exc:
                 running.error = exc
-                done = True
-            if done:
                 self._leave(running)
+        if self._running:
+            # One device-to-host copy for every request's "all rows stopped".
+            stopped = torch.stack([running.finished.all() for running in self._running]).tolist()
+            for running, all_stopped in zip(list(self._running), stopped, strict=True):
+                if running.finish(all_stopped):
+                    self._leave(running)
         if self._running:
             try:
                 self._forward()
