@@ -49,6 +49,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "LocalTorchTrainingClient",
         "LoraConfig",
         "ModelConfig",
+        "StepOptions",
         "local_torch_adapters",
         "parameter_count",
     ),

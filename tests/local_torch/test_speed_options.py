@@ -6,7 +6,11 @@ import anyio
 import pytest
 import torch
 
-from crucible_kitchen.adapters.local_torch import LocalTokenizer, LocalTorchTrainingClient
+from crucible_kitchen.adapters.local_torch import (
+    LocalTokenizer,
+    LocalTorchTrainingClient,
+    StepOptions,
+)
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._optim import build_optimizer, optimizer_step
 from crucible_kitchen.adapters.local_torch._sampling import (
@@ -15,11 +19,7 @@ from crucible_kitchen.adapters.local_torch._sampling import (
     SamplingOptions,
 )
 from crucible_kitchen.adapters.local_torch._sampling_client import LocalTorchSamplingClient
-from crucible_kitchen.adapters.local_torch._trainer import (
-    StepOptions,
-    Trainer,
-    chunked_target_logprobs,
-)
+from crucible_kitchen.adapters.local_torch._trainer import Trainer, chunked_target_logprobs
 from crucible_kitchen.errors import ConfigError
 from crucible_kitchen.kitchen import Adapters
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData

@@ -10,7 +10,9 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
 - :func:`local_torch_adapters`: all four, keyed by port name;
 - :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
-  :func:`parameter_count` its size (what ``threads="auto"`` decides by).
+  :func:`parameter_count` its size (what ``threads="auto"`` decides by);
+- :class:`StepOptions`: how the training step computes (precision, ``torch.compile``, loss
+  chunks, micro-batches), as ``LocalTorchTrainingClient.step_options`` reports it.
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``).
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         LocalTorchSamplingClient as LocalTorchSamplingClient,
     )
     from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer as LocalTokenizer
+    from crucible_kitchen.adapters.local_torch._trainer import StepOptions as StepOptions
     from crucible_kitchen.adapters.local_torch._training_client import (
         LocalTorchTrainingClient as LocalTorchTrainingClient,
     )
@@ -46,6 +49,7 @@ __all__ = (
     "LocalTorchTrainingClient",
     "LoraConfig",
     "ModelConfig",
+    "StepOptions",
     "local_torch_adapters",
     "parameter_count",
 )
@@ -59,6 +63,7 @@ _LAZY: dict[str, str] = {
     "LoraConfig": "_config",
     "parameter_count": "_model",
     "ModelConfig": "_config",
+    "StepOptions": "_trainer",
     "local_torch_adapters": "_bundle",
 }
 
