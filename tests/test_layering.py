@@ -14,12 +14,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "crucible_kitchen"
 # Code that users read as examples: it may import public namespaces only, never `pkg._x`.
-# benchmarks/training_bench.py is left out: it times the local torch backend's private pieces
-# (model, optimizer, request queue) one by one against a hand-written training loop.
+# benchmarks/training_bench.py, gpu_bench.py and trl_bench.py are left out: they time the local
+# torch backend's private pieces (model, optimizer, request queue, training step) one by one
+# against hand-written loops.
 USER_CODE = sorted(
     p
     for p in [*(ROOT / "docs").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
-    if p.name != "training_bench.py"
+    if p.name not in ("training_bench.py", "gpu_bench.py", "trl_bench.py")
 )
 
 # The bottom level: modules that import nothing from crucible_kitchen; every part may use them.

@@ -53,6 +53,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "RopeScaling",
         "export_hf",
         "export_peft",
+        "StepOptions",
         "local_torch_adapters",
         "parameter_count",
     ),

@@ -118,6 +118,7 @@ class Adapters(Mapping[str, Any]):
         device: str = "cpu",
         threads: int | Literal["auto"] = "auto",
         data_root: str | os.PathLike[str] | None = None,
+        **speed: Any,
     ) -> Adapters:
         """Real training and sampling on this machine (needs the ``torch`` extra).
 
@@ -130,7 +131,9 @@ class Adapters(Mapping[str, Any]):
           family's, ``"jinja"`` for the model's own chat template, or ``"chatml"``);
           checkpoints under ``run_dir/checkpoints``; torch computes with ``threads``
           intra-op threads: a count, or ``"auto"``: ``OMP_NUM_THREADS`` when set,
-          else one for a model under 2 M parameters, else torch's current count);
+          else one for a model under 2 M parameters, else torch's current count; ``speed``
+          settings go to it as they are: ``deterministic``, ``precision``, ``compile``,
+          ``loss_chunk``, ``microbatch_tokens``, ``sampling_max_batch``);
         - ``dataset_store`` (the bundled data, or ``data_root``), ``blob_store`` and
           ``model_registry`` (under ``run_dir``): filesystem;
         - ``metrics_store``: the in-memory noop store, as there is no durable local one (a
@@ -141,7 +144,9 @@ class Adapters(Mapping[str, Any]):
         temporary directories.
 
         Raises:
-            ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
+            ConfigError: an invalid model, LoRA, tokenizer, device, thread count or speed
+                setting.
+            TypeError: an unknown setting.
             PretrainedModelError: the Hugging Face model directory cannot be loaded.
         """
         from crucible_kitchen.adapters.local_torch import local_torch_adapters
@@ -155,6 +160,7 @@ class Adapters(Mapping[str, Any]):
             renderer=renderer,
             run_dir=run_dir,
             threads=threads,
+            **speed,
         )
         return cls._over_files("local_torch", local, data_root=data_root, run_dir=run_dir)
 

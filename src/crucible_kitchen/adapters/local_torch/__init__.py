@@ -17,7 +17,9 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :class:`HFModelDirectory`: what a Hugging Face model directory given as ``model=`` holds
   (``LocalTorchTrainingClient.pretrained``);
 - :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
-  (LoRA merged) or its LoRA adapters in PEFT's format.
+  (LoRA merged) or its LoRA adapters in PEFT's format;
+- :class:`StepOptions`: how the training step computes (precision, ``torch.compile``, loss
+  chunks, micro-batches), as ``LocalTorchTrainingClient.step_options`` reports it.
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
         LocalTorchSamplingClient as LocalTorchSamplingClient,
     )
     from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer as LocalTokenizer
+    from crucible_kitchen.adapters.local_torch._trainer import StepOptions as StepOptions
     from crucible_kitchen.adapters.local_torch._training_client import (
         LocalTorchTrainingClient as LocalTorchTrainingClient,
     )
@@ -63,6 +66,7 @@ __all__ = (
     "RopeScaling",
     "export_hf",
     "export_peft",
+    "StepOptions",
     "local_torch_adapters",
     "parameter_count",
 )
@@ -80,6 +84,7 @@ _LAZY: dict[str, str] = {
     "RopeScaling": "_config",
     "export_hf": "_hf_export",
     "export_peft": "_hf_export",
+    "StepOptions": "_trainer",
     "local_torch_adapters": "_bundle",
 }
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
+from crucible_kitchen.adapters.local_torch._sampling_client import DEFAULT_MAX_BATCH
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer, default_tokenizer_for
 from crucible_kitchen.adapters.local_torch._training_client import LocalTorchTrainingClient
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
     from crucible_kitchen.adapters.local_torch._threads import Threads
+    from crucible_kitchen.adapters.local_torch._trainer import Precision
     from crucible_kitchen.ports import PortName
 
 __all__ = ("local_torch_adapters",)
@@ -33,6 +35,12 @@ def local_torch_adapters(
     run_dir: str | os.PathLike[str] | None = None,
     default_max_tokens: int = 128,
     threads: Threads = "auto",
+    deterministic: bool = True,
+    precision: Precision = "pure",
+    compile: bool = False,
+    loss_chunk: int | None = None,
+    microbatch_tokens: int | None = None,
+    sampling_max_batch: int = DEFAULT_MAX_BATCH,
 ) -> dict[PortName, object]:
     """Real adapters for ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``.
 
@@ -61,9 +69,17 @@ def local_torch_adapters(
         threads: torch's intra-op thread count for the clients' requests: a count ≥ 1, or
             ``"auto"``: ``OMP_NUM_THREADS`` when set, else one thread for a model under 2 M
             parameters (``tiny``), else torch's current count.
+        deterministic: on CUDA, deterministic kernels (process-wide; CPU ones are already).
+        precision, compile, loss_chunk, microbatch_tokens: how the training step computes
+            (``"pure"``/``"mixed"`` precision, ``torch.compile``, target logprobs in chunks
+            of positions, micro-batches of padded positions; see
+            :class:`LocalTorchTrainingClient`).
+        sampling_max_batch: most samples a sampling client decodes together, across
+            concurrent requests (``1``: one request at a time).
 
     Raises:
-        ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
+        ConfigError: an invalid model, LoRA, tokenizer, device, thread count or speed
+            setting.
         PretrainedModelError: the Hugging Face model directory cannot be loaded.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
     """
@@ -82,6 +98,12 @@ def local_torch_adapters(
         checkpoint_dir=checkpoint_dir,
         default_max_tokens=default_max_tokens,
         threads=threads,
+        deterministic=deterministic,
+        precision=precision,
+        compile=compile,
+        loss_chunk=loss_chunk,
+        microbatch_tokens=microbatch_tokens,
+        sampling_max_batch=sampling_max_batch,
     )
     if run_dir is not None:  # once the model has loaded: a failure writes nothing
         local_tokenizer.save(Path(run_dir) / TOKENIZER_FILE)

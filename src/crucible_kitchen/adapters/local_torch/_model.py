@@ -8,6 +8,7 @@ weights on any run.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,6 +58,22 @@ class KVCache:
             [v.repeat_interleave(times, dim=0) for v in self.values],
             self.length,
         )
+
+
+@dataclass(frozen=True)
+class RowPositions:
+    """Where each row's one new token goes in a static cache (batched decoding).
+
+    Attributes:
+        rows: (batch,) int64, each row's position: its key and value are written there, and
+            it attends to the cached keys up to it.
+        groups: ``(first row, end row, position)`` of consecutive rows that share one
+            position: attention then reads only those rows' filled prefix, group by group.
+            ``None`` attends over the whole cache with a mask per row.
+    """
+
+    rows: Tensor
+    groups: tuple[tuple[int, int, int], ...] | None = None
 
 
 def _inverse_frequencies(config: ModelConfig, device: torch.device) -> Tensor:
@@ -116,12 +133,13 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None,
-        cache: tuple[Tensor, Tensor, int] | None,
+        cache: tuple[Tensor, Tensor, int | RowPositions] | None,
     ) -> Tensor:
         """Attend over ``x`` (batch, seq, d_model), plus the cached prefix when ``cache`` is given.
 
         ``cache`` is (keys, values, filled length) of this layer; the new keys and values are
-        written into it in place.
+        written into it in place. :class:`RowPositions` instead of a length means one token
+        per row, each at its own position.
         """
         batch, seq, _ = x.shape
         q = self.q(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
@@ -132,13 +150,37 @@ class Attention(nn.Module):
         if rope is not None:
             q = _apply_rope(q, *rope)
             k = _apply_rope(k, *rope)
+        grouped = self.n_kv_heads != self.n_heads
         start = 0
+        if cache is not None and isinstance(cache[2], RowPositions):
+            keys, values, at = cache[0], cache[1], cache[2]
+            rows = torch.arange(batch, device=x.device)
+            keys[rows, :, at.rows] = k[:, :, 0]
+            values[rows, :, at.rows] = v[:, :, 0]
+            if at.groups is None:
+                visible = torch.arange(keys.shape[2], device=x.device) <= at.rows[:, None]
+                out = F.scaled_dot_product_attention(
+                    q, keys, values, attn_mask=visible[:, None, None, :], enable_gqa=grouped
+                )
+            else:
+                out = torch.zeros_like(q)
+                for first, end, position in at.groups:
+                    out[first:end] = F.scaled_dot_product_attention(
+                        q[first:end],
+                        keys[first:end, :, : position + 1],
+                        values[first:end, :, : position + 1],
+                        enable_gqa=grouped,
+                    )
+            merged = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
+            stepped: Tensor = self.o(merged)
+            return stepped
         if cache is not None:
-            keys, values, start = cache
+            keys, values, filled = cache
+            assert isinstance(filled, int)
+            start = filled
             keys[:, :, start : start + seq] = k
             values[:, :, start : start + seq] = v
             k, v = keys[:, :, : start + seq], values[:, :, : start + seq]
-        grouped = self.n_kv_heads != self.n_heads
         if start == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
         else:
@@ -184,7 +226,7 @@ class Block(nn.Module):
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None,
-        cache: tuple[Tensor, Tensor, int] | None,
+        cache: tuple[Tensor, Tensor, int | RowPositions] | None,
         generator: torch.Generator,
     ) -> Tensor:
         """Run the block on ``x`` (batch, seq, d_model)."""
@@ -239,11 +281,27 @@ class Transformer(nn.Module):
             [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers],
         )
 
-    def forward(self, tokens: Tensor, *, cache: KVCache | None = None) -> Tensor:
+    @property
+    def output_weight(self) -> Tensor:
+        """The (vocab, d_model) matrix that turns final hidden states into logits."""
+        return self.embed.weight if self.head is None else self.head.weight
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        cache: KVCache | None = None,
+        positions: RowPositions | None = None,
+        project: bool = True,
+    ) -> Tensor:
         """Logits (batch, seq, vocab) for ``tokens`` (batch, seq) of int64 ids.
 
         With ``cache``, ``tokens`` continue the cached prefix: their positions start at
         ``cache.length``, they attend to the cached keys, and the cache grows by ``seq``.
+        With ``positions`` too, ``tokens`` hold one token per row at that row's own position
+        (see :class:`RowPositions`), and ``cache.length`` is left to the caller: batched
+        decoding of rows of different lengths over a static cache. ``project=False``
+        returns the final (normalised) hidden states (batch, seq, d_model), not logits.
 
         Raises:
             ValueError: the sequence would run past ``max_seq_len`` or the cache's capacity.
@@ -253,24 +311,38 @@ class Transformer(nn.Module):
         limit = self.config.max_seq_len
         if cache is not None:
             limit = min(limit, cache.capacity)
-        if start + seq > limit:
+        if positions is None and start + seq > limit:
             raise ValueError(
                 f"{start + seq} positions exceed the limit of {limit} (max_seq_len or cache size)"
             )
-        positions = torch.arange(start, start + seq, device=tokens.device)
+        at = (
+            torch.arange(start, start + seq, device=tokens.device)
+            if positions is None
+            else positions.rows
+        )
         x: Tensor = self.embed(tokens)
         rope = None
         if self.pos_embed is None:
-            rope = _rope_tables(positions, _inverse_frequencies(self.config, positions.device))
+            rope = _rope_tables(at, _inverse_frequencies(self.config, at.device))
+            if positions is not None:  # one position per row: (batch, 1, 1, head_dim / 2)
+                rope = (rope[0][:, None, None], rope[1][:, None, None])
         else:
-            x = x + self.pos_embed(positions)[None]
+            x = x + (self.pos_embed(at)[None] if positions is None else self.pos_embed(at)[:, None])
         x = dropout(x, self.config.dropout, self.dropout_generator, training=self.training)
         for index, block in enumerate(self.layers):
-            layer_cache = None if cache is None else (cache.keys[index], cache.values[index], start)
+            layer_cache = None
+            if cache is not None:
+                layer_cache = (
+                    cache.keys[index],
+                    cache.values[index],
+                    start if positions is None else positions,
+                )
             x = block(x, rope, layer_cache, self.dropout_generator)
-        if cache is not None:
+        if cache is not None and positions is None:
             cache.length = start + seq
         x = self.norm(x)
+        if not project:
+            return x
         if self.head is None:
             return F.linear(x, self.embed.weight)
         logits: Tensor = self.head(x)

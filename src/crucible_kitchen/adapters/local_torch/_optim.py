@@ -44,11 +44,13 @@ class StepMetrics:
     clipped: bool
 
 
-def build_optimizer(model: nn.Module) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, *, fused: bool = False) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of ``model`` (those with ``requires_grad``).
 
     The hyperparameters are set by each :func:`optimizer_step`, since Tinker sends them with
-    every step. Apply LoRA before calling this.
+    every step. Apply LoRA before calling this. ``fused`` updates every parameter in one
+    kernel (torch's fused AdamW: the same update up to float rounding, deterministic);
+    otherwise torch's default (``foreach`` where supported).
 
     Raises:
         ValueError: ``model`` has no trainable parameters.
@@ -56,7 +58,7 @@ def build_optimizer(model: nn.Module) -> torch.optim.AdamW:
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if not parameters:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(parameters, lr=0.0, weight_decay=0.0)
+    return torch.optim.AdamW(parameters, lr=0.0, weight_decay=0.0, fused=fused or None)
 
 
 def _check(hyperparams: AdamHyperparams) -> None:

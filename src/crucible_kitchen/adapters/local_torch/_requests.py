@@ -232,6 +232,7 @@ class RequestQueue:
         fingerprint: bytes = b"",
         record: bool = True,
         checkpoint: bool = False,
+        on_queued: Callable[[], None] | None = None,
     ) -> LocalFuture[T]:
         """Queue ``work`` as one request and return its future; it runs when its turn comes.
 
@@ -239,6 +240,8 @@ class RequestQueue:
         that request's future (the same object) without queueing ``work``. ``record=False``
         keeps a request (an inspection, not an effect) out of the counters' ``applied`` and
         ``log``. ``checkpoint=True`` marks a request that makes every earlier effect durable.
+        ``on_queued`` is called once ``work`` is queued (not for a re-sent request), in
+        submission order, before any later request is queued.
 
         Raises:
             RequestIdConflict: ``request_id`` was accepted for another method or content.
@@ -250,6 +253,8 @@ class RequestQueue:
             if request_id is not None and (known := self._records.get(request_id)) is not None:
                 return cast("LocalFuture[T]", self._resent(known, method, request_id, fingerprint))
             job = _Job(method, request_id, work, record=record, checkpoint=checkpoint)
+            if on_queued is not None:
+                on_queued()
             try:
                 self._worker.submit(self._run, job)
             except RuntimeError as exc:  # "cannot schedule new futures after shutdown"

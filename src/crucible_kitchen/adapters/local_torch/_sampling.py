@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import secrets
+import threading
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -12,11 +14,12 @@ import torch
 from torch import Tensor
 
 from crucible_kitchen.adapters.local_torch._lora import merge_lora
+from crucible_kitchen.adapters.local_torch._model import RowPositions
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-    from crucible_kitchen.adapters.local_torch._model import Transformer
+    from crucible_kitchen.adapters.local_torch._model import KVCache, Transformer
 
 StopReason = Literal["stop", "length"]
 
@@ -153,6 +156,319 @@ def _choose(
     return tokens, raw_logprobs
 
 
+def _room(model: Transformer, prompt: Sequence[int], options: SamplingOptions) -> int:
+    """The number of tokens to generate: ``max_tokens``, or what fills the context window."""
+    max_seq_len = model.config.max_seq_len
+    room = max_seq_len - len(prompt)
+    if room < 1:
+        raise ValueError(f"a prompt of {len(prompt)} tokens fills max_seq_len={max_seq_len}")
+    max_tokens = room if options.max_tokens is None else options.max_tokens
+    if max_tokens > room:
+        raise ValueError(
+            f"a prompt of {len(prompt)} tokens plus max_tokens={max_tokens} exceeds "
+            f"max_seq_len={max_seq_len}"
+        )
+    return max_tokens
+
+
+class DecodeRequest:
+    """One request's rows in a :class:`DecodeBatch`: its options, random stream and progress.
+
+    Its samples depend only on its own prompt, options and seed (its own generator draws
+    for its own rows), never on the requests decoded beside it.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        prompt: Sequence[int],
+        options: SamplingOptions,
+        stop_when: Callable[[Sequence[int]], bool] | None,
+    ) -> None:
+        self.prompt = _check_prompt(model, prompt)
+        self.max_tokens = _room(model, prompt, options)
+        self.options = options
+        self.stop_when = stop_when
+        seed = secrets.randbits(63) if options.seed is None else options.seed
+        self.generator = torch.Generator(device=model.device).manual_seed(seed)
+        self.stop_ids = torch.tensor(options.stop_token_ids, dtype=torch.int64, device=model.device)
+        rows = options.num_samples
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=model.device)
+        self.generated: list[list[int]] = [[] for _ in range(rows)]
+        self.stopped_at: list[int | None] = [None] * rows
+        self.steps_tokens: list[Tensor] = []
+        self.steps_logprobs: list[Tensor] = []
+        self.next_logits: Tensor | None = None
+        self.prompt_scores: tuple[float | None, ...] | None = None
+        self.first_slot: int | None = None  # its rows hold slots first_slot .. + rows
+        self.position = 0  # where its rows' next token goes
+        self.result: GenerationResult | None = None
+        self.error: Exception | None = None
+
+    @property
+    def rows(self) -> int:
+        """Samples decoded for this request."""
+        return self.options.num_samples
+
+    @property
+    def length(self) -> int:
+        """Positions its rows fill once done at the latest (prompt plus ``max_tokens``)."""
+        return self.prompt.shape[1] + self.max_tokens
+
+    def advance(self) -> None:
+        """Choose each row's next token from ``next_logits`` and mark the rows that stopped."""
+        assert self.next_logits is not None
+        step = len(self.steps_tokens)
+        tokens, logprobs = _choose(self.next_logits, self.options, self.generator)
+        self.steps_tokens.append(tokens)
+        self.steps_logprobs.append(logprobs)
+        newly_finished = torch.isin(tokens, self.stop_ids)
+        if self.stop_when is not None:
+            _check_stop_callback(
+                self.stop_when,
+                tokens,
+                newly_finished,
+                self.finished,
+                self.generated,
+                self.stopped_at,
+                step,
+            )
+        self.finished |= newly_finished
+
+    def finish(self, all_stopped: bool) -> bool:
+        """Whether the request is done (every row stopped, or ``max_tokens`` reached); if so,
+        its result is set."""
+        if not all_stopped and len(self.steps_tokens) < self.max_tokens:
+            return False
+        all_tokens = torch.stack(self.steps_tokens, dim=1)
+        all_logprobs = torch.stack(self.steps_logprobs, dim=1)
+        self.result = GenerationResult(
+            sequences=tuple(
+                _trim(all_tokens[row], all_logprobs[row], self.stop_ids, self.stopped_at[row])
+                for row in range(self.rows)
+            ),
+            prompt_logprobs=self.prompt_scores,
+        )
+        return True
+
+    def outcome(self) -> GenerationResult:
+        """The samples, or the error that ended the request."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class DecodeBatch:
+    """Continuous batching: the rows of every running request decoded together, one token per
+    row per step, over one preallocated key/value cache of a fixed shape.
+
+    Requests :meth:`add`-ed from any thread wait in a queue; each step (:meth:`run_until`, in
+    the thread that computes) first admits waiting requests in order while their rows fit in
+    ``max_rows`` (a request with more rows is admitted alone, into an empty batch): it runs the
+    prompt once and copies its keys and values into free cache slots, one per sample. Then each
+    request picks its rows' tokens with its own generator, a finished request leaves (freeing
+    its slots), and one forward pass feeds every slot its token at its own position.
+
+    The cache always has ``max_rows`` slots (more only while a larger request runs alone) of
+    ``capacity`` positions, a request's rows take consecutive slots, and every step decodes
+    all slots. So the step's matrix products have one shape whatever requests come and go, and
+    a row's numbers do not depend on its neighbours: a request's samples and logprobs are the
+    same, bit for bit, whichever requests it was batched with (a product of a fixed shape
+    computes each row alike). Attention is row-local either way: with ``grouped_attention``
+    (the default on CPU, where memory traffic dominates) each request's rows attend over their
+    own filled prefix; without (the default on GPUs: one kernel, static shapes) every row
+    attends over the whole cache under a mask.
+
+    ``use_kv_cache=False`` recomputes each request's whole sequence at every step, one request
+    at a time (slow; a reference for tests).
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        *,
+        max_rows: int,
+        capacity: int | None = None,
+        use_kv_cache: bool = True,
+        grouped_attention: bool | None = None,
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        self.model = model
+        self.max_rows = max_rows
+        self.capacity = model.config.max_seq_len if capacity is None else capacity
+        self.use_kv_cache = use_kv_cache
+        self.grouped_attention = (
+            model.device.type == "cpu" if grouped_attention is None else grouped_attention
+        )
+        self._lock = threading.Lock()
+        self._waiting: deque[DecodeRequest] = deque()
+        self._running: list[DecodeRequest] = []
+        self._cache: KVCache | None = None
+        self._positions = torch.zeros(0, dtype=torch.int64)  # per slot: filled positions
+        self._active = torch.zeros(0, dtype=torch.int64)  # per slot: 1 while a row holds it
+        self._tokens = torch.zeros((0, 1), dtype=torch.int64)  # per slot: the token to feed
+        self._taken: list[bool] = []  # per slot: held by a running request
+        self.steps = 0
+        """Batched decode passes run so far (a statistic)."""
+
+    def add(self, request: DecodeRequest) -> None:
+        """Queue ``request``; it joins the batch at the next step.
+
+        Raises:
+            ValueError: the request needs more positions than the cache holds.
+        """
+        if request.length > self.capacity:
+            raise ValueError(
+                f"a request of {request.length} positions exceeds the cache's {self.capacity}"
+            )
+        with self._lock:
+            self._waiting.append(request)
+
+    @property
+    def running_rows(self) -> int:
+        """Rows of the running requests."""
+        return sum(request.rows for request in self._running)
+
+    def run_until(self, request: DecodeRequest) -> GenerationResult:
+        """Step the batch until ``request`` is done; its samples (or its error).
+
+        Call from one thread at a time. Other requests progress meanwhile, and those that
+        finish keep their results for their own call.
+
+        Raises:
+            RuntimeError: ``request`` was never added.
+        """
+        if request.result is None and request.error is None:
+            with _evaluation_mode(self.model):
+                while request.result is None and request.error is None:
+                    if not (self._running or self._waiting):
+                        raise RuntimeError("run_until: the request was never added")
+                    self._step()
+        return request.outcome()
+
+    # ---------------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        self._admit()
+        for running in list(self._running):
+            try:
+                running.advance()
+            except Exception as exc:
+                running.error = exc
+                self._leave(running)
+        if self._running:
+            # One device-to-host copy for every request's "all rows stopped".
+            stopped = torch.stack([running.finished.all() for running in self._running]).tolist()
+            for running, all_stopped in zip(list(self._running), stopped, strict=True):
+                if running.finish(all_stopped):
+                    self._leave(running)
+        if self._running:
+            try:
+                self._forward()
+            except Exception as exc:
+                for running in list(self._running):
+                    running.error = exc
+                    self._leave(running)
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    return
+                request = self._waiting[0]
+                if self._running and self._free_run(request.rows) is None:
+                    return
+                self._waiting.popleft()
+            try:
+                self._prefill(request)
+            except Exception as exc:
+                request.error = exc
+            else:
+                self._running.append(request)
+
+    def _prefill(self, request: DecodeRequest) -> None:
+        model = self.model
+        prompt = request.prompt
+        cache = model.new_cache(1, capacity=prompt.shape[1]) if self.use_kv_cache else None
+        logits = model(prompt, cache=cache)
+        if request.options.include_prompt_logprobs:
+            request.prompt_scores = _prompt_logprobs_from_logits(logits, prompt)
+        request.next_logits = logits[:, -1].expand(request.rows, -1)
+        if cache is None:
+            return
+        if not self._running:
+            self._allocate(max(self.max_rows, request.rows))
+        assert self._cache is not None
+        first = self._free_run(request.rows)
+        assert first is not None
+        end = first + request.rows
+        length = prompt.shape[1]
+        for layer, (keys, values) in enumerate(zip(cache.keys, cache.values, strict=True)):
+            self._cache.keys[layer][first:end, :, :length] = keys
+            self._cache.values[layer][first:end, :, :length] = values
+        self._positions[first:end] = length
+        self._active[first:end] = 1
+        self._taken[first:end] = [True] * request.rows
+        request.first_slot, request.position = first, length
+
+    def _free_run(self, rows: int) -> int | None:
+        """The first of ``rows`` consecutive free slots, if there are."""
+        run = 0
+        for slot, taken in enumerate(self._taken):
+            run = 0 if taken else run + 1
+            if run == rows:
+                return slot - rows + 1
+        return None
+
+    def _allocate(self, slots: int) -> None:
+        """A cache of ``slots`` rows, unless the current one (empty) has that many."""
+        if self._cache is not None and self._cache.batch_size == slots:
+            return
+        device = self.model.device
+        self._cache = self.model.new_cache(slots, capacity=self.capacity)
+        self._positions = torch.zeros(slots, dtype=torch.int64, device=device)
+        self._active = torch.zeros(slots, dtype=torch.int64, device=device)
+        self._tokens = torch.zeros((slots, 1), dtype=torch.int64, device=device)
+        self._taken = [False] * slots
+
+    def _leave(self, request: DecodeRequest) -> None:
+        self._running.remove(request)
+        first = request.first_slot
+        if first is not None:
+            end = first + request.rows
+            self._active[first:end] = 0
+            self._taken[first:end] = [False] * request.rows
+            request.first_slot = None
+        request.next_logits = None
+
+    def _forward(self) -> None:
+        """Feed every slot its last token; set each running request's next logits."""
+        if not self.use_kv_cache:
+            for running in self._running:
+                steps = (tokens[:, None] for tokens in running.steps_tokens)
+                sequences = torch.cat((running.prompt.expand(running.rows, -1), *steps), dim=1)
+                running.next_logits = self.model(sequences)[:, -1]
+            return
+        assert self._cache is not None
+        groups = []
+        for running in self._running:
+            assert running.first_slot is not None
+            first, end = running.first_slot, running.first_slot + running.rows
+            self._tokens[first:end, 0] = running.steps_tokens[-1]
+            groups.append((first, end, running.position))
+        at = RowPositions(self._positions, tuple(groups) if self.grouped_attention else None)
+        logits = self.model(self._tokens, cache=self._cache, positions=at)[:, -1]
+        self.steps += 1
+        # A free slot is decoded too, writing only at its own stale position, which stays.
+        self._positions += self._active
+        for running in self._running:
+            assert running.first_slot is not None
+            running.next_logits = logits[running.first_slot : running.first_slot + running.rows]
+            running.position += 1
+
+
 def generate(
     model: Transformer,
     prompt: Sequence[int],
@@ -164,8 +480,9 @@ def generate(
     """Sample ``options.num_samples`` continuations of ``prompt`` as one batch.
 
     The prompt is run once and its key/value cache copied to every sample; each step then feeds
-    one token per sample. With ``use_kv_cache=False`` every step re-runs the whole sequence
-    instead (slow; a reference for tests). The model is put in eval mode for the call.
+    one token per sample (a :class:`DecodeBatch` of this one request). With
+    ``use_kv_cache=False`` every step re-runs the whole sequence instead (slow; a reference for
+    tests). The model is put in eval mode for the call.
 
     ``stop_when``, if given, is called after each step with the tokens a still-running sample
     has generated so far; when it returns ``True`` the sample ends there (stop reason
@@ -175,61 +492,12 @@ def generate(
         ValueError: the prompt is empty, has ids outside the vocabulary, or leaves no room for
             ``max_tokens`` within ``max_seq_len``.
     """
-    prompt_tensor = _check_prompt(model, prompt)
-    max_seq_len = model.config.max_seq_len
-    room = max_seq_len - len(prompt)
-    if room < 1:
-        raise ValueError(f"a prompt of {len(prompt)} tokens fills max_seq_len={max_seq_len}")
-    max_tokens = room if options.max_tokens is None else options.max_tokens
-    if max_tokens > room:
-        raise ValueError(
-            f"a prompt of {len(prompt)} tokens plus max_tokens={max_tokens} exceeds "
-            f"max_seq_len={max_seq_len}"
-        )
-    seed = secrets.randbits(63) if options.seed is None else options.seed
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    stop_ids = torch.tensor(options.stop_token_ids, dtype=torch.int64, device=model.device)
-    n = options.num_samples
-    with _evaluation_mode(model):
-        cache = model.new_cache(1, capacity=len(prompt) + max_tokens) if use_kv_cache else None
-        prompt_logits = model(prompt_tensor, cache=cache)
-        prompt_scores = None
-        if options.include_prompt_logprobs:
-            prompt_scores = _prompt_logprobs_from_logits(prompt_logits, prompt_tensor)
-        next_logits = prompt_logits[:, -1].expand(n, -1)
-        if cache is not None:
-            cache = cache.repeat_batch(n)
-        sequences = prompt_tensor.expand(n, -1)
-        steps_tokens: list[Tensor] = []
-        steps_logprobs: list[Tensor] = []
-        finished = torch.zeros(n, dtype=torch.bool, device=model.device)
-        generated: list[list[int]] = [[] for _ in range(n)]
-        stopped_at: list[int | None] = [None] * n
-        for step in range(max_tokens):
-            tokens, logprobs = _choose(next_logits, options, generator)
-            steps_tokens.append(tokens)
-            steps_logprobs.append(logprobs)
-            newly_finished = torch.isin(tokens, stop_ids)
-            if stop_when is not None:
-                _check_stop_callback(
-                    stop_when, tokens, newly_finished, finished, generated, stopped_at, step
-                )
-            finished |= newly_finished
-            if step == max_tokens - 1 or bool(finished.all()):
-                break
-            if cache is not None:
-                next_logits = model(tokens[:, None], cache=cache)[:, -1]
-            else:
-                sequences = torch.cat((sequences, tokens[:, None]), dim=1)
-                next_logits = model(sequences)[:, -1]
-    all_tokens = torch.stack(steps_tokens, dim=1)
-    all_logprobs = torch.stack(steps_logprobs, dim=1)
-    return GenerationResult(
-        sequences=tuple(
-            _trim(all_tokens[row], all_logprobs[row], stop_ids, stopped_at[row]) for row in range(n)
-        ),
-        prompt_logprobs=prompt_scores,
+    request = DecodeRequest(model, prompt, options, stop_when)
+    batch = DecodeBatch(
+        model, max_rows=request.rows, capacity=request.length, use_kv_cache=use_kv_cache
     )
+    batch.add(request)
+    return batch.run_until(request)
 
 
 def _check_stop_callback(

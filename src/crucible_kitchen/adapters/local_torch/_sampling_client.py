@@ -11,9 +11,10 @@ from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
 from crucible_kitchen.adapters.local_torch._sampling import (
+    DecodeBatch,
+    DecodeRequest,
     GeneratedSequence,
     SamplingOptions,
-    generate,
     prompt_logprobs,
 )
 from crucible_kitchen.adapters.local_torch._threads import resolve_threads
@@ -36,6 +37,9 @@ __all__ = ("LocalTorchSamplingClient",)
 
 _PORT: Final = "sampling_client"
 _SEED_MASK: Final = (1 << 63) - 1
+DEFAULT_MAX_BATCH: Final = 32
+"""Most samples a sampling client decodes together, by default. Every decode step computes
+this many rows (see ``DecodeBatch``), so it is also the cost of a step with fewer."""
 
 
 class LocalTorchSamplingClient:
@@ -55,8 +59,13 @@ class LocalTorchSamplingClient:
     from this client's ``seed`` and the ``request_id`` (else the call number), so a run
     replays exactly.
 
-    Requests run as soon as they are submitted, one at a time in submission order, in the
-    worker thread of the model's device (see ``_requests``). Build one with
+    Requests start as soon as they are submitted, in submission order, in the worker thread
+    of the model's device (see ``_requests``). Concurrent ``sample`` requests are decoded
+    together (continuous batching, see ``DecodeBatch``): a request joins the running batch at
+    the next decode step while its samples fit in ``max_batch`` rows, and leaves it when its
+    samples are done; its future resolves then. A request's samples depend only on its own
+    prompt, parameters and seed, not on the requests decoded beside it (up to float rounding
+    of the batched matrix products). Build one with
     :meth:`LocalTorchTrainingClient.create_sampling_client`, :meth:`from_checkpoint`, or from
     a model that nothing else will change (e.g. ``snapshot_for_sampling(model)``).
 
@@ -68,9 +77,12 @@ class LocalTorchSamplingClient:
             room left in the context window).
         threads: torch's intra-op thread count for this client's requests, or ``"auto"``
             (see ``LocalTorchTrainingClient``).
+        max_batch: most samples decoded together; ``1`` decodes one request at a time (a
+            request with more samples than this runs alone).
 
     Raises:
-        ConfigError: the tokenizer has more ids than the model, or ``threads`` is invalid.
+        ConfigError: the tokenizer has more ids than the model, or ``threads`` or
+            ``max_batch`` is invalid.
     """
 
     def __init__(
@@ -81,15 +93,17 @@ class LocalTorchSamplingClient:
         seed: int = 0,
         default_max_tokens: int = 128,
         threads: Threads = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
+        problems = []
         if tokenizer.vocab_size > model.config.vocab_size:
-            raise ConfigError(
-                [
-                    f"the tokenizer has {tokenizer.vocab_size} ids, the model "
-                    f"{model.config.vocab_size}"
-                ],
-                source="sampling client",
+            problems.append(
+                f"the tokenizer has {tokenizer.vocab_size} ids, the model {model.config.vocab_size}"
             )
+        if type(max_batch) is not int or max_batch < 1:
+            problems.append(f"max_batch must be an int >= 1, got {max_batch!r}")
+        if problems:
+            raise ConfigError(problems, source="sampling client")
         self._model = model.eval()
         self._tokenizer = tokenizer
         self._seed = seed
@@ -97,6 +111,7 @@ class LocalTorchSamplingClient:
         self._queue = RequestQueue(
             _PORT, device=str(model.device), threads=resolve_threads(threads, model.config)
         )
+        self._batch = DecodeBatch(self._model, max_rows=max_batch)
 
     @classmethod
     def from_checkpoint(
@@ -108,6 +123,7 @@ class LocalTorchSamplingClient:
         seed: int = 0,
         default_max_tokens: int = 128,
         threads: Threads = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> LocalTorchSamplingClient:
         """A client over the weights of a checkpoint, rebuilt from its manifest's config.
 
@@ -152,7 +168,13 @@ class LocalTorchSamplingClient:
             seed=derive_seed(seed, f"sampler:{Path(path).name}"),
             default_max_tokens=default_max_tokens,
             threads=threads,
+            max_batch=max_batch,
         )
+
+    @property
+    def max_batch(self) -> int:
+        """Most samples decoded together."""
+        return self._batch.max_rows
 
     @property
     def counters(self) -> CallCounters:
@@ -215,16 +237,23 @@ class LocalTorchSamplingClient:
             include_prompt_logprobs=include_prompt_logprobs,
         )
         stop_when = self._stop_checker(stop_strings) if stop_strings else None
+        decode = DecodeRequest(self._model, tokens, options, stop_when)
 
         def work() -> SampleResponse:
             with translated(_PORT, method, request_id, atomic=True):
-                result = generate(self._model, tokens, options, stop_when=stop_when)
+                result = self._batch.run_until(decode)
             return SampleResponse(
                 sequences=tuple(_sequence(generated) for generated in result.sequences),
                 prompt_logprobs=result.prompt_logprobs,
             )
 
-        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+        return self._queue.submit(
+            method,
+            work,
+            request_id=request_id,
+            fingerprint=digest,
+            on_queued=lambda: self._batch.add(decode),
+        )
 
     async def compute_logprobs(
         self, prompt: ModelInput, *, request_id: str | None = None

@@ -11,11 +11,14 @@ gradients as they were.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 
 import torch
+import torch.nn.functional as F
 
 from crucible_kitchen.adapters.local_torch._checkpoint import (
     _optimizer_payload,
@@ -26,12 +29,13 @@ from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
 from crucible_kitchen.adapters.local_torch._model import build_model, target_logprobs
 from crucible_kitchen.adapters.local_torch._optim import build_optimizer, optimizer_step
 from crucible_kitchen.adapters.local_torch._sampling import snapshot_for_sampling
+from crucible_kitchen.errors import ConfigError
 from crucible_kitchen.ports import ForwardBackwardOutput, OptimStepResponse, TensorData
 from crucible_kitchen.training.losses import builtin_loss, compute_target_logprobs
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from torch import Tensor
 
@@ -40,9 +44,113 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._model import Transformer
     from crucible_kitchen.ports import AdamParams, Datum
 
-__all__ = ("Batch", "Trainer")
+__all__ = ("Batch", "Precision", "StepOptions", "Trainer", "chunked_target_logprobs")
 
 _SAMPLER_CACHE_SIZE: Final = 2
+
+Precision: TypeAlias = Literal["pure", "mixed"]
+"""``"pure"``: compute in the parameters' dtype; ``"mixed"``: float32 parameters and optimizer
+state, forward and backward passes under bfloat16 autocast."""
+
+_PRECISIONS: Final = ("pure", "mixed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepOptions:
+    """How a training step computes. The defaults are the reference path; the rest trade
+    float rounding (never the result's meaning) for speed or memory.
+
+    Attributes:
+        precision: ``"pure"`` or ``"mixed"`` (see :data:`Precision`); ``"mixed"`` needs a
+            float32 model.
+        compile: run training passes through ``torch.compile`` of the model (the first
+            step of each new shape compiles).
+        loss_chunk: positions per chunk when computing target logprobs from the final
+            hidden states: the vocabulary projection, its log-sum-exp and their backward run
+            chunk by chunk over the real (unpadded) positions, the backward recomputing each
+            chunk's logits, so no (positions x vocabulary) tensor is ever held whole; ``None``
+            computes the whole logits (float32) at once.
+        microbatch_tokens: split a request's datums, sorted by length, into micro-batches of
+            at most this many padded positions (rows x longest) and sum their gradients:
+            less padding for mixed lengths, bounded memory; ``None``: one batch per request.
+    """
+
+    precision: Precision = "pure"
+    compile: bool = False
+    loss_chunk: int | None = None
+    microbatch_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.precision not in _PRECISIONS:
+            problems.append(f"precision must be 'pure' or 'mixed', got {self.precision!r}")
+        compile_setting: object = self.compile
+        if not isinstance(compile_setting, bool):
+            problems.append(f"compile must be a bool, got {self.compile!r}")
+        for name in ("loss_chunk", "microbatch_tokens"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                problems.append(f"{name} must be None or an int >= 1, got {value!r}")
+        if problems:
+            raise ConfigError(problems, source="local torch training step")
+
+
+class _ChunkedTargetLogprobs(torch.autograd.Function):
+    """``log_softmax(hidden @ weight.T)[i, targets[i]]``, chunk by chunk over the rows.
+
+    Saves only the inputs and one log-sum-exp per row; the backward pass recomputes each
+    chunk's logits. Logits are cast to float32 chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        rows = hidden.shape[0]
+        logprobs = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+        normalisers = torch.empty_like(logprobs)
+        for start in range(0, rows, chunk):
+            end = min(start + chunk, rows)
+            logits = (hidden[start:end] @ weight.T).float()
+            normalisers[start:end] = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(-1, targets[start:end, None])[:, 0]
+            logprobs[start:end] = picked - normalisers[start:end]
+        ctx.save_for_backward(hidden, weight, targets, normalisers)
+        ctx.chunk = chunk
+        return logprobs
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        hidden, weight, targets, normalisers = ctx.saved_tensors
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        rows = hidden.shape[0]
+        for start in range(0, rows, ctx.chunk):
+            end = min(start + ctx.chunk, rows)
+            logits = (hidden[start:end] @ weight.T).float()
+            # d logprob / d logits = one_hot(target) - softmax(logits)
+            dlogits = torch.exp(logits - normalisers[start:end, None]) * -grad[start:end, None]
+            picked = torch.arange(end - start, device=hidden.device), targets[start:end]
+            dlogits[picked] = dlogits[picked] + grad[start:end]
+            dlogits = dlogits.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start:end] = dlogits @ weight
+            if want_weight:
+                grad_weight += (dlogits.T @ hidden[start:end]).float()
+        return grad_hidden, grad_weight.to(weight.dtype) if want_weight else None, None, None
+
+
+def chunked_target_logprobs(
+    hidden: Tensor, weight: Tensor, targets: Tensor, *, chunk: int
+) -> Tensor:
+    """Float32 ``log_softmax(hidden @ weight.T)`` at ``targets``, ``chunk`` rows at a time.
+
+    ``hidden`` is (rows, d_model), ``weight`` (vocab, d_model), ``targets`` (rows,) int64.
+    Differentiable in ``hidden`` and ``weight``; never holds a (rows, vocab) tensor whole.
+    """
+    result: Tensor = _ChunkedTargetLogprobs.apply(  # type: ignore[no-untyped-call]
+        hidden, weight, targets, chunk
+    )
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,25 +171,29 @@ class Batch:
 
 
 def _padded(
-    rows: Sequence[Sequence[float]], width: int, dtype: torch.dtype, per_position: int = 1
+    rows: Sequence[Sequence[float]],
+    lengths: Sequence[int],
+    dtype: torch.dtype,
+    per_position: int = 1,
 ) -> Tensor:
-    """Flat rows of ``per_position`` values per position, right-padded to ``width``
-    positions: shape ``(rows, width)``, or ``(rows, width, per_position)`` when it is > 1."""
-    flat: list[float] = []
-    for row in rows:
-        flat.extend(row)
-        flat.extend([0] * (width * per_position - len(row)))
-    shape = (len(rows), width) if per_position == 1 else (len(rows), width, per_position)
-    return torch.tensor(flat, dtype=dtype).view(shape)
+    """Flat rows of ``per_position`` values per position (row ``i`` has ``lengths[i]``
+    positions), right-padded with zeros to the longest: shape ``(rows, width)``, or
+    ``(rows, width, per_position)`` when it is > 1. One tensor is built from all rows at once."""
+    flat = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=dtype)
+    pieces = torch.split(flat, [length * per_position for length in lengths])
+    if per_position > 1:
+        pieces = tuple(piece.view(-1, per_position) for piece in pieces)
+    return torch.nn.utils.rnn.pad_sequence(list(pieces), batch_first=True)
 
 
 class Trainer:
     """A model built from ``config`` and ``seed``, or from pretrained ``weights`` (with LoRA
-    adapters if ``lora``), AdamW over its trainable parameters, and the number of optimizer
-    steps applied.
+    adapters if ``lora``), AdamW over its trainable parameters (fused on CUDA), and the number
+    of optimizer steps applied.
 
     Raises:
-        ValueError: the device is not available.
+        ValueError: the device is not available, or ``options`` ask for mixed precision on
+            a model that is not float32.
     """
 
     def __init__(
@@ -91,18 +203,26 @@ class Trainer:
         seed: int,
         lora: LoraConfig | None,
         weights: Mapping[str, Tensor] | None = None,
+        options: StepOptions | None = None,
     ) -> None:
         self.config = config
         self.lora = lora
+        self.options = options if options is not None else StepOptions()
+        if self.options.precision == "mixed" and config.dtype != "float32":
+            raise ValueError(f"mixed precision needs float32 parameters, got {config.dtype}")
         self.model = build_model(config, seed=seed, weights=weights)
         if lora is not None:
             apply_lora(self.model, lora)
         self.model.train()
-        self.optimizer = build_optimizer(self.model)
+        self._fused = self.model.device.type == "cuda"
+        self.optimizer = build_optimizer(self.model, fused=self._fused)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.step = 0
         self.pending_gradients = 0
         self._samplers: OrderedDict[str, Transformer] = OrderedDict()
+        self._forward_model: Transformer = cast(
+            "Transformer", torch.compile(self.model) if self.options.compile else self.model
+        )
 
     @property
     def device(self) -> torch.device:
@@ -119,41 +239,41 @@ class Trainer:
         dims = targets[0].dims
         per_position = dims[1] if len(dims) == 2 else 1
         lengths = tuple(len(tokens) for tokens in inputs)
-        width = max(lengths)
+        mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
         device = self.device
-        mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
         loss_inputs = {
             key: _padded(
                 [datum.loss_fn_inputs[key].data for datum in data],
-                width,
+                lengths,
                 torch.float32,
                 per_position,
-            ).to(device)
+            ).to(device, non_blocking=True)
             for key in keys
         }
         return Batch(
-            inputs=_padded(inputs, width, torch.int64).to(device),
+            inputs=_padded(inputs, lengths, torch.int64).to(device, non_blocking=True),
             targets=_padded(
-                [target.data for target in targets], width, torch.int64, per_position
-            ).to(device),
-            mask=mask.to(device),
+                [target.data for target in targets], lengths, torch.int64, per_position
+            ).to(device, non_blocking=True),
+            mask=mask.to(device, non_blocking=True),
             lengths=lengths,
             loss_inputs=loss_inputs,
-            shapes=tuple(datum.loss_fn_inputs["target_tokens"].shape for datum in data),
+            shapes=tuple(target.shape for target in targets),
         )
 
     def _outputs(
         self, batch: Batch, logprobs: Tensor, row_losses: Sequence[float] | None
     ) -> tuple[dict[str, TensorData], ...]:
-        rows = logprobs.detach().to("cpu", torch.float32).flatten(start_dim=1).tolist()
+        """Each datum's logprobs (and loss): one device-to-host copy of the real positions."""
+        values = logprobs.detach()[batch.mask].to("cpu", torch.float32).flatten().tolist()
         per_position = 1 if logprobs.dim() == 2 else logprobs.shape[2]
         outputs = []
-        for index, (row, length) in enumerate(zip(rows, batch.lengths, strict=True)):
+        end = 0
+        for index, length in enumerate(batch.lengths):
+            start, end = end, end + length * per_position
             output = {
                 "logprobs": TensorData(
-                    dtype="float32",
-                    data=tuple(row[: length * per_position]),
-                    shape=batch.shapes[index],
+                    dtype="float32", data=tuple(values[start:end]), shape=batch.shapes[index]
                 )
             }
             if row_losses is not None:
@@ -161,13 +281,45 @@ class Trainer:
             outputs.append(output)
         return tuple(outputs)
 
+    @contextlib.contextmanager
+    def _precision(self) -> Iterator[None]:
+        if self.options.precision == "mixed":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
     def _target_logprobs(self, batch: Batch) -> Tensor:
-        """The model's logprobs of the batch's targets (one or K per position), 0 on padding."""
-        if batch.targets.dim() == 2:
-            return target_logprobs(self.model, batch.inputs, batch.targets, batch.mask)
-        logits = self.model(batch.inputs)
-        logprobs = compute_target_logprobs(logits, batch.targets)
-        return logprobs.masked_fill(~batch.mask[..., None], 0.0)
+        """The model's float32 logprobs of the batch's targets (one or K per position), 0 on
+        padding."""
+        model = self._forward_model
+        chunk = self.options.loss_chunk
+        with self._precision():
+            if batch.targets.dim() == 3:
+                logprobs = compute_target_logprobs(model(batch.inputs), batch.targets)
+                return logprobs.masked_fill(~batch.mask[..., None], 0.0)
+            if chunk is None and self.device.type != "cuda":
+                # The reference formula, bit for bit (CPU results stay those of the model's
+                # own ``target_logprobs``).
+                return target_logprobs(model, batch.inputs, batch.targets, batch.mask)
+            if chunk is None:
+                # On (positions, vocabulary), contiguous: on CUDA the (batch, vocabulary,
+                # positions) layout runs a log-softmax kernel several times slower.
+                logits = model(batch.inputs)
+                nll = F.cross_entropy(
+                    logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none"
+                )
+                return (-nll).view(batch.targets.shape).masked_fill(~batch.mask, 0.0)
+            hidden = model(batch.inputs, project=False)[batch.mask]
+            weight = self.model.output_weight
+            if self.options.precision == "mixed":
+                hidden, weight = hidden.to(torch.bfloat16), weight.to(torch.bfloat16)
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                real = chunked_target_logprobs(
+                    hidden, weight, batch.targets[batch.mask], chunk=chunk
+                )
+        logprobs = torch.zeros(batch.targets.shape, dtype=torch.float32, device=self.device)
+        return logprobs.masked_scatter(batch.mask, real)
 
     def _row_losses(
         self, loss_fn: str, batch: Batch, logprobs: Tensor, config: Mapping[str, float]
@@ -184,6 +336,21 @@ class Trainer:
         ]
         return torch.stack(losses)
 
+    def _micro_batches(self, data: Sequence[Datum]) -> list[list[int]]:
+        """Indices of ``data`` per micro-batch (see ``StepOptions.microbatch_tokens``)."""
+        budget = self.options.microbatch_tokens
+        if budget is None:
+            return [list(range(len(data)))]
+        order = sorted(range(len(data)), key=lambda index: data[index].model_input.length)
+        groups: list[list[int]] = []
+        for index in order:
+            width = data[index].model_input.length  # the longest so far: sorted ascending
+            if groups and (len(groups[-1]) + 1) * width <= budget:
+                groups[-1].append(index)
+            else:
+                groups.append([index])
+        return groups
+
     def forward(
         self,
         data: Sequence[Datum],
@@ -198,28 +365,42 @@ class Trainer:
         A forward-only pass runs in eval mode without gradients, so it neither draws dropout
         masks nor advances the dropout generator: evaluating never changes training.
         """
-        batch = self.batch(data, keys)
-        if backward:
-            logprobs = self._target_logprobs(batch)
-            losses = self._row_losses(loss_fn, batch, logprobs, config)
-            total = losses.sum()
-            self._accumulate(total)
-        else:
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                with torch.no_grad():
+        outputs: list[dict[str, TensorData]] = [{} for _ in data]
+        totals: list[Tensor] = []
+        gradients: list[Tensor | None] | None = None
+        for group in self._micro_batches(data):
+            batch = self.batch([data[index] for index in group], keys)
+            if backward:
+                logprobs = self._target_logprobs(batch)
+                losses = self._row_losses(loss_fn, batch, logprobs, config)
+                totals.append(losses.sum())
+                gradients = self._gradients(totals[-1], gradients)
+            else:
+                with self._evaluating(), torch.no_grad():
                     logprobs = self._target_logprobs(batch)
                     losses = self._row_losses(loss_fn, batch, logprobs, config)
-                    total = losses.sum()
-            finally:
-                self.model.train(was_training)
-        row_losses = losses.detach().to("cpu", torch.float64).tolist()
+                    totals.append(losses.sum())
+            row_losses = losses.detach().to("cpu", torch.float64).tolist()
+            for index, output in zip(
+                group, self._outputs(batch, logprobs, row_losses), strict=True
+            ):
+                outputs[index] = output
+        if backward:
+            self._apply(gradients)
         return ForwardBackwardOutput(
             loss_fn_output_type=loss_fn,
-            loss_fn_outputs=self._outputs(batch, logprobs, row_losses),
-            metrics={"loss:sum": float(total.detach())},
+            loss_fn_outputs=tuple(outputs),
+            metrics={"loss:sum": sum(float(total.detach()) for total in totals)},
         )
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
 
     def custom_forward(self, data: Sequence[Datum]) -> tuple[Batch, Tensor, list[TensorData]]:
         """Phase one of a custom loss: the differentiable target logprobs of ``data``."""
@@ -234,18 +415,36 @@ class Trainer:
         """Phase two: back-propagate ``sum(grad * logprobs)``, whose gradient is the caller's."""
         per_position = 1 if logprobs.dim() == 2 else logprobs.shape[2]
         grads = _padded(
-            [grad.data for grad in logprob_grads], logprobs.shape[1], torch.float32, per_position
+            [grad.data for grad in logprob_grads], batch.lengths, torch.float32, per_position
         ).to(self.device)
-        self._accumulate((grads * logprobs).sum())
+        self._apply(self._gradients((grads * logprobs).sum(), None))
 
-    def _accumulate(self, total: Tensor) -> None:
-        if total.requires_grad:
-            # allow_unused: a parameter the loss does not reach gets None, not a zero tensor.
-            grads: Sequence[Tensor | None] = torch.autograd.grad(
-                total, self.parameters, allow_unused=True
-            )
+    def _gradients(
+        self, total: Tensor, earlier: list[Tensor | None] | None
+    ) -> list[Tensor | None] | None:
+        """The gradient of ``total`` per trainable parameter, added to ``earlier`` ones; the
+        parameters' ``.grad`` stay untouched until :meth:`_apply`."""
+        if not total.requires_grad:
+            return earlier
+        # allow_unused: a parameter the loss does not reach gets None, not a zero tensor.
+        grads: list[Tensor | None] = list(
+            torch.autograd.grad(total, self.parameters, allow_unused=True)
+        )
+        if earlier is None:
+            return grads
+        for index, grad in enumerate(grads):
+            before = earlier[index]
+            if before is None:
+                earlier[index] = grad
+            elif grad is not None:
+                before.add_(grad)
+        return earlier
+
+    def _apply(self, gradients: Sequence[Tensor | None] | None) -> None:
+        """Add a whole request's gradients to the parameters' ``.grad``."""
+        if gradients is not None:
             with torch.no_grad():
-                for parameter, grad in zip(self.parameters, grads, strict=True):
+                for parameter, grad in zip(self.parameters, gradients, strict=True):
                     if grad is None:
                         continue
                     if parameter.grad is None:
@@ -303,7 +502,7 @@ class Trainer:
             directory, model=self.model, optimizer=self.optimizer if with_optimizer else None
         )
         if not with_optimizer:
-            self.optimizer = build_optimizer(self.model)
+            self.optimizer = build_optimizer(self.model, fused=self._fused)
         self.optimizer.zero_grad(set_to_none=True)
         self.step = manifest.step
         self.pending_gradients = 0

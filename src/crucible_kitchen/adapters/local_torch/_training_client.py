@@ -34,10 +34,13 @@ from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     read_hf_model,
 )
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
-from crucible_kitchen.adapters.local_torch._sampling_client import LocalTorchSamplingClient
+from crucible_kitchen.adapters.local_torch._sampling_client import (
+    DEFAULT_MAX_BATCH,
+    LocalTorchSamplingClient,
+)
 from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
-from crucible_kitchen.adapters.local_torch._trainer import Trainer
+from crucible_kitchen.adapters.local_torch._trainer import StepOptions, Trainer
 from crucible_kitchen.adapters.local_torch._translate import translated
 from crucible_kitchen.errors import (
     CheckpointCorrupted,
@@ -72,6 +75,7 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
     from crucible_kitchen.adapters.local_torch._threads import Threads
+    from crucible_kitchen.adapters.local_torch._trainer import Precision
     from crucible_kitchen.ports import Capabilities, CustomLossFn, LossFnType, OptimStepResponse
 
 __all__ = ("LocalTorchTrainingClient",)
@@ -133,11 +137,27 @@ class LocalTorchTrainingClient:
         threads: torch's intra-op thread count for this client's requests and for its
             sampling clients': a count, or ``"auto"`` (``OMP_NUM_THREADS`` when set, else one
             thread for a small model, else torch's current count; see :attr:`threads`).
+        precision: ``"pure"`` computes in the parameters' dtype; ``"mixed"`` keeps float32
+            parameters and AdamW state (``dtype`` defaults to float32 then) and runs forward
+            and backward passes under bfloat16 autocast.
+        compile: train through ``torch.compile`` of the model.
+        loss_chunk: compute target logprobs this many positions at a time, never holding the
+            whole (positions x vocabulary) logits; ``None`` computes them at once.
+        microbatch_tokens: split each request's datums, by length, into micro-batches of at
+            most this many padded positions (less padding, bounded memory); ``None`` runs a
+            request as one batch.
+        sampling_max_batch: most samples its sampling clients decode together (``1``: one
+            request at a time).
+
+        On CUDA, AdamW runs fused. Every setting but the defaults changes float rounding, not
+        what is computed; each keeps runs reproducible (equal seeds and requests give equal
+        weights).
 
     Raises:
         ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
-            smaller than the tokenizer's, an unavailable device, or an invalid ``threads``
-            (or ``OMP_NUM_THREADS``).
+            smaller than the tokenizer's, an unavailable device, an invalid ``threads``
+            (or ``OMP_NUM_THREADS``), mixed precision with a dtype other than float32, or an
+            invalid training-step or sampling setting.
         PretrainedModelError: the Hugging Face model directory cannot be loaded (see
             ``read_hf_model``).
     """
@@ -155,8 +175,31 @@ class LocalTorchTrainingClient:
         deterministic: bool = True,
         default_max_tokens: int = 128,
         threads: Threads = "auto",
+        precision: Precision = "pure",
+        compile: bool = False,
+        loss_chunk: int | None = None,
+        microbatch_tokens: int | None = None,
+        sampling_max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         self._tokenizer = tokenizer if tokenizer is not None else LocalTokenizer.byte()
+        options = StepOptions(
+            precision=precision,
+            compile=compile,
+            loss_chunk=loss_chunk,
+            microbatch_tokens=microbatch_tokens,
+        )
+        if type(sampling_max_batch) is not int or sampling_max_batch < 1:
+            raise ConfigError(
+                [f"sampling_max_batch must be an int >= 1, got {sampling_max_batch!r}"],
+                source="local torch sampling",
+            )
+        if precision == "mixed":
+            if dtype not in (None, "float32"):
+                raise ConfigError(
+                    [f"precision 'mixed' keeps float32 parameters; dtype {dtype!r} conflicts"],
+                    source="local torch model",
+                )
+            dtype = "float32"
         pretrained = _pretrained_model(model, device=device, dtype=dtype)
         if pretrained is not None:
             self._base_model = str(pretrained.path)
@@ -166,6 +209,7 @@ class LocalTorchTrainingClient:
         config, lora_config = _resolve_config(
             model, seed=seed, lora=lora, tokenizer=self._tokenizer, device=device, dtype=dtype
         )
+        self._sampling_max_batch = sampling_max_batch
         self._threads = resolve_threads(threads, config)
         if deterministic and resolve_device(config.device).type == "cuda":
             enable_determinism()
@@ -177,6 +221,7 @@ class LocalTorchTrainingClient:
             seed=seed,
             lora=lora_config,
             weights=None if pretrained is None else load_hf_weights(pretrained),
+            options=options,
         )
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
@@ -205,6 +250,11 @@ class LocalTorchTrainingClient:
     def threads(self) -> int:
         """torch's intra-op thread count for this client's requests (``"auto"`` resolved)."""
         return self._threads
+
+    @property
+    def step_options(self) -> StepOptions:
+        """How the training step computes (precision, compile, loss chunks, micro-batches)."""
+        return self._trainer.options
 
     @property
     def lora_config(self) -> LoraConfig | None:
@@ -448,6 +498,7 @@ class LocalTorchTrainingClient:
                 seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
                 default_max_tokens=self._default_max_tokens,
                 threads=self.threads,
+                max_batch=self._sampling_max_batch,
             )
 
         return await self._queue.call(method, work, record=False)
@@ -480,6 +531,7 @@ class LocalTorchTrainingClient:
             seed=derive_seed(self._seed, "sampler:initial"),
             default_max_tokens=self._default_max_tokens,
             threads=self.threads,
+            max_batch=self._sampling_max_batch,
         )
 
     # ---------------------------------------------------------------------------------------
