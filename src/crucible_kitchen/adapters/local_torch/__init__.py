@@ -64,9 +64,9 @@ __all__ = (
     "LoraConfig",
     "ModelConfig",
     "RopeScaling",
+    "StepOptions",
     "export_hf",
     "export_peft",
-    "StepOptions",
     "local_torch_adapters",
     "parameter_count",
 )
