@@ -8,7 +8,10 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
   :class:`LocalTorchSamplingClient` (``sampling_client``);
 - :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
-- :func:`local_torch_adapters`: all four, keyed by port name;
+- :class:`ArithmeticEvaluator` (``evaluator``): greedy replies to arithmetic questions,
+  scored exactly; torch-free;
+- :func:`local_torch_adapters`: all of them, keyed by port name, and a teacher
+  (``teacher_sampling_client``) from a checkpoint;
 - :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
   :func:`parameter_count` its size (what ``threads="auto"`` decides by).
 
@@ -28,6 +31,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import PRESETS as PRESETS
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
+    from crucible_kitchen.adapters.local_torch._evaluator import (
+        ArithmeticEvaluator as ArithmeticEvaluator,
+    )
     from crucible_kitchen.adapters.local_torch._model import parameter_count as parameter_count
     from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
     from crucible_kitchen.adapters.local_torch._sampling_client import (
@@ -40,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "PRESETS",
+    "ArithmeticEvaluator",
     "LocalRenderer",
     "LocalTokenizer",
     "LocalTorchSamplingClient",
@@ -51,6 +58,7 @@ __all__ = (
 )
 
 _LAZY: dict[str, str] = {
+    "ArithmeticEvaluator": "_evaluator",
     "PRESETS": "_config",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",
