@@ -11,8 +11,9 @@ Besides the stages: the custom losses of the preference and distillation steps f
 ``forward_backward_custom`` (:class:`DpoLoss`, :class:`TopKReverseKlLoss`), the metric an
 environment sets on a turn whose reply did not parse (:data:`PARSE_ERROR_MASKED`: the turn is
 not trained), the state keys the supervised and preference datasets are kept under
-(:data:`TRAIN_DATA`, :data:`PAIRS`), and the functions of the context that the built-in
-workflows use as loop bounds (``planned_epochs``, ``configured_batches``,
+(:data:`TRAIN_DATA`, :data:`PAIRS`), the prefix under which a run's metrics keep the
+evaluation before its first step (:data:`INITIAL_PREFIX`), and the functions of the context
+that the built-in workflows use as loop bounds (``planned_epochs``, ``configured_batches``,
 ``batches_this_epoch``) and conditions (``checkpoint_due``, ``eval_due``, ``final_eval_due``,
 ``initial_eval_due``, ``resuming``, ``starts_from_weights``, ``warmup_due``,
 ``sampler_is_stale``, ``enough_feedback``, ``triggers_fired``).
@@ -20,6 +21,7 @@ workflows use as loop bounds (``planned_epochs``, ``configured_batches``,
 
 from __future__ import annotations
 
+from crucible_kitchen.stages._common import INITIAL_PREFIX as INITIAL_PREFIX
 from crucible_kitchen.stages._common import PARSE_ERROR_MASKED as PARSE_ERROR_MASKED
 from crucible_kitchen.stages._common import FlushMetrics as FlushMetrics
 from crucible_kitchen.stages._common import InitFromWeights as InitFromWeights
@@ -90,6 +92,7 @@ from crucible_kitchen.stages._warmup import SftWarmup as SftWarmup
 from crucible_kitchen.stages._warmup import warmup_due as warmup_due
 
 __all__ = (
+    "INITIAL_PREFIX",
     "PAIRS",
     "PARSE_ERROR_MASKED",
     "TRAIN_DATA",
