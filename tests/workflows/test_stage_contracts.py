@@ -59,6 +59,7 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
             "save_every": 1,
             "compute_post_kl": True,
         },
+        {"num_batches": 1, "sft_warmup_steps": 2, "initial_eval": True},
         {
             "num_batches": 3,
             "mode": "async",
@@ -66,8 +67,15 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
             "remove_constant_reward_groups": True,
         },
     ],
-    "preference": [{"epochs": 2, "save_every": 2, "eval_every": 3}],
-    "distillation": [{"num_batches": 3, "save_every": 2, "eval_every": 2}],
+    "preference": [
+        {"epochs": 2, "save_every": 2, "eval_every": 3},
+        {"sft_warmup_steps": 2, "initial_eval": True, "eval_pairs": True, "eval_split": "train"},
+    ],
+    "distillation": [
+        {"num_batches": 3, "save_every": 2, "eval_every": 2},
+        {"num_batches": 1, "initial_eval": True, "eval_teacher_kl": True, "eval_split": "train"},
+        {"num_batches": 2, "mode": "off_policy"},
+    ],
     "feedback_loop": [{"eval_every": 1, "save_every": 1}],
 }
 RESUMED: dict[str, dict[str, Any]] = {

@@ -76,7 +76,7 @@ def _local_torch_options(config: LocalTorchSettings, adapters: str) -> dict[str,
         "device": config.device,
         "threads": config.threads,
     }
-    if isinstance(config, DistillBasicConfig):
+    if isinstance(config, DistillBasicConfig) and config.teacher is not None:
         options["teacher"] = config.teacher
     return options
 
