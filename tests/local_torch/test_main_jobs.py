@@ -103,7 +103,7 @@ async def test_distill_basic_without_a_teacher_stops_at_start() -> None:
 
 
 def test_init_from_must_name_weights(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="init_from: .*not a checkpoint directory"):
+    with pytest.raises(ConfigError, match=r"init_from: .*not a checkpoint directory"):
         Kitchen.describe("rl_basic", {"init_from": str(tmp_path)})
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match="without a final checkpoint"):

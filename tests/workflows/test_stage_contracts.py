@@ -78,6 +78,9 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
     ],
     "feedback_loop": [{"eval_every": 1, "save_every": 1}],
 }
+ON_DISK_ONLY = frozenset(("InitFromWeights", "starts_from_weights"))
+"""Stages and predicates of ``init_from``, which names weights on disk that the noop backend
+cannot load: tests/local_torch/test_main_jobs.py runs them."""
 RESUMED: dict[str, dict[str, Any]] = {
     "supervised": {"batch_size": 8, "epochs": 2},
     "reinforcement": {"num_batches": 4, "sampler_refresh_every": 3},
@@ -323,6 +326,8 @@ async def test_every_builtin_stage_reads_and_writes_what_it_declares(
     unused = []
     names = [c.__name__ for c in _builtin_stage_classes()] + [n for n, _ in _builtin_predicates()]
     for name in names:
+        if name in ON_DISK_ONLY:
+            continue
         seen = usage.pop(name, None)
         assert seen is not None, f"no run executed {name}"
         for contract in seen.declared:
