@@ -13,12 +13,15 @@ from safetensors.torch import load_file
 
 from crucible_kitchen.adapters.local_torch import ArithmeticEvaluator, local_torch_adapters
 from crucible_kitchen.errors import ConfigError, PortError
-from crucible_kitchen.kitchen import Kitchen, RunResult
+from crucible_kitchen.kitchen import Kitchen, RunHandle, RunResult
 from crucible_kitchen.ports import ModelInput, SampledSequence, SampleResponse, SamplingParams
 from crucible_kitchen.recipes import RlBasicConfig
+from crucible_kitchen.telemetry import TrainingCheckpoint
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from crucible_kitchen.telemetry import TelemetryEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -136,13 +139,22 @@ async def test_init_from_is_not_applied_again_on_resume(tmp_path: Path) -> None:
     config = {**RL_SMALL, "init_from": str(source), "num_batches": 3, "save_every": 2}
     whole = await Kitchen.run("rl_basic", config, run_dir=tmp_path / "whole")
     assert whole.status == "completed"
+    handles: list[RunHandle] = []
+
+    def stop_at_the_first_checkpoint(event: TelemetryEvent) -> None:
+        if isinstance(event, TrainingCheckpoint):
+            handles[0].request_stop()
+
     async with Kitchen.open() as kitchen:
-        handle = await kitchen.start("rl_basic", config, run_dir=tmp_path / "parts")
-        async for event in handle.events():
-            if type(event).__name__ == "TrainingCheckpoint":
-                handle.request_stop()
-                break
-        stopped = await handle.result()
+        handles.append(
+            await kitchen.start(
+                "rl_basic",
+                config,
+                run_dir=tmp_path / "parts",
+                telemetry=[stop_at_the_first_checkpoint],
+            )
+        )
+        stopped = await handles[0].result()
     assert stopped.status == "cancelled"
     async with Kitchen.open() as kitchen:
         resumed = await (await kitchen.start_resumed(tmp_path / "parts")).result()
