@@ -81,6 +81,13 @@ def _local_torch_options(config: LocalTorchSettings, adapters: str) -> dict[str,
     return options
 
 
+def _feedback_options(config: FeedbackLoopConfig, adapters: str) -> dict[str, Any]:
+    """The filesystem feedback client of a ``feedback_loop`` run on ``local_torch``."""
+    if adapters != "local_torch" or config.feedback_root is None:
+        return {}
+    return {"feedback_root": config.feedback_root}
+
+
 BUILTIN_RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "sl_basic",
@@ -152,6 +159,7 @@ BUILTIN_RECIPES: tuple[Recipe, ...] = (
         "Retrain a deployment on its curated production feedback when a trigger fires",
         _with_stage_settings(feedback_loop_workflow),
         FeedbackLoopConfig,
+        adapter_options=_feedback_options,
     ),
 )
 """Every built-in recipe, by the name of its workflow."""

@@ -775,6 +775,12 @@ class FeedbackLoopConfig(_SupervisedTraining):
         description="Retrain only with at least this many curated examples.",
     )
     export_format: ExportFormat = Field(default="jsonl", description="File format of the export.")
+    feedback_root: str | None = Field(
+        default=None,
+        min_length=1,
+        description="On the local_torch adapters: the directory of the filesystem feedback "
+        "client (feedback in '<deployment_id>.jsonl', exports under 'exports/').",
+    )
     final_eval: bool = Field(
         default=True, description="Evaluate the retrained model before registering."
     )
