@@ -437,12 +437,14 @@ def distillation_workflow(config: Any) -> Workflow:
 def feedback_loop_workflow(config: Any) -> Workflow:
     """Retrain on production feedback (a :class:`~crucible_kitchen.recipes.FeedbackLoopConfig`).
 
-    check_triggers → if a trigger fired: curate → if at least ``min_examples``: export →
+    check_triggers → if a trigger fired: curate → if at least ``min_examples``: [init_from
+    (e.g. the deployed model's weights)] → export →
     load_feedback (the export, read back through the dataset store) → supervised training
     (as in :func:`supervised_workflow`) → register_model → update_baseline; cleanup:
     flush_metrics.
     """
     retrain = [
+        *_init_from(config),
         stage("export", ExportFeedback),
         stage("load_feedback", LoadFeedbackDataset),
         *_supervised_training(config),
