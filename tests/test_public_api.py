@@ -37,6 +37,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     "crucible_kitchen.adapters.filesystem": (
         "FilesystemBlobStore",
         "FilesystemDatasetStore",
+        "FilesystemFeedbackClient",
         "FilesystemModelRegistry",
         "bundled_data_dir",
         "filesystem_adapters",
