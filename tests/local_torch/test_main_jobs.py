@@ -5,6 +5,7 @@ weights, and (slow tests, the recipes' defaults) moves its held-out metric the r
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,7 +15,14 @@ from safetensors.torch import load_file
 from crucible_kitchen.adapters.local_torch import ArithmeticEvaluator, local_torch_adapters
 from crucible_kitchen.errors import ConfigError, PortError
 from crucible_kitchen.kitchen import Kitchen, RunHandle, RunResult
-from crucible_kitchen.ports import ModelInput, SampledSequence, SampleResponse, SamplingParams
+from crucible_kitchen.ports import (
+    TOPK_PROMPT_LOGPROBS,
+    ModelInput,
+    SampledSequence,
+    SampleResponse,
+    SamplingParams,
+    capability,
+)
 from crucible_kitchen.recipes import RlBasicConfig
 from crucible_kitchen.telemetry import TrainingCheckpoint
 
@@ -98,6 +106,40 @@ async def test_distill_basic_distils_a_teacher_run_into_a_smaller_student(
     )
     recorded = json.loads((run_dir / "config.json").read_text())["config"]
     assert recorded["teacher"] == str(teacher / "checkpoints/weights/final")
+
+
+async def test_top_k_distillation_trains_on_the_teachers_top_k_tokens(tmp_path: Path) -> None:
+    teacher = await teacher_run(tmp_path)
+    config = {**DISTILL_SMALL, "teacher": str(teacher), "topk": 4, "num_batches": 3}
+    result = await Kitchen.run("distill_basic", config, run_dir=tmp_path / "student")
+    assert result.status == "completed", result.error
+    rows = [row for row in jsonl(tmp_path / "student/metrics.jsonl") if "distill/loss" in row]
+    assert len(rows) == 3
+    assert all(0.0 <= row["distill/teacher_kl"] < math.inf for row in rows)
+    assert all(row["distill/tokens"] > 0 for row in rows)
+
+
+async def test_the_local_sampler_returns_the_top_k_of_its_logprobs(tmp_path: Path) -> None:
+    ports = local_torch_adapters(model="micro")
+    sampler = ports["sampling_client"]
+    topk = capability(sampler, TOPK_PROMPT_LOGPROBS)
+    assert topk is not None
+    prompt = ModelInput.from_ints([5, 17, 99, 3])
+    top = await (await topk(prompt, 3)).result()
+    scored = await (await sampler.compute_logprobs(prompt)).result()  # type: ignore[attr-defined]
+    assert top[0] is None
+    assert len(top) == 4
+    for position in range(1, 4):
+        slots = top[position]
+        assert slots is not None
+        assert len(slots) == 3
+        assert [lp for _, lp in slots] == sorted((lp for _, lp in slots), reverse=True)
+        # The prompt's own token scores no higher than the best, and equals its slot if there.
+        best = slots[0][1]
+        assert scored[position] <= best + 1e-6
+        for token, logprob in slots:
+            if token == prompt.to_ints()[position]:
+                assert logprob == pytest.approx(scored[position], abs=1e-5)
 
 
 async def test_distill_basic_without_a_teacher_stops_at_start() -> None:

@@ -75,6 +75,7 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
         {"num_batches": 3, "save_every": 2, "eval_every": 2},
         {"num_batches": 1, "initial_eval": True, "eval_teacher_kl": True, "eval_split": "train"},
         {"num_batches": 2, "mode": "off_policy"},
+        {"num_batches": 1, "topk": 3},
     ],
     "feedback_loop": [{"eval_every": 1, "save_every": 1}],
 }

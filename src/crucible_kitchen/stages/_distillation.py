@@ -17,9 +17,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from crucible_kitchen.errors import DataError, TrainingInputError
+from crucible_kitchen.errors import DataError, PortError, TrainingInputError
 from crucible_kitchen.ports import (
+    TOPK_PROMPT_LOGPROBS,
     CustomLossOutput,
+    Datum,
     Message,
     ModelInput,
     SamplingParams,
@@ -27,6 +29,7 @@ from crucible_kitchen.ports import (
     TokensWithLogprobs,
     Trajectory,
     Transition,
+    capability,
 )
 from crucible_kitchen.stages._common import (
     DATASET,
@@ -39,6 +42,7 @@ from crucible_kitchen.stages._common import (
     AwaitTrainingSteps,
     BuiltinStage,
     InFlightStep,
+    datum_sequence,
     datum_weights,
     load_split,
     merge_contracts,
@@ -67,23 +71,26 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.ports import (
         DatasetRow,
-        Datum,
         ForwardBackwardOutput,
         SampledSequence,
         SamplingClient,
+        TopKLogprobs,
     )
     from crucible_kitchen.stages._context import Context
 
 __all__ = (
     "AwaitDistillationSteps",
     "AwaitOffPolicySteps",
+    "AwaitTopKDistillationSteps",
     "EvaluateTeacherKl",
     "LoadPrompts",
     "SampleStudent",
     "SampleTeacher",
+    "ScoreTopKWithTeacher",
     "ScoreWithTeacher",
     "SubmitDistillationStep",
     "SubmitOffPolicyStep",
+    "SubmitTopKDistillationStep",
     "TopKReverseKlLoss",
 )
 
@@ -100,6 +107,8 @@ DISTILL_DATASETS: Final = StateKey("distill_datasets", tuple)
 """Per datum of ``distill_batch``, the index of its prompt's dataset."""
 TEACHER_SAMPLES: Final = StateKey("teacher_samples", tuple)
 """Off-policy: this batch's teacher replies, as supervised datums."""
+TOPK_BATCH: Final = StateKey("topk_batch", tuple)
+"""Top-K: this batch's student samples as datums with the teacher's (N, K) top-K targets."""
 _PROMPT_KEYS: Final = ("prompt", "question", "instruction", "input")
 
 
@@ -467,6 +476,90 @@ class ScoreWithTeacher(BuiltinStage):
         return ctx
 
 
+def _topk_datum(datum: Datum, mask: Sequence[float], top: TopKLogprobs, k: int) -> Datum:
+    """``datum`` with ``(N, K)`` targets: at each position the teacher's ``k`` most likely
+    tokens, weighted by their probabilities renormalized over the K on the trained (masked)
+    positions, 0 elsewhere (:class:`TopKReverseKlLoss`'s inputs)."""
+    targets: list[int] = []
+    weights: list[float] = []
+    for index, trained in enumerate(mask):
+        slots = top[index + 1] or ()  # position index + 1 predicts target index
+        ids = [token for token, _ in slots][:k]
+        logprobs = [logprob for _, logprob in slots][:k]
+        if trained > 0 and logprobs:
+            peak = max(logprobs)
+            mass = math.fsum(math.exp(lp - peak) for lp in logprobs)
+            probs = [math.exp(lp - peak) / mass for lp in logprobs]
+        else:
+            probs = [0.0] * len(ids)
+        padding = k - len(ids)  # a vocabulary smaller than K: unused slots
+        targets += ids + [0] * padding
+        weights += probs + [0.0] * padding
+    shape = (len(mask), k)
+    return Datum(
+        model_input=datum.model_input,
+        loss_fn_inputs={
+            "target_tokens": TensorData(dtype="int64", data=tuple(targets), shape=shape),
+            "weights": TensorData(dtype="float32", data=tuple(weights), shape=shape),
+        },
+    )
+
+
+class ScoreTopKWithTeacher(BuiltinStage):
+    """Top-K distillation (``topk`` > 0): the teacher's ``topk`` most likely tokens at each
+    position of the student's samples (capability
+    :data:`~crucible_kitchen.ports.TOPK_PROMPT_LOGPROBS` of ``teacher_sampling_client``),
+    as the targets of :class:`TopKReverseKlLoss`.
+
+    Raises:
+        PortError: the teacher's sampling client has no top-K logprobs.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("teacher_sampling_client",)
+    contract = StageContract(config=("topk",), reads=(DISTILL_BATCH,), writes=(TOPK_BATCH,))
+
+    async def execute(self, ctx: Context) -> Context:
+        teacher = ctx.port("teacher_sampling_client")
+        topk = capability(teacher, TOPK_PROMPT_LOGPROBS)
+        if topk is None:
+            raise PortError(
+                f"topk={ctx.config.topk}: the teacher's sampling client "
+                f"({type(teacher).__name__}) declares no top-K logprobs; set topk=0",
+                port="teacher_sampling_client",
+            )
+        batch: RlBatch = ctx.state["distill_batch"]
+        k = int(ctx.config.topk)
+        futures = [
+            await topk(datum_sequence(datum), k, request_id=ctx.request_id(f"teacher_topk/{i}"))
+            for i, datum in enumerate(batch.data)
+        ]
+        ctx.state["topk_batch"] = tuple(
+            [
+                _topk_datum(datum, mask, await future.result(), k)
+                for datum, mask, future in zip(batch.data, batch.masks, futures, strict=True)
+            ]
+        )
+        return ctx
+
+
+class SubmitTopKDistillationStep(BuiltinStage):
+    """Submit the top-K reverse-KL step (``forward_backward_custom``), unawaited."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = merge_contracts(
+        SUBMITS_STEPS, StageContract(config=("num_batches",), reads=(TOPK_BATCH,))
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        await submit_training_step(
+            ctx,
+            ctx.state["topk_batch"],
+            total_steps=int(ctx.config.num_batches),
+            custom_loss=TopKReverseKlLoss(),
+        )
+        return ctx
+
+
 class SubmitDistillationStep(BuiltinStage):
     """Submit the distillation batch's ``importance_sampling`` step, unawaited."""
 
@@ -508,3 +601,19 @@ class AwaitDistillationSteps(AwaitTrainingSteps):
             lr=step.lr,
             metrics=dict(row),
         )
+
+
+class AwaitTopKDistillationSteps(AwaitDistillationSteps):
+    """Await the top-K step and log its loss and the student's top-K reverse KL to the
+    teacher (mean per trained position: ``distill/teacher_kl``)."""
+
+    def report(self, step: InFlightStep, output: ForwardBackwardOutput) -> dict[str, float]:
+        metrics = output.metrics
+        positions = float(metrics["topk_positions"])
+        return {
+            "distill/loss": float(metrics["topk_reverse_kl"]) * positions,
+            "distill/teacher_kl": float(metrics["topk_reverse_kl"]),
+            "distill/lr": step.lr,
+            "distill/sequences": float(len(step.data)),
+            "distill/tokens": positions,
+        }

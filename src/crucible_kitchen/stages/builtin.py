@@ -46,13 +46,20 @@ from crucible_kitchen.stages._common import sampler_is_stale as sampler_is_stale
 from crucible_kitchen.stages._common import starts_from_weights as starts_from_weights
 from crucible_kitchen.stages._distillation import AwaitDistillationSteps as AwaitDistillationSteps
 from crucible_kitchen.stages._distillation import AwaitOffPolicySteps as AwaitOffPolicySteps
+from crucible_kitchen.stages._distillation import (
+    AwaitTopKDistillationSteps as AwaitTopKDistillationSteps,
+)
 from crucible_kitchen.stages._distillation import EvaluateTeacherKl as EvaluateTeacherKl
 from crucible_kitchen.stages._distillation import LoadPrompts as LoadPrompts
 from crucible_kitchen.stages._distillation import SampleStudent as SampleStudent
 from crucible_kitchen.stages._distillation import SampleTeacher as SampleTeacher
+from crucible_kitchen.stages._distillation import ScoreTopKWithTeacher as ScoreTopKWithTeacher
 from crucible_kitchen.stages._distillation import ScoreWithTeacher as ScoreWithTeacher
 from crucible_kitchen.stages._distillation import SubmitDistillationStep as SubmitDistillationStep
 from crucible_kitchen.stages._distillation import SubmitOffPolicyStep as SubmitOffPolicyStep
+from crucible_kitchen.stages._distillation import (
+    SubmitTopKDistillationStep as SubmitTopKDistillationStep,
+)
 from crucible_kitchen.stages._distillation import TopKReverseKlLoss as TopKReverseKlLoss
 from crucible_kitchen.stages._feedback import CheckTriggers as CheckTriggers
 from crucible_kitchen.stages._feedback import CurateFeedback as CurateFeedback
@@ -104,6 +111,7 @@ __all__ = (
     "AwaitOffPolicySteps",
     "AwaitRlSteps",
     "AwaitSupervisedSteps",
+    "AwaitTopKDistillationSteps",
     "BuildEnvGroups",
     "BuildEvalDataset",
     "BuildEvalPairs",
@@ -138,6 +146,7 @@ __all__ = (
     "SampleTeacher",
     "SaveCheckpoint",
     "SaveFinalWeights",
+    "ScoreTopKWithTeacher",
     "ScoreWithTeacher",
     "SftWarmup",
     "ShuffleEpoch",
@@ -146,6 +155,7 @@ __all__ = (
     "SubmitOffPolicyStep",
     "SubmitRlStep",
     "SubmitSupervisedStep",
+    "SubmitTopKDistillationStep",
     "TopKReverseKlLoss",
     "UpdateBaseline",
     "batches_this_epoch",

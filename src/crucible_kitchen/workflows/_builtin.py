@@ -24,6 +24,7 @@ from crucible_kitchen.stages.builtin import (
     AwaitOffPolicySteps,
     AwaitRlSteps,
     AwaitSupervisedSteps,
+    AwaitTopKDistillationSteps,
     BuildEnvGroups,
     BuildEvalDataset,
     BuildEvalPairs,
@@ -57,6 +58,7 @@ from crucible_kitchen.stages.builtin import (
     SampleTeacher,
     SaveCheckpoint,
     SaveFinalWeights,
+    ScoreTopKWithTeacher,
     ScoreWithTeacher,
     SftWarmup,
     ShuffleEpoch,
@@ -65,6 +67,7 @@ from crucible_kitchen.stages.builtin import (
     SubmitOffPolicyStep,
     SubmitRlStep,
     SubmitSupervisedStep,
+    SubmitTopKDistillationStep,
     UpdateBaseline,
     batches_this_epoch,
     checkpoint_due,
@@ -390,7 +393,9 @@ def distillation_workflow(config: Any) -> Workflow:
     ``mode="on_policy"`` (default): [restore] → [init_from] → load_prompts → [eval rows] →
     [initial eval] → per batch: [refresh_sampler] → sample_student → score_teacher (port
     ``teacher_sampling_client``; reverse-KL advantages) → train_step
-    (``importance_sampling``) → await_step → [eval, checkpoint]. ``mode="off_policy"``:
+    (``importance_sampling``) → await_step → [eval, checkpoint]; with ``topk`` > 0,
+    score_teacher_topk (the teacher's top-K tokens at each position) → train_step (the
+    top-K reverse KL, ``forward_backward_custom``) instead. ``mode="off_policy"``:
     per batch: sample_teacher (the teacher's replies) → train_step (``cross_entropy`` on
     them) → await_step → [eval, checkpoint]. Then [final eval] → save_final →
     [register_model]; cleanup: flush_metrics. The held-out evaluation measures the
@@ -406,14 +411,25 @@ def distillation_workflow(config: Any) -> Workflow:
             stage("await_step", AwaitOffPolicySteps()),
         ]
     else:
+        train: list[Node] = (
+            [
+                stage("score_teacher_topk", ScoreTopKWithTeacher),
+                stage("train_step", SubmitTopKDistillationStep),
+                stage("await_step", AwaitTopKDistillationSteps()),
+            ]
+            if getattr(config, "topk", 0) > 0
+            else [
+                stage("score_teacher", ScoreWithTeacher),
+                stage("train_step", SubmitDistillationStep),
+                stage("await_step", AwaitDistillationSteps()),
+            ]
+        )
         body = [
             conditional(
                 "sampler_stale", sampler_is_stale, then=[stage("refresh_sampler", RefreshSampler)]
             ),
             stage("sample_student", SampleStudent),
-            stage("score_teacher", ScoreWithTeacher),
-            stage("train_step", SubmitDistillationStep),
-            stage("await_step", AwaitDistillationSteps()),
+            *train,
         ]
     return Workflow(
         "distillation",
