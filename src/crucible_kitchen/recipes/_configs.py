@@ -392,7 +392,7 @@ class SlBasicConfig(SupervisedConfig, LocalTorchSettings):
         description="Save a resumable checkpoint every N steps; 0 is off.",
     )
     use_evaluator: bool = Field(
-        default=False, description="Also score with the 'evaluator' port (none is local)."
+        default=False, description="Also score with the 'evaluator' port (arithmetic rows only)."
     )
 
 
