@@ -247,6 +247,14 @@ async def test_the_arithmetic_evaluator_scores_greedy_replies_as_the_environment
     assert result.metrics == pytest.approx({"correct": 1.0, "format": 0.0, "reward": 0.9})
 
 
+@pytest.mark.parametrize("renderer", ["qwen3", "qwen3_disable_thinking"])
+async def test_sl_basic_trains_with_the_qwen3_chat_formats(tmp_path: Path, renderer: str) -> None:
+    config = {**TEACHER, "max_examples": 16, "renderer": renderer}
+    result = await Kitchen.run("sl_basic", config, run_dir=tmp_path / "run")
+    assert result.status == "completed", result.error
+    assert json.loads((tmp_path / "run/config.json").read_text())["config"]["renderer"] == renderer
+
+
 def test_the_main_jobs_defaults_validate() -> None:
     config = RlBasicConfig()
     assert (config.split, config.eval_split, config.initial_eval) == (
