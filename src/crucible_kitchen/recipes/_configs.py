@@ -615,6 +615,31 @@ class DistillationConfig(TrainingConfig):
     )
 
 
+def _trained_split(held_out: int, what: str) -> Any:
+    """A main job's ``split``: every row but the last ``held_out``."""
+    return Field(
+        default=f"train[:-{held_out}]",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description=f"{what} to train on: all but the last {held_out}.",
+    )
+
+
+def _held_out_split(held_out: int, what: str) -> Any:
+    """A main job's ``eval_split``: the last ``held_out`` rows."""
+    return Field(
+        default=f"train[-{held_out}:]",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description=f"Held-out {what} to evaluate on (disjoint from 'split').",
+    )
+
+
+_EVERY_EVAL_ROW: Final = Field(
+    default=None, ge=1, le=_MAX_ITEMS, description="Evaluate on at most this many; None for all."
+)
+
+
 class RlBasicConfig(ReinforcementConfig, LocalTorchSettings):
     """``rl_basic``: GRPO on the bundled arithmetic problems with the local torch backend.
 
@@ -624,18 +649,9 @@ class RlBasicConfig(ReinforcementConfig, LocalTorchSettings):
     ``eval/reward``).
     """
 
-    split: str = Field(
-        default="train[:-64]", min_length=1, pattern=_SPLIT_PATTERN, description="Problems."
-    )
-    eval_split: str = Field(
-        default="train[-64:]",
-        min_length=1,
-        pattern=_SPLIT_PATTERN,
-        description="Held-out problems (disjoint from 'split').",
-    )
-    eval_examples: int | None = Field(
-        default=None, ge=1, le=_MAX_ITEMS, description="At most this many; None for all."
-    )
+    split: str = _trained_split(64, "Problems")
+    eval_split: str = _held_out_split(64, "problems")
+    eval_examples: int | None = _EVERY_EVAL_ROW
     initial_eval: bool = Field(default=True, description="Also evaluate before RL.")
     sft_warmup_steps: int = Field(
         default=200, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
@@ -664,18 +680,9 @@ class DpoBasicConfig(PreferenceConfig, LocalTorchSettings):
     and after DPO (``eval/pref_accuracy``, ``eval/dpo_accuracy``, ``eval/dpo_margin``).
     """
 
-    split: str = Field(
-        default="train[:-40]", min_length=1, pattern=_SPLIT_PATTERN, description="Pairs."
-    )
-    eval_split: str = Field(
-        default="train[-40:]",
-        min_length=1,
-        pattern=_SPLIT_PATTERN,
-        description="Held-out pairs (disjoint from 'split').",
-    )
-    eval_examples: int | None = Field(
-        default=None, ge=1, le=_MAX_ITEMS, description="At most this many; None for all."
-    )
+    split: str = _trained_split(40, "Pairs")
+    eval_split: str = _held_out_split(40, "pairs")
+    eval_examples: int | None = _EVERY_EVAL_ROW
     initial_eval: bool = Field(default=True, description="Also evaluate before DPO.")
     eval_pairs: bool = Field(default=True, description="Evaluate the held-out pairs.")
     use_evaluator: bool = Field(
@@ -716,18 +723,9 @@ class DistillBasicConfig(DistillationConfig, LocalTorchSettings):
     model: str = Field(
         default="micro", min_length=1, description="The student's local torch model preset."
     )
-    split: str = Field(
-        default="train[:-64]", min_length=1, pattern=_SPLIT_PATTERN, description="Prompts."
-    )
-    eval_split: str = Field(
-        default="train[-64:]",
-        min_length=1,
-        pattern=_SPLIT_PATTERN,
-        description="Held-out prompts (disjoint from 'split').",
-    )
-    eval_examples: int | None = Field(
-        default=None, ge=1, le=_MAX_ITEMS, description="At most this many; None for all."
-    )
+    split: str = _trained_split(64, "Prompts")
+    eval_split: str = _held_out_split(64, "prompts")
+    eval_examples: int | None = _EVERY_EVAL_ROW
     initial_eval: bool = Field(default=True, description="Also evaluate before distilling.")
     eval_teacher_kl: bool = Field(
         default=True, description="Evaluate the held-out reverse KL to the teacher."
