@@ -307,7 +307,8 @@ class LocalTorchSettings(_Config):
     model: str = Field(
         default="tiny",
         min_length=1,
-        description="Local torch model preset: micro, tiny, small (CPU); medium, base, large (GPU).",
+        description="Local torch model preset: micro, tiny, small (CPU); medium, base, "
+        "large (GPU).",
     )
     tokenizer: Literal["byte", "bpe"] = Field(
         default="byte", description="byte (256 ids) or bpe (trained on the bundled corpus)."
