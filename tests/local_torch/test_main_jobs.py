@@ -174,6 +174,16 @@ async def test_init_from_starts_from_another_runs_weights_and_records_it(
     assert result.metrics["initial/eval/format"] > 0.0
 
 
+async def test_the_kl_penalty_is_measured_against_the_starting_point_not_fresh_weights(
+    tmp_path: Path,
+) -> None:
+    """After a warm-up the first batch is sampled from the reference itself: KL 0."""
+    config = {**RL_SMALL, "sft_warmup_steps": 5, "kl_penalty_coef": 0.1, "num_batches": 1}
+    result = await Kitchen.run("rl_basic", config, run_dir=tmp_path / "rl")
+    assert result.status == "completed", result.error
+    assert result.metrics["rl/kl_policy_base"] == pytest.approx(0.0, abs=1e-5)
+
+
 async def test_init_from_is_not_applied_again_on_resume(tmp_path: Path) -> None:
     """A resumed run continues from its own checkpoint: its final weights equal those of the
     uninterrupted run, which started from ``init_from`` once."""

@@ -59,7 +59,7 @@ OPTIONS: dict[str, list[dict[str, Any]]] = {
             "save_every": 1,
             "compute_post_kl": True,
         },
-        {"num_batches": 1, "sft_warmup_steps": 2, "initial_eval": True},
+        {"num_batches": 1, "sft_warmup_steps": 2, "initial_eval": True, "kl_penalty_coef": 0.1},
         {
             "num_batches": 3,
             "mode": "async",

@@ -85,7 +85,9 @@ from crucible_kitchen.stages._reinforcement import ComputePostUpdateKl as Comput
 from crucible_kitchen.stages._reinforcement import DoRollouts as DoRollouts
 from crucible_kitchen.stages._reinforcement import LoadProblems as LoadProblems
 from crucible_kitchen.stages._reinforcement import ReceiveRollouts as ReceiveRollouts
+from crucible_kitchen.stages._reinforcement import SaveReferenceWeights as SaveReferenceWeights
 from crucible_kitchen.stages._reinforcement import SubmitRlStep as SubmitRlStep
+from crucible_kitchen.stages._reinforcement import starts_fresh as starts_fresh
 from crucible_kitchen.stages._supervised import TRAIN_DATA as TRAIN_DATA
 from crucible_kitchen.stages._supervised import AwaitSupervisedSteps as AwaitSupervisedSteps
 from crucible_kitchen.stages._supervised import BuildEvalDataset as BuildEvalDataset
@@ -146,6 +148,7 @@ __all__ = (
     "SampleTeacher",
     "SaveCheckpoint",
     "SaveFinalWeights",
+    "SaveReferenceWeights",
     "ScoreTopKWithTeacher",
     "ScoreWithTeacher",
     "SftWarmup",
@@ -168,6 +171,7 @@ __all__ = (
     "planned_epochs",
     "resuming",
     "sampler_is_stale",
+    "starts_fresh",
     "starts_from_weights",
     "triggers_fired",
     "warmup_due",

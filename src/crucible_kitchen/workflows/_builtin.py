@@ -58,6 +58,7 @@ from crucible_kitchen.stages.builtin import (
     SampleTeacher,
     SaveCheckpoint,
     SaveFinalWeights,
+    SaveReferenceWeights,
     ScoreTopKWithTeacher,
     ScoreWithTeacher,
     SftWarmup,
@@ -79,6 +80,7 @@ from crucible_kitchen.stages.builtin import (
     planned_epochs,
     resuming,
     sampler_is_stale,
+    starts_fresh,
     starts_from_weights,
     triggers_fired,
     warmup_due,
@@ -156,6 +158,19 @@ def _warmup(config: Any, examples: type[Stage]) -> list[Node]:
             "warmup_due",
             warmup_due,
             then=[stage("warmup_examples", examples), stage("sft_warmup", SftWarmup)],
+        )
+    ]
+
+
+def _reference(config: Any) -> list[Node]:
+    """With a KL penalty, save the weights the run starts from as its reference when they
+    are not the adapters' initial ones (``init_from``, a warm-up)."""
+    moved = getattr(config, "init_from", None) is not None or config.sft_warmup_steps > 0
+    if config.kl_penalty_coef <= 0 or not moved:
+        return []
+    return [
+        conditional(
+            "starts_fresh", starts_fresh, then=[stage("save_reference", SaveReferenceWeights)]
         )
     ]
 
@@ -283,7 +298,8 @@ def reinforcement_workflow(config: Any) -> Workflow:
     """GRPO-style RL (a :class:`~crucible_kitchen.recipes.ReinforcementConfig`).
 
     [init_from] → load_problems → [eval rows] → [supervised warm-up (``sft_warmup_steps``)]
-    → [restore] → [initial eval] → the batches. ``mode="sync"`` (default, deterministic,
+    → [save_reference: the KL penalty's reference is the starting point] → [restore] →
+    [initial eval] → the batches. ``mode="sync"`` (default, deterministic,
     on-policy): per batch, refresh_sampler (when
     ``sampler_refresh_every`` calls for it) → build_env_groups → rollouts →
     compute_advantages → assemble_batch → [kl_penalty] → train_step → await_step →
@@ -336,6 +352,7 @@ def reinforcement_workflow(config: Any) -> Workflow:
         stage("load_problems", LoadProblems),
         *_setup_eval(config, _POLICY_EVAL),
         *_warmup(config, AnswerExamples),
+        *_reference(config),
         *(_restore() if resumable else ()),
         *_initial_eval(config, _POLICY_EVAL),
         body,
