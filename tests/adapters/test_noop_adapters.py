@@ -304,6 +304,44 @@ async def test_custom_loss_gets_logprobs_and_its_metrics_come_back() -> None:
     assert client.state.pending_gradients == 1
 
 
+async def test_custom_loss_takes_n_by_k_targets_scoring_each_slot_as_its_position() -> None:
+    """Top-K distillation's (N, K) targets: one logprob per slot, the slot's token scored at
+    its row's position (as a 1-D datum of that token would be)."""
+    client = NoopTrainingClient(seed=0)
+    targets = TensorData(dtype="int64", data=(5, 6, 7, 8, 9, 10), shape=(3, 2))
+    weights = TensorData(dtype="float32", data=(0.5,) * 6, shape=(3, 2))
+    datum = Datum(
+        model_input=ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={"target_tokens": targets, "weights": weights},
+    )
+    seen: list[TensorData] = []
+
+    def loss_fn(data: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
+        seen.extend(logprobs)
+        grads = tuple(
+            TensorData(dtype="float32", data=(0.0,) * len(lp.data), shape=lp.shape)
+            for lp in logprobs
+        )
+        return CustomLossOutput(loss=0.0, logprob_grads=grads)
+
+    await (await client.forward_backward_custom([datum], loss_fn, request_id="k")).result()
+    [scored] = seen
+    assert scored.dims == (3, 2)
+    flat = [
+        Datum(
+            model_input=ModelInput.from_ints([1, 2, 3]),
+            loss_fn_inputs={
+                "target_tokens": TensorData(dtype="int64", data=column),
+                "weights": TensorData(dtype="float32", data=(1.0,) * 3),
+            },
+        )
+        for column in ((5, 7, 9), (6, 8, 10))
+    ]
+    output = await (await NoopTrainingClient(seed=0).forward(flat, "cross_entropy")).result()
+    by_column = [out["logprobs"].data for out in output.loss_fn_outputs]
+    assert scored.data == tuple(v for row in zip(*by_column, strict=True) for v in row)
+
+
 async def test_custom_loss_errors() -> None:
     client = NoopTrainingClient(seed=0)
 

@@ -20,8 +20,10 @@ from crucible_kitchen import Kitchen
 from crucible_kitchen.cli import (
     EXIT_BROKEN_PIPE,
     ProgressDisplay,
+    _before_after,
     _curves,
     _report,
+    _score_curves,
     _start_and_wait,
     main,
 )
@@ -194,6 +196,37 @@ def test_plot_names_eval_metrics_as_the_console_does() -> None:
     losses, rates = _curves(rows)
     assert losses == {"eval/loss": ([1.0], [1.7]), "train/loss": ([0.0, 1.0], [2.0, 1.5])}
     assert rates == {"learning_rate": ([0.0, 1.0], [1e-3, 1e-3])}
+
+
+def test_plot_draws_the_scores_of_rl_dpo_and_distillation() -> None:
+    rows = [
+        {"step": 0, "test/correct": 0.1, "test/loss": 2.0, "test/num_samples": 64},
+        {"step": 0, "env/all/reward/total": 0.2, "rl/loss": 0.5, "learning_rate": 1e-3},
+        {"step": 1, "accuracy": 0.5, "margin": 0.25, "distill/teacher_kl": 3.0},
+        {"step": 2, "test/correct": 0.3, "test/teacher_kl": 2.0},
+    ]
+    assert _score_curves(rows) == {
+        "eval/correct": ([0.0, 2.0], [0.1, 0.3]),
+        "eval/teacher_kl": ([2.0], [2.0]),
+        "env/all/reward/total": ([0.0], [0.2]),
+        "accuracy": ([1.0], [0.5]),
+        "margin": ([1.0], [0.25]),
+        "distill/teacher_kl": ([1.0], [3.0]),
+    }
+
+
+def test_the_summary_shows_each_initial_evaluation_before_and_after() -> None:
+    metrics = {
+        "initial/eval/correct": 0.078125,
+        "eval/correct": 0.15625,
+        "initial/eval/num_samples": 64.0,
+        "eval/num_samples": 64.0,
+        "initial/eval/gone": 1.0,
+        "train/loss": 1.0,
+    }
+    assert _before_after(metrics) == [
+        "  eval/correct: 0.07812 -> 0.1562 (before -> after training)"
+    ]
 
 
 # --- the README's way to stop a run -------------------------------------------------------

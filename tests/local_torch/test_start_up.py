@@ -27,11 +27,9 @@ async def test_adapters_that_fail_validation_leave_no_run_directory(tmp_path: Pa
 
 
 async def test_ports_that_do_not_fit_leave_no_run_directory(tmp_path: Path) -> None:
-    run_dir = tmp_path / "rl"
-    with pytest.raises(PortError, match="evaluator"):  # local_torch binds no evaluator
-        await Kitchen.run(
-            "reinforcement", {"use_evaluator": True}, adapters="local_torch", run_dir=run_dir
-        )
+    run_dir = tmp_path / "distillation"
+    with pytest.raises(PortError, match="teacher_sampling_client"):  # no teacher given
+        await Kitchen.run("distillation", adapters="local_torch", run_dir=run_dir)
     assert not run_dir.exists()
 
 

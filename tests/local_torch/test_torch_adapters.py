@@ -147,7 +147,13 @@ async def test_the_bundle_gives_a_real_adapter_for_each_of_its_ports(tmp_path: P
     adapters = local_torch_adapters(
         model="tiny", seed=1, lora=2, tokenizer="bpe", renderer="llama3", run_dir=tmp_path
     )
-    assert set(adapters) == {"training_client", "sampling_client", "tokenizer", "renderer"}
+    assert set(adapters) == {
+        "training_client",
+        "sampling_client",
+        "tokenizer",
+        "renderer",
+        "evaluator",
+    }
     for port, adapter in adapters.items():
         check_adapter(port, adapter)
         assert port in PORT_PROTOCOLS

@@ -118,11 +118,15 @@ class Adapters(Mapping[str, Any]):
         device: str = "cpu",
         threads: int | Literal["auto"] = "auto",
         data_root: str | os.PathLike[str] | None = None,
+        teacher: str | os.PathLike[str] | None = None,
+        feedback_root: str | os.PathLike[str] | None = None,
         **speed: Any,
     ) -> Adapters:
         """Real training and sampling on this machine (needs the ``torch`` extra).
 
-        - ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``: local torch
+        - ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``,
+          ``evaluator`` (greedy replies to arithmetic questions, scored exactly) and, given a
+          ``teacher`` checkpoint, ``teacher_sampling_client``: local torch
           (``local_torch_adapters``: a transformer from the ``model`` preset or config, seeded
           by ``seed``, or read from ``model`` given as a Hugging Face model directory; the
           ``tokenizer`` (``"byte"``, ``"bpe"``, a Hugging Face model directory or
@@ -135,13 +139,12 @@ class Adapters(Mapping[str, Any]):
           settings go to it as they are: ``deterministic``, ``precision``, ``compile``,
           ``loss_chunk``, ``microbatch_tokens``, ``sampling_max_batch``);
         - ``dataset_store`` (the bundled data, or ``data_root``), ``blob_store`` and
-          ``model_registry`` (under ``run_dir``): filesystem;
+          ``model_registry`` (under ``run_dir``) and, given a ``feedback_root``,
+          ``feedback_client`` (whose exports the dataset store also reads): filesystem;
         - ``metrics_store``: the in-memory noop store, as there is no durable local one (a
           run directory's ``metrics.jsonl`` is the durable record).
 
-        No ``evaluator`` is bound: a run that asks for one fails at start with a
-        :class:`~crucible_kitchen.errors.PortError`. Without ``run_dir`` everything goes to
-        temporary directories.
+        Without ``run_dir`` everything goes to temporary directories.
 
         Raises:
             ConfigError: an invalid model, LoRA, tokenizer, device, thread count or speed
@@ -160,9 +163,12 @@ class Adapters(Mapping[str, Any]):
             renderer=renderer,
             run_dir=run_dir,
             threads=threads,
+            teacher=teacher,
             **speed,
         )
-        return cls._over_files("local_torch", local, data_root=data_root, run_dir=run_dir)
+        return cls._over_files(
+            "local_torch", local, data_root=data_root, run_dir=run_dir, feedback_root=feedback_root
+        )
 
     @classmethod
     def tinker(
@@ -225,13 +231,16 @@ class Adapters(Mapping[str, Any]):
         *,
         data_root: str | os.PathLike[str] | None,
         run_dir: str | os.PathLike[str] | None,
+        feedback_root: str | os.PathLike[str] | None = None,
     ) -> Adapters:
         """The set ``name``: ``backend``'s ports over the filesystem stores and registry,
         with the in-memory noop metrics store."""
         from crucible_kitchen.adapters.filesystem import filesystem_adapters
         from crucible_kitchen.adapters.noop import NoopMetricsStore
 
-        files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
+        files = filesystem_adapters(
+            data_root=data_root, run_dir=run_dir, feedback_root=feedback_root
+        )
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
         ports.update((str(port), adapter) for port, adapter in backend.items())
         ports["metrics_store"] = NoopMetricsStore()

@@ -43,7 +43,10 @@ from crucible_kitchen.ports._future import BackendFuture as BackendFuture
 from crucible_kitchen.ports._metrics_store import MetricsStore as MetricsStore
 from crucible_kitchen.ports._model_registry import ModelRegistry as ModelRegistry
 from crucible_kitchen.ports._renderer import Renderer as Renderer
+from crucible_kitchen.ports._sampling_client import TOPK_PROMPT_LOGPROBS as TOPK_PROMPT_LOGPROBS
 from crucible_kitchen.ports._sampling_client import SamplingClient as SamplingClient
+from crucible_kitchen.ports._sampling_client import TopKLogprobs as TopKLogprobs
+from crucible_kitchen.ports._sampling_client import TopKPromptLogprobs as TopKPromptLogprobs
 from crucible_kitchen.ports._tokenizer import Tokenizer as Tokenizer
 from crucible_kitchen.ports._training_client import CHECKPOINT_DIR as CHECKPOINT_DIR
 from crucible_kitchen.ports._training_client import CHECKPOINT_PAYLOAD as CHECKPOINT_PAYLOAD
@@ -104,6 +107,7 @@ __all__ = (
     "PORT_PROTOCOLS",
     "RESERVED_KEY_PREFIX",
     "SAVE_STATE_WITH_PAYLOAD",
+    "TOPK_PROMPT_LOGPROBS",
     "AdamParams",
     "BackendFuture",
     "BlobInfo",
@@ -158,6 +162,8 @@ __all__ = (
     "TensorData",
     "Tokenizer",
     "TokensWithLogprobs",
+    "TopKLogprobs",
+    "TopKPromptLogprobs",
     "TrainOnWhat",
     "TrainingClient",
     "Trajectory",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
+
+from crucible_kitchen.ports._capabilities import Capability
 
 if TYPE_CHECKING:
     from crucible_kitchen.ports._future import BackendFuture
     from crucible_kitchen.ports._tokenizer import Tokenizer
     from crucible_kitchen.ports._types import ModelInput, SampleResponse, SamplingParams
 
-__all__ = ("SamplingClient",)
+__all__ = ("TOPK_PROMPT_LOGPROBS", "SamplingClient", "TopKLogprobs", "TopKPromptLogprobs")
 
 
 class SamplingClient(Protocol):
@@ -47,3 +49,27 @@ class SamplingClient(Protocol):
     def get_tokenizer(self) -> Tokenizer:
         """The tokenizer of the sampled model. Needs no request."""
         ...
+
+
+# ------------------------------------------------------------------------------------------
+# Optional capabilities (see ``crucible_kitchen.ports.capability``)
+
+TopKLogprobs: TypeAlias = "tuple[tuple[tuple[int, float], ...] | None, ...]"
+"""Per position of a prompt, its K most likely tokens as ``(token id, logprob)``, most likely
+first; ``None`` at position 0, which nothing predicts."""
+
+
+class TopKPromptLogprobs(Protocol):
+    """The K most likely tokens at each position of ``prompt`` (Tinker's
+    ``topk_prompt_logprobs``): position ``i`` holds the distribution of the token after
+    ``prompt[:i]``. Changes nothing, so ``request_id`` is optional, as for ``sample``."""
+
+    async def __call__(
+        self, prompt: ModelInput, k: int, *, request_id: str | None = None
+    ) -> BackendFuture[TopKLogprobs]: ...
+
+
+TOPK_PROMPT_LOGPROBS: Final[Capability[TopKPromptLogprobs]] = Capability(
+    "topk_prompt_logprobs",
+    "A sampling client's top-K logprobs at each position of a prompt (top-K distillation).",
+)

@@ -17,9 +17,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from crucible_kitchen.errors import DataError, TrainingInputError
+from crucible_kitchen.errors import DataError, PortError, TrainingInputError
 from crucible_kitchen.ports import (
+    TOPK_PROMPT_LOGPROBS,
     CustomLossOutput,
+    Datum,
     Message,
     ModelInput,
     SamplingParams,
@@ -27,8 +29,12 @@ from crucible_kitchen.ports import (
     TokensWithLogprobs,
     Trajectory,
     Transition,
+    capability,
 )
 from crucible_kitchen.stages._common import (
+    DATASET,
+    EVAL_ROWS,
+    LAST_EVAL_STEP,
     LOADS_SPLIT,
     SAMPLER,
     STEP_METRICS,
@@ -36,10 +42,16 @@ from crucible_kitchen.stages._common import (
     AwaitTrainingSteps,
     BuiltinStage,
     InFlightStep,
+    datum_sequence,
+    datum_weights,
     load_split,
     merge_contracts,
+    next_token_datum,
+    report_evaluation,
     rl_datums,
     row_messages,
+    sampler_for_current_weights,
+    sequence_logprobs,
     split_rows,
     submit_training_step,
 )
@@ -50,21 +62,35 @@ from crucible_kitchen.stages._reinforcement import (
     adjust_against,
     policy_step_metrics,
 )
+from crucible_kitchen.stages._supervised import nll_of
 from crucible_kitchen.telemetry import DistillationStep
 from crucible_kitchen.training import reverse_kl_advantages
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from crucible_kitchen.ports import DatasetRow, Datum, ForwardBackwardOutput, SamplingClient
+    from crucible_kitchen.ports import (
+        DatasetRow,
+        ForwardBackwardOutput,
+        SampledSequence,
+        SamplingClient,
+        TopKLogprobs,
+    )
     from crucible_kitchen.stages._context import Context
 
 __all__ = (
     "AwaitDistillationSteps",
+    "AwaitOffPolicySteps",
+    "AwaitTopKDistillationSteps",
+    "EvaluateTeacherKl",
     "LoadPrompts",
     "SampleStudent",
+    "SampleTeacher",
+    "ScoreTopKWithTeacher",
     "ScoreWithTeacher",
     "SubmitDistillationStep",
+    "SubmitOffPolicyStep",
+    "SubmitTopKDistillationStep",
     "TopKReverseKlLoss",
 )
 
@@ -79,6 +105,10 @@ DISTILL_BATCH: Final = StateKey("distill_batch", RlBatch)
 """The student's samples of this batch, as training data."""
 DISTILL_DATASETS: Final = StateKey("distill_datasets", tuple)
 """Per datum of ``distill_batch``, the index of its prompt's dataset."""
+TEACHER_SAMPLES: Final = StateKey("teacher_samples", tuple)
+"""Off-policy: this batch's teacher replies, as supervised datums."""
+TOPK_BATCH: Final = StateKey("topk_batch", tuple)
+"""Top-K: this batch's student samples as datums with the teacher's (N, K) top-K targets."""
 _PROMPT_KEYS: Final = ("prompt", "question", "instruction", "input")
 
 
@@ -206,48 +236,66 @@ class LoadPrompts(BuiltinStage):
         return ctx
 
 
+async def _sample_prompts(
+    ctx: Context,
+    sampler: SamplingClient,
+    prompts: Sequence[tuple[Message, ...]],
+    num_samples: int,
+    operation: str,
+) -> list[tuple[ModelInput, tuple[SampledSequence, ...]]]:
+    """Each prompt's generation prompt and ``num_samples`` replies to it from ``sampler``
+    (every request submitted before any is awaited)."""
+    config = ctx.config
+    renderer = ctx.port("renderer")
+    stop = renderer.get_stop_sequences()
+    requests = []
+    for j, messages in enumerate(prompts):
+        prompt = renderer.build_generation_prompt(messages)
+        name = f"{operation}/{j}"
+        params = SamplingParams(
+            max_tokens=int(config.max_tokens),
+            temperature=float(config.temperature),
+            stop=stop,
+            seed=ctx.seed_for(name) & _SEED_MASK,
+        )
+        future = await sampler.sample(prompt, num_samples, params, request_id=ctx.request_id(name))
+        requests.append((prompt, future))
+    return [(prompt, (await future.result()).sequences) for prompt, future in requests]
+
+
+def _batch_prompts(ctx: Context) -> tuple[list[tuple[Message, ...]], list[int]]:
+    """This batch's prompts and the index of each one's dataset."""
+    prompts: tuple[tuple[Message, ...], ...] = ctx.state["prompts"]
+    prompt_datasets: tuple[int, ...] = ctx.state["prompt_datasets"]
+    per_batch = int(ctx.config.prompts_per_batch)
+    first = ctx.loops["batches"] * per_batch
+    positions = [(first + j) % len(prompts) for j in range(per_batch)]
+    return [prompts[i] for i in positions], [prompt_datasets[i] for i in positions]
+
+
+_SAMPLES: Final = ("prompts_per_batch", "samples_per_prompt", "max_tokens", "temperature")
+
+
 class SampleStudent(BuiltinStage):
     """Sample ``samples_per_prompt`` replies per prompt of this batch from the student."""
 
     requires: ClassVar[tuple[str, ...]] = ("renderer",)
     contract = StageContract(
-        config=("prompts_per_batch", "samples_per_prompt", "max_tokens", "temperature"),
+        config=_SAMPLES,
         reads=(PROMPTS, PROMPT_DATASETS, SAMPLER),
         writes=(DISTILL_BATCH, DISTILL_DATASETS),
     )
 
     async def execute(self, ctx: Context) -> Context:
-        config = ctx.config
-        prompts: tuple[tuple[Message, ...], ...] = ctx.state["prompts"]
-        prompt_datasets: tuple[int, ...] = ctx.state["prompt_datasets"]
-        per_batch = int(config.prompts_per_batch)
-        first = ctx.loops["batches"] * per_batch
-        renderer = ctx.port("renderer")
-        sampler: SamplingClient = ctx.state["sampler"]
-        stop = renderer.get_stop_sequences()
-        requests = []
-        for j in range(per_batch):
-            position = (first + j) % len(prompts)
-            prompt = renderer.build_generation_prompt(prompts[position])
-            operation = f"sample/{j}"
-            params = SamplingParams(
-                max_tokens=int(config.max_tokens),
-                temperature=float(config.temperature),
-                stop=stop,
-                seed=ctx.seed_for(operation) & _SEED_MASK,
-            )
-            future = await sampler.sample(
-                prompt,
-                int(config.samples_per_prompt),
-                params,
-                request_id=ctx.request_id(operation),
-            )
-            requests.append((prompt_datasets[position], prompt, future))
+        prompts, datasets_of = _batch_prompts(ctx)
+        sampled = await _sample_prompts(
+            ctx, ctx.state["sampler"], prompts, int(ctx.config.samples_per_prompt), "sample"
+        )
         data: list[Datum] = []
         masks: list[tuple[float, ...]] = []
         datasets: list[int] = []
-        for dataset, prompt, future in requests:
-            for sequence in (await future.result()).sequences:
+        for dataset, (prompt, sequences) in zip(datasets_of, sampled, strict=True):
+            for sequence in sequences:
                 trajectory = Trajectory(
                     transitions=(
                         Transition(
@@ -269,6 +317,132 @@ class SampleStudent(BuiltinStage):
             raise TrainingInputError("the student's samples produced no training data")
         ctx.state["distill_batch"] = RlBatch(data=tuple(data), masks=tuple(masks))
         ctx.state["distill_datasets"] = tuple(datasets)
+        return ctx
+
+
+def _reply_datum(prompt: ModelInput, reply: Sequence[int]) -> Datum | None:
+    """The datum that trains ``reply`` after ``prompt`` (weight on the reply only)."""
+    tokens = [*prompt.to_ints(), *reply]
+    weights = [0.0] * prompt.length + [1.0] * len(reply)
+    return next_token_datum(tokens, weights, len(tokens))
+
+
+class SampleTeacher(BuiltinStage):
+    """Off-policy distillation: sample ``samples_per_prompt`` replies per prompt of this
+    batch from the teacher, as supervised examples for the student."""
+
+    requires: ClassVar[tuple[str, ...]] = ("renderer", "teacher_sampling_client")
+    contract = StageContract(
+        config=_SAMPLES, reads=(PROMPTS, PROMPT_DATASETS), writes=(TEACHER_SAMPLES,)
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        prompts, _ = _batch_prompts(ctx)
+        sampled = await _sample_prompts(
+            ctx,
+            ctx.port("teacher_sampling_client"),
+            prompts,
+            int(ctx.config.samples_per_prompt),
+            "teacher_sample",
+        )
+        data = [
+            datum
+            for prompt, sequences in sampled
+            for sequence in sequences
+            if (datum := _reply_datum(prompt, sequence.tokens)) is not None
+        ]
+        if not data:
+            raise TrainingInputError("the teacher's samples produced no training data")
+        ctx.state["teacher_samples"] = tuple(data)
+        return ctx
+
+
+class SubmitOffPolicyStep(BuiltinStage):
+    """Submit the cross-entropy step on the teacher's samples, unawaited."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = merge_contracts(
+        SUBMITS_STEPS, StageContract(config=("num_batches",), reads=(TEACHER_SAMPLES,))
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        await submit_training_step(
+            ctx,
+            ctx.state["teacher_samples"],
+            total_steps=int(ctx.config.num_batches),
+            loss_fn="cross_entropy",
+        )
+        return ctx
+
+
+class AwaitOffPolicySteps(AwaitTrainingSteps):
+    """Await the off-policy step and log the student's NLL of the teacher's samples."""
+
+    pipelined: ClassVar[bool] = False
+
+    def report(self, step: InFlightStep, output: ForwardBackwardOutput) -> dict[str, float]:
+        return {
+            "distill/loss": nll_of(step.data, output),
+            "distill/lr": step.lr,
+            "distill/sequences": float(len(step.data)),
+            "distill/tokens": math.fsum(w for d in step.data for w in datum_weights(d)),
+        }
+
+    def event(self, step: InFlightStep, row: Mapping[str, float]) -> DistillationStep:
+        return DistillationStep(
+            step=step.step,
+            loss=row["distill/loss"],
+            num_sequences=int(row["distill/sequences"]),
+            num_tokens=int(row["distill/tokens"]),
+            lr=step.lr,
+            metrics=dict(row),
+        )
+
+
+class EvaluateTeacherKl(BuiltinStage):
+    """The student's reverse KL to the teacher on held-out prompts: one reply per
+    evaluation prompt from the current weights, scored by both.
+
+    Records ``eval/teacher_kl``: the mean over reply tokens of ``log p_student(token) -
+    log p_teacher(token)``, a Monte Carlo estimate of the per-token KL(student || teacher).
+    """
+
+    requires: ClassVar[tuple[str, ...]] = (
+        "training_client",
+        "renderer",
+        "teacher_sampling_client",
+        "metrics_store",
+    )
+    contract = StageContract(
+        config=("max_tokens", "temperature", "eval_split"),
+        reads=(EVAL_ROWS, DATASET),
+        writes=(LAST_EVAL_STEP,),
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        prompts = [prompt_messages(row, i) for i, row in enumerate(ctx.state["eval_rows"])]
+        path, student = await sampler_for_current_weights(ctx, f"eval_{ctx.step:06d}")
+        sampled = await _sample_prompts(ctx, student, prompts, 1, f"eval_{ctx.step}/sample")
+        replies = [
+            (datum, sequence)
+            for prompt, (sequence,) in sampled
+            if (datum := _reply_datum(prompt, sequence.tokens)) is not None
+        ]
+        teacher = await sequence_logprobs(
+            ctx,
+            ctx.port("teacher_sampling_client"),
+            [datum for datum, _ in replies],
+            f"eval_{ctx.step}/teacher_logprobs",
+        )
+        gaps = [
+            float(own) - theirs
+            for (_, sequence), scored in zip(replies, teacher, strict=True)
+            for own, theirs in zip(
+                sequence.logprobs or (), scored[len(scored) - len(sequence.tokens) :], strict=True
+            )
+        ]
+        kl = math.fsum(gaps) / len(gaps) if gaps else math.nan
+        await report_evaluation(ctx, {"teacher_kl": kl}, model=path, sample_count=len(replies))
         return ctx
 
 
@@ -299,6 +473,90 @@ class ScoreWithTeacher(BuiltinStage):
             coef=float(ctx.config.kl_coef),
         )
         ctx.state["step_metrics"] = {f"distill/{k}": v for k, v in metrics.items()}
+        return ctx
+
+
+def _topk_datum(datum: Datum, mask: Sequence[float], top: TopKLogprobs, k: int) -> Datum:
+    """``datum`` with ``(N, K)`` targets: at each position the teacher's ``k`` most likely
+    tokens, weighted by their probabilities renormalized over the K on the trained (masked)
+    positions, 0 elsewhere (:class:`TopKReverseKlLoss`'s inputs)."""
+    targets: list[int] = []
+    weights: list[float] = []
+    for index, trained in enumerate(mask):
+        slots = top[index + 1] or ()  # position index + 1 predicts target index
+        ids = [token for token, _ in slots][:k]
+        logprobs = [logprob for _, logprob in slots][:k]
+        if trained > 0 and logprobs:
+            peak = max(logprobs)
+            mass = math.fsum(math.exp(lp - peak) for lp in logprobs)
+            probs = [math.exp(lp - peak) / mass for lp in logprobs]
+        else:
+            probs = [0.0] * len(ids)
+        padding = k - len(ids)  # a vocabulary smaller than K: unused slots
+        targets += ids + [0] * padding
+        weights += probs + [0.0] * padding
+    shape = (len(mask), k)
+    return Datum(
+        model_input=datum.model_input,
+        loss_fn_inputs={
+            "target_tokens": TensorData(dtype="int64", data=tuple(targets), shape=shape),
+            "weights": TensorData(dtype="float32", data=tuple(weights), shape=shape),
+        },
+    )
+
+
+class ScoreTopKWithTeacher(BuiltinStage):
+    """Top-K distillation (``topk`` > 0): the teacher's ``topk`` most likely tokens at each
+    position of the student's samples (capability
+    :data:`~crucible_kitchen.ports.TOPK_PROMPT_LOGPROBS` of ``teacher_sampling_client``),
+    as the targets of :class:`TopKReverseKlLoss`.
+
+    Raises:
+        PortError: the teacher's sampling client has no top-K logprobs.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("teacher_sampling_client",)
+    contract = StageContract(config=("topk",), reads=(DISTILL_BATCH,), writes=(TOPK_BATCH,))
+
+    async def execute(self, ctx: Context) -> Context:
+        teacher = ctx.port("teacher_sampling_client")
+        topk = capability(teacher, TOPK_PROMPT_LOGPROBS)
+        if topk is None:
+            raise PortError(
+                f"topk={ctx.config.topk}: the teacher's sampling client "
+                f"({type(teacher).__name__}) declares no top-K logprobs; set topk=0",
+                port="teacher_sampling_client",
+            )
+        batch: RlBatch = ctx.state["distill_batch"]
+        k = int(ctx.config.topk)
+        futures = [
+            await topk(datum_sequence(datum), k, request_id=ctx.request_id(f"teacher_topk/{i}"))
+            for i, datum in enumerate(batch.data)
+        ]
+        ctx.state["topk_batch"] = tuple(
+            [
+                _topk_datum(datum, mask, await future.result(), k)
+                for datum, mask, future in zip(batch.data, batch.masks, futures, strict=True)
+            ]
+        )
+        return ctx
+
+
+class SubmitTopKDistillationStep(BuiltinStage):
+    """Submit the top-K reverse-KL step (``forward_backward_custom``), unawaited."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = merge_contracts(
+        SUBMITS_STEPS, StageContract(config=("num_batches",), reads=(TOPK_BATCH,))
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        await submit_training_step(
+            ctx,
+            ctx.state["topk_batch"],
+            total_steps=int(ctx.config.num_batches),
+            custom_loss=TopKReverseKlLoss(),
+        )
         return ctx
 
 
@@ -343,3 +601,19 @@ class AwaitDistillationSteps(AwaitTrainingSteps):
             lr=step.lr,
             metrics=dict(row),
         )
+
+
+class AwaitTopKDistillationSteps(AwaitDistillationSteps):
+    """Await the top-K step and log its loss and the student's top-K reverse KL to the
+    teacher (mean per trained position: ``distill/teacher_kl``)."""
+
+    def report(self, step: InFlightStep, output: ForwardBackwardOutput) -> dict[str, float]:
+        metrics = output.metrics
+        positions = float(metrics["topk_positions"])
+        return {
+            "distill/loss": float(metrics["topk_reverse_kl"]) * positions,
+            "distill/teacher_kl": float(metrics["topk_reverse_kl"]),
+            "distill/lr": step.lr,
+            "distill/sequences": float(len(step.data)),
+            "distill/tokens": positions,
+        }

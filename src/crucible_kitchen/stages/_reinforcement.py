@@ -31,6 +31,7 @@ from crucible_kitchen.ports import (
 from crucible_kitchen.stages._common import (
     DATASET,
     LOADS_SPLIT,
+    RESUME_FROM_KEY,
     SAMPLER,
     SAMPLER_STEP,
     STEP_METRICS,
@@ -48,7 +49,7 @@ from crucible_kitchen.stages._common import (
     training_logprobs,
     with_advantages,
 )
-from crucible_kitchen.stages._contract import StageContract, StateKey
+from crucible_kitchen.stages._contract import StageContract, StateKey, declares
 from crucible_kitchen.telemetry import (
     RlAdvantagesComputed,
     RlBatchAssembled,
@@ -96,8 +97,10 @@ __all__ = (
     "RlBatch",
     "RolloutBatch",
     "RolloutGroup",
+    "SaveReferenceWeights",
     "SubmitRlStep",
     "adjust_against",
+    "starts_fresh",
 )
 
 _SEED_MASK: Final = 0x7FFFFFFF
@@ -572,25 +575,60 @@ class AssembleRlBatch(BuiltinStage):
         return ctx
 
 
-class ApplyKlPenalty(BuiltinStage):
-    """Fold a KL penalty against the reference (port ``sampling_client``) into the advantages."""
+REFERENCE_PATH: Final = StateKey("reference_path", str)
+"""The weights the KL penalty's reference samples from, when not the adapters' initial ones
+(see :class:`SaveReferenceWeights`)."""
 
-    requires: ClassVar[tuple[str, ...]] = ("sampling_client",)
+
+@declares(StageContract(may_read=(RESUME_FROM_KEY,)))
+def starts_fresh(ctx: Context) -> bool:
+    """Whether the run starts at its first step rather than resuming from a checkpoint."""
+    return RESUME_FROM_KEY.name not in ctx.state
+
+
+class SaveReferenceWeights(BuiltinStage):
+    """Save the weights the run starts from (after ``init_from`` and the warm-up) for
+    sampling: the KL penalty's reference, instead of the adapters' initial weights. A
+    checkpoint keeps the path, so a resumed run keeps its reference."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = StageContract(writes=(REFERENCE_PATH,))
+
+    async def execute(self, ctx: Context) -> Context:
+        future = await ctx.port("training_client").save_weights_for_sampler(
+            "reference", request_id=ctx.request_id("save_weights_for_sampler")
+        )
+        ctx.state["reference_path"] = (await future.result()).path
+        return ctx
+
+
+class ApplyKlPenalty(BuiltinStage):
+    """Fold a KL penalty against the reference into the advantages: the port
+    ``sampling_client`` (the initial weights), or the weights of ``reference_path`` when the
+    run saved its starting point (:class:`SaveReferenceWeights`)."""
+
+    requires: ClassVar[tuple[str, ...]] = ("sampling_client", "training_client")
     contract = merge_contracts(
         ADJUSTS_ADVANTAGES,
         StageContract(
             config=("kl_penalty_coef",),
             reads=(RL_BATCH,),
-            may_read=(STEP_METRICS,),
+            may_read=(STEP_METRICS, REFERENCE_PATH),
             writes=(RL_BATCH, STEP_METRICS),
         ),
     )
 
     async def execute(self, ctx: Context) -> Context:
+        path = ctx.state.get("reference_path")
+        reference = (
+            ctx.port("sampling_client")
+            if path is None
+            else await ctx.port("training_client").create_sampling_client(str(path))
+        )
         ctx.state["rl_batch"], metrics = await adjust_against(
             ctx,
             ctx.state["rl_batch"],
-            ctx.port("sampling_client"),
+            reference,
             "reference_logprobs",
             kl_penalty_advantages,
             coef=float(ctx.config.kl_penalty_coef),

@@ -9,7 +9,10 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer,
   or a Hugging Face model's own) and :class:`LocalRenderer` (``renderer``, over
   ``training``'s chat formats): torch-free;
-- :func:`local_torch_adapters`: all four, keyed by port name;
+- :class:`ArithmeticEvaluator` (``evaluator``): greedy replies to arithmetic questions,
+  scored exactly; torch-free;
+- :func:`local_torch_adapters`: all of them, keyed by port name, and a teacher
+  (``teacher_sampling_client``) from a checkpoint;
 - :class:`ModelConfig` (with :class:`RopeScaling`), :class:`LoraConfig`, :data:`PRESETS`:
   the model's architecture, from a preset, by hand or read from a Hugging Face model
   directory (``model=`` a path);
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
     from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
+    from crucible_kitchen.adapters.local_torch._evaluator import (
+        ArithmeticEvaluator as ArithmeticEvaluator,
+    )
     from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
         HFModelDirectory as HFModelDirectory,
     )
@@ -56,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "PRESETS",
+    "ArithmeticEvaluator",
     "HFModelDirectory",
     "LocalRenderer",
     "LocalTokenizer",
@@ -72,6 +79,7 @@ __all__ = (
 )
 
 _LAZY: dict[str, str] = {
+    "ArithmeticEvaluator": "_evaluator",
     "PRESETS": "_config",
     "HFModelDirectory": "_hf_checkpoint",
     "LocalRenderer": "_renderer",

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crucible_kitchen.adapters.local_torch._evaluator import ArithmeticEvaluator
 from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
-from crucible_kitchen.adapters.local_torch._sampling_client import DEFAULT_MAX_BATCH
+from crucible_kitchen.adapters.local_torch._sampling_client import (
+    DEFAULT_MAX_BATCH,
+    LocalTorchSamplingClient,
+)
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer, default_tokenizer_for
 from crucible_kitchen.adapters.local_torch._training_client import LocalTorchTrainingClient
 
@@ -41,8 +45,11 @@ def local_torch_adapters(
     loss_chunk: int | None = None,
     microbatch_tokens: int | None = None,
     sampling_max_batch: int = DEFAULT_MAX_BATCH,
+    teacher: str | os.PathLike[str] | None = None,
 ) -> dict[PortName, object]:
-    """Real adapters for ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``.
+    """Real adapters for ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``,
+    ``evaluator`` (an :class:`ArithmeticEvaluator`) and, given a ``teacher`` checkpoint,
+    ``teacher_sampling_client``.
 
     The sampling client samples the initial weights (a frozen copy); the training client
     makes new ones with ``create_sampling_client``. Combine with
@@ -76,12 +83,16 @@ def local_torch_adapters(
             :class:`LocalTorchTrainingClient`).
         sampling_max_batch: most samples a sampling client decodes together, across
             concurrent requests (``1``: one request at a time).
+        teacher: a checkpoint (saved with the same tokenizer) to sample and score with as
+            ``teacher_sampling_client``, frozen, on ``device``; its model may differ from
+            ``model``.
 
     Raises:
         ConfigError: an invalid model, LoRA, tokenizer, device, thread count or speed
             setting.
         PretrainedModelError: the Hugging Face model directory cannot be loaded.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
+        CheckpointError: the teacher checkpoint is missing, corrupt or of another tokenizer.
     """
     if tokenizer is None:
         tokenizer = default_tokenizer_for(model)
@@ -105,11 +116,23 @@ def local_torch_adapters(
         microbatch_tokens=microbatch_tokens,
         sampling_max_batch=sampling_max_batch,
     )
-    if run_dir is not None:  # once the model has loaded: a failure writes nothing
-        local_tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
-    return {
+    local_renderer = LocalRenderer(local_tokenizer, renderer or local_tokenizer.default_renderer)
+    ports: dict[PortName, object] = {
         "training_client": training_client,
         "sampling_client": training_client._initial_sampling_client(),
         "tokenizer": local_tokenizer,
-        "renderer": LocalRenderer(local_tokenizer, renderer or local_tokenizer.default_renderer),
+        "renderer": local_renderer,
+        "evaluator": ArithmeticEvaluator(local_renderer),
     }
+    if teacher is not None:
+        ports["teacher_sampling_client"] = LocalTorchSamplingClient.from_checkpoint(
+            teacher,
+            local_tokenizer,
+            device=device,
+            seed=seed,
+            default_max_tokens=default_max_tokens,
+            threads=threads,
+        )
+    if run_dir is not None:  # once every model has loaded: a failure writes nothing
+        local_tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
+    return ports

@@ -20,7 +20,7 @@ from crucible_kitchen.adapters.local_torch._sampling import (
 from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._translate import translated
 from crucible_kitchen.errors import CheckpointMismatch, ConfigError, InvalidRequest
-from crucible_kitchen.ports import SampledSequence, SampleResponse
+from crucible_kitchen.ports import TOPK_PROMPT_LOGPROBS, SampledSequence, SampleResponse
 from crucible_kitchen.training import derive_seed
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
     from crucible_kitchen.adapters.local_torch._threads import Threads
     from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
-    from crucible_kitchen.ports import ModelInput, SamplingParams
+    from crucible_kitchen.ports import Capabilities, ModelInput, SamplingParams, TopKLogprobs
 
 __all__ = ("LocalTorchSamplingClient",)
 
@@ -277,6 +277,35 @@ class LocalTorchSamplingClient:
         """See :meth:`crucible_kitchen.ports.SamplingClient.get_tokenizer`."""
         return self._tokenizer
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """:data:`~crucible_kitchen.ports.TOPK_PROMPT_LOGPROBS`."""
+        return {TOPK_PROMPT_LOGPROBS: lambda: self.topk_prompt_logprobs}
+
+    async def topk_prompt_logprobs(
+        self, prompt: ModelInput, k: int, *, request_id: str | None = None
+    ) -> LocalFuture[TopKLogprobs]:
+        """The ``k`` most likely tokens of the tokenizer's vocabulary at each position of
+        ``prompt``, with their logprobs (temperature 1), most likely first (see
+        :data:`~crucible_kitchen.ports.TOPK_PROMPT_LOGPROBS`).
+
+        Raises:
+            InvalidRequest: ``k`` < 1; an empty prompt, or one too long or with ids outside
+                the vocabulary.
+        """
+        method = "topk_prompt_logprobs"
+        tokens = self._prompt_tokens(method, prompt, allow_full=True)
+        if type(k) is not int or k < 1:
+            raise self._invalid(method, f"k {k!r} must be an int >= 1")
+        digest = b"" if request_id is None else fingerprint(_PORT, method, (prompt, k))
+        width = min(k, self._tokenizer.vocab_size)
+
+        def work() -> TopKLogprobs:
+            with translated(_PORT, method, request_id, atomic=True):
+                return topk_logprobs(self._model, tokens, width, self._tokenizer.vocab_size)
+
+        return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
+
     # ---------------------------------------------------------------------------------------
 
     def _invalid(self, operation: str, message: str) -> InvalidRequest:
@@ -326,6 +355,25 @@ class LocalTorchSamplingClient:
             return any(stop in text for stop in stops)
 
         return stop_when
+
+
+def topk_logprobs(model: Transformer, tokens: Sequence[int], k: int, vocab: int) -> TopKLogprobs:
+    """Per position of ``tokens``, the ``k`` most likely of the first ``vocab`` ids after the
+    tokens before it, with their logprobs over the model's whole vocabulary (as
+    ``compute_logprobs`` scores them); ``None`` at position 0."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(torch.tensor([list(tokens)], dtype=torch.int64, device=model.device))
+    logprobs = torch.log_softmax(logits[0, :-1].to(torch.float32), dim=-1)[:, :vocab]
+    values, ids = torch.topk(logprobs, k, dim=-1)
+    return (
+        None,
+        *(
+            tuple(zip(row_ids, row_values, strict=True))
+            for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
+        ),
+    )
 
 
 def _sequence(generated: GeneratedSequence) -> SampledSequence:

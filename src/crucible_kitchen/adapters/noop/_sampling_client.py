@@ -15,12 +15,18 @@ from crucible_kitchen.adapters.noop._determinism import (
 from crucible_kitchen.adapters.noop._ledger import RequestLedger
 from crucible_kitchen.adapters.noop._tokenizer import NoopTokenizer
 from crucible_kitchen.errors import InvalidRequest
-from crucible_kitchen.ports import SampledSequence, SampleResponse
+from crucible_kitchen.ports import TOPK_PROMPT_LOGPROBS, SampledSequence, SampleResponse
 
 if TYPE_CHECKING:
     from crucible_kitchen.adapters.noop._faults import FaultPlan
     from crucible_kitchen.adapters.noop._ledger import CallCounters, NoopFuture
-    from crucible_kitchen.ports import ModelInput, SamplingParams, StopReason
+    from crucible_kitchen.ports import (
+        Capabilities,
+        ModelInput,
+        SamplingParams,
+        StopReason,
+        TopKLogprobs,
+    )
 
 __all__ = ("NoopSamplingClient",)
 
@@ -120,6 +126,40 @@ class NoopSamplingClient:
     def get_tokenizer(self) -> NoopTokenizer:
         """See :meth:`crucible_kitchen.ports.SamplingClient.get_tokenizer`."""
         return self._tokenizer
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """:data:`~crucible_kitchen.ports.TOPK_PROMPT_LOGPROBS`."""
+        return {TOPK_PROMPT_LOGPROBS: lambda: self.topk_prompt_logprobs}
+
+    async def topk_prompt_logprobs(
+        self, prompt: ModelInput, k: int, *, request_id: str | None = None
+    ) -> NoopFuture[TopKLogprobs]:
+        """The ``k`` tokens of the vocabulary with the highest noop logprob at each position
+        of ``prompt`` (see :data:`~crucible_kitchen.ports.TOPK_PROMPT_LOGPROBS`).
+
+        Raises:
+            InvalidRequest: ``k`` < 1, or an empty prompt.
+        """
+        operation = "topk_prompt_logprobs"
+        tokens = self._prompt_tokens(operation, prompt)
+        if type(k) is not int or k < 1:
+            raise self._invalid(operation, f"k {k!r} must be an int >= 1")
+        fingerprint = b""
+        if request_id is not None:
+            fingerprint = self._ledger.fingerprint(operation, (prompt, k))
+
+        def effect() -> TopKLogprobs:
+            vocab = range(self._tokenizer.vocab_size)
+            ranked = (
+                sorted(((t, self._logprob(position - 1, t)) for t in vocab), key=lambda x: -x[1])
+                for position in range(1, len(tokens))
+            )
+            return (None, *(tuple(top[:k]) for top in ranked))
+
+        return await self._ledger.submit(
+            operation, effect, request_id=request_id, fingerprint=fingerprint
+        )
 
     def _logprob(self, position: int, token: int) -> float:
         return token_logprob(self._seed, self._weights_key, self._step, position, token)

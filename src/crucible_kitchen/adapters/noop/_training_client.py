@@ -285,9 +285,10 @@ class NoopTrainingClient:
         state = self._state
         key = digest_key(state.weights_digest)
         targets = datum.loss_fn_inputs["target_tokens"]
+        width = targets.dims[1] if len(targets.dims) == 2 else 1  # (N, K): K tokens a position
         values = tuple(
-            token_logprob(self._seed, key, state.step, position, int(token))
-            for position, token in enumerate(targets.data)
+            token_logprob(self._seed, key, state.step, index // width, int(token))
+            for index, token in enumerate(targets.data)
         )
         return TensorData(dtype="float32", data=values, shape=targets.shape)
 
@@ -369,10 +370,10 @@ class NoopTrainingClient:
                 tensor = datum.loss_fn_inputs.get(key)
                 if tensor is None:
                     raise self._invalid(operation, f"data[{index}] lacks loss input {key!r}")
-                if len(tensor.data) != length:
+                if tensor.dims[0] != length:
                     raise self._invalid(
                         operation,
-                        f"data[{index}]: {key!r} has {len(tensor.data)} values "
+                        f"data[{index}]: {key!r} has {tensor.dims[0]} values "
                         f"for {length} positions",
                     )
             targets = datum.loss_fn_inputs["target_tokens"]
