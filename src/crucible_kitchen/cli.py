@@ -1,4 +1,4 @@
-"""The ``kitchen`` command: run, resume, list, describe and plot training runs.
+"""The ``kitchen`` command: run, resume, list, describe and plot training runs; convert models.
 
 ``kitchen --help`` shows the commands with examples (:data:`EXAMPLES`). Ctrl-C once: finish the
 current step, checkpoint, stop, then print the ``kitchen resume`` command that continues there.
@@ -23,7 +23,7 @@ import anyio
 import msgspec
 
 from crucible_kitchen.errors import ConfigError, KitchenError
-from crucible_kitchen.kitchen import Kitchen
+from crucible_kitchen.kitchen import Kitchen, convert_gguf
 from crucible_kitchen.telemetry import (
     STEP_EVENTS,
     ConsoleHandler,
@@ -57,6 +57,7 @@ examples:
   kitchen recipes
   kitchen describe sl_basic
   kitchen serve --port 8080                       # the HTTP API (docs/guides/service.md)
+  kitchen convert model.gguf models/my-model      # GGUF -> Hugging Face model directory
 
 Ctrl-C once: finish the current step, checkpoint, stop; the command that resumes the run
 is printed at the end. Ctrl-C twice: cancel at once (cleanup stages still run).
@@ -481,6 +482,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("KITCHEN_TOKEN"),
         help="bearer token clients must send (default: $KITCHEN_TOKEN); required off loopback",
     )
+    converting = commands.add_parser(
+        "convert", help="convert a GGUF file into a Hugging Face model directory"
+    )
+    converting.add_argument("source", metavar="FILE.gguf")
+    converting.add_argument("destination", metavar="OUT_DIR", help="a new directory")
+    converting.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     return parser
 
 
@@ -515,6 +522,9 @@ def _command(args: argparse.Namespace) -> int:
             from crucible_kitchen.service import serve
 
             serve(host=args.host, port=args.port, root=args.root, token=args.token)
+            return EXIT_OK
+        if args.command == "convert":
+            print(convert_gguf(args.source, args.destination, dtype=args.dtype))
             return EXIT_OK
         if args.command == "plot":
             print(plot(args.run_dir, args.out))

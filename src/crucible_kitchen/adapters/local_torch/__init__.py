@@ -1,8 +1,8 @@
 """Local PyTorch backend: a small decoder-only transformer trained and sampled in-process.
 
 Importing this package is light: it never imports torch. The public names below are loaded
-on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
-:class:`LocalRenderer` import torch.
+on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
+:class:`LocalRenderer` and the GGUF converter import torch.
 
 - :class:`LocalTorchTrainingClient` (port ``training_client``) and
   :class:`LocalTorchSamplingClient` (``sampling_client``);
@@ -10,7 +10,10 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
 - :func:`local_torch_adapters`: all four, keyed by port name;
 - :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
-  :func:`parameter_count` its size (what ``threads="auto"`` decides by).
+  :func:`parameter_count` its size (what ``threads="auto"`` decides by);
+- :func:`convert_gguf`: a GGUF file (llama.cpp's format) into a Hugging Face model directory,
+  and :func:`cached_gguf_model`, the same converted once into a cache (torch-free; the
+  ``gguf`` extra).
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``).
@@ -28,6 +31,10 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import PRESETS as PRESETS
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
+    from crucible_kitchen.adapters.local_torch._gguf import (
+        cached_gguf_model as cached_gguf_model,
+    )
+    from crucible_kitchen.adapters.local_torch._gguf import convert_gguf as convert_gguf
     from crucible_kitchen.adapters.local_torch._model import parameter_count as parameter_count
     from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
     from crucible_kitchen.adapters.local_torch._sampling_client import (
@@ -46,6 +53,8 @@ __all__ = (
     "LocalTorchTrainingClient",
     "LoraConfig",
     "ModelConfig",
+    "cached_gguf_model",
+    "convert_gguf",
     "local_torch_adapters",
     "parameter_count",
 )
@@ -59,6 +68,8 @@ _LAZY: dict[str, str] = {
     "LoraConfig": "_config",
     "parameter_count": "_model",
     "ModelConfig": "_config",
+    "cached_gguf_model": "_gguf",
+    "convert_gguf": "_gguf",
     "local_torch_adapters": "_bundle",
 }
 
