@@ -51,6 +51,7 @@ class Vocabulary:
     tokens: list[str]
     types: list[int]
     merges: list[str]
+    scores: list[float] | None = None
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,28 @@ def vocabulary() -> Vocabulary:
     types = [3 if token in SPECIALS else 4 if token == USER_DEFINED else 1 for token in tokens]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return Vocabulary(tokens, types, merges)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_vocabulary() -> Vocabulary:
+    """A Llama 2 style vocabulary: specials, 256 byte tokens, pieces scored best-first; the
+    merges are left for the converter to derive from the scores."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=400, show_progress=False)
+    lines = (bundled_data_dir() / "corpus.txt").read_text().splitlines()
+    tokenizer.train_from_iterator(lines, trainer)
+    vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
+    pieces = sorted(vocab, key=vocab.get)
+    merged = [piece for piece in pieces if len(piece) > 1]
+    chars = [piece for piece in pieces if len(piece) == 1]
+    specials = ["<unk>", "<s>", "</s>"]
+    tokens = [*specials, *(f"<0x{byte:02X}>" for byte in range(256)), *merged, *chars]
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(merged) + len(chars))
+    scores = [0.0] * 259 + [-float(rank) for rank in range(len(merged) + len(chars))]
+    return Vocabulary(tokens, types, [], scores)
 
 
 def hf_weights(vocab: int, *, tied: bool, seed: int = 0) -> dict[str, np.ndarray]:
@@ -167,11 +190,16 @@ def write_gguf(path: Path, spec: Spec) -> Path:
     writer.add_tokenizer_pre(spec.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+        writer.add_unk_token_id(0)
+    else:
+        writer.add_add_bos_token(False)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_pad_token_id(2)
-    writer.add_add_bos_token(False)
     writer.add_chat_template(TEMPLATE)
     for hf_name, weight in spec.weights.items():
         if ".q_proj." in hf_name:
@@ -324,6 +352,31 @@ def test_tokenizer_encodes_as_transformers_gguf_tokenizer(
         assert ours.encode("in 2024").tokens == ["in", "Ġ", "2", "0", "2", "4"]
 
 
+def test_a_sentencepiece_tokenizer_encodes_as_transformers_gguf_tokenizer(
+    tmp_path: Path, sentencepiece_vocabulary: Vocabulary
+) -> None:
+    vocabulary = sentencepiece_vocabulary
+    weights = hf_weights(len(vocabulary.tokens), tied=True)
+    spec = Spec(weights, vocabulary, tokenizer_model="llama", pre="default")
+    source = write_gguf(tmp_path / "spm.gguf", spec)
+    out = convert_gguf(source, tmp_path / "model")
+
+    ours = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=source.name)
+    for text in (*TEXTS, "Byte fallback: 😀 ß"):
+        ids = ours.encode(text, add_special_tokens=False).ids
+        assert ids == theirs(text, add_special_tokens=False)["input_ids"], text
+        assert ours.encode(text).ids == [1, *ids]  # llama.cpp's default: BOS first
+        if not text.startswith(" "):  # as transformers', a leading space is not prefixed again
+            assert ours.decode(ids) == text
+    assert ours.encode("😀", add_special_tokens=False).tokens[1:] == [
+        "<0xF0>",
+        "<0x9F>",
+        "<0x98>",
+        "<0x80>",
+    ]
+
+
 def test_tokenizer_config_carries_special_tokens_and_chat_template(
     tmp_path: Path, vocabulary: Vocabulary
 ) -> None:
@@ -399,7 +452,7 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
     ("change", "error", "message", "tensor"),
     [
         ({"architecture": "falcon"}, GgufUnsupported, "architecture 'falcon'", None),
-        ({"tokenizer_model": "llama"}, GgufUnsupported, "tokenizer model 'llama'", None),
+        ({"tokenizer_model": "bert"}, GgufUnsupported, "tokenizer model 'bert'", None),
         ({"pre": "mystery"}, GgufUnsupported, "pre-tokenizer 'mystery'", None),
         (
             {"extra_tensors": {"rope_freqs.weight": np.ones(HEAD_DIM // 2, np.float32)}},

@@ -8,8 +8,11 @@ query and key rows undone), ``tokenizer.json`` (built with ``tokenizers`` from t
 ``generation_config.json``. :func:`cached_gguf_model` converts a file once into a cache.
 
 Supported: the ``llama`` architecture (Llama 2 and 3 without rope-frequency tensors, Mistral,
-SmolLM2, ...), byte-level BPE tokenizers (``tokenizer.ggml.model`` ``gpt2``) with the
-pre-tokenizers of :data:`PRE_TOKENIZERS`, and every quantization ``gguf.quants`` dequantizes.
+SmolLM2, ...); byte-level BPE tokenizers (``tokenizer.ggml.model`` ``gpt2``) with the
+pre-tokenizers of :data:`PRE_TOKENIZERS`, and sentencepiece BPE ones (``llama``); every
+quantization ``gguf.quants`` dequantizes. The tokenizer encodes as ``transformers``' own GGUF
+loader does, except that a pre-tokenizer which splits digits one by one (``smollm``,
+``starcoder``) does so, as llama.cpp does.
 
 This module does not import torch.
 """
@@ -91,6 +94,7 @@ PRE_TOKENIZERS: Final[Mapping[str, str | None]] = {
 """How each ``tokenizer.ggml.pre`` splits text before its merges apply, as llama.cpp does:
 GPT-2's regex (``None``), digits one by one before it (``"digits"``), or a regex."""
 
+_UNKNOWN_TOKEN: Final = 2
 _CONTROL_TOKEN: Final = 3
 _USER_DEFINED_TOKEN: Final = 4
 _CACHE_ENV: Final = "CRUCIBLE_KITCHEN_CACHE"
@@ -431,10 +435,14 @@ def _tokenizer_files(
     metadata: _Metadata, config: Mapping[str, Any]
 ) -> tuple[Tokenizer, dict[str, Any]]:
     """``tokenizer.json`` (as a ``tokenizers.Tokenizer``) and ``tokenizer_config.json``."""
+    from tokenizers import AddedToken
+    from tokenizers import processors as post
+
     model = metadata.require("tokenizer.ggml.model")
-    if model != "gpt2":
+    if model not in _TOKENIZER_BUILDERS:
         raise GgufUnsupported(
-            f"tokenizer model {model!r} is not supported (supported: 'gpt2', byte-level BPE)",
+            f"tokenizer model {model!r} is not supported (supported: 'gpt2', byte-level BPE; "
+            "'llama', sentencepiece BPE)",
             path=str(metadata.path),
         )
     tokens: list[str] = metadata.require("tokenizer.ggml.tokens")
@@ -445,8 +453,6 @@ def _tokenizer_files(
     types: list[int] = metadata.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     if len(types) != len(tokens):
         raise metadata.corrupted(f"{len(types)} token types for {len(tokens)} tokens")
-    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False))
-    tokenizer = _byte_level_tokenizer(metadata, tokens, types, add_bos, config.get("bos_token_id"))
 
     def token(key: str) -> str | None:
         token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
@@ -456,9 +462,32 @@ def _tokenizer_files(
             raise metadata.corrupted(f"{key} token id {token_id} is not in the vocabulary")
         return str(tokens[token_id])
 
+    tokenizer = _TOKENIZER_BUILDERS[model](metadata, tokens, token("unknown"))
+    # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise
+    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", model == "llama"))
+    bos = token("bos")
+    if add_bos and bos is not None:
+        tokenizer.post_processor = post.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokens.index(bos))]
+        )
+    special = {_CONTROL_TOKEN} | ({_UNKNOWN_TOKEN} if model == "llama" else set())
+    tokenizer.add_special_tokens(
+        [
+            AddedToken(text, special=True, normalized=False)
+            for text, kind in zip(tokens, types, strict=True)
+            if kind in special
+        ]
+    )
+    tokenizer.add_tokens(
+        [
+            AddedToken(text, special=False, normalized=False)
+            for text, kind in zip(tokens, types, strict=True)
+            if kind == _USER_DEFINED_TOKEN
+        ]
+    )
     tokenizer_config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token("bos"),
+        "bos_token": bos,
         "eos_token": token("eos"),
         "unk_token": token("unknown"),
         "pad_token": token("padding"),
@@ -473,17 +502,23 @@ def _tokenizer_files(
     return tokenizer, tokenizer_config
 
 
+def _merges(metadata: _Metadata) -> list[tuple[str, str]] | None:
+    """``tokenizer.ggml.merges`` as pairs, or ``None`` when the file has none."""
+    pairs = []
+    for merge in metadata.get("tokenizer.ggml.merges") or ():
+        left, space, right = merge.partition(" ")
+        if not space:
+            raise metadata.corrupted(f"merge {merge!r} is not two tokens")
+        pairs.append((left, right))
+    return pairs or None
+
+
 def _byte_level_tokenizer(
-    metadata: _Metadata,
-    tokens: Sequence[str],
-    types: Sequence[int],
-    add_bos: bool,
-    bos_id: int | None,
+    metadata: _Metadata, tokens: Sequence[str], unknown: str | None
 ) -> Tokenizer:
-    """A GPT-2 style byte-level BPE: the vocabulary and merges as the file spells them, its
-    control tokens special and its user-defined tokens whole, split as ``tokenizer.ggml.pre``
-    says (:data:`PRE_TOKENIZERS`)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A GPT-2 style byte-level BPE: the vocabulary and merges as the file spells them, split
+    as ``tokenizer.ggml.pre`` says (:data:`PRE_TOKENIZERS`)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers import processors as post
 
     pre = metadata.get("tokenizer.ggml.pre", "default")
@@ -492,12 +527,9 @@ def _byte_level_tokenizer(
             f"pre-tokenizer {pre!r} is not supported (supported: {', '.join(PRE_TOKENIZERS)})",
             path=str(metadata.path),
         )
-    merges = []
-    for merge in metadata.require("tokenizer.ggml.merges"):
-        left, space, right = merge.partition(" ")
-        if not space:
-            raise metadata.corrupted(f"merge {merge!r} is not two tokens")
-        merges.append((left, right))
+    merges = _merges(metadata)
+    if merges is None:
+        raise metadata.corrupted("a byte-level BPE without tokenizer.ggml.merges")
     vocab = {text: index for index, text in enumerate(tokens)}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     split = PRE_TOKENIZERS[pre]
@@ -516,33 +548,59 @@ def _byte_level_tokenizer(
             [pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level]
         )
     tokenizer.decoder = decoders.ByteLevel()
-    if add_bos and bos_id is not None:
-        bos = tokens[bos_id]
-        tokenizer.post_processor = post.Sequence(
-            [
-                post.ByteLevel(trim_offsets=False),
-                post.TemplateProcessing(
-                    single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
-                ),
-            ]
-        )
-    else:
-        tokenizer.post_processor = post.ByteLevel(trim_offsets=False)
-    tokenizer.add_special_tokens(
-        [
-            AddedToken(text, special=True, normalized=False)
-            for text, kind in zip(tokens, types, strict=True)
-            if kind == _CONTROL_TOKEN
-        ]
-    )
-    tokenizer.add_tokens(
-        [
-            AddedToken(text, special=False, normalized=False)
-            for text, kind in zip(tokens, types, strict=True)
-            if kind == _USER_DEFINED_TOKEN
-        ]
-    )
+    tokenizer.post_processor = post.ByteLevel(trim_offsets=False)
     return tokenizer
+
+
+def _sentencepiece_tokenizer(
+    metadata: _Metadata, tokens: Sequence[str], unknown: str | None
+) -> Tokenizer:
+    """A sentencepiece BPE (Llama 2, Mistral): ``▁`` for spaces, bytes as ``<0xNN>`` tokens
+    for text outside the vocabulary; merges from the file, else from the token scores."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    merges = _merges(metadata)
+    if merges is None:
+        scores = metadata.require("tokenizer.ggml.scores")
+        if len(scores) != len(tokens):
+            raise metadata.corrupted(f"{len(scores)} token scores for {len(tokens)} tokens")
+        merges = _merges_by_score(tokens, scores)
+    vocab = {text: index for index, text in enumerate(tokens)}
+    model = models.BPE(
+        vocab=vocab, merges=merges, unk_token=unknown, fuse_unk=True, byte_fallback=True
+    )
+    tokenizer = Tokenizer(model)
+    prefix_space = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if prefix_space else "never", split=False
+    )
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prefix_space:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tokenizer.decoder = decoders.Sequence(steps)
+    return tokenizer
+
+
+def _merges_by_score(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
+    """The merges a sentencepiece vocabulary implies: every way to cut a token into two
+    tokens, the pieces of higher-scored tokens first (then longer left, then right, pieces;
+    then the order of the vocabulary), as ``transformers`` derives them."""
+    index = {text: position for position, text in enumerate(tokens)}
+    score_of = dict(zip(tokens, scores, strict=True))
+    candidates: list[tuple[str, str, float]] = []
+    for text, score in score_of.items():
+        cuts = [
+            (text[:cut], text[cut:])
+            for cut in range(1, len(text))
+            if text[:cut] in index and text[cut:] in index
+        ]
+        cuts.sort(key=lambda pair: (index[pair[0]], index[pair[1]]))
+        candidates.extend((left, right, score) for left, right in cuts)
+    candidates.sort(key=lambda merge: (-merge[2], -len(merge[0]), -len(merge[1])))
+    return [(left, right) for left, right, _ in candidates]
+
+
+_TOKENIZER_BUILDERS: Final = {"gpt2": _byte_level_tokenizer, "llama": _sentencepiece_tokenizer}
 
 
 def _write_directory(destination: Path, files: Mapping[str, Any]) -> None:
