@@ -27,7 +27,10 @@ every other layer may import it.
     ├── CheckpointError             a checkpoint cannot be written or read; names the path
     │   ├── CheckpointCorrupted     a file is missing, truncated or fails its sha256 check
     │   ├── CheckpointExists        the target already exists  (also a FileExistsError)
-    │   └── CheckpointMismatch      a sound checkpoint that does not fit the model or config
+    │   ├── CheckpointMismatch      a sound checkpoint that does not fit the model or config
+    │   └── PretrainedModelError    a Hugging Face model directory cannot be loaded or written:
+    │                               an unsupported architecture, a missing, unexpected or
+    │                               mis-shaped tensor, an unreadable file; names file and tensor
     ├── DataError                   a dataset file or row is malformed; names the row and field
     │                               (also a ValueError)
     ├── GgufError                   a GGUF model file cannot be converted; names file and tensor
@@ -95,6 +98,7 @@ __all__ = (
     "MessageTypeError",
     "PermanentBackendError",
     "PortError",
+    "PretrainedModelError",
     "RecipeNotFound",
     "RegistryError",
     "RenderError",
@@ -271,6 +275,22 @@ class CheckpointMismatch(CheckpointError):
     def __init__(self, message: str, *, path: str, differences: list[str]) -> None:
         super().__init__(message, path=path)
         self.differences = differences
+
+
+class PretrainedModelError(CheckpointError):
+    """A Hugging Face model directory cannot be loaded (or a model cannot be exported as one).
+
+    ``path`` is the file at fault (``config.json``, a safetensors file, the export target),
+    ``tensor`` the tensor's name in that file when one is at fault, and ``problems`` every
+    problem found.
+    """
+
+    def __init__(
+        self, message: str, *, path: str, tensor: str | None = None, problems: list[str]
+    ) -> None:
+        super().__init__(message, path=path)
+        self.tensor = tensor
+        self.problems = problems
 
 
 class PortError(KitchenError):

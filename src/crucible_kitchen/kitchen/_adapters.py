@@ -123,8 +123,9 @@ class Adapters(Mapping[str, Any]):
 
         - ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``: local torch
           (``local_torch_adapters``: a transformer from the ``model`` preset or config, seeded
-          by ``seed``; checkpoints under ``run_dir/checkpoints``; torch computes with
-          ``threads`` intra-op threads: a count, or ``"auto"``: ``OMP_NUM_THREADS`` when set,
+          by ``seed``, or read from ``model`` given as a Hugging Face model directory;
+          checkpoints under ``run_dir/checkpoints``; torch computes with ``threads``
+          intra-op threads: a count, or ``"auto"``: ``OMP_NUM_THREADS`` when set,
           else one for a model under 2 M parameters, else torch's current count);
         - ``dataset_store`` (the bundled data, or ``data_root``), ``blob_store`` and
           ``model_registry`` (under ``run_dir``): filesystem;
@@ -137,6 +138,7 @@ class Adapters(Mapping[str, Any]):
 
         Raises:
             ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
+            PretrainedModelError: the Hugging Face model directory cannot be loaded.
         """
         from crucible_kitchen.adapters.filesystem import filesystem_adapters
         from crucible_kitchen.adapters.local_torch import local_torch_adapters

@@ -263,7 +263,8 @@ class SlBasicConfig(SupervisedConfig):
     model: str = Field(
         default="tiny",
         min_length=1,
-        description="Local torch model preset: tiny, small (CPU); medium, base, large (GPU).",
+        description="Local torch model preset: tiny, small (CPU); medium, base, large (GPU); "
+        "or the path of a Hugging Face model directory (config.json + safetensors).",
     )
     tokenizer: Literal["byte", "bpe"] = Field(
         default="byte", description="byte (256 ids) or bpe (trained on the bundled corpus)."

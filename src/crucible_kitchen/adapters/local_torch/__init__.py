@@ -9,14 +9,16 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
 - :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
 - :func:`local_torch_adapters`: all four, keyed by port name;
-- :class:`ModelConfig`, :class:`LoraConfig`, :data:`PRESETS`: the model's architecture;
+- :class:`ModelConfig` (with :class:`RopeScaling`), :class:`LoraConfig`, :data:`PRESETS`:
+  the model's architecture, from a preset, by hand or read from a Hugging Face model
+  directory (``model=`` a path);
   :func:`parameter_count` its size (what ``threads="auto"`` decides by);
 - :func:`convert_gguf`: a GGUF file (llama.cpp's format) into a Hugging Face model directory,
   and :func:`cached_gguf_model`, the same converted once into a cache (torch-free; the
   ``gguf`` extra).
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
-``_optim``, ``_checkpoint``, ``_trainer``).
+``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import PRESETS as PRESETS
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
+    from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
     from crucible_kitchen.adapters.local_torch._gguf import (
         cached_gguf_model as cached_gguf_model,
     )
@@ -53,6 +56,7 @@ __all__ = (
     "LocalTorchTrainingClient",
     "LoraConfig",
     "ModelConfig",
+    "RopeScaling",
     "cached_gguf_model",
     "convert_gguf",
     "local_torch_adapters",
@@ -68,6 +72,7 @@ _LAZY: dict[str, str] = {
     "LoraConfig": "_config",
     "parameter_count": "_model",
     "ModelConfig": "_config",
+    "RopeScaling": "_config",
     "cached_gguf_model": "_gguf",
     "convert_gguf": "_gguf",
     "local_torch_adapters": "_bundle",

@@ -24,7 +24,7 @@ CHECKPOINTS_DIR = "checkpoints"
 
 def local_torch_adapters(
     *,
-    model: str | ModelConfig = "tiny",
+    model: str | os.PathLike[str] | ModelConfig = "tiny",
     seed: int = 0,
     lora: LoraConfig | int | None = None,
     device: str = "cpu",
@@ -42,7 +42,9 @@ def local_torch_adapters(
     store and model registry.
 
     Args:
-        model: a preset name (``"tiny"``, ``"small"``, ...) or a :class:`ModelConfig`.
+        model: a preset name (``"tiny"``, ``"small"``, ...), a :class:`ModelConfig`, or the
+            path of a local Hugging Face model directory (``config.json`` and safetensors
+            weights of a Llama, Mistral, Qwen2, Qwen3 or SmolLM2 model) to start from.
         seed: seeds the initial weights, dropout and unseeded sampling.
         lora: a :class:`LoraConfig`, a rank, or ``None`` for full fine-tuning.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
@@ -58,6 +60,7 @@ def local_torch_adapters(
 
     Raises:
         ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
+        PretrainedModelError: the Hugging Face model directory cannot be loaded.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
     """
     local_tokenizer = (

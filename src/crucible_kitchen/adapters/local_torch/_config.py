@@ -23,14 +23,50 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
 
 
 @dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """Llama 3's RoPE frequency scaling (Hugging Face ``rope_type: "llama3"``).
+
+    Wavelengths longer than ``original_max_position_embeddings / low_freq_factor`` are
+    stretched by ``factor``, those shorter than ``... / high_freq_factor`` kept, and those in
+    between interpolated smoothly.
+    """
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+    def __post_init__(self) -> None:
+        if not (
+            all(
+                0 < value < math.inf
+                for value in (self.factor, self.low_freq_factor, self.high_freq_factor)
+            )
+            and self.high_freq_factor > self.low_freq_factor
+            and isinstance(self.original_max_position_embeddings, int)
+            and self.original_max_position_embeddings > 0
+        ):
+            raise ValueError(
+                "invalid RopeScaling: factors must be positive and finite, high_freq_factor > "
+                f"low_freq_factor, original_max_position_embeddings a positive int; got {self}"
+            )
+
+
+_OPTIONAL_IDENTITY_FIELDS = ("d_head", "qkv_bias", "qk_norm", "rope_scaling", "pretrained")
+"""Fields that appear in :meth:`ModelConfig.identity` only when they differ from their default,
+so that configs without them keep the identity (and checkpoints) they always had."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Architecture of a pre-norm decoder-only transformer (RMSNorm, SwiGLU MLP, no biases).
+    """Architecture of a pre-norm decoder-only transformer (RMSNorm, SwiGLU MLP, no biases by
+    default): the Llama family, which Mistral, Qwen2, Qwen3 and SmolLM2 extend.
 
     Attributes:
         vocab_size: Number of token ids; ids are ``0 .. vocab_size - 1``.
         d_model: Width of the residual stream.
         n_layers: Number of transformer blocks.
-        n_heads: Attention heads; must divide ``d_model``.
+        n_heads: Attention heads; must divide ``d_model`` unless ``d_head`` is given.
         d_ff: Hidden width of the SwiGLU MLP.
         max_seq_len: Longest sequence (prompt plus generated tokens) the model accepts.
         n_kv_heads: Key/value heads for grouped-query attention; ``None`` means ``n_heads``.
@@ -38,6 +74,15 @@ class ModelConfig:
         rope_theta: RoPE base frequency.
         norm_eps: RMSNorm epsilon.
         tie_embeddings: Share the token embedding with the output projection.
+        d_head: Width of one attention head; ``None`` means ``d_model // n_heads`` (Qwen3
+            sets it apart).
+        qkv_bias: Biases on the query, key and value projections (Qwen2).
+        qk_norm: RMSNorm of each query and key head before RoPE (Qwen3).
+        rope_scaling: Llama 3's RoPE frequency scaling, or ``None``.
+        pretrained: Digest of the pretrained weights the model starts from (a Hugging Face
+            model directory's ``config.json`` and safetensors files), ``None`` for a model
+            initialised from a seed. Part of the identity, so a checkpoint of one pretrained
+            model never loads into another.
         dropout: Residual and embedding dropout while training; 0 disables it.
         init_std: Standard deviation of the normal weight init.
         dtype: Parameter dtype.
@@ -60,6 +105,11 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: DTypeName = "float32"
     device: str = "cpu"
+    d_head: int | None = None
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    rope_scaling: RopeScaling | None = None
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -67,11 +117,13 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive int, got {value!r}")
-        if not problems:
-            if self.d_model % self.n_heads:
+        if self.d_head is not None and (not isinstance(self.d_head, int) or self.d_head < 1):
+            problems.append(f"d_head must be a positive int or None, got {self.d_head!r}")
+        elif not problems:
+            if self.d_head is None and self.d_model % self.n_heads:
                 problems.append(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
-            elif self.positions == "rope" and (self.d_model // self.n_heads) % 2:
-                problems.append(f"RoPE needs an even head dim, got {self.d_model // self.n_heads}")
+            elif self.positions == "rope" and self.head_dim % 2:
+                problems.append(f"RoPE needs an even head dim, got {self.head_dim}")
             kv_heads = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
             if kv_heads < 1 or self.n_heads % kv_heads:
                 problems.append(
@@ -80,6 +132,8 @@ class ModelConfig:
                 )
         if self.positions not in ("rope", "learned"):
             problems.append(f"positions must be 'rope' or 'learned', got {self.positions!r}")
+        if self.rope_scaling is not None and self.positions != "rope":
+            problems.append("rope_scaling needs positions='rope'")
         if self.dtype not in _TORCH_DTYPES:
             problems.append(f"dtype must be one of {sorted(_TORCH_DTYPES)}, got {self.dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -98,8 +152,8 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.d_model // self.n_heads
+        """Width of one attention head: ``d_head``, or ``d_model // n_heads``."""
+        return self.d_model // self.n_heads if self.d_head is None else self.d_head
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -107,14 +161,42 @@ class ModelConfig:
         return _TORCH_DTYPES[self.dtype]
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the weights' meaning (all but ``device``), JSON-ready."""
+        """The fields that define the weights' meaning (all but ``device``), JSON-ready.
+
+        The fields added for pretrained families appear only when set, so the identity of a
+        config without them is what it always was.
+        """
         fields = dataclasses.asdict(self)
         del fields["device"]
+        for name in _OPTIONAL_IDENTITY_FIELDS:
+            if getattr(self, name) == _FIELD_DEFAULTS[name]:
+                del fields[name]
         return fields
+
+    @classmethod
+    def from_identity(cls, identity: dict[str, Any]) -> ModelConfig:
+        """The config whose :meth:`identity` is ``identity`` (on the CPU).
+
+        Raises:
+            ValueError: ``identity`` is not one (an unknown field, an invalid value).
+        """
+        fields = dict(identity)
+        scaling = fields.get("rope_scaling")
+        try:
+            if isinstance(scaling, dict):
+                fields["rope_scaling"] = RopeScaling(**scaling)
+            return cls(**fields)
+        except TypeError as exc:
+            raise ValueError(f"not a model config identity: {exc}") from exc
 
     def fingerprint(self) -> str:
         """Stable sha256 of :meth:`identity`."""
         return sha256_of_json(self.identity())
+
+
+_FIELD_DEFAULTS: dict[str, Any] = {
+    field.name: field.default for field in dataclasses.fields(ModelConfig)
+}
 
 
 def sha256_of_json(value: object) -> str:

@@ -18,7 +18,7 @@ from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfi
 from crucible_kitchen.training import derive_seed
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 
 def dropout(x: Tensor, p: float, generator: torch.Generator, *, training: bool) -> Tensor:
@@ -59,9 +59,31 @@ class KVCache:
         )
 
 
-def _rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
-    inverse_frequencies = 1.0 / (theta ** (exponents / head_dim))
+def _inverse_frequencies(config: ModelConfig, device: torch.device) -> Tensor:
+    """RoPE's per-pair inverse frequencies, with Llama 3's scaling when the config has it."""
+    head_dim = config.head_dim
+    exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
+    inverse = 1.0 / (config.rope_theta ** (exponents / head_dim))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inverse
+    # As Hugging Face's llama3 rope: stretch long wavelengths, keep short ones, blend between.
+    context = scaling.original_max_position_embeddings
+    wavelengths = 2 * math.pi / inverse
+    stretched = torch.where(
+        wavelengths > context / scaling.low_freq_factor, inverse / scaling.factor, inverse
+    )
+    smooth = (context / wavelengths - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * stretched / scaling.factor + smooth * stretched
+    medium = (wavelengths >= context / scaling.high_freq_factor) & (
+        wavelengths <= context / scaling.low_freq_factor
+    )
+    return torch.where(medium, blended, stretched)
+
+
+def _rope_tables(positions: Tensor, inverse_frequencies: Tensor) -> tuple[Tensor, Tensor]:
     angles = positions.to(torch.float32)[:, None] * inverse_frequencies[None, :]
     return angles.cos(), angles.sin()
 
@@ -74,17 +96,21 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Causal multi-head attention with optional grouped-query key/value heads and RoPE."""
+    """Causal multi-head attention with optional grouped-query key/value heads, RoPE, query,
+    key and value biases and per-head query and key RMSNorm."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_heads = config.n_heads
         self.n_kv_heads = config.kv_heads
         self.head_dim = config.head_dim
-        self.q = nn.Linear(config.d_model, config.n_heads * config.head_dim, bias=False)
-        self.k = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=False)
-        self.v = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=False)
+        bias = config.qkv_bias
+        self.q = nn.Linear(config.d_model, config.n_heads * config.head_dim, bias=bias)
+        self.k = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=bias)
+        self.v = nn.Linear(config.d_model, config.kv_heads * config.head_dim, bias=bias)
         self.o = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -101,6 +127,8 @@ class Attention(nn.Module):
         q = self.q(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q = _apply_rope(q, *rope)
             k = _apply_rope(k, *rope)
@@ -233,7 +261,7 @@ class Transformer(nn.Module):
         x: Tensor = self.embed(tokens)
         rope = None
         if self.pos_embed is None:
-            rope = _rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+            rope = _rope_tables(positions, _inverse_frequencies(self.config, positions.device))
         else:
             x = x + self.pos_embed(positions)[None]
         x = dropout(x, self.config.dropout, self.dropout_generator, training=self.training)
@@ -255,7 +283,9 @@ def _initialise(model: Transformer, generator: torch.Generator) -> None:
     # GPT-2 style: shrink the projections that write into the residual stream by depth.
     residual_std = std / math.sqrt(2 * model.config.n_layers)
     for name, parameter in model.named_parameters():
-        if parameter.ndim == 1:
+        if name.endswith(".bias"):
+            parameter.zero_()
+        elif parameter.ndim == 1:
             parameter.fill_(1.0)
         elif name.endswith((".o.weight", ".down.weight")):
             parameter.normal_(0.0, residual_std, generator=generator)
@@ -263,16 +293,26 @@ def _initialise(model: Transformer, generator: torch.Generator) -> None:
             parameter.normal_(0.0, std, generator=generator)
 
 
-def build_model(config: ModelConfig, *, seed: int) -> Transformer:
+def build_model(
+    config: ModelConfig, *, seed: int, weights: Mapping[str, Tensor] | None = None
+) -> Transformer:
     """A freshly initialised model on ``config.device`` in ``config.dtype``, in training mode.
 
     Weights are drawn on the CPU in float32 from a generator seeded with ``seed``, then moved,
-    so a seed gives the same initial weights on every device.
+    so a seed gives the same initial weights on every device. ``weights`` (every parameter,
+    by this module's names, e.g. pretrained ones) replace the drawn init; ``seed`` still
+    seeds dropout.
+
+    Raises:
+        RuntimeError: ``weights`` lacks a parameter, has an extra one or a wrong shape.
     """
     with torch.device("meta"):
         model = Transformer(config)
-    model.to_empty(device="cpu")
-    _initialise(model, torch.Generator().manual_seed(derive_seed(seed, "init")))
+    if weights is None:
+        model.to_empty(device="cpu")
+        _initialise(model, torch.Generator().manual_seed(derive_seed(seed, "init")))
+    else:
+        model.load_state_dict(weights, strict=True, assign=True)
     device = resolve_device(config.device)
     model.to(device=device, dtype=config.torch_dtype)
     model.dropout_generator = torch.Generator(device=device).manual_seed(

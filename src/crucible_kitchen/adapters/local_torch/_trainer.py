@@ -76,17 +76,25 @@ def _padded(
 
 
 class Trainer:
-    """A model built from ``config`` and ``seed`` (with LoRA adapters if ``lora``), AdamW over
-    its trainable parameters, and the number of optimizer steps applied.
+    """A model built from ``config`` and ``seed``, or from pretrained ``weights`` (with LoRA
+    adapters if ``lora``), AdamW over its trainable parameters, and the number of optimizer
+    steps applied.
 
     Raises:
         ValueError: the device is not available.
     """
 
-    def __init__(self, config: ModelConfig, *, seed: int, lora: LoraConfig | None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        seed: int,
+        lora: LoraConfig | None,
+        weights: Mapping[str, Tensor] | None = None,
+    ) -> None:
         self.config = config
         self.lora = lora
-        self.model = build_model(config, seed=seed)
+        self.model = build_model(config, seed=seed, weights=weights)
         if lora is not None:
             apply_lora(self.model, lora)
         self.model.train()

@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast, get_args
 
 import torch
 
@@ -19,11 +19,19 @@ from crucible_kitchen.adapters.local_torch._checkpoint import (
     verify_checkpoint,
 )
 from crucible_kitchen.adapters.local_torch._config import (
+    PRESETS,
+    DTypeName,
     LoraConfig,
     ModelConfig,
     enable_determinism,
     preset,
     resolve_device,
+)
+from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
+    HFModelDirectory,
+    is_hf_model_dir,
+    load_hf_weights,
+    read_hf_model,
 )
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
 from crucible_kitchen.adapters.local_torch._sampling_client import LocalTorchSamplingClient
@@ -85,7 +93,8 @@ class LocalTorchTrainingClient:
     """Implements :class:`~crucible_kitchen.ports.TrainingClient` with a torch model in-process.
 
     The model is a decoder-only transformer built from a preset name or a
-    :class:`ModelConfig` and a seed (optionally with LoRA adapters, then only they train).
+    :class:`ModelConfig` and a seed, or read from a Hugging Face model directory (optionally
+    with LoRA adapters, then only they train).
     Losses are Tinker's, sum-reduced over tokens; gradients accumulate across
     ``forward_backward`` calls until ``optim_step`` (AdamW). Each datum's output holds its
     ``"logprobs"`` and its ``"loss"`` (a 0-d tensor); the metrics hold ``"loss:sum"``.
@@ -107,13 +116,16 @@ class LocalTorchTrainingClient:
 
     Args:
         model: a preset name (``"tiny"``, ``"small"``, ...; its vocabulary is resized to the
-            tokenizer's) or a full :class:`ModelConfig`.
+            tokenizer's), a full :class:`ModelConfig`, or the path of a local Hugging Face
+            model directory (one with a ``config.json``: Llama, Mistral, Qwen2, Qwen3,
+            SmolLM2), whose architecture and weights it starts from.
         seed: seeds the initial weights and the dropout generator.
         lora: a :class:`LoraConfig`, or a rank (LoRA with defaults and ``seed``); ``None``
             trains every weight.
         tokenizer: by default the byte-level tokenizer.
         device: overrides the config's device (``"cpu"``, ``"cuda"``, ``"auto"``).
-        dtype: overrides the config's parameter dtype.
+        dtype: overrides the config's parameter dtype. A Hugging Face model defaults to
+            float32 on the CPU and to its ``config.json``'s dtype on CUDA.
         checkpoint_dir: where checkpoints go; by default a new temporary directory.
         deterministic: on CUDA, switch torch to deterministic kernels (process-wide); CPU
             kernels are deterministic already.
@@ -126,12 +138,14 @@ class LocalTorchTrainingClient:
         ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
             smaller than the tokenizer's, an unavailable device, or an invalid ``threads``
             (or ``OMP_NUM_THREADS``).
+        PretrainedModelError: the Hugging Face model directory cannot be loaded (see
+            ``read_hf_model``).
     """
 
     def __init__(
         self,
         *,
-        model: str | ModelConfig = "tiny",
+        model: str | os.PathLike[str] | ModelConfig = "tiny",
         seed: int = 0,
         lora: LoraConfig | int | None = None,
         tokenizer: LocalTokenizer | None = None,
@@ -143,7 +157,12 @@ class LocalTorchTrainingClient:
         threads: Threads = "auto",
     ) -> None:
         self._tokenizer = tokenizer if tokenizer is not None else LocalTokenizer.byte()
-        self._base_model = model if isinstance(model, str) else "custom"
+        pretrained = _pretrained_model(model, device=device, dtype=dtype)
+        if pretrained is not None:
+            self._base_model = str(pretrained.path)
+            model = pretrained.config
+        else:
+            self._base_model = model if isinstance(model, str) else "custom"
         config, lora_config = _resolve_config(
             model, seed=seed, lora=lora, tokenizer=self._tokenizer, device=device, dtype=dtype
         )
@@ -152,14 +171,21 @@ class LocalTorchTrainingClient:
             enable_determinism()
         self._seed = seed
         self._default_max_tokens = default_max_tokens
-        self._trainer = Trainer(config, seed=seed, lora=lora_config)
+        self._pretrained = pretrained
+        self._trainer = Trainer(
+            config,
+            seed=seed,
+            lora=lora_config,
+            weights=None if pretrained is None else load_hf_weights(pretrained),
+        )
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if self._checkpoint_dir is not None:
             remove_partial_checkpoints(self._checkpoint_dir)  # what a killed process left
         lora_part = "" if lora_config is None else f"-lora{lora_config.rank}"
-        self._model_id = f"local-torch-{self._base_model}-seed{seed}{lora_part}"
+        base_name = self._base_model if pretrained is None else pretrained.path.name
+        self._model_id = f"local-torch-{base_name}-seed{seed}{lora_part}"
 
     # ---------------------------------------------------------------------------------------
     # Adapter-specific API
@@ -169,6 +195,11 @@ class LocalTorchTrainingClient:
         """The model's architecture: the vocabulary resized to the tokenizer's, device and
         dtype as configured (``"auto"`` stays ``"auto"``)."""
         return self._trainer.config
+
+    @property
+    def pretrained(self) -> HFModelDirectory | None:
+        """The Hugging Face model directory the weights came from, if any."""
+        return self._pretrained
 
     @property
     def threads(self) -> int:
@@ -663,8 +694,40 @@ def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
     return payload.get("request_id") == request_id and payload.get("fingerprint") == digest.hex()
 
 
+def _pretrained_model(
+    model: object, *, device: str | None, dtype: str | None
+) -> HFModelDirectory | None:
+    """The Hugging Face model directory ``model`` names, or ``None`` for a preset or config.
+
+    Raises:
+        ConfigError: ``model`` is a path to something else than a model directory.
+    """
+    if isinstance(model, ModelConfig) or (isinstance(model, str) and model in PRESETS):
+        return None
+    if not isinstance(model, str | os.PathLike):
+        return None  # _resolve_config refuses it
+    if not is_hf_model_dir(model):
+        raise ConfigError(
+            [
+                f"unknown model preset {str(model)!r}; known: {sorted(PRESETS)}; nor is it a "
+                "Hugging Face model directory (a directory with a config.json)"
+            ],
+            source="local torch model",
+        )
+    device = device or "cpu"
+    try:
+        on_cuda = resolve_device(device).type == "cuda"
+        if dtype is not None and dtype not in get_args(DTypeName):
+            raise ValueError(f"dtype must be one of {get_args(DTypeName)}, got {dtype!r}")
+    except ValueError as exc:
+        raise ConfigError([str(exc)], source="local torch model") from exc
+    return read_hf_model(
+        model, dtype=cast("DTypeName | None", dtype), device=device, config_dtype=on_cuda
+    )
+
+
 def _resolve_config(
-    model: str | ModelConfig,
+    model: str | os.PathLike[str] | ModelConfig,
     *,
     seed: int,
     lora: LoraConfig | int | None,
