@@ -23,7 +23,9 @@ every other layer may import it.
     │       └── ResourceNotFound    no dataset, blob, model or checkpoint by that name
     │                               (also a LookupError)
     ├── ConfigError                 invalid configuration; every problem listed with its path
-    │                               (also a ValueError)
+    │   │                           (also a ValueError)
+    │   └── TokenizerFileError      a tokenizer.json or tokenizer_config.json is missing or
+    │                               corrupt; names the file
     ├── CheckpointError             a checkpoint cannot be written or read; names the path
     │   ├── CheckpointCorrupted     a file is missing, truncated or fails its sha256 check
     │   ├── CheckpointExists        the target already exists  (also a FileExistsError)
@@ -43,7 +45,9 @@ every other layer may import it.
     ├── RegistryError               a registered adapter set or recipe (an entry point) cannot be
     │                               loaded, is registered twice, or is not what its group holds
     ├── RenderError                 a conversation cannot be rendered or a completion parsed
-    │                               (also a ValueError)
+    │   │                           (also a ValueError)
+    │   └── ChatTemplateError       a Jinja chat template fails to compile or render, or is not
+    │                               prefix-stable
     ├── RunDirectoryError           a run directory cannot be written, read or resumed
     ├── TelemetryError              a bad telemetry handler spec, or a tracing exporter that is
     │                               unknown or not installed
@@ -78,6 +82,7 @@ __all__ = (
     "BackendError",
     "CallTimeout",
     "CallToSelf",
+    "ChatTemplateError",
     "CheckpointCorrupted",
     "CheckpointError",
     "CheckpointExists",
@@ -113,6 +118,7 @@ __all__ = (
     "SupervisorError",
     "SupervisorNotRunning",
     "TelemetryError",
+    "TokenizerFileError",
     "TrainingInputError",
     "TransientBackendError",
     "WorkflowDefinitionError",
@@ -360,6 +366,11 @@ class RenderError(KitchenError, ValueError):
     """A conversation cannot be rendered into tokens, or a sampled completion cannot be parsed."""
 
 
+class ChatTemplateError(RenderError):
+    """A Jinja chat template fails to compile or render (``raise_exception`` included), or is
+    not prefix-stable: rendering a conversation rewrites what it rendered for a shorter one."""
+
+
 class TelemetryError(KitchenError):
     """A telemetry handler spec is invalid, or a tracing exporter is unknown or not installed."""
 
@@ -437,6 +448,15 @@ class ConfigError(KitchenError, ValueError):
         super().__init__(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
         self.problems = problems
         self.source = source
+
+
+class TokenizerFileError(ConfigError):
+    """A ``tokenizer.json`` or ``tokenizer_config.json`` is missing or corrupt; names the file
+    (``path``)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__([f"{path}: {message}"], source="tokenizer")
+        self.path = path
 
 
 class RunDirectoryError(KitchenError):

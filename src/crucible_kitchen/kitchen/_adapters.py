@@ -112,8 +112,8 @@ class Adapters(Mapping[str, Any]):
         seed: int = 0,
         run_dir: str | os.PathLike[str] | None = None,
         model: Any = "tiny",
-        tokenizer: Any = "byte",
-        renderer: str = "chatml",
+        tokenizer: Any = None,
+        renderer: str | None = None,
         lora: Any = None,
         device: str = "cpu",
         threads: int | Literal["auto"] = "auto",
@@ -123,7 +123,11 @@ class Adapters(Mapping[str, Any]):
 
         - ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``: local torch
           (``local_torch_adapters``: a transformer from the ``model`` preset or config, seeded
-          by ``seed``, or read from ``model`` given as a Hugging Face model directory;
+          by ``seed``, or read from ``model`` given as a Hugging Face model directory; the
+          ``tokenizer`` (``"byte"``, ``"bpe"``, a Hugging Face model directory or
+          ``tokenizer.json``; by default a model directory's own, else ``"byte"``) and the
+          chat format ``renderer`` (by default the one that fits the tokenizer: the model
+          family's, ``"jinja"`` for the model's own chat template, or ``"chatml"``);
           checkpoints under ``run_dir/checkpoints``; torch computes with ``threads``
           intra-op threads: a count, or ``"auto"``: ``OMP_NUM_THREADS`` when set,
           else one for a model under 2 M parameters, else torch's current count);

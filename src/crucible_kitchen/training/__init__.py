@@ -16,10 +16,13 @@ Torch-free, re-exported here:
 - **Seeds**: :func:`derive_seed`, the one way every generator in the package is seeded.
 - **Tokenizers**: the :class:`ChatTokenizer` protocol renderers need, :class:`ByteTokenizer`,
   and :class:`BpeTokenizer` / :func:`train_bpe_tokenizer` / :func:`default_bpe_tokenizer`
-  (these import ``tokenizers``, from the ``torch`` extra, only when called).
+  (these import ``tokenizers``, from the ``torch`` extra, only when called); a model's own
+  Hugging Face tokenizer, :class:`HfTokenizer` read by :func:`load_hf_tokenizer`.
 - **Renderers**: :class:`RoleColonRenderer`, :class:`Llama3Renderer`, :class:`ChatMLRenderer`,
   Qwen3's with thinking blocks (:class:`Qwen3Renderer`, :func:`split_thinking`) and without
-  (:class:`Qwen3DisableThinkingRenderer`) (:func:`get_renderer` by name), :class:`TrainOnWhat`
+  (:class:`Qwen3DisableThinkingRenderer`) (:func:`get_renderer` by name), the model's own
+  Jinja template (:class:`JinjaRenderer` over a :class:`ChatTemplate`;
+  :func:`renderer_for_chat_template` picks a family's renderer), :class:`TrainOnWhat`
   masks, :class:`SupervisedExample` and its next-token shift :class:`NextTokenExample`,
   completion parsing.
 - **Bundled data**: chat tasks (SFT), arithmetic problems with :func:`arithmetic_reward` (RL),
@@ -52,6 +55,7 @@ from crucible_kitchen.training._bpe import BpeTokenizer as BpeTokenizer
 from crucible_kitchen.training._bpe import default_bpe_tokenizer as default_bpe_tokenizer
 from crucible_kitchen.training._bpe import train_bpe_tokenizer as train_bpe_tokenizer
 from crucible_kitchen.training._byte_tokenizer import ByteTokenizer as ByteTokenizer
+from crucible_kitchen.training._chat_template import ChatTemplate as ChatTemplate
 from crucible_kitchen.training._datasets import CHAT_TASKS as CHAT_TASKS
 from crucible_kitchen.training._datasets import ArithmeticProblem as ArithmeticProblem
 from crucible_kitchen.training._datasets import ChatExample as ChatExample
@@ -70,10 +74,14 @@ from crucible_kitchen.training._datasets import load_chat_examples as load_chat_
 from crucible_kitchen.training._datasets import load_preference_pairs as load_preference_pairs
 from crucible_kitchen.training._dpo import DPO_LOSS_TYPES as DPO_LOSS_TYPES
 from crucible_kitchen.training._dpo import DPOLossType as DPOLossType
+from crucible_kitchen.training._hf_tokenizer import HfTokenizer as HfTokenizer
+from crucible_kitchen.training._hf_tokenizer import load_hf_tokenizer as load_hf_tokenizer
 from crucible_kitchen.training._renderers import RENDERERS as RENDERERS
 from crucible_kitchen.training._renderers import ChatMLRenderer as ChatMLRenderer
+from crucible_kitchen.training._renderers import JinjaRenderer as JinjaRenderer
 from crucible_kitchen.training._renderers import Llama3Renderer as Llama3Renderer
 from crucible_kitchen.training._renderers import Message as Message
+from crucible_kitchen.training._renderers import MessageRenderer as MessageRenderer
 from crucible_kitchen.training._renderers import NextTokenExample as NextTokenExample
 from crucible_kitchen.training._renderers import ParsedResponse as ParsedResponse
 from crucible_kitchen.training._renderers import ParseTermination as ParseTermination
@@ -90,6 +98,9 @@ from crucible_kitchen.training._renderers import (
     build_text_completion_example as build_text_completion_example,
 )
 from crucible_kitchen.training._renderers import get_renderer as get_renderer
+from crucible_kitchen.training._renderers import (
+    renderer_for_chat_template as renderer_for_chat_template,
+)
 from crucible_kitchen.training._renderers import split_thinking as split_thinking
 from crucible_kitchen.training._schedules import LRSchedule as LRSchedule
 from crucible_kitchen.training._schedules import lr_multiplier as lr_multiplier
@@ -110,11 +121,15 @@ __all__ = (
     "ByteTokenizer",
     "ChatExample",
     "ChatMLRenderer",
+    "ChatTemplate",
     "ChatTokenizer",
     "DPOLossType",
+    "HfTokenizer",
+    "JinjaRenderer",
     "LRSchedule",
     "Llama3Renderer",
     "Message",
+    "MessageRenderer",
     "NextTokenExample",
     "ParseTermination",
     "ParsedResponse",
@@ -142,10 +157,12 @@ __all__ = (
     "kl_sample_train_metrics",
     "load_arithmetic_problems",
     "load_chat_examples",
+    "load_hf_tokenizer",
     "load_preference_pairs",
     "lr_multiplier",
     "nonconstant_group_indices",
     "post_update_kl_metrics",
+    "renderer_for_chat_template",
     "reverse_kl_advantages",
     "scheduled_learning_rate",
     "split_thinking",

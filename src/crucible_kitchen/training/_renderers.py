@@ -3,8 +3,11 @@
 A renderer splits each message into a *header* (role markup the model reads but does not
 write), an *output* (the content plus end-of-turn markup: what the model writes) and, for the
 role-colon format only, a *stop overlap* (the part of the stop sequence that the next header
-would repeat). Each piece is encoded separately, so the tokens of a generation prompt are
-always a prefix of the tokens of the supervised example for the same conversation.
+would repeat). The family renderers (:class:`MessageRenderer`) write each message themselves
+and encode each piece separately, so the tokens of a generation prompt are always a prefix of
+the tokens of the supervised example for the same conversation. :class:`JinjaRenderer` runs
+the model's own chat template instead and finds the pieces by rendering the conversation's
+prefixes.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import json
 import re
 from abc import ABC, abstractmethod
 from enum import StrEnum
-from typing import TYPE_CHECKING, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import msgspec
 
-from crucible_kitchen.errors import RenderError, TrainingInputError
+from crucible_kitchen.errors import ChatTemplateError, RenderError, TrainingInputError
+from crucible_kitchen.training._chat_template import ChatTemplate
+from crucible_kitchen.training._hf_tokenizer import HfTokenizer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -27,8 +32,10 @@ if TYPE_CHECKING:
 __all__ = (
     "RENDERERS",
     "ChatMLRenderer",
+    "JinjaRenderer",
     "Llama3Renderer",
     "Message",
+    "MessageRenderer",
     "NextTokenExample",
     "ParseTermination",
     "ParsedResponse",
@@ -41,6 +48,7 @@ __all__ = (
     "TrainOnWhat",
     "build_text_completion_example",
     "get_renderer",
+    "renderer_for_chat_template",
     "split_thinking",
 )
 
@@ -248,7 +256,8 @@ def _select_trained(
 class Renderer(ABC):
     """Renders conversations for training and sampling, and parses sampled completions.
 
-    Subclasses define :meth:`render_message`, :meth:`stop_sequences` and
+    Subclasses define :meth:`build_generation_prompt`, ``_build_example`` (the tokens and
+    weights of a conversation whose trained messages are chosen), :meth:`stop_sequences` and
     :meth:`parse_response`, and list in ``required_special_tokens`` the markup that must be a
     single special token of the tokenizer (checked when the renderer is built).
     """
@@ -292,10 +301,6 @@ class Renderer(ABC):
         return []
 
     @abstractmethod
-    def render_message(self, message: Message, *, index: int) -> RenderedMessage:
-        """Split ``message``, the ``index``-th of its conversation, into text pieces."""
-
-    @abstractmethod
     def stop_sequences(self) -> list[int] | list[str]:
         """What the sampler should stop at: token ids or strings (Tinker's ``stop``)."""
 
@@ -307,26 +312,16 @@ class Renderer(ABC):
         them when it stops at one of :meth:`stop_sequences`.
         """
 
+    @abstractmethod
     def build_generation_prompt(
         self, messages: Sequence[Message], *, role: str = "assistant", prefill: str | None = None
     ) -> list[int]:
-        """Tokens to sample the next ``role`` message from: BOS, every message, then the
+        """Tokens to sample the next ``role`` message from: the conversation, then the
         header of the new message and the ``prefill`` text, if any.
 
         Raises:
             RenderError: a message or ``role`` is invalid.
         """
-        _check_messages([*messages, Message(role=role, content="")])
-        tokens = self.bos_tokens()
-        for index, message in enumerate(messages):
-            rendered = self.render_message(message, index=index)
-            tokens += self._tokenizer.encode(rendered.header)
-            tokens += self._tokenizer.encode(rendered.output)
-        header = self.render_message(Message(role=role, content=""), index=len(messages)).header
-        tokens += self._tokenizer.encode(header)
-        if prefill:
-            tokens += self._tokenizer.encode(prefill)
-        return tokens
 
     def build_supervised_example(
         self,
@@ -378,6 +373,78 @@ class Renderer(ABC):
         trained = [False] * len(prompt) + [True] * len(completion)
         return self._build_example(messages, trained, train_headers=False, what="completion")
 
+    @abstractmethod
+    def _build_example(
+        self,
+        messages: Sequence[Message],
+        trained: Sequence[bool],
+        *,
+        train_headers: bool,
+        what: str,
+    ) -> SupervisedExample:
+        """The example of ``messages``, checked already: the outputs of the messages whose
+        ``trained`` is true get weight 1, headers too if ``train_headers``, BOS never.
+
+        Raises:
+            RenderError: no token would be trained (``what`` says what was asked for).
+        """
+
+    def _parse_at_stop_token(self, tokens: Sequence[int], stop_token: str) -> ParsedResponse:
+        """Parse a completion that should end with one ``stop_token``; the content is the
+        text before it (the first one, if several)."""
+        stop_id = self._special_id(stop_token)
+        eos_id = self._tokenizer.eos_token_id
+        tokens = list(tokens)
+        if stop_id in tokens:
+            end = tokens.index(stop_id)
+            termination = (
+                ParseTermination.STOP_SEQUENCE
+                if tokens.count(stop_id) == 1
+                else ParseTermination.MALFORMED
+            )
+        elif eos_id is not None and tokens and tokens[-1] == eos_id:
+            end, termination = len(tokens) - 1, ParseTermination.EOS
+        else:
+            end, termination = len(tokens), ParseTermination.MALFORMED
+        content = self._tokenizer.decode(tokens[:end])
+        return ParsedResponse(
+            message=Message(role="assistant", content=content), termination=termination
+        )
+
+
+class MessageRenderer(Renderer):
+    """A renderer that writes each message on its own, as :class:`RenderedMessage` pieces
+    (see the module docstring), and encodes each piece separately.
+
+    Subclasses define :meth:`render_message`, :meth:`stop_sequences` and
+    :meth:`parse_response`.
+    """
+
+    @abstractmethod
+    def render_message(self, message: Message, *, index: int) -> RenderedMessage:
+        """Split ``message``, the ``index``-th of its conversation, into text pieces."""
+
+    def build_generation_prompt(
+        self, messages: Sequence[Message], *, role: str = "assistant", prefill: str | None = None
+    ) -> list[int]:
+        """Tokens to sample the next ``role`` message from: BOS, every message, then the
+        header of the new message and the ``prefill`` text, if any.
+
+        Raises:
+            RenderError: a message or ``role`` is invalid.
+        """
+        _check_messages([*messages, Message(role=role, content="")])
+        tokens = self.bos_tokens()
+        for index, message in enumerate(messages):
+            rendered = self.render_message(message, index=index)
+            tokens += self._tokenizer.encode(rendered.header)
+            tokens += self._tokenizer.encode(rendered.output)
+        header = self.render_message(Message(role=role, content=""), index=len(messages)).header
+        tokens += self._tokenizer.encode(header)
+        if prefill:
+            tokens += self._tokenizer.encode(prefill)
+        return tokens
+
     def _build_example(
         self,
         messages: Sequence[Message],
@@ -404,30 +471,8 @@ class Renderer(ABC):
             raise RenderError(f"{what} selects no token of this conversation to train on")
         return SupervisedExample(tokens=tuple(tokens), weights=tuple(weights))
 
-    def _parse_at_stop_token(self, tokens: Sequence[int], stop_token: str) -> ParsedResponse:
-        """Parse a completion that should end with one ``stop_token``; the content is the
-        text before it (the first one, if several)."""
-        stop_id = self._special_id(stop_token)
-        eos_id = self._tokenizer.eos_token_id
-        tokens = list(tokens)
-        if stop_id in tokens:
-            end = tokens.index(stop_id)
-            termination = (
-                ParseTermination.STOP_SEQUENCE
-                if tokens.count(stop_id) == 1
-                else ParseTermination.MALFORMED
-            )
-        elif eos_id is not None and tokens and tokens[-1] == eos_id:
-            end, termination = len(tokens) - 1, ParseTermination.EOS
-        else:
-            end, termination = len(tokens), ParseTermination.MALFORMED
-        content = self._tokenizer.decode(tokens[:end])
-        return ParsedResponse(
-            message=Message(role="assistant", content=content), termination=termination
-        )
 
-
-class RoleColonRenderer(Renderer):
+class RoleColonRenderer(MessageRenderer):
     """``User: <content>\\n\\nAssistant: <content>\\n\\n`` (tinker-cookbook's ``role_colon``).
 
     The stop sequence is the string ``"\\n\\nUser:"``; the ``"User:"`` part is the stop
@@ -479,7 +524,7 @@ class RoleColonRenderer(Renderer):
         )
 
 
-class Llama3Renderer(Renderer):
+class Llama3Renderer(MessageRenderer):
     """The Llama 3 chat template, as tinker-cookbook renders it::
 
         <|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>
@@ -522,7 +567,7 @@ class Llama3Renderer(Renderer):
         return self._parse_at_stop_token(tokens, "<|eot_id|>")
 
 
-class ChatMLRenderer(Renderer):
+class ChatMLRenderer(MessageRenderer):
     """The ChatML template used by Qwen models (no thinking blocks)::
 
         <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>
@@ -652,6 +697,212 @@ class Qwen3DisableThinkingRenderer(ChatMLRenderer):
         )
 
 
+class JinjaRenderer(Renderer):
+    """The model's own Jinja ``chat_template`` (for families without a renderer of their own).
+
+    Needs an :class:`~crucible_kitchen.training.HfTokenizer` with a chat template and an EOS
+    token; the template is rendered as ``transformers``' ``apply_chat_template`` renders it
+    (see :class:`ChatTemplate`), with ``template_variables`` (``enable_thinking=False``, ...)
+    passed to every render. The generation prompt is the template's own
+    (``add_generation_prompt=True``), so only ``role="assistant"`` is prompted for. Sampling
+    stops at the EOS token, and a reply is the text before it.
+
+    Supervised examples are the template's text encoded as a whole, so their tokens are
+    ``apply_chat_template``'s, up to the last message's EOS token (the newline, say, that a
+    template writes after it is left out: the model stops before it). The pieces that
+    ``train_on_what`` weighs are found by rendering every prefix of the conversation:
+    message ``i`` is what rendering ``i + 1`` messages adds to rendering ``i``. An assistant
+    message's header is what the generation prompt adds; another message's header is its
+    text up to the last occurrence of its (stripped) content, or nothing if the template
+    does not write the content as it is. The output runs to the first EOS token after the
+    header (what the model writes, the stop token included); the text after it (before the
+    next message) is weighted like a header; a leading BOS token is never trained. A parsed
+    reply is stripped of surrounding whitespace.
+
+    The template must be *prefix-stable*: rendering a longer conversation keeps the text (and
+    tokens) of a shorter one, and an assistant message follows the generation prompt. Qwen3's
+    template, which drops the reasoning of earlier turns, is not for multi-turn
+    conversations; its :class:`Qwen3Renderer` is.
+
+    Raises:
+        RenderError: (when built) the tokenizer has no chat template or no EOS token.
+        ChatTemplateError: the template does not compile.
+    """
+
+    name = "jinja"
+
+    def __init__(self, tokenizer: ChatTokenizer, **template_variables: Any) -> None:
+        """Bind the renderer to ``tokenizer`` and its chat template."""
+        super().__init__(tokenizer)
+        if not isinstance(tokenizer, HfTokenizer) or tokenizer.chat_template is None:
+            raise RenderError(
+                "the 'jinja' renderer needs a Hugging Face tokenizer with a chat_template"
+            )
+        if tokenizer.eos_token is None:
+            raise RenderError("the 'jinja' renderer needs an EOS token to stop sampling at")
+        self._stop_token = tokenizer.eos_token
+        self._bos_token = tokenizer.bos_token
+        self._template = ChatTemplate(
+            tokenizer.chat_template,
+            special_tokens={
+                "bos_token": tokenizer.bos_token,
+                "eos_token": tokenizer.eos_token,
+                "pad_token": tokenizer.pad_token,
+            },
+        )
+        self._variables = template_variables
+
+    @property
+    def template(self) -> ChatTemplate:
+        """The chat template."""
+        return self._template
+
+    @property
+    def has_extension_property(self) -> bool:
+        """False: a template may rewrite the history (only checked per conversation)."""
+        return False
+
+    def render_text(self, messages: Sequence[Message], *, add_generation_prompt: bool) -> str:
+        """The template's text of ``messages``.
+
+        Raises:
+            ChatTemplateError: the template fails.
+        """
+        return self._template.render(
+            [{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            **self._variables,
+        )
+
+    def stop_sequences(self) -> list[int]:
+        """The id of the EOS token."""
+        return [self._special_id(self._stop_token)]
+
+    def parse_response(self, tokens: Sequence[int]) -> ParsedResponse:
+        """Content before the EOS token, stripped of surrounding whitespace (which templates
+        add around the content, or trim from it): ``STOP_SEQUENCE`` if there is exactly one
+        EOS, ``MALFORMED`` otherwise."""
+        parsed = self._parse_at_stop_token(tokens, self._stop_token)
+        content = parsed.message.content.strip()
+        return ParsedResponse(
+            message=Message(role="assistant", content=content), termination=parsed.termination
+        )
+
+    def build_generation_prompt(
+        self, messages: Sequence[Message], *, role: str = "assistant", prefill: str | None = None
+    ) -> list[int]:
+        """The template's text with its generation prompt, then ``prefill``, encoded.
+
+        Raises:
+            RenderError: a message is invalid, or ``role`` is not ``"assistant"``.
+            ChatTemplateError: the template fails.
+        """
+        _check_messages(messages)
+        if role != "assistant":
+            raise RenderError(
+                f"the 'jinja' renderer prompts only for assistant messages, not {role!r}"
+            )
+        tokens = self._tokenizer.encode(self.render_text(messages, add_generation_prompt=True))
+        if prefill:
+            tokens += self._tokenizer.encode(prefill)
+        return tokens
+
+    def _pieces(self, messages: Sequence[Message]) -> list[RenderedMessage]:
+        """Each message's header, output and trailing text (as ``stop_overlap``), found by
+        rendering the conversation's prefixes.
+
+        Raises:
+            ChatTemplateError: the template fails or is not prefix-stable.
+        """
+        pieces: list[RenderedMessage] = []
+        previous = ""
+        for index, message in enumerate(messages):
+            text = self.render_text(messages[: index + 1], add_generation_prompt=False)
+            if not text.startswith(previous):
+                raise ChatTemplateError(
+                    f"the chat template is not prefix-stable: rendering message {index} "
+                    f"({message.role}) changes the text of the messages before it"
+                )
+            if message.role == "assistant":
+                prompt = self.render_text(messages[:index], add_generation_prompt=True)
+                if not (prompt.startswith(previous) and text.startswith(prompt)):
+                    raise ChatTemplateError(
+                        f"the chat template is not prefix-stable: message {index} (assistant) "
+                        "does not follow its generation prompt"
+                    )
+                header_end = len(prompt)
+            else:
+                content = message.content.strip()
+                found = text.rfind(content, len(previous)) if content else -1
+                header_end = found if found >= 0 else len(previous)
+            stop = text.find(self._stop_token, header_end)
+            output_end = len(text) if stop < 0 else stop + len(self._stop_token)
+            pieces.append(
+                RenderedMessage(
+                    header=text[len(previous) : header_end],
+                    output=text[header_end:output_end],
+                    stop_overlap=text[output_end:],
+                )
+            )
+            previous = text
+        return pieces
+
+    def _build_example(
+        self,
+        messages: Sequence[Message],
+        trained: Sequence[bool],
+        *,
+        train_headers: bool,
+        what: str,
+    ) -> SupervisedExample:
+        segments: list[tuple[str, bool]] = []
+        for piece, is_trained in zip(self._pieces(messages), trained, strict=True):
+            segments += [
+                (piece.header, train_headers),
+                (piece.output, is_trained),
+                (piece.stop_overlap, train_headers),
+            ]
+        segments.pop()  # the text after the last stop token, which the model never writes
+        first = next((i for i, (segment, _) in enumerate(segments) if segment), None)
+        if first is None:
+            raise RenderError("the chat template renders this conversation as no text at all")
+        bos, (segment, weight) = self._bos_token, segments[first]
+        if bos and segment.startswith(bos):
+            segments[first : first + 1] = [(bos, False), (segment[len(bos) :], weight)]
+        tokens: list[int] = []
+        weights: list[float] = []
+        text = ""
+        for segment, weight in segments:
+            if not segment:
+                continue
+            text += segment
+            encoded = self._tokenizer.encode(text)
+            if encoded[: len(tokens)] != tokens:
+                raise ChatTemplateError(
+                    f"the chat template's text does not split into tokens at {segment!r}: a "
+                    "token spans two pieces of the conversation"
+                )
+            weights += [1.0 if weight else 0.0] * (len(encoded) - len(tokens))
+            tokens = encoded
+        if not any(weights):
+            raise RenderError(f"{what} selects no token of this conversation to train on")
+        return SupervisedExample(tokens=tuple(tokens), weights=tuple(weights))
+
+
+def renderer_for_chat_template(chat_template: str | None) -> str:
+    """The renderer to use for a model with this chat template: ``"llama3"`` for Llama 3's
+    headers (``<|start_header_id|>``), ``"qwen3"`` for ChatML with ``<think>`` blocks,
+    ``"chatml"`` for ChatML (``<|im_start|>``: Qwen2, SmolLM2), ``"jinja"`` for any other
+    template, ``"role_colon"`` for a model without one."""
+    if chat_template is None:
+        return RoleColonRenderer.name
+    if "<|start_header_id|>" in chat_template:
+        return Llama3Renderer.name
+    if "<|im_start|>" in chat_template:
+        return Qwen3Renderer.name if "<think>" in chat_template else ChatMLRenderer.name
+    return JinjaRenderer.name
+
+
 RENDERERS: Mapping[str, type[Renderer]] = {
     cls.name: cls
     for cls in (
@@ -660,6 +911,7 @@ RENDERERS: Mapping[str, type[Renderer]] = {
         ChatMLRenderer,
         Qwen3Renderer,
         Qwen3DisableThinkingRenderer,
+        JinjaRenderer,
     )
 }
 """Every renderer by name."""

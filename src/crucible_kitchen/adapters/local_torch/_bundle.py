@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
-from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
+from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer, default_tokenizer_for
 from crucible_kitchen.adapters.local_torch._training_client import LocalTorchTrainingClient
 
 if TYPE_CHECKING:
@@ -28,8 +28,8 @@ def local_torch_adapters(
     seed: int = 0,
     lora: LoraConfig | int | None = None,
     device: str = "cpu",
-    tokenizer: str | LocalTokenizer = "byte",
-    renderer: str = "chatml",
+    tokenizer: str | os.PathLike[str] | LocalTokenizer | None = None,
+    renderer: str | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     default_max_tokens: int = 128,
     threads: Threads = "auto",
@@ -48,9 +48,13 @@ def local_torch_adapters(
         seed: seeds the initial weights, dropout and unseeded sampling.
         lora: a :class:`LoraConfig`, a rank, or ``None`` for full fine-tuning.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-        tokenizer: ``"byte"``, ``"bpe"`` or a :class:`LocalTokenizer`.
-        renderer: the chat format: ``"chatml"``, ``"llama3"``, ``"role_colon"``, ``"qwen3"`` or
-            ``"qwen3_disable_thinking"``.
+        tokenizer: ``"byte"``, ``"bpe"``, the path of a Hugging Face model directory or
+            ``tokenizer.json``, or a :class:`LocalTokenizer`; by default the model directory's
+            own tokenizer when ``model`` is one, else ``"byte"``.
+        renderer: the chat format: ``"chatml"``, ``"llama3"``, ``"role_colon"``, ``"qwen3"``,
+            ``"qwen3_disable_thinking"`` or ``"jinja"`` (the tokenizer's own chat template); by
+            default the tokenizer's :attr:`~LocalTokenizer.default_renderer` (``"chatml"`` for
+            the byte and BPE tokenizers).
         run_dir: checkpoints go to ``run_dir/checkpoints`` and the tokenizer is saved as
             ``run_dir/tokenizer.json``; ``None`` uses a temporary directory and saves nothing.
         default_max_tokens: completion length when a request leaves ``max_tokens`` unset.
@@ -63,6 +67,8 @@ def local_torch_adapters(
         PretrainedModelError: the Hugging Face model directory cannot be loaded.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
     """
+    if tokenizer is None:
+        tokenizer = default_tokenizer_for(model)
     local_tokenizer = (
         tokenizer if isinstance(tokenizer, LocalTokenizer) else LocalTokenizer.named(tokenizer)
     )
@@ -84,5 +90,5 @@ def local_torch_adapters(
         "training_client": training_client,
         "sampling_client": training_client._initial_sampling_client(),
         "tokenizer": local_tokenizer,
-        "renderer": LocalRenderer(local_tokenizer, renderer),
+        "renderer": LocalRenderer(local_tokenizer, renderer or local_tokenizer.default_renderer),
     }

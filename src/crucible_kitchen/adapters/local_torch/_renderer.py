@@ -22,7 +22,8 @@ class LocalRenderer:
 
     Args:
         tokenizer: the tokenizer the model uses.
-        name: a key of :data:`crucible_kitchen.training.RENDERERS`: ``"chatml"`` (stops at
+        name: a key of :data:`crucible_kitchen.training.RENDERERS`: ``"jinja"`` (the
+            tokenizer's own chat template; stops at its EOS token), ``"chatml"`` (stops at
             the ``<|im_end|>`` token), ``"llama3"`` (``<|eot_id|>``) or ``"role_colon"``
             (stops at the string ``"\\n\\nUser:"``).
 

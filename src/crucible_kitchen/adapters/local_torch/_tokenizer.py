@@ -1,4 +1,5 @@
-"""The Tokenizer port over ``training``'s byte-level and BPE tokenizers, savable with a run.
+"""The Tokenizer port over ``training``'s byte-level, BPE and Hugging Face tokenizers, savable
+with a run.
 
 This module does not import torch.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,16 +20,18 @@ from crucible_kitchen.training import (
     SPECIAL_TOKENS,
     BpeTokenizer,
     ByteTokenizer,
+    HfTokenizer,
     default_bpe_tokenizer,
+    load_hf_tokenizer,
+    renderer_for_chat_template,
 )
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Sequence
 
     from crucible_kitchen.training import ChatTokenizer
 
-__all__ = ("LocalTokenizer",)
+__all__ = ("LocalTokenizer", "default_tokenizer_for")
 
 _PORT: Final = "tokenizer"
 _FORMAT: Final = "crucible-kitchen/tokenizer"
@@ -43,8 +47,8 @@ class LocalTokenizer:
     wrapped tokenizer (a :class:`~crucible_kitchen.training.ChatTokenizer`, which adds no
     BOS of its own) is :attr:`chat_tokenizer`, for renderers.
 
-    Build one with :meth:`byte`, :meth:`bpe` or :meth:`load`; :meth:`save` writes it next to
-    a run's checkpoints.
+    Build one with :meth:`byte`, :meth:`bpe`, :meth:`hf` (a model's own tokenizer) or
+    :meth:`load`; :meth:`save` writes it next to a run's checkpoints.
     """
 
     def __init__(self, inner: ByteTokenizer | BpeTokenizer) -> None:
@@ -93,22 +97,54 @@ class LocalTokenizer:
             raise ConfigError([f"tokenizer: {path}: {exc}"], source="tokenizer") from exc
 
     @classmethod
-    def named(cls, name: str) -> LocalTokenizer:
-        """``"byte"`` or ``"bpe"`` (the defaults of :meth:`byte` and :meth:`bpe`).
+    def hf(cls, path: str | os.PathLike[str]) -> LocalTokenizer:
+        """A Hugging Face model's own tokenizer: its directory or its ``tokenizer.json``
+        (see :func:`~crucible_kitchen.training.load_hf_tokenizer`).
 
         Raises:
-            ConfigError: another name.
+            TokenizerFileError: a file is missing or corrupt (a :class:`ConfigError`).
+        """
+        return cls(load_hf_tokenizer(path))
+
+    @classmethod
+    def named(cls, name: str | os.PathLike[str]) -> LocalTokenizer:
+        """``"byte"`` or ``"bpe"`` (the defaults of :meth:`byte` and :meth:`bpe`), or the path
+        of a Hugging Face model directory or ``tokenizer.json`` (:meth:`hf`).
+
+        Raises:
+            ConfigError: another name, or a bad tokenizer file.
         """
         if name == "byte":
             return cls.byte()
         if name == "bpe":
             return cls.bpe()
-        raise ConfigError([f"tokenizer: unknown name {name!r}; expected 'byte' or 'bpe'"])
+        if Path(name).exists():
+            return cls.hf(name)
+        raise ConfigError(
+            [
+                f"tokenizer: unknown name {str(name)!r}; expected 'byte', 'bpe' or the path of a "
+                "Hugging Face model directory or tokenizer.json"
+            ]
+        )
 
     @property
     def chat_tokenizer(self) -> ChatTokenizer:
         """The wrapped tokenizer, as renderers use it (no BOS added by ``encode``)."""
         return self._inner
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's Jinja chat template (Hugging Face tokenizers only)."""
+        return self._inner.chat_template if isinstance(self._inner, HfTokenizer) else None
+
+    @property
+    def default_renderer(self) -> str:
+        """The renderer that fits this tokenizer: for a Hugging Face tokenizer, its model
+        family's (:func:`~crucible_kitchen.training.renderer_for_chat_template`); otherwise
+        ``"chatml"``, whose markup the byte and BPE tokenizers carry."""
+        if isinstance(self._inner, HfTokenizer):
+            return renderer_for_chat_template(self._inner.chat_template)
+        return "chatml"
 
     @property
     def tokenizer_id(self) -> str:
@@ -181,6 +217,8 @@ class LocalTokenizer:
                 inner: ByteTokenizer | BpeTokenizer = ByteTokenizer(
                     spec["special_tokens"], bos_token=spec["bos_token"], eos_token=spec["eos_token"]
                 )
+            elif spec["kind"] == "hf":
+                inner = HfTokenizer.from_json(spec["tokenizer_json"], **spec["config"])
             elif spec["kind"] == "bpe":
                 inner = BpeTokenizer.from_json(
                     spec["tokenizer_json"], bos_token=spec["bos_token"], eos_token=spec["eos_token"]
@@ -212,4 +250,20 @@ def _spec_of(inner: ByteTokenizer | BpeTokenizer) -> dict[str, Any]:
     }
     if isinstance(inner, ByteTokenizer):
         return {"kind": "byte", "special_tokens": list(inner.special_tokens), **spec}
+    if isinstance(inner, HfTokenizer):
+        config = {
+            "bos_token": inner.bos_token,
+            "eos_token": inner.eos_token,
+            "pad_token": inner.pad_token,
+            "chat_template": inner.chat_template,
+        }
+        return {"kind": "hf", "tokenizer_json": inner.to_json(), "config": config}
     return {"kind": "bpe", "tokenizer_json": inner.to_json(), **spec}
+
+
+def default_tokenizer_for(model: object) -> str:
+    """The tokenizer a model comes with: the directory itself for a Hugging Face model
+    directory (a directory with ``config.json``), else ``"byte"``."""
+    if isinstance(model, str | os.PathLike) and (Path(model) / "config.json").is_file():
+        return os.fspath(model)
+    return "byte"
