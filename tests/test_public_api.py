@@ -43,6 +43,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     ),
     "crucible_kitchen.adapters.local_torch": (
         "PRESETS",
+        "ArithmeticEvaluator",
         "LocalRenderer",
         "LocalTokenizer",
         "LocalTorchSamplingClient",

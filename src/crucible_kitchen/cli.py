@@ -17,13 +17,14 @@ import time
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import msgspec
 
 from crucible_kitchen.errors import ConfigError, KitchenError
 from crucible_kitchen.kitchen import Kitchen, convert_gguf
+from crucible_kitchen.stages.builtin import INITIAL_PREFIX
 from crucible_kitchen.telemetry import (
     STEP_EVENTS,
     ConsoleHandler,
@@ -287,6 +288,8 @@ def _report(result: RunResult, display: ProgressDisplay, handle: RunHandle, back
     console.print(f"[bold]{result.status}[/]: {steps} steps in {result.duration_s:.1f} s")
     if metrics:
         console.print("  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())), markup=False)
+    for line in _before_after(metrics):
+        console.print(line, markup=False)
     for name, path in sorted(result.artifacts.items()):
         console.print(f"  {name}: {path}", markup=False)
     if result.status == "completed":
@@ -295,6 +298,18 @@ def _report(result: RunResult, display: ProgressDisplay, handle: RunHandle, back
         console.print(f"[red]failed[/]: {result.error}", markup=True)
     console.print(_resume_hint(result, display, handle, backend), markup=False)
     return EXIT_STOPPED if result.status == "cancelled" else EXIT_FAILED
+
+
+def _before_after(metrics: Mapping[str, float]) -> list[str]:
+    """``eval/correct: 0.094 -> 0.25`` for each metric evaluated before the first step
+    (kept as ``initial/<name>``) and after the last."""
+    lines = []
+    for key, before in sorted(metrics.items()):
+        name = key.removeprefix(INITIAL_PREFIX)
+        after = metrics.get(name)
+        if name != key and after is not None and not name.endswith("num_samples"):
+            lines.append(f"  {name}: {before:.4g} -> {after:.4g} (before -> after training)")
+    return lines
 
 
 def _resume_hint(
@@ -362,7 +377,8 @@ async def _recipes() -> int:
 
 
 def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw the loss curves and the learning rate of a run's ``metrics.jsonl`` into a PNG.
+    """Draw the loss curves, the scores (evaluation metrics, RL reward, DPO accuracy and
+    margin, teacher KL) and the learning rate of a run's ``metrics.jsonl`` into a PNG.
 
     Evaluation metrics, which ``metrics.jsonl`` keeps under tinker-cookbook's ``test/``
     prefix, are labelled ``eval/`` as on the console (``eval/loss``).
@@ -377,6 +393,7 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
     except OSError as exc:
         raise KitchenError(f"no metrics to plot: cannot read {source}: {exc.strerror}") from exc
     losses, rates = _curves(rows)
+    scores = _score_curves(rows)
     if not losses and not rates:
         raise KitchenError(f"nothing to plot in {source}: no loss or learning-rate columns")
     try:
@@ -386,9 +403,13 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - part of the cli extra
         raise KitchenError("plotting needs: pip install 'crucible-kitchen[cli]'") from exc
-    figure, axes = plt.subplots(2 if rates and losses else 1, 1, figsize=(8, 6), squeeze=False)
-    panels = [(losses, "loss"), (rates, "learning rate")]
-    for ax, (curves, label) in zip(axes[:, 0], [p for p in panels if p[0]], strict=True):
+    panels = [
+        panel
+        for panel in [(losses, "loss"), (scores, "score"), (rates, "learning rate")]
+        if panel[0]
+    ]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)), squeeze=False)
+    for ax, (curves, label) in zip(axes[:, 0], panels, strict=True):
         for key, (xs, ys) in sorted(curves.items()):
             ax.plot(xs, ys, label=key)
         ax.set_xlabel("step")
@@ -407,9 +428,41 @@ Curves = dict[str, tuple[list[float], list[float]]]
 """Named curves: each name's steps and values."""
 
 
+_SCORES: Final = frozenset(
+    ("env/all/reward/total", "accuracy", "margin", "distill/teacher_kl", "eval/teacher_kl")
+)
+"""The training scores the score panel draws, beside every evaluation metric that is not a
+loss (RL reward, DPO accuracy and margin, the teacher KL of a distillation)."""
+
+
+def _score_curves(rows: Sequence[Mapping[str, Any]]) -> Curves:
+    """The curves of the score panel: evaluation metrics that are not losses, and
+    :data:`_SCORES`."""
+    return _distinct(
+        {
+            k: v
+            for k, v in _series(rows).items()
+            if k in _SCORES
+            or (k.startswith("eval/") and not _is_loss(k) and not k.endswith("num_samples"))
+        }
+    )
+
+
+def _is_loss(key: str) -> bool:
+    return ("loss" in key or "nll" in key) and "tokens" not in key
+
+
 def _curves(rows: Sequence[Mapping[str, Any]]) -> tuple[Curves, Curves]:
     """The loss curves and the learning-rate curves of ``metrics.jsonl`` rows, each named as
     the console names it (:func:`_legend`), aliases of one another dropped."""
+    series = _series(rows)
+    losses = _distinct({k: v for k, v in series.items() if _is_loss(k)})
+    rates = _distinct({k: v for k, v in series.items() if k in ("lr", "learning_rate", "train/lr")})
+    return losses, rates
+
+
+def _series(rows: Sequence[Mapping[str, Any]]) -> Curves:
+    """Every numeric column of ``metrics.jsonl`` rows with a step, named by :func:`_legend`."""
     series: Curves = {}
     for row in rows:
         step = row.get("step")
@@ -420,11 +473,7 @@ def _curves(rows: Sequence[Mapping[str, Any]]) -> tuple[Curves, Curves]:
                 xs, ys = series.setdefault(_legend(key), ([], []))
                 xs.append(float(step))
                 ys.append(float(value))
-    losses = _distinct(
-        {k: v for k, v in series.items() if ("loss" in k or "nll" in k) and "tokens" not in k}
-    )
-    rates = _distinct({k: v for k, v in series.items() if k in ("lr", "learning_rate", "train/lr")})
-    return losses, rates
+    return series
 
 
 def _legend(key: str) -> str:

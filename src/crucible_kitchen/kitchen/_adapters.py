@@ -118,10 +118,13 @@ class Adapters(Mapping[str, Any]):
         device: str = "cpu",
         threads: int | Literal["auto"] = "auto",
         data_root: str | os.PathLike[str] | None = None,
+        teacher: str | os.PathLike[str] | None = None,
     ) -> Adapters:
         """Real training and sampling on this machine (needs the ``torch`` extra).
 
-        - ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``: local torch
+        - ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``,
+          ``evaluator`` (greedy replies to arithmetic questions, scored exactly) and, given a
+          ``teacher`` checkpoint, ``teacher_sampling_client``: local torch
           (``local_torch_adapters``: a transformer from the ``model`` preset or config, seeded
           by ``seed``, or read from ``model`` given as a Hugging Face model directory; the
           ``tokenizer`` (``"byte"``, ``"bpe"``, a Hugging Face model directory or
@@ -136,9 +139,7 @@ class Adapters(Mapping[str, Any]):
         - ``metrics_store``: the in-memory noop store, as there is no durable local one (a
           run directory's ``metrics.jsonl`` is the durable record).
 
-        No ``evaluator`` is bound: a run that asks for one fails at start with a
-        :class:`~crucible_kitchen.errors.PortError`. Without ``run_dir`` everything goes to
-        temporary directories.
+        Without ``run_dir`` everything goes to temporary directories.
 
         Raises:
             ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
@@ -157,6 +158,7 @@ class Adapters(Mapping[str, Any]):
             renderer=renderer,
             run_dir=run_dir,
             threads=threads,
+            teacher=teacher,
         )
         files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}

@@ -9,10 +9,15 @@ from __future__ import annotations
 from crucible_kitchen.recipes._builtin import BUILTIN_RECIPES as BUILTIN_RECIPES
 from crucible_kitchen.recipes._configs import AdamConfig as AdamConfig
 from crucible_kitchen.recipes._configs import DistillationConfig as DistillationConfig
+from crucible_kitchen.recipes._configs import DistillBasicConfig as DistillBasicConfig
+from crucible_kitchen.recipes._configs import DpoBasicConfig as DpoBasicConfig
 from crucible_kitchen.recipes._configs import FeedbackLoopConfig as FeedbackLoopConfig
+from crucible_kitchen.recipes._configs import LocalTorchSettings as LocalTorchSettings
 from crucible_kitchen.recipes._configs import PreferenceConfig as PreferenceConfig
 from crucible_kitchen.recipes._configs import ReinforcementConfig as ReinforcementConfig
 from crucible_kitchen.recipes._configs import RetrySettings as RetrySettings
+from crucible_kitchen.recipes._configs import RlBasicConfig as RlBasicConfig
+from crucible_kitchen.recipes._configs import SftWarmupSettings as SftWarmupSettings
 from crucible_kitchen.recipes._configs import SlBasicConfig as SlBasicConfig
 from crucible_kitchen.recipes._configs import StageTimeouts as StageTimeouts
 from crucible_kitchen.recipes._configs import SupervisedConfig as SupervisedConfig
@@ -21,12 +26,17 @@ from crucible_kitchen.recipes._recipe import Recipe as Recipe
 
 __all__ = (
     "AdamConfig",
+    "DistillBasicConfig",
     "DistillationConfig",
+    "DpoBasicConfig",
     "FeedbackLoopConfig",
+    "LocalTorchSettings",
     "PreferenceConfig",
     "Recipe",
     "ReinforcementConfig",
     "RetrySettings",
+    "RlBasicConfig",
+    "SftWarmupSettings",
     "SlBasicConfig",
     "StageTimeouts",
     "SupervisedConfig",

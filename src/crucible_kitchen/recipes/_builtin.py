@@ -1,5 +1,7 @@
-"""The built-in recipes: one per built-in workflow on the noop adapters, and ``sl_basic``
-(real SFT on CPU with the local torch adapters, writing a run directory)."""
+"""The built-in recipes: one per built-in workflow on the noop adapters, and the main jobs
+that train for real on CPU with the local torch adapters, writing a run directory:
+``sl_basic`` (SFT), ``rl_basic`` (GRPO), ``dpo_basic`` (DPO) and ``distill_basic``
+(distillation)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from crucible_kitchen.recipes._configs import (
     DistillationConfig,
+    DistillBasicConfig,
+    DpoBasicConfig,
     FeedbackLoopConfig,
+    LocalTorchSettings,
     PreferenceConfig,
     ReinforcementConfig,
+    RlBasicConfig,
     SlBasicConfig,
     SupervisedConfig,
     TrainingConfig,
@@ -57,12 +63,12 @@ def _with_stage_settings(build: Callable[[Any], Workflow]) -> Callable[[Any], Wo
     return configured
 
 
-def _local_torch_options(config: SlBasicConfig, adapters: str) -> dict[str, Any]:
-    """The model, tokenizer, renderer, device and threads of an ``sl_basic`` run on
-    ``local_torch``."""
+def _local_torch_options(config: LocalTorchSettings, adapters: str) -> dict[str, Any]:
+    """The model, tokenizer, renderer, device and threads of a main job's run on
+    ``local_torch``, and the teacher of a distillation."""
     if adapters != "local_torch":
         return {}
-    return {
+    options: dict[str, Any] = {
         "model": config.model,
         "tokenizer": config.tokenizer,
         "renderer": config.renderer,
@@ -70,6 +76,9 @@ def _local_torch_options(config: SlBasicConfig, adapters: str) -> dict[str, Any]
         "device": config.device,
         "threads": config.threads,
     }
+    if isinstance(config, DistillBasicConfig):
+        options["teacher"] = config.teacher
+    return options
 
 
 BUILTIN_RECIPES: tuple[Recipe, ...] = (
@@ -79,6 +88,36 @@ BUILTIN_RECIPES: tuple[Recipe, ...] = (
         "checkpoints and resumes",
         _with_stage_settings(supervised_workflow),
         SlBasicConfig,
+        adapters="local_torch",
+        adapter_options=_local_torch_options,
+        writes_run_dir=True,
+    ),
+    Recipe(
+        "rl_basic",
+        "GRPO on CPU (local torch, arithmetic_rl) after a supervised warm-up on the answer "
+        "format; held-out correct rate before and after",
+        _with_stage_settings(reinforcement_workflow),
+        RlBasicConfig,
+        adapters="local_torch",
+        adapter_options=_local_torch_options,
+        writes_run_dir=True,
+    ),
+    Recipe(
+        "dpo_basic",
+        "DPO on CPU (local torch, preference_tasks) from a supervised warm-up on the chosen "
+        "replies; held-out preference accuracy and margin before and after",
+        _with_stage_settings(preference_workflow),
+        DpoBasicConfig,
+        adapters="local_torch",
+        adapter_options=_local_torch_options,
+        writes_run_dir=True,
+    ),
+    Recipe(
+        "distill_basic",
+        "Distil a teacher run (teacher=RUN_DIR) into a smaller student on CPU (local torch, "
+        "chat_tasks), on-policy or off-policy; held-out KL to the teacher before and after",
+        _with_stage_settings(distillation_workflow),
+        DistillBasicConfig,
         adapters="local_torch",
         adapter_options=_local_torch_options,
         writes_run_dir=True,
@@ -103,7 +142,8 @@ BUILTIN_RECIPES: tuple[Recipe, ...] = (
     ),
     Recipe(
         "distillation",
-        "On-policy distillation from the 'teacher_sampling_client' port (reverse KL)",
+        "Distillation from the 'teacher_sampling_client' port (on-policy reverse KL, or "
+        "off-policy on its samples)",
         _with_stage_settings(distillation_workflow),
         DistillationConfig,
     ),

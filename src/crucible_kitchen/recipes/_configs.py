@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Final, Literal
 
 import pydantic
 from pydantic import Field
@@ -23,11 +24,16 @@ from crucible_kitchen.training import AdvantageNormalization, DPOLossType, LRSch
 
 __all__ = (
     "AdamConfig",
+    "DistillBasicConfig",
     "DistillationConfig",
+    "DpoBasicConfig",
     "FeedbackLoopConfig",
+    "LocalTorchSettings",
     "PreferenceConfig",
     "ReinforcementConfig",
     "RetrySettings",
+    "RlBasicConfig",
+    "SftWarmupSettings",
     "SlBasicConfig",
     "StageTimeouts",
     "SupervisedConfig",
@@ -146,6 +152,13 @@ class TrainingConfig(_Config):
     model_version: str | None = Field(
         default=None, min_length=1, description="Registered version; by default the run id."
     )
+    init_from: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Start from these weights instead of the adapters' initial ones: a "
+        "checkpoint directory, or a run directory (its final checkpoint). Loaded before the "
+        "first step (without optimizer state); a resumed run loads its own checkpoint instead.",
+    )
     learning_rate: float = Field(default=1e-4, gt=0.0, le=1.0, description="Base learning rate.")
     lr_schedule: LRSchedule = Field(
         default="linear", description="constant, linear or cosine decay."
@@ -170,6 +183,11 @@ class TrainingConfig(_Config):
         default=0, ge=0, le=_MAX_STEPS, description="Evaluate every N steps; 0 is off."
     )
     final_eval: bool = Field(default=True, description="Evaluate once more after the last step.")
+    initial_eval: bool = Field(
+        default=False,
+        description="Also evaluate before the first step (after any warm-up), so that the "
+        "summary shows each evaluation metric before and after training.",
+    )
     eval_split: str = Field(
         default="test",
         min_length=1,
@@ -196,10 +214,36 @@ class TrainingConfig(_Config):
         default_factory=StageTimeouts, description="How long one stage execution may take."
     )
 
+    @pydantic.field_validator("init_from")
+    @classmethod
+    def _weights_exist(cls, value: str | None) -> str | None:
+        return None if value is None else weights_path(value)
+
     @property
     def evaluates(self) -> bool:
         """Whether the run evaluates at all."""
-        return self.eval_every > 0 or self.final_eval
+        return self.eval_every > 0 or self.final_eval or self.initial_eval
+
+
+FINAL_CHECKPOINT: Final = Path("checkpoints") / "weights" / "final"
+"""Where a run directory keeps its final checkpoint (weights and optimizer state)."""
+
+
+def weights_path(value: str) -> str:
+    """The checkpoint that ``value`` names: a checkpoint directory as given, or a run
+    directory's final checkpoint (``<run dir>/checkpoints/weights/final``).
+
+    Raises:
+        ValueError: ``value`` is neither (as a config error, with the field's path).
+    """
+    path = Path(value).expanduser()
+    if (path / FINAL_CHECKPOINT).is_dir():
+        return str(path / FINAL_CHECKPOINT)
+    if path.is_dir() and any(path.glob("*.safetensors")):
+        return str(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        raise ValueError(f"{value}: a run directory without a final checkpoint (did it finish?)")
+    raise ValueError(f"{value}: not a checkpoint directory nor a run directory")
 
 
 class _SupervisedTraining(TrainingConfig):
@@ -252,13 +296,13 @@ class SupervisedConfig(_SupervisedTraining):
     )
 
 
-class SlBasicConfig(SupervisedConfig):
-    """``sl_basic``: SFT of a small transformer on CPU with the local torch backend.
+Renderers = Literal["chatml", "llama3", "role_colon", "qwen3", "qwen3_disable_thinking"]
+"""The chat formats of the local torch renderer."""
 
-    The bundled ``chat_tasks`` has one split: its last 64 rows are held out for the
-    evaluation (NLL and sampled replies), the rest are trained on. The model, tokenizer,
-    renderer, LoRA, device and threads settings configure the ``local_torch`` adapters.
-    """
+
+class LocalTorchSettings(_Config):
+    """The model, tokenizer, renderer, LoRA, device and threads of a recipe that runs on the
+    ``local_torch`` adapters (passed to ``Adapters.local_torch``)."""
 
     model: str = Field(
         default="tiny",
@@ -269,9 +313,7 @@ class SlBasicConfig(SupervisedConfig):
     tokenizer: Literal["byte", "bpe"] = Field(
         default="byte", description="byte (256 ids) or bpe (trained on the bundled corpus)."
     )
-    renderer: Literal["chatml", "llama3", "role_colon"] = Field(
-        default="chatml", description="Chat format of the conversations."
-    )
+    renderer: Renderers = Field(default="chatml", description="Chat format of the conversations.")
     lora_rank: int | None = Field(
         default=None,
         ge=1,
@@ -284,6 +326,24 @@ class SlBasicConfig(SupervisedConfig):
         description="torch's CPU threads; auto: OMP_NUM_THREADS when set, else 1 for a model "
         "under 2M parameters (tiny), else torch's default.",
     )
+
+    @pydantic.field_validator("threads", mode="before")
+    @classmethod
+    def _thread_count(cls, value: object) -> object:
+        """One message for every wrong value, rather than one per member of the union."""
+        if value == "auto" or (type(value) is int and 1 <= value <= _MAX_THREADS):
+            return value
+        raise ValueError(f"must be 'auto' or an int from 1 to {_MAX_THREADS}")
+
+
+class SlBasicConfig(SupervisedConfig, LocalTorchSettings):
+    """``sl_basic``: SFT of a small transformer on CPU with the local torch backend.
+
+    The bundled ``chat_tasks`` has one split: its last 64 rows are held out for the
+    evaluation (NLL and sampled replies), the rest are trained on. The model, tokenizer,
+    renderer, LoRA, device and threads settings configure the ``local_torch`` adapters.
+    """
+
     split: str = Field(
         default="train[:-64]",
         min_length=1,
@@ -335,14 +395,6 @@ class SlBasicConfig(SupervisedConfig):
     use_evaluator: bool = Field(
         default=False, description="Also score with the 'evaluator' port (none is local)."
     )
-
-    @pydantic.field_validator("threads", mode="before")
-    @classmethod
-    def _thread_count(cls, value: object) -> object:
-        """One message for every wrong value, rather than one per member of the union."""
-        if value == "auto" or (type(value) is int and 1 <= value <= _MAX_THREADS):
-            return value
-        raise ValueError(f"must be 'auto' or an int from 1 to {_MAX_THREADS}")
 
 
 class ReinforcementConfig(TrainingConfig):
@@ -475,7 +527,28 @@ class PreferenceConfig(TrainingConfig):
 
 
 class DistillationConfig(TrainingConfig):
-    """On-policy distillation: the student samples, the 'teacher_sampling_client' scores."""
+    """Distillation from the 'teacher_sampling_client' port.
+
+    ``mode="on_policy"``: the student samples, the teacher scores each sampled token, and the
+    student is trained on minus the per-token reverse KL (tinker-cookbook's on-policy
+    distillation); with ``topk > 0`` it is trained instead on the reverse KL over the
+    teacher's ``topk`` most likely tokens at each position. ``mode="off_policy"``: the teacher
+    samples the replies and the student is trained on them with cross-entropy.
+    """
+
+    mode: Literal["on_policy", "off_policy"] = Field(
+        default="on_policy",
+        description="on_policy: reverse KL on the student's samples; off_policy: "
+        "cross-entropy on the teacher's samples.",
+    )
+    topk: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="on_policy: train on the reverse KL over the teacher's top-K tokens per "
+        "position (the sampling client must return top-K logprobs); 0 uses the sampled "
+        "tokens only.",
+    )
 
     dataset: str = Field(
         default="chat_tasks", min_length=1, description="Dataset store name (prompts)."
@@ -515,6 +588,162 @@ class DistillationConfig(TrainingConfig):
         le=_MAX_STEPS,
         description="Save weights for the sampler every N steps (1 is on-policy).",
     )
+
+
+class SftWarmupSettings(_Config):
+    """A supervised warm-up before the main training: ``sft_warmup_steps`` cross-entropy
+    steps on the answers (RL: each problem's answer; DPO: the chosen replies), so that the
+    main phase starts from a model that writes answers in the right format."""
+
+    sft_warmup_steps: int = Field(
+        default=0, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
+    )
+    sft_warmup_batch_size: int = Field(
+        default=16, ge=1, le=_MAX_ITEMS, description="Examples per warm-up step."
+    )
+    sft_warmup_learning_rate: float = Field(
+        default=5e-3, gt=0.0, le=1.0, description="Constant learning rate of the warm-up."
+    )
+
+
+class RlBasicConfig(ReinforcementConfig, SftWarmupSettings, LocalTorchSettings):
+    """``rl_basic``: GRPO on the bundled arithmetic problems with the local torch backend.
+
+    A supervised warm-up teaches the answer format first (skipped with ``init_from``), then
+    GRPO trains on the first 192 problems; the last 64 are held out and scored greedily
+    before and after RL by the local arithmetic evaluator (``eval/correct``,
+    ``eval/reward``).
+    """
+
+    split: str = Field(
+        default="train[:-64]", min_length=1, pattern=_SPLIT_PATTERN, description="Problems."
+    )
+    eval_split: str = Field(
+        default="train[-64:]",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Held-out problems (disjoint from 'split').",
+    )
+    eval_examples: int | None = Field(
+        default=None, ge=1, le=_MAX_ITEMS, description="At most this many; None for all."
+    )
+    initial_eval: bool = Field(default=True, description="Also evaluate before RL.")
+    sft_warmup_steps: int = Field(
+        default=80, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
+    )
+    learning_rate: float = Field(default=2e-3, gt=0.0, le=1.0, description="Base learning rate.")
+    num_batches: int = Field(
+        default=30, ge=1, le=_MAX_STEPS, description="Optimizer steps (one batch of groups each)."
+    )
+    groups_per_batch: int = Field(
+        default=16, ge=1, le=_MAX_ITEMS, description="Problems per batch."
+    )
+    group_size: int = Field(
+        default=8, ge=1, le=_MAX_ITEMS, description="Rollouts per problem (samples per prompt)."
+    )
+    adam: AdamConfig = Field(
+        default_factory=lambda: AdamConfig(grad_clip_norm=1.0), description="AdamW settings."
+    )
+
+
+class DpoBasicConfig(PreferenceConfig, SftWarmupSettings, LocalTorchSettings):
+    """``dpo_basic``: DPO on the bundled preference pairs with the local torch backend.
+
+    A supervised warm-up on the chosen replies makes the supervised starting point (skipped
+    with ``init_from``, e.g. an ``sl_basic`` run); it is also DPO's frozen reference. The last
+    40 pairs are held out: their preference accuracy and reward margin are measured before
+    and after DPO (``eval/pref_accuracy``, ``eval/dpo_accuracy``, ``eval/dpo_margin``).
+    """
+
+    split: str = Field(
+        default="train[:-40]", min_length=1, pattern=_SPLIT_PATTERN, description="Pairs."
+    )
+    eval_split: str = Field(
+        default="train[-40:]",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Held-out pairs (disjoint from 'split').",
+    )
+    eval_examples: int | None = Field(
+        default=None, ge=1, le=_MAX_ITEMS, description="At most this many; None for all."
+    )
+    initial_eval: bool = Field(default=True, description="Also evaluate before DPO.")
+    use_evaluator: bool = Field(
+        default=False, description="Also score with the 'evaluator' port (arithmetic only)."
+    )
+    sft_warmup_steps: int = Field(
+        default=60, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
+    )
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Base learning rate.")
+    batch_size: int = Field(
+        default=16, ge=1, le=_MAX_ITEMS, description="Preference pairs per optimizer step."
+    )
+    epochs: int = Field(default=2, ge=1, le=10_000, description="Passes over the pairs.")
+    max_length: int = Field(
+        default=128, ge=2, le=_MAX_TOKENS, description="Tokens per sequence; longer ones are cut."
+    )
+
+
+class DistillBasicConfig(DistillationConfig, LocalTorchSettings):
+    """``distill_basic``: distil a teacher into a smaller student with the local torch backend.
+
+    ``teacher`` is a run directory (e.g. of ``sl_basic``) or a checkpoint; the student is
+    ``model`` (default ``micro``, smaller than ``sl_basic``'s ``tiny``), trained from fresh
+    weights (or ``init_from``). The last 64 prompts of ``chat_tasks`` are held out: the
+    student's reverse KL to the teacher on its own samples of them is measured before and
+    after (``eval/teacher_kl``).
+    """
+
+    teacher: str | None = Field(
+        default=None,
+        min_length=1,
+        validate_default=True,
+        description="The teacher's weights: a run directory (its final checkpoint) or a "
+        "checkpoint directory; it must use the student's tokenizer.",
+    )
+    model: str = Field(
+        default="micro", min_length=1, description="The student's local torch model preset."
+    )
+    split: str = Field(
+        default="train[:-64]", min_length=1, pattern=_SPLIT_PATTERN, description="Prompts."
+    )
+    eval_split: str = Field(
+        default="train[-64:]",
+        min_length=1,
+        pattern=_SPLIT_PATTERN,
+        description="Held-out prompts (disjoint from 'split').",
+    )
+    eval_examples: int | None = Field(
+        default=None, ge=1, le=_MAX_ITEMS, description="At most this many; None for all."
+    )
+    initial_eval: bool = Field(default=True, description="Also evaluate before distilling.")
+    use_evaluator: bool = Field(
+        default=False, description="Also score with the 'evaluator' port (arithmetic only)."
+    )
+    learning_rate: float = Field(default=3e-3, gt=0.0, le=1.0, description="Base learning rate.")
+    num_batches: int = Field(default=60, ge=1, le=_MAX_STEPS, description="Optimizer steps.")
+    prompts_per_batch: int = Field(
+        default=16, ge=1, le=_MAX_ITEMS, description="Prompts per batch."
+    )
+    samples_per_prompt: int = Field(
+        default=2, ge=1, le=_MAX_ITEMS, description="Samples per prompt."
+    )
+    max_tokens: int = Field(
+        default=24, ge=1, le=_MAX_TOKENS, description="Tokens per sampled reply."
+    )
+    adam: AdamConfig = Field(
+        default_factory=lambda: AdamConfig(grad_clip_norm=1.0), description="AdamW settings."
+    )
+
+    @pydantic.field_validator("teacher")
+    @classmethod
+    def _teacher_exists(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError(
+                "required: teacher=<run directory or checkpoint>, e.g. the run directory "
+                "of `kitchen run sl_basic`"
+            )
+        return weights_path(value)
 
 
 class FeedbackLoopConfig(_SupervisedTraining):

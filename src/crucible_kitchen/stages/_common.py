@@ -82,6 +82,7 @@ __all__ = (
     "BuiltinStage",
     "FlushMetrics",
     "InFlightStep",
+    "InitFromWeights",
     "LoadDataset",
     "LoadEvalRows",
     "RefreshSampler",
@@ -97,14 +98,17 @@ __all__ = (
     "eval_due",
     "final_eval_due",
     "gather_results",
+    "initial_eval_due",
     "next_token_datum",
     "planned_epochs",
+    "record_eval_metrics",
     "resuming",
     "rl_datums",
     "row_messages",
     "sampler_is_stale",
     "snapshot_from_checkpoint",
     "split_rows",
+    "starts_from_weights",
 )
 
 IN_FLIGHT: Final = "in_flight"
@@ -919,6 +923,41 @@ def resuming(ctx: Context) -> bool:
     return RESUME_FROM in ctx.state
 
 
+INIT_FROM_KEY: Final = StateKey("init_from", str)
+"""The checkpoint the run's weights started from (see :class:`InitFromWeights`)."""
+
+
+@declares(StageContract(config=("init_from",), may_read=(RESUME_FROM_KEY,)))
+def starts_from_weights(ctx: Context) -> bool:
+    """Whether the run starts from ``init_from`` rather than from a checkpoint of its own."""
+    return ctx.config.init_from is not None and RESUME_FROM not in ctx.state
+
+
+class InitFromWeights(BuiltinStage):
+    """Load the weights of ``init_from`` (a checkpoint path) into the training client before
+    the first step, without optimizer state; the run's sampler and lineage start there.
+
+    A resumed run skips it (see :func:`starts_from_weights`): its own checkpoint holds the
+    weights trained since.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = StageContract(
+        config=("init_from",), may_read=(ARTIFACTS,), writes=(INIT_FROM_KEY, ARTIFACTS)
+    )
+    retry: ClassVar[RetryPolicy] = RetryPolicy(never_retry=(*_BAD_INPUT, CheckpointError))
+
+    async def execute(self, ctx: Context) -> Context:
+        path = str(ctx.config.init_from)
+        future = await ctx.port("training_client").load_state(
+            path, with_optimizer=False, request_id=ctx.request_id("load_state")
+        )
+        await future.result()
+        ctx.state["init_from"] = path
+        _set_artifact(ctx, "init_from", path)
+        return ctx
+
+
 class SaveFinalWeights(BuiltinStage):
     """Save the final state (resumable) and the final sampler weights (to serve)."""
 
@@ -980,6 +1019,24 @@ def eval_due(ctx: Context) -> bool:
     return every > 0 and ctx.step > 0 and ctx.step % every == 0
 
 
+@declares(StageContract(config=("initial_eval",)))
+def initial_eval_due(ctx: Context) -> bool:
+    """Whether the evaluation before the first step is wanted and no step has run yet."""
+    return bool(ctx.config.initial_eval) and ctx.step == 0
+
+
+INITIAL_PREFIX: Final = "initial/"
+"""The prefix under which a run's metrics keep the evaluation before its first step."""
+
+
+async def record_eval_metrics(ctx: Context, row: Mapping[str, float]) -> None:
+    """Record an evaluation's metrics row at ``ctx.step``; the evaluation before the first
+    step is also kept as ``initial/<name>``, so a run's metrics show before and after."""
+    if ctx.step == 0:
+        ctx.metrics.update({f"{INITIAL_PREFIX}{k}": v for k, v in row.items()})
+    await record_metrics(ctx, ctx.step, row)
+
+
 @declares(StageContract(config=("final_eval",), may_read=(LAST_EVAL_STEP,)))
 def final_eval_due(ctx: Context) -> bool:
     """Whether the final evaluation is wanted and the last step was not evaluated already."""
@@ -1001,7 +1058,7 @@ class RunEvaluator(BuiltinStage):
         metrics = {k: float(v) for k, v in result.metrics.items()}
         row = {f"eval/{k}": v for k, v in metrics.items()}
         row["eval/num_samples"] = float(result.num_samples)
-        await record_metrics(ctx, ctx.step, row)
+        await record_eval_metrics(ctx, row)
         ctx.state["last_eval_step"] = ctx.step
         ctx.emit(
             EvalComplete(
@@ -1022,7 +1079,7 @@ class RegisterModel(BuiltinStage):
     contract = StageContract(
         config=("model_name", "model_version"),
         reads=(FINAL_SAMPLER_PATH,),
-        may_read=(DATASET, FINAL_STATE_PATH, ARTIFACTS),
+        may_read=(DATASET, FINAL_STATE_PATH, ARTIFACTS, INIT_FROM_KEY),
         writes=(REGISTERED_MODEL_ID, REGISTERED_MODEL_VERSION, ARTIFACTS),
     )
 
@@ -1045,6 +1102,7 @@ class RegisterModel(BuiltinStage):
                 "dataset": str(ctx.state.get("dataset", "")),
                 "steps": str(ctx.step),
                 "state": str(ctx.state.get("final_state_path", "")),
+                **({"init_from": str(ctx.state["init_from"])} if "init_from" in ctx.state else {}),
             },
         )
         registered = await ctx.port("model_registry").register(

@@ -29,6 +29,9 @@ from crucible_kitchen.ports import (
     Transition,
 )
 from crucible_kitchen.stages._common import (
+    DATASET,
+    EVAL_ROWS,
+    LAST_EVAL_STEP,
     LOADS_SPLIT,
     SAMPLER,
     STEP_METRICS,
@@ -36,10 +39,15 @@ from crucible_kitchen.stages._common import (
     AwaitTrainingSteps,
     BuiltinStage,
     InFlightStep,
+    datum_weights,
     load_split,
     merge_contracts,
+    next_token_datum,
+    record_eval_metrics,
     rl_datums,
     row_messages,
+    sampler_for_current_weights,
+    sequence_logprobs,
     split_rows,
     submit_training_step,
 )
@@ -50,21 +58,32 @@ from crucible_kitchen.stages._reinforcement import (
     adjust_against,
     policy_step_metrics,
 )
-from crucible_kitchen.telemetry import DistillationStep
+from crucible_kitchen.stages._supervised import nll_of
+from crucible_kitchen.telemetry import DistillationStep, EvalComplete
 from crucible_kitchen.training import reverse_kl_advantages
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from crucible_kitchen.ports import DatasetRow, Datum, ForwardBackwardOutput, SamplingClient
+    from crucible_kitchen.ports import (
+        DatasetRow,
+        Datum,
+        ForwardBackwardOutput,
+        SampledSequence,
+        SamplingClient,
+    )
     from crucible_kitchen.stages._context import Context
 
 __all__ = (
     "AwaitDistillationSteps",
+    "AwaitOffPolicySteps",
+    "EvaluateTeacherKl",
     "LoadPrompts",
     "SampleStudent",
+    "SampleTeacher",
     "ScoreWithTeacher",
     "SubmitDistillationStep",
+    "SubmitOffPolicyStep",
     "TopKReverseKlLoss",
 )
 
@@ -79,6 +98,8 @@ DISTILL_BATCH: Final = StateKey("distill_batch", RlBatch)
 """The student's samples of this batch, as training data."""
 DISTILL_DATASETS: Final = StateKey("distill_datasets", tuple)
 """Per datum of ``distill_batch``, the index of its prompt's dataset."""
+TEACHER_SAMPLES: Final = StateKey("teacher_samples", tuple)
+"""Off-policy: this batch's teacher replies, as supervised datums."""
 _PROMPT_KEYS: Final = ("prompt", "question", "instruction", "input")
 
 
@@ -206,48 +227,66 @@ class LoadPrompts(BuiltinStage):
         return ctx
 
 
+async def _sample_prompts(
+    ctx: Context,
+    sampler: SamplingClient,
+    prompts: Sequence[tuple[Message, ...]],
+    num_samples: int,
+    operation: str,
+) -> list[tuple[ModelInput, tuple[SampledSequence, ...]]]:
+    """Each prompt's generation prompt and ``num_samples`` replies to it from ``sampler``
+    (every request submitted before any is awaited)."""
+    config = ctx.config
+    renderer = ctx.port("renderer")
+    stop = renderer.get_stop_sequences()
+    requests = []
+    for j, messages in enumerate(prompts):
+        prompt = renderer.build_generation_prompt(messages)
+        name = f"{operation}/{j}"
+        params = SamplingParams(
+            max_tokens=int(config.max_tokens),
+            temperature=float(config.temperature),
+            stop=stop,
+            seed=ctx.seed_for(name) & _SEED_MASK,
+        )
+        future = await sampler.sample(prompt, num_samples, params, request_id=ctx.request_id(name))
+        requests.append((prompt, future))
+    return [(prompt, (await future.result()).sequences) for prompt, future in requests]
+
+
+def _batch_prompts(ctx: Context) -> tuple[list[tuple[Message, ...]], list[int]]:
+    """This batch's prompts and the index of each one's dataset."""
+    prompts: tuple[tuple[Message, ...], ...] = ctx.state["prompts"]
+    prompt_datasets: tuple[int, ...] = ctx.state["prompt_datasets"]
+    per_batch = int(ctx.config.prompts_per_batch)
+    first = ctx.loops["batches"] * per_batch
+    positions = [(first + j) % len(prompts) for j in range(per_batch)]
+    return [prompts[i] for i in positions], [prompt_datasets[i] for i in positions]
+
+
+_SAMPLES: Final = ("prompts_per_batch", "samples_per_prompt", "max_tokens", "temperature")
+
+
 class SampleStudent(BuiltinStage):
     """Sample ``samples_per_prompt`` replies per prompt of this batch from the student."""
 
     requires: ClassVar[tuple[str, ...]] = ("renderer",)
     contract = StageContract(
-        config=("prompts_per_batch", "samples_per_prompt", "max_tokens", "temperature"),
+        config=_SAMPLES,
         reads=(PROMPTS, PROMPT_DATASETS, SAMPLER),
         writes=(DISTILL_BATCH, DISTILL_DATASETS),
     )
 
     async def execute(self, ctx: Context) -> Context:
-        config = ctx.config
-        prompts: tuple[tuple[Message, ...], ...] = ctx.state["prompts"]
-        prompt_datasets: tuple[int, ...] = ctx.state["prompt_datasets"]
-        per_batch = int(config.prompts_per_batch)
-        first = ctx.loops["batches"] * per_batch
-        renderer = ctx.port("renderer")
-        sampler: SamplingClient = ctx.state["sampler"]
-        stop = renderer.get_stop_sequences()
-        requests = []
-        for j in range(per_batch):
-            position = (first + j) % len(prompts)
-            prompt = renderer.build_generation_prompt(prompts[position])
-            operation = f"sample/{j}"
-            params = SamplingParams(
-                max_tokens=int(config.max_tokens),
-                temperature=float(config.temperature),
-                stop=stop,
-                seed=ctx.seed_for(operation) & _SEED_MASK,
-            )
-            future = await sampler.sample(
-                prompt,
-                int(config.samples_per_prompt),
-                params,
-                request_id=ctx.request_id(operation),
-            )
-            requests.append((prompt_datasets[position], prompt, future))
+        prompts, datasets_of = _batch_prompts(ctx)
+        sampled = await _sample_prompts(
+            ctx, ctx.state["sampler"], prompts, int(ctx.config.samples_per_prompt), "sample"
+        )
         data: list[Datum] = []
         masks: list[tuple[float, ...]] = []
         datasets: list[int] = []
-        for dataset, prompt, future in requests:
-            for sequence in (await future.result()).sequences:
+        for dataset, (prompt, sequences) in zip(datasets_of, sampled, strict=True):
+            for sequence in sequences:
                 trajectory = Trajectory(
                     transitions=(
                         Transition(
@@ -269,6 +308,142 @@ class SampleStudent(BuiltinStage):
             raise TrainingInputError("the student's samples produced no training data")
         ctx.state["distill_batch"] = RlBatch(data=tuple(data), masks=tuple(masks))
         ctx.state["distill_datasets"] = tuple(datasets)
+        return ctx
+
+
+def _reply_datum(prompt: ModelInput, reply: Sequence[int]) -> Datum | None:
+    """The datum that trains ``reply`` after ``prompt`` (weight on the reply only)."""
+    tokens = [*prompt.to_ints(), *reply]
+    weights = [0.0] * prompt.length + [1.0] * len(reply)
+    return next_token_datum(tokens, weights, len(tokens))
+
+
+class SampleTeacher(BuiltinStage):
+    """Off-policy distillation: sample ``samples_per_prompt`` replies per prompt of this
+    batch from the teacher, as supervised examples for the student."""
+
+    requires: ClassVar[tuple[str, ...]] = ("renderer", "teacher_sampling_client")
+    contract = StageContract(
+        config=_SAMPLES, reads=(PROMPTS, PROMPT_DATASETS), writes=(TEACHER_SAMPLES,)
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        prompts, _ = _batch_prompts(ctx)
+        sampled = await _sample_prompts(
+            ctx,
+            ctx.port("teacher_sampling_client"),
+            prompts,
+            int(ctx.config.samples_per_prompt),
+            "teacher_sample",
+        )
+        data = [
+            datum
+            for prompt, sequences in sampled
+            for sequence in sequences
+            if (datum := _reply_datum(prompt, sequence.tokens)) is not None
+        ]
+        if not data:
+            raise TrainingInputError("the teacher's samples produced no training data")
+        ctx.state["teacher_samples"] = tuple(data)
+        return ctx
+
+
+class SubmitOffPolicyStep(BuiltinStage):
+    """Submit the cross-entropy step on the teacher's samples, unawaited."""
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client",)
+    contract = merge_contracts(
+        SUBMITS_STEPS, StageContract(config=("num_batches",), reads=(TEACHER_SAMPLES,))
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        await submit_training_step(
+            ctx,
+            ctx.state["teacher_samples"],
+            total_steps=int(ctx.config.num_batches),
+            loss_fn="cross_entropy",
+        )
+        return ctx
+
+
+class AwaitOffPolicySteps(AwaitTrainingSteps):
+    """Await the off-policy step and log the student's NLL of the teacher's samples."""
+
+    pipelined: ClassVar[bool] = False
+
+    def report(self, step: InFlightStep, output: ForwardBackwardOutput) -> dict[str, float]:
+        return {
+            "distill/loss": nll_of(step.data, output),
+            "distill/lr": step.lr,
+            "distill/sequences": float(len(step.data)),
+            "distill/tokens": math.fsum(w for d in step.data for w in datum_weights(d)),
+        }
+
+    def event(self, step: InFlightStep, row: Mapping[str, float]) -> DistillationStep:
+        return DistillationStep(
+            step=step.step,
+            loss=row["distill/loss"],
+            num_sequences=int(row["distill/sequences"]),
+            num_tokens=int(row["distill/tokens"]),
+            lr=step.lr,
+            metrics=dict(row),
+        )
+
+
+class EvaluateTeacherKl(BuiltinStage):
+    """The student's reverse KL to the teacher on held-out prompts: one reply per
+    evaluation prompt from the current weights, scored by both.
+
+    Records ``eval/teacher_kl``: the mean over reply tokens of ``log p_student(token) -
+    log p_teacher(token)``, a Monte Carlo estimate of the per-token KL(student || teacher).
+    """
+
+    requires: ClassVar[tuple[str, ...]] = (
+        "training_client",
+        "renderer",
+        "teacher_sampling_client",
+        "metrics_store",
+    )
+    contract = StageContract(
+        config=("max_tokens", "temperature", "eval_split"),
+        reads=(EVAL_ROWS, DATASET),
+        writes=(LAST_EVAL_STEP,),
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        prompts = [prompt_messages(row, i) for i, row in enumerate(ctx.state["eval_rows"])]
+        path, student = await sampler_for_current_weights(ctx, f"eval_{ctx.step:06d}")
+        sampled = await _sample_prompts(ctx, student, prompts, 1, f"eval_{ctx.step}/sample")
+        replies = [
+            (datum, sequence)
+            for prompt, (sequence,) in sampled
+            if (datum := _reply_datum(prompt, sequence.tokens)) is not None
+        ]
+        teacher = await sequence_logprobs(
+            ctx,
+            ctx.port("teacher_sampling_client"),
+            [datum for datum, _ in replies],
+            f"eval_{ctx.step}/teacher_logprobs",
+        )
+        gaps = [
+            float(own) - theirs
+            for (_, sequence), scored in zip(replies, teacher, strict=True)
+            for own, theirs in zip(
+                sequence.logprobs or (), scored[len(scored) - len(sequence.tokens) :], strict=True
+            )
+        ]
+        kl = math.fsum(gaps) / len(gaps) if gaps else math.nan
+        await record_eval_metrics(ctx, {"eval/teacher_kl": kl})
+        ctx.state["last_eval_step"] = ctx.step
+        ctx.emit(
+            EvalComplete(
+                model=path,
+                dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
+                step=ctx.step,
+                sample_count=len(replies),
+                metrics={"teacher_kl": kl},
+            )
+        )
         return ctx
 
 

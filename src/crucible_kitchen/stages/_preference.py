@@ -19,6 +19,9 @@ from crucible_kitchen.errors import DataError, RenderError, TrainingInputError
 from crucible_kitchen.ports import CustomLossOutput, Message, TensorData
 from crucible_kitchen.stages._common import (
     BATCHES_EPOCHS,
+    DATASET,
+    EVAL_ROWS,
+    LAST_EVAL_STEP,
     STEP_PLAN,
     SUBMITS_STEPS,
     TRAIN_ROWS,
@@ -32,11 +35,12 @@ from crucible_kitchen.stages._common import (
     merge_contracts,
     next_token_datum,
     plan_steps,
+    record_eval_metrics,
     submit_training_step,
     training_logprobs,
 )
 from crucible_kitchen.stages._contract import StageContract, StateKey
-from crucible_kitchen.telemetry import DpoDatasetBuilt, DpoStep
+from crucible_kitchen.telemetry import DpoDatasetBuilt, DpoStep, EvalComplete
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -47,9 +51,11 @@ if TYPE_CHECKING:
 
 __all__ = (
     "AwaitDpoSteps",
+    "BuildEvalPairs",
     "BuildPreferenceDataset",
     "ComputeReferenceLogprobs",
     "DpoLoss",
+    "EvaluatePreferences",
     "SubmitDpoStep",
 )
 
@@ -57,6 +63,10 @@ PAIRS: Final = StateKey("pairs", tuple, rebuilt_on_resume=True)
 """The ``(chosen, rejected)`` datums of each usable row."""
 REFERENCE_LOGPROBS: Final = StateKey("reference_logprobs", tuple)
 """The initial weights' logprobs of each pair; a checkpoint keeps them."""
+EVAL_PAIRS: Final = StateKey("eval_pairs", tuple, rebuilt_on_resume=True)
+"""The ``(chosen, rejected)`` datums of each usable evaluation row."""
+EVAL_REFERENCE_LOGPROBS: Final = StateKey("eval_reference_logprobs", tuple)
+"""The initial weights' logprobs of each evaluation pair; a checkpoint keeps them."""
 
 
 def _log_sigmoid(x: float) -> float:
@@ -282,18 +292,110 @@ class ComputeReferenceLogprobs(BuiltinStage):
         if kept is not None and len(kept) == len(pairs):
             ctx.state["reference_logprobs"] = tuple((tuple(c), tuple(r)) for c, r in kept)
             return ctx
+        ctx.state["reference_logprobs"] = await _score_pairs(ctx, pairs)
+        return ctx
+
+
+async def _score_pairs(
+    ctx: Context, pairs: Sequence[tuple[Datum, Datum]]
+) -> tuple[tuple[tuple[float, ...], tuple[float, ...]], ...]:
+    """The current weights' target logprobs of each pair's chosen and rejected datums."""
+    data = [datum for pair in pairs for datum in pair]
+    size = 2 * int(ctx.config.batch_size)
+    client = ctx.port("training_client")
+    futures = [
+        await client.forward(data[i : i + size], "cross_entropy") for i in range(0, len(data), size)
+    ]
+    scored: list[tuple[float, ...]] = []
+    for future in futures:
+        scored.extend(tuple(lp) for lp in training_logprobs(await future.result()))
+    return tuple((scored[2 * i], scored[2 * i + 1]) for i in range(len(pairs)))
+
+
+class BuildEvalPairs(BuiltinStage):
+    """Render the evaluation rows into pairs and score them with the current weights, the
+    reference of the held-out DPO metrics (placed where the training pairs are scored).
+
+    A resumed run keeps the reference logprobs of its snapshot.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client", "renderer")
+    contract = StageContract(
+        config=("max_length", "batch_size"),
+        reads=(EVAL_ROWS,),
+        may_read=(EVAL_REFERENCE_LOGPROBS,),
+        writes=(EVAL_PAIRS, EVAL_REFERENCE_LOGPROBS),
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        renderer = ctx.port("renderer")
+        pairs = []
+        for index, row in enumerate(ctx.state["eval_rows"]):
+            pair = _render_pair(row, index, renderer, int(ctx.config.max_length))
+            if pair is not None:
+                pairs.append(pair)
+        if not pairs:
+            raise DataError("no evaluation row renders into a preference pair")
+        ctx.state["eval_pairs"] = tuple(pairs)
+        kept = ctx.state.get("eval_reference_logprobs")
+        if kept is not None and len(kept) == len(pairs):
+            ctx.state["eval_reference_logprobs"] = tuple((tuple(c), tuple(r)) for c, r in kept)
+        else:
+            ctx.state["eval_reference_logprobs"] = await _score_pairs(ctx, pairs)
+        return ctx
+
+
+class EvaluatePreferences(BuiltinStage):
+    """Held-out DPO metrics of the current weights on the evaluation pairs (``forward``).
+
+    Records ``eval/pref_accuracy`` (the policy gives the chosen reply a higher total
+    logprob than the rejected one: meaningful before any training), and, against the
+    reference (TRL's ``rewards/*`` on the eval set), ``eval/dpo_accuracy`` (the chosen
+    reply's implicit reward is higher), ``eval/dpo_margin`` (mean reward difference) and
+    ``eval/dpo_loss``.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ("training_client", "metrics_store")
+    contract = StageContract(
+        config=("batch_size", "dpo_beta", "loss_type", "label_smoothing", "eval_split"),
+        reads=(EVAL_PAIRS, EVAL_REFERENCE_LOGPROBS, DATASET),
+        writes=(LAST_EVAL_STEP,),
+    )
+
+    async def execute(self, ctx: Context) -> Context:
+        pairs: tuple[tuple[Datum, Datum], ...] = ctx.state["eval_pairs"]
+        scored = await _score_pairs(ctx, pairs)
         data = [datum for pair in pairs for datum in pair]
-        size = 2 * int(ctx.config.batch_size)
-        client = ctx.port("training_client")
-        futures = [
-            await client.forward(data[i : i + size], "cross_entropy")
-            for i in range(0, len(data), size)
+        logprobs = [lp for pair in scored for lp in pair]
+        dpo = DpoLoss(
+            beta=float(ctx.config.dpo_beta),
+            reference_logprobs=tuple(
+                lp for pair in ctx.state["eval_reference_logprobs"] for lp in pair
+            ),
+            loss_type=ctx.config.loss_type,
+            label_smoothing=float(ctx.config.label_smoothing),
+        )(data, [TensorData(dtype="float32", data=lp) for lp in logprobs])
+        totals = [
+            math.fsum(w * lp for w, lp in zip(datum_weights(d), lps, strict=True))
+            for d, lps in zip(data, logprobs, strict=True)
         ]
-        scored: list[tuple[float, ...]] = []
-        for future in futures:
-            scored.extend(tuple(lp) for lp in training_logprobs(await future.result()))
-        ctx.state["reference_logprobs"] = tuple(
-            (scored[2 * i], scored[2 * i + 1]) for i in range(len(pairs))
+        wins = [1.0 if totals[2 * i] > totals[2 * i + 1] else 0.0 for i in range(len(pairs))]
+        metrics = {
+            "pref_accuracy": math.fsum(wins) / len(pairs),
+            "dpo_accuracy": dpo.metrics["accuracy"],
+            "dpo_margin": dpo.metrics["margin"],
+            "dpo_loss": dpo.metrics["dpo_loss"],
+        }
+        await record_eval_metrics(ctx, {f"eval/{k}": v for k, v in metrics.items()})
+        ctx.state["last_eval_step"] = ctx.step
+        ctx.emit(
+            EvalComplete(
+                model="training_client",
+                dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
+                step=ctx.step,
+                sample_count=len(pairs),
+                metrics=metrics,
+            )
         )
         return ctx
 

@@ -11,16 +11,20 @@ Besides the stages: the custom losses of the preference and distillation steps f
 ``forward_backward_custom`` (:class:`DpoLoss`, :class:`TopKReverseKlLoss`), the metric an
 environment sets on a turn whose reply did not parse (:data:`PARSE_ERROR_MASKED`: the turn is
 not trained), the state keys the supervised and preference datasets are kept under
-(:data:`TRAIN_DATA`, :data:`PAIRS`), and the functions of the context that the built-in
-workflows use as loop bounds (``planned_epochs``, ``configured_batches``,
+(:data:`TRAIN_DATA`, :data:`PAIRS`), the prefix under which a run's metrics keep the
+evaluation before its first step (:data:`INITIAL_PREFIX`), and the functions of the context
+that the built-in workflows use as loop bounds (``planned_epochs``, ``configured_batches``,
 ``batches_this_epoch``) and conditions (``checkpoint_due``, ``eval_due``, ``final_eval_due``,
-``resuming``, ``sampler_is_stale``, ``enough_feedback``, ``triggers_fired``).
+``initial_eval_due``, ``resuming``, ``starts_from_weights``, ``warmup_due``,
+``sampler_is_stale``, ``enough_feedback``, ``triggers_fired``).
 """
 
 from __future__ import annotations
 
+from crucible_kitchen.stages._common import INITIAL_PREFIX as INITIAL_PREFIX
 from crucible_kitchen.stages._common import PARSE_ERROR_MASKED as PARSE_ERROR_MASKED
 from crucible_kitchen.stages._common import FlushMetrics as FlushMetrics
+from crucible_kitchen.stages._common import InitFromWeights as InitFromWeights
 from crucible_kitchen.stages._common import LoadDataset as LoadDataset
 from crucible_kitchen.stages._common import LoadEvalRows as LoadEvalRows
 from crucible_kitchen.stages._common import RefreshSampler as RefreshSampler
@@ -35,14 +39,20 @@ from crucible_kitchen.stages._common import checkpoint_due as checkpoint_due
 from crucible_kitchen.stages._common import configured_batches as configured_batches
 from crucible_kitchen.stages._common import eval_due as eval_due
 from crucible_kitchen.stages._common import final_eval_due as final_eval_due
+from crucible_kitchen.stages._common import initial_eval_due as initial_eval_due
 from crucible_kitchen.stages._common import planned_epochs as planned_epochs
 from crucible_kitchen.stages._common import resuming as resuming
 from crucible_kitchen.stages._common import sampler_is_stale as sampler_is_stale
+from crucible_kitchen.stages._common import starts_from_weights as starts_from_weights
 from crucible_kitchen.stages._distillation import AwaitDistillationSteps as AwaitDistillationSteps
+from crucible_kitchen.stages._distillation import AwaitOffPolicySteps as AwaitOffPolicySteps
+from crucible_kitchen.stages._distillation import EvaluateTeacherKl as EvaluateTeacherKl
 from crucible_kitchen.stages._distillation import LoadPrompts as LoadPrompts
 from crucible_kitchen.stages._distillation import SampleStudent as SampleStudent
+from crucible_kitchen.stages._distillation import SampleTeacher as SampleTeacher
 from crucible_kitchen.stages._distillation import ScoreWithTeacher as ScoreWithTeacher
 from crucible_kitchen.stages._distillation import SubmitDistillationStep as SubmitDistillationStep
+from crucible_kitchen.stages._distillation import SubmitOffPolicyStep as SubmitOffPolicyStep
 from crucible_kitchen.stages._distillation import TopKReverseKlLoss as TopKReverseKlLoss
 from crucible_kitchen.stages._feedback import CheckTriggers as CheckTriggers
 from crucible_kitchen.stages._feedback import CurateFeedback as CurateFeedback
@@ -53,9 +63,11 @@ from crucible_kitchen.stages._feedback import enough_feedback as enough_feedback
 from crucible_kitchen.stages._feedback import triggers_fired as triggers_fired
 from crucible_kitchen.stages._preference import PAIRS as PAIRS
 from crucible_kitchen.stages._preference import AwaitDpoSteps as AwaitDpoSteps
+from crucible_kitchen.stages._preference import BuildEvalPairs as BuildEvalPairs
 from crucible_kitchen.stages._preference import BuildPreferenceDataset as BuildPreferenceDataset
 from crucible_kitchen.stages._preference import ComputeReferenceLogprobs as ComputeReferenceLogprobs
 from crucible_kitchen.stages._preference import DpoLoss as DpoLoss
+from crucible_kitchen.stages._preference import EvaluatePreferences as EvaluatePreferences
 from crucible_kitchen.stages._preference import SubmitDpoStep as SubmitDpoStep
 from crucible_kitchen.stages._reinforcement import ApplyKlPenalty as ApplyKlPenalty
 from crucible_kitchen.stages._reinforcement import AssembleRlBatch as AssembleRlBatch
@@ -74,22 +86,31 @@ from crucible_kitchen.stages._supervised import BuildSupervisedDataset as BuildS
 from crucible_kitchen.stages._supervised import EvaluateNll as EvaluateNll
 from crucible_kitchen.stages._supervised import SampleReplies as SampleReplies
 from crucible_kitchen.stages._supervised import SubmitSupervisedStep as SubmitSupervisedStep
+from crucible_kitchen.stages._warmup import AnswerExamples as AnswerExamples
+from crucible_kitchen.stages._warmup import ChosenExamples as ChosenExamples
+from crucible_kitchen.stages._warmup import SftWarmup as SftWarmup
+from crucible_kitchen.stages._warmup import warmup_due as warmup_due
 
 __all__ = (
+    "INITIAL_PREFIX",
     "PAIRS",
     "PARSE_ERROR_MASKED",
     "TRAIN_DATA",
+    "AnswerExamples",
     "ApplyKlPenalty",
     "AssembleRlBatch",
     "AwaitDistillationSteps",
     "AwaitDpoSteps",
+    "AwaitOffPolicySteps",
     "AwaitRlSteps",
     "AwaitSupervisedSteps",
     "BuildEnvGroups",
     "BuildEvalDataset",
+    "BuildEvalPairs",
     "BuildPreferenceDataset",
     "BuildSupervisedDataset",
     "CheckTriggers",
+    "ChosenExamples",
     "ComputeAdvantages",
     "ComputePostUpdateKl",
     "ComputeReferenceLogprobs",
@@ -97,8 +118,11 @@ __all__ = (
     "DoRollouts",
     "DpoLoss",
     "EvaluateNll",
+    "EvaluatePreferences",
+    "EvaluateTeacherKl",
     "ExportFeedback",
     "FlushMetrics",
+    "InitFromWeights",
     "LoadDataset",
     "LoadEvalRows",
     "LoadFeedbackDataset",
@@ -111,12 +135,15 @@ __all__ = (
     "RunEvaluator",
     "SampleReplies",
     "SampleStudent",
+    "SampleTeacher",
     "SaveCheckpoint",
     "SaveFinalWeights",
     "ScoreWithTeacher",
+    "SftWarmup",
     "ShuffleEpoch",
     "SubmitDistillationStep",
     "SubmitDpoStep",
+    "SubmitOffPolicyStep",
     "SubmitRlStep",
     "SubmitSupervisedStep",
     "TopKReverseKlLoss",
@@ -127,8 +154,11 @@ __all__ = (
     "enough_feedback",
     "eval_due",
     "final_eval_due",
+    "initial_eval_due",
     "planned_epochs",
     "resuming",
     "sampler_is_stale",
+    "starts_from_weights",
     "triggers_fired",
+    "warmup_due",
 )

@@ -10,30 +10,38 @@ Every workflow ends with the ``flush_metrics`` cleanup stage, which runs however
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 from crucible_kitchen.stages.builtin import (
     PAIRS,
     TRAIN_DATA,
+    AnswerExamples,
     ApplyKlPenalty,
     AssembleRlBatch,
     AwaitDistillationSteps,
     AwaitDpoSteps,
+    AwaitOffPolicySteps,
     AwaitRlSteps,
     AwaitSupervisedSteps,
     BuildEnvGroups,
     BuildEvalDataset,
+    BuildEvalPairs,
     BuildPreferenceDataset,
     BuildSupervisedDataset,
     CheckTriggers,
+    ChosenExamples,
     ComputeAdvantages,
     ComputePostUpdateKl,
     ComputeReferenceLogprobs,
     CurateFeedback,
     DoRollouts,
     EvaluateNll,
+    EvaluatePreferences,
+    EvaluateTeacherKl,
     ExportFeedback,
     FlushMetrics,
+    InitFromWeights,
     LoadDataset,
     LoadEvalRows,
     LoadFeedbackDataset,
@@ -46,12 +54,15 @@ from crucible_kitchen.stages.builtin import (
     RunEvaluator,
     SampleReplies,
     SampleStudent,
+    SampleTeacher,
     SaveCheckpoint,
     SaveFinalWeights,
     ScoreWithTeacher,
+    SftWarmup,
     ShuffleEpoch,
     SubmitDistillationStep,
     SubmitDpoStep,
+    SubmitOffPolicyStep,
     SubmitRlStep,
     SubmitSupervisedStep,
     UpdateBaseline,
@@ -61,10 +72,13 @@ from crucible_kitchen.stages.builtin import (
     enough_feedback,
     eval_due,
     final_eval_due,
+    initial_eval_due,
     planned_epochs,
     resuming,
     sampler_is_stale,
+    starts_from_weights,
     triggers_fired,
+    warmup_due,
 )
 
 from ._dsl import Node, Workflow, async_loop, conditional, loop, stage
@@ -83,36 +97,90 @@ __all__ = (
 _CLEANUP = (stage("flush_metrics", FlushMetrics),)
 
 
+@dataclass(frozen=True)
+class _Evaluation:
+    """What one evaluation of a workflow runs: held-out NLL and sampled replies (supervised),
+    the workflow's own held-out stages (``(name, stage)``), set up once by ``setup``, and
+    the evaluator port when the config enables it."""
+
+    nll: bool = False
+    held_out: tuple[tuple[str, Stage | type[Stage]], ...] = ()
+    setup: tuple[tuple[str, Stage | type[Stage]], ...] = ()
+
+
+_SUPERVISED_EVAL: Final = _Evaluation(nll=True)
+_POLICY_EVAL: Final = _Evaluation()
+_PREFERENCE_EVAL: Final = _Evaluation(
+    held_out=(("evaluate_pairs", EvaluatePreferences),),
+    setup=(("build_eval_pairs", BuildEvalPairs),),
+)
+_DISTILLATION_EVAL: Final = _Evaluation(held_out=(("evaluate_teacher_kl", EvaluateTeacherKl),))
+
+
 def _restore() -> tuple[Node, ...]:
     """Where a resumed run loads its checkpoint: weights, optimizer state, the sampler."""
     return (conditional("resuming", resuming, then=[stage("restore", RestoreCheckpoint)]),)
 
 
-def _eval_stages(config: Any, prefix: str, *, nll: bool) -> list[Node]:
-    """One evaluation: held-out NLL and sampled replies (supervised only), and the evaluator
-    port if enabled."""
+def _init_from(config: Any) -> list[Node]:
+    """Where a run started ``init_from`` other weights loads them (not when it resumes)."""
+    if getattr(config, "init_from", None) is None:
+        return []
+    return [
+        conditional(
+            "starts_from_weights", starts_from_weights, then=[stage("init_from", InitFromWeights)]
+        )
+    ]
+
+
+def _warmup(config: Any, examples: type[Stage]) -> list[Node]:
+    """The supervised warm-up on the ``examples`` stage's data, when configured and due."""
+    if getattr(config, "sft_warmup_steps", 0) <= 0:
+        return []
+    return [
+        conditional(
+            "warmup_due",
+            warmup_due,
+            then=[stage("warmup_examples", examples), stage("sft_warmup", SftWarmup)],
+        )
+    ]
+
+
+def _eval_stages(config: Any, prefix: str, evaluation: _Evaluation) -> list[Node]:
+    """One evaluation: held-out NLL and sampled replies (supervised only), the workflow's
+    held-out stages, and the evaluator port if enabled."""
     nodes: list[Node] = []
-    if nll:
+    if evaluation.nll:
         nodes.append(stage(f"{prefix}evaluate_nll", EvaluateNll))
         if config.eval_generations > 0:
             nodes.append(stage(f"{prefix}sample_replies", SampleReplies))
+    nodes.extend(stage(f"{prefix}{name}", held_out) for name, held_out in evaluation.held_out)
     if config.use_evaluator:
         nodes.append(stage(f"{prefix}run_evaluator", RunEvaluator))
     return nodes
 
 
-def _setup_eval(config: Any, *, nll: bool) -> list[Node]:
+def _setup_eval(config: Any, evaluation: _Evaluation) -> list[Node]:
     """Load (and for the NLL, render) the evaluation rows, if the run evaluates at all."""
-    if not config.evaluates or not _eval_stages(config, "", nll=nll):
+    if not config.evaluates or not _eval_stages(config, "", evaluation):
         return []
     nodes: list[Node] = [stage("load_eval_rows", LoadEvalRows)]
-    if nll:
+    if evaluation.nll:
         nodes.append(stage("build_eval_dataset", BuildEvalDataset))
+    nodes.extend(stage(name, setup) for name, setup in evaluation.setup)
     return nodes
 
 
+def _initial_eval(config: Any, evaluation: _Evaluation) -> list[Node]:
+    """The evaluation before the first step, if the config asks for it."""
+    nodes = _eval_stages(config, "initial_", evaluation)
+    if not getattr(config, "initial_eval", False) or not nodes:
+        return []
+    return [conditional("initial_eval_due", initial_eval_due, then=nodes)]
+
+
 def _periodic(
-    config: Any, *, nll: bool, drain: Stage | None = None, resumable: bool = False
+    config: Any, evaluation: _Evaluation, *, drain: Stage | None = None, resumable: bool = False
 ) -> list[Node]:
     """Evaluation every ``eval_every`` and checkpoints every ``save_every`` steps.
 
@@ -122,9 +190,9 @@ def _periodic(
     ``save_every=0`` (see ``checkpoint_due``).
     """
     nodes: list[Node] = []
-    evaluation = _eval_stages(config, "", nll=nll)
-    if config.eval_every > 0 and evaluation:
-        nodes.append(conditional("eval_due", eval_due, then=evaluation))
+    stages = _eval_stages(config, "", evaluation)
+    if config.eval_every > 0 and stages:
+        nodes.append(conditional("eval_due", eval_due, then=stages))
     if config.save_every > 0 or resumable:
         save: list[Node] = [] if drain is None else [stage("drain_for_checkpoint", drain)]
         save.append(stage("checkpoint", SaveCheckpoint))
@@ -132,12 +200,12 @@ def _periodic(
     return nodes
 
 
-def _finish(config: Any, *, nll: bool) -> list[Node]:
+def _finish(config: Any, evaluation: _Evaluation) -> list[Node]:
     """Final evaluation, final weights, registration."""
     nodes: list[Node] = []
-    evaluation = _eval_stages(config, "final_", nll=nll)
-    if config.final_eval and evaluation:
-        nodes.append(conditional("final_eval_due", final_eval_due, then=evaluation))
+    stages = _eval_stages(config, "final_", evaluation)
+    if config.final_eval and stages:
+        nodes.append(conditional("final_eval_due", final_eval_due, then=stages))
     nodes.append(stage("save_final", SaveFinalWeights))
     if config.register_model:
         nodes.append(stage("register_model", RegisterModel))
@@ -148,7 +216,8 @@ def _supervised_training(config: Any) -> list[Node]:
     """Render, then epochs of pipelined steps, then drain what is still in flight."""
     return [
         stage("build_dataset", BuildSupervisedDataset),
-        *_setup_eval(config, nll=True),
+        *_setup_eval(config, _SUPERVISED_EVAL),
+        *_initial_eval(config, _SUPERVISED_EVAL),
         loop(
             "epochs",
             planned_epochs,
@@ -159,12 +228,15 @@ def _supervised_training(config: Any) -> list[Node]:
                 stage("submit_step", SubmitSupervisedStep),
                 stage("await_step", AwaitSupervisedSteps()),
                 *_periodic(
-                    config, nll=True, drain=AwaitSupervisedSteps(drain=True), resumable=True
+                    config,
+                    _SUPERVISED_EVAL,
+                    drain=AwaitSupervisedSteps(drain=True),
+                    resumable=True,
                 ),
             ),
         ),
         stage("drain", AwaitSupervisedSteps(drain=True)),
-        *_finish(config, nll=True),
+        *_finish(config, _SUPERVISED_EVAL),
     ]
 
 
@@ -183,6 +255,7 @@ def supervised_workflow(config: Any) -> Workflow:
     return Workflow(
         "supervised",
         *_restore(),
+        *_init_from(config),
         stage("load_dataset", LoadDataset),
         *_supervised_training(config),
         cleanup=_CLEANUP,
@@ -223,7 +296,7 @@ def reinforcement_workflow(config: Any) -> Workflow:
     ]
     if config.compute_post_kl:
         train.append(stage("post_update_kl", ComputePostUpdateKl))
-    train += _periodic(config, nll=False, resumable=resumable)
+    train += _periodic(config, _POLICY_EVAL, resumable=resumable)
     body: Node
     if config.mode == "async":
         body = async_loop(
@@ -242,10 +315,13 @@ def reinforcement_workflow(config: Any) -> Workflow:
     return Workflow(
         "reinforcement",
         *(_restore() if resumable else ()),
+        *_init_from(config),
         stage("load_problems", LoadProblems),
-        *_setup_eval(config, nll=False),
+        *_setup_eval(config, _POLICY_EVAL),
+        *_warmup(config, AnswerExamples),
+        *_initial_eval(config, _POLICY_EVAL),
         body,
-        *_finish(config, nll=False),
+        *_finish(config, _POLICY_EVAL),
         cleanup=_CLEANUP,
         description="GRPO-style RL with group-relative advantages",
     )
@@ -266,9 +342,12 @@ def preference_workflow(config: Any) -> Workflow:
         "preference",
         stage("load_dataset", LoadDataset),
         stage("build_pairs", BuildPreferenceDataset),
+        *_init_from(config),
+        *_warmup(config, ChosenExamples),
         stage("reference_logprobs", ComputeReferenceLogprobs),
+        *_setup_eval(config, _PREFERENCE_EVAL),
         *_restore(),
-        *_setup_eval(config, nll=False),
+        *_initial_eval(config, _PREFERENCE_EVAL),
         loop(
             "epochs",
             planned_epochs,
@@ -278,47 +357,65 @@ def preference_workflow(config: Any) -> Workflow:
                 batches_this_epoch,
                 stage("submit_step", SubmitDpoStep),
                 stage("await_step", AwaitDpoSteps()),
-                *_periodic(config, nll=False, drain=AwaitDpoSteps(drain=True), resumable=True),
+                *_periodic(
+                    config, _PREFERENCE_EVAL, drain=AwaitDpoSteps(drain=True), resumable=True
+                ),
             ),
         ),
         stage("drain", AwaitDpoSteps(drain=True)),
-        *_finish(config, nll=False),
+        *_finish(config, _PREFERENCE_EVAL),
         cleanup=_CLEANUP,
         description="direct preference optimization against the frozen initial weights",
     )
 
 
 def distillation_workflow(config: Any) -> Workflow:
-    """On-policy distillation (a :class:`~crucible_kitchen.recipes.DistillationConfig`).
+    """Distillation (a :class:`~crucible_kitchen.recipes.DistillationConfig`).
 
-    [restore] → load_prompts → [eval rows] → per batch: [refresh_sampler] → sample_student →
-    score_teacher (port ``teacher_sampling_client``; reverse-KL advantages) → train_step
-    (``importance_sampling``) → await_step → [eval, checkpoint]; then [final eval] →
-    save_final → [register_model]; cleanup: flush_metrics.
+    ``mode="on_policy"`` (default): [restore] → [init_from] → load_prompts → [eval rows] →
+    [initial eval] → per batch: [refresh_sampler] → sample_student → score_teacher (port
+    ``teacher_sampling_client``; reverse-KL advantages) → train_step
+    (``importance_sampling``) → await_step → [eval, checkpoint]. ``mode="off_policy"``:
+    per batch: sample_teacher (the teacher's replies) → train_step (``cross_entropy`` on
+    them) → await_step → [eval, checkpoint]. Then [final eval] → save_final →
+    [register_model]; cleanup: flush_metrics. The held-out evaluation measures the
+    student's reverse KL to the teacher on its own replies (``eval/teacher_kl``).
 
     Resumable, as the reinforcement workflow in sync mode.
     """
-    refresh = conditional(
-        "sampler_stale", sampler_is_stale, then=[stage("refresh_sampler", RefreshSampler)]
-    )
-    return Workflow(
-        "distillation",
-        *_restore(),
-        stage("load_prompts", LoadPrompts),
-        *_setup_eval(config, nll=False),
-        loop(
-            "batches",
-            configured_batches,
-            refresh,
+    body: list[Node]
+    if getattr(config, "mode", "on_policy") == "off_policy":
+        body = [
+            stage("sample_teacher", SampleTeacher),
+            stage("train_step", SubmitOffPolicyStep),
+            stage("await_step", AwaitOffPolicySteps()),
+        ]
+    else:
+        body = [
+            conditional(
+                "sampler_stale", sampler_is_stale, then=[stage("refresh_sampler", RefreshSampler)]
+            ),
             stage("sample_student", SampleStudent),
             stage("score_teacher", ScoreWithTeacher),
             stage("train_step", SubmitDistillationStep),
             stage("await_step", AwaitDistillationSteps()),
-            *_periodic(config, nll=False, resumable=True),
+        ]
+    return Workflow(
+        "distillation",
+        *_restore(),
+        *_init_from(config),
+        stage("load_prompts", LoadPrompts),
+        *_setup_eval(config, _DISTILLATION_EVAL),
+        *_initial_eval(config, _DISTILLATION_EVAL),
+        loop(
+            "batches",
+            configured_batches,
+            *body,
+            *_periodic(config, _DISTILLATION_EVAL, resumable=True),
         ),
-        *_finish(config, nll=False),
+        *_finish(config, _DISTILLATION_EVAL),
         cleanup=_CLEANUP,
-        description="on-policy distillation: per-token reverse KL to a teacher",
+        description="distillation from a teacher: on-policy reverse KL or its samples",
     )
 
 

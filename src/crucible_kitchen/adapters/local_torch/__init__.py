@@ -8,7 +8,10 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
   :class:`LocalTorchSamplingClient` (``sampling_client``);
 - :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
   and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
-- :func:`local_torch_adapters`: all four, keyed by port name;
+- :class:`ArithmeticEvaluator` (``evaluator``): greedy replies to arithmetic questions,
+  scored exactly; torch-free;
+- :func:`local_torch_adapters`: all of them, keyed by port name, and a teacher
+  (``teacher_sampling_client``) from a checkpoint;
 - :class:`ModelConfig` (with :class:`RopeScaling`), :class:`LoraConfig`, :data:`PRESETS`:
   the model's architecture, from a preset, by hand or read from a Hugging Face model
   directory (``model=`` a path);
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
     from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
+    from crucible_kitchen.adapters.local_torch._evaluator import (
+        ArithmeticEvaluator as ArithmeticEvaluator,
+    )
     from crucible_kitchen.adapters.local_torch._gguf import (
         cached_gguf_model as cached_gguf_model,
     )
@@ -50,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "PRESETS",
+    "ArithmeticEvaluator",
     "LocalRenderer",
     "LocalTokenizer",
     "LocalTorchSamplingClient",
@@ -64,6 +71,7 @@ __all__ = (
 )
 
 _LAZY: dict[str, str] = {
+    "ArithmeticEvaluator": "_evaluator",
     "PRESETS": "_config",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crucible_kitchen.adapters.local_torch._evaluator import ArithmeticEvaluator
 from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
+from crucible_kitchen.adapters.local_torch._sampling_client import LocalTorchSamplingClient
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer, default_tokenizer_for
 from crucible_kitchen.adapters.local_torch._training_client import LocalTorchTrainingClient
 
@@ -33,8 +35,11 @@ def local_torch_adapters(
     run_dir: str | os.PathLike[str] | None = None,
     default_max_tokens: int = 128,
     threads: Threads = "auto",
+    teacher: str | os.PathLike[str] | None = None,
 ) -> dict[PortName, object]:
-    """Real adapters for ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``.
+    """Real adapters for ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``,
+    ``evaluator`` (an :class:`ArithmeticEvaluator`) and, given a ``teacher`` checkpoint,
+    ``teacher_sampling_client``.
 
     The sampling client samples the initial weights (a frozen copy); the training client
     makes new ones with ``create_sampling_client``. Combine with
@@ -61,11 +66,15 @@ def local_torch_adapters(
         threads: torch's intra-op thread count for the clients' requests: a count ≥ 1, or
             ``"auto"``: ``OMP_NUM_THREADS`` when set, else one thread for a model under 2 M
             parameters (``tiny``), else torch's current count.
+        teacher: a checkpoint (saved with the same tokenizer) to sample and score with as
+            ``teacher_sampling_client``, frozen, on ``device``; its model may differ from
+            ``model``.
 
     Raises:
         ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
         PretrainedModelError: the Hugging Face model directory cannot be loaded.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
+        CheckpointError: the teacher checkpoint is missing, corrupt or of another tokenizer.
     """
     if tokenizer is None:
         tokenizer = default_tokenizer_for(model)
@@ -86,9 +95,21 @@ def local_torch_adapters(
         default_max_tokens=default_max_tokens,
         threads=threads,
     )
-    return {
+    local_renderer = LocalRenderer(local_tokenizer, renderer or local_tokenizer.default_renderer)
+    ports: dict[PortName, object] = {
         "training_client": training_client,
         "sampling_client": training_client._initial_sampling_client(),
         "tokenizer": local_tokenizer,
-        "renderer": LocalRenderer(local_tokenizer, renderer or local_tokenizer.default_renderer),
+        "renderer": local_renderer,
+        "evaluator": ArithmeticEvaluator(local_renderer),
     }
+    if teacher is not None:
+        ports["teacher_sampling_client"] = LocalTorchSamplingClient.from_checkpoint(
+            teacher,
+            local_tokenizer,
+            device=device,
+            seed=seed,
+            default_max_tokens=default_max_tokens,
+            threads=threads,
+        )
+    return ports

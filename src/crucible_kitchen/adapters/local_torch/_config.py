@@ -255,6 +255,10 @@ class LoraConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
+    # ~30k params: a student for distilling "tiny" (distill_basic).
+    "micro": ModelConfig(
+        vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=96, max_seq_len=256
+    ),
     # ~117k params: a training step takes milliseconds on one CPU core.
     "tiny": ModelConfig(
         vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_ff=176, max_seq_len=256
