@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crucible_kitchen.adapters.local_torch._evaluator import ArithmeticEvaluator
+from crucible_kitchen.adapters.local_torch._gguf import cached_gguf_model, is_gguf_file
 from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
 from crucible_kitchen.adapters.local_torch._sampling_client import LocalTorchSamplingClient
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer, default_tokenizer_for
@@ -49,7 +50,9 @@ def local_torch_adapters(
     Args:
         model: a preset name (``"tiny"``, ``"small"``, ...), a :class:`ModelConfig`, or the
             path of a local Hugging Face model directory (``config.json`` and safetensors
-            weights of a Llama, Mistral, Qwen2, Qwen3 or SmolLM2 model) to start from.
+            weights of a Llama, Mistral, Qwen2, Qwen3 or SmolLM2 model) to start from,
+            or a GGUF file (``.gguf``), converted once into one (see
+            :func:`cached_gguf_model`).
         seed: seeds the initial weights, dropout and unseeded sampling.
         lora: a :class:`LoraConfig`, a rank, or ``None`` for full fine-tuning.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
@@ -73,9 +76,12 @@ def local_torch_adapters(
     Raises:
         ConfigError: an invalid model, LoRA, tokenizer, device or thread count.
         PretrainedModelError: the Hugging Face model directory cannot be loaded.
+        GgufError: the GGUF file cannot be converted.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
         CheckpointError: the teacher checkpoint is missing, corrupt or of another tokenizer.
     """
+    if is_gguf_file(model):
+        model = cached_gguf_model(model)
     if tokenizer is None:
         tokenizer = default_tokenizer_for(model)
     local_tokenizer = (

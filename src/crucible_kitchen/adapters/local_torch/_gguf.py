@@ -26,7 +26,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 
 from crucible_kitchen._files import FILE_MODE, TEMP_PREFIX, fsync_directory
 from crucible_kitchen.errors import CheckpointExists, GgufCorrupted, GgufUnsupported
@@ -39,7 +39,14 @@ if TYPE_CHECKING:
     from gguf import GGUFReader
     from tokenizers import Tokenizer
 
-__all__ = ("PRE_TOKENIZERS", "GgufDtype", "cached_gguf_model", "convert_gguf", "gguf_cache_dir")
+__all__ = (
+    "PRE_TOKENIZERS",
+    "GgufDtype",
+    "cached_gguf_model",
+    "convert_gguf",
+    "gguf_cache_dir",
+    "is_gguf_file",
+)
 
 GgufDtype = Literal["float32", "float16"]
 """The dtype the dequantized weights are written in."""
@@ -128,6 +135,11 @@ def convert_gguf(
     files = _converted_files(source, dtype)
     _write_directory(destination, files)
     return destination
+
+
+def is_gguf_file(model: object) -> TypeGuard[str | os.PathLike[str]]:
+    """Whether ``model`` (a ``model=`` setting) is the path of a ``.gguf`` file."""
+    return isinstance(model, str | os.PathLike) and os.fspath(model).endswith(".gguf")
 
 
 def gguf_cache_dir() -> Path:
