@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-import pydantic
 from pydantic import Field
 
 from crucible_kitchen.errors import ConfigError
@@ -64,7 +63,7 @@ class SmolLM2LoraConfig(SupervisedConfig):
     )
     lora_rank: int = Field(default=8, ge=1, le=65_536, description="Rank of the LoRA adapters.")
     device: str = Field(default="cpu", min_length=1, description="cpu, cuda, cuda:N or auto.")
-    threads: int | Literal["auto"] = Field(
+    threads: Annotated[int, Field(ge=1, le=_MAX_THREADS)] | Literal["auto"] = Field(
         default="auto",
         description="torch's CPU threads; auto: OMP_NUM_THREADS when set, else torch's default.",
     )
@@ -102,13 +101,6 @@ class SmolLM2LoraConfig(SupervisedConfig):
     use_evaluator: bool = Field(
         default=False, description="Also score with the 'evaluator' port (arithmetic only)."
     )
-
-    @pydantic.field_validator("threads", mode="before")
-    @classmethod
-    def _thread_count(cls, value: object) -> object:
-        if value == "auto" or (type(value) is int and 1 <= value <= _MAX_THREADS):
-            return value
-        raise ValueError(f"must be 'auto' or an int from 1 to {_MAX_THREADS}")
 
 
 def smollm2_gguf_file() -> Path:
