@@ -227,6 +227,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "ReinforcementConfig",
         "RetrySettings",
         "SlBasicConfig",
+        "SmolLM2LoraConfig",
         "StageTimeouts",
         "SupervisedConfig",
         "TrainingConfig",
