@@ -1,4 +1,5 @@
-"""The ``kitchen`` command: run, resume, list, describe and plot training runs; convert models.
+"""The ``kitchen`` command: run, resume, list, describe, plot and export training runs;
+convert models.
 
 ``kitchen --help`` shows the commands with examples (:data:`EXAMPLES`). Ctrl-C once: finish the
 current step, checkpoint, stop, then print the ``kitchen resume`` command that continues there.
@@ -23,7 +24,7 @@ import anyio
 import msgspec
 
 from crucible_kitchen.errors import ConfigError, KitchenError
-from crucible_kitchen.kitchen import Kitchen, convert_gguf
+from crucible_kitchen.kitchen import Kitchen, convert_gguf, export_run
 from crucible_kitchen.stages.builtin import INITIAL_PREFIX
 from crucible_kitchen.telemetry import (
     STEP_EVENTS,
@@ -55,6 +56,7 @@ examples:
   kitchen run sl_basic --config my.toml epochs=3 learning_rate=1e-3
   kitchen resume runs/sl_basic-1a2b3c4d           # continue from its last checkpoint
   kitchen plot runs/sl_basic-1a2b3c4d             # loss and learning-rate curves (PNG)
+  kitchen export runs/sl_basic-1a2b3c4d out/      # final weights as a Hugging Face model
   kitchen recipes
   kitchen describe sl_basic
   kitchen serve --port 8080                       # the HTTP API (docs/guides/service.md)
@@ -518,6 +520,14 @@ def _parser() -> argparse.ArgumentParser:
     plotting = commands.add_parser("plot", help="draw a run's loss and lr curves to a PNG")
     plotting.add_argument("run_dir", metavar="RUN_DIR")
     plotting.add_argument("--out", metavar="PNG", help="default: RUN_DIR/curves.png")
+    exporting = commands.add_parser(
+        "export", help="write a finished run's weights as a Hugging Face model directory"
+    )
+    exporting.add_argument("run_dir", metavar="RUN_DIR")
+    exporting.add_argument("out_dir", metavar="OUT_DIR", help="a new directory")
+    exporting.add_argument(
+        "--peft", action="store_true", help="the LoRA adapters only, in PEFT's format"
+    )
     commands.add_parser("recipes", help="list the recipes")
     describe = commands.add_parser("describe", help="show a recipe's workflow")
     describe.add_argument("target")
@@ -577,6 +587,9 @@ def _command(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.command == "plot":
             print(plot(args.run_dir, args.out))
+            return EXIT_OK
+        if args.command == "export":
+            print(export_run(args.run_dir, args.out_dir, peft=args.peft))
             return EXIT_OK
         print(Kitchen.describe(args.target, parse_overrides(args.overrides)))
         return EXIT_OK

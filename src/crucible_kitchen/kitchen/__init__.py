@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from crucible_kitchen.adapters.local_torch import convert_gguf as convert_gguf
 from crucible_kitchen.kitchen._adapters import Adapters as Adapters
+from crucible_kitchen.kitchen._export import export_run as export_run
 from crucible_kitchen.kitchen._handle import RunHandle as RunHandle
 from crucible_kitchen.kitchen._kitchen import Kitchen as Kitchen
 from crucible_kitchen.kitchen._kitchen import KitchenOptions as KitchenOptions
@@ -72,6 +73,7 @@ __all__ = (
     "RunResult",
     "StartOptions",
     "convert_gguf",
+    "export_run",
     "read_run_record",
     "read_run_summary",
 )

@@ -19,6 +19,10 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
 - :func:`convert_gguf`: a GGUF file (llama.cpp's format) into a Hugging Face model directory,
   and :func:`cached_gguf_model`, the same converted once into a cache (torch-free; the
   ``gguf`` extra).
+- :class:`HFModelDirectory`: what a Hugging Face model directory given as ``model=`` holds
+  (``LocalTorchTrainingClient.pretrained``);
+- :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
+  (LoRA merged) or its LoRA adapters in PEFT's format.
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
@@ -44,6 +48,11 @@ if TYPE_CHECKING:
         cached_gguf_model as cached_gguf_model,
     )
     from crucible_kitchen.adapters.local_torch._gguf import convert_gguf as convert_gguf
+    from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
+        HFModelDirectory as HFModelDirectory,
+    )
+    from crucible_kitchen.adapters.local_torch._hf_export import export_hf as export_hf
+    from crucible_kitchen.adapters.local_torch._hf_export import export_peft as export_peft
     from crucible_kitchen.adapters.local_torch._model import parameter_count as parameter_count
     from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer as LocalRenderer
     from crucible_kitchen.adapters.local_torch._sampling_client import (
@@ -57,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = (
     "PRESETS",
     "ArithmeticEvaluator",
+    "HFModelDirectory",
     "LocalRenderer",
     "LocalTokenizer",
     "LocalTorchSamplingClient",
@@ -66,6 +76,8 @@ __all__ = (
     "RopeScaling",
     "cached_gguf_model",
     "convert_gguf",
+    "export_hf",
+    "export_peft",
     "local_torch_adapters",
     "parameter_count",
 )
@@ -73,6 +85,7 @@ __all__ = (
 _LAZY: dict[str, str] = {
     "ArithmeticEvaluator": "_evaluator",
     "PRESETS": "_config",
+    "HFModelDirectory": "_hf_checkpoint",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",
     "LocalTorchSamplingClient": "_sampling_client",
@@ -83,6 +96,8 @@ _LAZY: dict[str, str] = {
     "RopeScaling": "_config",
     "cached_gguf_model": "_gguf",
     "convert_gguf": "_gguf",
+    "export_hf": "_hf_export",
+    "export_peft": "_hf_export",
     "local_torch_adapters": "_bundle",
 }
 

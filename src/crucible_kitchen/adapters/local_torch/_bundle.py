@@ -87,10 +87,7 @@ def local_torch_adapters(
     local_tokenizer = (
         tokenizer if isinstance(tokenizer, LocalTokenizer) else LocalTokenizer.named(tokenizer)
     )
-    checkpoint_dir = None
-    if run_dir is not None:
-        checkpoint_dir = Path(run_dir) / CHECKPOINTS_DIR
-        local_tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
+    checkpoint_dir = None if run_dir is None else Path(run_dir) / CHECKPOINTS_DIR
     training_client = LocalTorchTrainingClient(
         model=model,
         seed=seed,
@@ -101,6 +98,8 @@ def local_torch_adapters(
         default_max_tokens=default_max_tokens,
         threads=threads,
     )
+    if run_dir is not None:  # once the model has loaded: a failure writes nothing
+        local_tokenizer.save(Path(run_dir) / TOKENIZER_FILE)
     local_renderer = LocalRenderer(local_tokenizer, renderer or local_tokenizer.default_renderer)
     ports: dict[PortName, object] = {
         "training_client": training_client,
