@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from _chat_templates import LLAMA_3, LLAMA_3_2, MISTRAL, QWEN_2_5, QWEN_3, SMOLLM2
+from _spans import trained_spans
 
 from crucible_kitchen.errors import ChatTemplateError, RenderError, TokenizerFileError
 from crucible_kitchen.training import (
+    SPECIAL_TOKENS,
     ChatMLRenderer,
     ChatTemplate,
     HfTokenizer,
@@ -24,7 +26,6 @@ from crucible_kitchen.training import (
     ParseTermination,
     Qwen3DisableThinkingRenderer,
     Qwen3Renderer,
-    SupervisedExample,
     TrainOnWhat,
     load_hf_tokenizer,
     renderer_for_chat_template,
@@ -35,17 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-SPECIAL = (
-    "<|begin_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<s>",
-    "</s>",
-)
+# the byte tokenizer's special tokens (Llama 3's and ChatML's among them), and Qwen's and Mistral's
+SPECIAL = (*SPECIAL_TOKENS, "<|endoftext|>", "<s>", "</s>")
 CORPUS = [
     "You are a helpful assistant. Be brief.",
     "What is the capital of France? Paris is the capital of France.",
@@ -155,19 +147,6 @@ def template_tokens(
     return tokenizer.encode(rendered)
 
 
-def trained_spans(tokenizer: HfTokenizer, example: SupervisedExample) -> list[str]:
-    """The decoded runs of consecutive tokens with weight 1."""
-    spans: list[list[int]] = []
-    previous = 0.0
-    for token, weight in zip(example.tokens, example.weights, strict=True):
-        if weight and not previous:
-            spans.append([])
-        if weight:
-            spans[-1].append(token)
-        previous = weight
-    return [tokenizer.decode(span) for span in spans]
-
-
 # --- the tokenizer -----------------------------------------------------------------------------
 
 
@@ -178,20 +157,20 @@ def test_hf_tokenizer_round_trips_and_reads_its_special_tokens(
     text = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHé, 2 + 2?<|eot_id|>"
     ids = llama.encode(text)
     assert llama.decode(ids) == text
-    assert ids[:2] == [llama.special_token_id(t) for t in SPECIAL[:2]]
+    assert ids[:2] == [llama.special_token_id(t) for t in SPECIAL[3:5]]
     assert llama.encode("Paris") == llama.backend.encode("Paris", add_special_tokens=False).ids
-    assert (llama.bos_token_id, llama.eos_token_id) == (0, 3)  # trained in SPECIAL's order
+    assert (llama.bos_token_id, llama.eos_token_id) == (3, 6)  # trained in SPECIAL's order
     assert (llama.bos_token, llama.eos_token, llama.pad_token_id) == (
         "<|begin_of_text|>",
         "<|eot_id|>",
         None,
     )
-    assert (qwen3.bos_token_id, qwen3.eos_token_id, qwen3.pad_token_id) == (None, 5, 6)
+    assert (qwen3.bos_token_id, qwen3.eos_token_id, qwen3.pad_token_id) == (None, 8, 9)
     assert qwen3.chat_template == QWEN_3
     # <think> is one added token, but not a special one
     assert len(qwen3.encode("<think>")) == 1
     assert qwen3.special_token_id("<think>") is None
-    assert qwen3.special_token_id("<|im_start|>") == 4
+    assert qwen3.special_token_id("<|im_start|>") == 7
     assert qwen3.vocab_size == llama.vocab_size == len(qwen3.backend.get_vocab())
 
 
@@ -215,6 +194,31 @@ def test_tokenizer_json_alone_and_other_template_forms(tmp_path: Path) -> None:
     token_object = {"content": "<s>", "special": True, "lstrip": False}
     as_object = write_model_dir(tmp_path / "object", "mistral", bos_token=token_object)
     assert load_hf_tokenizer(as_object).bos_token == "<s>"
+
+
+def test_added_tokens_decoder_adds_and_marks_tokens(tmp_path: Path) -> None:
+    base = load_hf_tokenizer(write_model_dir(tmp_path / "base", "qwen3"))
+    think, extra = base.backend.token_to_id("<think>"), base.vocab_size
+    added = {
+        str(think): {"content": "<think>", "special": True},
+        str(extra): {"content": "<|extra|>", "special": True, "normalized": False},
+        "0": {"content": SPECIAL[0], "special": True},  # as tokenizer.json has it already
+    }
+    model = write_model_dir(tmp_path / "model", "qwen3", added_tokens_decoder=added)
+    tokenizer = load_hf_tokenizer(model)
+    assert tokenizer.special_token_id("<think>") == think
+    assert tokenizer.special_token_id("<|extra|>") == extra
+    assert tokenizer.encode("a<|extra|>") == [*tokenizer.encode("a"), extra]
+    assert tokenizer.vocab_size == base.vocab_size + 1
+    wrong = {str(extra + 5): {"content": "<|extra|>", "special": True}}
+    model = write_model_dir(tmp_path / "wrong", "qwen3", added_tokens_decoder=wrong)
+    message = rf"'<\|extra\|>' has id {extra} in tokenizer\.json, not {extra + 5}"
+    with pytest.raises(TokenizerFileError, match=message) as caught:
+        load_hf_tokenizer(model)
+    assert caught.value.path == str(model / "tokenizer_config.json")
+    bad = write_model_dir(tmp_path / "bad", "qwen3", added_tokens_decoder={"x": {}})
+    with pytest.raises(TokenizerFileError, match="entry 'x' is not a token"):
+        load_hf_tokenizer(bad)
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from _spans import trained_spans
 
 from crucible_kitchen.errors import RenderError, TrainingInputError
 from crucible_kitchen.training import (
     RENDERERS,
     ByteTokenizer,
     ChatMLRenderer,
-    ChatTokenizer,
     Llama3Renderer,
     Message,
     ParseTermination,
@@ -55,20 +55,6 @@ CONVERSATION = [
     user("Q2"),
     assistant("A2"),
 ]
-
-
-def trained_spans(tokenizer: ChatTokenizer, example: SupervisedExample) -> list[str]:
-    """The decoded runs of consecutive tokens with weight 1."""
-    spans: list[list[int]] = []
-    previous = 0.0
-    for token, weight in zip(example.tokens, example.weights, strict=True):
-        assert weight in (0.0, 1.0)
-        if weight and not previous:
-            spans.append([])
-        if weight:
-            spans[-1].append(token)
-        previous = weight
-    return [tokenizer.decode(span) for span in spans]
 
 
 # --- exact tokens and weights -------------------------------------------------------------------

@@ -29,7 +29,7 @@ class ChatTemplate:
     ``transformers``' ``apply_chat_template`` provides. A render sees ``messages`` (a list of
     ``{"role", "content"}`` dicts), ``add_generation_prompt``, ``tools=None``,
     ``documents=None``, the special tokens given here (``bos_token``, ``eos_token``, ...) and
-    any other variables (``enable_thinking``, ``date_string``, ...).
+    any other variables (``enable_thinking``, ``date_string``, ...), which may override them.
 
     Raises:
         ChatTemplateError: (when built) the template does not compile.
@@ -73,12 +73,14 @@ class ChatTemplate:
 
         try:
             return self._template.render(
-                messages=[dict(message) for message in messages],
-                add_generation_prompt=add_generation_prompt,
-                tools=None,
-                documents=None,
-                **self._special_tokens,
-                **variables,
+                {
+                    "tools": None,
+                    "documents": None,
+                    **self._special_tokens,
+                    **variables,
+                    "messages": [dict(message) for message in messages],
+                    "add_generation_prompt": add_generation_prompt,
+                }
             )
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"the chat template failed: {exc}") from exc

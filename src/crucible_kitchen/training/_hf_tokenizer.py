@@ -30,7 +30,10 @@ class HfTokenizer(BpeTokenizer):
     and the Jinja ``chat_template`` its ``tokenizer_config.json`` names.
 
     ``encode`` adds no BOS/EOS (the ``post_processor`` of ``tokenizer.json`` is not applied);
-    every added token, special or not (Qwen3's ``<think>``), is matched in the text.
+    every added token, special or not (Qwen3's ``<think>``), is matched in the text. Text
+    round-trips through ``encode`` and ``decode`` when the model's tokenizer is byte-level (Llama
+    3, Qwen, SmolLM2); one with a normalizer or an unknown token (SentencePiece-style Llama 2,
+    Mistral) may change some text, as it does in ``transformers``.
     :meth:`special_token_id` knows the tokens marked special. Build one with
     :func:`load_hf_tokenizer`.
 
@@ -121,13 +124,16 @@ def load_hf_tokenizer(path: str | os.PathLike[str]) -> HfTokenizer:
     From a directory, ``tokenizer.json`` and ``tokenizer_config.json`` are both required;
     given a ``tokenizer.json`` file, a ``tokenizer_config.json`` beside it is read if there is
     one. The configuration gives ``bos_token``, ``eos_token``, ``pad_token`` (each a string or
-    an ``AddedToken`` object) and ``chat_template`` (a string, or a list of named templates of
+    an ``AddedToken`` object), ``added_tokens_decoder`` (tokens by id, each special or not as
+    it says, added when ``tokenizer.json`` lacks them, as ``transformers`` does) and
+    ``chat_template`` (a string, or a list of named templates of
     which ``"default"`` is taken); a ``chat_template.jinja`` file beside it is read when the
     configuration has none (newer ``transformers`` write the template there).
 
     Raises:
         TokenizerFileError: a required file is missing, unreadable or not what it should be
-            (not JSON, not a tokenizer, a named token that is not special); names the file.
+            (not JSON, not a tokenizer, a named token that is not special, an added token
+            whose id differs); names the file.
     """
     location = Path(path)
     if location.is_dir():
@@ -148,6 +154,8 @@ def load_hf_tokenizer(path: str | os.PathLike[str]) -> HfTokenizer:
         backend = BpeTokenizer.from_json(text, bos_token=None, eos_token=None).backend
     except TrainingInputError as exc:
         raise TokenizerFileError(str(exc), path=str(tokenizer_file)) from exc
+    if config_file is not None:
+        _add_tokens(backend, config.get("added_tokens_decoder", {}), config_file)
     try:
         return HfTokenizer(
             backend,
@@ -177,6 +185,41 @@ def _read_config(file: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise TokenizerFileError("not a JSON object", path=str(file))
     return config
+
+
+def _add_tokens(backend: tokenizers.Tokenizer, entries: Any, file: Path) -> None:
+    """Make ``backend`` hold each ``{id: {"content", "special", ...}}`` entry at its id."""
+    from tokenizers import AddedToken
+
+    if not isinstance(entries, dict):
+        raise TokenizerFileError("added_tokens_decoder must be an object", path=str(file))
+    present = backend.get_added_tokens_decoder()
+    for key, entry in entries.items():
+        try:
+            token_id, content = int(key), entry["content"]
+            special = bool(entry.get("special", False))
+            token = AddedToken(
+                content,
+                special=special,
+                single_word=bool(entry.get("single_word", False)),
+                lstrip=bool(entry.get("lstrip", False)),
+                rstrip=bool(entry.get("rstrip", False)),
+                normalized=bool(entry.get("normalized", not special)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TokenizerFileError(
+                f"added_tokens_decoder entry {key!r} is not a token: {exc!r}", path=str(file)
+            ) from exc
+        known = present.get(token_id)
+        if known is not None and (known.content, known.special) == (content, special):
+            continue
+        (backend.add_special_tokens if special else backend.add_tokens)([token])
+        actual = backend.token_to_id(content)
+        if actual != token_id:
+            raise TokenizerFileError(
+                f"added token {content!r} has id {actual} in tokenizer.json, not {token_id}",
+                path=str(file),
+            )
 
 
 def _token_text(config: dict[str, Any], key: str, file: Path | None) -> str | None:

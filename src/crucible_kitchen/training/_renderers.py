@@ -287,7 +287,8 @@ class Renderer(ABC):
     @property
     def has_extension_property(self) -> bool:
         """Whether each turn's prompt is a token prefix of the next turn's (history is never
-        rewritten), so a multi-turn trajectory fits in one datum. True for every renderer here."""
+        rewritten), so a multi-turn trajectory fits in one datum. True for every renderer here
+        but :class:`JinjaRenderer`."""
         return True
 
     def _special_id(self, token: str) -> int:

@@ -6,8 +6,9 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
 
 - :class:`LocalTorchTrainingClient` (port ``training_client``) and
   :class:`LocalTorchSamplingClient` (``sampling_client``);
-- :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer)
-  and :class:`LocalRenderer` (``renderer``, over ``training``'s chat formats): torch-free;
+- :class:`LocalTokenizer` (``tokenizer``, over ``training``'s byte-level or BPE tokenizer,
+  or a Hugging Face model's own) and :class:`LocalRenderer` (``renderer``, over
+  ``training``'s chat formats): torch-free;
 - :class:`ArithmeticEvaluator` (``evaluator``): greedy replies to arithmetic questions,
   scored exactly; torch-free;
 - :func:`local_torch_adapters`: all of them, keyed by port name, and a teacher
@@ -18,7 +19,7 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
   :func:`parameter_count` its size (what ``threads="auto"`` decides by);
 - :func:`convert_gguf`: a GGUF file (llama.cpp's format) into a Hugging Face model directory,
   and :func:`cached_gguf_model`, the same converted once into a cache (torch-free; the
-  ``gguf`` extra).
+  ``gguf`` extra);
 - :class:`HFModelDirectory`: what a Hugging Face model directory given as ``model=`` holds
   (``LocalTorchTrainingClient.pretrained``);
 - :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
