@@ -92,7 +92,8 @@ broken = Workflow(
 )
 
 
-BUILTIN = ("sl_basic", "supervised", "reinforcement", "preference", "distillation", "feedback_loop")
+MAIN_JOBS = ("sl_basic", "rl_basic", "dpo_basic", "distill_basic")
+BUILTIN = (*MAIN_JOBS, "supervised", "reinforcement", "preference", "distillation", "feedback_loop")
 
 
 async def run_builtin_recipes() -> None:
@@ -100,14 +101,14 @@ async def run_builtin_recipes() -> None:
     async with Kitchen.open() as kitchen:
         recipes = {info.name: info.adapters for info in kitchen.recipes()}
     assert tuple(recipes) == BUILTIN
-    assert recipes["sl_basic"] == "local_torch"  # real training: the local-training guide
-    assert all(recipes[name] == "noop" for name in BUILTIN[1:])
+    assert all(recipes[name] == "local_torch" for name in MAIN_JOBS)  # real training
+    assert all(recipes[name] == "noop" for name in BUILTIN[len(MAIN_JOBS) :])
 
     result = await Kitchen.run("supervised", {"epochs": 1})
     assert (result.status, result.recipe) == ("completed", "supervised")
     assert result.steps > 0
     assert "train/loss" in result.metrics
-    for name in BUILTIN[2:]:  # each runs, on the noop adapters, with its defaults
+    for name in BUILTIN[len(MAIN_JOBS) + 1 :]:  # each runs, on the noop adapters, with defaults
         assert (await Kitchen.run(name)).status == "completed"
     assert "stage submit_step (SubmitSupervisedStep)" in Kitchen.describe("supervised")
 

@@ -25,7 +25,6 @@ import msgspec
 
 from crucible_kitchen.errors import ConfigError, KitchenError
 from crucible_kitchen.kitchen import Kitchen, convert_gguf, export_run
-from crucible_kitchen.stages.builtin import INITIAL_PREFIX
 from crucible_kitchen.telemetry import (
     STEP_EVENTS,
     ConsoleHandler,
@@ -302,12 +301,17 @@ def _report(result: RunResult, display: ProgressDisplay, handle: RunHandle, back
     return EXIT_STOPPED if result.status == "cancelled" else EXIT_FAILED
 
 
+_INITIAL: Final = "initial/"
+"""Where a run's metrics keep the evaluation before its first step (the built-in stages'
+``INITIAL_PREFIX``; the command line sits on the public API, above the stages)."""
+
+
 def _before_after(metrics: Mapping[str, float]) -> list[str]:
     """``eval/correct: 0.094 -> 0.25`` for each metric evaluated before the first step
     (kept as ``initial/<name>``) and after the last."""
     lines = []
     for key, before in sorted(metrics.items()):
-        name = key.removeprefix(INITIAL_PREFIX)
+        name = key.removeprefix(_INITIAL)
         after = metrics.get(name)
         if name != key and after is not None and not name.endswith("num_samples"):
             lines.append(f"  {name}: {before:.4g} -> {after:.4g} (before -> after training)")

@@ -23,16 +23,18 @@ def required_ports(name: str, config: dict[str, Any]) -> set[str]:
 def test_there_is_one_noop_recipe_per_builtin_workflow() -> None:
     noop = [r for r in BUILTIN_RECIPES if r.adapters == "noop"]
     assert tuple(r.name for r in noop) == NAMES
-    (sl_basic,) = (r for r in BUILTIN_RECIPES if r.adapters != "noop")
-    assert (sl_basic.name, sl_basic.adapters, sl_basic.writes_run_dir) == (
-        "sl_basic",
-        "local_torch",
-        True,
-    )
-    assert sl_basic.build(sl_basic.config({})).name == "supervised"
+    main_jobs = {r.name: r for r in BUILTIN_RECIPES if r.adapters != "noop"}
+    assert {name: recipe.build(recipe.config({})).name for name, recipe in main_jobs.items()} == {
+        "sl_basic": "supervised",
+        "rl_basic": "reinforcement",
+        "dpo_basic": "preference",
+        "distill_basic": "distillation",
+    }
+    for recipe in main_jobs.values():
+        assert (recipe.adapters, recipe.writes_run_dir) == ("local_torch", True)
     for recipe in BUILTIN_RECIPES:
         workflow = recipe.build(recipe.config({}))
-        assert workflow.name == recipe.name or recipe is sl_basic
+        assert workflow.name == recipe.name or recipe.name in main_jobs
         for node in workflow.stages():
             assert isinstance(node.stage, Stage)
             assert node.stage.description, node.name  # a one-line docstring

@@ -119,6 +119,7 @@ class Adapters(Mapping[str, Any]):
         threads: int | Literal["auto"] = "auto",
         data_root: str | os.PathLike[str] | None = None,
         teacher: str | os.PathLike[str] | None = None,
+        feedback_root: str | os.PathLike[str] | None = None,
     ) -> Adapters:
         """Real training and sampling on this machine (needs the ``torch`` extra).
 
@@ -135,7 +136,8 @@ class Adapters(Mapping[str, Any]):
           intra-op threads: a count, or ``"auto"``: ``OMP_NUM_THREADS`` when set,
           else one for a model under 2 M parameters, else torch's current count);
         - ``dataset_store`` (the bundled data, or ``data_root``), ``blob_store`` and
-          ``model_registry`` (under ``run_dir``): filesystem;
+          ``model_registry`` (under ``run_dir``) and, given a ``feedback_root``,
+          ``feedback_client`` (whose exports the dataset store also reads): filesystem;
         - ``metrics_store``: the in-memory noop store, as there is no durable local one (a
           run directory's ``metrics.jsonl`` is the durable record).
 
@@ -160,7 +162,9 @@ class Adapters(Mapping[str, Any]):
             threads=threads,
             teacher=teacher,
         )
-        files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
+        files = filesystem_adapters(
+            data_root=data_root, run_dir=run_dir, feedback_root=feedback_root
+        )
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
         ports.update((str(port), adapter) for port, adapter in local.items())
         ports["metrics_store"] = NoopMetricsStore()

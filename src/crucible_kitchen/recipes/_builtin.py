@@ -77,9 +77,16 @@ def _local_torch_options(config: LocalTorchSettings, adapters: str) -> dict[str,
         "device": config.device,
         "threads": config.threads,
     }
-    if isinstance(config, DistillBasicConfig):
+    if isinstance(config, DistillBasicConfig) and config.teacher is not None:
         options["teacher"] = config.teacher
     return options
+
+
+def _feedback_options(config: FeedbackLoopConfig, adapters: str) -> dict[str, Any]:
+    """The filesystem feedback client of a ``feedback_loop`` run on ``local_torch``."""
+    if adapters != "local_torch" or config.feedback_root is None:
+        return {}
+    return {"feedback_root": config.feedback_root}
 
 
 BUILTIN_RECIPES: tuple[Recipe, ...] = (
@@ -163,6 +170,7 @@ BUILTIN_RECIPES: tuple[Recipe, ...] = (
         "Retrain a deployment on its curated production feedback when a trigger fires",
         _with_stage_settings(feedback_loop_workflow),
         FeedbackLoopConfig,
+        adapter_options=_feedback_options,
     ),
 )
 """Every built-in recipe, by the name of its workflow."""

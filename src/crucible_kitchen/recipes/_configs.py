@@ -397,7 +397,23 @@ class SlBasicConfig(SupervisedConfig, LocalTorchSettings):
     )
 
 
-class ReinforcementConfig(TrainingConfig):
+class SftWarmupSettings(_Config):
+    """A supervised warm-up before the main training: ``sft_warmup_steps`` cross-entropy
+    steps on the answers (RL: each problem's answer; DPO: the chosen replies), so that the
+    main phase starts from a model that writes answers in the right format."""
+
+    sft_warmup_steps: int = Field(
+        default=0, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
+    )
+    sft_warmup_batch_size: int = Field(
+        default=16, ge=1, le=_MAX_ITEMS, description="Examples per warm-up step."
+    )
+    sft_warmup_learning_rate: float = Field(
+        default=5e-3, gt=0.0, le=1.0, description="Constant learning rate of the warm-up."
+    )
+
+
+class ReinforcementConfig(TrainingConfig, SftWarmupSettings):
     """GRPO-style RL on verifiable problems (rows with ``question`` and integer ``answer``)."""
 
     dataset: str = Field(default="arithmetic_rl", min_length=1, description="Dataset store name.")
@@ -478,7 +494,7 @@ class ReinforcementConfig(TrainingConfig):
         return self
 
 
-class PreferenceConfig(TrainingConfig):
+class PreferenceConfig(TrainingConfig, SftWarmupSettings):
     """DPO on (prompt, chosen, rejected) rows, against the frozen initial weights."""
 
     dataset: str = Field(
@@ -517,6 +533,11 @@ class PreferenceConfig(TrainingConfig):
     shuffle: bool = Field(default=True, description="Reshuffle the pairs every epoch.")
     pipeline_depth: int = Field(
         default=1, ge=0, le=16, description="Steps submitted ahead of the one awaited."
+    )
+    eval_pairs: bool = Field(
+        default=False,
+        description="Evaluate the held-out pairs of 'eval_split': preference accuracy and, "
+        "against the reference, DPO accuracy, margin and loss.",
     )
 
     @pydantic.model_validator(mode="after")
@@ -588,25 +609,14 @@ class DistillationConfig(TrainingConfig):
         le=_MAX_STEPS,
         description="Save weights for the sampler every N steps (1 is on-policy).",
     )
-
-
-class SftWarmupSettings(_Config):
-    """A supervised warm-up before the main training: ``sft_warmup_steps`` cross-entropy
-    steps on the answers (RL: each problem's answer; DPO: the chosen replies), so that the
-    main phase starts from a model that writes answers in the right format."""
-
-    sft_warmup_steps: int = Field(
-        default=0, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
-    )
-    sft_warmup_batch_size: int = Field(
-        default=16, ge=1, le=_MAX_ITEMS, description="Examples per warm-up step."
-    )
-    sft_warmup_learning_rate: float = Field(
-        default=5e-3, gt=0.0, le=1.0, description="Constant learning rate of the warm-up."
+    eval_teacher_kl: bool = Field(
+        default=False,
+        description="Evaluate the student's reverse KL to the teacher on the prompts of "
+        "'eval_split' (eval/teacher_kl).",
     )
 
 
-class RlBasicConfig(ReinforcementConfig, SftWarmupSettings, LocalTorchSettings):
+class RlBasicConfig(ReinforcementConfig, LocalTorchSettings):
     """``rl_basic``: GRPO on the bundled arithmetic problems with the local torch backend.
 
     A supervised warm-up teaches the answer format first (skipped with ``init_from``), then
@@ -629,11 +639,11 @@ class RlBasicConfig(ReinforcementConfig, SftWarmupSettings, LocalTorchSettings):
     )
     initial_eval: bool = Field(default=True, description="Also evaluate before RL.")
     sft_warmup_steps: int = Field(
-        default=80, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
+        default=200, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
     )
-    learning_rate: float = Field(default=2e-3, gt=0.0, le=1.0, description="Base learning rate.")
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Base learning rate.")
     num_batches: int = Field(
-        default=30, ge=1, le=_MAX_STEPS, description="Optimizer steps (one batch of groups each)."
+        default=80, ge=1, le=_MAX_STEPS, description="Optimizer steps (one batch of groups each)."
     )
     groups_per_batch: int = Field(
         default=16, ge=1, le=_MAX_ITEMS, description="Problems per batch."
@@ -646,7 +656,7 @@ class RlBasicConfig(ReinforcementConfig, SftWarmupSettings, LocalTorchSettings):
     )
 
 
-class DpoBasicConfig(PreferenceConfig, SftWarmupSettings, LocalTorchSettings):
+class DpoBasicConfig(PreferenceConfig, LocalTorchSettings):
     """``dpo_basic``: DPO on the bundled preference pairs with the local torch backend.
 
     A supervised warm-up on the chosen replies makes the supervised starting point (skipped
@@ -668,17 +678,19 @@ class DpoBasicConfig(PreferenceConfig, SftWarmupSettings, LocalTorchSettings):
         default=None, ge=1, le=_MAX_ITEMS, description="At most this many; None for all."
     )
     initial_eval: bool = Field(default=True, description="Also evaluate before DPO.")
+    eval_pairs: bool = Field(default=True, description="Evaluate the held-out pairs.")
     use_evaluator: bool = Field(
         default=False, description="Also score with the 'evaluator' port (arithmetic only)."
     )
     sft_warmup_steps: int = Field(
         default=60, ge=0, le=_MAX_STEPS, description="Supervised warm-up steps; 0 is off."
     )
-    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Base learning rate.")
+    learning_rate: float = Field(default=5e-3, gt=0.0, le=1.0, description="Base learning rate.")
+    dpo_beta: float = Field(default=0.5, gt=0.0, description="DPO temperature beta.")
     batch_size: int = Field(
         default=16, ge=1, le=_MAX_ITEMS, description="Preference pairs per optimizer step."
     )
-    epochs: int = Field(default=2, ge=1, le=10_000, description="Passes over the pairs.")
+    epochs: int = Field(default=4, ge=1, le=10_000, description="Passes over the pairs.")
     max_length: int = Field(
         default=128, ge=2, le=_MAX_TOKENS, description="Tokens per sequence; longer ones are cut."
     )
@@ -697,9 +709,10 @@ class DistillBasicConfig(DistillationConfig, LocalTorchSettings):
     teacher: str | None = Field(
         default=None,
         min_length=1,
-        validate_default=True,
-        description="The teacher's weights: a run directory (its final checkpoint) or a "
-        "checkpoint directory; it must use the student's tokenizer.",
+        description="The teacher's weights, required: a run directory (its final checkpoint, "
+        "e.g. of `kitchen run sl_basic`) or a checkpoint directory; it must use the "
+        "student's tokenizer. Without one the run stops at start: no "
+        "'teacher_sampling_client'.",
     )
     model: str = Field(
         default="micro", min_length=1, description="The student's local torch model preset."
@@ -717,6 +730,9 @@ class DistillBasicConfig(DistillationConfig, LocalTorchSettings):
         default=None, ge=1, le=_MAX_ITEMS, description="At most this many; None for all."
     )
     initial_eval: bool = Field(default=True, description="Also evaluate before distilling.")
+    eval_teacher_kl: bool = Field(
+        default=True, description="Evaluate the held-out reverse KL to the teacher."
+    )
     use_evaluator: bool = Field(
         default=False, description="Also score with the 'evaluator' port (arithmetic only)."
     )
@@ -737,13 +753,8 @@ class DistillBasicConfig(DistillationConfig, LocalTorchSettings):
 
     @pydantic.field_validator("teacher")
     @classmethod
-    def _teacher_exists(cls, value: str | None) -> str:
-        if value is None:
-            raise ValueError(
-                "required: teacher=<run directory or checkpoint>, e.g. the run directory "
-                "of `kitchen run sl_basic`"
-            )
-        return weights_path(value)
+    def _teacher_exists(cls, value: str | None) -> str | None:
+        return None if value is None else weights_path(value)
 
 
 class FeedbackLoopConfig(_SupervisedTraining):
@@ -765,6 +776,12 @@ class FeedbackLoopConfig(_SupervisedTraining):
         description="Retrain only with at least this many curated examples.",
     )
     export_format: ExportFormat = Field(default="jsonl", description="File format of the export.")
+    feedback_root: str | None = Field(
+        default=None,
+        min_length=1,
+        description="On the local_torch adapters: the directory of the filesystem feedback "
+        "client (feedback in '<deployment_id>.jsonl', exports under 'exports/').",
+    )
     final_eval: bool = Field(
         default=True, description="Evaluate the retrained model before registering."
     )

@@ -101,7 +101,7 @@ __all__ = (
     "initial_eval_due",
     "next_token_datum",
     "planned_epochs",
-    "record_eval_metrics",
+    "report_evaluation",
     "resuming",
     "rl_datums",
     "row_messages",
@@ -1029,12 +1029,34 @@ INITIAL_PREFIX: Final = "initial/"
 """The prefix under which a run's metrics keep the evaluation before its first step."""
 
 
-async def record_eval_metrics(ctx: Context, row: Mapping[str, float]) -> None:
-    """Record an evaluation's metrics row at ``ctx.step``; the evaluation before the first
-    step is also kept as ``initial/<name>``, so a run's metrics show before and after."""
+async def report_evaluation(
+    ctx: Context,
+    metrics: Mapping[str, float],
+    *,
+    model: str,
+    sample_count: int,
+    counted: bool = False,
+) -> None:
+    """Record an evaluation of the weights after ``ctx.step`` steps on ``eval_split``: its
+    metrics as ``eval/<name>`` (with ``eval/num_samples`` if ``counted``), the step as the
+    last evaluated, and an :class:`EvalComplete` event. The evaluation before the first step
+    is also kept as ``initial/eval/<name>``, so a run's metrics show before and after."""
+    row = {f"eval/{k}": float(v) for k, v in metrics.items()}
+    if counted:
+        row["eval/num_samples"] = float(sample_count)
     if ctx.step == 0:
         ctx.metrics.update({f"{INITIAL_PREFIX}{k}": v for k, v in row.items()})
     await record_metrics(ctx, ctx.step, row)
+    ctx.state["last_eval_step"] = ctx.step
+    ctx.emit(
+        EvalComplete(
+            model=model,
+            dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
+            step=ctx.step,
+            sample_count=sample_count,
+            metrics=dict(metrics),
+        )
+    )
 
 
 @declares(StageContract(config=("final_eval",), may_read=(LAST_EVAL_STEP,)))
@@ -1055,19 +1077,12 @@ class RunEvaluator(BuiltinStage):
         rows = ctx.state["eval_rows"]
         path, sampler = await sampler_for_current_weights(ctx, f"eval_{ctx.step:06d}")
         result = await ctx.port("evaluator").evaluate(sampler, rows)
-        metrics = {k: float(v) for k, v in result.metrics.items()}
-        row = {f"eval/{k}": v for k, v in metrics.items()}
-        row["eval/num_samples"] = float(result.num_samples)
-        await record_eval_metrics(ctx, row)
-        ctx.state["last_eval_step"] = ctx.step
-        ctx.emit(
-            EvalComplete(
-                model=path,
-                dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
-                step=ctx.step,
-                sample_count=result.num_samples,
-                metrics=metrics,
-            )
+        await report_evaluation(
+            ctx,
+            {k: float(v) for k, v in result.metrics.items()},
+            model=path,
+            sample_count=result.num_samples,
+            counted=True,
         )
         return ctx
 

@@ -43,7 +43,7 @@ from crucible_kitchen.stages._common import (
     load_split,
     merge_contracts,
     next_token_datum,
-    record_eval_metrics,
+    report_evaluation,
     rl_datums,
     row_messages,
     sampler_for_current_weights,
@@ -59,7 +59,7 @@ from crucible_kitchen.stages._reinforcement import (
     policy_step_metrics,
 )
 from crucible_kitchen.stages._supervised import nll_of
-from crucible_kitchen.telemetry import DistillationStep, EvalComplete
+from crucible_kitchen.telemetry import DistillationStep
 from crucible_kitchen.training import reverse_kl_advantages
 
 if TYPE_CHECKING:
@@ -433,17 +433,7 @@ class EvaluateTeacherKl(BuiltinStage):
             )
         ]
         kl = math.fsum(gaps) / len(gaps) if gaps else math.nan
-        await record_eval_metrics(ctx, {"eval/teacher_kl": kl})
-        ctx.state["last_eval_step"] = ctx.step
-        ctx.emit(
-            EvalComplete(
-                model=path,
-                dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
-                step=ctx.step,
-                sample_count=len(replies),
-                metrics={"teacher_kl": kl},
-            )
-        )
+        await report_evaluation(ctx, {"teacher_kl": kl}, model=path, sample_count=len(replies))
         return ctx
 
 

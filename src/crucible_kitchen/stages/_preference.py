@@ -35,12 +35,12 @@ from crucible_kitchen.stages._common import (
     merge_contracts,
     next_token_datum,
     plan_steps,
-    record_eval_metrics,
+    report_evaluation,
     submit_training_step,
     training_logprobs,
 )
 from crucible_kitchen.stages._contract import StageContract, StateKey
-from crucible_kitchen.telemetry import DpoDatasetBuilt, DpoStep, EvalComplete
+from crucible_kitchen.telemetry import DpoDatasetBuilt, DpoStep
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -386,17 +386,7 @@ class EvaluatePreferences(BuiltinStage):
             "dpo_margin": dpo.metrics["margin"],
             "dpo_loss": dpo.metrics["dpo_loss"],
         }
-        await record_eval_metrics(ctx, {f"eval/{k}": v for k, v in metrics.items()})
-        ctx.state["last_eval_step"] = ctx.step
-        ctx.emit(
-            EvalComplete(
-                model="training_client",
-                dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
-                step=ctx.step,
-                sample_count=len(pairs),
-                metrics=metrics,
-            )
-        )
+        await report_evaluation(ctx, metrics, model="training_client", sample_count=len(pairs))
         return ctx
 
 

@@ -30,15 +30,15 @@ from crucible_kitchen.stages._common import (
     last_batch_of_epoch,
     merge_contracts,
     plan_steps,
-    record_metrics,
     render_row,
+    report_evaluation,
     row_messages,
     sampler_for_current_weights,
     submit_training_step,
     training_logprobs,
 )
 from crucible_kitchen.stages._contract import StageContract, StateKey
-from crucible_kitchen.telemetry import EvalComplete, EvalSample, TrainingStep
+from crucible_kitchen.telemetry import EvalSample, TrainingStep
 from crucible_kitchen.training import bits_per_byte, weighted_mean_nll
 
 if TYPE_CHECKING:
@@ -211,16 +211,8 @@ class EvaluateNll(BuiltinStage):
             if not tokenizer.decode([token], skip_special_tokens=True)
         }
         bpb = bits_per_byte(logprobs, weights, targets, tokenizer.decode, special_ids=special)
-        await record_metrics(ctx, ctx.step, {"eval/loss": nll, "eval/bpb": bpb})
-        ctx.state["last_eval_step"] = ctx.step
-        ctx.emit(
-            EvalComplete(
-                model="training_client",
-                dataset=f"{ctx.state['dataset']}/{ctx.config.eval_split}",
-                step=ctx.step,
-                sample_count=len(data),
-                metrics={"loss": nll, "bpb": bpb},
-            )
+        await report_evaluation(
+            ctx, {"loss": nll, "bpb": bpb}, model="training_client", sample_count=len(data)
         )
         return ctx
 

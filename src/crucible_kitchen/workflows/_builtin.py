@@ -100,21 +100,31 @@ _CLEANUP = (stage("flush_metrics", FlushMetrics),)
 @dataclass(frozen=True)
 class _Evaluation:
     """What one evaluation of a workflow runs: held-out NLL and sampled replies (supervised),
-    the workflow's own held-out stages (``(name, stage)``), set up once by ``setup``, and
-    the evaluator port when the config enables it."""
+    the workflow's own held-out stages (``(name, stage)``, set up once by ``setup``) when the
+    config's ``flag`` is on, and the evaluator port when the config enables it."""
 
     nll: bool = False
-    held_out: tuple[tuple[str, Stage | type[Stage]], ...] = ()
-    setup: tuple[tuple[str, Stage | type[Stage]], ...] = ()
+    flag: str = ""
+    held_out: tuple[tuple[str, type[Stage]], ...] = ()
+    setup: tuple[tuple[str, type[Stage]], ...] = ()
+
+    def held_out_stages(self, config: Any) -> tuple[tuple[str, type[Stage]], ...]:
+        return self.held_out if self.flag and getattr(config, self.flag, False) else ()
+
+    def setup_stages(self, config: Any) -> tuple[tuple[str, type[Stage]], ...]:
+        return self.setup if self.flag and getattr(config, self.flag, False) else ()
 
 
 _SUPERVISED_EVAL: Final = _Evaluation(nll=True)
 _POLICY_EVAL: Final = _Evaluation()
 _PREFERENCE_EVAL: Final = _Evaluation(
+    flag="eval_pairs",
     held_out=(("evaluate_pairs", EvaluatePreferences),),
     setup=(("build_eval_pairs", BuildEvalPairs),),
 )
-_DISTILLATION_EVAL: Final = _Evaluation(held_out=(("evaluate_teacher_kl", EvaluateTeacherKl),))
+_DISTILLATION_EVAL: Final = _Evaluation(
+    flag="eval_teacher_kl", held_out=(("evaluate_teacher_kl", EvaluateTeacherKl),)
+)
 
 
 def _restore() -> tuple[Node, ...]:
@@ -123,7 +133,8 @@ def _restore() -> tuple[Node, ...]:
 
 
 def _init_from(config: Any) -> list[Node]:
-    """Where a run started ``init_from`` other weights loads them (not when it resumes)."""
+    """Where a run started ``init_from`` other weights loads them (not when it resumes:
+    before the restore stage, which consumes the resume marker)."""
     if getattr(config, "init_from", None) is None:
         return []
     return [
@@ -154,7 +165,9 @@ def _eval_stages(config: Any, prefix: str, evaluation: _Evaluation) -> list[Node
         nodes.append(stage(f"{prefix}evaluate_nll", EvaluateNll))
         if config.eval_generations > 0:
             nodes.append(stage(f"{prefix}sample_replies", SampleReplies))
-    nodes.extend(stage(f"{prefix}{name}", held_out) for name, held_out in evaluation.held_out)
+    nodes.extend(
+        stage(f"{prefix}{name}", held_out) for name, held_out in evaluation.held_out_stages(config)
+    )
     if config.use_evaluator:
         nodes.append(stage(f"{prefix}run_evaluator", RunEvaluator))
     return nodes
@@ -167,7 +180,7 @@ def _setup_eval(config: Any, evaluation: _Evaluation) -> list[Node]:
     nodes: list[Node] = [stage("load_eval_rows", LoadEvalRows)]
     if evaluation.nll:
         nodes.append(stage("build_eval_dataset", BuildEvalDataset))
-    nodes.extend(stage(name, setup) for name, setup in evaluation.setup)
+    nodes.extend(stage(name, setup) for name, setup in evaluation.setup_stages(config))
     return nodes
 
 
@@ -254,8 +267,8 @@ def supervised_workflow(config: Any) -> Workflow:
     """
     return Workflow(
         "supervised",
-        *_restore(),
         *_init_from(config),
+        *_restore(),
         stage("load_dataset", LoadDataset),
         *_supervised_training(config),
         cleanup=_CLEANUP,
@@ -266,7 +279,9 @@ def supervised_workflow(config: Any) -> Workflow:
 def reinforcement_workflow(config: Any) -> Workflow:
     """GRPO-style RL (a :class:`~crucible_kitchen.recipes.ReinforcementConfig`).
 
-    ``mode="sync"`` (default, deterministic, on-policy): per batch, refresh_sampler (when
+    [init_from] → load_problems → [eval rows] → [supervised warm-up (``sft_warmup_steps``)]
+    → [restore] → [initial eval] → the batches. ``mode="sync"`` (default, deterministic,
+    on-policy): per batch, refresh_sampler (when
     ``sampler_refresh_every`` calls for it) → build_env_groups → rollouts →
     compute_advantages → assemble_batch → [kl_penalty] → train_step → await_step →
     [post_update_kl (``compute_post_kl``)] → [eval, checkpoint]. ``mode="async"``: rollouts
@@ -274,7 +289,7 @@ def reinforcement_workflow(config: Any) -> Workflow:
     ``max_steps_off_policy`` batches ahead (an ``async_loop``); the importance-sampling loss
     corrects for the staleness.
 
-    Resumable in sync mode (``[restore]`` first; a requested stop checkpoints): the
+    Resumable in sync mode (a requested stop checkpoints): the
     checkpoint holds the weights, the optimizer state and the sampler's weights path, so
     a resumed run samples from the very weights the uninterrupted one would. Async mode is
     not resumable.
@@ -314,11 +329,11 @@ def reinforcement_workflow(config: Any) -> Workflow:
         body = loop("batches", configured_batches, refresh, *produce, *train)
     return Workflow(
         "reinforcement",
-        *(_restore() if resumable else ()),
         *_init_from(config),
         stage("load_problems", LoadProblems),
         *_setup_eval(config, _POLICY_EVAL),
         *_warmup(config, AnswerExamples),
+        *(_restore() if resumable else ()),
         *_initial_eval(config, _POLICY_EVAL),
         body,
         *_finish(config, _POLICY_EVAL),
@@ -402,8 +417,8 @@ def distillation_workflow(config: Any) -> Workflow:
         ]
     return Workflow(
         "distillation",
-        *_restore(),
         *_init_from(config),
+        *_restore(),
         stage("load_prompts", LoadPrompts),
         *_setup_eval(config, _DISTILLATION_EVAL),
         *_initial_eval(config, _DISTILLATION_EVAL),
@@ -422,12 +437,14 @@ def distillation_workflow(config: Any) -> Workflow:
 def feedback_loop_workflow(config: Any) -> Workflow:
     """Retrain on production feedback (a :class:`~crucible_kitchen.recipes.FeedbackLoopConfig`).
 
-    check_triggers → if a trigger fired: curate → if at least ``min_examples``: export →
+    check_triggers → if a trigger fired: curate → if at least ``min_examples``: [init_from
+    (e.g. the deployed model's weights)] → export →
     load_feedback (the export, read back through the dataset store) → supervised training
     (as in :func:`supervised_workflow`) → register_model → update_baseline; cleanup:
     flush_metrics.
     """
     retrain = [
+        *_init_from(config),
         stage("export", ExportFeedback),
         stage("load_feedback", LoadFeedbackDataset),
         *_supervised_training(config),

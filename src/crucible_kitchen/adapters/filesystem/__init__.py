@@ -6,7 +6,9 @@
 - :class:`FilesystemBlobStore` (``blob_store``): files confined to a root, written
   atomically.
 - :class:`FilesystemModelRegistry` (``model_registry``): one JSON file per model.
-- :func:`filesystem_adapters`: all three, keyed by port name; :func:`bundled_data_dir`:
+- :class:`FilesystemFeedbackClient` (``feedback_client``): a deployment's feedback from a
+  JSONL file, exports written as datasets that a dataset store reads back.
+- :func:`filesystem_adapters`: all of them, keyed by port name; :func:`bundled_data_dir`:
   where ``crucible_kitchen.training``'s bundled datasets are.
 
 Imports neither torch nor pyarrow (which is loaded only to read a Parquet file).
@@ -22,6 +24,9 @@ from crucible_kitchen.adapters.filesystem._bundle import filesystem_adapters as 
 from crucible_kitchen.adapters.filesystem._dataset_store import (
     FilesystemDatasetStore as FilesystemDatasetStore,
 )
+from crucible_kitchen.adapters.filesystem._feedback_client import (
+    FilesystemFeedbackClient as FilesystemFeedbackClient,
+)
 from crucible_kitchen.adapters.filesystem._model_registry import (
     FilesystemModelRegistry as FilesystemModelRegistry,
 )
@@ -29,6 +34,7 @@ from crucible_kitchen.adapters.filesystem._model_registry import (
 __all__ = (
     "FilesystemBlobStore",
     "FilesystemDatasetStore",
+    "FilesystemFeedbackClient",
     "FilesystemModelRegistry",
     "bundled_data_dir",
     "filesystem_adapters",

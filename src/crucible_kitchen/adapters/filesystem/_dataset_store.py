@@ -72,20 +72,24 @@ class FilesystemDatasetStore:
         root: the directory holding the datasets; use
             :func:`~crucible_kitchen.adapters.filesystem.bundled_data_dir` for the data
             bundled with ``crucible_kitchen.training`` (``chat_tasks``, ...).
+        more_roots: further directories, searched in order for a dataset that ``root``
+            does not hold (e.g. where a feedback client exports its datasets).
 
     Raises:
-        ResourceNotFound: ``root`` is not a directory.
+        ResourceNotFound: a root is not a directory.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        if not Path(root).is_dir():
-            raise ResourceNotFound(
-                f"dataset store: {root} is not a directory",
-                port=_PORT,
-                operation="__init__",
-                resource=str(root),
-            )
-        self._root = Path(os.path.realpath(root))
+    def __init__(self, root: str | os.PathLike[str], *more_roots: str | os.PathLike[str]) -> None:
+        for directory in (root, *more_roots):
+            if not Path(directory).is_dir():
+                raise ResourceNotFound(
+                    f"dataset store: {directory} is not a directory",
+                    port=_PORT,
+                    operation="__init__",
+                    resource=str(directory),
+                )
+        self._roots = tuple(Path(os.path.realpath(d)) for d in (root, *more_roots))
+        self._root = self._roots[0]
         self._lock = threading.Lock()
         self._cache: dict[Path, _Split] = {}
 
@@ -162,9 +166,25 @@ class FilesystemDatasetStore:
     # Worker thread
 
     def _splits(self, operation: str, name: str) -> list[tuple[str, Path]]:
-        """Each split of dataset ``name`` and its file."""
+        """Each split of dataset ``name`` and its file, from the first root that holds it."""
         key = check_blob_key(name, operation=operation, port=_PORT, what="dataset name")
-        base = confined_path(self._root, key, port=_PORT, operation=operation)
+        for root in self._roots:
+            found = self._splits_under(root, operation, name, key)
+            if found:
+                return found
+        roots = ", ".join(str(root) for root in self._roots)
+        raise ResourceNotFound(
+            f"{operation}: no dataset {name!r} under {roots} "
+            f"(looked for {name}.jsonl, {name}.parquet and {name}/<split>.jsonl)",
+            port=_PORT,
+            operation=operation,
+            resource=name,
+        )
+
+    def _splits_under(
+        self, root: Path, operation: str, name: str, key: str
+    ) -> list[tuple[str, Path]]:
+        base = confined_path(root, key, port=_PORT, operation=operation)
         files = [
             base.with_name(base.name + suffix)
             for suffix in _FORMATS
@@ -185,18 +205,8 @@ class FilesystemDatasetStore:
                 port=_PORT,
                 operation=operation,
             )
-        if not found:
-            raise ResourceNotFound(
-                f"{operation}: no dataset {name!r} under {self._root} "
-                f"(looked for {name}.jsonl, {name}.parquet and {name}/<split>.jsonl)",
-                port=_PORT,
-                operation=operation,
-                resource=name,
-            )
         for _, path in found:
-            confined_path(
-                self._root, path.relative_to(self._root).as_posix(), port=_PORT, operation=operation
-            )
+            confined_path(root, path.relative_to(root).as_posix(), port=_PORT, operation=operation)
         return found
 
     def _load(self, path: Path) -> _Split:
