@@ -58,7 +58,7 @@ def local_torch_adapters(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         tokenizer: ``"byte"``, ``"bpe"``, the path of a Hugging Face model directory or
             ``tokenizer.json``, or a :class:`LocalTokenizer`; by default the model directory's
-            own tokenizer when ``model`` is one, else ``"byte"``.
+            own tokenizer when ``model`` is one with a ``tokenizer.json``, else ``"byte"``.
         renderer: the chat format: ``"chatml"``, ``"llama3"``, ``"role_colon"``, ``"qwen3"``,
             ``"qwen3_disable_thinking"`` or ``"jinja"`` (the tokenizer's own chat template); by
             default the tokenizer's :attr:`~LocalTokenizer.default_renderer` (``"chatml"`` for
