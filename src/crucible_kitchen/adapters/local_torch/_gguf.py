@@ -189,13 +189,13 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _import_gguf() -> Any:
+def _import_gguf(path: Path) -> Any:
     try:
         import gguf
     except ImportError as exc:
         raise GgufUnsupported(
             "reading GGUF files needs the gguf package: pip install 'crucible-kitchen[gguf]'",
-            path="<gguf>",
+            path=str(path),
         ) from exc
     return gguf
 
@@ -245,7 +245,7 @@ class _Metadata:
 
 
 def _open(path: Path) -> GGUFReader:
-    gguf = _import_gguf()
+    gguf = _import_gguf(path)
     try:
         reader: GGUFReader = gguf.GGUFReader(path)
     except OSError as exc:
@@ -402,7 +402,7 @@ def _hf_tensors(
     """
     import numpy as np
 
-    gguf = _import_gguf()
+    gguf = _import_gguf(metadata.path)
     expected = _expected_shapes(config)
     seen = set()
     for name, tensor in tensors.items():
