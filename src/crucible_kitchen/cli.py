@@ -1,4 +1,5 @@
-"""The ``kitchen`` command: run, resume, list, describe, plot and export training runs.
+"""The ``kitchen`` command: run, resume, list, describe, plot and export training runs;
+convert models.
 
 ``kitchen --help`` shows the commands with examples (:data:`EXAMPLES`). Ctrl-C once: finish the
 current step, checkpoint, stop, then print the ``kitchen resume`` command that continues there.
@@ -23,7 +24,7 @@ import anyio
 import msgspec
 
 from crucible_kitchen.errors import ConfigError, KitchenError
-from crucible_kitchen.kitchen import Kitchen, export_run
+from crucible_kitchen.kitchen import Kitchen, convert_gguf, export_run
 from crucible_kitchen.telemetry import (
     STEP_EVENTS,
     ConsoleHandler,
@@ -59,6 +60,7 @@ examples:
   kitchen describe sl_basic
   kitchen serve --port 8080                       # the HTTP API (docs/guides/service.md)
   kitchen serve --tinker --port 8000              # the Tinker API (docs/guides/tinker.md)
+  kitchen convert model.gguf models/my-model      # GGUF -> Hugging Face model directory
 
 Ctrl-C once: finish the current step, checkpoint, stop; the command that resumes the run
 is printed at the end. Ctrl-C twice: cancel at once (cleanup stages still run).
@@ -557,6 +559,12 @@ def _parser() -> argparse.ArgumentParser:
         help="--tinker: the key SDK clients send (default: $TINKER_API_KEY); required off loopback",
     )
     serving.add_argument("--device", default="cpu", help="--tinker: cpu, cuda, cuda:N or auto")
+    converting = commands.add_parser(
+        "convert", help="convert a GGUF file into a Hugging Face model directory"
+    )
+    converting.add_argument("source", metavar="FILE.gguf")
+    converting.add_argument("destination", metavar="OUT_DIR", help="a new directory")
+    converting.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     return parser
 
 
@@ -602,6 +610,9 @@ def _command(args: argparse.Namespace) -> int:
             from crucible_kitchen.service import serve
 
             serve(host=args.host, port=args.port, root=args.root, token=args.token)
+            return EXIT_OK
+        if args.command == "convert":
+            print(convert_gguf(args.source, args.destination, dtype=args.dtype))
             return EXIT_OK
         if args.command == "plot":
             print(plot(args.run_dir, args.out))

@@ -35,6 +35,9 @@ every other layer may import it.
     │                               mis-shaped tensor, an unreadable file; names file and tensor
     ├── DataError                   a dataset file or row is malformed; names the row and field
     │                               (also a ValueError)
+    ├── GgufError                   a GGUF model file cannot be converted; names file and tensor
+    │   ├── GgufCorrupted           not a GGUF file, truncated, or inconsistent  (also a ValueError)
+    │   └── GgufUnsupported         an architecture, tokenizer or quantization not supported
     ├── MessageDecodeError          bytes that are not a valid message  (also a ValueError)
     ├── PortError                   an adapter is missing or does not implement its port
     │   └── AdapterSetNotFound      no adapter set registered by that name  (also a LookupError)
@@ -90,6 +93,9 @@ __all__ = (
     "ChildStateError",
     "ConfigError",
     "DataError",
+    "GgufCorrupted",
+    "GgufError",
+    "GgufUnsupported",
     "InvalidRequest",
     "KitchenError",
     "MailboxFull",
@@ -331,6 +337,29 @@ class MessageDecodeError(KitchenError, ValueError):
 
 class DataError(KitchenError, ValueError):
     """A dataset file or row is malformed; the text names the file, the row and the field."""
+
+
+class GgufError(KitchenError):
+    """A GGUF model file (llama.cpp's format) cannot be converted.
+
+    ``path`` is the file; ``tensor`` the tensor at fault, when one is.
+    """
+
+    def __init__(self, message: str, *, path: str, tensor: str | None = None) -> None:
+        where = path if tensor is None else f"{path}, tensor {tensor!r}"
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.tensor = tensor
+
+
+class GgufCorrupted(GgufError, ValueError):
+    """Not a GGUF file, a truncated one, or one whose metadata and tensors contradict each
+    other (a missing tensor, a shape that does not fit the model its metadata describes)."""
+
+
+class GgufUnsupported(GgufError):
+    """A sound GGUF file that the converter cannot convert: its architecture, tokenizer model,
+    pre-tokenizer or a tensor's quantization is not one it supports."""
 
 
 class RenderError(KitchenError, ValueError):

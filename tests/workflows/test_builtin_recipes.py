@@ -29,6 +29,7 @@ def test_there_is_one_noop_recipe_per_builtin_workflow() -> None:
         "rl_basic": "reinforcement",
         "dpo_basic": "preference",
         "distill_basic": "distillation",
+        "smollm2_lora": "supervised",
     }
     for recipe in main_jobs.values():
         assert (recipe.adapters, recipe.writes_run_dir) == ("local_torch", True)

@@ -37,12 +37,16 @@ that ask for one, such as ``sl_basic``)::
 A start-up that fails validation or is interrupted leaves no run directory behind.
 ``Kitchen.resume(run_dir)`` continues such a run from its newest checkpoint that verifies,
 with the same run id, seed and config; the final weights are those of an uninterrupted run.
+
+:func:`convert_gguf` (``kitchen convert``) turns a GGUF file into a Hugging Face model
+directory that ``model=`` of the local torch adapters loads.
 Resumed runs append to the logs: step rows after the checkpoint that the interrupted process
 had written appear again after a ``crucible_kitchen.training.resume`` event.
 """
 
 from __future__ import annotations
 
+from crucible_kitchen.adapters.local_torch import convert_gguf as convert_gguf
 from crucible_kitchen.kitchen._adapters import Adapters as Adapters
 from crucible_kitchen.kitchen._export import export_run as export_run
 from crucible_kitchen.kitchen._handle import RunHandle as RunHandle
@@ -72,6 +76,7 @@ __all__ = (
     "RunRecord",
     "RunResult",
     "StartOptions",
+    "convert_gguf",
     "export_run",
     "read_run_record",
     "read_run_summary",

@@ -23,6 +23,7 @@ from crucible_kitchen.recipes._configs import StageTimeouts as StageTimeouts
 from crucible_kitchen.recipes._configs import SupervisedConfig as SupervisedConfig
 from crucible_kitchen.recipes._configs import TrainingConfig as TrainingConfig
 from crucible_kitchen.recipes._recipe import Recipe as Recipe
+from crucible_kitchen.recipes._smollm2 import SmolLM2LoraConfig as SmolLM2LoraConfig
 
 __all__ = (
     "AdamConfig",
@@ -38,6 +39,7 @@ __all__ = (
     "RlBasicConfig",
     "SftWarmupSettings",
     "SlBasicConfig",
+    "SmolLM2LoraConfig",
     "StageTimeouts",
     "SupervisedConfig",
     "TrainingConfig",

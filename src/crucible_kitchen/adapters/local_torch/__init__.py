@@ -1,8 +1,8 @@
 """Local PyTorch backend: a small decoder-only transformer trained and sampled in-process.
 
 Importing this package is light: it never imports torch. The public names below are loaded
-on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
-:class:`LocalRenderer` import torch.
+on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
+:class:`LocalRenderer` and the GGUF converter import torch.
 
 - :class:`LocalTorchTrainingClient` (port ``training_client``) and
   :class:`LocalTorchSamplingClient` (``sampling_client``);
@@ -17,6 +17,9 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
   the model's architecture, from a preset, by hand or read from a Hugging Face model
   directory (``model=`` a path);
   :func:`parameter_count` its size (what ``threads="auto"`` decides by);
+- :func:`convert_gguf`: a GGUF file (llama.cpp's format) into a Hugging Face model directory,
+  and :func:`cached_gguf_model`, the same converted once into a cache (torch-free; the
+  ``gguf`` extra);
 - :class:`HFModelDirectory`: what a Hugging Face model directory given as ``model=`` holds
   (``LocalTorchTrainingClient.pretrained``);
 - :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
@@ -44,6 +47,10 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._evaluator import (
         ArithmeticEvaluator as ArithmeticEvaluator,
     )
+    from crucible_kitchen.adapters.local_torch._gguf import (
+        cached_gguf_model as cached_gguf_model,
+    )
+    from crucible_kitchen.adapters.local_torch._gguf import convert_gguf as convert_gguf
     from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
         HFModelDirectory as HFModelDirectory,
     )
@@ -72,6 +79,8 @@ __all__ = (
     "ModelConfig",
     "RopeScaling",
     "StepOptions",
+    "cached_gguf_model",
+    "convert_gguf",
     "export_hf",
     "export_peft",
     "local_torch_adapters",
@@ -90,6 +99,8 @@ _LAZY: dict[str, str] = {
     "parameter_count": "_model",
     "ModelConfig": "_config",
     "RopeScaling": "_config",
+    "cached_gguf_model": "_gguf",
+    "convert_gguf": "_gguf",
     "export_hf": "_hf_export",
     "export_peft": "_hf_export",
     "StepOptions": "_trainer",

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crucible_kitchen.adapters.local_torch._evaluator import ArithmeticEvaluator
+from crucible_kitchen.adapters.local_torch._gguf import cached_gguf_model, is_gguf_file
 from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
 from crucible_kitchen.adapters.local_torch._sampling_client import (
     DEFAULT_MAX_BATCH,
@@ -59,13 +60,15 @@ def local_torch_adapters(
     Args:
         model: a preset name (``"tiny"``, ``"small"``, ...), a :class:`ModelConfig`, or the
             path of a local Hugging Face model directory (``config.json`` and safetensors
-            weights of a Llama, Mistral, Qwen2, Qwen3 or SmolLM2 model) to start from.
+            weights of a Llama, Mistral, Qwen2, Qwen3 or SmolLM2 model) to start from,
+            or a GGUF file (``.gguf``), converted once into one (see
+            :func:`cached_gguf_model`).
         seed: seeds the initial weights, dropout and unseeded sampling.
         lora: a :class:`LoraConfig`, a rank, or ``None`` for full fine-tuning.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         tokenizer: ``"byte"``, ``"bpe"``, the path of a Hugging Face model directory or
             ``tokenizer.json``, or a :class:`LocalTokenizer`; by default the model directory's
-            own tokenizer when ``model`` is one, else ``"byte"``.
+            own tokenizer when ``model`` is one with a ``tokenizer.json``, else ``"byte"``.
         renderer: the chat format: ``"chatml"``, ``"llama3"``, ``"role_colon"``, ``"qwen3"``,
             ``"qwen3_disable_thinking"`` or ``"jinja"`` (the tokenizer's own chat template); by
             default the tokenizer's :attr:`~LocalTokenizer.default_renderer` (``"chatml"`` for
@@ -91,9 +94,12 @@ def local_torch_adapters(
         ConfigError: an invalid model, LoRA, tokenizer, device, thread count or speed
             setting.
         PretrainedModelError: the Hugging Face model directory cannot be loaded.
+        GgufError: the GGUF file cannot be converted.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
         CheckpointError: the teacher checkpoint is missing, corrupt or of another tokenizer.
     """
+    if is_gguf_file(model):
+        model = cached_gguf_model(model)
     if tokenizer is None:
         tokenizer = default_tokenizer_for(model)
     local_tokenizer = (

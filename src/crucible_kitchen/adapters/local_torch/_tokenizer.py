@@ -263,7 +263,10 @@ def _spec_of(inner: ByteTokenizer | BpeTokenizer) -> dict[str, Any]:
 
 def default_tokenizer_for(model: object) -> str:
     """The tokenizer a model comes with: the directory itself for a Hugging Face model
-    directory (a directory with ``config.json``), else ``"byte"``."""
-    if isinstance(model, str | os.PathLike) and (Path(model) / "config.json").is_file():
+    directory (a directory with ``config.json``) that holds a ``tokenizer.json``, else
+    ``"byte"``."""
+    if isinstance(model, str | os.PathLike) and all(
+        (Path(model) / name).is_file() for name in ("config.json", "tokenizer.json")
+    ):
         return os.fspath(model)
     return "byte"
