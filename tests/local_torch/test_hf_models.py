@@ -27,6 +27,7 @@ from crucible_kitchen.adapters.local_torch._lora import apply_lora, lora_layers
 from crucible_kitchen.adapters.local_torch._model import Transformer, build_model
 from crucible_kitchen.errors import CheckpointExists, CheckpointMismatch, PretrainedModelError
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
+from crucible_kitchen.recipes import DistillBasicConfig, SlBasicConfig
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -448,3 +449,24 @@ def test_the_new_config_fields_are_validated_and_round_trip_through_the_identity
     }
     with pytest.raises(ValueError, match="not a model config identity"):
         ModelConfig.from_identity({**config.identity(), "colour": "red"})
+
+
+@pytest.mark.anyio
+async def test_a_model_directory_as_teacher_samples_like_transformers(
+    saved: Callable[[str], Path],
+) -> None:
+    directory = saved("qwen2")
+    ports = local_torch_adapters(model="tiny", tokenizer="byte", teacher=directory)
+    prompt = [5, 17, 250, 3, 99]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    expected = _hf_greedy(reference, prompt, 16)
+    assert await _our_greedy(ports["teacher_sampling_client"], prompt, 16) == expected
+
+
+def test_init_from_a_model_directory_names_the_model_setting(
+    saved: Callable[[str], Path],
+) -> None:
+    directory = str(saved("llama2"))
+    with pytest.raises(ValueError, match=r"model=<the directory>"):
+        SlBasicConfig(init_from=directory)
+    assert DistillBasicConfig(teacher=directory).teacher == directory

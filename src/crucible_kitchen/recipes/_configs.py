@@ -229,9 +229,10 @@ FINAL_CHECKPOINT: Final = Path("checkpoints") / "weights" / "final"
 """Where a run directory keeps its final checkpoint (weights and optimizer state)."""
 
 
-def weights_path(value: str) -> str:
+def weights_path(value: str, *, model_dir_ok: bool = False) -> str:
     """The checkpoint that ``value`` names: a checkpoint directory as given, or a run
-    directory's final checkpoint (``<run dir>/checkpoints/weights/final``).
+    directory's final checkpoint (``<run dir>/checkpoints/weights/final``); with
+    ``model_dir_ok``, also a Hugging Face model directory as given.
 
     Raises:
         ValueError: ``value`` is neither (as a config error, with the field's path).
@@ -239,6 +240,13 @@ def weights_path(value: str) -> str:
     path = Path(value).expanduser()
     if (path / FINAL_CHECKPOINT).is_dir():
         return str(path / FINAL_CHECKPOINT)
+    if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        if model_dir_ok:
+            return str(path)
+        raise ValueError(
+            f"{value}: a Hugging Face model directory, not a checkpoint: start from it with "
+            "model=<the directory>"
+        )
     if path.is_dir() and any(path.glob("*.safetensors")):
         return str(path)
     if path.is_dir() and (path / "config.json").is_file():
@@ -715,7 +723,8 @@ class DpoBasicConfig(PreferenceConfig, LocalTorchSettings):
 class DistillBasicConfig(DistillationConfig, LocalTorchSettings):
     """``distill_basic``: distil a teacher into a smaller student with the local torch backend.
 
-    ``teacher`` is a run directory (e.g. of ``sl_basic``) or a checkpoint; the student is
+    ``teacher`` is a run directory (e.g. of ``sl_basic``), a checkpoint or a Hugging Face
+    model directory; the student is
     ``model`` (default ``micro``, smaller than ``sl_basic``'s ``tiny``), trained from fresh
     weights (or ``init_from``). The last 64 prompts of ``chat_tasks`` are held out: the
     student's reverse KL to the teacher on its own samples of them is measured before and
@@ -726,7 +735,8 @@ class DistillBasicConfig(DistillationConfig, LocalTorchSettings):
         default=None,
         min_length=1,
         description="The teacher's weights, required: a run directory (its final checkpoint, "
-        "e.g. of `kitchen run sl_basic`) or a checkpoint directory; it must use the "
+        "e.g. of `kitchen run sl_basic`), a checkpoint directory or a Hugging Face model "
+        "directory; it must use the "
         "student's tokenizer. Without one the run stops at start: no "
         "'teacher_sampling_client'.",
     )
@@ -761,7 +771,7 @@ class DistillBasicConfig(DistillationConfig, LocalTorchSettings):
     @pydantic.field_validator("teacher")
     @classmethod
     def _teacher_exists(cls, value: str | None) -> str | None:
-        return None if value is None else weights_path(value)
+        return None if value is None else weights_path(value, model_dir_ok=True)
 
 
 class FeedbackLoopConfig(_SupervisedTraining):

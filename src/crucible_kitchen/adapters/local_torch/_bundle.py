@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crucible_kitchen.adapters.local_torch._checkpoint import MANIFEST_FILE
 from crucible_kitchen.adapters.local_torch._evaluator import ArithmeticEvaluator
 from crucible_kitchen.adapters.local_torch._gguf import cached_gguf_model, is_gguf_file
+from crucible_kitchen.adapters.local_torch._hf_checkpoint import is_hf_model_dir
 from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
 from crucible_kitchen.adapters.local_torch._sampling_client import (
     DEFAULT_MAX_BATCH,
@@ -86,9 +88,9 @@ def local_torch_adapters(
             :class:`LocalTorchTrainingClient`).
         sampling_max_batch: most samples a sampling client decodes together, across
             concurrent requests (``1``: one request at a time).
-        teacher: a checkpoint (saved with the same tokenizer) to sample and score with as
-            ``teacher_sampling_client``, frozen, on ``device``; its model may differ from
-            ``model``.
+        teacher: a checkpoint (saved with the same tokenizer) or a Hugging Face model
+            directory to sample and score with as ``teacher_sampling_client``, frozen, on
+            ``device``; its model may differ from ``model`` (its tokenizer may not).
 
     Raises:
         ConfigError: an invalid model, LoRA, tokenizer, device, thread count or speed
@@ -96,7 +98,8 @@ def local_torch_adapters(
         PretrainedModelError: the Hugging Face model directory cannot be loaded.
         GgufError: the GGUF file cannot be converted.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
-        CheckpointError: the teacher checkpoint is missing, corrupt or of another tokenizer.
+        CheckpointError: the teacher checkpoint is missing, corrupt or of another tokenizer
+            (a teacher model directory that cannot be loaded: PretrainedModelError).
     """
     if is_gguf_file(model):
         model = cached_gguf_model(model)
@@ -131,7 +134,12 @@ def local_torch_adapters(
         "evaluator": ArithmeticEvaluator(local_renderer),
     }
     if teacher is not None:
-        ports["teacher_sampling_client"] = LocalTorchSamplingClient.from_checkpoint(
+        load_teacher = (
+            LocalTorchSamplingClient.from_pretrained
+            if is_hf_model_dir(teacher) and not (Path(teacher) / MANIFEST_FILE).is_file()
+            else LocalTorchSamplingClient.from_checkpoint
+        )
+        ports["teacher_sampling_client"] = load_teacher(
             teacher,
             local_tokenizer,
             device=device,

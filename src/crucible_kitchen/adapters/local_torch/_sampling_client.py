@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Final
 
 from crucible_kitchen.adapters.local_torch._checkpoint import load_checkpoint, read_manifest
 from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
+from crucible_kitchen.adapters.local_torch._hf_checkpoint import load_hf_weights, read_hf_model
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
@@ -161,6 +162,47 @@ class LocalTorchSamplingClient:
             apply_lora(model, lora_config)
         load_checkpoint(path, model=model)
         merge_lora(model)
+        model.requires_grad_(False)
+        return cls(
+            model,
+            tokenizer,
+            seed=derive_seed(seed, f"sampler:{Path(path).name}"),
+            default_max_tokens=default_max_tokens,
+            threads=threads,
+            max_batch=max_batch,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        tokenizer: LocalTokenizer,
+        *,
+        device: str = "cpu",
+        seed: int = 0,
+        default_max_tokens: int = 128,
+        threads: Threads = "auto",
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> LocalTorchSamplingClient:
+        """A client over the weights of a Hugging Face model directory (float32 on CPU, the
+        directory's dtype on CUDA), frozen.
+
+        Reads the disk synchronously.
+
+        Raises:
+            PretrainedModelError: the directory cannot be loaded.
+            ConfigError: the tokenizer has more ids than the model.
+        """
+        pretrained = read_hf_model(path, device=device, config_dtype=True)
+        if tokenizer.vocab_size > pretrained.config.vocab_size:
+            raise ConfigError(
+                [
+                    f"{path}: the tokenizer has {tokenizer.vocab_size} ids, the model only "
+                    f"{pretrained.config.vocab_size}"
+                ],
+                source="local torch teacher",
+            )
+        model = build_model(pretrained.config, seed=0, weights=load_hf_weights(pretrained))
         model.requires_grad_(False)
         return cls(
             model,
