@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import statistics
 from typing import TYPE_CHECKING, Any
 
@@ -194,13 +195,24 @@ def test_the_cookbooks_rl_loop_trains_on_the_server(
     checkpoints = (tmp_path / "rl" / "checkpoints.jsonl").read_text().splitlines()
     final = json.loads(checkpoints[-1])["sampler_path"]
     assert final.startswith("tinker://")
-    # The policy moved. (LoRA on the tiny model learns too slowly for the reward itself to
-    # rise reliably within 16 steps: the test checks that the loop trains, not how well.)
+    # The policy moved towards the reward: the probability that the first token is a
+    # lowercase letter rose from the base model's to the final weights' (0.098 -> 0.119 with
+    # these seeds; LoRA on the tiny model learns slowly, so 16 steps move it by a fifth).
     service = tinker.ServiceClient(base_url=tinker_env.base_url)
-    sequence = tinker.ModelInput.from_ints([*PROMPT, ord("a")])
-    scores = [
-        service.create_sampling_client(**where).result().compute_logprobs(sequence).result()
+    samplers = [
+        service.create_sampling_client(**where).result()
         for where in ({"base_model": "tiny"}, {"model_path": final})
     ]
-    assert scores[0] != scores[1]
+    base, trained = (
+        sum(
+            math.exp(
+                sampler.compute_logprobs(tinker.ModelInput.from_ints([*PROMPT, letter])).result()[
+                    -1
+                ]
+            )
+            for letter in LOWERCASE
+        )
+        for sampler in samplers
+    )
+    assert trained > 1.15 * base, (base, trained)
     service.close("success").result()
