@@ -43,6 +43,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     ),
     "crucible_kitchen.adapters.local_torch": (
         "PRESETS",
+        "DistributedGroup",
         "HFModelDirectory",
         "LocalRenderer",
         "LocalTokenizer",
@@ -99,6 +100,8 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "ChildSpecError",
         "ChildStartError",
         "ChildStateError",
+        "CollectiveDesync",
+        "CollectiveError",
         "ConfigError",
         "DataError",
         "InvalidRequest",
@@ -128,6 +131,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "TransientBackendError",
         "WorkflowDefinitionError",
         "WorkflowError",
+        "WorldSizeMismatch",
     ),
     "crucible_kitchen.kitchen": (
         "Adapters",

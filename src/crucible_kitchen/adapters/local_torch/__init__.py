@@ -17,7 +17,9 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :class:`HFModelDirectory`: what a Hugging Face model directory given as ``model=`` holds
   (``LocalTorchTrainingClient.pretrained``);
 - :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
-  (LoRA merged) or its LoRA adapters in PEFT's format.
+  (LoRA merged) or its LoRA adapters in PEFT's format;
+- :class:`DistributedGroup`: this process's rank under ``torchrun`` (data-parallel training:
+  ``LocalTorchTrainingClient(distributed=...)``, see ``docs/scaling.md``).
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
     from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
+    from crucible_kitchen.adapters.local_torch._distributed import (
+        DistributedGroup as DistributedGroup,
+    )
     from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
         HFModelDirectory as HFModelDirectory,
     )
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "PRESETS",
+    "DistributedGroup",
     "HFModelDirectory",
     "LocalRenderer",
     "LocalTokenizer",
@@ -69,6 +75,7 @@ __all__ = (
 
 _LAZY: dict[str, str] = {
     "PRESETS": "_config",
+    "DistributedGroup": "_distributed",
     "HFModelDirectory": "_hf_checkpoint",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",

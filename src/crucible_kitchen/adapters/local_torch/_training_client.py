@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
 import torch
 
@@ -26,6 +26,10 @@ from crucible_kitchen.adapters.local_torch._config import (
     enable_determinism,
     preset,
     resolve_device,
+)
+from crucible_kitchen.adapters.local_torch._distributed import (
+    DistributedGroup,
+    launched_world_size,
 )
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     HFModelDirectory,
@@ -45,7 +49,10 @@ from crucible_kitchen.errors import (
     CheckpointMismatch,
     ConfigError,
     InvalidRequest,
+    KitchenError,
+    PermanentBackendError,
     ResourceNotFound,
+    WorldSizeMismatch,
 )
 from crucible_kitchen.ports import (
     CHECKPOINT_DIR,
@@ -133,6 +140,18 @@ class LocalTorchTrainingClient:
         threads: torch's intra-op thread count for this client's requests and for its
             sampling clients': a count, or ``"auto"`` (``OMP_NUM_THREADS`` when set, else one
             thread for a small model, else torch's current count; see :attr:`threads`).
+        distributed: data-parallel training across the ranks of a :class:`DistributedGroup`;
+            ``"auto"`` (the default) joins the group ``torchrun`` describes when its
+            ``WORLD_SIZE`` is above 1; ``None`` trains in this process alone.
+
+    Data parallelism. Every rank submits the same requests (it runs the same workflow); each
+    rank computes its contiguous slice of every request's data and the outputs are gathered,
+    so every rank gets the whole batch's outputs, in order. ``optim_step`` first sums the
+    gradients over the ranks: losses are sum-reduced, so the step is the one a single process
+    takes on the whole batch (equal up to float summation order) and every rank ends with
+    bit-identical weights. Rank 0 alone writes checkpoints; the others wait for it and load
+    from the same ``checkpoint_dir`` (a shared filesystem across machines). Requests first
+    check that every rank is at the same request (see ``_distributed``).
 
     Raises:
         ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
@@ -155,6 +174,7 @@ class LocalTorchTrainingClient:
         deterministic: bool = True,
         default_max_tokens: int = 128,
         threads: Threads = "auto",
+        distributed: DistributedGroup | Literal["auto"] | None = "auto",
     ) -> None:
         self._tokenizer = tokenizer if tokenizer is not None else LocalTokenizer.byte()
         pretrained = _pretrained_model(model, device=device, dtype=dtype)
@@ -167,6 +187,10 @@ class LocalTorchTrainingClient:
             model, seed=seed, lora=lora, tokenizer=self._tokenizer, device=device, dtype=dtype
         )
         self._threads = resolve_threads(threads, config)
+        self._group = _join(distributed, config)
+        if self._group is not None:
+            device_of_rank = self._group.device(resolve_device(config.device))
+            config = dataclasses.replace(config, device=str(device_of_rank))
         if deterministic and resolve_device(config.device).type == "cuda":
             enable_determinism()
         self._seed = seed
@@ -178,6 +202,7 @@ class LocalTorchTrainingClient:
             lora=lora_config,
             weights=None if pretrained is None else load_hf_weights(pretrained),
         )
+        self._reseed_dropout()  # each rank draws its own dropout masks
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -205,6 +230,11 @@ class LocalTorchTrainingClient:
     def threads(self) -> int:
         """torch's intra-op thread count for this client's requests (``"auto"`` resolved)."""
         return self._threads
+
+    @property
+    def distributed(self) -> DistributedGroup | None:
+        """The data-parallel ranks this client trains with, if any."""
+        return self._group
 
     @property
     def lora_config(self) -> LoraConfig | None:
@@ -284,8 +314,7 @@ class LocalTorchTrainingClient:
         config = self._loss_config(method, loss_fn, loss_fn_config)
 
         def work() -> ForwardBackwardOutput:
-            with translated(_PORT, method, atomic=True):
-                return self._trainer.forward(data, loss_fn, config, keys, backward=False)
+            return self._sharded_forward(method, None, data, loss_fn, config, keys, backward=False)
 
         return self._queue.submit(method, work)
 
@@ -305,8 +334,9 @@ class LocalTorchTrainingClient:
         digest = fingerprint(_PORT, method, (list(data), loss_fn, sorted(config.items())))
 
         def work() -> ForwardBackwardOutput:
-            with translated(_PORT, method, request_id, atomic=True):
-                return self._trainer.forward(data, loss_fn, config, keys, backward=True)
+            return self._sharded_forward(
+                method, request_id, data, loss_fn, config, keys, backward=True
+            )
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
@@ -324,12 +354,33 @@ class LocalTorchTrainingClient:
         digest = fingerprint(_PORT, method, list(data))
 
         def work() -> ForwardBackwardOutput:
+            group = self._group
+            local = data if group is None else group.shard(data)
             with translated(_PORT, method, request_id, atomic=True):
-                batch, logprobs, logprob_data = self._trainer.custom_forward(data)
+                if group is not None:
+                    group.agree(method, request_id)
+                if local:
+                    batch, logprobs, local_logprobs = self._trainer.custom_forward(local)
+                else:
+                    local_logprobs = []
+            # Under data parallelism every rank runs the loss on the whole batch's logprobs
+            # (it may couple datums, e.g. preference pairs) and back-propagates its slice.
+            logprob_data = (
+                local_logprobs
+                if group is None
+                else [
+                    lp for part in group.gather(method, request_id, local_logprobs) for lp in part
+                ]
+            )
             custom = loss_fn(data, logprob_data)
             self._check_custom_output(request_id, custom, logprob_data)
             with translated(_PORT, method, request_id, atomic=True):
-                self._trainer.custom_backward(batch, logprobs, custom.logprob_grads)
+                if local:
+                    start = 0 if group is None else _shard_start(group, len(data))
+                    grads = custom.logprob_grads[start : start + len(local)]
+                    self._trainer.custom_backward(batch, logprobs, grads)
+                else:
+                    self._trainer.pending_gradients += 1
             return ForwardBackwardOutput(
                 loss_fn_output_type="custom",
                 loss_fn_outputs=tuple({"logprobs": lp} for lp in logprob_data),
@@ -354,6 +405,9 @@ class LocalTorchTrainingClient:
 
         def work() -> OptimStepResponse:
             with translated(_PORT, method, request_id):
+                if self._group is not None:
+                    self._group.agree(method, request_id)
+                    self._group.sum_gradients(method, request_id, self._trainer.parameters)
                 return self._trainer.optim_step(adam_params)
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
@@ -398,10 +452,14 @@ class LocalTorchTrainingClient:
         digest = fingerprint(_PORT, method, (path, with_optimizer))
 
         def work() -> LoadStateResponse:
+            if self._group is not None:
+                self._group.agree(method, request_id)
             self._require_checkpoint(method, path, request_id)
             with translated(_PORT, method, request_id, atomic=True):
                 self._check_tokenizer(path)
+                self._check_world_size(path)
                 self._trainer.load(path, with_optimizer=with_optimizer)
+                self._reseed_dropout()
             return LoadStateResponse(path=path)
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
@@ -495,10 +553,48 @@ class LocalTorchTrainingClient:
         with_optimizer: bool,
         user: dict[str, Any] | None,
     ) -> None:
+        group = self._group
+        if group is None:
+            self._write(method, path, request_id, digest, with_optimizer=with_optimizer, user=user)
+            return
+        # Rank 0 writes; every rank learns whether it did, so all fail or succeed together.
+        group.agree(method, request_id)
+        failure: str | None = None
+        try:
+            if group.is_writer:
+                self._write(
+                    method, path, request_id, digest, with_optimizer=with_optimizer, user=user
+                )
+        except KitchenError as exc:
+            failure = str(exc)
+            raise
+        finally:
+            failure = group.broadcast(method, request_id, failure)
+        if failure is not None:
+            raise PermanentBackendError(
+                f"{method}: rank 0 could not write {path}: {failure}",
+                port=_PORT,
+                operation=method,
+                request_id=request_id,
+            )
+        if not group.is_writer:
+            self._trainer.save(path, with_optimizer=with_optimizer, payload={}, write=False)
+
+    def _write(
+        self,
+        method: str,
+        path: Path,
+        request_id: str,
+        digest: bytes,
+        *,
+        with_optimizer: bool,
+        user: dict[str, Any] | None,
+    ) -> None:
         payload = {
             "request_id": request_id,
             "fingerprint": digest.hex(),
             "tokenizer_id": self._tokenizer.tokenizer_id,
+            "world_size": 1 if self._group is None else self._group.world_size,
             "user": user,
         }
         with translated(_PORT, method, request_id, atomic=True):
@@ -513,6 +609,61 @@ class LocalTorchTrainingClient:
                         request_id=request_id,
                     )
             self._trainer.save(path, with_optimizer=with_optimizer, payload=payload)
+
+    def _check_world_size(self, path: str) -> None:
+        """Refuse a checkpoint of another number of ranks where that changes the training:
+        with dropout, each rank draws its own masks, and they cannot be re-split."""
+        saved = (read_manifest(path).user_payload or {}).get("world_size", 1)
+        ours = 1 if self._group is None else self._group.world_size
+        if saved != ours and self.config.dropout > 0:
+            raise WorldSizeMismatch(
+                f"{path}: saved by {saved} data-parallel rank(s), loaded by {ours}; with dropout "
+                f"{self.config.dropout} each rank draws its own masks, so the run can only "
+                f"resume with {saved} rank(s) (or set dropout to 0)",
+                path=path,
+                differences=[f"world_size: checkpoint {saved!r}, client {ours!r}"],
+            )
+
+    def _reseed_dropout(self) -> None:
+        """Give a rank above 0 its own dropout stream (rank 0 keeps the checkpoint's)."""
+        group = self._group
+        if group is not None and group.rank > 0 and self.config.dropout > 0:
+            self._trainer.model.dropout_generator.manual_seed(
+                derive_seed(self._seed, f"dropout:rank{group.rank}:step{self._trainer.step}")
+            )
+
+    def _sharded_forward(
+        self,
+        method: str,
+        request_id: str | None,
+        data: Sequence[Datum],
+        loss_fn: str,
+        config: Mapping[str, float],
+        keys: Sequence[str],
+        *,
+        backward: bool,
+    ) -> ForwardBackwardOutput:
+        """The trainer's forward (and backward) of ``data``, or under data parallelism of
+        this rank's slice, with every rank's outputs gathered in order."""
+        group = self._group
+        with translated(_PORT, method, request_id, atomic=True):
+            if group is None:
+                return self._trainer.forward(data, loss_fn, config, keys, backward=backward)
+            group.agree(method, request_id)
+            local = group.shard(data)
+            if local:
+                output = self._trainer.forward(local, loss_fn, config, keys, backward=backward)
+            else:
+                output = ForwardBackwardOutput(
+                    loss_fn_output_type=loss_fn, loss_fn_outputs=(), metrics={"loss:sum": 0.0}
+                )
+                self._trainer.pending_gradients += backward
+        parts = group.gather(method, request_id, output)
+        return ForwardBackwardOutput(
+            loss_fn_output_type=loss_fn,
+            loss_fn_outputs=tuple(row for part in parts for row in part.loss_fn_outputs),
+            metrics={"loss:sum": math.fsum(part.metrics["loss:sum"] for part in parts)},
+        )
 
     def _require_checkpoint(self, method: str, path: str, request_id: str | None = None) -> None:
         if not (isinstance(path, str) and path and Path(path).is_dir()):
@@ -692,6 +843,22 @@ def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
     except CheckpointError:
         return False
     return payload.get("request_id") == request_id and payload.get("fingerprint") == digest.hex()
+
+
+def _join(
+    distributed: DistributedGroup | Literal["auto"] | None, config: ModelConfig
+) -> DistributedGroup | None:
+    """The data-parallel group to train with: ``"auto"`` joins torchrun's when it has ranks."""
+    if distributed != "auto":
+        return distributed
+    if launched_world_size() <= 1:
+        return None
+    return DistributedGroup.from_environment(device=str(resolve_device(config.device)))
+
+
+def _shard_start(group: DistributedGroup, count: int) -> int:
+    """Where this rank's slice of ``count`` items starts (see ``DistributedGroup.shard``)."""
+    return count * group.rank // group.world_size
 
 
 def _pretrained_model(

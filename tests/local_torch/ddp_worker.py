@@ -1,0 +1,76 @@
+"""One rank of the data-parallel tests, run under ``torchrun`` (or alone, as 1 process).
+
+``python ddp_worker.py OUT MODE`` trains the tiny model for a few steps on one fixed global
+batch and saves, to ``OUT/rank<R>.pt``, the per-step ``loss:sum`` and the final state
+tensors. MODE ``train`` trains; ``crash`` makes rank 1 raise before its second step (the
+other ranks must fail with a ``CollectiveError``, not hang); ``desync`` makes rank 1 re-send
+a request the others do not (they must all raise ``CollectiveDesync``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import anyio
+import torch
+
+from crucible_kitchen.adapters.local_torch import LocalTorchTrainingClient, ModelConfig
+from crucible_kitchen.errors import CollectiveError
+from crucible_kitchen.ports import AdamParams, Datum, ModelInput, TensorData
+
+STEPS = 4
+GLOBAL_BATCH = 6
+CONFIG = ModelConfig(
+    vocab_size=300, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, device="cpu"
+)
+
+
+def global_batch(step: int) -> list[Datum]:
+    """The same global batch on every rank: datums of several lengths (so shards pad)."""
+    data = []
+    for index in range(GLOBAL_BATCH):
+        length = 5 + (index * 3 + step) % 9
+        tokens = [(step * 31 + index * 7 + position * 13) % 256 for position in range(length)]
+        data.append(
+            Datum(
+                model_input=ModelInput.from_ints(tokens[:-1]),
+                loss_fn_inputs={
+                    "target_tokens": TensorData(dtype="int64", data=tuple(tokens[1:])),
+                    "weights": TensorData(dtype="float32", data=(1.0,) * (length - 1)),
+                },
+            )
+        )
+    return data
+
+
+async def train(out: Path, mode: str) -> None:
+    client = LocalTorchTrainingClient(model=CONFIG, seed=3, checkpoint_dir=out / "checkpoints")
+    rank = 0 if client.distributed is None else client.distributed.rank
+    adam = AdamParams(learning_rate=1e-2)
+    losses = []
+    try:
+        for step in range(STEPS):
+            if mode == "crash" and rank == 1 and step == 1:
+                raise RuntimeError("injected crash on rank 1")
+            if mode == "desync" and rank == 1 and step == 1:
+                # A one-sided retry: rank 1 re-runs a request the others do not.
+                await (await client.optim_step(adam, request_id="extra")).result()
+            fb = await client.forward_backward(
+                global_batch(step), "cross_entropy", request_id=f"fb-{step}"
+            )
+            losses.append((await fb.result()).metrics["loss:sum"])
+            await (await client.optim_step(adam, request_id=f"step-{step}")).result()
+        await (await client.save_state("final", request_id="save")).result()
+    except CollectiveError as exc:
+        print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from exc
+    state = await client.state_tensors()
+    torch.save({"losses": losses, "state": state}, out / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    anyio.run(train, Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "train")
+    os._exit(0)  # no lingering process-group teardown
