@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crucible_kitchen.errors import RegistryError
 from crucible_kitchen.kitchen._registry import ADAPTERS_GROUP, adapter_factory, adapter_set_names
+from crucible_kitchen.kitchen._run_dir import launched_rank
 
 if TYPE_CHECKING:
     import os
@@ -158,7 +159,9 @@ class Adapters(Mapping[str, Any]):
             run_dir=run_dir,
             threads=threads,
         )
-        files = filesystem_adapters(data_root=data_root, run_dir=run_dir)
+        # Under torchrun only rank 0 writes the run directory; the others' blobs go nowhere.
+        writer = launched_rank()[0] == 0
+        files = filesystem_adapters(data_root=data_root, run_dir=run_dir if writer else None)
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
         ports.update((str(port), adapter) for port, adapter in local.items())
         ports["metrics_store"] = NoopMetricsStore()

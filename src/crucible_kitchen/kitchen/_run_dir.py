@@ -142,6 +142,33 @@ def drop_partial_lines(run_dir: Path) -> None:
             continue
 
 
+def launched_rank() -> tuple[int, int]:
+    """This process's ``(RANK, WORLD_SIZE)`` under ``torchrun`` (or a launcher that sets its
+    variables); ``(0, 1)`` otherwise. Only rank 0 writes the run directory and telemetry."""
+    return int(os.environ.get("RANK", "0") or "0"), int(os.environ.get("WORLD_SIZE", "1") or "1")
+
+
+def shared_run_id(recipe: str, directory: str | os.PathLike[str] | None) -> str | None:
+    """The run id every rank of a ``torchrun`` job agrees on (request ids derive from it):
+    the run directory's name, else the launcher's rendezvous id; ``None`` outside torchrun.
+
+    Raises:
+        RunDirectoryError: under torchrun with neither (plain ``--nproc-per-node``).
+    """
+    if launched_rank()[1] <= 1:
+        return None
+    if directory is not None and not isinstance(directory, bool):
+        return Path(directory).name
+    rendezvous = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if rendezvous not in ("", "none"):
+        return f"{recipe}-{rendezvous[:12]}"
+    raise RunDirectoryError(
+        "under torchrun every rank must name the same run: pass --run-dir DIR, or launch "
+        "with torchrun --standalone (or --rdzv-id ID)",
+        path="",
+    )
+
+
 @contextlib.contextmanager
 def removed_on_failure(directory: Path | None) -> Iterator[None]:
     """Undo what a start-up that fails (or is interrupted) wrote to a new run's directory.
@@ -150,7 +177,7 @@ def removed_on_failure(directory: Path | None) -> Iterator[None]:
     are. So a run whose config or adapters fail validation, or that Ctrl-C interrupts
     before it has started, leaves no half-made run directory behind.
     """
-    if directory is None:
+    if directory is None or launched_rank()[0] != 0:
         yield
         return
     existed = directory.is_dir()

@@ -31,12 +31,20 @@ if TYPE_CHECKING:
 
     from torch import Tensor
 
-__all__ = ("DEFAULT_COLLECTIVE_TIMEOUT", "DistributedGroup", "launched_world_size")
+__all__ = (
+    "DEFAULT_COLLECTIVE_TIMEOUT",
+    "TIMEOUT_VARIABLE",
+    "DistributedGroup",
+    "launched_world_size",
+)
 
 T = TypeVar("T")
 
 DEFAULT_COLLECTIVE_TIMEOUT: Final = 300.0
-"""Seconds a collective (and the start-up rendezvous) may wait for the other ranks."""
+"""Seconds a collective (and the start-up rendezvous) may wait for the other ranks, unless the
+``CRUCIBLE_KITCHEN_COLLECTIVE_TIMEOUT`` environment variable says otherwise."""
+
+TIMEOUT_VARIABLE: Final = "CRUCIBLE_KITCHEN_COLLECTIVE_TIMEOUT"
 
 _PORT: Final = "training_client"
 
@@ -63,14 +71,17 @@ class DistributedGroup:
 
     @classmethod
     def from_environment(
-        cls, *, device: str = "cpu", timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
+        cls, *, device: str = "cpu", timeout: float | None = None
     ) -> DistributedGroup:
         """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
         ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): ``nccl`` if ``device`` is CUDA,
-        else ``gloo``. A group already initialised in this process is reused.
+        else ``gloo``. A group already initialised in this process is reused. ``timeout``
+        (seconds) defaults to ``CRUCIBLE_KITCHEN_COLLECTIVE_TIMEOUT``, else
+        :data:`DEFAULT_COLLECTIVE_TIMEOUT`.
 
         Raises:
-            CollectiveError: the variables are missing or the rendezvous failed or timed out.
+            CollectiveError: the variables are missing or invalid, or the rendezvous failed
+                or timed out.
         """
         rank = int(os.environ.get("RANK", "0") or "0")
         world_size = launched_world_size()
@@ -78,6 +89,8 @@ class DistributedGroup:
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         if not dist.is_initialized():
             try:
+                if timeout is None:
+                    timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_COLLECTIVE_TIMEOUT))
                 if backend == "nccl":
                     torch.cuda.set_device(local_rank)
                 dist.init_process_group(
@@ -89,7 +102,7 @@ class DistributedGroup:
             except (RuntimeError, ValueError) as exc:
                 raise CollectiveError(
                     f"rank {rank} of {world_size}: could not join the process group "
-                    f"({backend}, timeout {timeout:g} s): {exc}",
+                    f"({backend}, timeout {timeout} s): {exc}",
                     port=_PORT,
                     operation="init_process_group",
                     rank=rank,
@@ -98,7 +111,7 @@ class DistributedGroup:
         else:
             backend = str(dist.get_backend())
             rank, world_size = dist.get_rank(), dist.get_world_size()
-        return cls(rank, world_size, local_rank, backend, timeout)
+        return cls(rank, world_size, local_rank, backend, timeout or DEFAULT_COLLECTIVE_TIMEOUT)
 
     @property
     def is_writer(self) -> bool:
