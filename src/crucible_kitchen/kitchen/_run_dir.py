@@ -148,7 +148,7 @@ def launched_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0") or "0"), int(os.environ.get("WORLD_SIZE", "1") or "1")
 
 
-def shared_run_id(recipe: str, directory: str | os.PathLike[str] | None) -> str | None:
+def shared_run_id(recipe: str, directory: RunDir) -> str | None:
     """The run id every rank of a ``torchrun`` job agrees on (request ids derive from it):
     the run directory's name, else the launcher's rendezvous id; ``None`` outside torchrun.
 

@@ -120,7 +120,7 @@ class DistributedGroup:
 
     def device(self, device: torch.device) -> torch.device:
         """``device``, on this rank's own GPU when it is CUDA without an index."""
-        if device.type == "cuda" and device.index is None:
+        if str(device) == "cuda":  # no index
             return torch.device("cuda", self.local_rank)
         return device
 
