@@ -84,12 +84,25 @@ async def _kitchen(args: argparse.Namespace) -> float:
     return time.perf_counter() - start
 
 
+async def _initial_model(config: Any) -> Any:
+    """The kitchen's model with its initial weights (seed 0), trainable again."""
+    from crucible_kitchen.adapters.local_torch import (
+        LocalTorchSamplingClient,
+        LocalTorchTrainingClient,
+    )
+
+    client = LocalTorchTrainingClient(model=config, seed=0, distributed=None)
+    saved = await client.save_weights_for_sampler("initial", request_id="initial")
+    sampler = await client.create_sampling_client((await saved.result()).path)
+    assert isinstance(sampler, LocalTorchSamplingClient)
+    return sampler.model.requires_grad_(True).train()
+
+
 def _plain(args: argparse.Namespace) -> float:
+    import anyio
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-
-    from crucible_kitchen.adapters.local_torch._model import build_model
 
     torch.set_num_threads(1)
     cuda = args.device == "cuda"
@@ -100,7 +113,7 @@ def _plain(args: argparse.Namespace) -> float:
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     config = _config(args.width, str(device))
-    model = DistributedDataParallel(build_model(config, seed=0))
+    model = DistributedDataParallel(anyio.run(_initial_model, config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     rows = _tokens(args.batch)
     mine = rows[len(rows) * rank // world : len(rows) * (rank + 1) // world]

@@ -4,7 +4,8 @@
 batch and saves, to ``OUT/rank<R>.pt``, the per-step ``loss:sum`` and the final state
 tensors. MODE ``train`` trains; ``crash`` makes rank 1 raise before its second step (the
 other ranks must fail with a ``CollectiveError``, not hang); ``desync`` makes rank 1 re-send
-a request the others do not (they must all raise ``CollectiveDesync``).
+a request the others do not (they must all raise ``CollectiveDesync``); ``sample`` submits 5
+seeded sample requests, then awaits them, and saves the samples and how many this rank drew.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from pathlib import Path
 import anyio
 import torch
 
-from crucible_kitchen.adapters.local_torch import LocalTorchTrainingClient, ModelConfig
+from crucible_kitchen.adapters.local_torch import (
+    LocalTorchSamplingClient,
+    LocalTorchTrainingClient,
+    ModelConfig,
+)
 from crucible_kitchen.errors import CollectiveError
-from crucible_kitchen.ports import AdamParams, Datum, ModelInput, TensorData
+from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
 
 STEPS = 4
 GLOBAL_BATCH = 6
@@ -45,9 +50,30 @@ def global_batch(step: int) -> list[Datum]:
     return data
 
 
+async def sample(client: LocalTorchTrainingClient, out: Path, rank: int) -> None:
+    saved = await client.save_weights_for_sampler("s0", request_id="save-s0")
+    sampler = await client.create_sampling_client((await saved.result()).path)
+    futures = [
+        await sampler.sample(
+            ModelInput.from_ints([1 + group, 2, 3]),
+            2,
+            SamplingParams(max_tokens=6, temperature=1.0, seed=100 + group),
+            request_id=f"sample-{group}",
+        )
+        for group in range(5)
+    ]
+    samples = [[s.tokens for s in (await future.result()).sequences] for future in futures]
+    inner = sampler if isinstance(sampler, LocalTorchSamplingClient) else sampler.inner
+    drawn = inner.counters.applied["sample"]
+    torch.save({"samples": samples, "drawn": drawn}, out / f"rank{rank}.pt")
+
+
 async def train(out: Path, mode: str) -> None:
     client = LocalTorchTrainingClient(model=CONFIG, seed=3, checkpoint_dir=out / "checkpoints")
     rank = 0 if client.distributed is None else client.distributed.rank
+    if mode == "sample":
+        await sample(client, out, rank)
+        return
     adam = AdamParams(learning_rate=1e-2)
     losses = []
     try:

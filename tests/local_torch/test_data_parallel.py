@@ -84,6 +84,20 @@ def test_two_ranks_follow_the_one_process_loss_curve_with_identical_weights(
     assert [p.name for p in (ranks / "checkpoints" / "weights").iterdir()] == ["final"]
 
 
+def test_two_ranks_share_the_sample_requests_and_get_the_one_process_samples(
+    tmp_path: Path,
+) -> None:
+    subprocess.run([sys.executable, WORKER, str(tmp_path / "alone"), "sample"], check=True)
+    for outcome in _two_ranks(tmp_path / "ranks", "sample"):
+        assert outcome.returncode == 0, outcome.stderr[-2000:]
+    single = torch.load(tmp_path / "alone" / "rank0.pt")
+    rank0 = torch.load(tmp_path / "ranks" / "rank0.pt")
+    rank1 = torch.load(tmp_path / "ranks" / "rank1.pt")
+    assert single["drawn"] == 5
+    assert (rank0["drawn"], rank1["drawn"]) == (3, 2)  # requests 0, 2, 4 and 1, 3
+    assert rank0["samples"] == rank1["samples"] == single["samples"]
+
+
 def test_a_crash_on_one_rank_fails_the_other_with_a_collective_error(tmp_path: Path) -> None:
     survivor, crashed = _two_ranks(tmp_path, "crash")
     assert crashed.returncode == 1

@@ -31,6 +31,7 @@ from crucible_kitchen.adapters.local_torch._distributed import (
     DistributedGroup,
     launched_world_size,
 )
+from crucible_kitchen.adapters.local_torch._fanout import FannedOutSamplingClient
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     HFModelDirectory,
     is_hf_model_dir,
@@ -482,12 +483,17 @@ class LocalTorchTrainingClient:
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
-    async def create_sampling_client(self, model_path: str) -> LocalTorchSamplingClient:
+    async def create_sampling_client(
+        self, model_path: str
+    ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
         """See :meth:`crucible_kitchen.ports.TrainingClient.create_sampling_client`.
 
         The sampling client owns a frozen copy of the weights saved at ``model_path`` (LoRA
         merged), so later training does not change its samples. Runs after every request
         submitted before it.
+
+        Under data parallelism its ``sample`` requests are spread over the ranks (a
+        :class:`FannedOutSamplingClient`).
 
         Raises:
             ResourceNotFound: nothing was saved at ``model_path``.
@@ -495,17 +501,19 @@ class LocalTorchTrainingClient:
         """
         method = "create_sampling_client"
 
-        def work() -> LocalTorchSamplingClient:
+        def work() -> LocalTorchSamplingClient | FannedOutSamplingClient:
             self._require_checkpoint(method, model_path)
             with translated(_PORT, method):
                 self._check_tokenizer(model_path)
                 model = self._trainer.sampler_model(model_path)
-            return LocalTorchSamplingClient(
-                model,
-                self._tokenizer,
-                seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
-                default_max_tokens=self._default_max_tokens,
-                threads=self.threads,
+            return self._fanned_out(
+                LocalTorchSamplingClient(
+                    model,
+                    self._tokenizer,
+                    seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
+                    default_max_tokens=self._default_max_tokens,
+                    threads=self.threads,
+                )
             )
 
         return await self._queue.call(method, work, record=False)
@@ -525,20 +533,27 @@ class LocalTorchTrainingClient:
         """See :meth:`crucible_kitchen.ports.TrainingClient.get_tokenizer`."""
         return self._tokenizer
 
-    def _initial_sampling_client(self) -> LocalTorchSamplingClient:
+    def _initial_sampling_client(self) -> LocalTorchSamplingClient | FannedOutSamplingClient:
         """A sampling client of the current weights, made synchronously.
 
         Only for a client no request has been submitted to (the bundle's initial sampler).
         """
         if self._queue.pending or sum(self._queue.counters.calls.values()):
             raise RuntimeError("_initial_sampling_client needs a client with no requests")
-        return LocalTorchSamplingClient(
-            self._trainer.snapshot(),
-            self._tokenizer,
-            seed=derive_seed(self._seed, "sampler:initial"),
-            default_max_tokens=self._default_max_tokens,
-            threads=self.threads,
+        return self._fanned_out(
+            LocalTorchSamplingClient(
+                self._trainer.snapshot(),
+                self._tokenizer,
+                seed=derive_seed(self._seed, "sampler:initial"),
+                default_max_tokens=self._default_max_tokens,
+                threads=self.threads,
+            )
         )
+
+    def _fanned_out(
+        self, client: LocalTorchSamplingClient
+    ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
+        return client if self._group is None else FannedOutSamplingClient(client, self._group)
 
     # ---------------------------------------------------------------------------------------
     # Checkpoint helpers (worker thread)
