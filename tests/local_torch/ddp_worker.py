@@ -5,11 +5,14 @@ batch and saves, to ``OUT/rank<R>.pt``, the per-step ``loss:sum`` and the final 
 tensors. MODE ``train`` trains; ``crash`` makes rank 1 raise before its second step (the
 other ranks must fail with a ``CollectiveError``, not hang); ``desync`` makes rank 1 re-send
 a request the others do not (they must all raise ``CollectiveDesync``); ``sample`` submits 5
-seeded sample requests, then awaits them, and saves the samples and how many this rank drew.
+seeded sample requests, then awaits them, and saves the samples and how many this rank drew;
+``dropout`` trains a model with dropout one step and saves it when alone, and under torchrun
+loads that checkpoint (every rank must raise ``WorldSizeMismatch``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -22,7 +25,7 @@ from crucible_kitchen.adapters.local_torch import (
     LocalTorchTrainingClient,
     ModelConfig,
 )
-from crucible_kitchen.errors import CollectiveError
+from crucible_kitchen.errors import CollectiveError, WorldSizeMismatch
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
 
 STEPS = 4
@@ -68,9 +71,28 @@ async def sample(client: LocalTorchTrainingClient, out: Path, rank: int) -> None
     torch.save({"samples": samples, "drawn": drawn}, out / f"rank{rank}.pt")
 
 
+async def dropout(client: LocalTorchTrainingClient, rank: int) -> None:
+    if client.distributed is None:
+        fb = await client.forward_backward(global_batch(0), "cross_entropy", request_id="fb")
+        await fb.result()
+        await (await client.optim_step(AdamParams(), request_id="step")).result()
+        await (await client.save_state("final", request_id="save")).result()
+        return
+    path = str(client.checkpoint_dir / "weights" / "final")
+    try:
+        await (await client.load_state(path, request_id="load")).result()
+    except WorldSizeMismatch as exc:
+        print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(4) from exc
+
+
 async def train(out: Path, mode: str) -> None:
-    client = LocalTorchTrainingClient(model=CONFIG, seed=3, checkpoint_dir=out / "checkpoints")
+    config = dataclasses.replace(CONFIG, dropout=0.1) if mode == "dropout" else CONFIG
+    client = LocalTorchTrainingClient(model=config, seed=3, checkpoint_dir=out / "checkpoints")
     rank = 0 if client.distributed is None else client.distributed.rank
+    if mode == "dropout":
+        await dropout(client, rank)
+        return
     if mode == "sample":
         await sample(client, out, rank)
         return

@@ -98,6 +98,14 @@ def test_two_ranks_share_the_sample_requests_and_get_the_one_process_samples(
     assert rank0["samples"] == rank1["samples"] == single["samples"]
 
 
+def test_a_checkpoint_with_dropout_resumes_only_on_its_rank_count(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, WORKER, str(tmp_path), "dropout"], check=True)
+    outcomes = _two_ranks(tmp_path, "dropout")
+    assert [outcome.returncode for outcome in outcomes] == [4, 4]
+    assert "rank 1: WorldSizeMismatch:" in outcomes[1].stderr
+    assert "saved by 1 data-parallel rank(s), loaded by 2" in outcomes[1].stderr
+
+
 def test_a_crash_on_one_rank_fails_the_other_with_a_collective_error(tmp_path: Path) -> None:
     survivor, crashed = _two_ranks(tmp_path, "crash")
     assert crashed.returncode == 1
