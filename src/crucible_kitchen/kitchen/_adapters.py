@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crucible_kitchen.errors import RegistryError
 from crucible_kitchen.kitchen._registry import ADAPTERS_GROUP, adapter_factory, adapter_set_names
-from crucible_kitchen.kitchen._run_dir import launched_rank
+from crucible_kitchen.kitchen._run_dir import writes_run_files
 
 if TYPE_CHECKING:
     import os
@@ -160,7 +160,7 @@ class Adapters(Mapping[str, Any]):
             threads=threads,
         )
         # Under torchrun only rank 0 writes the run directory; the others' blobs go nowhere.
-        writer = launched_rank()[0] == 0
+        writer = writes_run_files()
         files = filesystem_adapters(data_root=data_root, run_dir=run_dir if writer else None)
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
         ports.update((str(port), adapter) for port, adapter in local.items())

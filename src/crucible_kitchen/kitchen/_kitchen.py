@@ -30,12 +30,12 @@ from crucible_kitchen.kitchen._run_dir import (
     RunRecord,
     check_unfinished,
     drop_partial_lines,
-    launched_rank,
     package_version,
     read_run_record,
     removed_on_failure,
     shared_run_id,
     write_json,
+    writes_run_files,
 )
 from crucible_kitchen.ports import PORT_PROTOCOLS, protocol_problems
 from crucible_kitchen.recipes import Recipe
@@ -383,7 +383,7 @@ class Kitchen:
             or f"{recipe.name}-{uuid.uuid4().hex[:8]}"
         )
         directory = self.run_directory(recipe, run_id, options.get("run_dir"))
-        writer = launched_rank()[0] == 0
+        writer = writes_run_files()
         if writer and directory is not None and (directory / CONFIG_FILE).exists():
             raise RunDirectoryError(
                 f"{directory} holds a run already; resume it (kitchen resume {directory}) "
@@ -488,7 +488,7 @@ class Kitchen:
         Under ``torchrun`` only rank 0 writes the run directory and telemetry.
         """
         run_dir = launch.run_dir
-        writer = launched_rank()[0] == 0
+        writer = writes_run_files()
         bus = TelemetryBus(launch.run_id)
         provider: SdkTracerProvider | None = None
         try:

@@ -142,10 +142,15 @@ def drop_partial_lines(run_dir: Path) -> None:
             continue
 
 
-def launched_rank() -> tuple[int, int]:
-    """This process's ``(RANK, WORLD_SIZE)`` under ``torchrun`` (or a launcher that sets its
-    variables); ``(0, 1)`` otherwise. Only rank 0 writes the run directory and telemetry."""
-    return int(os.environ.get("RANK", "0") or "0"), int(os.environ.get("WORLD_SIZE", "1") or "1")
+def launched_world_size() -> int:
+    """The ``WORLD_SIZE`` that ``torchrun`` (or a launcher using its variables) set; 1 if none."""
+    return int(os.environ.get("WORLD_SIZE", "1") or "1")
+
+
+def writes_run_files() -> bool:
+    """Whether this process writes run directories and telemetry: always, except under a
+    ``torchrun`` with several ranks, where rank 0 alone does."""
+    return launched_world_size() <= 1 or int(os.environ.get("RANK", "0") or "0") == 0
 
 
 def shared_run_id(recipe: str, directory: RunDir) -> str | None:
@@ -155,7 +160,7 @@ def shared_run_id(recipe: str, directory: RunDir) -> str | None:
     Raises:
         RunDirectoryError: under torchrun with neither (plain ``--nproc-per-node``).
     """
-    if launched_rank()[1] <= 1:
+    if launched_world_size() <= 1:
         return None
     if directory is not None and not isinstance(directory, bool):
         return Path(directory).name
@@ -177,7 +182,7 @@ def removed_on_failure(directory: Path | None) -> Iterator[None]:
     are. So a run whose config or adapters fail validation, or that Ctrl-C interrupts
     before it has started, leaves no half-made run directory behind.
     """
-    if directory is None or launched_rank()[0] != 0:
+    if directory is None or not writes_run_files():
         yield
         return
     existed = directory.is_dir()
