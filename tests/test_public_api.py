@@ -44,6 +44,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     "crucible_kitchen.adapters.local_torch": (
         "PRESETS",
         "DistributedGroup",
+        "FannedOutSamplingClient",
         "HFModelDirectory",
         "LocalRenderer",
         "LocalTokenizer",

@@ -21,11 +21,12 @@ import anyio
 import torch
 
 from crucible_kitchen.adapters.local_torch import (
+    FannedOutSamplingClient,
     LocalTorchSamplingClient,
     LocalTorchTrainingClient,
     ModelConfig,
 )
-from crucible_kitchen.errors import CollectiveError, WorldSizeMismatch
+from crucible_kitchen.errors import CollectiveError, PermanentBackendError, WorldSizeMismatch
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
 
 STEPS = 4
@@ -66,9 +67,17 @@ async def sample(client: LocalTorchTrainingClient, out: Path, rank: int) -> None
         for group in range(5)
     ]
     samples = [[s.tokens for s in (await future.result()).sequences] for future in futures]
+    refused = ""
+    if isinstance(sampler, FannedOutSamplingClient):
+        # Request 5 is rank 1's: only it checks it, yet every rank raises when awaiting.
+        bad = await sampler.sample(ModelInput.from_ints([1]), 1, SamplingParams(max_tokens=999))
+        try:
+            await bad.result()
+        except PermanentBackendError as exc:
+            refused = str(exc)
     inner = sampler if isinstance(sampler, LocalTorchSamplingClient) else sampler.inner
     drawn = inner.counters.applied["sample"]
-    torch.save({"samples": samples, "drawn": drawn}, out / f"rank{rank}.pt")
+    torch.save({"samples": samples, "drawn": drawn, "refused": refused}, out / f"rank{rank}.pt")
 
 
 async def dropout(client: LocalTorchTrainingClient, rank: int) -> None:

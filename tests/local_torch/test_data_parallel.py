@@ -96,6 +96,9 @@ def test_two_ranks_share_the_sample_requests_and_get_the_one_process_samples(
     assert single["drawn"] == 5
     assert (rank0["drawn"], rank1["drawn"]) == (3, 2)  # requests 0, 2, 4 and 1, 3
     assert rank0["samples"] == rank1["samples"] == single["samples"]
+    for rank in (rank0, rank1):
+        assert "the rank that computed request #5 failed: InvalidRequest" in rank["refused"]
+        assert "exceeds max_seq_len" in rank["refused"]
 
 
 def test_a_checkpoint_with_dropout_resumes_only_on_its_rank_count(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer` and
 - :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
   (LoRA merged) or its LoRA adapters in PEFT's format;
 - :class:`DistributedGroup`: this process's rank under ``torchrun`` (data-parallel training:
-  ``LocalTorchTrainingClient(distributed=...)``, see ``docs/scaling.md``).
+  ``LocalTorchTrainingClient(distributed=...)``, see ``docs/scaling.md``), and
+  :class:`FannedOutSamplingClient`, the sampling client it then makes (requests spread over
+  the ranks).
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._distributed import (
         DistributedGroup as DistributedGroup,
     )
+    from crucible_kitchen.adapters.local_torch._fanout import (
+        FannedOutSamplingClient as FannedOutSamplingClient,
+    )
     from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
         HFModelDirectory as HFModelDirectory,
     )
@@ -59,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = (
     "PRESETS",
     "DistributedGroup",
+    "FannedOutSamplingClient",
     "HFModelDirectory",
     "LocalRenderer",
     "LocalTokenizer",
@@ -76,6 +82,7 @@ __all__ = (
 _LAZY: dict[str, str] = {
     "PRESETS": "_config",
     "DistributedGroup": "_distributed",
+    "FannedOutSamplingClient": "_fanout",
     "HFModelDirectory": "_hf_checkpoint",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",

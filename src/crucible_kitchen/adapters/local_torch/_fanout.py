@@ -46,6 +46,7 @@ class FannedOutSamplingClient:
         self._submitted = 0
         self._exchanged = 0
         self._owned: dict[int, LocalFuture[SampleResponse]] = {}
+        self._refused: dict[int, str] = {}
         self._results: dict[int, SampleResponse | str] = {}
         self._by_request: dict[str, _SharedSample] = {}
         self._lock: anyio.Lock | None = None
@@ -70,19 +71,25 @@ class FannedOutSamplingClient:
         request_id: str | None = None,
     ) -> _SharedSample:
         """See :meth:`crucible_kitchen.ports.SamplingClient.sample`; a re-sent ``request_id``
-        gets its first future back."""
+        gets its first future back. A request the computing rank refuses raises
+        :class:`~crucible_kitchen.errors.PermanentBackendError` on every rank when awaited
+        (not at submission: the other ranks do not check it)."""
         if request_id is not None and (known := self._by_request.get(request_id)) is not None:
             return known
         index = self._submitted
         self._submitted += 1
         if index % self._group.world_size == self._group.rank:
-            self._owned[index] = await self._inner.sample(
-                prompt,
-                num_samples,
-                sampling_params,
-                include_prompt_logprobs=include_prompt_logprobs,
-                request_id=request_id,
-            )
+            try:
+                self._owned[index] = await self._inner.sample(
+                    prompt,
+                    num_samples,
+                    sampling_params,
+                    include_prompt_logprobs=include_prompt_logprobs,
+                    request_id=request_id,
+                )
+            except KitchenError as exc:
+                # Only this rank checked the request: every rank raises it when awaiting.
+                self._refused[index] = f"{type(exc).__name__}: {exc}"
         future = _SharedSample(self, index)
         if request_id is not None:
             self._by_request[request_id] = future
@@ -129,6 +136,8 @@ class FannedOutSamplingClient:
         mine: dict[int, SampleResponse | str] = {}
         for index in range(self._exchanged, through):
             owned = self._owned.pop(index, None)
+            if index in self._refused:
+                mine[index] = self._refused.pop(index)
             if owned is None:
                 continue
             try:
