@@ -1,13 +1,19 @@
 """One rank of the data-parallel tests, run under ``torchrun`` (or alone, as 1 process).
 
-``python ddp_worker.py OUT MODE`` trains the tiny model for a few steps on one fixed global
-batch and saves, to ``OUT/rank<R>.pt``, the per-step ``loss:sum`` and the final state
-tensors. MODE ``train`` trains; ``crash`` makes rank 1 raise before its second step (the
-other ranks must fail with a ``CollectiveError``, not hang); ``desync`` makes rank 1 re-send
-a request the others do not (they must all raise ``CollectiveDesync``); ``sample`` submits 5
-seeded sample requests, then awaits them, and saves the samples and how many this rank drew;
-``dropout`` trains a model with dropout one step and saves it when alone, and under torchrun
-loads that checkpoint (every rank must raise ``WorldSizeMismatch``).
+``python ddp_worker.py OUT MODE``, by MODE:
+
+- ``train``: the tiny model trains a few steps on one fixed global batch (the last step
+  through a custom loss that weighs each datum by its position in the batch, so that a rank
+  back-propagating another slice's gradients would show); saves to ``OUT/rank<R>.pt`` the
+  per-step ``loss:sum`` and the final state tensors;
+- ``crash``: rank 1 raises before its second step (the others must fail with a
+  ``CollectiveError``, not hang);
+- ``desync``: rank 1 re-sends a request the others do not (all must raise
+  ``CollectiveDesync``);
+- ``sample``: 5 seeded sample requests, submitted then awaited; saves the samples and how many
+  this rank drew;
+- ``dropout``: alone, trains a model with dropout one step and saves it; under torchrun,
+  loads that checkpoint (every rank must raise ``WorldSizeMismatch``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import torch
@@ -27,7 +34,17 @@ from crucible_kitchen.adapters.local_torch import (
     ModelConfig,
 )
 from crucible_kitchen.errors import CollectiveError, PermanentBackendError, WorldSizeMismatch
-from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
+from crucible_kitchen.ports import (
+    AdamParams,
+    CustomLossOutput,
+    Datum,
+    ModelInput,
+    SamplingParams,
+    TensorData,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 STEPS = 4
 GLOBAL_BATCH = 6
@@ -52,6 +69,16 @@ def global_batch(step: int) -> list[Datum]:
             )
         )
     return data
+
+
+def weighted_loss(data: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
+    """Negative log-likelihood with datum ``i`` weighted ``i + 1``."""
+    loss = -sum((i + 1) * sum(lp.data) for i, lp in enumerate(logprobs))
+    grads = tuple(
+        TensorData(dtype="float32", data=(-(i + 1.0),) * len(lp.data), shape=lp.shape)
+        for i, lp in enumerate(logprobs)
+    )
+    return CustomLossOutput(loss=loss, logprob_grads=grads)
 
 
 async def sample(client: LocalTorchTrainingClient, out: Path, rank: int) -> None:
@@ -114,9 +141,14 @@ async def train(out: Path, mode: str) -> None:
             if mode == "desync" and rank == 1 and step == 1:
                 # A one-sided retry: rank 1 re-runs a request the others do not.
                 await (await client.optim_step(adam, request_id="extra")).result()
-            fb = await client.forward_backward(
-                global_batch(step), "cross_entropy", request_id=f"fb-{step}"
-            )
+            if step == STEPS - 1:
+                fb = await client.forward_backward_custom(
+                    global_batch(step), weighted_loss, request_id=f"fb-{step}"
+                )
+            else:
+                fb = await client.forward_backward(
+                    global_batch(step), "cross_entropy", request_id=f"fb-{step}"
+                )
             losses.append((await fb.result()).metrics["loss:sum"])
             await (await client.optim_step(adam, request_id=f"step-{step}")).result()
         await (await client.save_state("final", request_id="save")).result()

@@ -72,10 +72,11 @@ def test_two_ranks_follow_the_one_process_loss_curve_with_identical_weights(
     for name, tensor in rank0["state"].items():
         assert torch.equal(tensor, rank1["state"][name]), name
     assert rank0["losses"] == rank1["losses"]
-    # Against 1 process: the same math on the same global batch, but each rank pads its own
-    # slice and the gradient is summed in another order, so float32 results differ in the
-    # last bits (seen: 1e-7 relative); 1e-5 relative over 4 steps leaves room for that and
-    # still fails on any real difference (a lost shard changes the loss by ~50%).
+    # Against 1 process (the last step through a custom loss): the same math on the same global
+    # batch, but each rank pads its own slice and the gradient is summed in another order, so
+    # float32 results differ in the last bits (seen: 1e-7 relative); 1e-5 relative over 4 steps
+    # leaves room for that and still fails on any real difference (a lost shard changes the
+    # loss by ~50%, a misaligned slice of the custom loss's gradients the last weights).
     assert rank0["losses"] == pytest.approx(single["losses"], rel=1e-5)
     for name, tensor in single["state"].items():
         if name.startswith("model/"):
