@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -67,7 +67,7 @@ class DistributedGroup:
     local_rank: int
     backend: str
     timeout: float
-    _sequence: int = 0
+    _sequence: int = field(default=0, init=False, repr=False)
 
     @classmethod
     def from_environment(
@@ -176,16 +176,25 @@ class DistributedGroup:
     def sum_gradients(
         self, method: str, request_id: str | None, parameters: Sequence[Tensor]
     ) -> None:
-        """Sum every parameter's ``.grad`` over the ranks in place (a missing one counts as
-        zeros), in one flat all-reduce: afterwards every rank holds the same gradients."""
+        """Sum every parameter's ``.grad`` over the ranks in place, in one flat all-reduce:
+        afterwards every rank holds the same gradients. A parameter without a gradient on some
+        ranks counts as zeros there; one without a gradient on every rank keeps none (so the
+        optimizer skips it, as in one process)."""
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
-        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        device = grads[0].device
+        present = torch.tensor([p.grad is not None for p in parameters], device=device)
+        # One float32 buffer: one collective whatever the parameters' dtypes.
+        flat = torch.cat(
+            [*(grad.reshape(-1).to(torch.float32) for grad in grads), present.to(torch.float32)]
+        )
         self._collective(method, request_id, lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM))
+        anywhere = flat[-len(parameters) :].tolist()
         offset = 0
         with torch.no_grad():
-            for parameter, grad in zip(parameters, grads, strict=True):
+            for parameter, grad, count in zip(parameters, grads, anywhere, strict=True):
                 size = grad.numel()
-                parameter.grad = flat[offset : offset + size].view_as(grad).clone()
+                summed = flat[offset : offset + size].view_as(grad).to(grad.dtype, copy=True)
+                parameter.grad = summed if count > 0 else None
                 offset += size
 
     def _collective(self, method: str, request_id: str | None, call: Callable[[], object]) -> None:
