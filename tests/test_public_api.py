@@ -45,6 +45,8 @@ PUBLIC: dict[str, tuple[str, ...]] = {
     "crucible_kitchen.adapters.local_torch": (
         "PRESETS",
         "ArithmeticEvaluator",
+        "DistributedGroup",
+        "FannedOutSamplingClient",
         "HFModelDirectory",
         "LocalRenderer",
         "LocalTokenizer",
@@ -111,6 +113,8 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "ChildSpecError",
         "ChildStartError",
         "ChildStateError",
+        "CollectiveDesync",
+        "CollectiveError",
         "ConfigError",
         "DataError",
         "GgufCorrupted",
@@ -143,6 +147,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "TransientBackendError",
         "WorkflowDefinitionError",
         "WorkflowError",
+        "WorldSizeMismatch",
     ),
     "crucible_kitchen.kitchen": (
         "EVENTS_FILE",

@@ -20,6 +20,9 @@ every other layer may import it.
     │       ├── InvalidRequest      the backend refused the request's content  (also a ValueError)
     │       ├── RequestIdConflict   a request_id was reused for a different request
     │       ├── RequestExpired      a request_id was re-sent after its result was dropped
+    │       ├── CollectiveError     a collective across the data-parallel ranks failed or timed
+    │       │   │                   out; names the rank
+    │       │   └── CollectiveDesync  the ranks are at different requests (a one-sided retry)
     │       └── ResourceNotFound    no dataset, blob, model or checkpoint by that name
     │                               (also a LookupError)
     ├── ConfigError                 invalid configuration; every problem listed with its path
@@ -30,6 +33,8 @@ every other layer may import it.
     │   ├── CheckpointCorrupted     a file is missing, truncated or fails its sha256 check
     │   ├── CheckpointExists        the target already exists  (also a FileExistsError)
     │   ├── CheckpointMismatch      a sound checkpoint that does not fit the model or config
+    │   │   └── WorldSizeMismatch   resumed with another number of ranks where that changes
+    │   │                           the training
     │   └── PretrainedModelError    a Hugging Face model directory cannot be loaded or written:
     │                               an unsupported architecture, a missing, unexpected or
     │                               mis-shaped tensor, an unreadable file; names file and tensor
@@ -91,6 +96,8 @@ __all__ = (
     "ChildSpecError",
     "ChildStartError",
     "ChildStateError",
+    "CollectiveDesync",
+    "CollectiveError",
     "ConfigError",
     "DataError",
     "GgufCorrupted",
@@ -123,6 +130,7 @@ __all__ = (
     "TransientBackendError",
     "WorkflowDefinitionError",
     "WorkflowError",
+    "WorldSizeMismatch",
 )
 
 
@@ -240,6 +248,30 @@ class RequestExpired(PermanentBackendError):
     """
 
 
+class CollectiveError(PermanentBackendError):
+    """A collective across the data-parallel ranks failed or timed out: another rank failed,
+    stopped or never arrived. ``rank`` is the rank that reports it, of ``world_size``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        port: str,
+        operation: str,
+        rank: int,
+        world_size: int,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, port=port, operation=operation, request_id=request_id)
+        self.rank = rank
+        self.world_size = world_size
+
+
+class CollectiveDesync(CollectiveError):
+    """The ranks reached different requests (a stage re-ran or skipped requests on some ranks
+    only), so their collectives would pair up wrongly; the job stops instead."""
+
+
 class ResourceNotFound(PermanentBackendError, LookupError):
     """No dataset, blob, model or checkpoint exists under the name in ``resource``."""
 
@@ -281,6 +313,11 @@ class CheckpointMismatch(CheckpointError):
     def __init__(self, message: str, *, path: str, differences: list[str]) -> None:
         super().__init__(message, path=path)
         self.differences = differences
+
+
+class WorldSizeMismatch(CheckpointMismatch):
+    """A checkpoint written by a job with another number of data-parallel ranks, resumed where
+    the number of ranks changes the training (per-rank dropout streams)."""
 
 
 class PretrainedModelError(CheckpointError):

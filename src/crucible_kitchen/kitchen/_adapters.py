@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crucible_kitchen.errors import RegistryError
 from crucible_kitchen.kitchen._registry import ADAPTERS_GROUP, adapter_factory, adapter_set_names
+from crucible_kitchen.kitchen._run_dir import writes_run_files
 
 if TYPE_CHECKING:
     import os
@@ -238,8 +239,11 @@ class Adapters(Mapping[str, Any]):
         from crucible_kitchen.adapters.filesystem import filesystem_adapters
         from crucible_kitchen.adapters.noop import NoopMetricsStore
 
+        # Under torchrun only rank 0 writes the run directory; the others' blobs go nowhere.
         files = filesystem_adapters(
-            data_root=data_root, run_dir=run_dir, feedback_root=feedback_root
+            data_root=data_root,
+            run_dir=run_dir if writes_run_files() else None,
+            feedback_root=feedback_root,
         )
         ports: dict[str, Any] = {str(port): adapter for port, adapter in files.items()}
         ports.update((str(port), adapter) for port, adapter in backend.items())

@@ -11,7 +11,7 @@ import anyio.to_thread
 
 from crucible_kitchen.errors import RunCancelled, StageFailed, WorkflowError
 from crucible_kitchen.kitchen._results import RunResult
-from crucible_kitchen.kitchen._run_dir import SUMMARY_FILE, write_json
+from crucible_kitchen.kitchen._run_dir import SUMMARY_FILE, write_json, writes_run_files
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable
@@ -129,7 +129,7 @@ class RunHandle:
                 f"run {self.run_id!r} ended without finishing its workflow: {reason}"
             )
         result = self._build_result()
-        if self.run_dir is not None:
+        if self.run_dir is not None and writes_run_files():
             try:
                 await anyio.to_thread.run_sync(write_json, self.run_dir / SUMMARY_FILE, result)
             except OSError:

@@ -33,7 +33,9 @@ from crucible_kitchen.kitchen._run_dir import (
     package_version,
     read_run_record,
     removed_on_failure,
+    shared_run_id,
     write_json,
+    writes_run_files,
 )
 from crucible_kitchen.ports import PORT_PROTOCOLS, protocol_problems
 from crucible_kitchen.recipes import Recipe
@@ -375,9 +377,14 @@ class Kitchen:
         recipe = _resolve(self._recipes, target)
         validated = recipe.config(config)
         seed = options.get("seed", 0)
-        run_id = options.get("run_id") or f"{recipe.name}-{uuid.uuid4().hex[:8]}"
+        run_id = (
+            options.get("run_id")
+            or shared_run_id(recipe.name, options.get("run_dir"))
+            or f"{recipe.name}-{uuid.uuid4().hex[:8]}"
+        )
         directory = self.run_directory(recipe, run_id, options.get("run_dir"))
-        if directory is not None and (directory / CONFIG_FILE).exists():
+        writer = writes_run_files()
+        if writer and directory is not None and (directory / CONFIG_FILE).exists():
             raise RunDirectoryError(
                 f"{directory} holds a run already; resume it (kitchen resume {directory}) "
                 "or choose another run directory",
@@ -476,13 +483,17 @@ class Kitchen:
         return await self._launch(launch, options)
 
     async def _launch(self, launch: _Launch, options: RunOptions) -> RunHandle:
-        """Open the run's files and telemetry, build its supervision tree and start it."""
+        """Open the run's files and telemetry, build its supervision tree and start it.
+
+        Under ``torchrun`` only rank 0 writes the run directory and telemetry.
+        """
         run_dir = launch.run_dir
+        writer = writes_run_files()
         bus = TelemetryBus(launch.run_id)
         provider: SdkTracerProvider | None = None
         try:
             tracer = self._tracer
-            if run_dir is not None:
+            if run_dir is not None and writer:
                 if launch.resuming:
                     await anyio.to_thread.run_sync(drop_partial_lines, run_dir)
                 else:
@@ -503,7 +514,8 @@ class Kitchen:
                     provider = _run_tracing(run_dir / TRACES_FILE)
                     tracer = None if provider is None else get_tracer(provider)
             telemetry = options.get("telemetry", ())
-            for spec in (*Kitchen._default_telemetry, *self._telemetry, *telemetry):
+            specs = (*Kitchen._default_telemetry, *self._telemetry, *telemetry) if writer else ()
+            for spec in specs:
                 handler = build_handler(spec)
                 bus.add_handler(handler, owned=handler is not spec)  # we close what we built
             info = RunInfo(

@@ -142,6 +142,38 @@ def drop_partial_lines(run_dir: Path) -> None:
             continue
 
 
+def launched_world_size() -> int:
+    """The ``WORLD_SIZE`` that ``torchrun`` (or a launcher using its variables) set; 1 if none."""
+    return int(os.environ.get("WORLD_SIZE", "1") or "1")
+
+
+def writes_run_files() -> bool:
+    """Whether this process writes run directories and telemetry: always, except under a
+    ``torchrun`` with several ranks, where rank 0 alone does."""
+    return launched_world_size() <= 1 or int(os.environ.get("RANK", "0") or "0") == 0
+
+
+def shared_run_id(recipe: str, directory: RunDir) -> str | None:
+    """The run id every rank of a ``torchrun`` job agrees on (request ids derive from it):
+    the run directory's name, else the launcher's rendezvous id; ``None`` outside torchrun.
+
+    Raises:
+        RunDirectoryError: under torchrun with neither (plain ``--nproc-per-node``).
+    """
+    if launched_world_size() <= 1:
+        return None
+    if directory is not None and not isinstance(directory, bool):
+        return Path(directory).name
+    rendezvous = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if rendezvous not in ("", "none"):
+        return f"{recipe}-{rendezvous[:12]}"
+    raise RunDirectoryError(
+        "under torchrun every rank must name the same run: pass --run-dir DIR, or launch "
+        "with torchrun --standalone (or --rdzv-id ID)",
+        path="",
+    )
+
+
 @contextlib.contextmanager
 def removed_on_failure(directory: Path | None) -> Iterator[None]:
     """Undo what a start-up that fails (or is interrupted) wrote to a new run's directory.
@@ -150,7 +182,7 @@ def removed_on_failure(directory: Path | None) -> Iterator[None]:
     are. So a run whose config or adapters fail validation, or that Ctrl-C interrupts
     before it has started, leaves no half-made run directory behind.
     """
-    if directory is None:
+    if directory is None or not writes_run_files():
         yield
         return
     existed = directory.is_dir()

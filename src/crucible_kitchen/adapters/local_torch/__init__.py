@@ -25,7 +25,11 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
 - :func:`export_hf` and :func:`export_peft`: a checkpoint as a Hugging Face model directory
   (LoRA merged) or its LoRA adapters in PEFT's format;
 - :class:`StepOptions`: how the training step computes (precision, ``torch.compile``, loss
-  chunks, micro-batches), as ``LocalTorchTrainingClient.step_options`` reports it.
+  chunks, micro-batches), as ``LocalTorchTrainingClient.step_options`` reports it;
+- :class:`DistributedGroup`: this process's rank under ``torchrun`` (data-parallel training:
+  ``LocalTorchTrainingClient(distributed=...)``, see ``docs/scaling.md``), and
+  :class:`FannedOutSamplingClient`, the sampling client it then makes (requests spread over
+  the ranks).
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
@@ -44,8 +48,14 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig as LoraConfig
     from crucible_kitchen.adapters.local_torch._config import ModelConfig as ModelConfig
     from crucible_kitchen.adapters.local_torch._config import RopeScaling as RopeScaling
+    from crucible_kitchen.adapters.local_torch._distributed import (
+        DistributedGroup as DistributedGroup,
+    )
     from crucible_kitchen.adapters.local_torch._evaluator import (
         ArithmeticEvaluator as ArithmeticEvaluator,
+    )
+    from crucible_kitchen.adapters.local_torch._fanout import (
+        FannedOutSamplingClient as FannedOutSamplingClient,
     )
     from crucible_kitchen.adapters.local_torch._gguf import (
         cached_gguf_model as cached_gguf_model,
@@ -70,6 +80,8 @@ if TYPE_CHECKING:
 __all__ = (
     "PRESETS",
     "ArithmeticEvaluator",
+    "DistributedGroup",
+    "FannedOutSamplingClient",
     "HFModelDirectory",
     "LocalRenderer",
     "LocalTokenizer",
@@ -90,6 +102,8 @@ __all__ = (
 _LAZY: dict[str, str] = {
     "ArithmeticEvaluator": "_evaluator",
     "PRESETS": "_config",
+    "DistributedGroup": "_distributed",
+    "FannedOutSamplingClient": "_fanout",
     "HFModelDirectory": "_hf_checkpoint",
     "LocalRenderer": "_renderer",
     "LocalTokenizer": "_tokenizer",

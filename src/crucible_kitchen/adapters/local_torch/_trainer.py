@@ -478,15 +478,21 @@ class Trainer:
         *,
         with_optimizer: bool,
         payload: dict[str, Any],
+        write: bool = True,
     ) -> None:
-        """Write a checkpoint (atomic; see ``_checkpoint``). Pending gradients are not saved."""
-        save_checkpoint(
-            directory,
-            model=self.model,
-            step=self.step,
-            optimizer=self.optimizer if with_optimizer else None,
-            user_payload=payload,
-        )
+        """Write a checkpoint (atomic; see ``_checkpoint``). Pending gradients are not saved.
+
+        ``write=False`` (a rank other than 0 under data parallelism) only keeps the sampler
+        copy a weights-only save keeps.
+        """
+        if write:
+            save_checkpoint(
+                directory,
+                model=self.model,
+                step=self.step,
+                optimizer=self.optimizer if with_optimizer else None,
+                user_payload=payload,
+            )
         if not with_optimizer:
             self._remember_sampler(str(directory), snapshot_for_sampling(self.model))
 

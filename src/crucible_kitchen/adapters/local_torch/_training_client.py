@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
 import torch
 
@@ -27,6 +27,11 @@ from crucible_kitchen.adapters.local_torch._config import (
     preset,
     resolve_device,
 )
+from crucible_kitchen.adapters.local_torch._distributed import (
+    DistributedGroup,
+    launched_world_size,
+)
+from crucible_kitchen.adapters.local_torch._fanout import FannedOutSamplingClient
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     HFModelDirectory,
     is_hf_model_dir,
@@ -48,7 +53,10 @@ from crucible_kitchen.errors import (
     CheckpointMismatch,
     ConfigError,
     InvalidRequest,
+    KitchenError,
+    PermanentBackendError,
     ResourceNotFound,
+    WorldSizeMismatch,
 )
 from crucible_kitchen.ports import (
     CHECKPOINT_DIR,
@@ -148,10 +156,22 @@ class LocalTorchTrainingClient:
             request as one batch.
         sampling_max_batch: most samples its sampling clients decode together (``1``: one
             request at a time).
+        distributed: data-parallel training across the ranks of a :class:`DistributedGroup`;
+            ``"auto"`` (the default) joins the group ``torchrun`` describes when its
+            ``WORLD_SIZE`` is above 1; ``None`` trains in this process alone.
 
         On CUDA, AdamW runs fused. Every setting but the defaults changes float rounding, not
         what is computed; each keeps runs reproducible (equal seeds and requests give equal
         weights).
+
+    Data parallelism. Every rank submits the same requests (it runs the same workflow); each
+    rank computes its contiguous slice of every request's data and the outputs are gathered,
+    so every rank gets the whole batch's outputs, in order. ``optim_step`` first sums the
+    gradients over the ranks: losses are sum-reduced, so the step is the one a single process
+    takes on the whole batch (equal up to float summation order) and every rank ends with
+    bit-identical weights. Rank 0 alone writes checkpoints; the others wait for it and load
+    from the same ``checkpoint_dir`` (a shared filesystem across machines). Requests first
+    check that every rank is at the same request (see ``_distributed``).
 
     Raises:
         ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
@@ -180,6 +200,7 @@ class LocalTorchTrainingClient:
         loss_chunk: int | None = None,
         microbatch_tokens: int | None = None,
         sampling_max_batch: int = DEFAULT_MAX_BATCH,
+        distributed: DistributedGroup | Literal["auto"] | None = "auto",
     ) -> None:
         self._tokenizer = tokenizer if tokenizer is not None else LocalTokenizer.byte()
         options = StepOptions(
@@ -211,6 +232,10 @@ class LocalTorchTrainingClient:
         )
         self._sampling_max_batch = sampling_max_batch
         self._threads = resolve_threads(threads, config)
+        self._group = _join(distributed, config)
+        if self._group is not None:
+            device_of_rank = self._group.device(resolve_device(config.device))
+            config = dataclasses.replace(config, device=str(device_of_rank))
         if deterministic and resolve_device(config.device).type == "cuda":
             enable_determinism()
         self._seed = seed
@@ -223,6 +248,7 @@ class LocalTorchTrainingClient:
             weights=None if pretrained is None else load_hf_weights(pretrained),
             options=options,
         )
+        self._reseed_dropout()  # each rank draws its own dropout masks
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -255,6 +281,11 @@ class LocalTorchTrainingClient:
     def step_options(self) -> StepOptions:
         """How the training step computes (precision, compile, loss chunks, micro-batches)."""
         return self._trainer.options
+
+    @property
+    def distributed(self) -> DistributedGroup | None:
+        """The data-parallel ranks this client trains with, if any."""
+        return self._group
 
     @property
     def lora_config(self) -> LoraConfig | None:
@@ -334,8 +365,7 @@ class LocalTorchTrainingClient:
         config = self._loss_config(method, loss_fn, loss_fn_config)
 
         def work() -> ForwardBackwardOutput:
-            with translated(_PORT, method, atomic=True):
-                return self._trainer.forward(data, loss_fn, config, keys, backward=False)
+            return self._sharded_forward(method, None, data, loss_fn, config, keys, backward=False)
 
         return self._queue.submit(method, work)
 
@@ -355,8 +385,9 @@ class LocalTorchTrainingClient:
         digest = fingerprint(_PORT, method, (list(data), loss_fn, sorted(config.items())))
 
         def work() -> ForwardBackwardOutput:
-            with translated(_PORT, method, request_id, atomic=True):
-                return self._trainer.forward(data, loss_fn, config, keys, backward=True)
+            return self._sharded_forward(
+                method, request_id, data, loss_fn, config, keys, backward=True
+            )
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
@@ -374,12 +405,33 @@ class LocalTorchTrainingClient:
         digest = fingerprint(_PORT, method, list(data))
 
         def work() -> ForwardBackwardOutput:
+            group = self._group
+            local = data if group is None else group.shard(data)
             with translated(_PORT, method, request_id, atomic=True):
-                batch, logprobs, logprob_data = self._trainer.custom_forward(data)
+                if group is not None:
+                    group.agree(method, request_id)
+                if local:
+                    batch, logprobs, local_logprobs = self._trainer.custom_forward(local)
+                else:
+                    local_logprobs = []
+            # Under data parallelism every rank runs the loss on the whole batch's logprobs
+            # (it may couple datums, e.g. preference pairs) and back-propagates its slice.
+            logprob_data = (
+                local_logprobs
+                if group is None
+                else [
+                    lp for part in group.gather(method, request_id, local_logprobs) for lp in part
+                ]
+            )
             custom = loss_fn(data, logprob_data)
             self._check_custom_output(request_id, custom, logprob_data)
             with translated(_PORT, method, request_id, atomic=True):
-                self._trainer.custom_backward(batch, logprobs, custom.logprob_grads)
+                if local:
+                    start = 0 if group is None else _shard_start(group, len(data))
+                    grads = custom.logprob_grads[start : start + len(local)]
+                    self._trainer.custom_backward(batch, logprobs, grads)
+                else:
+                    self._trainer.pending_gradients += 1
             return ForwardBackwardOutput(
                 loss_fn_output_type="custom",
                 loss_fn_outputs=tuple({"logprobs": lp} for lp in logprob_data),
@@ -404,6 +456,9 @@ class LocalTorchTrainingClient:
 
         def work() -> OptimStepResponse:
             with translated(_PORT, method, request_id):
+                if self._group is not None:
+                    self._group.agree(method, request_id)
+                    self._group.sum_gradients(method, request_id, self._trainer.parameters)
                 return self._trainer.optim_step(adam_params)
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
@@ -448,10 +503,14 @@ class LocalTorchTrainingClient:
         digest = fingerprint(_PORT, method, (path, with_optimizer))
 
         def work() -> LoadStateResponse:
+            if self._group is not None:
+                self._group.agree(method, request_id)
             self._require_checkpoint(method, path, request_id)
             with translated(_PORT, method, request_id, atomic=True):
                 self._check_tokenizer(path)
+                self._check_world_size(path)
                 self._trainer.load(path, with_optimizer=with_optimizer)
+                self._reseed_dropout()
             return LoadStateResponse(path=path)
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
@@ -474,12 +533,17 @@ class LocalTorchTrainingClient:
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
-    async def create_sampling_client(self, model_path: str) -> LocalTorchSamplingClient:
+    async def create_sampling_client(
+        self, model_path: str
+    ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
         """See :meth:`crucible_kitchen.ports.TrainingClient.create_sampling_client`.
 
         The sampling client owns a frozen copy of the weights saved at ``model_path`` (LoRA
         merged), so later training does not change its samples. Runs after every request
         submitted before it.
+
+        Under data parallelism its ``sample`` requests are spread over the ranks (a
+        :class:`FannedOutSamplingClient`).
 
         Raises:
             ResourceNotFound: nothing was saved at ``model_path``.
@@ -487,18 +551,20 @@ class LocalTorchTrainingClient:
         """
         method = "create_sampling_client"
 
-        def work() -> LocalTorchSamplingClient:
+        def work() -> LocalTorchSamplingClient | FannedOutSamplingClient:
             self._require_checkpoint(method, model_path)
             with translated(_PORT, method):
                 self._check_tokenizer(model_path)
                 model = self._trainer.sampler_model(model_path)
-            return LocalTorchSamplingClient(
-                model,
-                self._tokenizer,
-                seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
-                default_max_tokens=self._default_max_tokens,
-                threads=self.threads,
-                max_batch=self._sampling_max_batch,
+            return self._fanned_out(
+                LocalTorchSamplingClient(
+                    model,
+                    self._tokenizer,
+                    seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
+                    default_max_tokens=self._default_max_tokens,
+                    threads=self.threads,
+                    max_batch=self._sampling_max_batch,
+                )
             )
 
         return await self._queue.call(method, work, record=False)
@@ -518,21 +584,28 @@ class LocalTorchTrainingClient:
         """See :meth:`crucible_kitchen.ports.TrainingClient.get_tokenizer`."""
         return self._tokenizer
 
-    def _initial_sampling_client(self) -> LocalTorchSamplingClient:
+    def _initial_sampling_client(self) -> LocalTorchSamplingClient | FannedOutSamplingClient:
         """A sampling client of the current weights, made synchronously.
 
         Only for a client no request has been submitted to (the bundle's initial sampler).
         """
         if self._queue.pending or sum(self._queue.counters.calls.values()):
             raise RuntimeError("_initial_sampling_client needs a client with no requests")
-        return LocalTorchSamplingClient(
-            self._trainer.snapshot(),
-            self._tokenizer,
-            seed=derive_seed(self._seed, "sampler:initial"),
-            default_max_tokens=self._default_max_tokens,
-            threads=self.threads,
-            max_batch=self._sampling_max_batch,
+        return self._fanned_out(
+            LocalTorchSamplingClient(
+                self._trainer.snapshot(),
+                self._tokenizer,
+                seed=derive_seed(self._seed, "sampler:initial"),
+                default_max_tokens=self._default_max_tokens,
+                threads=self.threads,
+                max_batch=self._sampling_max_batch,
+            )
         )
+
+    def _fanned_out(
+        self, client: LocalTorchSamplingClient
+    ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
+        return client if self._group is None else FannedOutSamplingClient(client, self._group)
 
     # ---------------------------------------------------------------------------------------
     # Checkpoint helpers (worker thread)
@@ -547,10 +620,48 @@ class LocalTorchTrainingClient:
         with_optimizer: bool,
         user: dict[str, Any] | None,
     ) -> None:
+        group = self._group
+        if group is None:
+            self._write(method, path, request_id, digest, with_optimizer=with_optimizer, user=user)
+            return
+        # Rank 0 writes; every rank learns whether it did, so all fail or succeed together.
+        group.agree(method, request_id)
+        failure: str | None = None
+        try:
+            if group.is_writer:
+                self._write(
+                    method, path, request_id, digest, with_optimizer=with_optimizer, user=user
+                )
+        except KitchenError as exc:
+            failure = str(exc)
+            raise
+        finally:
+            failure = group.broadcast(method, request_id, failure)
+        if failure is not None:
+            raise PermanentBackendError(
+                f"{method}: rank 0 could not write {path}: {failure}",
+                port=_PORT,
+                operation=method,
+                request_id=request_id,
+            )
+        if not group.is_writer:
+            self._trainer.save(path, with_optimizer=with_optimizer, payload={}, write=False)
+
+    def _write(
+        self,
+        method: str,
+        path: Path,
+        request_id: str,
+        digest: bytes,
+        *,
+        with_optimizer: bool,
+        user: dict[str, Any] | None,
+    ) -> None:
         payload = {
             "request_id": request_id,
             "fingerprint": digest.hex(),
             "tokenizer_id": self._tokenizer.tokenizer_id,
+            "world_size": 1 if self._group is None else self._group.world_size,
             "user": user,
         }
         with translated(_PORT, method, request_id, atomic=True):
@@ -565,6 +676,61 @@ class LocalTorchTrainingClient:
                         request_id=request_id,
                     )
             self._trainer.save(path, with_optimizer=with_optimizer, payload=payload)
+
+    def _check_world_size(self, path: str) -> None:
+        """Refuse a checkpoint of another number of ranks where that changes the training:
+        with dropout, each rank draws its own masks, and they cannot be re-split."""
+        saved = (read_manifest(path).user_payload or {}).get("world_size", 1)
+        ours = 1 if self._group is None else self._group.world_size
+        if saved != ours and self.config.dropout > 0:
+            raise WorldSizeMismatch(
+                f"{path}: saved by {saved} data-parallel rank(s), loaded by {ours}; with dropout "
+                f"{self.config.dropout} each rank draws its own masks, so the run can only "
+                f"resume with {saved} rank(s) (or set dropout to 0)",
+                path=path,
+                differences=[f"world_size: checkpoint {saved!r}, client {ours!r}"],
+            )
+
+    def _reseed_dropout(self) -> None:
+        """Give a rank above 0 its own dropout stream (rank 0 keeps the checkpoint's)."""
+        group = self._group
+        if group is not None and group.rank > 0 and self.config.dropout > 0:
+            self._trainer.model.dropout_generator.manual_seed(
+                derive_seed(self._seed, f"dropout:rank{group.rank}:step{self._trainer.step}")
+            )
+
+    def _sharded_forward(
+        self,
+        method: str,
+        request_id: str | None,
+        data: Sequence[Datum],
+        loss_fn: str,
+        config: Mapping[str, float],
+        keys: Sequence[str],
+        *,
+        backward: bool,
+    ) -> ForwardBackwardOutput:
+        """The trainer's forward (and backward) of ``data``, or under data parallelism of
+        this rank's slice, with every rank's outputs gathered in order."""
+        group = self._group
+        with translated(_PORT, method, request_id, atomic=True):
+            if group is None:
+                return self._trainer.forward(data, loss_fn, config, keys, backward=backward)
+            group.agree(method, request_id)
+            local = group.shard(data)
+            if local:
+                output = self._trainer.forward(local, loss_fn, config, keys, backward=backward)
+            else:
+                output = ForwardBackwardOutput(
+                    loss_fn_output_type=loss_fn, loss_fn_outputs=(), metrics={"loss:sum": 0.0}
+                )
+                self._trainer.pending_gradients += backward
+        parts = group.gather(method, request_id, output)
+        return ForwardBackwardOutput(
+            loss_fn_output_type=loss_fn,
+            loss_fn_outputs=tuple(row for part in parts for row in part.loss_fn_outputs),
+            metrics={"loss:sum": math.fsum(part.metrics["loss:sum"] for part in parts)},
+        )
 
     def _require_checkpoint(self, method: str, path: str, request_id: str | None = None) -> None:
         if not (isinstance(path, str) and path and Path(path).is_dir()):
@@ -744,6 +910,22 @@ def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
     except CheckpointError:
         return False
     return payload.get("request_id") == request_id and payload.get("fingerprint") == digest.hex()
+
+
+def _join(
+    distributed: DistributedGroup | Literal["auto"] | None, config: ModelConfig
+) -> DistributedGroup | None:
+    """The data-parallel group to train with: ``"auto"`` joins torchrun's when it has ranks."""
+    if distributed != "auto":
+        return distributed
+    if launched_world_size() <= 1:
+        return None
+    return DistributedGroup.from_environment(device=str(resolve_device(config.device)))
+
+
+def _shard_start(group: DistributedGroup, count: int) -> int:
+    """Where this rank's slice of ``count`` items starts (see ``DistributedGroup.shard``)."""
+    return count * group.rank // group.world_size
 
 
 def _pretrained_model(

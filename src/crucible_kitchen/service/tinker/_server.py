@@ -23,6 +23,7 @@ import msgspec
 import tinker.types
 
 from crucible_kitchen.adapters.local_torch import (
+    FannedOutSamplingClient,
     LocalTokenizer,
     LocalTorchSamplingClient,
     LocalTorchTrainingClient,
@@ -276,6 +277,7 @@ class TinkerServer:
                 checkpoint_dir=directory,
                 default_max_tokens=self.settings.default_max_tokens,
                 threads=self.settings.threads,
+                distributed=None,
             )
 
         client = await anyio.to_thread.run_sync(build)
@@ -417,7 +419,7 @@ class TinkerServer:
                 response = await future.result()
                 if not ephemeral:
                     return _reply({"path": _tinker_path(model.model_id, "sampler_weights", name)})
-                client = await model.client.create_sampling_client(response.path)
+                client = _in_process(await model.client.create_sampling_client(response.path))
                 await anyio.to_thread.run_sync(shutil.rmtree, response.path)
                 sampler_id = f"{session_id}:sample:{request.sampling_session_seq_id}"
                 self._add_sampler(
@@ -555,8 +557,8 @@ class TinkerServer:
             run_id, directory = self._existing_checkpoint(model_path)
             owner = self._models.get(run_id)
             if owner is not None:
-                return owner.record.base_model, await owner.client.create_sampling_client(
-                    str(directory)
+                return owner.record.base_model, _in_process(
+                    await owner.client.create_sampling_client(str(directory))
                 )
             record = await anyio.to_thread.run_sync(self._read_record, run_id)
             client = await anyio.to_thread.run_sync(self._sampler_from_checkpoint, directory)
@@ -751,3 +753,13 @@ def _write_json(path: Path, value: object) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_bytes(msgspec.json.encode(value))
     os.replace(temporary, path)
+
+
+def _in_process(
+    client: LocalTorchSamplingClient | FannedOutSamplingClient,
+) -> LocalTorchSamplingClient:
+    """A model's sampling client: the server trains each model in this process alone
+    (``distributed=None``), so its samplers are never spread over ranks."""
+    if isinstance(client, FannedOutSamplingClient):
+        raise TypeError("the Tinker server's models train in one process, not across ranks")
+    return client

@@ -1,0 +1,200 @@
+"""Data-parallel training steps per second: 1 vs 2 processes, and the kitchen vs plain DDP.
+
+Run::
+
+    .venv/bin/python benchmarks/ddp_bench.py              # defaults, about a minute
+    .venv/bin/python benchmarks/ddp_bench.py --quick      # smoke run
+    .venv/bin/python benchmarks/ddp_bench.py --steps 40 --batch 32 --width 128
+
+Each variant runs under ``torchrun --standalone`` (gloo on the CPU, or nccl with
+``--device cuda``) with ``--nproc`` processes, on one model and one global batch of
+``--batch`` sequences of 64 random tokens, for ``--steps`` timed steps after 3 untimed ones:
+
+- **kitchen**: ``LocalTorchTrainingClient`` (``forward_backward`` with cross-entropy, then
+  ``optim_step``): each rank computes its slice of the global batch, the gradients are summed
+  over the ranks, and the requests agree across ranks first;
+- **plain**: a hand-written loop on the same model, the same loss and the same global batch:
+  ``torch.nn.parallel.DistributedDataParallel``, each rank on its slice, AdamW.
+
+It prints steps per second of each (rank 0's wall clock) and the ratios ``2 processes / 1``
+and ``kitchen / plain``. On a machine with fewer free cores than processes the 2-process
+figures measure contention, not scaling. Importing this module has no side effects;
+:func:`main` runs it. It is a benchmark, never a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+WARMUP = 3
+SEQ_LEN = 64
+
+
+def _config(width: int, device: str) -> Any:
+    from crucible_kitchen.adapters.local_torch import ModelConfig
+
+    return ModelConfig(
+        vocab_size=512,
+        d_model=width,
+        n_layers=2,
+        n_heads=4,
+        d_ff=width * 4,
+        max_seq_len=SEQ_LEN + 1,
+        device=device,
+    )
+
+
+def _tokens(batch: int) -> list[list[int]]:
+    import random
+
+    rng = random.Random(0)
+    return [[rng.randrange(256) for _ in range(SEQ_LEN + 1)] for _ in range(batch)]
+
+
+async def _kitchen(args: argparse.Namespace) -> float:
+    from crucible_kitchen.adapters.local_torch import LocalTorchTrainingClient
+    from crucible_kitchen.ports import AdamParams, Datum, ModelInput, TensorData
+
+    client = LocalTorchTrainingClient(model=_config(args.width, args.device), seed=0, threads=1)
+    data = [
+        Datum(
+            model_input=ModelInput.from_ints(tokens[:-1]),
+            loss_fn_inputs={
+                "target_tokens": TensorData(dtype="int64", data=tuple(tokens[1:])),
+                "weights": TensorData(dtype="float32", data=(1.0,) * SEQ_LEN),
+            },
+        )
+        for tokens in _tokens(args.batch)
+    ]
+    adam = AdamParams(learning_rate=1e-3)
+    start = 0.0
+    for step in range(WARMUP + args.steps):
+        if step == WARMUP:
+            start = time.perf_counter()
+        fb = await client.forward_backward(data, "cross_entropy", request_id=f"fb{step}")
+        opt = await client.optim_step(adam, request_id=f"opt{step}")
+        await fb.result()
+        await opt.result()
+    return time.perf_counter() - start
+
+
+async def _initial_model(config: Any) -> Any:
+    """The kitchen's model with its initial weights (seed 0), trainable again."""
+    from crucible_kitchen.adapters.local_torch import (
+        LocalTorchSamplingClient,
+        LocalTorchTrainingClient,
+    )
+
+    client = LocalTorchTrainingClient(model=config, seed=0, distributed=None)
+    saved = await client.save_weights_for_sampler("initial", request_id="initial")
+    sampler = await client.create_sampling_client((await saved.result()).path)
+    assert isinstance(sampler, LocalTorchSamplingClient)
+    return sampler.model.requires_grad_(True).train()
+
+
+def _plain(args: argparse.Namespace) -> float:
+    import anyio
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    cuda = args.device == "cuda"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    config = _config(args.width, str(device))
+    model = DistributedDataParallel(anyio.run(_initial_model, config))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    rows = _tokens(args.batch)
+    mine = rows[len(rows) * rank // world : len(rows) * (rank + 1) // world]
+    batch = torch.tensor(mine, device=device)
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    start = 0.0
+    for step in range(WARMUP + args.steps):
+        if step == WARMUP:
+            start = time.perf_counter()
+        logits = model(inputs)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        loss = -logprobs.gather(-1, targets[..., None]).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        float(loss)
+    return time.perf_counter() - start
+
+
+def _worker(args: argparse.Namespace) -> None:
+    import anyio
+
+    elapsed = anyio.run(_kitchen, args) if args.worker == "kitchen" else _plain(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"steps_per_s": args.steps / elapsed}), flush=True)
+    os._exit(0)  # no process-group teardown to wait for
+
+
+def _launch(args: argparse.Namespace, variant: str, nproc: int) -> float:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        __file__,
+        f"--worker={variant}",
+        f"--steps={args.steps}",
+        f"--batch={args.batch}",
+        f"--width={args.width}",
+        f"--device={args.device}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    return float(json.loads(lines[-1])["steps_per_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=16, help="global batch (sequences)")
+    parser.add_argument("--width", type=int, default=128, help="d_model")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--nproc", type=int, default=2, help="processes of the wide variant")
+    parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--worker", choices=("kitchen", "plain"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        _worker(args)
+        return
+    if args.quick:
+        args.steps, args.batch, args.width = 2, 4, 32
+    figures = {
+        (variant, nproc): _launch(args, variant, nproc)
+        for nproc in (1, args.nproc)
+        for variant in ("kitchen", "plain")
+    }
+    print(
+        f"model d_model={args.width} n_layers=2, global batch {args.batch} x {SEQ_LEN} tokens, "
+        f"{args.steps} steps, device {args.device}"
+    )
+    for (variant, nproc), rate in figures.items():
+        print(f"  {variant:8s} {nproc} process(es): {rate:7.2f} steps/s")
+    for variant in ("kitchen", "plain"):
+        ratio = figures[variant, args.nproc] / figures[variant, 1]
+        print(f"  {variant:8s} {args.nproc} / 1 processes: {ratio:.2f}x")
+    for nproc in (1, args.nproc):
+        ratio = figures["kitchen", nproc] / figures["plain", nproc]
+        print(f"  kitchen / plain DDP at {nproc} process(es): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
