@@ -177,11 +177,12 @@ def discard(adapters: Adapters) -> None:
 
 
 def model_config(validated: Any) -> ModelConfig:
-    """The architecture the local training client builds (the preset, the tokenizer's vocab)."""
+    """The architecture the local training client builds (the preset, the tokenizer's vocab;
+    a preset's default tokenizer is the byte one)."""
     from crucible_kitchen.adapters.local_torch import LocalTokenizer
     from crucible_kitchen.adapters.local_torch._config import preset
 
-    vocab = LocalTokenizer.named(validated.tokenizer).vocab_size
+    vocab = LocalTokenizer.named(validated.tokenizer or "byte").vocab_size
     return preset(validated.model, vocab_size=vocab, device=validated.device)
 
 
