@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crucible_kitchen.adapters.local_torch._checkpoint import MANIFEST_FILE
 from crucible_kitchen.adapters.local_torch._evaluator import ArithmeticEvaluator
 from crucible_kitchen.adapters.local_torch._gguf import cached_gguf_model, is_gguf_file
-from crucible_kitchen.adapters.local_torch._hf_checkpoint import is_hf_model_dir
 from crucible_kitchen.adapters.local_torch._renderer import LocalRenderer
 from crucible_kitchen.adapters.local_torch._sampling_client import (
     DEFAULT_MAX_BATCH,
@@ -134,12 +132,7 @@ def local_torch_adapters(
         "evaluator": ArithmeticEvaluator(local_renderer),
     }
     if teacher is not None:
-        load_teacher = (
-            LocalTorchSamplingClient.from_pretrained
-            if is_hf_model_dir(teacher) and not (Path(teacher) / MANIFEST_FILE).is_file()
-            else LocalTorchSamplingClient.from_checkpoint
-        )
-        ports["teacher_sampling_client"] = load_teacher(
+        ports["teacher_sampling_client"] = LocalTorchSamplingClient.from_checkpoint(
             teacher,
             local_tokenizer,
             device=device,

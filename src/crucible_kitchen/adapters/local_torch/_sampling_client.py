@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from crucible_kitchen.adapters.local_torch._checkpoint import load_checkpoint, read_manifest
+from crucible_kitchen.adapters.local_torch._checkpoint import (
+    MANIFEST_FILE,
+    load_checkpoint,
+    read_manifest,
+)
 from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
-from crucible_kitchen.adapters.local_torch._hf_checkpoint import load_hf_weights, read_hf_model
+from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
+    is_hf_model_dir,
+    load_hf_weights,
+    read_hf_model,
+)
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
@@ -126,83 +134,20 @@ class LocalTorchSamplingClient:
         threads: Threads = "auto",
         max_batch: int = DEFAULT_MAX_BATCH,
     ) -> LocalTorchSamplingClient:
-        """A client over the weights of a checkpoint, rebuilt from its manifest's config.
+        """A frozen client over the weights of a checkpoint (rebuilt from its manifest's
+        config), or of a Hugging Face model directory (float32 on CPU, the directory's dtype
+        on CUDA).
 
         Reads the disk synchronously.
 
         Raises:
             CheckpointError: the checkpoint is missing, corrupt, or saved with another
-                tokenizer.
+                tokenizer; the model directory cannot be loaded (PretrainedModelError).
+            ConfigError: the tokenizer has more ids than the model directory's model.
         """
-        manifest = read_manifest(path)
-        saved = (manifest.user_payload or {}).get("tokenizer_id")
-        if saved is not None and saved != tokenizer.tokenizer_id:
-            raise CheckpointMismatch(
-                f"{path}: saved with tokenizer {saved}, not {tokenizer.tokenizer_id}",
-                path=str(path),
-                differences=[
-                    f"tokenizer_id: checkpoint {saved!r}, given {tokenizer.tokenizer_id!r}"
-                ],
-            )
-        identity = manifest.config
-        try:
-            config = ModelConfig(**identity["model"], device=device)
-            lora = identity.get("lora")
-            lora_config = (
-                None if lora is None else LoraConfig(**{**lora, "targets": tuple(lora["targets"])})
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointMismatch(
-                f"{path}: the manifest's config cannot be rebuilt: {exc}",
-                path=str(path),
-                differences=[f"config: {exc}"],
-            ) from exc
-        model = build_model(config, seed=0)
-        if lora_config is not None:
-            apply_lora(model, lora_config)
-        load_checkpoint(path, model=model)
-        merge_lora(model)
-        model.requires_grad_(False)
-        return cls(
-            model,
-            tokenizer,
-            seed=derive_seed(seed, f"sampler:{Path(path).name}"),
-            default_max_tokens=default_max_tokens,
-            threads=threads,
-            max_batch=max_batch,
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike[str],
-        tokenizer: LocalTokenizer,
-        *,
-        device: str = "cpu",
-        seed: int = 0,
-        default_max_tokens: int = 128,
-        threads: Threads = "auto",
-        max_batch: int = DEFAULT_MAX_BATCH,
-    ) -> LocalTorchSamplingClient:
-        """A client over the weights of a Hugging Face model directory (float32 on CPU, the
-        directory's dtype on CUDA), frozen.
-
-        Reads the disk synchronously.
-
-        Raises:
-            PretrainedModelError: the directory cannot be loaded.
-            ConfigError: the tokenizer has more ids than the model.
-        """
-        pretrained = read_hf_model(path, device=device, config_dtype=True)
-        if tokenizer.vocab_size > pretrained.config.vocab_size:
-            raise ConfigError(
-                [
-                    f"{path}: the tokenizer has {tokenizer.vocab_size} ids, the model only "
-                    f"{pretrained.config.vocab_size}"
-                ],
-                source="local torch teacher",
-            )
-        model = build_model(pretrained.config, seed=0, weights=load_hf_weights(pretrained))
+        is_model_dir = is_hf_model_dir(path) and not (Path(path) / MANIFEST_FILE).is_file()
+        load = _pretrained_weights if is_model_dir else _checkpoint_weights
+        model = load(path, tokenizer, device)
         model.requires_grad_(False)
         return cls(
             model,
@@ -424,3 +369,52 @@ def _sequence(generated: GeneratedSequence) -> SampledSequence:
         logprobs=generated.logprobs,
         stop_reason=generated.stop_reason,
     )
+
+
+def _checkpoint_weights(
+    path: str | os.PathLike[str], tokenizer: LocalTokenizer, device: str
+) -> Transformer:
+    """The model of a checkpoint, its LoRA merged."""
+    manifest = read_manifest(path)
+    saved = (manifest.user_payload or {}).get("tokenizer_id")
+    if saved is not None and saved != tokenizer.tokenizer_id:
+        raise CheckpointMismatch(
+            f"{path}: saved with tokenizer {saved}, not {tokenizer.tokenizer_id}",
+            path=str(path),
+            differences=[f"tokenizer_id: checkpoint {saved!r}, given {tokenizer.tokenizer_id!r}"],
+        )
+    identity = manifest.config
+    try:
+        config = ModelConfig(**identity["model"], device=device)
+        lora = identity.get("lora")
+        lora_config = (
+            None if lora is None else LoraConfig(**{**lora, "targets": tuple(lora["targets"])})
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointMismatch(
+            f"{path}: the manifest's config cannot be rebuilt: {exc}",
+            path=str(path),
+            differences=[f"config: {exc}"],
+        ) from exc
+    model = build_model(config, seed=0)
+    if lora_config is not None:
+        apply_lora(model, lora_config)
+    load_checkpoint(path, model=model)
+    merge_lora(model)
+    return model
+
+
+def _pretrained_weights(
+    path: str | os.PathLike[str], tokenizer: LocalTokenizer, device: str
+) -> Transformer:
+    """The model of a Hugging Face model directory."""
+    pretrained = read_hf_model(path, device=device, config_dtype=True)
+    if tokenizer.vocab_size > pretrained.config.vocab_size:
+        raise ConfigError(
+            [
+                f"{path}: the tokenizer has {tokenizer.vocab_size} ids, the model only "
+                f"{pretrained.config.vocab_size}"
+            ],
+            source="local torch teacher",
+        )
+    return build_model(pretrained.config, seed=0, weights=load_hf_weights(pretrained))
