@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     import tinker
+
     from crucible_kitchen.adapters.tinker._session import TinkerSession
     from crucible_kitchen.ports import Tokenizer
 

@@ -6,8 +6,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio.to_thread
-
 import tinker
+
 from crucible_kitchen.adapters.tinker._errors import translated
 from crucible_kitchen.adapters.tinker._futures import in_sdk_context
 

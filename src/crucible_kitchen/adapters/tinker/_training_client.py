@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     import tinker
+
     from crucible_kitchen.adapters.tinker._sampling_client import TinkerSamplingClient
     from crucible_kitchen.adapters.tinker._session import TinkerSession
     from crucible_kitchen.ports import (

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from crucible_kitchen.errors import ConfigError
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Mapping, Sequence
 
 __all__ = ("TinkerSettings",)
@@ -25,6 +26,12 @@ class TinkerSettings:
       ``{client name: key}``. Without a key only loopback peers are served, with any key.
     - ``base_models``: the ``base_model`` names a client may train or sample: local torch
       presets (``tiny``, ``small``, ...).
+    - ``models``: more ``base_model`` names, each a local Hugging Face model directory
+      (``config.json``, safetensors weights and its tokenizer files) loaded by local torch,
+      with LoRA over it, sampled with its own tokenizer (and EOS). ``get_info`` gives the
+      directory's absolute path as the tokenizer id, so the SDK's
+      ``TrainingClient.get_tokenizer()`` loads it from disk; name a model by its directory
+      path for ``SamplingClient.get_tokenizer()`` and tinker-cookbook's ``get_tokenizer`` too.
     - ``base_seed``: seeds every base model's weights, so all runs of one base model start
       from the same weights (the LoRA seed of a request seeds only the adapters).
     - ``device``, ``tokenizer``, ``threads``, ``default_max_tokens``: as for
@@ -46,6 +53,7 @@ class TinkerSettings:
     root: str | os.PathLike[str] | None = None
     api_key: str | Mapping[str, str] | None = None
     base_models: Sequence[str] = ("tiny", "small", "medium", "base", "large")
+    models: Mapping[str, str | os.PathLike[str]] = field(default_factory=dict)
     base_seed: int = 0
     device: str = "cpu"
     tokenizer: Literal["byte", "bpe"] = "byte"
@@ -63,8 +71,16 @@ class TinkerSettings:
         problems += [
             f"{name}: a key must not be empty" for name, k in (keys or {}).items() if not k
         ]
-        if not self.base_models:
+        if not self.base_models and not self.models:
             problems.append("base_models: name at least one")
+        for name, directory in self.models.items():
+            if not name or name in self.base_models:
+                problems.append(f"models: {name!r} must be a new, non-empty base_model name")
+            if not (Path(directory) / "config.json").is_file():
+                problems.append(
+                    f"models.{name}: {os.fspath(directory)!r} is not a Hugging Face model "
+                    "directory (no config.json)"
+                )
         for name in ("default_max_tokens", "max_queue", "max_chunk_datums", "max_body_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
@@ -76,3 +92,13 @@ class TinkerSettings:
             problems.append(f"tokenizer: 'byte' or 'bpe', got {self.tokenizer!r}")
         if problems:
             raise ConfigError(problems, source="tinker server settings")
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """Every ``base_model`` name served: the presets, then the model directories."""
+        return (*self.base_models, *self.models)
+
+    def model_directory(self, base_model: str) -> Path | None:
+        """The absolute directory of a ``models`` entry; ``None`` for a preset."""
+        directory = self.models.get(base_model)
+        return None if directory is None else Path(directory).absolute()
