@@ -115,7 +115,9 @@ class TinkerServer:
 
     def __init__(self, settings: TinkerSettings) -> None:
         self.settings = settings
-        self.futures = FutureTable()
+        self.futures = FutureTable(
+            ttl_s=settings.future_ttl_s, max_finished=settings.max_finished_futures
+        )
         self._preset_tokenizer = LocalTokenizer.named(settings.tokenizer)
         self._model_tokenizers: dict[str, LocalTokenizer] = {}
         self._root: Path | None = None if settings.root is None else Path(settings.root)

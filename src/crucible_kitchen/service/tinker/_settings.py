@@ -40,6 +40,9 @@ class TinkerSettings:
       it a submission gets HTTP 429 (the SDK backs off and re-sends).
     - ``poll_s``: how long ``retrieve_future`` holds a poll open before ``try_again`` (the
       SDK's own timeout is 45 s).
+    - ``future_ttl_s``, ``max_finished_futures``: a finished request's outcome is kept for
+      ``retrieve_future`` this long (seconds), retrieved or not, and at most this many are
+      kept (the oldest go first); a poll for a dropped one gets 404.
     - ``max_chunk_datums``: the SDK splits a forward-backward call into requests of at most
       this many datums (sent concurrently, started in order).
     - ``max_body_bytes``: a larger request body is refused with 413.
@@ -61,6 +64,8 @@ class TinkerSettings:
     default_max_tokens: int = 128
     max_queue: int = 64
     poll_s: float = 25.0
+    future_ttl_s: float = 3600.0
+    max_finished_futures: int = 65536
     max_chunk_datums: int = 1024
     max_body_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 30.0
@@ -81,11 +86,19 @@ class TinkerSettings:
                     f"models.{name}: {os.fspath(directory)!r} is not a Hugging Face model "
                     "directory (no config.json)"
                 )
-        for name in ("default_max_tokens", "max_queue", "max_chunk_datums", "max_body_bytes"):
+        for name in (
+            "default_max_tokens",
+            "max_queue",
+            "max_chunk_datums",
+            "max_body_bytes",
+            "max_finished_futures",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not 0 < self.poll_s < 45:
             problems.append(f"poll_s: must be in (0, 45) seconds (the SDK's), got {self.poll_s}")
+        if not self.future_ttl_s > 0:
+            problems.append(f"future_ttl_s: must be more than 0, got {self.future_ttl_s}")
         if not self.shutdown_grace_s > 0:
             problems.append(f"shutdown_grace_s: must be more than 0, got {self.shutdown_grace_s}")
         if self.tokenizer not in ("byte", "bpe"):
