@@ -376,7 +376,8 @@ class TinkerTrainingClient:
 
         Creates the server-side model from the checkpoint, then sends every later request
         to it; returns once it exists (the requests before it have been applied by then).
-        ``path`` is a ``tinker://`` path, or a directory where this client recorded one.
+        ``path`` is a ``tinker://`` path or, with a ``checkpoint_dir``, a directory where
+        this client recorded one.
 
         Raises:
             ResourceNotFound: the server holds no checkpoint at the ``tinker://`` path, or
@@ -391,7 +392,7 @@ class TinkerTrainingClient:
             return found
         record: Path | None = None
         tinker_path = path
-        if not path.startswith("tinker://"):
+        if self._records is not None and not path.startswith("tinker://"):
             record, remote = await anyio.to_thread.run_sync(self._record, method, path)
             tinker_path = remote.tinker_path
         async with self._order:
@@ -506,11 +507,8 @@ def _invalid(method: str, message: str) -> InvalidRequest:
 
 def _gone(record: Path, tinker_path: str, cause: Exception | None = None) -> CheckpointCorrupted:
     """The error of a recorded checkpoint the server no longer holds or cannot load."""
-    why = (
-        "no longer holds it"
-        if cause is None or isinstance(cause, ResourceNotFound)
-        else (f"cannot load it: {cause}")
-    )
+    gone = cause is None or isinstance(cause, ResourceNotFound)
+    why = "no longer holds it" if gone else f"cannot load it: {cause}"
     return CheckpointCorrupted(
         f"{record}: records the Tinker checkpoint {tinker_path}, but the server {why}",
         path=str(record),
