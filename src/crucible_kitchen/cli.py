@@ -559,6 +559,14 @@ def _parser() -> argparse.ArgumentParser:
         help="--tinker: the key SDK clients send (default: $TINKER_API_KEY); required off loopback",
     )
     serving.add_argument("--device", default="cpu", help="--tinker: cpu, cuda, cuda:N or auto")
+    serving.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]DIR",
+        help="--tinker: serve a Hugging Face model directory as base_model NAME (default: DIR "
+        "itself, which the SDK's and the cookbook's get_tokenizer load offline); repeatable",
+    )
     converting = commands.add_parser(
         "convert", help="convert a GGUF file into a Hugging Face model directory"
     )
@@ -587,6 +595,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def _served_model(spec: str) -> tuple[str, str]:
+    """``NAME=DIR`` or ``DIR`` (named by itself) of ``--model``."""
+    name, separator, directory = spec.partition("=")
+    return (name, directory) if separator else (spec, spec)
+
+
 def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
@@ -604,6 +618,7 @@ def _command(args: argparse.Namespace) -> int:
                 root=os.path.join(args.root, "tinker"),
                 api_key=args.api_key,
                 device=args.device,
+                models=dict(_served_model(spec) for spec in args.model),
             )
             return EXIT_OK
         if args.command == "serve":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from crucible_kitchen.errors import RegistryError
@@ -197,8 +198,9 @@ class Adapters(Mapping[str, Any]):
         - ``dataset_store``, ``blob_store``, ``model_registry``: filesystem, as for
           :meth:`local_torch`; ``metrics_store``: the in-memory noop store.
 
-        Checkpoints live on the server (``tinker://`` paths), so a run on this set cannot
-        be resumed from its run directory.
+        Checkpoints live on the server (``tinker://`` paths); with a ``run_dir``, each is
+        also recorded under ``run_dir/checkpoints`` with the run's position, so the run can
+        be resumed (``kitchen resume``) against the same server.
 
         Raises:
             ConfigError: an invalid tokenizer.
@@ -206,6 +208,7 @@ class Adapters(Mapping[str, Any]):
         """
         from crucible_kitchen.adapters.local_torch import LocalRenderer, LocalTokenizer
         from crucible_kitchen.adapters.tinker import tinker_adapters
+        from crucible_kitchen.kitchen._run_dir import CHECKPOINTS_DIR
 
         local_tokenizer = LocalTokenizer.named(tokenizer)
         remote = tinker_adapters(
@@ -216,6 +219,7 @@ class Adapters(Mapping[str, Any]):
             seed=seed,
             base_url=base_url,
             api_key=api_key,
+            checkpoint_dir=None if run_dir is None else Path(run_dir) / CHECKPOINTS_DIR,
         )
         backend = {
             **remote,

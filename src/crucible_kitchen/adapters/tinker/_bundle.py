@@ -9,6 +9,8 @@ from crucible_kitchen.adapters.tinker._session import TinkerSession
 from crucible_kitchen.adapters.tinker._training_client import TinkerTrainingClient
 
 if TYPE_CHECKING:
+    import os
+
     from crucible_kitchen.ports import PortName, Tokenizer
 
 __all__ = ("tinker_adapters",)
@@ -23,6 +25,7 @@ def tinker_adapters(
     seed: int | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> dict[PortName, object]:
     """Adapters for ``training_client`` and ``sampling_client`` over one Tinker session.
 
@@ -39,6 +42,8 @@ def tinker_adapters(
         seed: seeds the LoRA weights on the server; ``None`` lets the server choose.
         base_url: the server; ``None`` reads ``TINKER_BASE_URL`` (the SDK's default).
         api_key: ``None`` reads ``TINKER_API_KEY`` (the SDK's default); must start ``tml-``.
+        checkpoint_dir: where the training client records its checkpoints, so that a run
+            can be resumed in a new process (see :class:`TinkerTrainingClient`).
     """
     session = TinkerSession(base_url=base_url, api_key=api_key)
     training_client = TinkerTrainingClient(
@@ -48,6 +53,7 @@ def tinker_adapters(
         seed=seed,
         tokenizer=tokenizer,
         tokenizer_id=tokenizer_id,
+        checkpoint_dir=checkpoint_dir,
     )
     return {
         "training_client": training_client,

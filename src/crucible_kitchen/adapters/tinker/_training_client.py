@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import math
 from concurrent.futures import Future
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
+from crucible_kitchen.adapters.tinker._checkpoints import CheckpointRecords, RecordedSave
 from crucible_kitchen.adapters.tinker._convert import (
     adam_to_sdk,
     cross_entropy_data,
@@ -26,9 +28,16 @@ from crucible_kitchen.adapters.tinker._futures import (
     wait_for,
 )
 from crucible_kitchen.adapters.tinker._tokenizer import HfTokenizer
-from crucible_kitchen.errors import InvalidRequest, PermanentBackendError
+from crucible_kitchen.errors import (
+    CheckpointCorrupted,
+    InvalidRequest,
+    PermanentBackendError,
+    ResourceNotFound,
+)
 from crucible_kitchen.ports import (
+    CHECKPOINT_PAYLOAD,
     LOSS_FN_INPUTS,
+    SAVE_STATE_WITH_PAYLOAD,
     AdamParams,
     CustomLossOutput,
     Datum,
@@ -39,13 +48,17 @@ from crucible_kitchen.ports import (
 )
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable, Mapping, Sequence
 
     import tinker
 
+    from crucible_kitchen.adapters.tinker._checkpoints import RemoteCheckpoint
     from crucible_kitchen.adapters.tinker._sampling_client import TinkerSamplingClient
     from crucible_kitchen.adapters.tinker._session import TinkerSession
     from crucible_kitchen.ports import (
+        BackendFuture,
+        Capabilities,
         CustomLossFn,
         LossFnType,
         ModelInfo,
@@ -76,6 +89,12 @@ class TinkerTrainingClient:
     it, so order is kept. ``load_state`` swaps in a new server-side model created from the
     checkpoint (the SDK's ``create_training_client_from_state[_with_optimizer]``).
 
+    With a ``checkpoint_dir``, each ``save_state`` is also recorded there (see
+    ``_checkpoints``) with the ``user_payload`` given, so a run can be resumed in a new
+    process: the client then declares ``SAVE_STATE_WITH_PAYLOAD`` and
+    ``CHECKPOINT_PAYLOAD``, and ``load_state`` takes a record directory as well as a
+    ``tinker://`` path.
+
     Args:
         session: the connection (base URL, API key) shared with the sampling clients.
         base_model: the server's name of the model to fine-tune.
@@ -87,6 +106,8 @@ class TinkerTrainingClient:
             a model whose info names another tokenizer is refused with
             :class:`~crucible_kitchen.errors.PermanentBackendError` (its token ids would mean
             other text).
+        checkpoint_dir: where ``save_state`` records its checkpoints (a run directory's
+            ``checkpoints``); ``None`` records nothing.
     """
 
     def __init__(
@@ -98,6 +119,7 @@ class TinkerTrainingClient:
         seed: int | None = None,
         tokenizer: Tokenizer | None = None,
         tokenizer_id: str | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if lora_rank < 1:
             raise InvalidRequest(
@@ -109,6 +131,7 @@ class TinkerTrainingClient:
         self._seed = seed
         self._tokenizer = tokenizer
         self._tokenizer_id = tokenizer_id
+        self._records = None if checkpoint_dir is None else CheckpointRecords(Path(checkpoint_dir))
         self._client: tinker.TrainingClient | None = None
         self._ledger = RequestLedger(_PORT)
         self._order = anyio.Lock()  # held while a request is being put in line
@@ -169,6 +192,48 @@ class TinkerTrainingClient:
         if request_id is not None and digest is not None:
             self._ledger.record(method, request_id, digest, future)
         return future
+
+    # ---------------------------------------------------------------------------------------
+    # Checkpoints a new process can resume from
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """With a ``checkpoint_dir``: :data:`~crucible_kitchen.ports.SAVE_STATE_WITH_PAYLOAD`
+        (:meth:`save_state` with ``user_payload``) and
+        :data:`~crucible_kitchen.ports.CHECKPOINT_PAYLOAD` (:meth:`checkpoint_payload`)."""
+        if self._records is None:
+            return {}
+        return {
+            SAVE_STATE_WITH_PAYLOAD: lambda: self.save_state,
+            CHECKPOINT_PAYLOAD: lambda: self.checkpoint_payload,
+        }
+
+    async def checkpoint_payload(self, path: str) -> dict[str, Any] | None:
+        """The ``user_payload`` recorded with the checkpoint at ``path`` (a record directory
+        or the ``tinker://`` path), once the server confirms it still holds the checkpoint.
+
+        Raises:
+            ResourceNotFound: no checkpoint is recorded at ``path``.
+            CheckpointCorrupted: the record is unreadable, or the server no longer holds
+                the checkpoint it names.
+            BackendError: the server could not be asked (translated).
+        """
+        record, remote = await anyio.to_thread.run_sync(self._record, "checkpoint_payload", path)
+        await self._require_remote(record, remote.tinker_path, "checkpoint_payload")
+        return remote.user_payload
+
+    def _record(self, operation: str, path: str) -> tuple[Path, RemoteCheckpoint]:
+        if self._records is None:
+            raise _invalid(operation, "this client records no checkpoints (no checkpoint_dir)")
+        return self._records.read(path)
+
+    async def _require_remote(self, record: Path, tinker_path: str, operation: str) -> None:
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self._session.require_weights(tinker_path, operation=operation)
+            )
+        except ResourceNotFound as exc:
+            raise _gone(record, tinker_path) from exc
 
     # ---------------------------------------------------------------------------------------
     # The port
@@ -277,20 +342,32 @@ class TinkerTrainingClient:
             digest=fingerprint(_PORT, method, adam_params),
         )
 
-    async def save_state(self, name: str, *, request_id: str) -> TinkerFuture[SaveStateResponse]:
+    async def save_state(
+        self, name: str, *, request_id: str, user_payload: Mapping[str, Any] | None = None
+    ) -> BackendFuture[SaveStateResponse]:
         """See :meth:`crucible_kitchen.ports.TrainingClient.save_state`.
 
-        The path is the server's ``tinker://<run>/weights/<name>``.
+        The path is the server's ``tinker://<run>/weights/<name>``. With a
+        ``checkpoint_dir``, the result comes once the checkpoint is also recorded there,
+        with ``user_payload`` (a JSON object); without one, a payload is refused.
+
+        Raises:
+            InvalidRequest: a bad name, or a payload and no ``checkpoint_dir``.
         """
         method = "save_state"
         _check_name(method, name)
-        return await self._submit(
+        if user_payload is not None and self._records is None:
+            raise _invalid(method, "a user_payload needs a checkpoint_dir to record it in")
+        saved = await self._submit(
             method,
             lambda client: client.save_state(name).future(),
             lambda response: SaveStateResponse(path=response.path),
             request_id=request_id,
-            digest=fingerprint(_PORT, method, name),
+            digest=fingerprint(_PORT, method, (name, user_payload)),
         )
+        if self._records is None:
+            return saved
+        return RecordedSave(saved, self._records, user_payload)
 
     async def load_state(
         self, path: str, *, with_optimizer: bool = True, request_id: str
@@ -299,21 +376,38 @@ class TinkerTrainingClient:
 
         Creates the server-side model from the checkpoint, then sends every later request
         to it; returns once it exists (the requests before it have been applied by then).
+        ``path`` is a ``tinker://`` path or, with a ``checkpoint_dir``, a directory where
+        this client recorded one.
+
+        Raises:
+            ResourceNotFound: the server holds no checkpoint at the ``tinker://`` path, or
+                nothing is recorded in the directory.
+            CheckpointCorrupted: the record is unreadable, or the server no longer holds
+                (or cannot load) the checkpoint it names.
         """
         method = "load_state"
         digest = fingerprint(_PORT, method, (path, with_optimizer))
         found = self._ledger.find(method, request_id, digest)
         if found is not None:
             return found
+        record: Path | None = None
+        tinker_path = path
+        if self._records is not None and not path.startswith("tinker://"):
+            record, remote = await anyio.to_thread.run_sync(self._record, method, path)
+            tinker_path = remote.tinker_path
         async with self._order:
             if self._last is not None:  # the old model's requests finish first
                 with contextlib.suppress(Exception):  # their own futures report failures
                     await wait_for(self._last)
-            self._client = self._checked(
-                await self._session.create_training_client_from_state(
-                    path, with_optimizer=with_optimizer, request_id=request_id
+            try:
+                created = await self._session.create_training_client_from_state(
+                    tinker_path, with_optimizer=with_optimizer, request_id=request_id
                 )
-            )
+            except (ResourceNotFound, InvalidRequest) as exc:
+                if record is None:
+                    raise
+                raise _gone(record, tinker_path, exc) from exc
+            self._client = self._checked(created)
         done: Future[Any] = _done_future(LoadStateResponse(path=path))
         future = TinkerFuture(done, lambda response: response, port=_PORT, operation=method)
         return self._ledger.record(method, request_id, digest, future)
@@ -409,6 +503,16 @@ class TinkerTrainingClient:
 
 def _invalid(method: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"{method}: {message}", port=_PORT, operation=method)
+
+
+def _gone(record: Path, tinker_path: str, cause: Exception | None = None) -> CheckpointCorrupted:
+    """The error of a recorded checkpoint the server no longer holds or cannot load."""
+    gone = cause is None or isinstance(cause, ResourceNotFound)
+    why = "no longer holds it" if gone else f"cannot load it: {cause}"
+    return CheckpointCorrupted(
+        f"{record}: records the Tinker checkpoint {tinker_path}, but the server {why}",
+        path=str(record),
+    )
 
 
 def _check_name(method: str, name: str) -> None:

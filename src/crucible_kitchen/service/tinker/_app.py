@@ -262,7 +262,7 @@ async def _capabilities(request: web.Request) -> web.Response:
     server = _server(request)
     models = [
         {"model_name": name, "trainable": True, "sampleable": True}
-        for name in server.settings.base_models
+        for name in server.settings.served_models
     ]
     return _json({"supported_models": models})
 

@@ -4,17 +4,22 @@ Every accepted request gets a request id at once; its outcome (a reply body or a
 is set when it finishes. A poll waits for the outcome up to the poll timeout, then the
 client is told to try again. An outcome stays until it has been retrieved and
 ``retain`` younger outcomes have been retrieved after it, so a poll whose reply was lost
-can be repeated.
+can be repeated. Outcomes nobody retrieves do not stay for ever: each expires ``ttl_s``
+seconds after it was set, and past ``max_finished`` outcomes the oldest go first.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections import deque
-from typing import Final, Literal
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Final, Literal
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ("ErrorCategory", "Failure", "FutureTable", "Reply")
 
@@ -53,12 +58,30 @@ class _Entry:
 
 
 class FutureTable:
-    """Request ids and their outcomes, for long-polling."""
+    """Request ids and their outcomes, for long-polling.
 
-    def __init__(self, *, retain: int = 1024) -> None:
+    Args:
+        retain: retrieved outcomes kept for a repeated poll.
+        ttl_s: an outcome is dropped this long after it was set, retrieved or not.
+        max_finished: at most this many outcomes are kept; past it, the oldest go.
+        clock: seconds, monotonic (``time.monotonic``; tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        *,
+        retain: int = 1024,
+        ttl_s: float = 3600.0,
+        max_finished: int = 65536,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._entries: dict[str, _Entry] = {}
         self._retrieved: deque[str] = deque()
+        self._finished: OrderedDict[str, float] = OrderedDict()  # oldest outcome first
         self._retain = retain
+        self._ttl_s = ttl_s
+        self._max_finished = max_finished
+        self._clock = clock
         self._prefix = os.urandom(4).hex()
         self._counter = itertools.count(1)
 
@@ -71,7 +94,8 @@ class FutureTable:
         return sum(entry.outcome is None for entry in self._entries.values())
 
     def create(self) -> str:
-        """A new request id, its outcome pending."""
+        """A new request id, its outcome pending; expired outcomes are dropped first."""
+        self.expire()
         request_id = f"req-{self._prefix}-{next(self._counter)}"
         self._entries[request_id] = _Entry()
         return request_id
@@ -82,6 +106,21 @@ class FutureTable:
         if entry is not None and entry.outcome is None:
             entry.outcome = outcome
             entry.done.set()
+            self._finished[request_id] = self._clock()
+            self.expire()
+
+    def expire(self) -> int:
+        """Drop the outcomes set more than ``ttl_s`` ago, then the oldest past
+        ``max_finished``; how many were dropped. Requests not finished are never dropped."""
+        now = self._clock()
+        dropped = 0
+        for request_id, finished in list(self._finished.items()):
+            if now - finished <= self._ttl_s and len(self._finished) <= self._max_finished:
+                break
+            del self._finished[request_id]
+            del self._entries[request_id]
+            dropped += 1
+        return dropped
 
     def fail_unfinished(self, message: str) -> int:
         """Fail every request without an outcome (a server error); how many there were."""
@@ -108,5 +147,7 @@ class FutureTable:
         if entry.outcome is not None:
             self._retrieved.append(request_id)
             while len(self._retrieved) > self._retain:
-                self._entries.pop(self._retrieved.popleft(), None)
+                retrieved = self._retrieved.popleft()
+                self._entries.pop(retrieved, None)
+                self._finished.pop(retrieved, None)
         return entry.outcome

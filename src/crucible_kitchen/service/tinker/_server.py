@@ -116,8 +116,11 @@ class TinkerServer:
 
     def __init__(self, settings: TinkerSettings) -> None:
         self.settings = settings
-        self.futures = FutureTable()
-        self._tokenizer = LocalTokenizer.named(settings.tokenizer)
+        self.futures = FutureTable(
+            ttl_s=settings.future_ttl_s, max_finished=settings.max_finished_futures
+        )
+        self._preset_tokenizer = LocalTokenizer.named(settings.tokenizer)
+        self._model_tokenizers: dict[str, LocalTokenizer] = {}
         self._root: Path | None = None if settings.root is None else Path(settings.root)
         self._sessions: dict[str, _Session] = {}
         self._models: dict[str, _Model] = {}
@@ -249,12 +252,36 @@ class TinkerServer:
         self._creating[model_id] = request_id
         return request_id
 
-    async def _new_model(self, session: _Session, model_id: str, record: RunRecord) -> _Model:
-        if record.base_model not in self.settings.base_models:
+    def _check_served(self, base_model: str) -> None:
+        if base_model not in self.settings.served_models:
             raise invalid(
-                f"base_model {record.base_model!r} is not served here; "
-                f"served: {', '.join(self.settings.base_models)}"
+                f"base_model {base_model!r} is not served here; "
+                f"served: {', '.join(self.settings.served_models)}"
             )
+
+    def _source(self, base_model: str) -> str:
+        """What local torch loads for ``base_model``: a preset name or a model directory."""
+        directory = self.settings.model_directory(base_model)
+        return base_model if directory is None else str(directory)
+
+    def _tokenizer(self, base_model: str) -> LocalTokenizer:
+        """``base_model``'s tokenizer: a model directory's own (read once, from disk), else
+        the presets' one."""
+        directory = self.settings.model_directory(base_model)
+        if directory is None:
+            return self._preset_tokenizer
+        if base_model not in self._model_tokenizers:
+            self._model_tokenizers[base_model] = LocalTokenizer.hf(directory)
+        return self._model_tokenizers[base_model]
+
+    def _tokenizer_id(self, base_model: str) -> str:
+        """What the SDK's ``get_tokenizer`` loads: a model directory's path (transformers'
+        ``AutoTokenizer`` reads it offline), else the presets' tokenizer id."""
+        directory = self.settings.model_directory(base_model)
+        return self._preset_tokenizer.tokenizer_id if directory is None else str(directory)
+
+    async def _new_model(self, session: _Session, model_id: str, record: RunRecord) -> _Model:
+        self._check_served(record.base_model)
         targets = (("q", "k", "v", "o") if record.train_attn else ()) + (
             ("gate", "up", "down") if record.train_mlp else ()
         )
@@ -269,10 +296,10 @@ class TinkerServer:
             directory.mkdir(parents=True, exist_ok=True)
             _write_json(directory / _RUN_FILE, record)
             return LocalTorchTrainingClient(
-                model=record.base_model,
+                model=self._source(record.base_model),
                 seed=self.settings.base_seed,
                 lora=LoraConfig(rank=record.lora_rank, seed=record.lora_seed, targets=targets),
-                tokenizer=self._tokenizer,
+                tokenizer=self._tokenizer(record.base_model),
                 device=self.settings.device,
                 checkpoint_dir=directory,
                 default_max_tokens=self.settings.default_max_tokens,
@@ -319,7 +346,7 @@ class TinkerServer:
             "model_data": {
                 "arch": _ARCH,
                 "model_name": record.base_model,
-                "tokenizer_id": self._tokenizer.tokenizer_id,
+                "tokenizer_id": self._tokenizer_id(record.base_model),
             },
             "is_lora": True,
             "lora_rank": record.lora_rank,
@@ -561,15 +588,13 @@ class TinkerServer:
                     await owner.client.create_sampling_client(str(directory))
                 )
             record = await anyio.to_thread.run_sync(self._read_record, run_id)
-            client = await anyio.to_thread.run_sync(self._sampler_from_checkpoint, directory)
+            client = await anyio.to_thread.run_sync(
+                self._sampler_from_checkpoint, directory, record.base_model
+            )
             return record.base_model, client
         if base_model is None:
             raise invalid("give a model_path or a base_model")
-        if base_model not in self.settings.base_models:
-            raise invalid(
-                f"base_model {base_model!r} is not served here; "
-                f"served: {', '.join(self.settings.base_models)}"
-            )
+        self._check_served(base_model)
         if base_model not in self._base_samplers:
             self._base_samplers[base_model] = await anyio.to_thread.run_sync(
                 self._base_sampler, base_model
@@ -578,10 +603,10 @@ class TinkerServer:
 
     def _base_sampler(self, base_model: str) -> LocalTorchSamplingClient:
         adapters = local_torch_adapters(
-            model=base_model,
+            model=self._source(base_model),
             seed=self.settings.base_seed,
             device=self.settings.device,
-            tokenizer=self._tokenizer,
+            tokenizer=self._tokenizer(base_model),
             default_max_tokens=self.settings.default_max_tokens,
             threads=self.settings.threads,
         )
@@ -589,10 +614,12 @@ class TinkerServer:
         assert isinstance(client, LocalTorchSamplingClient)
         return client
 
-    def _sampler_from_checkpoint(self, directory: Path) -> LocalTorchSamplingClient:
+    def _sampler_from_checkpoint(
+        self, directory: Path, base_model: str
+    ) -> LocalTorchSamplingClient:
         return LocalTorchSamplingClient.from_checkpoint(
             directory,
-            self._tokenizer,
+            self._tokenizer(base_model),
             device=self.settings.device,
             seed=self.settings.base_seed,
             default_max_tokens=self.settings.default_max_tokens,
