@@ -56,6 +56,7 @@ from crucible_kitchen.adapters.local_torch import (
     parameter_count,
 )
 from crucible_kitchen.adapters.local_torch._config import enable_determinism, preset
+from crucible_kitchen.adapters.local_torch._hf_checkpoint import read_hf_model
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._trainer import StepOptions, Trainer
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
@@ -91,22 +92,10 @@ def _interleaved(
 
 
 def config_from_model_dir(path: Path, device: str) -> ModelConfig:
-    """Our architecture for a Hugging Face ``config.json`` (Llama-style decoders)."""
-    hf = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=hf["num_attention_heads"],
-        n_kv_heads=hf.get("num_key_value_heads"),
-        d_ff=hf["intermediate_size"],
-        max_seq_len=hf.get("max_position_embeddings", 2048),
-        rope_theta=float(hf.get("rope_theta", 10_000.0)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        dtype="bfloat16" if device != "cpu" else "float32",
-        device=device,
-    )
+    """The architecture of a Hugging Face model directory, as the backend reads it (bfloat16
+    on a GPU). The weights are not loaded: their values do not change a step's speed."""
+    config = read_hf_model(path, device=device).config
+    return dataclasses.replace(config, dtype="bfloat16" if device != "cpu" else "float32")
 
 
 def _plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor):  # type: ignore[no-untyped-def]
