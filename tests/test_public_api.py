@@ -240,6 +240,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "check_adapter",
         "check_blob_key",
         "declared_capabilities",
+        "request_fingerprint",
     ),
     "crucible_kitchen.recipes": (
         "AdamConfig",

@@ -8,7 +8,8 @@ Conventions every port follows:
 - Calls that reach a training or sampling backend return a :class:`BackendFuture` at once, so
   a workflow can keep several requests in flight; other ports' calls are awaited directly.
 - Every mutating call takes a keyword ``request_id``. Adapters deduplicate on it: a re-sent
-  request gets the first one's result and its effect is applied once.
+  request gets the first one's result and its effect is applied once
+  (:func:`request_fingerprint` tells a re-sent request from a conflicting one).
 - Backend failures are :class:`~crucible_kitchen.errors.BackendError` subclasses; foreign
   exceptions are translated at the adapter's edge.
 
@@ -98,6 +99,7 @@ from crucible_kitchen.ports._types import TokensWithLogprobs as TokensWithLogpro
 from crucible_kitchen.ports._types import TrainOnWhat as TrainOnWhat
 from crucible_kitchen.ports._types import Trajectory as Trajectory
 from crucible_kitchen.ports._types import Transition as Transition
+from crucible_kitchen.ports._types import request_fingerprint as request_fingerprint
 
 __all__ = (
     "CHECKPOINT_DIR",
@@ -172,4 +174,5 @@ __all__ = (
     "check_adapter",
     "check_blob_key",
     "declared_capabilities",
+    "request_fingerprint",
 )

@@ -11,11 +11,14 @@ JSON cannot carry NaN or infinity (msgspec writes ``null``); send tensors holdin
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
+
+from crucible_kitchen.errors import InvalidRequest
 
 __all__ = (
     "LOSS_FN_INPUTS",
@@ -54,6 +57,7 @@ __all__ = (
     "TrainOnWhat",
     "Trajectory",
     "Transition",
+    "request_fingerprint",
 )
 
 _INT64_MIN: Final = -(2**63)
@@ -588,3 +592,21 @@ class EvalResult(msgspec.Struct, frozen=True, kw_only=True):
 
     metrics: dict[str, float]
     num_samples: int
+
+
+_FINGERPRINT_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def request_fingerprint(port: str, method: str, payload: object) -> bytes:
+    """A 16-byte digest of ``payload`` (deterministic msgpack), telling a re-sent request,
+    which gets the first one's result, from a conflicting one under the same id.
+
+    Raises:
+        InvalidRequest: the payload holds values msgpack cannot encode.
+    """
+    try:
+        return hashlib.blake2b(_FINGERPRINT_ENCODER.encode(payload), digest_size=16).digest()
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise InvalidRequest(
+            f"{method}: request cannot be serialised: {exc}", port=port, operation=method
+        ) from exc

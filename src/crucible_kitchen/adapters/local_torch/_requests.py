@@ -26,7 +26,6 @@ applied twice; a successful checkpoint request (``checkpoint=True``) forgets tho
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +34,9 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
-import msgspec
 
 from crucible_kitchen.adapters.local_torch._threads import use_threads
 from crucible_kitchen.errors import (
-    InvalidRequest,
     PermanentBackendError,
     RequestExpired,
     RequestIdConflict,
@@ -52,28 +49,13 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.ports import Capabilities
 
-__all__ = ("CallCounters", "LocalFuture", "RequestQueue", "device_worker", "fingerprint")
+__all__ = ("CallCounters", "LocalFuture", "RequestQueue", "device_worker")
 
 T = TypeVar("T")
 
-_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
 _QUEUED: Final = 0
 _DONE: Final = 1
-
-
-def fingerprint(port: str, method: str, payload: object) -> bytes:
-    """A digest of a request's content, to tell a re-sent request from a conflicting one.
-
-    Raises:
-        InvalidRequest: the payload holds values that msgpack cannot encode.
-    """
-    try:
-        return hashlib.blake2b(_ENCODER.encode(payload), digest_size=16).digest()
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise InvalidRequest(
-            f"{method}: request cannot be serialised: {exc}", port=port, operation=method
-        ) from exc
 
 
 class CallCounters:

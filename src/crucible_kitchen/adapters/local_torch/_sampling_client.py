@@ -18,7 +18,7 @@ from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
 )
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
 from crucible_kitchen.adapters.local_torch._model import build_model
-from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
+from crucible_kitchen.adapters.local_torch._requests import RequestQueue
 from crucible_kitchen.adapters.local_torch._sampling import (
     DecodeBatch,
     DecodeRequest,
@@ -29,7 +29,12 @@ from crucible_kitchen.adapters.local_torch._sampling import (
 from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._translate import translated
 from crucible_kitchen.errors import CheckpointMismatch, ConfigError, InvalidRequest
-from crucible_kitchen.ports import TOPK_PROMPT_LOGPROBS, SampledSequence, SampleResponse
+from crucible_kitchen.ports import (
+    TOPK_PROMPT_LOGPROBS,
+    SampledSequence,
+    SampleResponse,
+    request_fingerprint,
+)
 from crucible_kitchen.training import derive_seed
 
 if TYPE_CHECKING:
@@ -206,7 +211,7 @@ class LocalTorchSamplingClient:
         digest = b""
         if request_id is not None:
             payload = (prompt, num_samples, sampling_params, include_prompt_logprobs)
-            digest = fingerprint(_PORT, method, payload)
+            digest = request_fingerprint(_PORT, method, payload)
         call_number = self._queue.counters.calls[method]
         if sampling_params.seed is not None:
             seed = sampling_params.seed & _SEED_MASK
@@ -252,7 +257,7 @@ class LocalTorchSamplingClient:
         """
         method = "compute_logprobs"
         tokens = self._prompt_tokens(method, prompt, allow_full=True)
-        digest = b"" if request_id is None else fingerprint(_PORT, method, prompt)
+        digest = b"" if request_id is None else request_fingerprint(_PORT, method, prompt)
 
         def work() -> tuple[float | None, ...]:
             with translated(_PORT, method, request_id, atomic=True):
@@ -284,7 +289,7 @@ class LocalTorchSamplingClient:
         tokens = self._prompt_tokens(method, prompt, allow_full=True)
         if type(k) is not int or k < 1:
             raise self._invalid(method, f"k {k!r} must be an int >= 1")
-        digest = b"" if request_id is None else fingerprint(_PORT, method, (prompt, k))
+        digest = b"" if request_id is None else request_fingerprint(_PORT, method, (prompt, k))
         width = min(k, self._tokenizer.vocab_size)
 
         def work() -> TopKLogprobs:

@@ -38,7 +38,7 @@ from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     load_hf_weights,
     read_hf_model,
 )
-from crucible_kitchen.adapters.local_torch._requests import RequestQueue, fingerprint
+from crucible_kitchen.adapters.local_torch._requests import RequestQueue
 from crucible_kitchen.adapters.local_torch._sampling_client import (
     DEFAULT_MAX_BATCH,
     LocalTorchSamplingClient,
@@ -72,6 +72,7 @@ from crucible_kitchen.ports import (
     SaveStateResponse,
     SaveWeightsForSamplerResponse,
     TensorData,
+    request_fingerprint,
 )
 from crucible_kitchen.training import derive_seed
 from crucible_kitchen.training.losses import builtin_loss
@@ -382,7 +383,7 @@ class LocalTorchTrainingClient:
         data = tuple(data)
         keys = self._check_loss_inputs(method, loss_fn, data)
         config = self._loss_config(method, loss_fn, loss_fn_config)
-        digest = fingerprint(_PORT, method, (list(data), loss_fn, sorted(config.items())))
+        digest = request_fingerprint(_PORT, method, (list(data), loss_fn, sorted(config.items())))
 
         def work() -> ForwardBackwardOutput:
             return self._sharded_forward(
@@ -402,7 +403,7 @@ class LocalTorchTrainingClient:
         method = "forward_backward_custom"
         data = tuple(data)
         self._check_data(method, data, (), top_k=True)
-        digest = fingerprint(_PORT, method, list(data))
+        digest = request_fingerprint(_PORT, method, list(data))
 
         def work() -> ForwardBackwardOutput:
             group = self._group
@@ -452,7 +453,7 @@ class LocalTorchTrainingClient:
         method = "optim_step"
         if not isinstance(adam_params, AdamParams):
             raise self._invalid(method, f"adam_params is a {type(adam_params).__name__}")
-        digest = fingerprint(_PORT, method, adam_params)
+        digest = request_fingerprint(_PORT, method, adam_params)
 
         def work() -> OptimStepResponse:
             with translated(_PORT, method, request_id):
@@ -476,7 +477,7 @@ class LocalTorchTrainingClient:
         method = "save_state"
         path = self._checkpoint_path(method, _STATE_DIR, name)
         user = self._check_payload(method, user_payload)
-        digest = fingerprint(_PORT, method, (str(path), json.dumps(user, sort_keys=True)))
+        digest = request_fingerprint(_PORT, method, (str(path), json.dumps(user, sort_keys=True)))
 
         def work() -> SaveStateResponse:
             self._save(method, path, request_id, digest, with_optimizer=True, user=user)
@@ -500,7 +501,7 @@ class LocalTorchTrainingClient:
                 LoRA config or tokenizer, or holds no optimizer state to restore.
         """
         method = "load_state"
-        digest = fingerprint(_PORT, method, (path, with_optimizer))
+        digest = request_fingerprint(_PORT, method, (path, with_optimizer))
 
         def work() -> LoadStateResponse:
             if self._group is not None:
@@ -525,7 +526,7 @@ class LocalTorchTrainingClient:
         """
         method = "save_weights_for_sampler"
         path = self._checkpoint_path(method, _SAMPLER_DIR, name)
-        digest = fingerprint(_PORT, method, str(path))
+        digest = request_fingerprint(_PORT, method, str(path))
 
         def work() -> SaveWeightsForSamplerResponse:
             self._save(method, path, request_id, digest, with_optimizer=False, user=None)

@@ -10,27 +10,23 @@ never blocks the caller's event loop.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, wait
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio.to_thread
-import msgspec
 
 from crucible_kitchen.adapters.tinker._errors import translate
-from crucible_kitchen.errors import InvalidRequest, RequestExpired, RequestIdConflict
+from crucible_kitchen.errors import RequestExpired, RequestIdConflict
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ("RequestLedger", "TinkerFuture", "fingerprint", "in_sdk_context", "wait_for")
+__all__ = ("RequestLedger", "TinkerFuture", "in_sdk_context", "wait_for")
 
 RawT = TypeVar("RawT")
 T = TypeVar("T")
-
-_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
 
 def in_sdk_context(call: Callable[[], RawT]) -> RawT:
@@ -98,20 +94,6 @@ class TinkerFuture(Generic[T]):
         value = self._convert(raw)
         self._value = (value,)
         return value
-
-
-def fingerprint(port: str, method: str, payload: object) -> bytes:
-    """A digest of a request's content, telling a re-sent request from a conflicting one.
-
-    Raises:
-        InvalidRequest: the payload holds values msgpack cannot encode.
-    """
-    try:
-        return hashlib.blake2b(_ENCODER.encode(payload), digest_size=16).digest()
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise InvalidRequest(
-            f"{method}: request cannot be serialised: {exc}", port=port, operation=method
-        ) from exc
 
 
 class RequestLedger:

@@ -15,11 +15,10 @@ from crucible_kitchen.adapters.tinker._errors import translated
 from crucible_kitchen.adapters.tinker._futures import (
     RequestLedger,
     TinkerFuture,
-    fingerprint,
     in_sdk_context,
 )
 from crucible_kitchen.errors import InvalidRequest
-from crucible_kitchen.ports import ModelInput, SampleResponse, SamplingParams
+from crucible_kitchen.ports import ModelInput, SampleResponse, SamplingParams, request_fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,7 +84,7 @@ class TinkerSamplingClient:
         request_id: str | None,
         payload: object,
     ) -> TinkerFuture[Any]:
-        digest = fingerprint(_PORT, method, payload) if request_id is not None else None
+        digest = request_fingerprint(_PORT, method, payload) if request_id is not None else None
         if request_id is not None and digest is not None:
             found = self._ledger.find(method, request_id, digest)
             if found is not None:

@@ -23,7 +23,6 @@ from crucible_kitchen.adapters.tinker._errors import translated
 from crucible_kitchen.adapters.tinker._futures import (
     RequestLedger,
     TinkerFuture,
-    fingerprint,
     in_sdk_context,
     wait_for,
 )
@@ -45,6 +44,7 @@ from crucible_kitchen.ports import (
     LoadStateResponse,
     SaveStateResponse,
     SaveWeightsForSamplerResponse,
+    request_fingerprint,
 )
 
 if TYPE_CHECKING:
@@ -267,7 +267,9 @@ class TinkerTrainingClient:
         """See :meth:`crucible_kitchen.ports.TrainingClient.forward_backward`."""
         method = "forward_backward"
         config = dict(loss_fn_config) if loss_fn_config else None
-        digest = fingerprint(_PORT, method, (list(data), loss_fn, sorted((config or {}).items())))
+        digest = request_fingerprint(
+            _PORT, method, (list(data), loss_fn, sorted((config or {}).items()))
+        )
         found = self._ledger.find(method, request_id, digest)
         if found is not None:
             return found
@@ -291,7 +293,7 @@ class TinkerTrainingClient:
         """
         method = "forward_backward_custom"
         data = tuple(data)
-        digest = fingerprint(_PORT, method, list(data))
+        digest = request_fingerprint(_PORT, method, list(data))
         found = self._ledger.find(method, request_id, digest)
         if found is not None:
             return found
@@ -339,7 +341,7 @@ class TinkerTrainingClient:
             lambda client: client.optim_step(params).future(),
             optim_from_sdk,
             request_id=request_id,
-            digest=fingerprint(_PORT, method, adam_params),
+            digest=request_fingerprint(_PORT, method, adam_params),
         )
 
     async def save_state(
@@ -363,7 +365,7 @@ class TinkerTrainingClient:
             lambda client: client.save_state(name).future(),
             lambda response: SaveStateResponse(path=response.path),
             request_id=request_id,
-            digest=fingerprint(_PORT, method, (name, user_payload)),
+            digest=request_fingerprint(_PORT, method, (name, user_payload)),
         )
         if self._records is None:
             return saved
@@ -386,7 +388,7 @@ class TinkerTrainingClient:
                 (or cannot load) the checkpoint it names.
         """
         method = "load_state"
-        digest = fingerprint(_PORT, method, (path, with_optimizer))
+        digest = request_fingerprint(_PORT, method, (path, with_optimizer))
         found = self._ledger.find(method, request_id, digest)
         if found is not None:
             return found
@@ -426,7 +428,7 @@ class TinkerTrainingClient:
             lambda client: client.save_weights_for_sampler(name).future(),
             lambda response: SaveWeightsForSamplerResponse(path=response.path),
             request_id=request_id,
-            digest=fingerprint(_PORT, method, name),
+            digest=request_fingerprint(_PORT, method, name),
         )
 
     async def create_sampling_client(self, model_path: str) -> TinkerSamplingClient:
