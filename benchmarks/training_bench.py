@@ -622,8 +622,8 @@ def breakdown(
     adam: Sequence[AdamParams],
 ) -> dict[str, float]:
     """Where a kitchen step's time goes, in ms per step (medians over the reps)."""
-    from crucible_kitchen.adapters.local_torch._requests import fingerprint
     from crucible_kitchen.adapters.local_torch._trainer import Trainer
+    from crucible_kitchen.ports import request_fingerprint
     from crucible_kitchen.stages._common import InFlightStep
     from crucible_kitchen.stages.builtin import AwaitSupervisedSteps
 
@@ -649,8 +649,10 @@ def breakdown(
     def submit_checks() -> None:  # what forward_backward and optim_step do before queueing
         client._check_loss_inputs("forward_backward", "cross_entropy", batch)
         client._loss_config("forward_backward", "cross_entropy", None)
-        fingerprint("training_client", "forward_backward", (list(batch), "cross_entropy", []))
-        fingerprint("training_client", "optim_step", params)
+        request_fingerprint(
+            "training_client", "forward_backward", (list(batch), "cross_entropy", [])
+        )
+        request_fingerprint("training_client", "optim_step", params)
 
     def best_ms(fn: Callable[[], object], n: int = 200) -> float:
         rounds = []
