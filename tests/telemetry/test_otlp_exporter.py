@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from crucible_kitchen import Kitchen
 from crucible_kitchen.errors import TelemetryError
-from crucible_kitchen.telemetry import StageStart, TelemetryEvent, configure_tracing
+from crucible_kitchen.telemetry import StageStart, TelemetryEvent, configure_tracing, decode_event
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -154,9 +154,11 @@ async def test_the_request_span_that_started_a_run_reaches_an_explicit_endpoint(
         )
         assert response.status == 202, await response.text()
         run_id = (await response.json())["run_id"]
-        handle = app[SERVICE_KEY].run(run_id).handle
-        events = [event async for event in handle.events()]
-        assert (await handle.result()).status == "completed"
+        service = app[SERVICE_KEY]
+        # The run's handle belongs to the kitchen loop and is dropped once the run ends (it
+        # may have ended already): wait through the service and read its stored events.
+        assert (await service.result(service.run(run_id))).status == "completed"
+        events = [decode_event(stored.data) async for stored in service.events(run_id, 0)]
     provider.shutdown()
     assert set(receiver.paths) == {"/v1/traces"}
     spans = receiver.by_name()
