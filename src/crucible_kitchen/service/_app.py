@@ -369,7 +369,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     run_id = request.match_info["run_id"]
     after = _last_event_id(request)
-    events = service.events(run_id, after)
+    events = service.event_batches(run_id, after)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -409,17 +409,17 @@ def _frame(name: str, data: bytes, event_id: int | None = None) -> bytes:
 
 
 async def _stream_events(
-    response: web.StreamResponse, events: AsyncIterator[StoredEvent], heartbeat_s: float
+    response: web.StreamResponse, events: AsyncIterator[list[StoredEvent]], heartbeat_s: float
 ) -> bool:
-    """Write ``events`` until the last one, a keepalive comment when none came for
-    ``heartbeat_s``; the events that are ready are written together. Returns whether the
+    """Write the batches of ``events`` until the last one, a keepalive comment when none came
+    for ``heartbeat_s``; the batches that are ready are written together. Returns whether the
     client was there to the end."""
-    send, receive = anyio.create_memory_object_stream[StoredEvent](math.inf)
+    send, receive = anyio.create_memory_object_stream[list[StoredEvent]](math.inf)
 
     async def pump() -> None:
         async with send:
-            async for stored in events:
-                await send.send(stored)
+            async for batch in events:
+                await send.send(batch)
 
     async with anyio.create_task_group() as task_group, receive:
         task_group.start_soon(pump)
@@ -430,23 +430,26 @@ async def _stream_events(
 
 async def _write_frames(
     response: web.StreamResponse,
-    receive: MemoryObjectReceiveStream[StoredEvent],
+    receive: MemoryObjectReceiveStream[list[StoredEvent]],
     heartbeat_s: float,
 ) -> bool:
     while True:
         frames = [_KEEPALIVE]
         with anyio.move_on_after(heartbeat_s):
             try:
-                stored = await receive.receive()
+                batches = [await receive.receive()]
             except anyio.EndOfStream:
                 return True
-            frames = [_frame(stored.name, stored.data, stored.seq)]
             while True:
                 try:
-                    stored = receive.receive_nowait()
+                    batches.append(receive.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-                frames.append(_frame(stored.name, stored.data, stored.seq))
+            frames = [
+                _frame(stored.name, stored.data, stored.seq)
+                for batch in batches
+                for stored in batch
+            ]
         try:
             await response.write(b"".join(frames))
         except ConnectionResetError:
