@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pydantic
+from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from crucible_kitchen import Context, Recipe, Workflow
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from aiohttp import ClientResponse
+    from aiohttp import ClientResponse, ClientWebSocketResponse
+    from aiohttp.web import AppRunner
 
 
 class ThreadEvent:
@@ -180,14 +182,24 @@ class EventReader:
 NOOP_RUN = {"recipe": "supervised", "adapters": "noop", "config": {"max_steps": 3}}
 
 
+class UncancellingServer(TestServer):
+    """aiohttp's test server as ``web.run_app`` serves: a handler whose client disconnects
+    is not cancelled (aiohttp's ``TestServer`` cancels it), so it must notice by itself."""
+
+    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        return await super()._make_runner(**{**kwargs, "handler_cancellation": False})
+
+
 @asynccontextmanager
 async def serving(
-    tmp_path: Path, gate: Gate | None = None, **settings: Any
+    tmp_path: Path, gate: Gate | None = None, *, cancel_handlers: bool = True, **settings: Any
 ) -> AsyncIterator[tuple[TestClient[Any, Any], KitchenService]]:
+    """The service on a test server; ``cancel_handlers=False``: see :class:`UncancellingServer`."""
     if gate is not None:
         settings["recipes"] = [*settings.get("recipes", ()), gated_recipe(gate)]
     app = create_app(root=tmp_path / "runs", **settings)
-    async with TestClient(TestServer(app)) as client:
+    server = TestServer(app) if cancel_handlers else UncancellingServer(app)
+    async with TestClient(server) as client:
         yield client, app[SERVICE_KEY]
 
 
@@ -213,3 +225,33 @@ async def follow(client: TestClient[Any, Any], run_id: str, **headers: str) -> E
     assert response.status == 200
     assert response.content_type == "text/event-stream"
     return EventReader(response)
+
+
+@dataclass
+class WebSocketReader:
+    """Reads the event messages of ``GET /runs/{id}/events`` over a WebSocket, as frames."""
+
+    websocket: ClientWebSocketResponse
+
+    async def next(self) -> Frame | None:
+        """The next event (the ``end`` message too), or ``None`` once the server closed."""
+        message = await self.websocket.receive()
+        if message.type in {WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED}:
+            return None
+        assert message.type is WSMsgType.TEXT, message
+        body = msgspec.json.decode(message.data)
+        return Frame(event=body["event"], data=body["data"], id=body.get("id"))
+
+    async def rest(self) -> list[Frame]:
+        """Every event up to the server's close."""
+        frames = []
+        while (frame := await self.next()) is not None:
+            frames.append(frame)
+        return frames
+
+
+async def follow_websocket(
+    client: TestClient[Any, Any], run_id: str, **params: str
+) -> WebSocketReader:
+    websocket = await client.ws_connect(f"/runs/{run_id}/events", params=params)
+    return WebSocketReader(websocket)
