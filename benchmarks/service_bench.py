@@ -353,7 +353,7 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the run
 
 PARTS = ("memory", "service_memory", "load", "lag")
-TUNING = ("kitchen_niceness", "gc_young_threshold")
+TUNING = ("kitchen_niceness", "gc_young_threshold", "switch_interval_s")
 """The service settings that the load report shows."""
 P99_TARGET_MS = 50.0
 

@@ -269,6 +269,7 @@ def test_invalid_settings_are_all_reported_at_once() -> None:
             heartbeat_s=0.0,
             kitchen_niceness=20,
             gc_young_threshold=0,
+            switch_interval_s=0.0,
         )
     assert caught.value.problems == [
         "bob: a token must not be empty",
@@ -276,6 +277,7 @@ def test_invalid_settings_are_all_reported_at_once() -> None:
         "heartbeat_s: must be more than 0 seconds, got 0.0",
         "kitchen_niceness: must be from 0 to 19, got 20",
         "gc_young_threshold: must be at least 1 or None, got 0",
+        "switch_interval_s: must be more than 0 seconds or None, got 0.0",
     ]
     with pytest.raises(ConfigError, match="token: a token must not be empty"):
         create_app(token="")

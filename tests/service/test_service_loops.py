@@ -96,16 +96,21 @@ async def test_the_kitchen_thread_runs_nicer_than_the_host_by_kitchen_niceness(
         assert _niceness() == host
 
 
-async def test_the_collector_is_tuned_while_the_service_runs_and_restored_after(
+async def test_the_collector_and_switch_interval_are_tuned_while_the_service_runs(
     tmp_path: Path,
 ) -> None:
     before = gc.get_threshold()
     frozen = gc.get_freeze_count()
-    async with serving(tmp_path, gc_young_threshold=before[0] + 1234):
+    interval = sys.getswitchinterval()
+    tuned = {"gc_young_threshold": before[0] + 1234, "switch_interval_s": interval / 4}
+    async with serving(tmp_path, **tuned):
         assert gc.get_threshold() == (before[0] + 1234, *before[1:])
         assert gc.get_freeze_count() > frozen
+        assert sys.getswitchinterval() == pytest.approx(interval / 4)
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == frozen == 0  # nothing else in the tests freezes
-    async with serving(tmp_path, gc_young_threshold=None):
+    assert sys.getswitchinterval() == interval
+    async with serving(tmp_path, gc_young_threshold=None, switch_interval_s=None):
         assert gc.get_threshold() == before
         assert gc.get_freeze_count() == 0
+        assert sys.getswitchinterval() == interval

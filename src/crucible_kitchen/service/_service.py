@@ -110,6 +110,11 @@ class ServiceSettings:
       alive. The previous thresholds come back when the service stops (and the objects are
       unfrozen, unless some were frozen before it started). ``None`` leaves the collector
       as it is.
+    - ``switch_interval_s``: while the service runs, a thread that waits for the interpreter
+      lock (the host's, with a request to answer) gets it from the thread that holds it (the
+      Kitchen's, running runs) after this many seconds (``sys.setswitchinterval``; Python's
+      default is 0.005). The previous interval comes back when the service stops. ``None``
+      leaves it as it is.
 
     Raises:
         ConfigError: every invalid setting (an empty token, a limit below 1, ...).
@@ -129,6 +134,7 @@ class ServiceSettings:
     keep_finished: int = 200
     kitchen_niceness: int = 10
     gc_young_threshold: int | None = 10_000
+    switch_interval_s: float | None = 0.0005
 
     def __post_init__(self) -> None:
         problems = []
@@ -149,6 +155,11 @@ class ServiceSettings:
         if self.gc_young_threshold is not None and self.gc_young_threshold < 1:
             problems.append(
                 f"gc_young_threshold: must be at least 1 or None, got {self.gc_young_threshold}"
+            )
+        if self.switch_interval_s is not None and not self.switch_interval_s > 0:
+            problems.append(
+                f"switch_interval_s: must be more than 0 seconds or None, "
+                f"got {self.switch_interval_s}"
             )
         if problems:
             raise ConfigError(problems, source="service settings")
@@ -320,7 +331,10 @@ class KitchenService:
             await asyncio.wait((owner, asyncio.wrap_future(ready)), return_when=FIRST_COMPLETED)
             if owner.done():
                 owner.result()  # raises what failed the start
-            with _tuned_collector(self.settings.gc_young_threshold):
+            with (
+                _tuned_collector(self.settings.gc_young_threshold),
+                _switch_interval(self.settings.switch_interval_s),
+            ):
                 yield
         finally:
             closing.set_result(None)  # whenever the Kitchen gets there, it stops
@@ -780,6 +794,20 @@ def _tuned_collector(young_threshold: int | None) -> Iterator[None]:
         gc.set_threshold(*previous)
         if not frozen_before:  # what someone else froze stays frozen
             gc.unfreeze()
+
+
+@contextmanager
+def _switch_interval(seconds: float | None) -> Iterator[None]:
+    """The interpreter's switch interval is ``seconds`` until the end of the block."""
+    if seconds is None:
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def _lower_thread_priority(steps: int) -> None:
