@@ -5,6 +5,8 @@ Run::
     .venv/bin/python benchmarks/service_bench.py            # 10,000 runs, 100 concurrent, sl_basic
     .venv/bin/python benchmarks/service_bench.py --quick    # a smoke run of a few seconds
     .venv/bin/python benchmarks/service_bench.py --json out.json
+    .venv/bin/python benchmarks/service_bench.py --only load --repeat 3 \
+        --variant "kitchen_niceness=0,gc_young_threshold=None,switch_interval_s=None" --variant ""
 
 What it measures, in one process:
 
@@ -19,9 +21,14 @@ What it measures, in one process:
    ``GET /runs/{id}/events`` stream to the ``end`` event (a poller waits ``--poll-interval``
    between its requests; 0 makes 100 clients ask back to back). The clients run in a child
    process of their own, as real clients would, so that their work does not share the
-   service's event loop and interpreter lock. Reported: p50/p99 latency of
-   ``GET /runs/{id}`` (target p99 < 50 ms), events delivered over SSE against events emitted
-   (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS growth per run.
+   service's event loop and interpreter lock; a stream's client takes its bytes as they come
+   and counts its events at the end. Reported: p50/p99 latency of ``GET /runs/{id}`` as the
+   clients see it, with the verdict on the target (p99 < 50 ms); the p99 lag of the host's
+   event loop and of the clients' (each a probe that sleeps 10 ms again and again and records
+   the overshoot); the load average when the part started; events delivered over SSE against
+   events emitted (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS
+   growth per run. ``--variant name=value,...`` runs the part with those service settings
+   (repeatable: the variants alternate, ``--repeat`` times), for side-by-side comparisons.
 3. ``lag``: while one ``sl_basic`` run trains on local torch in the same process (started
    over HTTP), a probe sleeps 10 ms again and again and records the overshoot (the event
    loop's lag; target p99 < 50 ms), and a client asks ``GET /health`` every 50 ms.
