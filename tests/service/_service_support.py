@@ -140,8 +140,22 @@ class Frame:
     id: int | None = None
 
 
+class FrameReader:
+    """Frames of a run's events, one at a time or all up to the end."""
+
+    async def next(self) -> Frame | None:
+        raise NotImplementedError
+
+    async def rest(self) -> list[Frame]:
+        """Every frame up to the end of the stream."""
+        frames = []
+        while (frame := await self.next()) is not None:
+            frames.append(frame)
+        return frames
+
+
 @dataclass
-class EventReader:
+class EventReader(FrameReader):
     """Reads the frames of an SSE response one at a time (comments are skipped)."""
 
     response: ClientResponse
@@ -171,12 +185,8 @@ class EventReader:
                 id=int(fields["id"]) if "id" in fields else None,
             )
 
-    async def rest(self) -> list[Frame]:
-        """Every frame up to the end of the stream."""
-        frames = []
-        while (frame := await self.next()) is not None:
-            frames.append(frame)
-        return frames
+    async def close(self) -> None:
+        self.response.close()
 
 
 NOOP_RUN = {"recipe": "supervised", "adapters": "noop", "config": {"max_steps": 3}}
@@ -220,15 +230,20 @@ async def start(client: TestClient[Any, Any], body: dict[str, Any]) -> str:
     return str(run["run_id"])
 
 
-async def follow(client: TestClient[Any, Any], run_id: str, **headers: str) -> EventReader:
-    response = await client.get(f"/runs/{run_id}/events", headers=headers)
+async def follow(
+    client: TestClient[Any, Any],
+    run_id: str,
+    params: dict[str, str] | None = None,
+    **headers: str,
+) -> EventReader:
+    response = await client.get(f"/runs/{run_id}/events", params=params, headers=headers)
     assert response.status == 200
     assert response.content_type == "text/event-stream"
     return EventReader(response)
 
 
 @dataclass
-class WebSocketReader:
+class WebSocketReader(FrameReader):
     """Reads the event messages of ``GET /runs/{id}/events`` over a WebSocket, as frames."""
 
     websocket: ClientWebSocketResponse
@@ -242,12 +257,8 @@ class WebSocketReader:
         body = msgspec.json.decode(message.data)
         return Frame(event=body["event"], data=body["data"], id=body.get("id"))
 
-    async def rest(self) -> list[Frame]:
-        """Every event up to the server's close."""
-        frames = []
-        while (frame := await self.next()) is not None:
-            frames.append(frame)
-        return frames
+    async def close(self) -> None:
+        await self.websocket.close()
 
 
 async def follow_websocket(
@@ -255,3 +266,20 @@ async def follow_websocket(
 ) -> WebSocketReader:
     websocket = await client.ws_connect(f"/runs/{run_id}/events", params=params)
     return WebSocketReader(websocket)
+
+
+RECONNECTIONS = ("sse-header", "sse-query", "websocket")
+"""The ways a client follows a run's events again after the event it got last: Server-Sent
+Events with ``Last-Event-ID`` or ``?last_event_id=``, or a WebSocket with the latter."""
+
+
+async def follow_by(
+    client: TestClient[Any, Any], run_id: str, way: str, after: int | None = None
+) -> EventReader | WebSocketReader:
+    """Follow the run's events one of the :data:`RECONNECTIONS` ways, after ``after``."""
+    query = {} if after is None else {"last_event_id": str(after)}
+    if way == "websocket":
+        return await follow_websocket(client, run_id, **query)
+    if way == "sse-query":
+        return await follow(client, run_id, params=query)
+    return await follow(client, run_id, **{"Last-Event-ID": str(after or 0)})

@@ -1,5 +1,5 @@
-"""A run's events over a WebSocket: the same events, the same resume, the same auth as the
-Server-Sent Events of ``GET /runs/{id}/events``.
+"""A run's events over a WebSocket: the same events and the same auth as the Server-Sent
+Events of ``GET /runs/{id}/events`` (resuming is tested with theirs, in test_service_api).
 
 aiohttp runs only on asyncio, so these tests run on anyio's asyncio backend only.
 """
@@ -40,26 +40,6 @@ async def test_a_websocket_gets_the_events_of_the_event_stream_then_the_end(
     assert [frame.id for frame in live[:-1]] == list(range(1, len(live)))
     assert (live[-1].event, live[-1].data, live[-1].id) == ("end", {"status": "completed"}, None)
     assert [frame.event for frame in live].count("crucible_kitchen.training.step") == 3
-
-
-async def test_a_websocket_resumes_after_the_last_event_id_it_names(tmp_path: Path) -> None:
-    gate = Gate()
-    async with serving(tmp_path, gate) as (client, service):
-        run_id = await start(client, {"recipe": "gated", "config": {"steps": 4}})
-        await gate.reached.wait()
-        first = await follow_websocket(client, run_id)
-        seen = [await first.next(), await first.next()]  # while the run waits at the gate
-        await first.websocket.close()
-        gate.open()
-        await service.result(service.run(run_id))
-
-        last_id = seen[-1].id
-        assert last_id is not None
-        resumed = await (await follow_websocket(client, run_id, last_event_id=str(last_id))).rest()
-        whole = await (await follow_websocket(client, run_id)).rest()
-        over_sse = await (await follow(client, run_id)).rest()
-    assert [frame.id for frame in resumed[:-1]] == list(range(last_id + 1, len(whole)))
-    assert seen + resumed == whole == over_sse
 
 
 async def test_a_websocket_sees_a_cancelled_run_end_cancelled(tmp_path: Path) -> None:
