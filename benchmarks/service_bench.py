@@ -27,11 +27,13 @@ What it measures, in one process:
    event loop and of the clients' (each a probe that sleeps 10 ms again and again and records
    the overshoot); the load average when the part started; events delivered over SSE against
    events emitted (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS
-   growth per run. ``--variant name=value,...`` runs the part with those service settings
-   (repeatable: the variants alternate, ``--repeat`` times), for side-by-side comparisons.
+   growth per run.
 3. ``lag``: while one ``sl_basic`` run trains on local torch in the same process (started
    over HTTP), a probe sleeps 10 ms again and again and records the overshoot (the event
    loop's lag; target p99 < 50 ms), and a client asks ``GET /health`` every 50 ms.
+
+``--variant name=value,...`` runs the load and the lag with those service settings
+(repeatable: the variants alternate, ``--repeat`` times), for side-by-side comparisons.
 
 Importing this module has no side effects; :func:`main` runs it. It is a benchmark, never a
 timed test.
@@ -308,7 +310,8 @@ async def service_memory(config: Config, root: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 3. lag
 
 
-async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
+async def lag_while_training(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
+    """``settings`` go to the service."""
     train = {
         "recipe": "sl_basic",
         "config": {
@@ -323,7 +326,12 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
     lags: list[float] = []
     health: list[float] = []
     failures = 0
-    async with served(root=root) as (base, app), aiohttp.ClientSession(base) as session:
+    load_average = os.getloadavg()[0]
+    async with (
+        served(root=root, **settings) as (base, app),
+        aiohttp.ClientSession(base) as session,
+    ):
+        settings_used = app[SERVICE_KEY].settings
         async with session.post("/runs", json=train) as response:
             assert response.status == 202, await response.text()
             run_id = (await response.json())["run_id"]
@@ -345,6 +353,8 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
         result = waiter.result()
         elapsed = time.perf_counter() - started
     return {
+        "settings": {name: getattr(settings_used, name, None) for name in TUNING},
+        "load_average_1min": load_average,
         "status": result.status,
         "steps": result.steps,
         "train_s": elapsed,
@@ -368,8 +378,8 @@ P99_TARGET_MS = 50.0
 async def measure(
     config: Config, parts: Sequence[str], variants: Sequence[dict[str, Any]], repeat: int
 ) -> dict[str, Any]:
-    """The ``parts`` asked for; the load once per variant (service settings) and
-    repetition, the variants alternating."""
+    """The ``parts`` asked for; the load and the lag once per variant (service settings)
+    and repetition, the variants alternating."""
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         root = Path(tmp)
@@ -384,16 +394,19 @@ async def measure(
                 for number, settings in enumerate(variants)
             ]
         if "lag" in parts:
-            figures["lag"] = await lag_while_training(config, root / "lag")
+            figures["lag"] = [
+                await lag_while_training(config, root / f"lag-{index}-{number}", **settings)
+                for index in range(repeat)
+                for number, settings in enumerate(variants)
+            ]
     return figures
 
 
 def report_load(load_: dict[str, Any]) -> str:
     p99 = load_["get_run_p99_ms"]
-    tuning = ", ".join(f"{name} {value}" for name, value in load_["settings"].items())
     verdict = "MET" if p99 < P99_TARGET_MS else "NOT MET"
     return (
-        f"2. load ({tuning}; load average "
+        f"2. load ({tuning(load_)}; load average "
         f"{load_['load_average_1min']:.2f}): {load_['concurrent']} concurrent noop runs over "
         f"HTTP in {load_['wall_s']:.2f} s (polls every {load_['poll_interval_s']} s); "
         f"GET /runs/{{id}} p50 {load_['get_run_p50_ms']:.1f} ms, p99 {p99:.1f} ms "
@@ -402,6 +415,20 @@ def report_load(load_: dict[str, Any]) -> str:
         f"{load_['client_loop_lag_p99_ms']:.1f} ms; events delivered "
         f"{load_['events_delivered']} / emitted {load_['events_emitted']}; "
         f"final {load_['final_statuses']}; RSS +{load_['rss_growth_kib_per_run']:.1f} KiB per run"
+    )
+
+
+def tuning(figures: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in figures["settings"].items())
+
+
+def report_lag(lag: dict[str, Any]) -> str:
+    return (
+        f"3. lag ({tuning(lag)}; load average {lag['load_average_1min']:.2f}): sl_basic on "
+        f"local torch, {lag['steps']} steps in {lag['train_s']:.1f} s ({lag['status']}); loop "
+        f"lag p50 {lag['lag_p50_ms']:.2f} ms, p99 {lag['lag_p99_ms']:.2f} ms, max "
+        f"{lag['lag_max_ms']:.1f} ms; /health answered {lag['health_answers']} times, "
+        f"{lag['health_failures']} failures, p99 {lag['health_p99_ms']:.1f} ms"
     )
 
 
@@ -428,15 +455,7 @@ def report(figures: dict[str, Any]) -> str:
             f"run summaries kept: {service['summaries_kept']}",
         ]
     lines += [report_load(load_) for load_ in figures.get("load", ())]
-    if "lag" in figures:
-        lag = figures["lag"]
-        lines.append(
-            f"3. lag: sl_basic on local torch, {lag['steps']} steps in {lag['train_s']:.1f} s "
-            f"({lag['status']}); loop lag p50 {lag['lag_p50_ms']:.2f} ms, "
-            f"p99 {lag['lag_p99_ms']:.2f} ms, max {lag['lag_max_ms']:.1f} ms; /health answered "
-            f"{lag['health_answers']} times, {lag['health_failures']} failures, "
-            f"p99 {lag['health_p99_ms']:.1f} ms"
-        )
+    lines += [report_lag(lag) for lag in figures.get("lag", ())]
     return "\n".join(lines)
 
 
@@ -460,10 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variant",
         type=variant_settings,
         action="append",
-        help="service settings of the load part, as name=value,... (Python literals); "
+        help="service settings of the load and lag parts, as name=value,... (Python literals); "
         "repeatable: the variants alternate. Default: the service's defaults",
     )
-    parser.add_argument("--repeat", type=int, default=1, help="times to run the load part")
+    parser.add_argument("--repeat", type=int, default=1, help="times to run the load and lag")
     parser.add_argument("--clients-of", help=argparse.SUPPRESS)  # the load's client process
     parser.add_argument("--client-config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
