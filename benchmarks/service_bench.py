@@ -5,6 +5,8 @@ Run::
     .venv/bin/python benchmarks/service_bench.py            # 10,000 runs, 100 concurrent, sl_basic
     .venv/bin/python benchmarks/service_bench.py --quick    # a smoke run of a few seconds
     .venv/bin/python benchmarks/service_bench.py --json out.json
+    .venv/bin/python benchmarks/service_bench.py --only load --repeat 3 \
+        --variant "kitchen_niceness=0,gc_young_threshold=None,switch_interval_s=None" --variant ""
 
 What it measures, in one process:
 
@@ -19,12 +21,19 @@ What it measures, in one process:
    ``GET /runs/{id}/events`` stream to the ``end`` event (a poller waits ``--poll-interval``
    between its requests; 0 makes 100 clients ask back to back). The clients run in a child
    process of their own, as real clients would, so that their work does not share the
-   service's event loop and interpreter lock. Reported: p50/p99 latency of
-   ``GET /runs/{id}`` (target p99 < 50 ms), events delivered over SSE against events emitted
-   (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS growth per run.
+   service's event loop and interpreter lock; a stream's client takes its bytes as they come
+   and counts its events at the end. Reported: p50/p99 latency of ``GET /runs/{id}`` as the
+   clients see it, with the verdict on the target (p99 < 50 ms); the p99 lag of the host's
+   event loop and of the clients' (each a probe that sleeps 10 ms again and again and records
+   the overshoot); the load average when the part started; events delivered over SSE against
+   events emitted (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS
+   growth per run.
 3. ``lag``: while one ``sl_basic`` run trains on local torch in the same process (started
    over HTTP), a probe sleeps 10 ms again and again and records the overshoot (the event
    loop's lag; target p99 < 50 ms), and a client asks ``GET /health`` every 50 ms.
+
+``--variant name=value,...`` runs the load and the lag with those service settings
+(repeatable: the variants alternate, ``--repeat`` times), for side-by-side comparisons.
 
 Importing this module has no side effects; :func:`main` runs it. It is a benchmark, never a
 timed test.
@@ -33,6 +42,7 @@ timed test.
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import json
 import os
@@ -163,18 +173,31 @@ async def poll(
 
 
 async def stream(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
-    """The number of events an SSE stream delivered (lines ``id: n``) and the final status."""
-    delivered, last_event, final = 0, "", ""
+    """The number of events an SSE stream delivered (lines ``id: n``) and the final status.
+
+    The client takes the stream's bytes as they arrive and counts the events once it ended:
+    the server sends every event as it happens either way, and the client's own process
+    (which shares the machine's cores with the server's) does not parse line by line.
+    """
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as response:
-        async for raw in response.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("id: "):
-                delivered += 1
-            elif line.startswith("event: "):
-                last_event = line.removeprefix("event: ")
-            elif line.startswith("data: ") and last_event == "end":
-                final = msgspec.json.decode(line.removeprefix("data: "))["status"]
+        body = await response.read()
+    delivered, last_event, final = 0, "", ""
+    for line in body.decode().split("\n"):
+        if line.startswith("id: "):
+            delivered += 1
+        elif line.startswith("event: "):
+            last_event = line.removeprefix("event: ")
+        elif line.startswith("data: ") and last_event == "end":
+            final = msgspec.json.decode(line.removeprefix("data: "))["status"]
     return delivered, final
+
+
+async def lag_probe(lags: list[float], until: asyncio.Future[Any]) -> None:
+    """Sleep 10 ms again and again until ``until`` is done, recording the overshoot."""
+    while not until.done():
+        sent = time.perf_counter()
+        await asyncio.sleep(0.010)
+        lags.append(time.perf_counter() - sent - 0.010)
 
 
 async def clients(base: str, config: Config) -> dict[str, Any]:
@@ -200,25 +223,32 @@ async def clients(base: str, config: Config) -> dict[str, Any]:
             for run_id in run_ids
         ]
         streams = [stream(session, f"/runs/{run_id}/events") for run_id in run_ids]
-        results = await asyncio.gather(*polls, *streams)
+        work = asyncio.gather(*polls, *streams)
+        lags: list[float] = []
+        await asyncio.gather(work, lag_probe(lags, work))
+        results = work.result()
         elapsed = time.perf_counter() - started
     delivered = [result for result in results if isinstance(result, tuple)]
     return {
         "run_ids": run_ids,
         "latencies": latencies,
+        "client_lags": lags,
         "events_delivered": sum(count for count, _ in delivered),
         "final_statuses": dict(Counter(status for _, status in delivered)),
         "wall_s": elapsed,
     }
 
 
-async def load(config: Config, root: Path) -> dict[str, Any]:
+async def load(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
     """The service in this process; its clients in another one (as real clients are), so
-    that their own work does not share this process's event loop and interpreter lock."""
+    that their own work does not share this process's event loop and interpreter lock.
+    ``settings`` go to the service (``kitchen_niceness``, ...)."""
     counter = EventCounter()
     Kitchen.attach_telemetry(counter)
+    load_average = os.getloadavg()[0]
+    host_lags: list[float] = []
     try:
-        async with served(root=root, max_runs_per_client=None) as (base, _):
+        async with served(root=root, max_runs_per_client=None, **settings) as (base, app):
             before = rss_mib()
             client = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -229,19 +259,26 @@ async def load(config: Config, root: Path) -> dict[str, Any]:
                 json.dumps(asdict(config)),
                 stdout=asyncio.subprocess.PIPE,
             )
-            output, _ = await client.communicate()
+            communicating = asyncio.ensure_future(client.communicate())
+            await asyncio.gather(communicating, lag_probe(host_lags, communicating))
+            output, _ = communicating.result()
             assert client.returncode == 0, f"the clients failed (exit {client.returncode})"
             seen = json.loads(output)
             after = rss_mib()
+            settings_used = app[SERVICE_KEY].settings
     finally:
         Kitchen.detach_telemetry()
-    latencies = seen["latencies"]
+    latencies, client_lags = seen["latencies"], seen["client_lags"]
     return {
         "concurrent": config.concurrent,
         "poll_interval_s": config.poll_interval_s,
+        "settings": {name: getattr(settings_used, name, None) for name in TUNING},
+        "load_average_1min": load_average,
         "get_run_p50_ms": percentile(latencies, 0.5) * 1000,
         "get_run_p99_ms": percentile(latencies, 0.99) * 1000,
         "get_run_requests": len(latencies),
+        "host_loop_lag_p99_ms": percentile(host_lags, 0.99) * 1000,
+        "client_loop_lag_p99_ms": percentile(client_lags, 0.99) * 1000,
         "events_delivered": seen["events_delivered"],
         "events_emitted": sum(counter.emitted[run_id] for run_id in seen["run_ids"]),
         "final_statuses": seen["final_statuses"],
@@ -273,7 +310,8 @@ async def service_memory(config: Config, root: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 3. lag
 
 
-async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
+async def lag_while_training(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
+    """``settings`` go to the service."""
     train = {
         "recipe": "sl_basic",
         "config": {
@@ -288,18 +326,17 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
     lags: list[float] = []
     health: list[float] = []
     failures = 0
-    async with served(root=root) as (base, app), aiohttp.ClientSession(base) as session:
+    load_average = os.getloadavg()[0]
+    async with (
+        served(root=root, **settings) as (base, app),
+        aiohttp.ClientSession(base) as session,
+    ):
+        settings_used = app[SERVICE_KEY].settings
         async with session.post("/runs", json=train) as response:
             assert response.status == 202, await response.text()
             run_id = (await response.json())["run_id"]
         service = app[SERVICE_KEY]
         waiter = asyncio.ensure_future(service.result(service.run(run_id)))
-
-        async def probe() -> None:
-            while not waiter.done():
-                sent = time.perf_counter()
-                await asyncio.sleep(0.010)
-                lags.append(time.perf_counter() - sent - 0.010)
 
         async def ask_health() -> None:
             nonlocal failures
@@ -312,10 +349,12 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
                 await asyncio.sleep(0.050)
 
         started = time.perf_counter()
-        await asyncio.gather(probe(), ask_health())
+        await asyncio.gather(lag_probe(lags, waiter), ask_health())
         result = waiter.result()
         elapsed = time.perf_counter() - started
     return {
+        "settings": {name: getattr(settings_used, name, None) for name in TUNING},
+        "load_average_1min": load_average,
         "status": result.status,
         "steps": result.steps,
         "train_s": elapsed,
@@ -330,49 +369,100 @@ async def lag_while_training(config: Config, root: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the run
 
+PARTS = ("memory", "service_memory", "load", "lag")
+TUNING = ("kitchen_niceness", "gc_young_threshold", "switch_interval_s")
+"""The service settings that the load report shows."""
+P99_TARGET_MS = 50.0
 
-async def measure(config: Config) -> dict[str, Any]:
+
+async def measure(
+    config: Config, parts: Sequence[str], variants: Sequence[dict[str, Any]], repeat: int
+) -> dict[str, Any]:
+    """The ``parts`` asked for; the load and the lag once per variant (service settings)
+    and repetition, the variants alternating."""
+    figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         root = Path(tmp)
-        return {
-            "memory": await long_lived_memory(config, root / "memory"),
-            "service_memory": await service_memory(config, root / "service-memory"),
-            "load": await load(config, root / "load"),
-            "lag": await lag_while_training(config, root / "lag"),
-        }
+        if "memory" in parts:
+            figures["memory"] = await long_lived_memory(config, root / "memory")
+        if "service_memory" in parts:
+            figures["service_memory"] = await service_memory(config, root / "service-memory")
+        if "load" in parts:
+            figures["load"] = [
+                await load(config, root / f"load-{index}-{number}", **settings)
+                for index in range(repeat)
+                for number, settings in enumerate(variants)
+            ]
+        if "lag" in parts:
+            figures["lag"] = [
+                await lag_while_training(config, root / f"lag-{index}-{number}", **settings)
+                for index in range(repeat)
+                for number, settings in enumerate(variants)
+            ]
+    return figures
+
+
+def report_load(load_: dict[str, Any]) -> str:
+    p99 = load_["get_run_p99_ms"]
+    verdict = "MET" if p99 < P99_TARGET_MS else "NOT MET"
+    return (
+        f"2. load ({tuning(load_)}; load average "
+        f"{load_['load_average_1min']:.2f}): {load_['concurrent']} concurrent noop runs over "
+        f"HTTP in {load_['wall_s']:.2f} s (polls every {load_['poll_interval_s']} s); "
+        f"GET /runs/{{id}} p50 {load_['get_run_p50_ms']:.1f} ms, p99 {p99:.1f} ms "
+        f"({load_['get_run_requests']} requests): target p99 < {P99_TARGET_MS:.0f} ms "
+        f"{verdict}; loop lag p99: host {load_['host_loop_lag_p99_ms']:.1f} ms, clients "
+        f"{load_['client_loop_lag_p99_ms']:.1f} ms; events delivered "
+        f"{load_['events_delivered']} / emitted {load_['events_emitted']}; "
+        f"final {load_['final_statuses']}; RSS +{load_['rss_growth_kib_per_run']:.1f} KiB per run"
+    )
+
+
+def tuning(figures: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in figures["settings"].items())
+
+
+def report_lag(lag: dict[str, Any]) -> str:
+    return (
+        f"3. lag ({tuning(lag)}; load average {lag['load_average_1min']:.2f}): sl_basic on "
+        f"local torch, {lag['steps']} steps in {lag['train_s']:.1f} s ({lag['status']}); loop "
+        f"lag p50 {lag['lag_p50_ms']:.2f} ms, p99 {lag['lag_p99_ms']:.2f} ms, max "
+        f"{lag['lag_max_ms']:.1f} ms; /health answered {lag['health_answers']} times, "
+        f"{lag['health_failures']} failures, p99 {lag['health_p99_ms']:.1f} ms"
+    )
 
 
 def report(figures: dict[str, Any]) -> str:
-    memory, load_, lag = figures["memory"], figures["load"], figures["lag"]
-    service = figures["service_memory"]
-    samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in memory["rss_mib"])
-    service_samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in service["rss_mib"])
-    return "\n".join(
-        [
+    lines = []
+    if "memory" in figures:
+        memory = figures["memory"]
+        samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in memory["rss_mib"])
+        lines += [
             f"1. memory: {memory['runs']} sequential noop runs in one Kitchen "
             f"({memory['runs_per_s']:.0f} runs/s); RSS MiB by run: {samples}",
             f"   last/first {memory['last_over_first']:.3f}, "
             f"{memory['growth_kib_per_run']:.2f} KiB per run; "
             f"finished results kept: {memory['finished_kept']}",
+        ]
+    if "service_memory" in figures:
+        service = figures["service_memory"]
+        service_samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in service["rss_mib"])
+        lines += [
             f"1b. service memory: {service['runs']} sequential noop runs over HTTP "
             f"({service['runs_per_s']:.0f} runs/s); RSS MiB by run: {service_samples}",
             f"   last/first {service['last_over_first']:.3f}, "
             f"{service['growth_kib_per_run']:.2f} KiB per run; "
             f"run summaries kept: {service['summaries_kept']}",
-            f"2. load: {load_['concurrent']} concurrent noop runs over HTTP in "
-            f"{load_['wall_s']:.2f} s (polls every {load_['poll_interval_s']} s); "
-            f"GET /runs/{{id}} p50 {load_['get_run_p50_ms']:.1f} ms, "
-            f"p99 {load_['get_run_p99_ms']:.1f} ms ({load_['get_run_requests']} requests); "
-            f"events delivered {load_['events_delivered']} / emitted {load_['events_emitted']}; "
-            f"final {load_['final_statuses']}; "
-            f"RSS +{load_['rss_growth_kib_per_run']:.1f} KiB per run",
-            f"3. lag: sl_basic on local torch, {lag['steps']} steps in {lag['train_s']:.1f} s "
-            f"({lag['status']}); loop lag p50 {lag['lag_p50_ms']:.2f} ms, "
-            f"p99 {lag['lag_p99_ms']:.2f} ms, max {lag['lag_max_ms']:.1f} ms; /health answered "
-            f"{lag['health_answers']} times, {lag['health_failures']} failures, "
-            f"p99 {lag['health_p99_ms']:.1f} ms",
         ]
-    )
+    lines += [report_load(load_) for load_ in figures.get("load", ())]
+    lines += [report_lag(lag) for lag in figures.get("lag", ())]
+    return "\n".join(lines)
+
+
+def variant_settings(text: str) -> dict[str, Any]:
+    """``"kitchen_niceness=0,gc_young_threshold=None"`` as settings (``""``: the defaults)."""
+    pairs = [item.partition("=") for item in text.split(",") if item]
+    return {name.strip(): ast.literal_eval(value.strip()) for name, _, value in pairs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -382,6 +472,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--poll-interval", type=float, default=Config.poll_interval_s, help="seconds"
     )
+    parser.add_argument(
+        "--only", action="append", choices=PARTS, help="run this part only (repeatable)"
+    )
+    parser.add_argument(
+        "--variant",
+        type=variant_settings,
+        action="append",
+        help="service settings of the load and lag parts, as name=value,... (Python literals); "
+        "repeatable: the variants alternate. Default: the service's defaults",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="times to run the load and lag")
     parser.add_argument("--clients-of", help=argparse.SUPPRESS)  # the load's client process
     parser.add_argument("--client-config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -394,12 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, runs=200, concurrent=10, load_steps=5, train_steps=3)
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"config: {asdict(config)}")
-    figures = asyncio.run(measure(config))
+    variants = args.variant or [{}]
+    figures = asyncio.run(measure(config, args.only or PARTS, variants, args.repeat))
     print(report(figures))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
-    load_ = figures["load"]
-    if load_["events_delivered"] != load_["events_emitted"]:
+    loads = figures.get("load", ())
+    if any(load_["events_delivered"] != load_["events_emitted"] for load_ in loads):
         print("events were lost", file=sys.stderr)
         return 1
     return 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pydantic
+from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from crucible_kitchen import Context, Recipe, Workflow
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from aiohttp import ClientResponse
+    from aiohttp import ClientResponse, ClientWebSocketResponse
+    from aiohttp.web import AppRunner
 
 
 class ThreadEvent:
@@ -138,8 +140,22 @@ class Frame:
     id: int | None = None
 
 
+class FrameReader:
+    """Frames of a run's events, one at a time or all up to the end."""
+
+    async def next(self) -> Frame | None:
+        raise NotImplementedError
+
+    async def rest(self) -> list[Frame]:
+        """Every frame up to the end of the stream."""
+        frames = []
+        while (frame := await self.next()) is not None:
+            frames.append(frame)
+        return frames
+
+
 @dataclass
-class EventReader:
+class EventReader(FrameReader):
     """Reads the frames of an SSE response one at a time (comments are skipped)."""
 
     response: ClientResponse
@@ -169,25 +185,31 @@ class EventReader:
                 id=int(fields["id"]) if "id" in fields else None,
             )
 
-    async def rest(self) -> list[Frame]:
-        """Every frame up to the end of the stream."""
-        frames = []
-        while (frame := await self.next()) is not None:
-            frames.append(frame)
-        return frames
+    async def close(self) -> None:
+        self.response.close()
 
 
 NOOP_RUN = {"recipe": "supervised", "adapters": "noop", "config": {"max_steps": 3}}
 
 
+class UncancellingServer(TestServer):
+    """aiohttp's test server as ``web.run_app`` serves: a handler whose client disconnects
+    is not cancelled (aiohttp's ``TestServer`` cancels it), so it must notice by itself."""
+
+    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        return await super()._make_runner(**{**kwargs, "handler_cancellation": False})
+
+
 @asynccontextmanager
 async def serving(
-    tmp_path: Path, gate: Gate | None = None, **settings: Any
+    tmp_path: Path, gate: Gate | None = None, *, cancel_handlers: bool = True, **settings: Any
 ) -> AsyncIterator[tuple[TestClient[Any, Any], KitchenService]]:
+    """The service on a test server; ``cancel_handlers=False``: see :class:`UncancellingServer`."""
     if gate is not None:
         settings["recipes"] = [*settings.get("recipes", ()), gated_recipe(gate)]
     app = create_app(root=tmp_path / "runs", **settings)
-    async with TestClient(TestServer(app)) as client:
+    server = TestServer(app) if cancel_handlers else UncancellingServer(app)
+    async with TestClient(server) as client:
         yield client, app[SERVICE_KEY]
 
 
@@ -208,8 +230,56 @@ async def start(client: TestClient[Any, Any], body: dict[str, Any]) -> str:
     return str(run["run_id"])
 
 
-async def follow(client: TestClient[Any, Any], run_id: str, **headers: str) -> EventReader:
-    response = await client.get(f"/runs/{run_id}/events", headers=headers)
+async def follow(
+    client: TestClient[Any, Any],
+    run_id: str,
+    params: dict[str, str] | None = None,
+    **headers: str,
+) -> EventReader:
+    response = await client.get(f"/runs/{run_id}/events", params=params, headers=headers)
     assert response.status == 200
     assert response.content_type == "text/event-stream"
     return EventReader(response)
+
+
+@dataclass
+class WebSocketReader(FrameReader):
+    """Reads the event messages of ``GET /runs/{id}/events`` over a WebSocket, as frames."""
+
+    websocket: ClientWebSocketResponse
+
+    async def next(self) -> Frame | None:
+        """The next event (the ``end`` message too), or ``None`` once the server closed."""
+        message = await self.websocket.receive()
+        if message.type in {WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED}:
+            return None
+        assert message.type is WSMsgType.TEXT, message
+        body = msgspec.json.decode(message.data)
+        return Frame(event=body["event"], data=body["data"], id=body.get("id"))
+
+    async def close(self) -> None:
+        await self.websocket.close()
+
+
+async def follow_websocket(
+    client: TestClient[Any, Any], run_id: str, **params: str
+) -> WebSocketReader:
+    websocket = await client.ws_connect(f"/runs/{run_id}/events", params=params)
+    return WebSocketReader(websocket)
+
+
+RECONNECTIONS = ("sse-header", "sse-query", "websocket")
+"""The ways a client follows a run's events again after the event it got last: Server-Sent
+Events with ``Last-Event-ID`` or ``?last_event_id=``, or a WebSocket with the latter."""
+
+
+async def follow_by(
+    client: TestClient[Any, Any], run_id: str, way: str, after: int | None = None
+) -> EventReader | WebSocketReader:
+    """Follow the run's events one of the :data:`RECONNECTIONS` ways, after ``after``."""
+    query = {} if after is None else {"last_event_id": str(after)}
+    if way == "websocket":
+        return await follow_websocket(client, run_id, **query)
+    if way == "sse-query":
+        return await follow(client, run_id, params=query)
+    return await follow(client, run_id, **{"Last-Event-ID": str(after or 0)})

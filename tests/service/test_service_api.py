@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-from _service_support import NOOP_RUN, Gate, follow, gated_recipe, problem, serving, start
+from _service_support import (
+    NOOP_RUN,
+    RECONNECTIONS,
+    Gate,
+    follow,
+    follow_by,
+    gated_recipe,
+    problem,
+    serving,
+    start,
+)
 from aiohttp.test_utils import TestClient, TestServer
 
 from crucible_kitchen.service import SERVICE_KEY, create_app
@@ -127,23 +137,27 @@ async def test_cancel_stops_a_run_gracefully_and_a_second_cancel_conflicts(
         assert body["detail"] == f"run {run_id!r} has ended already (cancelled)"
 
 
-async def test_a_reconnecting_client_resumes_after_its_last_event_id(tmp_path: Path) -> None:
+@pytest.mark.parametrize("way", RECONNECTIONS)
+async def test_a_reconnecting_client_resumes_after_its_last_event_id(
+    tmp_path: Path, way: str
+) -> None:
     gate = Gate()
     async with serving(tmp_path, gate) as (client, service):
         run_id = await start(client, {"recipe": "gated", "config": {"steps": 4}})
         await gate.reached.wait()
-        first = await follow(client, run_id)
-        seen = [await first.next(), await first.next()]
-        first.response.close()
+        first = await follow_by(client, run_id, way)
+        seen = [await first.next(), await first.next()]  # while the run waits at the gate
+        await first.close()
         gate.open()
         await service.result(service.run(run_id))
 
         last_id = seen[-1].id
         assert last_id is not None
-        resumed = await (await follow(client, run_id, **{"Last-Event-ID": str(last_id)})).rest()
-        whole = await (await follow(client, run_id)).rest()
+        resumed = await (await follow_by(client, run_id, way, last_id)).rest()
+        whole = await (await follow_by(client, run_id, way)).rest()
+        over_sse = await (await follow(client, run_id)).rest()
         assert [f.id for f in resumed[:-1]] == list(range(last_id + 1, len(whole)))
-        assert seen + resumed == whole
+        assert seen + resumed == whole == over_sse
 
 
 async def test_a_client_that_disconnects_mid_stream_leaves_the_run_and_server_sound(

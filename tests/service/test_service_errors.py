@@ -263,11 +263,21 @@ async def test_an_unexpected_failure_is_a_logged_internal_error(
 
 def test_invalid_settings_are_all_reported_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
-        create_app(token={"alice": "a", "bob": ""}, max_body_bytes=0, heartbeat_s=0.0)
+        create_app(
+            token={"alice": "a", "bob": ""},
+            max_body_bytes=0,
+            heartbeat_s=0.0,
+            kitchen_niceness=20,
+            gc_young_threshold=0,
+            switch_interval_s=0.0,
+        )
     assert caught.value.problems == [
         "bob: a token must not be empty",
         "max_body_bytes: must be at least 1, got 0",
         "heartbeat_s: must be more than 0 seconds, got 0.0",
+        "kitchen_niceness: must be from 0 to 19, got 20",
+        "gc_young_threshold: must be at least 1 or None, got 0",
+        "switch_interval_s: must be more than 0 seconds or None, got 0.0",
     ]
     with pytest.raises(ConfigError, match="token: a token must not be empty"):
         create_app(token="")

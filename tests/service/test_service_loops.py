@@ -5,6 +5,9 @@ aiohttp runs only on asyncio, so these tests run on anyio's asyncio backend only
 
 from __future__ import annotations
 
+import gc
+import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -72,3 +75,42 @@ async def test_on_kitchen_runs_a_coroutine_on_the_kitchen_loop_and_returns_its_r
         assert await service.on_kitchen(where()) not in {threading.get_ident(), None}
     with pytest.raises(RuntimeError, match="not running"):
         await service.on_kitchen(where())
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="threads have a niceness of their own on Linux")
+@pytest.mark.parametrize("steps", [0, 7])
+async def test_the_kitchen_thread_runs_nicer_than_the_host_by_kitchen_niceness(
+    tmp_path: Path, steps: int
+) -> None:
+    async def kitchen_niceness() -> int:
+        await anyio.lowlevel.checkpoint()
+        return _niceness()
+
+    host = _niceness()
+    async with serving(tmp_path, kitchen_niceness=steps) as (_, service):
+        assert await service.on_kitchen(kitchen_niceness()) == min(19, host + steps)
+        assert _niceness() == host
+
+
+async def test_the_collector_and_switch_interval_are_tuned_while_the_service_runs(
+    tmp_path: Path,
+) -> None:
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    interval = sys.getswitchinterval()
+    tuned = {"gc_young_threshold": before[0] + 1234, "switch_interval_s": interval / 4}
+    async with serving(tmp_path, **tuned):
+        assert gc.get_threshold() == (before[0] + 1234, *before[1:])
+        assert gc.get_freeze_count() > frozen
+        assert sys.getswitchinterval() == pytest.approx(interval / 4)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen == 0  # nothing else in the tests freezes
+    assert sys.getswitchinterval() == interval
+    async with serving(tmp_path, gc_young_threshold=None, switch_interval_s=None):
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() == 0
+        assert sys.getswitchinterval() == interval

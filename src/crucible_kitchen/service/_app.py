@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from opentelemetry.trace import SpanKind
 
 import crucible_kitchen
@@ -36,7 +36,7 @@ from ._schema import (
 from ._service import KitchenService, ServiceSettings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Collection, Mapping
+    from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 
     from aiohttp.typedefs import Handler, Middleware
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -362,14 +362,21 @@ _KEEPALIVE = b": keepalive\n\n"
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events: ``id`` is the event's ``seq``, ``event`` its name, ``data`` its
-    JSON; after the run's last event an ``end`` event carries the final status. A client that
-    reconnects with ``Last-Event-ID: n`` gets every event after ``n``. The events of a run
-    that has ended come from its run directory (or, without one, from memory)."""
+    """The run's events from its first (or after ``Last-Event-ID`` / ``?last_event_id=``), as
+    Server-Sent Events, or over a WebSocket when the request asks for an upgrade to one.
+
+    Server-Sent Events: ``id`` is the event's ``seq``, ``event`` its name, ``data`` its JSON;
+    after the run's last event an ``end`` event carries the final status. A WebSocket gets a
+    text message per event, ``{"id": seq, "event": name, "data": {...}}``, then
+    ``{"event": "end", "data": {"status": ...}}``, and is closed. A client that reconnects
+    with the last id it got gets every event after it. The events of a run that has ended
+    come from its run directory (or, without one, from memory)."""
     service = _service(request)
     run_id = request.match_info["run_id"]
     after = _last_event_id(request)
-    events = service.events(run_id, after)
+    events = service.event_batches(run_id, after)
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await _websocket_events(request, service, run_id, events)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -393,14 +400,60 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 
 def _last_event_id(request: web.Request) -> int:
-    text = request.headers.get("Last-Event-ID", "0").strip() or "0"
+    """The ``last_event_id`` query parameter, else the ``Last-Event-ID`` header, else 0."""
+    if "last_event_id" in request.query:
+        name, given = "last_event_id", request.query["last_event_id"]
+    else:
+        name, given = "Last-Event-ID", request.headers.get("Last-Event-ID", "0")
+    text = given.strip() or "0"
     if not text.isdigit():
         raise Problem(
             400,
             "invalid-last-event-id",
-            f"Last-Event-ID must be the id of an event received before, got {text!r}",
+            f"{name} must be the id of an event received before, got {text!r}",
         )
     return int(text)
+
+
+async def _websocket_events(
+    request: web.Request,
+    service: KitchenService,
+    run_id: str,
+    events: AsyncGenerator[list[StoredEvent], None],
+) -> web.WebSocketResponse:
+    """Send ``events`` over a WebSocket, a message each, then the ``end`` message, and close.
+    What the client sends is ignored; when it closes (or its connection drops, or it
+    answers no ping for ``heartbeat_s``), the sending stops."""
+    websocket = web.WebSocketResponse(heartbeat=service.settings.heartbeat_s)
+    with service.stream():
+        await websocket.prepare(request)
+        try:
+            async with anyio.create_task_group() as task_group:
+
+                async def watch_client() -> None:
+                    async for _ in websocket:  # ends when the client closes or goes away
+                        pass
+                    task_group.cancel_scope.cancel()
+
+                task_group.start_soon(watch_client)
+                async for batch in events:
+                    for stored in batch:
+                        await websocket.send_frame(_message(stored), WSMsgType.TEXT)
+                status = await service.final_status(run_id)
+                end = b'{"event":"end","data":' + msgspec.json.encode({"status": status}) + b"}"
+                await websocket.send_frame(end, WSMsgType.TEXT)
+                task_group.cancel_scope.cancel()
+            await websocket.close()
+        except* ConnectionResetError:
+            pass  # the client went away: nothing more to send
+        finally:
+            await events.aclose()
+    return websocket
+
+
+def _message(stored: StoredEvent) -> bytes:
+    name = msgspec.json.encode(stored.name)
+    return b'{"id":%d,"event":%b,"data":%b}' % (stored.seq, name, stored.data)
 
 
 def _frame(name: str, data: bytes, event_id: int | None = None) -> bytes:
@@ -409,17 +462,17 @@ def _frame(name: str, data: bytes, event_id: int | None = None) -> bytes:
 
 
 async def _stream_events(
-    response: web.StreamResponse, events: AsyncIterator[StoredEvent], heartbeat_s: float
+    response: web.StreamResponse, events: AsyncIterator[list[StoredEvent]], heartbeat_s: float
 ) -> bool:
-    """Write ``events`` until the last one, a keepalive comment when none came for
-    ``heartbeat_s``; the events that are ready are written together. Returns whether the
+    """Write the batches of ``events`` until the last one, a keepalive comment when none came
+    for ``heartbeat_s``; the batches that are ready are written together. Returns whether the
     client was there to the end."""
-    send, receive = anyio.create_memory_object_stream[StoredEvent](math.inf)
+    send, receive = anyio.create_memory_object_stream[list[StoredEvent]](math.inf)
 
     async def pump() -> None:
         async with send:
-            async for stored in events:
-                await send.send(stored)
+            async for batch in events:
+                await send.send(batch)
 
     async with anyio.create_task_group() as task_group, receive:
         task_group.start_soon(pump)
@@ -430,23 +483,26 @@ async def _stream_events(
 
 async def _write_frames(
     response: web.StreamResponse,
-    receive: MemoryObjectReceiveStream[StoredEvent],
+    receive: MemoryObjectReceiveStream[list[StoredEvent]],
     heartbeat_s: float,
 ) -> bool:
     while True:
         frames = [_KEEPALIVE]
         with anyio.move_on_after(heartbeat_s):
             try:
-                stored = await receive.receive()
+                batches = [await receive.receive()]
             except anyio.EndOfStream:
                 return True
-            frames = [_frame(stored.name, stored.data, stored.seq)]
             while True:
                 try:
-                    stored = receive.receive_nowait()
+                    batches.append(receive.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-                frames.append(_frame(stored.name, stored.data, stored.seq))
+            frames = [
+                _frame(stored.name, stored.data, stored.seq)
+                for batch in batches
+                for stored in batch
+            ]
         try:
             await response.write(b"".join(frames))
         except ConnectionResetError:

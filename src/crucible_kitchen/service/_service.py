@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import math
+import os
+import sys
 import threading
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 import anyio
 
@@ -51,7 +54,6 @@ from ._problems import Problem
 from ._schema import RunStatus, RunView
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import (
         AsyncGenerator,
         AsyncIterator,
@@ -97,6 +99,22 @@ class ServiceSettings:
     - ``keep_finished``: how many finished runs keep their summary in memory. An older run
       with a run directory is then read from it when asked for (its view, metrics and
       events); an older run without one is forgotten.
+    - ``kitchen_niceness``: on Linux, the Kitchen's thread (and the threads it starts, such
+      as those computing a local torch step) runs this many niceness steps below the
+      process (0: the same priority; at most 19), so that when the cores are busy the
+      operating system serves the host's HTTP thread first. Elsewhere it is ignored.
+    - ``gc_young_threshold``: while the service runs, Python's garbage collector leaves the
+      objects that existed when it started alone (``gc.freeze()``) and collects its youngest
+      generation every this many allocations at least (Python's default is 700), so that
+      collections, which stop every thread of the process, come rarely while many runs are
+      alive. The previous thresholds come back when the service stops (and the objects are
+      unfrozen, unless some were frozen before it started). ``None`` leaves the collector
+      as it is.
+    - ``switch_interval_s``: while the service runs, a thread that waits for the interpreter
+      lock (the host's, with a request to answer) gets it from the thread that holds it (the
+      Kitchen's, running runs) after this many seconds (``sys.setswitchinterval``; Python's
+      default is 0.005). The previous interval comes back when the service stops. ``None``
+      leaves it as it is.
 
     Raises:
         ConfigError: every invalid setting (an empty token, a limit below 1, ...).
@@ -114,6 +132,9 @@ class ServiceSettings:
     page_size: int = 50
     max_page_size: int = 500
     keep_finished: int = 200
+    kitchen_niceness: int = 10
+    gc_young_threshold: int | None = 10_000
+    switch_interval_s: float | None = 0.0005
 
     def __post_init__(self) -> None:
         problems = []
@@ -129,6 +150,17 @@ class ServiceSettings:
         for name in ("stop_grace_s", "heartbeat_s"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name}: must be more than 0 seconds, got {getattr(self, name)}")
+        if not 0 <= self.kitchen_niceness <= 19:
+            problems.append(f"kitchen_niceness: must be from 0 to 19, got {self.kitchen_niceness}")
+        if self.gc_young_threshold is not None and self.gc_young_threshold < 1:
+            problems.append(
+                f"gc_young_threshold: must be at least 1 or None, got {self.gc_young_threshold}"
+            )
+        if self.switch_interval_s is not None and not self.switch_interval_s > 0:
+            problems.append(
+                f"switch_interval_s: must be more than 0 seconds or None, "
+                f"got {self.switch_interval_s}"
+            )
         if problems:
             raise ConfigError(problems, source="service settings")
 
@@ -239,6 +271,7 @@ class KitchenService:
         self._task_group: TaskGroup | None = None
         self._kitchen_loop: asyncio.AbstractEventLoop | None = None
         self._host_loop: asyncio.AbstractEventLoop | None = None
+        self._wakeups: _Wakeups | None = None
         self._runs: dict[str, TrackedRun | _OnDisk] = {}
         self._finished: list[str] = []  # finished runs with a summary, in the order they ended
         self._past: dict[str, PastRun] = {}
@@ -285,6 +318,7 @@ class KitchenService:
         """The ``cleanup_ctx`` of the application: start the Kitchen on its own loop, and at
         cleanup stop every run, close the Kitchen and wait for its thread."""
         self._host_loop = asyncio.get_running_loop()
+        self._wakeups = _Wakeups(self._host_loop)
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         closing: concurrent.futures.Future[None] = concurrent.futures.Future()
         ended: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -297,7 +331,11 @@ class KitchenService:
             await asyncio.wait((owner, asyncio.wrap_future(ready)), return_when=FIRST_COMPLETED)
             if owner.done():
                 owner.result()  # raises what failed the start
-            yield
+            with (
+                _tuned_collector(self.settings.gc_young_threshold),
+                _switch_interval(self.settings.switch_interval_s),
+            ):
+                yield
         finally:
             closing.set_result(None)  # whenever the Kitchen gets there, it stops
             try:
@@ -312,6 +350,7 @@ class KitchenService:
         ended: concurrent.futures.Future[None],
     ) -> None:
         try:
+            _lower_thread_priority(self.settings.kitchen_niceness)
             anyio.run(self._own_kitchen, ready, closing, backend="asyncio")
         except BaseException as exc:  # handed to the host's loop, which raises it
             ended.set_exception(exc)
@@ -627,32 +666,46 @@ class KitchenService:
         return await anyio.to_thread.run_sync(read_metrics_rows, directory)
 
     def events(self, run_id: str, after: int) -> AsyncGenerator[StoredEvent, None]:
-        """The events of the run ``run_id`` after the one numbered ``after``, in order: of a
-        running run from its telemetry (every event since its first, so nothing is missed
-        until it ends), of an ended one from memory (without a run directory) or from its
-        run directory.
+        """The events of the run ``run_id`` after the one numbered ``after``, in order, one
+        at a time (see :meth:`event_batches`).
 
         Raises:
             Problem: no such run (404); raised here, before the events are iterated.
         """
+        return _one_by_one(self.event_batches(run_id, after))
+
+    def event_batches(self, run_id: str, after: int) -> AsyncGenerator[list[StoredEvent], None]:
+        """The events of the run ``run_id`` after the one numbered ``after``, in order, in
+        batches (never empty) of those that were ready together: of a running run from its telemetry
+        (every event since its first, so nothing is missed until it ends), of an ended one
+        from memory (without a run directory) or from its run directory.
+
+        Raises:
+            Problem: no such run (404); raised here, before the batches are iterated.
+        """
         entry = self._runs.get(run_id)
         if isinstance(entry, TrackedRun):
             if entry.handle is not None:
-                return self._live_events(entry.handle, after, self._loop())
+                return self._live_events(entry.handle, after, self._loop(), self._host_wakeups())
             if entry.events is not None:
                 return _kept_events(entry.events, after)
         return self._stored_events(self._stored_directory(run_id), after)
 
     @staticmethod
-    async def _stored_events(directory: Path, after: int) -> AsyncGenerator[StoredEvent, None]:
-        for stored in await anyio.to_thread.run_sync(read_event_lines, directory, after):
+    async def _stored_events(
+        directory: Path, after: int
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        if stored := await anyio.to_thread.run_sync(read_event_lines, directory, after):
             yield stored
 
     @staticmethod
     async def _live_events(
-        handle: RunHandle, after: int, kitchen_loop: asyncio.AbstractEventLoop
-    ) -> AsyncGenerator[StoredEvent, None]:
-        handoff = _Handoff[StoredEvent | None](asyncio.get_running_loop())
+        handle: RunHandle,
+        after: int,
+        kitchen_loop: asyncio.AbstractEventLoop,
+        wakeups: _Wakeups,
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        handoff = _Handoff[StoredEvent | None](wakeups)
 
         async def forward() -> None:  # on the kitchen loop
             try:
@@ -665,11 +718,13 @@ class KitchenService:
         forwarding = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(forward(), kitchen_loop))
         try:
             while True:
-                for stored in await handoff.take():
-                    if stored is None:
-                        await forwarding  # raises what ended the forwarding early
-                        return
-                    yield stored
+                batch = await handoff.take()
+                if batch[-1] is None:
+                    if len(batch) > 1:
+                        yield cast("list[StoredEvent]", batch[:-1])
+                    await forwarding  # raises what ended the forwarding early
+                    return
+                yield cast("list[StoredEvent]", batch)
         finally:
             forwarding.cancel()
 
@@ -690,6 +745,11 @@ class KitchenService:
         if self._kitchen_loop is None:
             raise Problem(503, "stopping", "the kitchen has stopped")
         return self._kitchen_loop
+
+    def _host_wakeups(self) -> _Wakeups:
+        if self._wakeups is None:
+            raise Problem(503, "stopping", "the kitchen has stopped")
+        return self._wakeups
 
     # ------------------------------------------------------------------ event streams
 
@@ -716,12 +776,79 @@ class KitchenService:
                 self._streams_closed.set()
 
 
-class _Handoff(Generic[T]):
-    """Items put on any thread and taken on one event loop (the host's), with one wake-up of
-    that loop per batch of items rather than per item."""
+@contextmanager
+def _tuned_collector(young_threshold: int | None) -> Iterator[None]:
+    """Freeze the objects alive now and collect the youngest generation every
+    ``young_threshold`` allocations at least, until the end of the block (then the
+    thresholds come back, and the objects are unfrozen unless some were frozen before)."""
+    if young_threshold is None:
+        yield
+        return
+    previous = gc.get_threshold()
+    frozen_before = gc.get_freeze_count()
+    gc.freeze()
+    gc.set_threshold(max(previous[0], young_threshold), *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        if not frozen_before:  # what someone else froze stays frozen
+            gc.unfreeze()
+
+
+@contextmanager
+def _switch_interval(seconds: float | None) -> Iterator[None]:
+    """The interpreter's switch interval is ``seconds`` until the end of the block."""
+    if seconds is None:
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def _lower_thread_priority(steps: int) -> None:
+    """Make the calling thread ``steps`` niceness steps nicer (Linux only: elsewhere a
+    thread has no niceness of its own). Threads it starts inherit that niceness."""
+    if steps and sys.platform == "linux":
+        thread = threading.get_native_id()
+        niceness = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness + steps))
+
+
+class _Wakeups:
+    """Wakes handoffs on the host's loop from the kitchen's thread: one wake-up of that loop
+    (a write to its self-pipe, which also hands the interpreter lock over) serves every
+    handoff that became ready before the loop got to it, whichever stream it belongs to."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._due: deque[_Handoff[Any]] = deque()
+        self._wake_pending = False
+
+    def wake(self, handoff: _Handoff[Any]) -> None:
+        """On any thread: wake ``handoff`` on the host's loop soon."""
+        self._due.append(handoff)  # before the check: a pending wake-up will see it
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._wake_due)
+
+    def _wake_due(self) -> None:
+        self._wake_pending = False
+        due = self._due
+        for _ in range(len(due)):
+            due.popleft().ready()
+
+
+class _Handoff(Generic[T]):
+    """Items put on any thread and taken on the host's loop, with one wake-up per batch of
+    items rather than per item."""
+
+    def __init__(self, wakeups: _Wakeups) -> None:
+        self._wakeups = wakeups
         self._items: deque[T] = deque()
         self._wake_pending = False
         self._ready = asyncio.Event()
@@ -730,9 +857,10 @@ class _Handoff(Generic[T]):
         self._items.append(item)  # before the check: a pending wake-up will see it
         if not self._wake_pending:
             self._wake_pending = True
-            self._loop.call_soon_threadsafe(self._wake)
+            self._wakeups.wake(self)
 
-    def _wake(self) -> None:
+    def ready(self) -> None:
+        """On the host's loop: items were put."""
         self._wake_pending = False
         self._ready.set()
 
@@ -748,10 +876,16 @@ class _Handoff(Generic[T]):
 
 async def _kept_events(
     events: Sequence[StoredEvent], after: int
-) -> AsyncGenerator[StoredEvent, None]:
-    for stored in events:
-        if stored.seq > after:
-            yield stored
+) -> AsyncGenerator[list[StoredEvent], None]:
+    if batch := [stored for stored in events if stored.seq > after]:
+        yield batch
+
+
+async def _one_by_one(batches: AsyncGenerator[list[T], None]) -> AsyncGenerator[T, None]:
+    async with aclosing(batches):
+        async for batch in batches:
+            for item in batch:
+                yield item
 
 
 class _Tracker:
