@@ -1,6 +1,6 @@
 """One rank of the data-parallel tests, run under ``torchrun`` (or alone, as 1 process).
 
-``python ddp_worker.py OUT MODE``, by MODE:
+``python ddp_worker.py OUT MODE [CHECKPOINT]``, by MODE:
 
 - ``train``: the tiny model trains a few steps on one fixed global batch (the last step
   through a custom loss that weighs each datum by its position in the batch, so that a rank
@@ -13,7 +13,12 @@
 - ``sample``: 5 seeded sample requests, submitted then awaited; saves the samples and how many
   this rank drew;
 - ``dropout``: alone, trains a model with dropout one step and saves it; under torchrun,
-  loads that checkpoint (every rank must raise ``WorldSizeMismatch``).
+  loads that checkpoint (every rank must raise ``WorldSizeMismatch``);
+- ``fsdp``: ``train`` with the model sharded (FSDP), saving a checkpoint ``mid`` after step
+  2, then drawing greedy samples from the final weights (every rank gathers them); then, given
+  a CHECKPOINT (of one process), loads it and saves the state tensors as ``loaded``;
+- ``resume``: alone, loads ``OUT/checkpoints/weights/mid`` (of an ``fsdp`` run) and trains the
+  remaining steps; saves to ``OUT/resumed.pt``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 STEPS = 4
+MID = 2
 GLOBAL_BATCH = 6
 CONFIG = ModelConfig(
     vocab_size=300, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, device="cpu"
@@ -122,9 +128,27 @@ async def dropout(client: LocalTorchTrainingClient, rank: int) -> None:
         raise SystemExit(4) from exc
 
 
+async def greedy_samples(client: LocalTorchTrainingClient) -> list[tuple[int, ...]]:
+    """Greedy completions of 2 prompts by the current weights (requests fan out over ranks)."""
+    saved = await client.save_weights_for_sampler("final", request_id="save-sampler")
+    sampler = await client.create_sampling_client((await saved.result()).path)
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    futures = [
+        await sampler.sample(ModelInput.from_ints([5 + prompt, 9]), 1, params)
+        for prompt in range(2)
+    ]
+    return [(await future.result()).sequences[0].tokens for future in futures]
+
+
 async def train(out: Path, mode: str) -> None:
     config = dataclasses.replace(CONFIG, dropout=0.1) if mode == "dropout" else CONFIG
-    client = LocalTorchTrainingClient(model=config, seed=3, checkpoint_dir=out / "checkpoints")
+    checkpoints = out / ("resumed" if mode == "resume" else "checkpoints")
+    client = LocalTorchTrainingClient(
+        model=config,
+        seed=3,
+        checkpoint_dir=checkpoints,
+        parallelism="fsdp" if mode == "fsdp" else "ddp",
+    )
     rank = 0 if client.distributed is None else client.distributed.rank
     if mode == "dropout":
         await dropout(client, rank)
@@ -134,8 +158,15 @@ async def train(out: Path, mode: str) -> None:
         return
     adam = AdamParams(learning_rate=1e-2)
     losses = []
+    first = 0
+    if mode == "resume":
+        mid = str(out / "checkpoints" / "weights" / "mid")
+        await (await client.load_state(mid, request_id="load-mid")).result()
+        first = MID
     try:
-        for step in range(STEPS):
+        for step in range(first, STEPS):
+            if mode == "fsdp" and step == MID:
+                await (await client.save_state("mid", request_id="save-mid")).result()
             if mode == "crash" and rank == 1 and step == 1:
                 raise RuntimeError("injected crash on rank 1")
             if mode == "desync" and rank == 1 and step == 1:
@@ -156,7 +187,14 @@ async def train(out: Path, mode: str) -> None:
         print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from exc
     state = await client.state_tensors()
-    torch.save({"losses": losses, "state": state}, out / f"rank{rank}.pt")
+    samples = await greedy_samples(client) if mode in ("fsdp", "train") else None
+    loaded = None
+    if mode == "fsdp" and len(sys.argv) > 3:
+        await (await client.load_state(sys.argv[3], request_id="load-other")).result()
+        loaded = await client.state_tensors()
+    name = "resumed.pt" if mode == "resume" else f"rank{rank}.pt"
+    result = {"losses": losses, "state": state, "samples": samples, "loaded": loaded}
+    torch.save(result, out / name)
 
 
 if __name__ == "__main__":
