@@ -2,10 +2,11 @@
 
 ``python ddp_worker.py OUT MODE [CHECKPOINT]``, by MODE:
 
-- ``train``: the tiny model trains a few steps on one fixed global batch (the last step
+- ``train``: the tiny model trains a few steps on one fixed global batch (the fourth step
   through a custom loss that weighs each datum by its position in the batch, so that a rank
-  back-propagating another slice's gradients would show); saves to ``OUT/rank<R>.pt`` the
-  per-step ``loss:sum`` and the final state tensors;
+  back-propagating another slice's gradients would show; the fifth on one datum, which
+  leaves rank 1 without a share, with clipped gradients); saves to ``OUT/rank<R>.pt`` the
+  per-step ``loss:sum`` and ``grad_norm`` and the final state tensors;
 - ``crash``: rank 1 raises before its second step (the others must fail with a
   ``CollectiveError``, not hang);
 - ``desync``: rank 1 re-sends a request the others do not (all must raise
@@ -51,8 +52,9 @@ from crucible_kitchen.ports import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-STEPS = 4
+STEPS = 5
 MID = 2
+CUSTOM = 3
 GLOBAL_BATCH = 6
 CONFIG = ModelConfig(
     vocab_size=300, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, device="cpu"
@@ -158,6 +160,7 @@ async def train(out: Path, mode: str) -> None:
         return
     adam = AdamParams(learning_rate=1e-2)
     losses = []
+    norms = []
     first = 0
     if mode == "resume":
         mid = str(out / "checkpoints" / "weights" / "mid")
@@ -172,16 +175,27 @@ async def train(out: Path, mode: str) -> None:
             if mode == "desync" and rank == 1 and step == 1:
                 # A one-sided retry: rank 1 re-runs a request the others do not.
                 await (await client.optim_step(adam, request_id="extra")).result()
-            if step == STEPS - 1:
+            if step == CUSTOM:
                 fb = await client.forward_backward_custom(
                     global_batch(step), weighted_loss, request_id=f"fb-{step}"
                 )
+            elif step == STEPS - 1:
+                one = global_batch(step)[:1]
+                first_half = await client.forward_backward(
+                    one, "cross_entropy", request_id="fb-one"
+                )
+                losses.append((await first_half.result()).metrics["loss:sum"])
+                fb = await client.forward_backward_custom(one, weighted_loss, request_id="fbc-one")
+                adam = AdamParams(learning_rate=1e-2, grad_clip_norm=1.0)
             else:
                 fb = await client.forward_backward(
                     global_batch(step), "cross_entropy", request_id=f"fb-{step}"
                 )
             losses.append((await fb.result()).metrics["loss:sum"])
-            await (await client.optim_step(adam, request_id=f"step-{step}")).result()
+            stepped = await client.optim_step(adam, request_id=f"step-{step}")
+            norms.append((await stepped.result()).metrics["grad_norm"])
+        evaluation = await client.forward(global_batch(0)[:1], "cross_entropy")
+        losses.append((await evaluation.result()).metrics["loss:sum"])
         await (await client.save_state("final", request_id="save")).result()
     except CollectiveError as exc:
         print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -193,7 +207,13 @@ async def train(out: Path, mode: str) -> None:
         await (await client.load_state(sys.argv[3], request_id="load-other")).result()
         loaded = await client.state_tensors()
     name = "resumed.pt" if mode == "resume" else f"rank{rank}.pt"
-    result = {"losses": losses, "state": state, "samples": samples, "loaded": loaded}
+    result = {
+        "losses": losses,
+        "norms": norms,
+        "state": state,
+        "samples": samples,
+        "loaded": loaded,
+    }
     torch.save(result, out / name)
 
 
