@@ -8,6 +8,7 @@ launcher and the survivor must fail on its own, within the collective timeout).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -191,3 +192,57 @@ def test_a_one_sided_retry_stops_every_rank_with_collective_desync(tmp_path: Pat
         outcomes[0].stderr
     )
     assert "ranks [0] are at another request" in outcomes[1].stderr
+
+
+# --- The CLI under torchrun -----------------------------------------------------------------
+
+SL_BASIC = ["sl_basic", "max_steps=3", "save_every=2", "eval_every=0", "final_eval=false"]
+RL_BASIC = [
+    "rl_basic",
+    "sft_warmup_steps=2",
+    "num_batches=2",
+    "groups_per_batch=4",
+    "group_size=2",
+    "max_tokens=8",
+    "initial_eval=false",
+    "eval_examples=4",
+]
+
+
+def _kitchen_run(run_dir: Path, settings: list[str], *, ranks: int) -> dict[str, float]:
+    """``kitchen run`` in one process, or under torchrun; the summary's final metrics."""
+    launcher = [sys.executable] if ranks == 1 else TORCHRUN
+    command = [*launcher, "-m", "crucible_kitchen.cli", "run", *settings]
+    subprocess.run([*command, "--run-dir", str(run_dir), "--quiet"], check=True, timeout=240)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    metrics: dict[str, float] = summary["metrics"]
+    return metrics
+
+
+@pytest.mark.parametrize(
+    ("settings", "parallelism", "checkpoints"),
+    [
+        pytest.param(SL_BASIC, "fsdp", ["final", "step_000002"], id="sl_basic-fsdp"),
+        pytest.param(RL_BASIC, "ddp", ["final"], id="rl_basic-ddp"),
+    ],
+)
+def test_kitchen_run_under_torchrun_ends_with_the_one_process_metrics(
+    tmp_path: Path, settings: list[str], parallelism: str, checkpoints: list[str]
+) -> None:
+    """sl_basic with sharded parameters, and rl_basic (SFT warm-up, then GRPO whose rollouts
+    fan out: each rank samples its share of the groups) on 2 ranks: the final metrics of one
+    process (rewards, token counts and samples' statistics exactly, since every request's
+    samples depend on its seed, not on the rank that draws them)."""
+    one = _kitchen_run(tmp_path / "one", settings, ranks=1)
+    two = _kitchen_run(tmp_path / "two", [*settings, f"parallelism={parallelism}"], ranks=2)
+    assert two.keys() == one.keys()
+    for name, value in one.items():
+        # Float summation order differs (seen: 1e-8 relative); the KL estimates are ~1e-8
+        # themselves, so they get an absolute tolerance.
+        assert two[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    # Rank 0 alone wrote the run directory and the checkpoints.
+    weights = tmp_path / "two" / "checkpoints" / "weights"
+    assert sorted(path.name for path in weights.iterdir()) == checkpoints
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
