@@ -1,9 +1,11 @@
 """Data-parallel training with 2 CPU processes (gloo) on loopback, against 1 process.
 
-Each test runs ``ddp_worker.py`` (5 AdamW steps of the tiny model on one fixed global batch
-of 6 datums of different lengths, then of 1) in real processes: alone, under ``torchrun``, or as two
-plain processes with torchrun's variables (so that a failed rank is not killed by the
-launcher and the survivor must fail on its own, within the collective timeout).
+Most tests run ``ddp_worker.py`` (5 AdamW steps of the tiny model on one fixed global batch
+of 6 datums of different lengths, then of 1) in real processes: alone, under ``torchrun``
+(DDP, or FSDP with ``parallelism="fsdp"``), or as two plain processes with torchrun's
+variables (so that a failed rank is not killed by the launcher and the survivor must fail on
+its own, within the collective timeout). The last ones run ``kitchen run`` itself, alone and
+under ``torchrun``.
 """
 
 from __future__ import annotations
