@@ -599,16 +599,20 @@ class Trainer:
         Without ``with_optimizer`` the optimizer starts afresh. Nothing changes if the
         checkpoint does not verify or does not fit.
         """
-        if self.sharded:  # a fresh optimizer takes the checkpoint's state (or stays fresh)
-            self.optimizer = build_optimizer(self.model, fused=self._fused)
+        # A sharded optimizer's state loads into a fresh one (it stays fresh if the checkpoint
+        # saved none); the current one stays if the checkpoint is refused.
+        fresh = None
+        if self.sharded or not with_optimizer:
+            fresh = build_optimizer(self.model, fused=self._fused)
+        target = fresh if self.sharded else self.optimizer
         manifest = load_checkpoint(
             directory,
             model=self.model,
-            optimizer=self.optimizer if with_optimizer else None,
+            optimizer=target if with_optimizer else None,
             sharded=self.sharded,
         )
-        if not with_optimizer and not self.sharded:
-            self.optimizer = build_optimizer(self.model, fused=self._fused)
+        if fresh is not None:
+            self.optimizer = fresh
         self.optimizer.zero_grad(set_to_none=True)
         self.step = manifest.step
         self.pending_gradients = 0

@@ -360,6 +360,7 @@ class LocalTorchTrainingClient:
         after every request submitted so far; compare with ``torch.equal`` between runs.
 
         Keys: ``model/<name>``, ``grad/<name>``, ``optimizer/<name>/<key>``, ``rng/dropout``.
+        Under FSDP they are gathered, unsharded: a collective, so call it on every rank.
         """
         return await self._queue.call("state_tensors", self._trainer.state_tensors, record=False)
 
