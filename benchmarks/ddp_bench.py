@@ -2,9 +2,10 @@
 
 Run::
 
-    .venv/bin/python benchmarks/ddp_bench.py              # defaults, about a minute
+    .venv/bin/python benchmarks/ddp_bench.py              # defaults, about 75 s
     .venv/bin/python benchmarks/ddp_bench.py --quick      # smoke run
     .venv/bin/python benchmarks/ddp_bench.py --steps 40 --batch 32 --width 128
+    .venv/bin/python benchmarks/ddp_bench.py --repeat 3   # medians of 3 interleaved rounds
 
 Each variant runs under ``torchrun --standalone`` (gloo on the CPU, or nccl with
 ``--device cuda``) with ``--nproc`` processes, on one model and one global batch of
@@ -19,8 +20,9 @@ Each variant runs under ``torchrun --standalone`` (gloo on the CPU, or nccl with
   parameters sharded by FSDP2 (``parallelism="fsdp"``; ``fully_shard`` on each block and on
   the model, gradients reduce-scattered as sums, as the kitchen does).
 
-It prints steps per second of each (rank 0's wall clock) and the ratios ``2 processes / 1``
-and ``kitchen / plain``. On a machine with fewer free cores than processes the 2-process
+It prints steps per second of each (rank 0's wall clock; with ``--repeat N``, the median of N
+rounds that each run every variant once) and the ratios ``2 processes / 1`` and
+``kitchen / plain``. On a machine with fewer free cores than processes the 2-process
 figures measure contention, not scaling. Importing this module has no side effects;
 :func:`main` runs it. It is a benchmark, never a timed test.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -188,6 +191,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=128, help="d_model")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--nproc", type=int, default=2, help="processes of the wide variant")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every variant")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -196,15 +200,20 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.batch, args.width = 2, 4, 32
-    figures = {
-        (variant, nproc): _launch(args, variant, nproc)
+    jobs = [
+        (variant, nproc)
         for nproc in (1, args.nproc)
         for variant in VARIANTS
         if nproc > 1 or not variant.endswith("fsdp")  # FSDP shards over 2 or more ranks
-    }
+    ]
+    rates: dict[tuple[str, int], list[float]] = {job: [] for job in jobs}
+    for _ in range(args.repeat):  # rounds of every job, so that a load change hits them all
+        for variant, nproc in jobs:
+            rates[variant, nproc].append(_launch(args, variant, nproc))
+    figures = {job: statistics.median(values) for job, values in rates.items()}
     print(
         f"model d_model={args.width} n_layers=2, global batch {args.batch} x {SEQ_LEN} tokens, "
-        f"{args.steps} steps, device {args.device}"
+        f"{args.steps} steps, device {args.device}, median of {args.repeat} round(s)"
     )
     for (variant, nproc), rate in figures.items():
         print(f"  {variant:12s} {nproc} process(es): {rate:7.2f} steps/s")
