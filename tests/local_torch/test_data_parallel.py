@@ -225,17 +225,20 @@ def _kitchen_run(run_dir: Path, settings: list[str], *, ranks: int) -> dict[str,
 @pytest.mark.parametrize(
     ("settings", "parallelism", "checkpoints"),
     [
-        pytest.param(SL_BASIC, "fsdp", ["final", "step_000002"], id="sl_basic-fsdp"),
+        pytest.param(
+            [*SL_BASIC, "lora_rank=4"], "fsdp", ["final", "step_000002"], id="sl_basic-lora-fsdp"
+        ),
         pytest.param(RL_BASIC, "ddp", ["final"], id="rl_basic-ddp"),
     ],
 )
 def test_kitchen_run_under_torchrun_ends_with_the_one_process_metrics(
     tmp_path: Path, settings: list[str], parallelism: str, checkpoints: list[str]
 ) -> None:
-    """sl_basic with sharded parameters, and rl_basic (SFT warm-up, then GRPO whose rollouts
-    fan out: each rank samples its share of the groups) on 2 ranks: the final metrics of one
-    process (rewards, token counts and samples' statistics exactly, since every request's
-    samples depend on its seed, not on the rank that draws them)."""
+    """sl_basic training the LoRA adapters of a sharded model (FSDP), and rl_basic (SFT
+    warm-up, then GRPO whose rollouts fan out: each rank samples its share of the groups) on 2
+    ranks: the final metrics of one process (rewards, token counts and samples' statistics
+    exactly, since every request's samples depend on its seed, not on the rank that draws
+    them)."""
     one = _kitchen_run(tmp_path / "one", settings, ranks=1)
     two = _kitchen_run(tmp_path / "two", [*settings, f"parallelism={parallelism}"], ranks=2)
     assert two.keys() == one.keys()
