@@ -347,8 +347,8 @@ class LocalTorchSettings(_Config):
     parallelism: Literal["ddp", "fsdp"] = Field(
         default="ddp",
         description="Under torchrun: ddp keeps the whole model on every rank; fsdp shards "
-        "parameters, gradients and optimizer state across the ranks (for a model that does not "
-        "fit one device). Outside torchrun, fsdp is refused.",
+        "parameters, gradients and optimizer state across the ranks (when training outgrows "
+        "one device). Outside torchrun, fsdp is refused.",
     )
 
     @pydantic.field_validator("threads", mode="before")

@@ -167,8 +167,9 @@ class LocalTorchTrainingClient:
             ``WORLD_SIZE`` is above 1; ``None`` trains in this process alone.
         parallelism: how the ranks share the model: ``"ddp"`` (the default), every rank holds
             the whole model and optimizer state; ``"fsdp"``, each holds ``1/W`` of every
-            parameter, gradient and AdamW moment (PyTorch's FSDP2), for a model that does not
-            fit one device. ``"fsdp"`` needs data-parallel ranks and excludes ``compile``,
+            parameter, gradient and AdamW moment (PyTorch's FSDP2), for a model whose
+            training does not fit one device (its sampling clients still hold the whole
+            model). ``"fsdp"`` needs data-parallel ranks and excludes ``compile``,
             ``loss_chunk`` and ``microbatch_tokens``.
 
         On CUDA, AdamW runs fused. Every setting but the defaults changes float rounding, not
