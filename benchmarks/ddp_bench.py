@@ -1,10 +1,11 @@
-"""Data-parallel training steps per second: 1 vs 2 processes, and the kitchen vs plain DDP.
+"""Data-parallel training steps per second: 1 vs 2 processes, the kitchen vs plain DDP and FSDP.
 
 Run::
 
-    .venv/bin/python benchmarks/ddp_bench.py              # defaults, about a minute
-    .venv/bin/python benchmarks/ddp_bench.py --quick      # smoke run
+    .venv/bin/python benchmarks/ddp_bench.py              # defaults, about 75 s
+    .venv/bin/python benchmarks/ddp_bench.py --quick      # smoke run (2 processes only)
     .venv/bin/python benchmarks/ddp_bench.py --steps 40 --batch 32 --width 128
+    .venv/bin/python benchmarks/ddp_bench.py --repeat 3   # medians of 3 interleaved rounds
 
 Each variant runs under ``torchrun --standalone`` (gloo on the CPU, or nccl with
 ``--device cuda``) with ``--nproc`` processes, on one model and one global batch of
@@ -14,10 +15,14 @@ Each variant runs under ``torchrun --standalone`` (gloo on the CPU, or nccl with
   ``optim_step``): each rank computes its slice of the global batch, the gradients are summed
   over the ranks, and the requests agree across ranks first;
 - **plain**: a hand-written loop on the same model, the same loss and the same global batch:
-  ``torch.nn.parallel.DistributedDataParallel``, each rank on its slice, AdamW.
+  ``torch.nn.parallel.DistributedDataParallel``, each rank on its slice, AdamW;
+- **kitchen-fsdp** and **plain-fsdp** (``--nproc`` processes only): the same two with the
+  parameters sharded by FSDP2 (``parallelism="fsdp"``; ``fully_shard`` on each block and on
+  the model, gradients reduce-scattered as sums, as the kitchen does).
 
-It prints steps per second of each (rank 0's wall clock) and the ratios ``2 processes / 1``
-and ``kitchen / plain``. On a machine with fewer free cores than processes the 2-process
+It prints steps per second of each (rank 0's wall clock; with ``--repeat N``, the median of N
+rounds that each run every variant once) and the ratios ``2 processes / 1`` and
+``kitchen / plain``. On a machine with fewer free cores than processes the 2-process
 figures measure contention, not scaling. Importing this module has no side effects;
 :func:`main` runs it. It is a benchmark, never a timed test.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +40,7 @@ from typing import Any
 
 WARMUP = 3
 SEQ_LEN = 64
+VARIANTS = ("kitchen", "plain", "kitchen-fsdp", "plain-fsdp")
 
 
 def _config(width: int, device: str) -> Any:
@@ -61,7 +68,12 @@ async def _kitchen(args: argparse.Namespace) -> float:
     from crucible_kitchen.adapters.local_torch import LocalTorchTrainingClient
     from crucible_kitchen.ports import AdamParams, Datum, ModelInput, TensorData
 
-    client = LocalTorchTrainingClient(model=_config(args.width, args.device), seed=0, threads=1)
+    client = LocalTorchTrainingClient(
+        model=_config(args.width, args.device),
+        seed=0,
+        threads=1,
+        parallelism="fsdp" if args.worker == "kitchen-fsdp" else "ddp",
+    )
     data = [
         Datum(
             model_input=ModelInput.from_ints(tokens[:-1]),
@@ -102,6 +114,7 @@ def _plain(args: argparse.Namespace) -> float:
     import anyio
     import torch
     import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
     torch.set_num_threads(1)
@@ -113,7 +126,15 @@ def _plain(args: argparse.Namespace) -> float:
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     config = _config(args.width, str(device))
-    model = DistributedDataParallel(anyio.run(_initial_model, config))
+    model = anyio.run(_initial_model, config)
+    if args.worker == "plain-fsdp":
+        units = [fully_shard(block) for block in model.layers]
+        units.append(fully_shard(model))
+        for unit in units:  # sums (gloo has no averaging reduce-scatter), as the kitchen does
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)
+    else:
+        model = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     rows = _tokens(args.batch)
     mine = rows[len(rows) * rank // world : len(rows) * (rank + 1) // world]
@@ -126,7 +147,7 @@ def _plain(args: argparse.Namespace) -> float:
         logits = model(inputs)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         loss = -logprobs.gather(-1, targets[..., None]).sum()
-        loss.backward()
+        torch.autograd.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         float(loss)
@@ -136,7 +157,8 @@ def _plain(args: argparse.Namespace) -> float:
 def _worker(args: argparse.Namespace) -> None:
     import anyio
 
-    elapsed = anyio.run(_kitchen, args) if args.worker == "kitchen" else _plain(args)
+    kitchen = args.worker.startswith("kitchen")
+    elapsed = anyio.run(_kitchen, args) if kitchen else _plain(args)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"steps_per_s": args.steps / elapsed}), flush=True)
     os._exit(0)  # no process-group teardown to wait for
@@ -169,31 +191,43 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=128, help="d_model")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--nproc", type=int, default=2, help="processes of the wide variant")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every variant")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
-    parser.add_argument("--worker", choices=("kitchen", "plain"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
         _worker(args)
         return
-    if args.quick:
+    counts: tuple[int, ...] = (1, args.nproc)
+    if args.quick:  # every variant once, at --nproc processes only (each launch takes seconds)
         args.steps, args.batch, args.width = 2, 4, 32
-    figures = {
-        (variant, nproc): _launch(args, variant, nproc)
-        for nproc in (1, args.nproc)
-        for variant in ("kitchen", "plain")
-    }
+        counts = (args.nproc,)
+    jobs = [
+        (variant, nproc)
+        for nproc in counts
+        for variant in VARIANTS
+        if nproc > 1 or not variant.endswith("fsdp")  # FSDP shards over 2 or more ranks
+    ]
+    rates: dict[tuple[str, int], list[float]] = {job: [] for job in jobs}
+    for _ in range(args.repeat):  # rounds of every job, so that a load change hits them all
+        for variant, nproc in jobs:
+            rates[variant, nproc].append(_launch(args, variant, nproc))
+    figures = {job: statistics.median(values) for job, values in rates.items()}
     print(
         f"model d_model={args.width} n_layers=2, global batch {args.batch} x {SEQ_LEN} tokens, "
-        f"{args.steps} steps, device {args.device}"
+        f"{args.steps} steps, device {args.device}, median of {args.repeat} round(s)"
     )
     for (variant, nproc), rate in figures.items():
-        print(f"  {variant:8s} {nproc} process(es): {rate:7.2f} steps/s")
+        print(f"  {variant:12s} {nproc} process(es): {rate:7.2f} steps/s")
     for variant in ("kitchen", "plain"):
-        ratio = figures[variant, args.nproc] / figures[variant, 1]
-        print(f"  {variant:8s} {args.nproc} / 1 processes: {ratio:.2f}x")
-    for nproc in (1, args.nproc):
+        if (variant, 1) in figures:
+            ratio = figures[variant, args.nproc] / figures[variant, 1]
+            print(f"  {variant:12s} {args.nproc} / 1 processes: {ratio:.2f}x")
+    for nproc in counts:
         ratio = figures["kitchen", nproc] / figures["plain", nproc]
         print(f"  kitchen / plain DDP at {nproc} process(es): {ratio:.2f}x")
+    ratio = figures["kitchen-fsdp", args.nproc] / figures["plain-fsdp", args.nproc]
+    print(f"  kitchen / plain FSDP at {args.nproc} processes: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

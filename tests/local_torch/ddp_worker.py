@@ -1,11 +1,12 @@
 """One rank of the data-parallel tests, run under ``torchrun`` (or alone, as 1 process).
 
-``python ddp_worker.py OUT MODE``, by MODE:
+``python ddp_worker.py OUT MODE [CHECKPOINT]``, by MODE:
 
-- ``train``: the tiny model trains a few steps on one fixed global batch (the last step
+- ``train``: the tiny model trains a few steps on one fixed global batch (the fourth step
   through a custom loss that weighs each datum by its position in the batch, so that a rank
-  back-propagating another slice's gradients would show); saves to ``OUT/rank<R>.pt`` the
-  per-step ``loss:sum`` and the final state tensors;
+  back-propagating another slice's gradients would show; the fifth on one datum, which
+  leaves rank 1 without a share, with clipped gradients); saves to ``OUT/rank<R>.pt`` the
+  per-step ``loss:sum`` and ``grad_norm`` and the final state tensors;
 - ``crash``: rank 1 raises before its second step (the others must fail with a
   ``CollectiveError``, not hang);
 - ``desync``: rank 1 re-sends a request the others do not (all must raise
@@ -13,7 +14,12 @@
 - ``sample``: 5 seeded sample requests, submitted then awaited; saves the samples and how many
   this rank drew;
 - ``dropout``: alone, trains a model with dropout one step and saves it; under torchrun,
-  loads that checkpoint (every rank must raise ``WorldSizeMismatch``).
+  loads that checkpoint (every rank must raise ``WorldSizeMismatch``);
+- ``fsdp``: ``train`` with the model sharded (FSDP), saving a checkpoint ``mid`` after step
+  2, then drawing greedy samples from the final weights (every rank gathers them); then, given
+  a CHECKPOINT (of one process), loads it and saves the state tensors as ``loaded``;
+- ``resume``: alone, loads ``OUT/checkpoints/weights/mid`` (of an ``fsdp`` run) and trains the
+  remaining steps; saves to ``OUT/resumed.pt``.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ from crucible_kitchen.ports import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-STEPS = 4
+STEPS = 5
+MID = 2
+CUSTOM = 3
 GLOBAL_BATCH = 6
 CONFIG = ModelConfig(
     vocab_size=300, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64, device="cpu"
@@ -122,9 +130,27 @@ async def dropout(client: LocalTorchTrainingClient, rank: int) -> None:
         raise SystemExit(4) from exc
 
 
+async def greedy_samples(client: LocalTorchTrainingClient) -> list[tuple[int, ...]]:
+    """Greedy completions of 2 prompts by the current weights (requests fan out over ranks)."""
+    saved = await client.save_weights_for_sampler("final", request_id="save-sampler")
+    sampler = await client.create_sampling_client((await saved.result()).path)
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    futures = [
+        await sampler.sample(ModelInput.from_ints([5 + prompt, 9]), 1, params)
+        for prompt in range(2)
+    ]
+    return [(await future.result()).sequences[0].tokens for future in futures]
+
+
 async def train(out: Path, mode: str) -> None:
     config = dataclasses.replace(CONFIG, dropout=0.1) if mode == "dropout" else CONFIG
-    client = LocalTorchTrainingClient(model=config, seed=3, checkpoint_dir=out / "checkpoints")
+    checkpoints = out / ("resumed" if mode == "resume" else "checkpoints")
+    client = LocalTorchTrainingClient(
+        model=config,
+        seed=3,
+        checkpoint_dir=checkpoints,
+        parallelism="fsdp" if mode == "fsdp" else "ddp",
+    )
     rank = 0 if client.distributed is None else client.distributed.rank
     if mode == "dropout":
         await dropout(client, rank)
@@ -134,29 +160,61 @@ async def train(out: Path, mode: str) -> None:
         return
     adam = AdamParams(learning_rate=1e-2)
     losses = []
+    norms = []
+    first = 0
+    if mode == "resume":
+        mid = str(out / "checkpoints" / "weights" / "mid")
+        await (await client.load_state(mid, request_id="load-mid")).result()
+        first = MID
     try:
-        for step in range(STEPS):
+        for step in range(first, STEPS):
+            if mode == "fsdp" and step == MID:
+                await (await client.save_state("mid", request_id="save-mid")).result()
             if mode == "crash" and rank == 1 and step == 1:
                 raise RuntimeError("injected crash on rank 1")
             if mode == "desync" and rank == 1 and step == 1:
                 # A one-sided retry: rank 1 re-runs a request the others do not.
                 await (await client.optim_step(adam, request_id="extra")).result()
-            if step == STEPS - 1:
+            if step == CUSTOM:
                 fb = await client.forward_backward_custom(
                     global_batch(step), weighted_loss, request_id=f"fb-{step}"
                 )
+            elif step == STEPS - 1:
+                one = global_batch(step)[:1]
+                first_half = await client.forward_backward(
+                    one, "cross_entropy", request_id="fb-one"
+                )
+                losses.append((await first_half.result()).metrics["loss:sum"])
+                fb = await client.forward_backward_custom(one, weighted_loss, request_id="fbc-one")
+                adam = AdamParams(learning_rate=1e-2, grad_clip_norm=1.0)
             else:
                 fb = await client.forward_backward(
                     global_batch(step), "cross_entropy", request_id=f"fb-{step}"
                 )
             losses.append((await fb.result()).metrics["loss:sum"])
-            await (await client.optim_step(adam, request_id=f"step-{step}")).result()
+            stepped = await client.optim_step(adam, request_id=f"step-{step}")
+            norms.append((await stepped.result()).metrics["grad_norm"])
+        evaluation = await client.forward(global_batch(0)[:1], "cross_entropy")
+        losses.append((await evaluation.result()).metrics["loss:sum"])
         await (await client.save_state("final", request_id="save")).result()
     except CollectiveError as exc:
         print(f"rank {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from exc
     state = await client.state_tensors()
-    torch.save({"losses": losses, "state": state}, out / f"rank{rank}.pt")
+    samples = await greedy_samples(client) if mode in ("fsdp", "train") else None
+    loaded = None
+    if mode == "fsdp" and len(sys.argv) > 3:
+        await (await client.load_state(sys.argv[3], request_id="load-other")).result()
+        loaded = await client.state_tensors()
+    name = "resumed.pt" if mode == "resume" else f"rank{rank}.pt"
+    result = {
+        "losses": losses,
+        "norms": norms,
+        "state": state,
+        "samples": samples,
+        "loaded": loaded,
+    }
+    torch.save(result, out / name)
 
 
 if __name__ == "__main__":

@@ -139,7 +139,8 @@ class Adapters(Mapping[str, Any]):
           intra-op threads: a count, or ``"auto"``: ``OMP_NUM_THREADS`` when set,
           else one for a model under 2 M parameters, else torch's current count; ``speed``
           settings go to it as they are: ``deterministic``, ``precision``, ``compile``,
-          ``loss_chunk``, ``microbatch_tokens``, ``sampling_max_batch``);
+          ``loss_chunk``, ``microbatch_tokens``, ``sampling_max_batch``, and ``parallelism``:
+          ``"ddp"`` or ``"fsdp"`` under ``torchrun``);
         - ``dataset_store`` (the bundled data, or ``data_root``), ``blob_store`` and
           ``model_registry`` (under ``run_dir``) and, given a ``feedback_root``,
           ``feedback_client`` (whose exports the dataset store also reads): filesystem;

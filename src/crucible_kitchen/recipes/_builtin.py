@@ -65,7 +65,7 @@ def _with_stage_settings(build: Callable[[Any], Workflow]) -> Callable[[Any], Wo
 
 
 def _local_torch_options(config: LocalTorchSettings, adapters: str) -> dict[str, Any]:
-    """The model, tokenizer, renderer, device and threads of a main job's run on
+    """The model, tokenizer, renderer, device, threads and parallelism of a main job's run on
     ``local_torch``, and the teacher of a distillation; on ``tinker``, the base model,
     tokenizer, renderer and LoRA rank."""
     if adapters == "tinker":
@@ -84,6 +84,7 @@ def _local_torch_options(config: LocalTorchSettings, adapters: str) -> dict[str,
         "lora": config.lora_rank,
         "device": config.device,
         "threads": config.threads,
+        "parallelism": config.parallelism,
     }
     if isinstance(config, DistillBasicConfig) and config.teacher is not None:
         options["teacher"] = config.teacher

@@ -309,8 +309,8 @@ Renderers = Literal["chatml", "llama3", "role_colon", "qwen3", "qwen3_disable_th
 
 
 class LocalTorchSettings(_Config):
-    """The model, tokenizer, renderer, LoRA, device and threads of a recipe that runs on the
-    ``local_torch`` adapters (passed to ``Adapters.local_torch``)."""
+    """The model, tokenizer, renderer, LoRA, device, threads and parallelism of a recipe that
+    runs on the ``local_torch`` adapters (passed to ``Adapters.local_torch``)."""
 
     model: str = Field(
         default="tiny",
@@ -342,6 +342,13 @@ class LocalTorchSettings(_Config):
         default="auto",
         description="torch's CPU threads; auto: OMP_NUM_THREADS when set, else 1 for a model "
         "under 2M parameters (tiny), else torch's default.",
+    )
+
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="Under torchrun: ddp keeps the whole model on every rank; fsdp shards "
+        "parameters, gradients and optimizer state across the ranks (when training outgrows "
+        "one device). Outside torchrun, fsdp is refused.",
     )
 
     @pydantic.field_validator("threads", mode="before")

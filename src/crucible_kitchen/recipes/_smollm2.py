@@ -135,4 +135,5 @@ def smollm2_options(config: SmolLM2LoraConfig, adapters: str) -> dict[str, Any]:
         "lora": config.lora_rank,
         "device": config.device,
         "threads": config.threads,
+        "parallelism": config.parallelism,
     }

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
     from crucible_kitchen.adapters.local_torch._threads import Threads
     from crucible_kitchen.adapters.local_torch._trainer import Precision
+    from crucible_kitchen.adapters.local_torch._training_client import Parallelism
     from crucible_kitchen.ports import PortName
 
 __all__ = ("local_torch_adapters",)
@@ -47,6 +48,7 @@ def local_torch_adapters(
     microbatch_tokens: int | None = None,
     sampling_max_batch: int = DEFAULT_MAX_BATCH,
     teacher: str | os.PathLike[str] | None = None,
+    parallelism: Parallelism = "ddp",
 ) -> dict[PortName, object]:
     """Real adapters for ``training_client``, ``sampling_client``, ``tokenizer``, ``renderer``,
     ``evaluator`` (an :class:`ArithmeticEvaluator`) and, given a ``teacher`` checkpoint,
@@ -89,10 +91,13 @@ def local_torch_adapters(
         teacher: a checkpoint (saved with the same tokenizer) or a Hugging Face model
             directory to sample and score with as ``teacher_sampling_client``, frozen, on
             ``device``; its model may differ from ``model`` (its tokenizer may not).
+        parallelism: under ``torchrun``, ``"ddp"`` (every rank holds the whole model) or
+            ``"fsdp"`` (parameters, gradients and AdamW state sharded across the ranks); see
+            :class:`LocalTorchTrainingClient`.
 
     Raises:
-        ConfigError: an invalid model, LoRA, tokenizer, device, thread count or speed
-            setting.
+        ConfigError: an invalid model, LoRA, tokenizer, device, thread count, speed or
+            parallelism setting (``"fsdp"`` outside ``torchrun``).
         PretrainedModelError: the Hugging Face model directory cannot be loaded.
         GgufError: the GGUF file cannot be converted.
         RenderError: an unknown renderer, or one the tokenizer cannot serve.
@@ -122,6 +127,7 @@ def local_torch_adapters(
         loss_chunk=loss_chunk,
         microbatch_tokens=microbatch_tokens,
         sampling_max_batch=sampling_max_batch,
+        parallelism=parallelism,
     )
     local_renderer = LocalRenderer(local_tokenizer, renderer or local_tokenizer.default_renderer)
     ports: dict[PortName, object] = {

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from crucible_kitchen._files import atomic_write, fsync_directory
 from crucible_kitchen.adapters.local_torch._config import sha256_of_json
+from crucible_kitchen.adapters.local_torch._fsdp import load_full_state
 from crucible_kitchen.adapters.local_torch._lora import lora_layers
 from crucible_kitchen.errors import (
     CheckpointCorrupted,
@@ -44,6 +45,8 @@ from crucible_kitchen.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from crucible_kitchen.adapters.local_torch._model import Transformer
 
 FORMAT = "crucible-kitchen/local-torch-checkpoint"
@@ -95,14 +98,13 @@ def model_identity(model: Transformer) -> dict[str, Any]:
     return {"model": model.config.identity(), "lora": lora}
 
 
-def _optimizer_payload(
-    model: Transformer, optimizer: torch.optim.Optimizer
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Optimizer state keyed by parameter name: tensors, and JSON for everything else."""
+def named_optimizer_state(model: Transformer, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` keyed by parameter name instead of index: ``{"state": {name:
+    {key: value}}, "param_groups": [{..., "params": [name, ...]}]}`` (the form
+    ``torch.distributed.checkpoint.state_dict`` gives for a sharded model's full state)."""
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     state_dict = optimizer.state_dict()
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
+    state: dict[str, dict[str, Any]] = {}
     groups: list[dict[str, Any]] = []
     for group, saved_group in zip(optimizer.param_groups, state_dict["param_groups"], strict=True):
         group_names: list[str] = []
@@ -111,14 +113,27 @@ def _optimizer_payload(
             if name is None:
                 raise ValueError("the optimizer holds a parameter that is not in the model")
             group_names.append(name)
-            for key, value in state_dict["state"].get(index, {}).items():
+            if index in state_dict["state"]:
+                state[name] = state_dict["state"][index]
+        groups.append({**saved_group, "params": group_names})
+    return {"state": state, "param_groups": groups}
+
+
+def _optimizer_payload(named_state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Name-keyed optimizer state (see :func:`named_optimizer_state`): tensors, and JSON for
+    everything else."""
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    groups: list[dict[str, Any]] = []
+    for saved_group in named_state["param_groups"]:
+        for name in saved_group["params"]:
+            for key, value in named_state["state"].get(name, {}).items():
                 if isinstance(value, Tensor):
                     tensors[f"{_OPTIMIZER_PREFIX}{name}/{key}"] = value.detach().cpu().contiguous()
                 else:
                     scalars.setdefault(name, {})[key] = value
-        groups.append(
-            {**{k: v for k, v in saved_group.items() if k != "params"}, "params": group_names}
-        )
+        others = {k: v for k, v in saved_group.items() if k != "params"}
+        groups.append({**others, "params": saved_group["params"]})
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
@@ -129,6 +144,8 @@ def save_checkpoint(
     step: int,
     optimizer: torch.optim.Optimizer | None = None,
     user_payload: dict[str, Any] | None = None,
+    weights: Mapping[str, Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> CheckpointManifest:
     """Write a checkpoint of ``model`` (and ``optimizer``, if given) to a new ``directory``.
 
@@ -138,6 +155,11 @@ def save_checkpoint(
         step: The training step, recorded in the manifest.
         optimizer: Save its state (and the dropout RNG state) for resuming training.
         user_payload: A JSON object stored in the manifest (e.g. the engine's context snapshot).
+        weights: Write these instead of ``model.state_dict()`` (a sharded model's full
+            weights).
+        optimizer_state: Write this name-keyed optimizer state (see
+            :func:`named_optimizer_state`) instead of ``optimizer``'s (a sharded optimizer's
+            full state); it saves the training state as ``optimizer`` does.
 
     Returns:
         The manifest as written.
@@ -156,13 +178,17 @@ def save_checkpoint(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"user_payload is not JSON-serialisable: {exc}") from exc
 
+    if weights is None:
+        weights = model.state_dict()
     contents: dict[str, bytes] = {
         MODEL_FILE: safetensors.torch.save(
-            {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+            {name: t.detach().cpu().contiguous() for name, t in weights.items()}
         )
     }
-    if optimizer is not None:
-        tensors, train_json = _optimizer_payload(model, optimizer)
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = named_optimizer_state(model, optimizer)
+    if optimizer_state is not None:
+        tensors, train_json = _optimizer_payload(optimizer_state)
         tensors[_DROPOUT_RNG_KEY] = model.dropout_generator.get_state()
         contents[TRAIN_STATE_TENSORS_FILE] = safetensors.torch.save(tensors)
         contents[TRAIN_STATE_JSON_FILE] = json.dumps(train_json, sort_keys=True).encode()
@@ -392,13 +418,15 @@ def load_checkpoint(
     *,
     model: Transformer,
     optimizer: torch.optim.Optimizer | None = None,
+    sharded: bool = False,
 ) -> CheckpointManifest:
     """Load the checkpoint in ``directory`` into ``model`` (and ``optimizer``, if given).
 
     ``model`` must have the checkpoint's config and LoRA config (its device may differ), and
     ``optimizer`` must have been built over the same trainable parameters. Every file is
     verified before anything is changed; with ``optimizer``, the dropout RNG state is restored
-    too, so training continues exactly as if it had not stopped.
+    too, so training continues exactly as if it had not stopped. A ``sharded`` (FSDP) model
+    and its optimizer take their shards of the full tensors (a collective: every rank loads).
 
     Returns:
         The checkpoint's manifest (step and user payload).
@@ -458,11 +486,14 @@ def load_checkpoint(
         optimizer_state = _rebuild_optimizer_state(
             model, optimizer, train_tensors, train_json, path=str(json_path)
         )
-    model.load_state_dict(weights)
-    if optimizer is not None and optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-        if rng_state is not None:
-            model.dropout_generator.set_state(rng_state)
+    if sharded:
+        load_full_state(model, optimizer, weights, optimizer_state)
+    else:
+        model.load_state_dict(weights)
+        if optimizer is not None and optimizer_state is not None:
+            optimizer.load_state_dict(_indexed(optimizer_state))
+    if optimizer is not None and optimizer_state is not None and rng_state is not None:
+        model.dropout_generator.set_state(rng_state)
     return manifest
 
 
@@ -474,7 +505,8 @@ def _rebuild_optimizer_state(
     *,
     path: str,
 ) -> dict[str, Any]:
-    """Turn the name-keyed saved state into ``optimizer``'s index-keyed ``state_dict``."""
+    """The saved state, name-keyed (see :func:`named_optimizer_state`), once its parameters
+    are checked against ``optimizer``'s."""
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     current_groups = [
         [names.get(id(p), "?") for p in group["params"]] for group in optimizer.param_groups
@@ -491,11 +523,9 @@ def _rebuild_optimizer_state(
             path=path,
             differences=[f"optimizer parameters: checkpoint {saved_names}, model {current_groups}"],
         )
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[str, dict[str, Any]] = {}
     param_groups: list[dict[str, Any]] = []
-    index = 0
     for saved_group, group_names in zip(saved_groups, saved_names, strict=True):
-        indices = []
         for name in group_names:
             prefix = f"{_OPTIMIZER_PREFIX}{name}/"
             entry: dict[str, Any] = {
@@ -505,11 +535,26 @@ def _rebuild_optimizer_state(
             }
             entry.update(scalars.get(name, {}))
             if entry:
-                state[index] = entry
-            indices.append(index)
-            index += 1
-        group = {**saved_group, "params": indices}
+                state[name] = entry
+        group = dict(saved_group)
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
         param_groups.append(group)
+    return {"state": state, "param_groups": param_groups}
+
+
+def _indexed(named_state: dict[str, Any]) -> dict[str, Any]:
+    """A name-keyed optimizer state as ``optimizer.load_state_dict`` takes it: keyed by the
+    parameters' positions across the groups."""
+    state: dict[int, dict[str, Any]] = {}
+    param_groups: list[dict[str, Any]] = []
+    index = 0
+    for group in named_state["param_groups"]:
+        indices = []
+        for name in group["params"]:
+            if name in named_state["state"]:
+                state[index] = named_state["state"][name]
+            indices.append(index)
+            index += 1
+        param_groups.append({**group, "params": indices})
     return {"state": state, "param_groups": param_groups}

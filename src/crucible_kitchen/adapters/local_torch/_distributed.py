@@ -15,6 +15,7 @@ code path runs on both.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from crucible_kitchen.errors import CollectiveDesync, CollectiveError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from torch import Tensor
 
@@ -197,16 +198,30 @@ class DistributedGroup:
                 parameter.grad = summed if count > 0 else None
                 offset += size
 
+    @contextlib.contextmanager
+    def collectives(self, method: str, request_id: str | None) -> Iterator[None]:
+        """Turn a failed or timed-out collective of the block (FSDP's, inside the model's
+        passes) into :class:`~crucible_kitchen.errors.CollectiveError`; other errors pass."""
+        try:
+            yield
+        except RuntimeError as exc:  # gloo's transport errors are plain RuntimeErrors
+            if not (isinstance(exc, dist.DistError) or "gloo" in str(exc)):
+                raise
+            raise self._failure(method, request_id, exc) from exc
+
     def _collective(self, method: str, request_id: str | None, call: Callable[[], object]) -> None:
         try:
             call()
         except (RuntimeError, ValueError) as exc:  # DistBackendError is a RuntimeError
-            raise CollectiveError(
-                f"rank {self.rank} of {self.world_size}: a {method} collective failed: another "
-                f"rank failed, stopped or did not arrive within {self.timeout:g} s ({exc})",
-                port=_PORT,
-                operation=method,
-                request_id=request_id,
-                rank=self.rank,
-                world_size=self.world_size,
-            ) from exc
+            raise self._failure(method, request_id, exc) from exc
+
+    def _failure(self, method: str, request_id: str | None, exc: Exception) -> CollectiveError:
+        return CollectiveError(
+            f"rank {self.rank} of {self.world_size}: a {method} collective failed: another "
+            f"rank failed, stopped or did not arrive within {self.timeout:g} s ({exc})",
+            port=_PORT,
+            operation=method,
+            request_id=request_id,
+            rank=self.rank,
+            world_size=self.world_size,
+        )

@@ -366,14 +366,19 @@ def _initialise(model: Transformer, generator: torch.Generator) -> None:
 
 
 def build_model(
-    config: ModelConfig, *, seed: int, weights: Mapping[str, Tensor] | None = None
+    config: ModelConfig,
+    *,
+    seed: int,
+    weights: Mapping[str, Tensor] | None = None,
+    device: torch.device | None = None,
 ) -> Transformer:
     """A freshly initialised model on ``config.device`` in ``config.dtype``, in training mode.
 
     Weights are drawn on the CPU in float32 from a generator seeded with ``seed``, then moved,
     so a seed gives the same initial weights on every device. ``weights`` (every parameter,
     by this module's names, e.g. pretrained ones) replace the drawn init; ``seed`` still
-    seeds dropout.
+    seeds dropout. ``device`` keeps the parameters there instead (the CPU, for a model that
+    FSDP then shards onto ``config.device``); the dropout generator is on ``config.device``.
 
     Raises:
         RuntimeError: ``weights`` lacks a parameter, has an extra one or a wrong shape.
@@ -385,9 +390,9 @@ def build_model(
         _initialise(model, torch.Generator().manual_seed(derive_seed(seed, "init")))
     else:
         model.load_state_dict(weights, strict=True, assign=True)
-    device = resolve_device(config.device)
-    model.to(device=device, dtype=config.torch_dtype)
-    model.dropout_generator = torch.Generator(device=device).manual_seed(
+    target = resolve_device(config.device)
+    model.to(device=target if device is None else device, dtype=config.torch_dtype)
+    model.dropout_generator = torch.Generator(device=target).manual_seed(
         derive_seed(seed, "dropout")
     )
     return model

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 class AdamHyperparams(Protocol):
@@ -94,6 +95,8 @@ def optimizer_step(optimizer: torch.optim.AdamW, hyperparams: AdamHyperparams) -
     # Accumulate in float32 even for half-precision gradients, without copying them.
     norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in gradients]
     total_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
+    if isinstance(total_norm, DTensor):  # FSDP's sharded gradients: a norm over every shard
+        total_norm = total_norm.full_tensor()
     grad_norm = float(total_norm)
     clipped = 0 < hyperparams.grad_clip_norm < grad_norm
     if clipped:

@@ -548,7 +548,12 @@ def snapshot_for_sampling(model: Transformer) -> Transformer:
     The copy owns its tensors, has LoRA adapters merged into its weights, needs no gradients
     and is in eval mode.
     """
-    snapshot = copy.deepcopy(model)
-    merge_lora(snapshot)
-    snapshot.requires_grad_(False)
-    return snapshot.eval()
+    return frozen_for_sampling(copy.deepcopy(model))
+
+
+def frozen_for_sampling(model: Transformer) -> Transformer:
+    """``model`` itself made ready for sampling: LoRA adapters merged into its weights, no
+    gradients, eval mode."""
+    merge_lora(model)
+    model.requires_grad_(False)
+    return model.eval()

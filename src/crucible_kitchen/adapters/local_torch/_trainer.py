@@ -6,7 +6,10 @@ before they get here.
 
 Gradients are computed with ``torch.autograd.grad`` and added to the parameters' ``.grad``
 only once the whole backward pass has succeeded, so a failed request leaves the accumulated
-gradients as they were.
+gradients as they were. A model sharded with FSDP (``fsdp_ranks``) back-propagates with
+``Tensor.backward`` instead, the path FSDP's hooks follow: its gradient shards accumulate in
+place (a request that fails part-way leaves part of its gradient; under data parallelism the
+job then fails anyway).
 """
 
 from __future__ import annotations
@@ -23,12 +26,23 @@ import torch.nn.functional as F
 from crucible_kitchen.adapters.local_torch._checkpoint import (
     _optimizer_payload,
     load_checkpoint,
+    named_optimizer_state,
     save_checkpoint,
 )
-from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
+from crucible_kitchen.adapters.local_torch._config import resolve_device
+from crucible_kitchen.adapters.local_torch._fsdp import (
+    full_gradients,
+    full_optimizer_state,
+    full_weights,
+    shard_model,
+)
+from crucible_kitchen.adapters.local_torch._lora import apply_lora
 from crucible_kitchen.adapters.local_torch._model import build_model, target_logprobs
 from crucible_kitchen.adapters.local_torch._optim import build_optimizer, optimizer_step
-from crucible_kitchen.adapters.local_torch._sampling import snapshot_for_sampling
+from crucible_kitchen.adapters.local_torch._sampling import (
+    frozen_for_sampling,
+    snapshot_for_sampling,
+)
 from crucible_kitchen.errors import ConfigError
 from crucible_kitchen.ports import ForwardBackwardOutput, OptimStepResponse, TensorData
 from crucible_kitchen.training.losses import builtin_loss, compute_target_logprobs
@@ -44,7 +58,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._model import Transformer
     from crucible_kitchen.ports import AdamParams, Datum
 
-__all__ = ("Batch", "Precision", "StepOptions", "Trainer", "chunked_target_logprobs")
+__all__ = ("Batch", "FullState", "Precision", "StepOptions", "Trainer", "chunked_target_logprobs")
 
 _SAMPLER_CACHE_SIZE: Final = 2
 
@@ -153,6 +167,15 @@ def chunked_target_logprobs(
     return result
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FullState:
+    """A sharded model's full weights and, for a training checkpoint, its optimizer's full
+    name-keyed state (see ``Trainer.gather``)."""
+
+    weights: dict[str, Tensor]
+    optimizer: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Right-padded model inputs, targets and loss inputs of a list of datums, on the device.
@@ -191,6 +214,10 @@ class Trainer:
     adapters if ``lora``), AdamW over its trainable parameters (fused on CUDA), and the number
     of optimizer steps applied.
 
+    With ``fsdp_ranks``, the model is sharded over that many ranks of the default process group
+    (see ``_fsdp``): every pass, checkpoint and snapshot is then a collective that every rank
+    runs, in the same order, and the caller splits the data.
+
     Raises:
         ValueError: the device is not available, or ``options`` ask for mixed precision on
             a model that is not float32.
@@ -204,15 +231,21 @@ class Trainer:
         lora: LoraConfig | None,
         weights: Mapping[str, Tensor] | None = None,
         options: StepOptions | None = None,
+        fsdp_ranks: int | None = None,
     ) -> None:
         self.config = config
         self.lora = lora
         self.options = options if options is not None else StepOptions()
         if self.options.precision == "mixed" and config.dtype != "float32":
             raise ValueError(f"mixed precision needs float32 parameters, got {config.dtype}")
-        self.model = build_model(config, seed=seed, weights=weights)
+        self.sharded = fsdp_ranks is not None
+        # Sharded: built whole in host memory, then each FSDP unit moves its shards over.
+        host = torch.device("cpu") if self.sharded else None
+        self.model = build_model(config, seed=seed, weights=weights, device=host)
         if lora is not None:
             apply_lora(self.model, lora)
+        if fsdp_ranks is not None:
+            shard_model(self.model, world_size=fsdp_ranks, device=resolve_device(config.device))
         self.model.train()
         self._fused = self.model.device.type == "cuda"
         self.optimizer = build_optimizer(self.model, fused=self._fused)
@@ -374,7 +407,13 @@ class Trainer:
                 logprobs = self._target_logprobs(batch)
                 losses = self._row_losses(loss_fn, batch, logprobs, config)
                 totals.append(losses.sum())
-                gradients = self._gradients(totals[-1], gradients)
+                if self.sharded:
+                    # Through logprobs when the loss does not depend on the model: FSDP's
+                    # reduce-scatters must run on every rank.
+                    total = totals[-1] if totals[-1].requires_grad else logprobs.sum() * 0.0
+                    torch.autograd.backward(total)
+                else:
+                    gradients = self._gradients(totals[-1], gradients)
             else:
                 with self._evaluating(), torch.no_grad():
                     logprobs = self._target_logprobs(batch)
@@ -417,7 +456,26 @@ class Trainer:
         grads = _padded(
             [grad.data for grad in logprob_grads], batch.lengths, torch.float32, per_position
         ).to(self.device)
-        self._apply(self._gradients((grads * logprobs).sum(), None))
+        if self.sharded:
+            torch.autograd.backward((grads * logprobs).sum())
+            self._apply(None)
+        else:
+            self._apply(self._gradients((grads * logprobs).sum(), None))
+
+    def idle_forward(self, *, grad: bool) -> Tensor:
+        """A sharded model's pass over one token that weighs nothing: a rank without data in a
+        request still takes part in the collectives of the other ranks' passes. With ``grad``,
+        hand the result to :meth:`idle_backward` where they back-propagate. Runs in eval mode:
+        it draws no dropout masks."""
+        tokens = torch.zeros((1, 1), dtype=torch.int64, device=self.device)
+        with self._evaluating(), torch.set_grad_enabled(grad), self._precision():
+            nothing: Tensor = self._forward_model(tokens).sum() * 0.0
+        return nothing
+
+    def idle_backward(self, nothing: Tensor) -> None:
+        """Back-propagate :meth:`idle_forward`'s result: zero gradients, counted as a request."""
+        torch.autograd.backward(nothing)
+        self._apply(None)
 
     def _gradients(
         self, total: Tensor, earlier: list[Tensor | None] | None
@@ -472,6 +530,20 @@ class Trainer:
     # ---------------------------------------------------------------------------------------
     # Checkpoints and snapshots
 
+    def gather(self, *, with_optimizer: bool) -> FullState | None:
+        """A sharded model's full state for :meth:`save`, gathered on every rank (a
+        collective): the weights and optimizer state onto rank 0's CPU for a checkpoint, the
+        weights onto every rank's device for a sampler (``with_optimizer=False``). ``None``
+        when the model is not sharded."""
+        if not self.sharded:
+            return None
+        if not with_optimizer:
+            return FullState(weights=full_weights(self.model, everywhere=True))
+        return FullState(
+            weights=full_weights(self.model, everywhere=False),
+            optimizer=self._full_optimizer_state(everywhere=False),
+        )
+
     def save(
         self,
         directory: str | os.PathLike[str],
@@ -479,12 +551,16 @@ class Trainer:
         with_optimizer: bool,
         payload: dict[str, Any],
         write: bool = True,
+        full: FullState | None = None,
     ) -> None:
         """Write a checkpoint (atomic; see ``_checkpoint``). Pending gradients are not saved.
 
         ``write=False`` (a rank other than 0 under data parallelism) only keeps the sampler
-        copy a weights-only save keeps.
+        copy a weights-only save keeps. A sharded model saves ``full``, what :meth:`gather`
+        returned.
         """
+        if self.sharded and full is None:
+            raise ValueError("a sharded model saves the full state that gather() returned")
         if write:
             save_checkpoint(
                 directory,
@@ -492,9 +568,28 @@ class Trainer:
                 step=self.step,
                 optimizer=self.optimizer if with_optimizer else None,
                 user_payload=payload,
+                weights=None if full is None else full.weights,
+                optimizer_state=None if full is None else full.optimizer,
             )
         if not with_optimizer:
-            self._remember_sampler(str(directory), snapshot_for_sampling(self.model))
+            sampler = (
+                snapshot_for_sampling(self.model) if full is None else self._frozen(full.weights)
+            )
+            self._remember_sampler(str(directory), sampler)
+
+    def _full_optimizer_state(self, *, everywhere: bool) -> dict[str, Any]:
+        """A sharded optimizer's full name-keyed state (see ``full_optimizer_state``)."""
+        if not self.optimizer.state:  # before the first step: nothing to gather
+            return named_optimizer_state(self.model, self.optimizer)
+        return full_optimizer_state(self.model, self.optimizer, everywhere=everywhere)
+
+    def _frozen(self, weights: Mapping[str, Tensor]) -> Transformer:
+        """A frozen unsharded model with full ``weights`` (LoRA merged), for sampling."""
+        model = build_model(self.config, seed=0)
+        if self.lora is not None:
+            apply_lora(model, self.lora)
+        model.load_state_dict(weights)
+        return frozen_for_sampling(model)
 
     def load(
         self, directory: str | os.PathLike[str], *, with_optimizer: bool
@@ -504,11 +599,20 @@ class Trainer:
         Without ``with_optimizer`` the optimizer starts afresh. Nothing changes if the
         checkpoint does not verify or does not fit.
         """
+        # A sharded optimizer's state loads into a fresh one (it stays fresh if the checkpoint
+        # saved none); the current one stays if the checkpoint is refused.
+        fresh = None
+        if self.sharded or not with_optimizer:
+            fresh = build_optimizer(self.model, fused=self._fused)
+        target = fresh if self.sharded else self.optimizer
         manifest = load_checkpoint(
-            directory, model=self.model, optimizer=self.optimizer if with_optimizer else None
+            directory,
+            model=self.model,
+            optimizer=target if with_optimizer else None,
+            sharded=self.sharded,
         )
-        if not with_optimizer:
-            self.optimizer = build_optimizer(self.model, fused=self._fused)
+        if fresh is not None:
+            self.optimizer = fresh
         self.optimizer.zero_grad(set_to_none=True)
         self.step = manifest.step
         self.pending_gradients = 0
@@ -524,9 +628,7 @@ class Trainer:
         if self.lora is not None:
             apply_lora(model, self.lora)
         load_checkpoint(directory, model=model)
-        merge_lora(model)
-        model.requires_grad_(False)
-        model.eval()
+        frozen_for_sampling(model)
         self._remember_sampler(directory, model)
         return model
 
@@ -537,23 +639,38 @@ class Trainer:
             self._samplers.popitem(last=False)
 
     def snapshot(self) -> Transformer:
-        """A frozen copy of the current weights, for sampling."""
+        """A frozen copy of the current weights, for sampling (a collective when sharded)."""
+        if self.sharded:
+            return self._frozen(full_weights(self.model, everywhere=True))
         return snapshot_for_sampling(self.model)
 
     def state_tensors(self) -> dict[str, Tensor]:
         """CPU copies of everything that determines future training.
 
         Keys: ``model/<name>`` (weights), ``grad/<name>`` (accumulated gradients),
-        ``optimizer/<name>/<key>`` (AdamW moments and step counts), ``rng/dropout``.
+        ``optimizer/<name>/<key>`` (AdamW moments and step counts), ``rng/dropout``. A sharded
+        model's are gathered, unsharded, on every rank (a collective).
         """
+        if self.sharded:
+            weights = full_weights(self.model, everywhere=True)
+            gradients = full_gradients(self.model)
+            optimizer_state = self._full_optimizer_state(everywhere=True)
+        else:
+            weights = self.model.state_dict()
+            gradients = {
+                name: parameter.grad
+                for name, parameter in self.model.named_parameters()
+                if parameter.grad is not None
+            }
+            optimizer_state = named_optimizer_state(self.model, self.optimizer)
         state = {
             f"model/{name}": tensor.detach().to("cpu", copy=True)
-            for name, tensor in self.model.state_dict().items()
+            for name, tensor in weights.items()
         }
-        for name, parameter in self.model.named_parameters():
-            if parameter.grad is not None:
-                state[f"grad/{name}"] = parameter.grad.detach().to("cpu", copy=True)
-        optimizer_tensors, _ = _optimizer_payload(self.model, self.optimizer)
+        state.update(
+            {f"grad/{name}": grad.detach().to("cpu", copy=True) for name, grad in gradients.items()}
+        )
+        optimizer_tensors, _ = _optimizer_payload(optimizer_state)
         state.update({name: tensor.clone() for name, tensor in optimizer_tensors.items()})
         state["rng/dropout"] = self.model.dropout_generator.get_state()
         return state

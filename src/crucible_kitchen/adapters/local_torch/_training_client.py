@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast, get_args
 
 import torch
 
@@ -45,7 +46,7 @@ from crucible_kitchen.adapters.local_torch._sampling_client import (
 )
 from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
-from crucible_kitchen.adapters.local_torch._trainer import StepOptions, Trainer
+from crucible_kitchen.adapters.local_torch._trainer import FullState, StepOptions, Trainer
 from crucible_kitchen.adapters.local_torch._translate import translated
 from crucible_kitchen.errors import (
     CheckpointCorrupted,
@@ -79,6 +80,7 @@ from crucible_kitchen.training.losses import builtin_loss
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from contextlib import AbstractContextManager
 
     from torch import Tensor
 
@@ -86,6 +88,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._threads import Threads
     from crucible_kitchen.adapters.local_torch._trainer import Precision
     from crucible_kitchen.ports import Capabilities, CustomLossFn, LossFnType, OptimStepResponse
+
+Parallelism: TypeAlias = Literal["ddp", "fsdp"]
+"""How data-parallel ranks share the model: whole on every rank, or sharded (FSDP)."""
 
 __all__ = ("LocalTorchTrainingClient",)
 
@@ -160,6 +165,12 @@ class LocalTorchTrainingClient:
         distributed: data-parallel training across the ranks of a :class:`DistributedGroup`;
             ``"auto"`` (the default) joins the group ``torchrun`` describes when its
             ``WORLD_SIZE`` is above 1; ``None`` trains in this process alone.
+        parallelism: how the ranks share the model: ``"ddp"`` (the default), every rank holds
+            the whole model and optimizer state; ``"fsdp"``, each holds ``1/W`` of every
+            parameter, gradient and AdamW moment (PyTorch's FSDP2), for a model whose
+            training does not fit one device (its sampling clients still hold the whole
+            model). ``"fsdp"`` needs data-parallel ranks and excludes ``compile``,
+            ``loss_chunk`` and ``microbatch_tokens``.
 
         On CUDA, AdamW runs fused. Every setting but the defaults changes float rounding, not
         what is computed; each keeps runs reproducible (equal seeds and requests give equal
@@ -174,11 +185,17 @@ class LocalTorchTrainingClient:
     from the same ``checkpoint_dir`` (a shared filesystem across machines). Requests first
     check that every rank is at the same request (see ``_distributed``).
 
+    With ``parallelism="fsdp"`` the gradients are reduce-scattered as sums during each
+    backward pass instead, every rank updating its shards; checkpoints hold the full weights
+    and optimizer state (gathered onto rank 0) in the same format, so they resume with FSDP,
+    DDP or one process alike, and samplers get the full weights on every rank.
+
     Raises:
         ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
             smaller than the tokenizer's, an unavailable device, an invalid ``threads``
-            (or ``OMP_NUM_THREADS``), mixed precision with a dtype other than float32, or an
-            invalid training-step or sampling setting.
+            (or ``OMP_NUM_THREADS``), mixed precision with a dtype other than float32, an
+            invalid training-step or sampling setting, or ``parallelism="fsdp"`` without
+            data-parallel ranks (outside ``torchrun``) or with a setting it excludes.
         PretrainedModelError: the Hugging Face model directory cannot be loaded (see
             ``read_hf_model``).
     """
@@ -202,6 +219,7 @@ class LocalTorchTrainingClient:
         microbatch_tokens: int | None = None,
         sampling_max_batch: int = DEFAULT_MAX_BATCH,
         distributed: DistributedGroup | Literal["auto"] | None = "auto",
+        parallelism: Parallelism = "ddp",
     ) -> None:
         self._tokenizer = tokenizer if tokenizer is not None else LocalTokenizer.byte()
         options = StepOptions(
@@ -233,7 +251,18 @@ class LocalTorchTrainingClient:
         )
         self._sampling_max_batch = sampling_max_batch
         self._threads = resolve_threads(threads, config)
+        _check_parallelism(parallelism, options)
         self._group = _join(distributed, config)
+        if parallelism == "fsdp" and self._group is None:
+            raise ConfigError(
+                [
+                    "parallelism 'fsdp' shards the model across data-parallel ranks, and this "
+                    "process has none: run it under torchrun with 2 or more processes "
+                    "(torchrun --nproc-per-node 2 ...), or use parallelism 'ddp'"
+                ],
+                source="local torch parallelism",
+            )
+        self._fsdp = parallelism == "fsdp"
         if self._group is not None:
             device_of_rank = self._group.device(resolve_device(config.device))
             config = dataclasses.replace(config, device=str(device_of_rank))
@@ -248,6 +277,7 @@ class LocalTorchTrainingClient:
             lora=lora_config,
             weights=None if pretrained is None else load_hf_weights(pretrained),
             options=options,
+            fsdp_ranks=self._group.world_size if self._group is not None and self._fsdp else None,
         )
         self._reseed_dropout()  # each rank draws its own dropout masks
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
@@ -289,6 +319,11 @@ class LocalTorchTrainingClient:
         return self._group
 
     @property
+    def parallelism(self) -> Parallelism:
+        """How the data-parallel ranks share the model (``"ddp"`` without ranks)."""
+        return "fsdp" if self._fsdp else "ddp"
+
+    @property
     def lora_config(self) -> LoraConfig | None:
         """The LoRA adapters' config, if the model has them."""
         return self._trainer.lora
@@ -326,6 +361,7 @@ class LocalTorchTrainingClient:
         after every request submitted so far; compare with ``torch.equal`` between runs.
 
         Keys: ``model/<name>``, ``grad/<name>``, ``optimizer/<name>/<key>``, ``rng/dropout``.
+        Under FSDP they are gathered, unsharded: a collective, so call it on every rank.
         """
         return await self._queue.call("state_tensors", self._trainer.state_tensors, record=False)
 
@@ -412,9 +448,13 @@ class LocalTorchTrainingClient:
                 if group is not None:
                     group.agree(method, request_id)
                 if local:
-                    batch, logprobs, local_logprobs = self._trainer.custom_forward(local)
+                    with self._collectives(method, request_id):
+                        batch, logprobs, local_logprobs = self._trainer.custom_forward(local)
                 else:
                     local_logprobs = []
+                    if self._fsdp:
+                        with self._collectives(method, request_id):
+                            nothing = self._trainer.idle_forward(grad=True)
             # Under data parallelism every rank runs the loss on the whole batch's logprobs
             # (it may couple datums, e.g. preference pairs) and back-propagates its slice.
             logprob_data = (
@@ -426,11 +466,16 @@ class LocalTorchTrainingClient:
             )
             custom = loss_fn(data, logprob_data)
             self._check_custom_output(request_id, custom, logprob_data)
-            with translated(_PORT, method, request_id, atomic=True):
+            with (
+                translated(_PORT, method, request_id, atomic=True),
+                self._collectives(method, request_id),
+            ):
                 if local:
                     start = 0 if group is None else _shard_start(group, len(data))
                     grads = custom.logprob_grads[start : start + len(local)]
                     self._trainer.custom_backward(batch, logprobs, grads)
+                elif self._fsdp:
+                    self._trainer.idle_backward(nothing)
                 else:
                     self._trainer.pending_gradients += 1
             return ForwardBackwardOutput(
@@ -457,9 +502,13 @@ class LocalTorchTrainingClient:
 
         def work() -> OptimStepResponse:
             with translated(_PORT, method, request_id):
-                if self._group is not None:
-                    self._group.agree(method, request_id)
-                    self._group.sum_gradients(method, request_id, self._trainer.parameters)
+                if self._group is None:
+                    return self._trainer.optim_step(adam_params)
+                self._group.agree(method, request_id)
+                if self._fsdp:  # the backward passes reduce-scattered them already
+                    with self._collectives(method, request_id):
+                        return self._trainer.optim_step(adam_params)
+                self._group.sum_gradients(method, request_id, self._trainer.parameters)
                 return self._trainer.optim_step(adam_params)
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
@@ -510,7 +559,8 @@ class LocalTorchTrainingClient:
             with translated(_PORT, method, request_id, atomic=True):
                 self._check_tokenizer(path)
                 self._check_world_size(path)
-                self._trainer.load(path, with_optimizer=with_optimizer)
+                with self._collectives(method, request_id):
+                    self._trainer.load(path, with_optimizer=with_optimizer)
                 self._reseed_dropout()
             return LoadStateResponse(path=path)
 
@@ -603,6 +653,13 @@ class LocalTorchTrainingClient:
             )
         )
 
+    def _collectives(self, method: str, request_id: str | None) -> AbstractContextManager[None]:
+        """Under FSDP, the trainer's passes, steps and loads run collectives: a failed or
+        timed-out one raises ``CollectiveError``."""
+        if self._group is None or not self._fsdp:
+            return contextlib.nullcontext()
+        return self._group.collectives(method, request_id)
+
     def _fanned_out(
         self, client: LocalTorchSamplingClient
     ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
@@ -627,11 +684,19 @@ class LocalTorchTrainingClient:
             return
         # Rank 0 writes; every rank learns whether it did, so all fail or succeed together.
         group.agree(method, request_id)
+        with translated(_PORT, method, request_id), self._collectives(method, request_id):
+            full = self._trainer.gather(with_optimizer=with_optimizer)  # FSDP: every rank
         failure: str | None = None
         try:
             if group.is_writer:
                 self._write(
-                    method, path, request_id, digest, with_optimizer=with_optimizer, user=user
+                    method,
+                    path,
+                    request_id,
+                    digest,
+                    with_optimizer=with_optimizer,
+                    user=user,
+                    full=full,
                 )
         except KitchenError as exc:
             failure = str(exc)
@@ -646,7 +711,9 @@ class LocalTorchTrainingClient:
                 request_id=request_id,
             )
         if not group.is_writer:
-            self._trainer.save(path, with_optimizer=with_optimizer, payload={}, write=False)
+            self._trainer.save(
+                path, with_optimizer=with_optimizer, payload={}, write=False, full=full
+            )
 
     def _write(
         self,
@@ -657,6 +724,7 @@ class LocalTorchTrainingClient:
         *,
         with_optimizer: bool,
         user: dict[str, Any] | None,
+        full: FullState | None = None,
     ) -> None:
         payload = {
             "request_id": request_id,
@@ -676,7 +744,7 @@ class LocalTorchTrainingClient:
                         operation=method,
                         request_id=request_id,
                     )
-            self._trainer.save(path, with_optimizer=with_optimizer, payload=payload)
+            self._trainer.save(path, with_optimizer=with_optimizer, payload=payload, full=full)
 
     def _check_world_size(self, path: str) -> None:
         """Refuse a checkpoint of another number of ranks where that changes the training:
@@ -719,13 +787,19 @@ class LocalTorchTrainingClient:
                 return self._trainer.forward(data, loss_fn, config, keys, backward=backward)
             group.agree(method, request_id)
             local = group.shard(data)
-            if local:
-                output = self._trainer.forward(local, loss_fn, config, keys, backward=backward)
-            else:
-                output = ForwardBackwardOutput(
-                    loss_fn_output_type=loss_fn, loss_fn_outputs=(), metrics={"loss:sum": 0.0}
-                )
-                self._trainer.pending_gradients += backward
+            with self._collectives(method, request_id):
+                if local:
+                    output = self._trainer.forward(local, loss_fn, config, keys, backward=backward)
+                else:
+                    output = ForwardBackwardOutput(
+                        loss_fn_output_type=loss_fn, loss_fn_outputs=(), metrics={"loss:sum": 0.0}
+                    )
+                    if self._fsdp:
+                        nothing = self._trainer.idle_forward(grad=backward)
+                        if backward:
+                            self._trainer.idle_backward(nothing)
+                    else:
+                        self._trainer.pending_gradients += backward
         parts = group.gather(method, request_id, output)
         return ForwardBackwardOutput(
             loss_fn_output_type=loss_fn,
@@ -922,6 +996,32 @@ def _join(
     if launched_world_size() <= 1:
         return None
     return DistributedGroup.from_environment(device=str(resolve_device(config.device)))
+
+
+def _check_parallelism(parallelism: object, options: StepOptions) -> None:
+    """Refuse an unknown ``parallelism``, and FSDP with the settings it excludes: micro-batches
+    would let the ranks run different numbers of sharded passes per request, and compiled or
+    chunked passes (through the output weight, outside the model's forward) are untested
+    with FSDP's hooks."""
+    if parallelism not in ("ddp", "fsdp"):
+        raise ConfigError(
+            [f"parallelism must be 'ddp' or 'fsdp', got {parallelism!r}"],
+            source="local torch parallelism",
+        )
+    if parallelism != "fsdp":
+        return
+    excluded = {
+        "compile": options.compile,
+        "loss_chunk": options.loss_chunk is not None,
+        "microbatch_tokens": options.microbatch_tokens is not None,
+    }
+    problems = [
+        f"{name} is not supported with parallelism 'fsdp'; leave it unset"
+        for name, used in excluded.items()
+        if used
+    ]
+    if problems:
+        raise ConfigError(problems, source="local torch parallelism")
 
 
 def _shard_start(group: DistributedGroup, count: int) -> int:
