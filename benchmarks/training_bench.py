@@ -971,7 +971,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
         description="sl_basic on local torch vs a hand-written loop, pipelining, memory.",
     )
     add = parser.add_argument
-    add("--steps", type=int, help="steps of parts 1 and 3 (default 62, quick 12)")
+    add("--steps", type=int, help="steps of parts 1 and 3 (default 62, quick 4)")
     add("--reps", type=int, help="part 1: repetitions (default 9, quick 1)")
     add("--pipe-reps", type=int, help="part 2: repetitions (default 3, quick 1)")
     add("--threads", type=int, default=1, help="torch threads, both sides (default 1)")
@@ -982,7 +982,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
         "(default): the first allowed CPU with --threads 1, else no pinning",
     )
     add("--latency", type=float, default=0.020, help="part 2: seconds each way (default 0.020)")
-    add("--pipe-steps", type=int, help="part 2: steps, tiny model (default 24, quick 5)")
+    add("--pipe-steps", type=int, help="part 2: steps, tiny model (default 24, quick 3)")
     add("--heavy-steps", type=int, help="part 2: steps, heavy model (default 10)")
     add("--heavy-model", default="small", help="part 2: the heavy regime's preset (small)")
     add("--no-heavy", action="store_true", help="part 2: skip the heavy regime")
@@ -1000,12 +1000,12 @@ def parse(argv: Sequence[str] | None) -> tuple[Settings, argparse.Namespace]:
         return value if value is not None else (small if quick else default)
 
     settings = Settings(
-        steps=pick(args.steps, 62, 12),
+        steps=pick(args.steps, 62, 4),
         reps=pick(args.reps, 9, 1),
         pipe_reps=pick(args.pipe_reps, 3, 1),
         threads=args.threads,
         latency=args.latency,
-        pipe_steps=pick(args.pipe_steps, 24, 5),
+        pipe_steps=pick(args.pipe_steps, 24, 3),
         heavy_steps=pick(args.heavy_steps, 10, 3),
         heavy_model=None if args.no_heavy or quick else args.heavy_model,
         pipeline_depth=args.pipeline_depth,

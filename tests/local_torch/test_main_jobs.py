@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -58,11 +60,22 @@ def assert_before_and_after(result: RunResult, *names: str) -> None:
         assert name in result.metrics
 
 
-async def teacher_run(tmp_path: Path) -> Path:
-    run_dir = tmp_path / "teacher"
-    result = await Kitchen.run("sl_basic", TEACHER, run_dir=run_dir)
-    assert result.status == "completed"
+def _sl_basic_run(run_dir: Path, config: dict[str, Any] | None = None) -> Path:
+    result = anyio.run(partial(Kitchen.run, "sl_basic", config, run_dir=run_dir))
+    assert result.status == "completed", result.error
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A teacher (or starting point) run, trained once for the module: tests only read it."""
+    return _sl_basic_run(tmp_path_factory.mktemp("teacher") / "teacher", TEACHER)
+
+
+@pytest.fixture(scope="module")
+def default_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sl_basic with its defaults, trained once for the module: tests only read it."""
+    return _sl_basic_run(tmp_path_factory.mktemp("default_teacher") / "teacher")
 
 
 async def test_rl_basic_warms_up_then_trains_and_evaluates_before_and_after(
@@ -92,9 +105,8 @@ async def test_dpo_basic_evaluates_held_out_pairs_before_and_after(tmp_path: Pat
 
 @pytest.mark.parametrize("mode", ["on_policy", "off_policy"])
 async def test_distill_basic_distils_a_teacher_run_into_a_smaller_student(
-    tmp_path: Path, mode: str
+    tmp_path: Path, teacher: Path, mode: str
 ) -> None:
-    teacher = await teacher_run(tmp_path)
     run_dir = tmp_path / "student"
     config = {**DISTILL_SMALL, "teacher": str(teacher), "mode": mode}
     result = await Kitchen.run("distill_basic", config, run_dir=run_dir)
@@ -108,8 +120,9 @@ async def test_distill_basic_distils_a_teacher_run_into_a_smaller_student(
     assert recorded["teacher"] == str(teacher / "checkpoints/weights/final")
 
 
-async def test_top_k_distillation_trains_on_the_teachers_top_k_tokens(tmp_path: Path) -> None:
-    teacher = await teacher_run(tmp_path)
+async def test_top_k_distillation_trains_on_the_teachers_top_k_tokens(
+    tmp_path: Path, teacher: Path
+) -> None:
     config = {**DISTILL_SMALL, "teacher": str(teacher), "topk": 4, "num_batches": 3}
     result = await Kitchen.run("distill_basic", config, run_dir=tmp_path / "student")
     assert result.status == "completed", result.error
@@ -156,9 +169,9 @@ def test_init_from_must_name_weights(tmp_path: Path) -> None:
 
 
 async def test_init_from_starts_from_another_runs_weights_and_records_it(
-    tmp_path: Path,
+    tmp_path: Path, teacher: Path
 ) -> None:
-    source = await teacher_run(tmp_path)
+    source = teacher
     run_dir = tmp_path / "rl"
     config = {**RL_SMALL, "init_from": str(source), "num_batches": 1}
     result = await Kitchen.run("rl_basic", config, run_dir=run_dir)
@@ -184,10 +197,10 @@ async def test_the_kl_penalty_is_measured_against_the_starting_point_not_fresh_w
     assert result.metrics["rl/kl_policy_base"] == pytest.approx(0.0, abs=1e-5)
 
 
-async def test_init_from_is_not_applied_again_on_resume(tmp_path: Path) -> None:
+async def test_init_from_is_not_applied_again_on_resume(tmp_path: Path, teacher: Path) -> None:
     """A resumed run continues from its own checkpoint: its final weights equal those of the
     uninterrupted run, which started from ``init_from`` once."""
-    source = await teacher_run(tmp_path)
+    source = teacher
     config = {**RL_SMALL, "init_from": str(source), "num_batches": 3, "save_every": 2}
     whole = await Kitchen.run("rl_basic", config, run_dir=tmp_path / "whole")
     assert whole.status == "completed"
@@ -300,11 +313,9 @@ async def test_dpo_basic_raises_held_out_preference_accuracy_and_margin(tmp_path
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("mode", ["on_policy", "off_policy"])
 async def test_distill_basic_lowers_the_students_kl_to_the_teacher(
-    tmp_path: Path, mode: str
+    tmp_path: Path, default_teacher: Path, mode: str
 ) -> None:
-    teacher = tmp_path / "teacher"
-    assert (await Kitchen.run("sl_basic", run_dir=teacher)).status == "completed"
-    config = {"teacher": str(teacher), "mode": mode}
+    config = {"teacher": str(default_teacher), "mode": mode}
     result = await Kitchen.run("distill_basic", config, run_dir=tmp_path / "student")
     metrics = result.metrics
     assert metrics["eval/teacher_kl"] < metrics["initial/eval/teacher_kl"]

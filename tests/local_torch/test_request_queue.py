@@ -9,6 +9,8 @@ import threading
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -33,10 +35,13 @@ async def test_requests_run_in_submission_order_without_being_awaited() -> None:
     futures = [queue.submit("append", lambda i=i: _append(log, i)) for i in range(100)]
     assert queue.pending == 101
     gate.set()
-    last_done = threading.Event()
-    queue.submit("signal", last_done.set, record=False)
-    assert await anyio.to_thread.run_sync(last_done.wait, 10)  # nothing was awaited
+    last_done, token = anyio.Event(), anyio.lowlevel.current_token()
+    signal = queue.submit(
+        "signal", lambda: anyio.from_thread.run_sync(last_done.set, token=token), record=False
+    )
+    await last_done.wait()  # nothing was awaited
     assert log == list(range(100))
+    await signal.result()  # the signal request itself has finished: nothing is pending
     assert [await future.result() for future in reversed(futures)] == list(range(99, -1, -1))
     assert await first.result() is True
     assert queue.pending == 0

@@ -11,6 +11,8 @@ import threading
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import pytest
 import torch
 
@@ -431,25 +433,29 @@ async def test_cancelled_waiters_neither_cancel_nor_repeat_their_requests(
 ) -> None:
     client = make_client()
     data = _data(client)[:1]
-    entered, release = threading.Event(), threading.Event()
+    # No wall-clock bounds: the device's worker thread is shared by the whole process and may
+    # still be busy with earlier requests on a loaded machine. The request signals this loop
+    # when it starts, and is held until the test releases it (always, in the finally).
+    entered, release, token = anyio.Event(), threading.Event(), anyio.lowlevel.current_token()
 
     def slow_loss(batch: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
-        entered.set()
-        assert release.wait(10)
+        anyio.from_thread.run_sync(entered.set, token=token)
+        release.wait()
         grads = tuple(TensorData(dtype="float32", data=(-1.0,) * len(lp.data)) for lp in logprobs)
         return CustomLossOutput(loss=1.0, logprob_grads=grads)
 
-    slow = await client.forward_backward_custom(data, slow_loss, request_id="slow")
-    queued = await client.forward_backward(data, "cross_entropy", request_id="queued")
-    assert await anyio.to_thread.run_sync(entered.wait, 10)  # running, though nobody awaits
-    with anyio.fail_after(10):
+    try:
+        slow = await client.forward_backward_custom(data, slow_loss, request_id="slow")
+        queued = await client.forward_backward(data, "cross_entropy", request_id="queued")
+        await entered.wait()  # running, though nobody awaits
         async with anyio.create_task_group() as group:
             group.start_soon(slow.result)
             group.start_soon(queued.result)
             await anyio.wait_all_tasks_blocked()
             group.cancel_scope.cancel()
-    assert not slow.done()  # the waiters' cancellation reached neither request
-    release.set()
+        assert not slow.done()  # the waiters' cancellation reached neither request
+    finally:
+        release.set()
     assert (await slow.result()).metrics["loss:sum"] == 1.0
     await queued.result()
     assert client.counters.applied == {"forward_backward_custom": 1, "forward_backward": 1}
@@ -459,16 +465,16 @@ async def test_cancelled_waiters_neither_cancel_nor_repeat_their_requests(
 async def test_requests_run_without_being_awaited(make_client: MakeClient) -> None:
     client = make_client()
     data = _data(client)[:1]
-    ran = threading.Event()
+    ran, token = anyio.Event(), anyio.lowlevel.current_token()
 
     def loss(batch: Sequence[Datum], logprobs: Sequence[TensorData]) -> CustomLossOutput:
-        ran.set()
+        anyio.from_thread.run_sync(ran.set, token=token)
         grads = tuple(TensorData(dtype="float32", data=(0.0,) * len(lp.data)) for lp in logprobs)
         return CustomLossOutput(loss=0.0, logprob_grads=grads)
 
     await client.forward_backward(data, "cross_entropy", request_id="first")
     await client.forward_backward_custom(data, loss, request_id="second")
-    assert await anyio.to_thread.run_sync(ran.wait, 10)  # no future was ever awaited
+    await ran.wait()  # no future was ever awaited
     await client.drain()
     assert [request_id for _, request_id in client.counters.log] == ["first", "second"]
 
