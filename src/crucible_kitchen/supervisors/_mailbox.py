@@ -5,15 +5,22 @@ once instead of first yielding to the scheduler: a call round trip and an actor'
 save a scheduler pass. A reader that finds messages still yields once per message (every
 ``get`` is a checkpoint), so a busy actor never starves the event loop. Items are removed only
 by ``get``, so a reader cancelled while waiting loses nothing.
+
+Its wake-ups, and the replies of the calls sent through it (:meth:`Mailbox.new_event`), are
+events of the running backend's own class, looked up once per mailbox: ``anyio.Event()`` asks
+which async library runs on every call, a cost paid twice per actor call otherwise.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ("Mailbox",)
 
@@ -23,7 +30,7 @@ T = TypeVar("T")
 class Mailbox(Generic[T]):
     """Bounded FIFO queue for one reader at a time and any number of writers."""
 
-    __slots__ = ("_closed", "_items", "_reader", "_writers", "capacity")
+    __slots__ = ("_closed", "_event_type", "_items", "_reader", "_writers", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -31,6 +38,7 @@ class Mailbox(Generic[T]):
         self._reader: anyio.Event | None = None
         self._writers: deque[anyio.Event] = deque()
         self._closed = False
+        self._event_type: Callable[[], anyio.Event] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -38,6 +46,15 @@ class Mailbox(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def new_event(self) -> anyio.Event:
+        """A fresh ``anyio.Event`` of the running backend; call it inside the event loop."""
+        make = self._event_type
+        if make is None:
+            event = anyio.Event()
+            self._event_type = type(event)
+            return event
+        return make()
 
     def put_nowait(self, item: T) -> None:
         """Queue ``item``.
@@ -62,7 +79,7 @@ class Mailbox(Generic[T]):
             try:
                 self.put_nowait(item)
             except anyio.WouldBlock:
-                room = anyio.Event()
+                room = self.new_event()
                 self._writers.append(room)
                 try:
                     await room.wait()
@@ -98,7 +115,7 @@ class Mailbox(Generic[T]):
         while not self._items:
             if self._closed:
                 raise anyio.EndOfStream
-            arrived = self._reader = anyio.Event()
+            arrived = self._reader = self.new_event()
             try:
                 await arrived.wait()
             finally:
