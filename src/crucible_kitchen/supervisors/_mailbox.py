@@ -7,12 +7,14 @@ save a scheduler pass. A reader that finds messages still yields once per messag
 by ``get``, so a reader cancelled while waiting loses nothing.
 
 Its wake-ups, and the replies of the calls sent through it (:meth:`Mailbox.new_event`), are
-events of the running backend's own class, looked up once per mailbox: ``anyio.Event()`` asks
-which async library runs on every call, a cost paid twice per actor call otherwise.
+events of a class chosen once per mailbox: ``anyio.Event()`` asks which async library runs on
+every call, a cost paid twice per actor call otherwise. On asyncio it is :class:`FutureEvent`,
+which parks its waiters on plain futures; on other backends, anyio's event of that backend.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -22,7 +24,7 @@ import anyio.lowlevel
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ("Mailbox",)
+__all__ = ("FutureEvent", "Mailbox")
 
 T = TypeVar("T")
 
@@ -51,9 +53,7 @@ class Mailbox(Generic[T]):
         """A fresh ``anyio.Event`` of the running backend; call it inside the event loop."""
         make = self._event_type
         if make is None:
-            event = anyio.Event()
-            self._event_type = type(event)
-            return event
+            make = self._event_type = FutureEvent if _in_asyncio_task() else type(anyio.Event())
         return make()
 
     def put_nowait(self, item: T) -> None:
@@ -131,3 +131,54 @@ class Mailbox(Generic[T]):
             self._reader = None
         while self._writers:
             self._writers.popleft().set()
+
+
+class FutureEvent(anyio.Event):
+    """An ``anyio.Event`` for asyncio whose waiters park on plain futures.
+
+    anyio's asyncio event wraps an ``asyncio.Event``, which looks its loop up and keeps a deque
+    for every event; this one does what they do for the mailbox's one-shot events with less:
+    it is set once, wakes every waiter, is a checkpoint when already set, and a cancelled
+    waiter leaves it as it was. Make it only inside an asyncio task.
+    """
+
+    __slots__ = ("_flag", "_waiters")
+
+    def __new__(cls) -> FutureEvent:
+        return object.__new__(cls)
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self) -> None:
+        if self._flag:
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+
+    def statistics(self) -> anyio.EventStatistics:
+        return anyio.EventStatistics(len(self._waiters))
+
+
+def _in_asyncio_task() -> bool:
+    """Whether an asyncio task runs this (not trio, also not trio in asyncio's guest mode)."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no running asyncio loop
+        return False
