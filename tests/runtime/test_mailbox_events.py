@@ -15,6 +15,11 @@ from crucible_kitchen.supervisors._mailbox import FutureEvent, Mailbox
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leaked_tasks")]
 
 
+async def wait_then_note(event: anyio.Event, woken: list[str], name: str) -> None:
+    await event.wait()
+    woken.append(name)
+
+
 async def test_on_asyncio_the_mailbox_makes_future_events(anyio_backend: str) -> None:
     mailbox: Mailbox[int] = Mailbox(1)
     event = mailbox.new_event()
@@ -25,21 +30,16 @@ async def test_on_asyncio_the_mailbox_makes_future_events(anyio_backend: str) ->
 
 async def test_set_wakes_every_waiter_once_and_stays_set() -> None:
     event = Mailbox[int](1).new_event()
-    woken: list[int] = []
-
-    async def waiter(n: int) -> None:
-        await event.wait()
-        woken.append(n)
-
+    woken: list[str] = []
     async with anyio.create_task_group() as tg:
-        for n in range(3):
-            tg.start_soon(waiter, n)
+        for name in "abc":
+            tg.start_soon(wait_then_note, event, woken, name)
         await anyio.wait_all_tasks_blocked()
         assert not event.is_set()
         assert event.statistics().tasks_waiting == 3
         event.set()
         event.set()  # a second set changes nothing
-    assert sorted(woken) == [0, 1, 2]
+    assert sorted(woken) == ["a", "b", "c"]
     assert event.is_set()
     assert event.statistics().tasks_waiting == 0
 
@@ -58,15 +58,10 @@ async def test_waiting_on_a_set_event_returns_and_is_a_checkpoint() -> None:
 async def test_a_cancelled_waiter_leaves_the_event_unset_for_the_others() -> None:
     event = Mailbox[int](1).new_event()
     woken: list[str] = []
-
-    async def waiter(name: str) -> None:
-        await event.wait()
-        woken.append(name)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(waiter, "stays")
+        tg.start_soon(wait_then_note, event, woken, "stays")
         with anyio.CancelScope() as scope:
-            tg.start_soon(waiter, "stays too")
+            tg.start_soon(wait_then_note, event, woken, "stays too")
             await anyio.wait_all_tasks_blocked()
             scope.cancel()
             await event.wait()  # cancelled: this waiter leaves
