@@ -66,9 +66,9 @@ class _Call:
 
     __slots__ = ("abandoned", "done", "error", "message", "value")
 
-    def __init__(self, message: object) -> None:
+    def __init__(self, message: object, done: anyio.Event) -> None:
         self.message = message
-        self.done = anyio.Event()
+        self.done = done
         self.value: object = None
         self.error: BaseException | None = None
         self.abandoned = False
@@ -639,7 +639,7 @@ class ActorRef(Generic[M]):
 
         ``timeout`` bounds only the wait for room in a full mailbox.
         """
-        call = _Call(message)
+        call = _Call(message, self._check(message).new_event())
         await self._put(call, message, timeout)
         return PendingCall(self._slot.id, call)
 
@@ -661,8 +661,8 @@ class ActorRef(Generic[M]):
                 "cast to yourself or do the work in place",
                 actor=slot.id,
             )
-        call = _Call(message)
         mailbox = self._check(message)
+        call = _Call(message, mailbox.new_event())
         try:
             mailbox.put_nowait(call)  # the fast path: no checkpoint, no extra cancel scope
         except anyio.WouldBlock:

@@ -5,17 +5,26 @@ once instead of first yielding to the scheduler: a call round trip and an actor'
 save a scheduler pass. A reader that finds messages still yields once per message (every
 ``get`` is a checkpoint), so a busy actor never starves the event loop. Items are removed only
 by ``get``, so a reader cancelled while waiting loses nothing.
+
+Its wake-ups, and the replies of the calls sent through it (:meth:`Mailbox.new_event`), are
+events of a class chosen once per mailbox: ``anyio.Event()`` asks which async library runs on
+every call, a cost paid twice per actor call otherwise. On asyncio it is :class:`FutureEvent`,
+which parks its waiters on plain futures; on other backends, anyio's event of that backend.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ("Mailbox",)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ("FutureEvent", "Mailbox")
 
 T = TypeVar("T")
 
@@ -23,7 +32,7 @@ T = TypeVar("T")
 class Mailbox(Generic[T]):
     """Bounded FIFO queue for one reader at a time and any number of writers."""
 
-    __slots__ = ("_closed", "_items", "_reader", "_writers", "capacity")
+    __slots__ = ("_closed", "_event_type", "_items", "_reader", "_writers", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -31,6 +40,7 @@ class Mailbox(Generic[T]):
         self._reader: anyio.Event | None = None
         self._writers: deque[anyio.Event] = deque()
         self._closed = False
+        self._event_type: Callable[[], anyio.Event] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -38,6 +48,13 @@ class Mailbox(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def new_event(self) -> anyio.Event:
+        """A fresh ``anyio.Event`` of the running backend; call it inside the event loop."""
+        make = self._event_type
+        if make is None:
+            make = self._event_type = FutureEvent if _in_asyncio_task() else type(anyio.Event())
+        return make()
 
     def put_nowait(self, item: T) -> None:
         """Queue ``item``.
@@ -62,7 +79,7 @@ class Mailbox(Generic[T]):
             try:
                 self.put_nowait(item)
             except anyio.WouldBlock:
-                room = anyio.Event()
+                room = self.new_event()
                 self._writers.append(room)
                 try:
                     await room.wait()
@@ -98,7 +115,7 @@ class Mailbox(Generic[T]):
         while not self._items:
             if self._closed:
                 raise anyio.EndOfStream
-            arrived = self._reader = anyio.Event()
+            arrived = self._reader = self.new_event()
             try:
                 await arrived.wait()
             finally:
@@ -114,3 +131,54 @@ class Mailbox(Generic[T]):
             self._reader = None
         while self._writers:
             self._writers.popleft().set()
+
+
+class FutureEvent(anyio.Event):
+    """An ``anyio.Event`` for asyncio whose waiters park on plain futures.
+
+    anyio's asyncio event wraps an ``asyncio.Event``, which looks its loop up and keeps a deque
+    for every event; this one does what they do for the mailbox's one-shot events with less:
+    it is set once, wakes every waiter, is a checkpoint when already set, and a cancelled
+    waiter leaves it as it was. Make it only inside an asyncio task.
+    """
+
+    __slots__ = ("_flag", "_waiters")
+
+    def __new__(cls) -> FutureEvent:
+        return object.__new__(cls)
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self) -> None:
+        if self._flag:
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+
+    def statistics(self) -> anyio.EventStatistics:
+        return anyio.EventStatistics(len(self._waiters))
+
+
+def _in_asyncio_task() -> bool:
+    """Whether an asyncio task runs this (not trio, also not trio in asyncio's guest mode)."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # no running asyncio loop
+        return False

@@ -1,9 +1,9 @@
 """Built-in telemetry handlers (console, JSONL event log, metrics JSONL, callbacks) and specs.
 
 Every handler here is a synchronous callable ``handler(event)`` with a ``close()``, except a
-:class:`CallbackHandler` wrapping an ``async def``. The file handlers open their file once, write
-each event with one buffered ``write`` and a ``flush`` (no fsync: a crash loses nothing the OS
-already has, and a flush costs microseconds where an fsync costs a fraction of a millisecond).
+:class:`CallbackHandler` wrapping an ``async def``. The file handlers open their file once,
+unbuffered, and hand each line to the OS with one ``write`` (no fsync: a crash loses nothing the
+OS already has, and a write costs microseconds where an fsync costs a fraction of a millisecond).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
 
 import msgspec
 
@@ -53,6 +53,7 @@ from ._events import (
 )
 
 if TYPE_CHECKING:
+    import io
     from collections.abc import Callable, Iterable
     from types import TracebackType
 
@@ -486,15 +487,17 @@ def _resolve(path: str | os.PathLike[str], default_name: str) -> Path:
 
 
 class _JsonLinesFile:
-    """One append-mode file written a line at a time: buffered write, then flush."""
+    """One append-mode file written a line at a time, each line with one unbuffered write."""
 
     default_name = "events.jsonl"
+    row_name = "row"
+    """What a line that cannot be encoded is called in its fallback (events use their name)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = _resolve(path, self.default_name)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file: IO[bytes] | None = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+            self._file: io.FileIO | None = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise TelemetryError(f"cannot open telemetry log {self.path}: {exc}") from exc
         self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
@@ -505,7 +508,7 @@ class _JsonLinesFile:
         """Whether :meth:`close` was called; a closed handler ignores events."""
         return self._file is None
 
-    def _write(self, obj: object, name: str) -> None:
+    def _write(self, obj: object) -> None:
         file = self._file
         if file is None:
             return
@@ -514,6 +517,7 @@ class _JsonLinesFile:
             self._encoder.encode_into(obj, buffer)
         except Exception as exc:  # cycles, huge ints, bad unicode: fall back, never raise
             buffer.clear()
+            name = event_name(obj) if isinstance(obj, BaseEvent) else self.row_name
             try:
                 plain = _sanitize(obj, set())
                 if isinstance(obj, BaseEvent):
@@ -524,16 +528,15 @@ class _JsonLinesFile:
                 fallback = {"event": name, "encode_error": f"{type(exc).__name__}: {exc}"}
                 self._encoder.encode_into(fallback, buffer)
         buffer.extend(b"\n")
-        file.write(buffer)
-        file.flush()
+        written = file.write(buffer)
+        while written < len(buffer):  # a short write: rare for a regular file, but allowed
+            written += file.write(buffer[written:])
 
     def flush(self) -> None:
-        """Flush the file's buffer to the operating system."""
-        if self._file is not None:
-            self._file.flush()
+        """Nothing to do: every line reaches the operating system as it is written."""
 
     def close(self) -> None:
-        """Flush and close the file; idempotent."""
+        """Close the file; idempotent."""
         file, self._file = self._file, None
         if file is not None:
             file.close()
@@ -572,7 +575,7 @@ class JsonlHandler(_JsonLinesFile):
     default_name = "events.jsonl"
 
     def __call__(self, event: TelemetryEvent) -> None:
-        self._write(event, event_name(event))
+        self._write(event)
 
 
 class MetricsJsonlHandler(_JsonLinesFile):
@@ -590,11 +593,12 @@ class MetricsJsonlHandler(_JsonLinesFile):
     """
 
     default_name = "metrics.jsonl"
+    row_name = "metrics"
 
     def __call__(self, event: TelemetryEvent) -> None:
         row = metrics_row(event)
         if row is not None:
-            self._write(row, "metrics")
+            self._write(row)
 
 
 def metrics_row(event: TelemetryEvent) -> dict[str, Any] | None:

@@ -343,13 +343,15 @@ class WorkflowActor(Actor[Any]):
         self, nodes: tuple[Node, ...], ctx: Context, *, commit: bool = True
     ) -> Context:
         for node in nodes:
-            ctx = await self._run_node(node, ctx, commit)
+            if isinstance(node, StageNode):  # the common case, without a coroutine of its own
+                ctx = await self._execute(node, ctx, commit)
+            else:
+                ctx = await self._run_node(node, ctx, commit)
         return ctx
 
     async def _run_node(self, node: Node, ctx: Context, commit: bool) -> Context:
+        """A node that holds other nodes (stage nodes go straight to :meth:`_execute`)."""
         match node:
-            case StageNode():
-                return await self._execute(node, ctx, commit)
             case LoopNode(name=name, over=over, body=body):
                 items = range(over) if isinstance(over, int) else over(ctx)
                 start = self._resume_from(name)
@@ -386,20 +388,29 @@ class WorkflowActor(Actor[Any]):
     async def _execute(self, node: StageNode, ctx: Context, commit: bool) -> Context:
         """Run a stage node until an attempt succeeds or its retry policy says no more.
 
+        Each attempt is one ``Execute`` call to the stage's actor, awaited here directly (one
+        coroutine less per stage execution than a helper per attempt).
+
         Raises:
             StageFailed: the stage failed for good (after its ``cleanup`` hook ran).
         """
+        ref = self.refs[node.name]
         attempt = 0
         while True:
             attempt += 1
             started = time.perf_counter()
-            result = await self._attempt(node, ctx, attempt)
-            if not isinstance(result, _Failed):
+            try:
+                result: Context = await ref.call(
+                    Execute(context=ctx, attempt=attempt, trace=self.trace), timeout=node.timeout
+                )
+            except (CallTimeout, ActorExited, ActorNotRunning) as exc:
+                failed = _failed_attempt(node, ref, exc)
+            else:
                 if commit:
                     self.committed = result
                 return result
-            error = result.error
-            will_retry = result.retryable and node.retry.retries(error, attempt)
+            error = failed.error
+            will_retry = failed.retryable and node.retry.retries(error, attempt)
             self._report_failure(
                 node, ctx, attempt, error, will_retry, time.perf_counter() - started
             )
@@ -415,23 +426,6 @@ class WorkflowActor(Actor[Any]):
             delay = node.retry.delay(error, attempt)
             if delay > 0:
                 await anyio.sleep(delay)
-
-    async def _attempt(self, node: StageNode, ctx: Context, attempt: int) -> Context | _Failed:
-        """One execution of the stage by its actor: the context it returned, or why not."""
-        ref = self.refs[node.name]
-        try:
-            committed: Context = await ref.call(
-                Execute(context=ctx, attempt=attempt, trace=self.trace), timeout=node.timeout
-            )
-        except CallTimeout:
-            ref.kill()
-            return _Failed(TimeoutError(f"stage {node.name!r} took longer than {node.timeout} s"))
-        except ActorExited as exc:
-            reason = exc.reason
-            return _Failed(reason.error if reason.kind is ExitKind.CRASH else None)
-        except ActorNotRunning as exc:  # its supervisor has stopped: nothing can run it again
-            return _Failed(exc, retryable=False)
-        return committed
 
     def _report_failure(
         self,
@@ -569,6 +563,19 @@ class _Failed:
 
     error: BaseException | None
     retryable: bool = True
+
+
+def _failed_attempt(
+    node: StageNode, ref: ActorRef[Execute], exc: CallTimeout | ActorExited | ActorNotRunning
+) -> _Failed:
+    """Why an ``Execute`` call to a stage's actor failed; an overrun kills the actor."""
+    if isinstance(exc, CallTimeout):
+        ref.kill()
+        return _Failed(TimeoutError(f"stage {node.name!r} took longer than {node.timeout} s"))
+    if isinstance(exc, ActorExited):
+        reason = exc.reason
+        return _Failed(reason.error if reason.kind is ExitKind.CRASH else None)
+    return _Failed(exc, retryable=False)  # its supervisor has stopped: nothing can run it again
 
 
 async def _first_error(start: Callable[[anyio.abc.TaskGroup], object]) -> None:
