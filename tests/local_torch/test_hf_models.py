@@ -22,7 +22,11 @@ from crucible_kitchen.adapters.local_torch import (
 )
 from crucible_kitchen.adapters.local_torch._checkpoint import load_checkpoint
 from crucible_kitchen.adapters.local_torch._config import ModelConfig, RopeScaling, preset
-from crucible_kitchen.adapters.local_torch._hf_checkpoint import load_hf_weights, read_hf_model
+from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
+    _file_digest,
+    load_hf_weights,
+    read_hf_model,
+)
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, lora_layers
 from crucible_kitchen.adapters.local_torch._model import Transformer, build_model
 from crucible_kitchen.errors import CheckpointExists, CheckpointMismatch, PretrainedModelError
@@ -296,6 +300,20 @@ async def test_a_checkpoint_of_one_pretrained_model_does_not_load_into_another(
     with pytest.raises(PretrainedModelError, match="did not start from"):
         export_hf(path, tmp_path / "export", source=other)
     assert not (tmp_path / "export").exists()
+
+
+def test_a_model_directory_is_hashed_once_until_a_file_changes(
+    saved: Callable[[str], Path], tmp_path: Path
+) -> None:
+    directory = shutil.copytree(saved("llama3"), tmp_path / "model")
+    first = read_hf_model(directory).config.pretrained
+    hashed = _file_digest.cache_info().misses
+    assert read_hf_model(directory).config.pretrained == first
+    assert _file_digest.cache_info().misses == hashed  # every file's digest remembered
+    _edit_weights(directory, lambda weights: weights["model.norm.weight"].add_(1.0))
+    changed = read_hf_model(directory).config.pretrained
+    assert changed != first
+    assert _file_digest.cache_info().misses == hashed + 1  # the rewritten file only
 
 
 # ------------------------------------------------------------------------------------------
