@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from crucible_kitchen.errors import RegistryError
 from crucible_kitchen.kitchen._registry import ADAPTERS_GROUP, adapter_factory, adapter_set_names
-from crucible_kitchen.kitchen._run_dir import writes_run_files
+from crucible_kitchen.kitchen._run_dir import CHECKPOINTS_DIR, writes_run_files
 
 if TYPE_CHECKING:
     import os
@@ -209,7 +209,6 @@ class Adapters(Mapping[str, Any]):
         """
         from crucible_kitchen.adapters.local_torch import LocalRenderer, LocalTokenizer
         from crucible_kitchen.adapters.tinker import tinker_adapters
-        from crucible_kitchen.kitchen._run_dir import CHECKPOINTS_DIR
 
         local_tokenizer = LocalTokenizer.named(tokenizer)
         remote = tinker_adapters(

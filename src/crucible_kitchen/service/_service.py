@@ -273,7 +273,9 @@ class KitchenService:
         self._host_loop: asyncio.AbstractEventLoop | None = None
         self._wakeups: _Wakeups | None = None
         self._runs: dict[str, TrackedRun | _OnDisk] = {}
-        self._finished: list[str] = []  # finished runs with a summary, in the order they ended
+        self._finished: deque[str] = (
+            deque()
+        )  # finished runs with a summary, in the order they ended
         self._past: dict[str, PastRun] = {}
         self._resuming: set[str] = set()
         self._stopping = False
@@ -549,7 +551,7 @@ class KitchenService:
         run.ended.set()
         self._finished.append(run.run_id)
         while len(self._finished) > self.settings.keep_finished:
-            oldest = self._finished.pop(0)
+            oldest = self._finished.popleft()
             entry = self._runs.get(oldest)
             if not isinstance(entry, TrackedRun):
                 continue
@@ -614,18 +616,14 @@ class KitchenService:
         """The views of ``runs``; those kept only on disk are read from there."""
         root = Path(self.settings.root)
 
-        def read(run_id: str) -> PastRun | None:
-            return read_past_run(root / run_id)
+        def read_page() -> list[TrackedRun | PastRun | None]:  # one thread trip for the page
+            return [
+                read_past_run(root / run.run_id) if isinstance(run, _OnDisk) else run
+                for run in runs
+            ]
 
-        views = []
-        for run in runs:
-            if isinstance(run, _OnDisk):
-                found = await anyio.to_thread.run_sync(read, run.run_id)
-                if found is None:  # removed from disk meanwhile
-                    continue
-                run = found
-            views.append(run.view())
-        return views
+        # None: removed from disk meanwhile
+        return [run.view() for run in await anyio.to_thread.run_sync(read_page) if run is not None]
 
     async def view(self, run_id: str) -> RunView:
         """Where the run ``run_id`` stands: a run started here, else its run directory.

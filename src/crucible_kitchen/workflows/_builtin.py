@@ -113,11 +113,9 @@ class _Evaluation:
     held_out: tuple[tuple[str, type[Stage]], ...] = ()
     setup: tuple[tuple[str, type[Stage]], ...] = ()
 
-    def held_out_stages(self, config: Any) -> tuple[tuple[str, type[Stage]], ...]:
-        return self.held_out if self.flag and getattr(config, self.flag, False) else ()
-
-    def setup_stages(self, config: Any) -> tuple[tuple[str, type[Stage]], ...]:
-        return self.setup if self.flag and getattr(config, self.flag, False) else ()
+    def enabled(self, config: Any) -> bool:
+        """Whether ``config`` turns the workflow's own held-out stages on."""
+        return bool(self.flag and getattr(config, self.flag, False))
 
 
 _SUPERVISED_EVAL: Final = _Evaluation(nll=True)
@@ -184,7 +182,8 @@ def _eval_stages(config: Any, prefix: str, evaluation: _Evaluation) -> list[Node
         if config.eval_generations > 0:
             nodes.append(stage(f"{prefix}sample_replies", SampleReplies))
     nodes.extend(
-        stage(f"{prefix}{name}", held_out) for name, held_out in evaluation.held_out_stages(config)
+        stage(f"{prefix}{name}", held_out)
+        for name, held_out in (evaluation.held_out if evaluation.enabled(config) else ())
     )
     if config.use_evaluator:
         nodes.append(stage(f"{prefix}run_evaluator", RunEvaluator))
@@ -198,7 +197,10 @@ def _setup_eval(config: Any, evaluation: _Evaluation) -> list[Node]:
     nodes: list[Node] = [stage("load_eval_rows", LoadEvalRows)]
     if evaluation.nll:
         nodes.append(stage("build_eval_dataset", BuildEvalDataset))
-    nodes.extend(stage(name, setup) for name, setup in evaluation.setup_stages(config))
+    nodes.extend(
+        stage(name, setup)
+        for name, setup in (evaluation.setup if evaluation.enabled(config) else ())
+    )
     return nodes
 
 
