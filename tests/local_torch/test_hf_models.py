@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,20 +13,22 @@ import safetensors.torch
 import torch
 
 from crucible_kitchen.adapters.local_torch import (
+    LocalTokenizer,
+    LocalTorchSamplingClient,
     LocalTorchTrainingClient,
     LoraConfig,
     export_hf,
     export_peft,
     local_torch_adapters,
 )
-from crucible_kitchen.adapters.local_torch._checkpoint import load_checkpoint
+from crucible_kitchen.adapters.local_torch._checkpoint import checkpoint_model
 from crucible_kitchen.adapters.local_torch._config import ModelConfig, RopeScaling, preset
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     _file_digest,
     load_hf_weights,
     read_hf_model,
 )
-from crucible_kitchen.adapters.local_torch._lora import apply_lora, lora_layers
+from crucible_kitchen.adapters.local_torch._lora import lora_layers
 from crucible_kitchen.adapters.local_torch._model import Transformer, build_model
 from crucible_kitchen.errors import CheckpointExists, CheckpointMismatch, PretrainedModelError
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
@@ -38,6 +39,7 @@ peft = pytest.importorskip("peft")
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 VOCAB = 300
 COMMON: dict[str, Any] = {
@@ -146,17 +148,6 @@ async def _train(client: LocalTorchTrainingClient, steps: int) -> None:
         await opt.result()
 
 
-def _checkpoint_model(path: str) -> Transformer:
-    """Our model as saved at ``path``, LoRA adapters unmerged."""
-    manifest = json.loads((Path(path) / "manifest.json").read_text())
-    model = build_model(ModelConfig.from_identity(manifest["config"]["model"]), seed=0)
-    lora = manifest["config"]["lora"]
-    if lora is not None:
-        apply_lora(model, LoraConfig(**{**lora, "targets": tuple(lora["targets"])}))
-    load_checkpoint(path, model=model)
-    return model
-
-
 # ------------------------------------------------------------------------------------------
 # Equality with transformers
 
@@ -214,7 +205,7 @@ async def test_lora_merged_and_peft_exports_equal_ours(
     )
     await _train(client, 3)
     path = (await (await client.save_state("final", request_id="save")).result()).path
-    ours = _checkpoint_model(path)
+    ours = checkpoint_model(path)
     assert all(layer.lora_b.abs().max() > 0 for layer in lora_layers(ours))
     base_logits = _hf_logits(source)
     trained = _our_logits(ours)
@@ -237,7 +228,11 @@ async def test_lora_merged_and_peft_exports_equal_ours(
     sampler = await client.create_sampling_client(sampler_path)
     prompt = [9, 8, 7]
     merged = transformers.AutoModelForCausalLM.from_pretrained(merged_dir).eval()
-    assert await _our_greedy(sampler, prompt, 12) == _hf_greedy(merged, prompt, 12)
+    expected = _hf_greedy(merged, prompt, 12)
+    assert await _our_greedy(sampler, prompt, 12) == expected
+    # The checkpoint alone (as a distillation teacher reads it) rebuilds the same model.
+    teacher = LocalTorchSamplingClient.from_checkpoint(path, LocalTokenizer.named("byte"))
+    assert await _our_greedy(teacher, prompt, 12) == expected
 
 
 @pytest.mark.anyio
@@ -256,7 +251,7 @@ async def test_a_model_built_from_a_config_exports_to_transformers(
     exported = export_hf(path, tmp_path / "hf")
     tokens = TOKENS.clamp(max=config.vocab_size - 1)
     assert (
-        _hf_logits(exported, tokens) - _our_logits(_checkpoint_model(path), tokens)
+        _hf_logits(exported, tokens) - _our_logits(checkpoint_model(path), tokens)
     ).abs().max().item() < 1e-5
 
 

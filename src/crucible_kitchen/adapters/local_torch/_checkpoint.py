@@ -19,6 +19,7 @@ checkpoint without loading it, and :func:`set_aside` moves a damaged one out of 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,9 +36,10 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from crucible_kitchen._files import atomic_write, fsync_directory
-from crucible_kitchen.adapters.local_torch._config import sha256_of_json
+from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig, sha256_of_json
 from crucible_kitchen.adapters.local_torch._fsdp import load_full_state
-from crucible_kitchen.adapters.local_torch._lora import lora_layers
+from crucible_kitchen.adapters.local_torch._lora import apply_lora, lora_layers
+from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.errors import (
     CheckpointCorrupted,
     CheckpointExists,
@@ -411,6 +413,30 @@ def _tensor_differences(saved: dict[str, Tensor], expected: dict[str, Tensor]) -
                 f"model {want.dtype} {tuple(want.shape)}"
             )
     return differences
+
+
+def checkpoint_model(directory: str | os.PathLike[str], *, device: str = "cpu") -> Transformer:
+    """The model the checkpoint in ``directory`` was saved from (its LoRA adapters
+    unmerged), built on ``device`` from the manifest's config, with the checkpoint's weights.
+
+    Raises:
+        ValueError: the manifest's config is not a local torch model's.
+        CheckpointError: as :func:`read_manifest` and :func:`load_checkpoint`.
+    """
+    identity = read_manifest(directory).config
+    try:
+        config = dataclasses.replace(ModelConfig.from_identity(identity["model"]), device=device)
+        lora = identity.get("lora")
+        lora_config = (
+            None if lora is None else LoraConfig(**{**lora, "targets": tuple(lora["targets"])})
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a local torch checkpoint's config: {exc}") from exc
+    model = build_model(config, seed=0)
+    if lora_config is not None:
+        apply_lora(model, lora_config)
+    load_checkpoint(directory, model=model)
+    return model
 
 
 def load_checkpoint(

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import safetensors.torch
 import torch
 
-from crucible_kitchen.adapters.local_torch._checkpoint import load_checkpoint, read_manifest
-from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
+from crucible_kitchen.adapters.local_torch._checkpoint import checkpoint_model
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     CONFIG_FILE,
     GENERATION_CONFIG_FILE,
@@ -28,12 +27,14 @@ from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     hf_tensor_name,
     read_hf_model,
 )
-from crucible_kitchen.adapters.local_torch._lora import LoraLinear, apply_lora
-from crucible_kitchen.adapters.local_torch._model import Transformer, build_model
+from crucible_kitchen.adapters.local_torch._lora import LoraLinear
 from crucible_kitchen.errors import CheckpointExists, PretrainedModelError
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from crucible_kitchen.adapters.local_torch._config import ModelConfig
+    from crucible_kitchen.adapters.local_torch._model import Transformer
 
 __all__ = ("export_hf", "export_peft")
 
@@ -65,21 +66,10 @@ def _fail(path: Path, problem: str) -> PretrainedModelError:
 
 def _load(checkpoint: Path) -> Transformer:
     """The model a checkpoint was saved from, with its weights (LoRA adapters unmerged)."""
-    identity = read_manifest(checkpoint).config
     try:
-        config = ModelConfig.from_identity(identity["model"])
-        lora_identity = identity.get("lora")
-        lora = (
-            None
-            if lora_identity is None
-            else LoraConfig(**{**lora_identity, "targets": tuple(lora_identity["targets"])})
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _fail(checkpoint, f"not a local torch checkpoint's config: {exc}") from exc
-    model = build_model(config, seed=0)
-    if lora is not None:
-        apply_lora(model, lora)
-    load_checkpoint(checkpoint, model=model)
+        model = checkpoint_model(checkpoint)
+    except ValueError as exc:
+        raise _fail(checkpoint, str(exc)) from exc
     return model.eval()
 
 

@@ -7,16 +7,15 @@ from typing import TYPE_CHECKING, Final
 
 from crucible_kitchen.adapters.local_torch._checkpoint import (
     MANIFEST_FILE,
-    load_checkpoint,
+    checkpoint_model,
     read_manifest,
 )
-from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     is_hf_model_dir,
     load_hf_weights,
     read_hf_model,
 )
-from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
+from crucible_kitchen.adapters.local_torch._lora import merge_lora
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._requests import RequestQueue
 from crucible_kitchen.adapters.local_torch._sampling import (
@@ -388,23 +387,14 @@ def _checkpoint_weights(
             path=str(path),
             differences=[f"tokenizer_id: checkpoint {saved!r}, given {tokenizer.tokenizer_id!r}"],
         )
-    identity = manifest.config
     try:
-        config = ModelConfig(**identity["model"], device=device)
-        lora = identity.get("lora")
-        lora_config = (
-            None if lora is None else LoraConfig(**{**lora, "targets": tuple(lora["targets"])})
-        )
-    except (KeyError, TypeError, ValueError) as exc:
+        model = checkpoint_model(path, device=device)
+    except ValueError as exc:
         raise CheckpointMismatch(
             f"{path}: the manifest's config cannot be rebuilt: {exc}",
             path=str(path),
             differences=[f"config: {exc}"],
         ) from exc
-    model = build_model(config, seed=0)
-    if lora_config is not None:
-        apply_lora(model, lora_config)
-    load_checkpoint(path, model=model)
     merge_lora(model)
     return model
 
