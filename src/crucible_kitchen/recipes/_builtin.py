@@ -77,15 +77,7 @@ def _local_torch_options(config: LocalTorchSettings, adapters: str) -> dict[str,
         }
     if adapters != "local_torch":
         return {}
-    options: dict[str, Any] = {
-        "model": config.model,
-        "tokenizer": config.tokenizer,
-        "renderer": config.renderer,
-        "lora": config.lora_rank,
-        "device": config.device,
-        "threads": config.threads,
-        "parallelism": config.parallelism,
-    }
+    options = config.local_torch_options()
     if isinstance(config, DistillBasicConfig) and config.teacher is not None:
         options["teacher"] = config.teacher
     return options

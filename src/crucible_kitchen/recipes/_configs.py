@@ -359,6 +359,18 @@ class LocalTorchSettings(_Config):
             return value
         raise ValueError(f"must be 'auto' or an int from 1 to {_MAX_THREADS}")
 
+    def local_torch_options(self) -> dict[str, Any]:
+        """These settings as ``Adapters.local_torch`` options."""
+        return {
+            "model": self.model,
+            "tokenizer": self.tokenizer,
+            "renderer": self.renderer,
+            "lora": self.lora_rank,
+            "device": self.device,
+            "threads": self.threads,
+            "parallelism": self.parallelism,
+        }
+
 
 class SlBasicConfig(SupervisedConfig, LocalTorchSettings):
     """``sl_basic``: SFT of a small transformer on CPU with the local torch backend.

@@ -127,13 +127,7 @@ def smollm2_options(config: SmolLM2LoraConfig, adapters: str) -> dict[str, Any]:
     """
     if adapters != "local_torch":
         return {}
-    model = str(smollm2_gguf_file()) if config.model == SMOLLM2 else config.model
-    return {
-        "model": model,
-        "tokenizer": config.tokenizer,
-        "renderer": config.renderer,
-        "lora": config.lora_rank,
-        "device": config.device,
-        "threads": config.threads,
-        "parallelism": config.parallelism,
-    }
+    options = config.local_torch_options()
+    if config.model == SMOLLM2:
+        options["model"] = str(smollm2_gguf_file())
+    return options

@@ -471,8 +471,10 @@ class LocalTorchTrainingClient:
                 self._collectives(method, request_id),
             ):
                 if local:
-                    start = 0 if group is None else _shard_start(group, len(data))
-                    grads = custom.logprob_grads[start : start + len(local)]
+                    # _check_custom_output: one gradient per datum, so the slices match
+                    grads = (
+                        custom.logprob_grads if group is None else group.shard(custom.logprob_grads)
+                    )
                     self._trainer.custom_backward(batch, logprobs, grads)
                 elif self._fsdp:
                     self._trainer.idle_backward(nothing)
@@ -1022,11 +1024,6 @@ def _check_parallelism(parallelism: object, options: StepOptions) -> None:
     ]
     if problems:
         raise ConfigError(problems, source="local torch parallelism")
-
-
-def _shard_start(group: DistributedGroup, count: int) -> int:
-    """Where this rank's slice of ``count`` items starts (see ``DistributedGroup.shard``)."""
-    return count * group.rank // group.world_size
 
 
 def _pretrained_model(
