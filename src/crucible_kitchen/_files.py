@@ -1,4 +1,4 @@
-"""Writing files all or nothing: the one atomic writer every layer uses.
+"""Writing files and directories all or nothing: the atomic writers every layer uses.
 
 Like :mod:`crucible_kitchen.errors`, a bottom-level module: it imports nothing from
 crucible-kitchen, and every layer may import it.
@@ -8,18 +8,40 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Final
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Callable, Mapping
 
-__all__ = ("FILE_MODE", "TEMP_PREFIX", "atomic_write", "fsync_directory")
+__all__ = (
+    "DIR_MODE",
+    "FILE_MODE",
+    "PARTIAL_SUFFIX",
+    "TEMP_PREFIX",
+    "FileContents",
+    "atomic_write",
+    "atomic_write_directory",
+    "fsync_directory",
+)
 
 TEMP_PREFIX: Final = ".ck-tmp-"
 """Files being written start with this (``.ck-tmp-<name>.<random>``)."""
 
 FILE_MODE: Final = 0o644
 """The permissions of every file written: readable by all, like the run's logs."""
+
+DIR_MODE: Final = 0o755
+"""The permissions of every directory written whole (:func:`atomic_write_directory`)."""
+
+PARTIAL_SUFFIX: Final = ".partial"
+"""Directories being written end with this (``.<name>.<random>.partial``)."""
+
+FileContents: TypeAlias = "bytes | Callable[[Path], object]"
+"""A file of :func:`atomic_write_directory`: its bytes, or a function that writes it at the
+path it is given (for content too large to hold twice, or copied from another file)."""
 
 
 def fsync_directory(path: Path) -> None:
@@ -65,3 +87,53 @@ def atomic_write(path: Path, data: bytes, *, exclusive: bool = False) -> None:
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def atomic_write_directory(destination: Path, files: Mapping[str, FileContents]) -> None:
+    """Create the directory ``destination`` holding ``files`` (name -> contents), all or nothing.
+
+    The files are written into a hidden staging directory beside ``destination``
+    (``.<name>.<random>.partial``), each given :data:`FILE_MODE` and fsynced; the staging
+    directory gets :data:`DIR_MODE`, is fsynced and renamed to ``destination``, and the parent
+    is fsynced. A reader sees the complete directory or nothing. On any error the staging
+    directory is removed and ``destination`` is as it was; a crash leaves at most the
+    ``.partial`` directory. Missing parent directories are created.
+
+    Raises:
+        FileExistsError: ``destination`` exists, before the write or by the time of the
+            rename; it is left as it was.
+        OSError: a file could not be written; nothing changed at ``destination``.
+    """
+    if os.path.lexists(destination):
+        raise FileExistsError(f"{destination} already exists")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(
+            prefix=f".{destination.name}.", suffix=PARTIAL_SUFFIX, dir=destination.parent
+        )
+    )
+    try:
+        staging.chmod(DIR_MODE)  # not mkdtemp's 0o700
+        for name, contents in files.items():
+            path = staging / name
+            if isinstance(contents, bytes):
+                path.write_bytes(contents)
+            else:
+                contents(path)
+            os.chmod(path, FILE_MODE)
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_directory(staging)
+        # rename() would replace an empty directory that appeared meanwhile: check first.
+        if os.path.lexists(destination):
+            raise FileExistsError(f"{destination} appeared while it was being written")
+        try:
+            os.rename(staging, destination)
+        except OSError as exc:
+            if os.path.lexists(destination):
+                raise FileExistsError(f"{destination} appeared while it was being written") from exc
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_directory(destination.parent)

@@ -31,10 +31,11 @@ from crucible_kitchen.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
     from conftest import Batch
+    from crucible_kitchen._files import FileContents
     from crucible_kitchen.adapters.local_torch._config import ModelConfig
     from crucible_kitchen.adapters.local_torch._model import Transformer
 
@@ -218,21 +219,24 @@ def test_an_interrupted_write_leaves_nothing_behind(
 ) -> None:
     model = build_model(config, seed=0)
     optimizer = build_optimizer(model)
-    real_write = _checkpoint.atomic_write
+    real_write = _checkpoint.atomic_write_directory
 
-    def write_half_then_fail(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-        if path.name == TRAIN_STATE_TENSORS_FILE:
-            with open(path, "xb") as file:
-                file.write(data[: len(data) // 2])
+    def write_half_then_fail(destination: Path, files: Mapping[str, FileContents]) -> None:
+        data = files[TRAIN_STATE_TENSORS_FILE]
+        assert isinstance(data, bytes)
+
+        def half_then_fail(path: Path) -> None:
+            path.write_bytes(data[: len(data) // 2])
             raise OSError("disk full")
-        real_write(path, data, exclusive=exclusive)
 
-    monkeypatch.setattr(_checkpoint, "atomic_write", write_half_then_fail)
+        real_write(destination, {**files, TRAIN_STATE_TENSORS_FILE: half_then_fail})
+
+    monkeypatch.setattr(_checkpoint, "atomic_write_directory", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer, step=1)
     assert list((tmp_path / "runs").iterdir()) == []
 
-    monkeypatch.setattr(_checkpoint, "atomic_write", real_write)
+    monkeypatch.setattr(_checkpoint, "atomic_write_directory", real_write)
     save_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer, step=1)
     assert [path.name for path in (tmp_path / "runs").iterdir()] == ["ckpt"]
     load_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer)
