@@ -1,4 +1,6 @@
-"""Writing files and directories all or nothing: the atomic writers every layer uses.
+"""Files on disk that every layer shares: the atomic writers, and the names of the layouts
+that more than one layer reads (a run directory's final checkpoint, a Hugging Face model
+directory).
 
 Like :mod:`crucible_kitchen.errors`, a bottom-level module: it imports nothing from
 crucible-kitchen, and every layer may import it.
@@ -19,12 +21,15 @@ if TYPE_CHECKING:
 __all__ = (
     "DIR_MODE",
     "FILE_MODE",
+    "FINAL_CHECKPOINT",
+    "HF_CONFIG_FILE",
     "PARTIAL_SUFFIX",
     "TEMP_PREFIX",
     "FileContents",
     "atomic_write",
     "atomic_write_directory",
     "fsync_directory",
+    "is_hf_model_dir",
 )
 
 TEMP_PREFIX: Final = ".ck-tmp-"
@@ -39,9 +44,20 @@ DIR_MODE: Final = 0o755
 PARTIAL_SUFFIX: Final = ".partial"
 """Directories being written end with this (``.<name>.<random>.partial``)."""
 
+FINAL_CHECKPOINT: Final = Path("checkpoints", "weights", "final")
+"""Where a run directory keeps its final checkpoint (weights and optimizer state)."""
+
+HF_CONFIG_FILE: Final = "config.json"
+"""The file that makes a directory a Hugging Face model directory."""
+
 FileContents: TypeAlias = "bytes | Callable[[Path], object]"
 """A file of :func:`atomic_write_directory`: its bytes, or a function that writes it at the
 path it is given (for content too large to hold twice, or copied from another file)."""
+
+
+def is_hf_model_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory with a ``config.json`` (a Hugging Face model's)."""
+    return (Path(path) / HF_CONFIG_FILE).is_file()
 
 
 def fsync_directory(path: Path) -> None:

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 
-from crucible_kitchen._files import FileContents, atomic_write_directory
+from crucible_kitchen._files import FileContents, atomic_write_directory, is_hf_model_dir
 from crucible_kitchen.errors import CheckpointExists, GgufCorrupted, GgufUnsupported
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def cached_gguf_model(
     digest = _file_sha256(source)
     root = Path(cache_dir) if cache_dir is not None else gguf_cache_dir()
     target = root / f"{source.stem}-{digest[:16]}-{dtype}"
-    if (target / "config.json").is_file():
+    if is_hf_model_dir(target):
         return target
     try:
         return convert_gguf(source, target, dtype=dtype)
