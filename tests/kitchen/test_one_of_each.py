@@ -1,9 +1,12 @@
-"""The atomic writers and the one config-to-JSON that every layer shares."""
+"""The atomic writers, the lazy loader and the one config-to-JSON that every layer shares."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import stat
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -104,6 +107,43 @@ def test_a_destination_that_appears_mid_write_is_kept_and_the_write_dropped(
     assert list(tmp_path.iterdir()) == [destination]
     expected = {"a.json": b"theirs"} if with_a_file else {}
     assert {p.name: p.read_bytes() for p in destination.iterdir()} == expected
+
+
+@pytest.mark.parametrize(
+    ("package", "name", "heavy"),
+    [
+        ("crucible_kitchen.adapters.local_torch", "ModelConfig", "torch"),
+        ("crucible_kitchen.adapters.tinker", "TinkerSession", "tinker"),
+        ("crucible_kitchen.telemetry", "JsonlSpanExporter", "opentelemetry.sdk"),
+    ],
+)
+def test_a_lazy_name_loads_its_module_on_first_use_only(
+    package: str, name: str, heavy: str
+) -> None:
+    code = f"""
+import sys, {package} as package
+assert {heavy!r} not in sys.modules
+assert {name!r} in dir(package) and {name!r} not in vars(package)
+value = getattr(package, {name!r})
+assert vars(package)[{name!r}] is value and {heavy!r} in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        "crucible_kitchen.adapters.local_torch",
+        "crucible_kitchen.adapters.tinker",
+        "crucible_kitchen.telemetry",
+    ],
+)
+def test_an_unknown_name_is_an_attribute_error_as_in_any_module(package: str) -> None:
+    module = importlib.import_module(package)
+    with pytest.raises(AttributeError) as caught:
+        module.no_such_name  # noqa: B018
+    assert str(caught.value) == f"module {package!r} has no attribute 'no_such_name'"
+    assert set(module.__all__) <= set(dir(module))
 
 
 class _Config(pydantic.BaseModel):
