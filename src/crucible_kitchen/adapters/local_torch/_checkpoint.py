@@ -420,7 +420,7 @@ def checkpoint_model(directory: str | os.PathLike[str], *, device: str = "cpu") 
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a local torch checkpoint's config: {exc}") from exc
-    model = build_model(config, seed=0)
+    model = build_model(config, seed=0, initialise=False)  # every weight is loaded next
     if lora_config is not None:
         apply_lora(model, lora_config)
     load_checkpoint(directory, model=model)
