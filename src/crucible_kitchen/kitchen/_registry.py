@@ -9,13 +9,16 @@ A package registers them in its ``pyproject.toml``::
     my_recipe = "my_package.kitchen:MY_RECIPE"      # a Recipe named "my_recipe"
 
 crucible-kitchen registers its own adapter sets (``noop``, ``local_torch``, ``none``) the same
-way, so every set is found alike, by name. Entry points are read when a name is looked up,
-and a package's code is imported only when one of its names is used.
+way, so every set is found alike, by name. Entry points are read when a name is first looked
+up, and read again only once ``sys.path`` or a directory on it has changed (a package installed
+or a path added since); a package's code is imported only when one of its names is used.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -38,11 +41,39 @@ AdapterFactory = Callable[..., Mapping[str, Any]]
 """``factory(seed=, run_dir=, **options)``: the adapters of a set, by port name."""
 
 
-def _entry_points(group: str) -> dict[str, list[importlib.metadata.EntryPoint]]:
+_EntryPoints = Mapping[str, tuple[importlib.metadata.EntryPoint, ...]]
+_PathState = tuple[tuple[int, ...], tuple[tuple[str, int | None], ...]]
+
+_found: dict[str, tuple[_PathState, _EntryPoints]] = {}
+"""The entry points of each group read so far, with the state of the paths they were read from."""
+
+
+def _path_state() -> _PathState:
+    """The metadata finders, and each ``sys.path`` entry with its modification time: what
+    ``importlib.metadata``'s own directory listings are keyed on, so a package installed into
+    a directory on the path, or a path added, changes it."""
+    entries: list[tuple[str, int | None]] = []
+    for entry in sys.path:
+        try:
+            entries.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            entries.append((entry, None))
+    return tuple(map(id, sys.meta_path)), tuple(entries)
+
+
+def _entry_points(group: str) -> _EntryPoints:
+    """The entry points of ``group`` by name (reading the installed packages' metadata costs
+    milliseconds: it is read again only once the paths have changed)."""
+    state = _path_state()
+    cached = _found.get(group)
+    if cached is not None and cached[0] == state:
+        return cached[1]
     found: dict[str, list[importlib.metadata.EntryPoint]] = {}
     for point in importlib.metadata.entry_points(group=group):
         found.setdefault(point.name, []).append(point)
-    return found
+    points = {name: tuple(group_points) for name, group_points in found.items()}
+    _found[group] = (state, points)
+    return points
 
 
 def _origin(point: importlib.metadata.EntryPoint) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 import pydantic
 from pydantic import Field
 
+from crucible_kitchen._files import FINAL_CHECKPOINT, is_hf_model_dir
 from crucible_kitchen.ports import ExportFormat, TrainOnWhat
 from crucible_kitchen.training import AdvantageNormalization, DPOLossType, LRSchedule
 
@@ -225,10 +226,6 @@ class TrainingConfig(_Config):
         return self.eval_every > 0 or self.final_eval or self.initial_eval
 
 
-FINAL_CHECKPOINT: Final = Path("checkpoints") / "weights" / "final"
-"""Where a run directory keeps its final checkpoint (weights and optimizer state)."""
-
-
 def weights_path(value: str, *, model_dir_ok: bool = False) -> str:
     """The checkpoint that ``value`` names: a checkpoint directory as given, or a run
     directory's final checkpoint (``<run dir>/checkpoints/weights/final``); with
@@ -240,7 +237,7 @@ def weights_path(value: str, *, model_dir_ok: bool = False) -> str:
     path = Path(value).expanduser()
     if (path / FINAL_CHECKPOINT).is_dir():
         return str(path / FINAL_CHECKPOINT)
-    if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+    if is_hf_model_dir(path) and any(path.glob("*.safetensors")):
         if model_dir_ok:
             return str(path)
         raise ValueError(

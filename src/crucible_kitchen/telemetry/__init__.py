@@ -18,14 +18,17 @@
 The names re-exported here but not in ``__all__`` (the bus, span helpers and attribute names)
 are shared with the library's other packages, not public.
 
-This package imports only ``crucible_kitchen.errors`` from crucible-kitchen. rich is imported
+This package imports only ``crucible_kitchen.errors`` and the root's bottom-level helpers from
+crucible-kitchen. rich is imported
 when a :class:`ConsoleHandler` is made, and the OpenTelemetry SDK by :func:`configure_tracing`
 or on first use of :class:`JsonlSpanExporter`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from crucible_kitchen._lazy import lazy_exports
 
 from ._bus import BusStatistics as BusStatistics
 from ._bus import Handler as Handler
@@ -136,9 +139,5 @@ __all__ = (
 )
 
 
-def __getattr__(name: str) -> Any:
-    if name == "JsonlSpanExporter":  # imports the OpenTelemetry SDK, so only on demand
-        from ._span_exporter import JsonlSpanExporter
-
-        return JsonlSpanExporter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# JsonlSpanExporter imports the OpenTelemetry SDK, so only on demand.
+__getattr__, __dir__ = lazy_exports(__name__, {"JsonlSpanExporter": "_span_exporter"})

@@ -37,8 +37,9 @@ The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_samp
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Final
+
+from crucible_kitchen._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._bundle import (
@@ -99,7 +100,7 @@ __all__ = (
     "parameter_count",
 )
 
-_LAZY: dict[str, str] = {
+_LAZY: Final = {
     "ArithmeticEvaluator": "_evaluator",
     "PRESETS": "_config",
     "DistributedGroup": "_distributed",
@@ -122,15 +123,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name from its private module on first access."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted((*globals(), *__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

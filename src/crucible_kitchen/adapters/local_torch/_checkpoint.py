@@ -9,12 +9,13 @@ A checkpoint is a directory::
                               the dropout RNG state
     train_state.json          optional: the optimizer's parameter groups
 
-It is written into a hidden staging directory next to its final place (each file fsynced),
-then renamed into place and the parent directory fsynced, so a reader sees either the complete
-checkpoint or nothing. A crash mid-write leaves only a ``.<name>.*.partial`` directory
-(:func:`remove_partial_checkpoints` clears them away). Loading checks every file's size and
-sha256, and the config, before changing anything; :func:`verify_checkpoint` checks a whole
-checkpoint without loading it, and :func:`set_aside` moves a damaged one out of the way.
+It is written all or nothing (``atomic_write_directory``): into a hidden staging directory
+next to its final place (each file fsynced), then renamed into place and the parent directory
+fsynced, so a reader sees either the complete checkpoint or nothing. A crash mid-write leaves
+only a ``.<name>.*.partial`` directory (:func:`remove_partial_checkpoints` clears them away).
+Loading checks every file's size and sha256, and the config, before changing anything;
+:func:`verify_checkpoint` checks a whole checkpoint without loading it, and :func:`set_aside`
+moves a damaged one out of the way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from crucible_kitchen._files import atomic_write, fsync_directory
+from crucible_kitchen._files import PARTIAL_SUFFIX, atomic_write_directory, fsync_directory
 from crucible_kitchen.adapters.local_torch._config import LoraConfig, ModelConfig, sha256_of_json
 from crucible_kitchen.adapters.local_torch._fsdp import load_full_state
 from crucible_kitchen.adapters.local_torch._lora import apply_lora, lora_layers
@@ -220,24 +220,12 @@ def save_checkpoint(
     }
     contents[MANIFEST_FILE] = json.dumps(manifest_json, indent=2, sort_keys=True).encode()
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    )
     try:
-        staging.chmod(0o755)  # like any directory the run writes, not mkdtemp's 0o700
-        for name, data in contents.items():
-            atomic_write(staging / name, data, exclusive=True)
-        try:
-            os.rename(staging, target)
-        except OSError as exc:
-            raise CheckpointExists(
-                f"checkpoint {target} appeared while it was being written", path=str(target)
-            ) from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    fsync_directory(target.parent)
+        atomic_write_directory(target, contents)
+    except FileExistsError as exc:
+        raise CheckpointExists(
+            f"checkpoint {target} appeared while it was being written", path=str(target)
+        ) from exc
     return manifest
 
 
@@ -367,7 +355,7 @@ def remove_partial_checkpoints(root: str | os.PathLike[str]) -> list[Path]:
     base = Path(root)
     leftovers = [
         path
-        for pattern in (".*.partial", "*/.*.partial")
+        for pattern in (f".*{PARTIAL_SUFFIX}", f"*/.*{PARTIAL_SUFFIX}")
         for path in base.glob(pattern)
         if path.is_dir() and not path.is_symlink()
     ]
@@ -432,7 +420,7 @@ def checkpoint_model(directory: str | os.PathLike[str], *, device: str = "cpu") 
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a local torch checkpoint's config: {exc}") from exc
-    model = build_model(config, seed=0)
+    model = build_model(config, seed=0, initialise=False)  # every weight is loaded next
     if lora_config is not None:
         apply_lora(model, lora_config)
     load_checkpoint(directory, model=model)

@@ -23,16 +23,14 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 
-from crucible_kitchen._files import FILE_MODE, TEMP_PREFIX, fsync_directory
+from crucible_kitchen._files import FileContents, atomic_write_directory, is_hf_model_dir
 from crucible_kitchen.errors import CheckpointExists, GgufCorrupted, GgufUnsupported
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     import numpy as np
     import numpy.typing as npt
@@ -170,7 +168,7 @@ def cached_gguf_model(
     digest = _file_sha256(source)
     root = Path(cache_dir) if cache_dir is not None else gguf_cache_dir()
     target = root / f"{source.stem}-{digest[:16]}-{dtype}"
-    if (target / "config.json").is_file():
+    if is_hf_model_dir(target):
         return target
     try:
         return convert_gguf(source, target, dtype=dtype)
@@ -616,32 +614,22 @@ _TOKENIZER_BUILDERS: Final = {"gpt2": _byte_level_tokenizer, "llama": _sentencep
 
 
 def _write_directory(destination: Path, files: Mapping[str, Any]) -> None:
-    """Write ``files`` into a temporary sibling of ``destination``, then rename it there."""
+    """Write ``files`` (name -> JSON-able dict, or the tensors of a safetensors file) into the
+    new directory ``destination``, all or nothing."""
     from safetensors.numpy import save_file
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.parent / f"{TEMP_PREFIX}{destination.name}.{secrets.token_hex(6)}"
-    temporary.mkdir()
+    def tensors(content: Any) -> Callable[[Path], None]:
+        return lambda path: save_file(content, str(path), metadata={"format": "pt"})
+
+    contents: dict[str, FileContents] = {
+        name: tensors(content)
+        if name.endswith(".safetensors")
+        else (json.dumps(content, indent=2, ensure_ascii=False) + "\n").encode()
+        for name, content in files.items()
+    }
     try:
-        for name, content in files.items():
-            path = temporary / name
-            if name.endswith(".safetensors"):
-                save_file(content, str(path), metadata={"format": "pt"})
-            else:
-                path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
-            os.chmod(path, FILE_MODE)
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-        fsync_directory(temporary)
-        try:
-            temporary.rename(destination)
-        except OSError as exc:
-            if destination.exists():
-                raise CheckpointExists(
-                    f"{destination} was created while converting", path=str(destination)
-                ) from exc
-            raise
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    fsync_directory(destination.parent)
+        atomic_write_directory(destination, contents)
+    except FileExistsError as exc:
+        raise CheckpointExists(
+            f"{destination} was created while converting", path=str(destination)
+        ) from exc

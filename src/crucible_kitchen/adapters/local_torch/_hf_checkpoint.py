@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, cast, get_args
 import torch
 from safetensors import SafetensorError, safe_open
 
+from crucible_kitchen._files import HF_CONFIG_FILE, is_hf_model_dir
 from crucible_kitchen.adapters.local_torch._config import (
     DTypeName,
     ModelConfig,
@@ -46,7 +47,7 @@ __all__ = (
     "read_hf_model",
 )
 
-CONFIG_FILE: Final = "config.json"
+CONFIG_FILE: Final = HF_CONFIG_FILE
 GENERATION_CONFIG_FILE: Final = "generation_config.json"
 WEIGHTS_FILE: Final = "model.safetensors"
 WEIGHTS_INDEX_FILE: Final = "model.safetensors.index.json"
@@ -87,11 +88,6 @@ def hf_tensor_name(name: str) -> str:
         if pattern.match(name):
             return pattern.sub(replacement, name)
     raise ValueError(f"parameter {name!r} has no Hugging Face counterpart")
-
-
-def is_hf_model_dir(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a directory with a ``config.json``."""
-    return (Path(path) / CONFIG_FILE).is_file()
 
 
 @dataclass(frozen=True, kw_only=True)

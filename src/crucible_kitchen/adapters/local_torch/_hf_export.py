@@ -9,16 +9,16 @@ renamed into place), so a failed export leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import safetensors.torch
 import torch
 
+from crucible_kitchen._files import FileContents, atomic_write_directory
 from crucible_kitchen.adapters.local_torch._checkpoint import checkpoint_model
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     CONFIG_FILE,
@@ -31,6 +31,8 @@ from crucible_kitchen.adapters.local_torch._lora import LoraLinear
 from crucible_kitchen.errors import CheckpointExists, PretrainedModelError
 
 if TYPE_CHECKING:
+    import os
+
     from torch import Tensor
 
     from crucible_kitchen.adapters.local_torch._config import ModelConfig
@@ -149,27 +151,18 @@ def _merged_weights(model: Transformer) -> dict[str, Tensor]:
 def _write_atomically(out_dir: Path, files: dict[str, bytes], copies: dict[str, Path]) -> Path:
     """Write ``files`` (name -> contents) and copy ``copies`` (name -> source file) into a new
     directory ``out_dir``, all at once."""
-    if os.path.lexists(out_dir):
+    contents: dict[str, FileContents] = {
+        **files,
+        **{name: functools.partial(shutil.copyfile, source) for name, source in copies.items()},
+    }
+    try:
+        atomic_write_directory(out_dir, contents)
+    except FileExistsError as exc:
         raise CheckpointExists(
             f"{out_dir} already exists; choose a new directory", path=str(out_dir)
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent)
-    )
-    try:
-        staging.chmod(0o755)
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        for name, source in copies.items():
-            shutil.copyfile(source, staging / name)
-        staging.rename(out_dir)
+        ) from exc
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise _fail(out_dir, f"cannot write the export: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -371,6 +371,7 @@ def build_model(
     seed: int,
     weights: Mapping[str, Tensor] | None = None,
     device: torch.device | None = None,
+    initialise: bool = True,
 ) -> Transformer:
     """A freshly initialised model on ``config.device`` in ``config.dtype``, in training mode.
 
@@ -379,19 +380,25 @@ def build_model(
     by this module's names, e.g. pretrained ones) replace the drawn init; ``seed`` still
     seeds dropout. ``device`` keeps the parameters there instead (the CPU, for a model that
     FSDP then shards onto ``config.device``); the dropout generator is on ``config.device``.
+    ``initialise=False`` (without ``weights``) leaves the parameters uninitialised, allocated
+    once on their device in ``config.dtype``: for a caller that loads every weight next
+    (``load_state_dict``), so that a large model pays for no random init it throws away.
 
     Raises:
         RuntimeError: ``weights`` lacks a parameter, has an extra one or a wrong shape.
     """
+    target = resolve_device(config.device)
+    placement = target if device is None else device
     with torch.device("meta"):
         model = Transformer(config)
-    if weights is None:
+    if weights is not None:
+        model.load_state_dict(weights, strict=True, assign=True)
+    elif initialise:
         model.to_empty(device="cpu")
         _initialise(model, torch.Generator().manual_seed(derive_seed(seed, "init")))
     else:
-        model.load_state_dict(weights, strict=True, assign=True)
-    target = resolve_device(config.device)
-    model.to(device=target if device is None else device, dtype=config.torch_dtype)
+        model.to(dtype=config.torch_dtype).to_empty(device=placement)
+    model.to(device=placement, dtype=config.torch_dtype)
     model.dropout_generator = torch.Generator(device=target).manual_seed(
         derive_seed(seed, "dropout")
     )

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from crucible_kitchen._files import atomic_write
+from crucible_kitchen._files import atomic_write, is_hf_model_dir
 from crucible_kitchen.errors import ConfigError, InvalidRequest, TrainingInputError
 from crucible_kitchen.training import (
     BOS_TOKEN,
@@ -265,8 +265,10 @@ def default_tokenizer_for(model: object) -> str:
     """The tokenizer a model comes with: the directory itself for a Hugging Face model
     directory (a directory with ``config.json``) that holds a ``tokenizer.json``, else
     ``"byte"``."""
-    if isinstance(model, str | os.PathLike) and all(
-        (Path(model) / name).is_file() for name in ("config.json", "tokenizer.json")
+    if (
+        isinstance(model, str | os.PathLike)
+        and is_hf_model_dir(model)
+        and (Path(model) / "tokenizer.json").is_file()
     ):
         return os.fspath(model)
     return "byte"

@@ -585,7 +585,7 @@ class Trainer:
 
     def _frozen(self, weights: Mapping[str, Tensor]) -> Transformer:
         """A frozen unsharded model with full ``weights`` (LoRA merged), for sampling."""
-        model = build_model(self.config, seed=0)
+        model = build_model(self.config, seed=0, initialise=False)
         if self.lora is not None:
             apply_lora(model, self.lora)
         model.load_state_dict(weights)
@@ -624,7 +624,7 @@ class Trainer:
         if cached is not None:
             self._samplers.move_to_end(directory)
             return cached
-        model = build_model(self.config, seed=0)
+        model = build_model(self.config, seed=0, initialise=False)
         if self.lora is not None:
             apply_lora(model, self.lora)
         load_checkpoint(directory, model=model)

@@ -20,8 +20,9 @@ the user's fault into :class:`~crucible_kitchen.errors.InvalidRequest`; 404 into
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Final
+
+from crucible_kitchen._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from crucible_kitchen.adapters.tinker._bundle import tinker_adapters as tinker_adapters
@@ -42,7 +43,7 @@ __all__ = (
     "tinker_adapters",
 )
 
-_LAZY: dict[str, str] = {
+_LAZY: Final = {
     "HfTokenizer": "_tokenizer",
     "TinkerSamplingClient": "_sampling_client",
     "TinkerSession": "_session",
@@ -51,15 +52,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name from its private module on first access."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted((*globals(), *__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from crucible_kitchen._files import is_hf_model_dir
 from crucible_kitchen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class TinkerSettings:
         for name, directory in self.models.items():
             if not name or name in self.base_models:
                 problems.append(f"models: {name!r} must be a new, non-empty base_model name")
-            if not (Path(directory) / "config.json").is_file():
+            if not is_hf_model_dir(directory):
                 problems.append(
                     f"models.{name}: {os.fspath(directory)!r} is not a Hugging Face model "
                     "directory (no config.json)"
