@@ -92,6 +92,8 @@ class LocalTorchSamplingClient:
             (see ``LocalTorchTrainingClient``).
         max_batch: most samples decoded together; ``1`` decodes one request at a time (a
             request with more samples than this runs alone).
+        lane: compute in the device's worker thread of this name instead of its shared one
+            (see ``RequestQueue``); the training client's data-parallel samplers use one.
 
     Raises:
         ConfigError: the tokenizer has more ids than the model, or ``threads`` or
@@ -107,6 +109,7 @@ class LocalTorchSamplingClient:
         default_max_tokens: int = 128,
         threads: Threads = "auto",
         max_batch: int = DEFAULT_MAX_BATCH,
+        lane: str = "",
     ) -> None:
         problems = []
         if tokenizer.vocab_size > model.config.vocab_size:
@@ -122,7 +125,10 @@ class LocalTorchSamplingClient:
         self._seed = seed
         self._default_max_tokens = default_max_tokens
         self._queue = RequestQueue(
-            _PORT, device=str(model.device), threads=resolve_threads(threads, model.config)
+            _PORT,
+            device=str(model.device),
+            threads=resolve_threads(threads, model.config),
+            lane=lane,
         )
         self._batch = DecodeBatch(self._model, max_rows=max_batch)
 

@@ -32,7 +32,13 @@ from crucible_kitchen.adapters.local_torch._distributed import (
     DistributedGroup,
     launched_world_size,
 )
-from crucible_kitchen.adapters.local_torch._fanout import FannedOutSamplingClient
+from crucible_kitchen.adapters.local_torch._fanout import (
+    SAMPLING_LANE,
+    FannedOutSamplingClient,
+    SamplerNames,
+    announce,
+    announcement,
+)
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     HFModelDirectory,
     is_hf_model_dir,
@@ -84,6 +90,7 @@ if TYPE_CHECKING:
 
     from torch import Tensor
 
+    from crucible_kitchen.adapters.local_torch._model import Transformer
     from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
     from crucible_kitchen.adapters.local_torch._threads import Threads
     from crucible_kitchen.adapters.local_torch._trainer import Precision
@@ -281,6 +288,8 @@ class LocalTorchTrainingClient:
         )
         self._reseed_dropout()  # each rank draws its own dropout masks
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
+        self._sampler_names = SamplerNames()
+        self._sampler_saves: set[str] = set()  # under DDP, paths rank 0 announces
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if self._checkpoint_dir is not None:
@@ -579,9 +588,14 @@ class LocalTorchTrainingClient:
         method = "save_weights_for_sampler"
         path = self._checkpoint_path(method, _SAMPLER_DIR, name)
         digest = request_fingerprint(_PORT, method, str(path))
+        if self._group is not None and not self._fsdp:
+            self._sampler_saves.add(str(path))
 
         def work() -> SaveWeightsForSamplerResponse:
-            self._save(method, path, request_id, digest, with_optimizer=False, user=None)
+            if self._group is not None and not self._fsdp:
+                self._save_sampler_weights(method, path, request_id, digest)
+            else:
+                self._save(method, path, request_id, digest, with_optimizer=False, user=None)
             return SaveWeightsForSamplerResponse(path=str(path))
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
@@ -603,22 +617,15 @@ class LocalTorchTrainingClient:
             CheckpointError: the checkpoint is corrupt or does not fit this model.
         """
         method = "create_sampling_client"
+        await self._written_by_rank_zero(model_path)
+        name = None if self._group is None else self._sampler_names.next(str(model_path))
 
         def work() -> LocalTorchSamplingClient | FannedOutSamplingClient:
             self._require_checkpoint(method, model_path)
             with translated(_PORT, method):
                 self._check_tokenizer(model_path)
                 model = self._trainer.sampler_model(model_path)
-            return self._fanned_out(
-                LocalTorchSamplingClient(
-                    model,
-                    self._tokenizer,
-                    seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
-                    default_max_tokens=self._default_max_tokens,
-                    threads=self.threads,
-                    max_batch=self._sampling_max_batch,
-                )
-            )
+            return self._sampling_client(model, f"sampler:{Path(model_path).name}", name)
 
         return await self._queue.call(method, work, record=False)
 
@@ -644,16 +651,8 @@ class LocalTorchTrainingClient:
         """
         if self._queue.pending or sum(self._queue.counters.calls.values()):
             raise RuntimeError("_initial_sampling_client needs a client with no requests")
-        return self._fanned_out(
-            LocalTorchSamplingClient(
-                self._trainer.snapshot(),
-                self._tokenizer,
-                seed=derive_seed(self._seed, "sampler:initial"),
-                default_max_tokens=self._default_max_tokens,
-                threads=self.threads,
-                max_batch=self._sampling_max_batch,
-            )
-        )
+        name = None if self._group is None else self._sampler_names.next("initial")
+        return self._sampling_client(self._trainer.snapshot(), "sampler:initial", name)
 
     def _collectives(self, method: str, request_id: str | None) -> AbstractContextManager[None]:
         """Under FSDP, the trainer's passes, steps and loads run collectives: a failed or
@@ -662,10 +661,69 @@ class LocalTorchTrainingClient:
             return contextlib.nullcontext()
         return self._group.collectives(method, request_id)
 
-    def _fanned_out(
-        self, client: LocalTorchSamplingClient
+    def _sampling_client(
+        self, model: Transformer, stream: str, name: str | None
     ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
-        return client if self._group is None else FannedOutSamplingClient(client, self._group)
+        """A sampling client of ``model`` (seeded by ``stream``); under data parallelism a
+        :class:`FannedOutSamplingClient` named ``name``, computing in the sampling lane."""
+        client = LocalTorchSamplingClient(
+            model,
+            self._tokenizer,
+            seed=derive_seed(self._seed, stream),
+            default_max_tokens=self._default_max_tokens,
+            threads=self.threads,
+            max_batch=self._sampling_max_batch,
+            lane="" if self._group is None else SAMPLING_LANE,
+        )
+        if self._group is None or name is None:
+            return client
+        return FannedOutSamplingClient(client, self._group, name)
+
+    # ---------------------------------------------------------------------------------------
+    # Sampler weights under DDP: no collective (worker thread, but for the last one)
+
+    def _save_sampler_weights(
+        self, method: str, path: Path, request_id: str, digest: bytes
+    ) -> None:
+        """Under DDP, ``save_weights_for_sampler`` without a collective: every rank keeps a
+        frozen copy of its weights for its samplers, and rank 0 writes them and announces how
+        that ended (see :meth:`_written_by_rank_zero`). So a sampler may be saved by a task
+        running beside the one that trains (the producer of an asynchronous RL loop), in
+        another order relative to the training requests on each rank: the ranks' copies may
+        then be of different steps, and fanned-out samples come from the copy of the rank
+        that draws them (the same samples on every rank, see ``_fanout``)."""
+        assert self._group is not None
+        if not self._group.is_writer:
+            self._trainer.save(path, with_optimizer=False, payload={}, write=False)
+            return
+        failure: str | None = None
+        try:
+            self._write(method, path, request_id, digest, with_optimizer=False, user=None)
+        except KitchenError as exc:
+            failure = str(exc)
+            raise
+        finally:
+            announce(str(path), failure)
+
+    async def _written_by_rank_zero(self, model_path: str) -> None:
+        """On a rank above 0 under DDP, wait until rank 0 has written the sampler weights
+        this client saved at ``model_path`` (off the worker thread: rank 0 may be waiting
+        for this rank's training requests first).
+
+        Raises:
+            PermanentBackendError: rank 0 failed to write them.
+            CollectiveError: rank 0 did not say within the collective timeout.
+        """
+        group = self._group
+        if group is None or group.is_writer or model_path not in self._sampler_saves:
+            return
+        failure = await announcement(group, model_path)
+        if failure is not None:
+            raise PermanentBackendError(
+                f"create_sampling_client: rank 0 could not write {model_path}: {failure}",
+                port=_PORT,
+                operation="create_sampling_client",
+            )
 
     # ---------------------------------------------------------------------------------------
     # Checkpoint helpers (worker thread)
