@@ -34,9 +34,7 @@ SETTINGS = {
 
 async def main(out: Path, mode: str, parallelism: str) -> None:
     run_dir = out / "run"
-    adapters = Adapters.local_torch(
-        run_dir=run_dir, model="tiny", seed=0, parallelism=parallelism
-    )
+    adapters = Adapters.local_torch(run_dir=run_dir, model="tiny", seed=0, parallelism=parallelism)
     result = await Kitchen.run(
         "rl_basic", {**SETTINGS, "mode": mode}, adapters=adapters, run_dir=run_dir
     )

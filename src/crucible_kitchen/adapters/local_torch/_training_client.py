@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast, get_args
 
@@ -50,6 +51,10 @@ from crucible_kitchen.adapters.local_torch._sampling_client import (
     DEFAULT_MAX_BATCH,
     LocalTorchSamplingClient,
 )
+from crucible_kitchen.adapters.local_torch._sharded_sampling import (
+    SamplerShards,
+    ShardedSamplingClient,
+)
 from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
 from crucible_kitchen.adapters.local_torch._trainer import FullState, StepOptions, Trainer
@@ -85,7 +90,7 @@ from crucible_kitchen.training import derive_seed
 from crucible_kitchen.training.losses import builtin_loss
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from contextlib import AbstractContextManager
 
     from torch import Tensor
@@ -96,6 +101,12 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._trainer import Precision
     from crucible_kitchen.ports import Capabilities, CustomLossFn, LossFnType, OptimStepResponse
 
+LocalSampler: TypeAlias = (
+    "LocalTorchSamplingClient | FannedOutSamplingClient | ShardedSamplingClient"
+)
+"""The sampling clients a training client makes: in one process, fanned out over DDP ranks,
+or generating through FSDP shards."""
+
 Parallelism: TypeAlias = Literal["ddp", "fsdp"]
 """How data-parallel ranks share the model: whole on every rank, or sharded (FSDP)."""
 
@@ -104,6 +115,8 @@ __all__ = ("LocalTorchTrainingClient",)
 _PORT: Final = "training_client"
 _STATE_DIR: Final = "weights"
 _SAMPLER_DIR: Final = "sampler_weights"
+_SAMPLER_SHARDS_KEPT: Final = 2
+"""Under FSDP, the sampler weights saved last whose shards stay in memory."""
 _REQUIRED_INPUTS: Final[Mapping[str, tuple[str, ...]]] = {
     str(loss_fn): keys for loss_fn, keys in LOSS_FN_INPUTS.items()
 }
@@ -290,6 +303,7 @@ class LocalTorchTrainingClient:
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
         self._sampler_names = SamplerNames()
         self._sampler_saves: set[str] = set()  # under DDP, paths rank 0 announces
+        self._sampler_shards: OrderedDict[str, SamplerShards] = OrderedDict()  # under FSDP
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if self._checkpoint_dir is not None:
@@ -596,13 +610,13 @@ class LocalTorchTrainingClient:
                 self._save_sampler_weights(method, path, request_id, digest)
             else:
                 self._save(method, path, request_id, digest, with_optimizer=False, user=None)
+                if self._fsdp:
+                    self._remember_shards(str(path), SamplerShards.current(self._trainer.model))
             return SaveWeightsForSamplerResponse(path=str(path))
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
-    async def create_sampling_client(
-        self, model_path: str
-    ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
+    async def create_sampling_client(self, model_path: str) -> LocalSampler:
         """See :meth:`crucible_kitchen.ports.TrainingClient.create_sampling_client`.
 
         The sampling client owns a frozen copy of the weights saved at ``model_path`` (LoRA
@@ -620,12 +634,18 @@ class LocalTorchTrainingClient:
         await self._written_by_rank_zero(model_path)
         name = None if self._group is None else self._sampler_names.next(str(model_path))
 
-        def work() -> LocalTorchSamplingClient | FannedOutSamplingClient:
+        def work() -> LocalSampler:
+            stream = f"sampler:{Path(model_path).name}"
+            if self._fsdp and model_path in self._sampler_shards:
+                self._sampler_shards.move_to_end(model_path)
+                return self._sharded_sampling_client(self._sampler_shards[model_path], stream)
             self._require_checkpoint(method, model_path)
             with translated(_PORT, method):
                 self._check_tokenizer(model_path)
+                if self._fsdp:
+                    return self._sharded_sampling_client(self._shards_of(model_path), stream)
                 model = self._trainer.sampler_model(model_path)
-            return self._sampling_client(model, f"sampler:{Path(model_path).name}", name)
+            return self._sampling_client(model, stream, name)
 
         return await self._queue.call(method, work, record=False)
 
@@ -644,13 +664,16 @@ class LocalTorchTrainingClient:
         """See :meth:`crucible_kitchen.ports.TrainingClient.get_tokenizer`."""
         return self._tokenizer
 
-    def _initial_sampling_client(self) -> LocalTorchSamplingClient | FannedOutSamplingClient:
+    def _initial_sampling_client(self) -> LocalSampler:
         """A sampling client of the current weights, made synchronously.
 
         Only for a client no request has been submitted to (the bundle's initial sampler).
         """
         if self._queue.pending or sum(self._queue.counters.calls.values()):
             raise RuntimeError("_initial_sampling_client needs a client with no requests")
+        if self._fsdp:
+            shards = SamplerShards.current(self._trainer.model)
+            return self._sharded_sampling_client(shards, "sampler:initial")
         name = None if self._group is None else self._sampler_names.next("initial")
         return self._sampling_client(self._trainer.snapshot(), "sampler:initial", name)
 
@@ -661,9 +684,7 @@ class LocalTorchTrainingClient:
             return contextlib.nullcontext()
         return self._group.collectives(method, request_id)
 
-    def _sampling_client(
-        self, model: Transformer, stream: str, name: str | None
-    ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
+    def _sampling_client(self, model: Transformer, stream: str, name: str | None) -> LocalSampler:
         """A sampling client of ``model`` (seeded by ``stream``); under data parallelism a
         :class:`FannedOutSamplingClient` named ``name``, computing in the sampling lane."""
         client = LocalTorchSamplingClient(
@@ -678,6 +699,42 @@ class LocalTorchTrainingClient:
         if self._group is None or name is None:
             return client
         return FannedOutSamplingClient(client, self._group, name)
+
+    # ---------------------------------------------------------------------------------------
+    # Samplers under FSDP: shards of the weights, sampled through the sharded model
+
+    def _sharded_sampling_client(self, shards: SamplerShards, stream: str) -> ShardedSamplingClient:
+        """A sampler of ``shards`` that generates through the sharded model, collectively, in
+        requests of this client (see ``_sharded_sampling``)."""
+        assert self._group is not None
+
+        async def run(method: str, work: Callable[[], None]) -> None:
+            await self._queue.call(method, work, record=False)
+
+        return ShardedSamplingClient(
+            self._trainer.model,
+            shards,
+            self._tokenizer,
+            group=self._group,
+            run=run,
+            seed=derive_seed(self._seed, stream),
+            default_max_tokens=self._default_max_tokens,
+            max_batch=self._sampling_max_batch,
+        )
+
+    def _remember_shards(self, path: str, shards: SamplerShards) -> None:
+        self._sampler_shards[path] = shards
+        self._sampler_shards.move_to_end(path)
+        while len(self._sampler_shards) > _SAMPLER_SHARDS_KEPT:
+            self._sampler_shards.popitem(last=False)
+
+    def _shards_of(self, path: str) -> SamplerShards:
+        """This rank's shards of the weights saved at ``path`` (read from the disk: each rank
+        holds the full weights in host memory while it takes its shards)."""
+        group = self._group
+        assert group is not None
+        weights = self._trainer.host_weights(path)
+        return SamplerShards.of_full(self._trainer.model, weights, group.rank, group.world_size)
 
     # ---------------------------------------------------------------------------------------
     # Sampler weights under DDP: no collective (worker thread, but for the last one)
