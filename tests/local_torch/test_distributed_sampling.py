@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+from crucible_kitchen import Kitchen
+from crucible_kitchen.errors import ConfigError
 
 WORKER = str(Path(__file__).with_name("rl_worker.py"))
 SAMPLING_WORKER = str(Path(__file__).with_name("sampling_worker.py"))
@@ -26,6 +27,8 @@ def _ranks(out: Path, mode: str, parallelism: str) -> tuple[dict[str, object], .
     return tuple(torch.load(out / f"rank{rank}.pt") for rank in range(2))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_async_rl_under_torchrun_ends_with_identical_weights_on_every_rank(
     tmp_path: Path,
 ) -> None:
@@ -55,6 +58,8 @@ def test_async_rl_under_torchrun_ends_with_identical_weights_on_every_rank(
     }
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_fsdp_samplers_keep_shards_and_sample_what_one_process_samples(tmp_path: Path) -> None:
     """Under FSDP a sampler keeps this rank's shards of its weights and generates through the
     sharded training model, each rank decoding its share of the requests: the greedy and
@@ -92,3 +97,9 @@ def test_fsdp_samplers_keep_shards_and_sample_what_one_process_samples(tmp_path:
         assert torch.equal(rank0["state"][name], rank1["state"][name]), name
         if not name.startswith("rng/"):
             torch.testing.assert_close(rank0["state"][name], tensor, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.anyio
+async def test_async_rl_under_fsdp_is_refused_with_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="mode 'async' needs parallelism 'ddp'"):
+        await Kitchen.run("rl_basic", {"mode": "async", "parallelism": "fsdp"}, adapters="noop")
