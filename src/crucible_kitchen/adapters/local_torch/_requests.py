@@ -9,7 +9,8 @@ request sequences have equal effects. One thread per device, not per client: tor
 spreads one op over all of a device's cores, so two clients computing at once would only fight
 over them, and every new thread that calls torch builds its own OpenMP thread pool. Before each
 request the worker sets torch's intra-op thread count to the client's (``threads``, see
-``_threads``).
+``_threads``). A client may name a ``lane`` instead: its requests then run in that lane's own
+worker thread of the device (the data-parallel samplers, whose ranks wait for each other).
 
 Awaiting a future only waits for its request, so the event loop stays free while torch
 computes, and cancelling a waiter never cancels the request. Futures may be awaited from any

@@ -188,8 +188,7 @@ class LocalTorchTrainingClient:
         parallelism: how the ranks share the model: ``"ddp"`` (the default), every rank holds
             the whole model and optimizer state; ``"fsdp"``, each holds ``1/W`` of every
             parameter, gradient and AdamW moment (PyTorch's FSDP2), for a model whose
-            training does not fit one device (its sampling clients still hold the whole
-            model). ``"fsdp"`` needs data-parallel ranks and excludes ``compile``,
+            training does not fit one device (its sampling clients keep shards too). ``"fsdp"`` needs data-parallel ranks and excludes ``compile``,
             ``loss_chunk`` and ``microbatch_tokens``.
 
         On CUDA, AdamW runs fused. Every setting but the defaults changes float rounding, not
@@ -208,7 +207,8 @@ class LocalTorchTrainingClient:
     With ``parallelism="fsdp"`` the gradients are reduce-scattered as sums during each
     backward pass instead, every rank updating its shards; checkpoints hold the full weights
     and optimizer state (gathered onto rank 0) in the same format, so they resume with FSDP,
-    DDP or one process alike, and samplers get the full weights on every rank.
+    DDP or one process alike, and samplers keep this rank's shards of their weights and
+    generate through the sharded model (a :class:`ShardedSamplingClient`).
 
     Raises:
         ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
@@ -596,8 +596,9 @@ class LocalTorchTrainingClient:
     ) -> LocalFuture[SaveWeightsForSamplerResponse]:
         """See :meth:`crucible_kitchen.ports.TrainingClient.save_weights_for_sampler`.
 
-        Writes ``checkpoint_dir/sampler_weights/<name>`` and keeps a frozen in-memory copy,
-        so :meth:`create_sampling_client` on it does not read the disk.
+        Writes ``checkpoint_dir/sampler_weights/<name>`` and keeps a frozen in-memory copy
+        (under FSDP, of this rank's shards), so :meth:`create_sampling_client` on it does not
+        read the disk. Under DDP it is no collective (see :meth:`_save_sampler_weights`).
         """
         method = "save_weights_for_sampler"
         path = self._checkpoint_path(method, _SAMPLER_DIR, name)
@@ -624,7 +625,8 @@ class LocalTorchTrainingClient:
         submitted before it.
 
         Under data parallelism its ``sample`` requests are spread over the ranks (a
-        :class:`FannedOutSamplingClient`).
+        :class:`FannedOutSamplingClient`; under FSDP a :class:`ShardedSamplingClient`,
+        which keeps only this rank's shards of the weights).
 
         Raises:
             ResourceNotFound: nothing was saved at ``model_path``.
