@@ -188,8 +188,9 @@ class LocalTorchTrainingClient:
         parallelism: how the ranks share the model: ``"ddp"`` (the default), every rank holds
             the whole model and optimizer state; ``"fsdp"``, each holds ``1/W`` of every
             parameter, gradient and AdamW moment (PyTorch's FSDP2), for a model whose
-            training does not fit one device (its sampling clients keep shards too). ``"fsdp"`` needs data-parallel ranks and excludes ``compile``,
-            ``loss_chunk`` and ``microbatch_tokens``.
+            training does not fit one device (its sampling clients keep shards too).
+            ``"fsdp"`` needs data-parallel ranks and excludes ``compile``, ``loss_chunk`` and
+            ``microbatch_tokens``.
 
         On CUDA, AdamW runs fused. Every setting but the defaults changes float rounding, not
         what is computed; each keeps runs reproducible (equal seeds and requests give equal
