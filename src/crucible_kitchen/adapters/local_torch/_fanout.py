@@ -34,6 +34,7 @@ import anyio.to_thread
 import msgspec
 import torch.distributed as dist
 
+from crucible_kitchen.adapters.local_torch._requests import keep_recent
 from crucible_kitchen.errors import CollectiveError, KitchenError, PermanentBackendError
 from crucible_kitchen.ports import FUTURE_DONE, SampleResponse
 
@@ -152,9 +153,7 @@ class FannedOutSamplingClient:
                 self._unpublished[index] = f"{type(exc).__name__}: {exc}"
         future = _SharedSample(self, index)
         if request_id is not None:
-            self._by_request[request_id] = future
-            while len(self._by_request) > _RETAIN:
-                del self._by_request[next(iter(self._by_request))]
+            keep_recent(self._by_request, request_id, future, limit=_RETAIN)
         return future
 
     async def compute_logprobs(

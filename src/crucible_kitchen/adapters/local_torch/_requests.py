@@ -50,9 +50,10 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.ports import Capabilities
 
-__all__ = ("CallCounters", "LocalFuture", "RequestQueue", "device_worker")
+__all__ = ("CallCounters", "LocalFuture", "RequestQueue", "device_worker", "keep_recent")
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 _QUEUED: Final = 0
@@ -399,3 +400,10 @@ def device_worker(device: str, lane: str = "") -> ThreadPoolExecutor:
                 max_workers=1, thread_name_prefix=f"crucible-kitchen {key}"
             )
         return worker
+
+
+def keep_recent(memo: dict[K, T], key: K, value: T, *, limit: int) -> None:
+    """Set ``memo[key]``, then drop the oldest entries beyond ``limit``."""
+    memo[key] = value
+    while len(memo) > limit:
+        del memo[next(iter(memo))]

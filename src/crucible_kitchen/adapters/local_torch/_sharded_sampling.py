@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 
-from crucible_kitchen.adapters.local_torch._requests import CallCounters
+from crucible_kitchen.adapters.local_torch._requests import CallCounters, keep_recent
 from crucible_kitchen.adapters.local_torch._sampling import (
     DecodeBatch,
     prompt_logprobs_from_logits,
@@ -210,9 +210,7 @@ class ShardedSamplingClient:
         self._submitted += 1
         future: _Future[SampleResponse] = self._queue(_Request(decode=decode, owner=owner))
         if request_id is not None:
-            self._by_request[request_id] = future
-            while len(self._by_request) > _RETAIN:
-                del self._by_request[next(iter(self._by_request))]
+            keep_recent(self._by_request, request_id, future, limit=_RETAIN)
         return future
 
     async def compute_logprobs(
