@@ -759,8 +759,8 @@ class LocalTorchTrainingClient:
         failure: str | None = None
         try:
             self._write(method, path, request_id, digest, with_optimizer=False, user=None)
-        except KitchenError as exc:
-            failure = str(exc)
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             announce(str(path), failure)
