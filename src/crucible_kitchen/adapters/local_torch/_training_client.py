@@ -279,7 +279,9 @@ class LocalTorchTrainingClient:
                 [
                     "parallelism 'fsdp' shards the model across data-parallel ranks, and this "
                     "process has none: run it under torchrun with 2 or more processes "
-                    "(torchrun --nproc-per-node 2 ...), or use parallelism 'ddp'"
+                    "(torchrun --nproc-per-node 2 ...), or use parallelism 'ddp' (a run's "
+                    "directory resumes in one process with: kitchen resume RUN_DIR "
+                    "parallelism=ddp)"
                 ],
                 source="local torch parallelism",
             )
