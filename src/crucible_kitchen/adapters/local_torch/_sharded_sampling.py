@@ -243,7 +243,12 @@ class ShardedSamplingClient:
         async with self._lock:
             if not request.ran:
                 batch, self._pending = self._pending, []
-                await self._run("sample", lambda: self._compute(batch))
+                try:
+                    await self._run("sample", partial(self._compute, batch))
+                except Exception as exc:  # the run failed: so does every request of it
+                    for queued in batch:
+                        queued.ran, queued.error = True, f"{type(exc).__name__}: {exc}"
+                    raise
         if request.error is not None:
             raise PermanentBackendError(
                 f"sample: the rank that computed the request failed: {request.error}",
@@ -258,7 +263,7 @@ class ShardedSamplingClient:
         group = self._group
         group.agree("sample", f"{len(batch)} sampling requests")
         model = self._model
-        passes = _PairedPasses(model, group)
+        passes = _PairedPasses(model)
         was_training = model.training
         try:
             with (
@@ -314,17 +319,17 @@ class _PairedPasses:
     ranks: before each, the ranks agree whether any of them needs one (see the module's
     docstring)."""
 
-    def __init__(self, model: Transformer, group: DistributedGroup) -> None:
+    def __init__(self, model: Transformer) -> None:
         self._inner = model
-        self._group = group
-        self.model: Transformer = _Counted(model, self._pass)  # type: ignore[assignment]
+        self.model: Transformer = _Preceded(model, self._wanted)  # type: ignore[assignment]
 
     def _agree(self, wanted: bool) -> bool:
-        flag = torch.tensor([int(wanted)], dtype=torch.int64)
+        """Whether any rank wants a forward pass now (one small all-reduce)."""
+        flag = torch.tensor([int(wanted)], dtype=torch.int64, device=self._inner.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _pass(self) -> None:
+    def _wanted(self) -> None:
         self._agree(True)
 
     def until_all_done(self) -> None:
@@ -334,7 +339,7 @@ class _PairedPasses:
             self._inner(idle)
 
 
-class _Counted:
+class _Preceded:
     """A model whose calls run ``before`` first; every other attribute is the model's."""
 
     def __init__(self, model: Transformer, before: Callable[[], None]) -> None:
