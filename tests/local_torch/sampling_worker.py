@@ -1,4 +1,5 @@
-"""One rank of the FSDP sampling test (``python sampling_worker.py OUT``), or one process alone.
+"""One rank of the FSDP sampling test (``python sampling_worker.py OUT``), or one process alone;
+``python sampling_worker.py OUT lost`` is the test of a lost rank instead (see :func:`lost`).
 
 Under ``torchrun`` the model is sharded (``parallelism="fsdp"``): samplers keep shards and
 generate through the sharded training model. The script samples the initial weights, trains
@@ -18,6 +19,7 @@ import anyio
 import torch
 
 from crucible_kitchen.adapters.local_torch import LocalTorchTrainingClient, ModelConfig
+from crucible_kitchen.errors import CollectiveError
 from crucible_kitchen.ports import AdamParams, Datum, ModelInput, SamplingParams, TensorData
 
 CONFIG = ModelConfig(
@@ -75,6 +77,23 @@ async def draw(sampler: object) -> dict[str, object]:
     }
 
 
+async def lost() -> None:
+    """Under DDP, rank 1 stops before it publishes the result of its sample request: rank 0,
+    awaiting it, must fail with a ``CollectiveError`` (exit status 3) within the timeout."""
+    client = LocalTorchTrainingClient(model=CONFIG, seed=3)
+    sampler = client._initial_sampling_client()
+    params = SamplingParams(max_tokens=4, seed=1)
+    futures = [await sampler.sample(ModelInput.from_ints([1, 2]), 1, params) for _ in range(2)]
+    assert client.distributed is not None
+    if client.distributed.rank == 1:
+        os._exit(0)
+    try:
+        await futures[1].result()
+    except CollectiveError as exc:
+        print(f"rank 0: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        os._exit(3)
+
+
 async def main(out: Path) -> None:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     client = LocalTorchTrainingClient(
@@ -107,5 +126,7 @@ async def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[2:] == ["lost"]:
+        anyio.run(lost)
     anyio.run(main, Path(sys.argv[1]))
     os._exit(0)  # no lingering process-group teardown

@@ -7,6 +7,7 @@ training (DDP), and samplers that keep only shards of the weights (FSDP).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,25 @@ def test_fsdp_samplers_keep_shards_and_sample_what_one_process_samples(tmp_path:
         assert torch.equal(rank0["state"][name], rank1["state"][name]), name
         if not name.startswith("rng/"):
             torch.testing.assert_close(rank0["state"][name], tensor, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_rank_that_never_publishes_its_samples_fails_the_others_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    outcome = subprocess.run(
+        [*TORCHRUN, SAMPLING_WORKER, str(tmp_path), "lost"],
+        env={**os.environ, "CRUCIBLE_KITCHEN_COLLECTIVE_TIMEOUT": "5"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert outcome.returncode != 0
+    assert "rank 0: CollectiveError: rank 0 of 2: exchanging the samples of sampler" in (
+        outcome.stderr
+    )
+    assert "did not publish them within 5 s" in outcome.stderr
 
 
 @pytest.mark.anyio
