@@ -537,11 +537,9 @@ class Trainer:
         ``with_optimizer`` is false. ``None`` when the model is not sharded."""
         if not self.sharded:
             return None
-        if not with_optimizer:
-            return FullState(weights=full_weights(self.model, everywhere=False))
         return FullState(
             weights=full_weights(self.model, everywhere=False),
-            optimizer=self._full_optimizer_state(everywhere=False),
+            optimizer=self._full_optimizer_state(everywhere=False) if with_optimizer else None,
         )
 
     def save(
