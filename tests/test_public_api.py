@@ -55,6 +55,7 @@ PUBLIC: dict[str, tuple[str, ...]] = {
         "LoraConfig",
         "ModelConfig",
         "RopeScaling",
+        "ShardedSamplingClient",
         "StepOptions",
         "cached_gguf_model",
         "convert_gguf",

@@ -54,6 +54,7 @@ examples:
   kitchen run sl_basic                            # the README's main job
   kitchen run sl_basic --config my.toml epochs=3 learning_rate=1e-3
   kitchen resume runs/sl_basic-1a2b3c4d           # continue from its last checkpoint
+  kitchen resume runs/fsdp parallelism=ddp        # a torchrun FSDP run, now in one process
   kitchen plot runs/sl_basic-1a2b3c4d             # loss and learning-rate curves (PNG)
   kitchen export runs/sl_basic-1a2b3c4d out/      # final weights as a Hugging Face model
   kitchen recipes
@@ -361,7 +362,9 @@ async def _resume(args: argparse.Namespace) -> int:
     display = ProgressDisplay(enabled=not args.quiet)
 
     async def start(kitchen: Kitchen) -> RunHandle:
-        return await kitchen.start_resumed(args.run_dir, telemetry=[display])
+        return await kitchen.start_resumed(
+            args.run_dir, settings=parse_overrides(args.overrides), telemetry=[display]
+        )
 
     return _outcome(await _start_and_wait(start, display, "resuming"), display, args.backend)
 
@@ -520,6 +523,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     resume = commands.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", metavar="RUN_DIR")
+    resume.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="key=value",
+        help="how the run executes from now on: parallelism, threads (optional)",
+    )
     resume.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     resume.add_argument("--quiet", action="store_true", help="no progress bar")
     plotting = commands.add_parser("plot", help="draw a run's loss and lr curves to a PNG")

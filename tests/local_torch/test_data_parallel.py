@@ -229,13 +229,16 @@ def _kitchen_run(run_dir: Path, settings: list[str], *, ranks: int) -> dict[str,
             [*SL_BASIC, "lora_rank=4"], "fsdp", ["final", "step_000002"], id="sl_basic-lora-fsdp"
         ),
         pytest.param(RL_BASIC, "ddp", ["final"], id="rl_basic-ddp"),
+        pytest.param(SL_BASIC, "fsdp", ["final", "step_000002"], id="sl_basic-fsdp"),
+        pytest.param([*RL_BASIC, "compute_post_kl=true"], "fsdp", ["final"], id="rl_basic-fsdp"),
     ],
 )
 def test_kitchen_run_under_torchrun_ends_with_the_one_process_metrics(
     tmp_path: Path, settings: list[str], parallelism: str, checkpoints: list[str]
 ) -> None:
-    """sl_basic training the LoRA adapters of a sharded model (FSDP), and rl_basic (SFT
-    warm-up, then GRPO whose rollouts fan out: each rank samples its share of the groups) on 2
+    """sl_basic training the LoRA adapters of a sharded model (FSDP), or the whole sharded
+    model, and rl_basic (SFT warm-up, then GRPO whose rollouts fan out: each rank samples its
+    share of the groups; under FSDP through the sharded model, with the post-update KL) on 2
     ranks: the final metrics of one process (rewards, token counts and samples' statistics
     exactly, since every request's samples depend on its seed, not on the rank that draws
     them)."""

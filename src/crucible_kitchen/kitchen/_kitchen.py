@@ -9,13 +9,19 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypedDict, Unpack
 
 import anyio
 import anyio.to_thread
 
 from crucible_kitchen._json import config_json
-from crucible_kitchen.errors import PortError, RecipeNotFound, RunDirectoryError, TelemetryError
+from crucible_kitchen.errors import (
+    ConfigError,
+    PortError,
+    RecipeNotFound,
+    RunDirectoryError,
+    TelemetryError,
+)
 from crucible_kitchen.kitchen._adapters import Adapters
 from crucible_kitchen.kitchen._checkpoints import find_resume_point
 from crucible_kitchen.kitchen._handle import RunHandle
@@ -256,6 +262,7 @@ class Kitchen:
         *,
         tracer_provider: Any = None,
         recipes: Sequence[Recipe] = (),
+        settings: Mapping[str, Any] | None = None,
         **options: Unpack[RunOptions],
     ) -> RunResult:
         """Continue the run in ``run_dir`` to its end in a Kitchen of its own and return
@@ -265,7 +272,7 @@ class Kitchen:
             as :meth:`start_resumed`, then as :meth:`RunHandle.wait`.
         """
         async with cls.open(tracer_provider=tracer_provider, recipes=recipes) as kitchen:
-            run = await kitchen.start_resumed(run_dir, **options)
+            run = await kitchen.start_resumed(run_dir, settings=settings, **options)
             result = await run.wait()
         return result  # noqa: RET504
 
@@ -410,13 +417,20 @@ class Kitchen:
             return await self._launch(launch, options)
 
     async def start_resumed(
-        self, run_dir: str | os.PathLike[str], **options: Unpack[RunOptions]
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        settings: Mapping[str, Any] | None = None,
+        **options: Unpack[RunOptions],
     ) -> RunHandle:
         """Start the run of ``run_dir`` again where its newest sound checkpoint left it, and
         return its handle (:meth:`resume` runs it to its end).
 
         The recipe, config, seed, run id and adapter set come from its ``config.json``
         (``adapters`` replaces the set, e.g. for a run started with a mapping of adapters).
+        ``settings`` may change how the run executes, not what it computes: the config
+        keys in :data:`RESUME_SETTINGS` (``{"parallelism": "ddp"}`` resumes a run trained
+        under FSDP in one process; its checkpoints hold the full state).
         The newest checkpoint with a context snapshot that verifies is found among the
         training client's checkpoints; its snapshot is restored and the workflow loads its
         weights and optimizer state first. Damaged checkpoints are passed over, each
@@ -425,12 +439,15 @@ class Kitchen:
         from its first step. The logs are appended to.
 
         Raises:
+            ConfigError: ``settings`` names a key outside :data:`RESUME_SETTINGS`, or the
+                run's config with them is invalid.
             RunDirectoryError: not a run directory, a run that completed already, a recipe
                 this Kitchen does not know, a training client that keeps no checkpoints
                 (no ``CHECKPOINT_PAYLOAD`` capability), or a checkpoint of a workflow that
                 cannot resume (no ``RestoreCheckpoint`` stage, e.g. async RL).
         """
         directory = Path(run_dir)
+        _check_resume_settings(settings or {})
         record = read_run_record(directory)
         check_unfinished(directory, record)
         if record.recipe is None:
@@ -454,7 +471,7 @@ class Kitchen:
                     path=str(directory),
                 )
             adapters = record.adapters
-        validated = recipe.config(record.config)
+        validated = recipe.config({**record.config, **(settings or {})})
         workflow, bound = _prepare(recipe, validated, adapters, seed=record.seed, run_dir=directory)
         point = await find_resume_point(directory, bound)
         if point.path is not None and not any(
@@ -691,3 +708,19 @@ def _run_tracing(path: Path) -> SdkTracerProvider | None:
         return configure_tracing(f"jsonl:{path}")
     except TelemetryError:
         return None
+
+
+RESUME_SETTINGS: Final = ("parallelism", "threads")
+"""The config keys a resumed run may change (:meth:`Kitchen.start_resumed`): how it executes,
+not what it computes."""
+
+
+def _check_resume_settings(settings: Mapping[str, Any]) -> None:
+    problems = [
+        f"{key}: a resumed run keeps its settings; only {', '.join(RESUME_SETTINGS)} may "
+        "change (how it runs, not what it computes)"
+        for key in settings
+        if key not in RESUME_SETTINGS
+    ]
+    if problems:
+        raise ConfigError(problems, source="resume settings")

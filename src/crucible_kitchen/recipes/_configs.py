@@ -704,6 +704,16 @@ class RlBasicConfig(ReinforcementConfig, LocalTorchSettings):
         default_factory=lambda: AdamConfig(grad_clip_norm=1.0), description="AdamW settings."
     )
 
+    @pydantic.model_validator(mode="after")
+    def _async_needs_ddp(self) -> RlBasicConfig:
+        if self.mode == "async" and self.parallelism == "fsdp":
+            raise ValueError(
+                "mode 'async' needs parallelism 'ddp': under fsdp the rollouts sample through "
+                "the sharded training model, in order with the training requests, which a "
+                "producer sampling beside training cannot keep"
+            )
+        return self
+
 
 class DpoBasicConfig(PreferenceConfig, LocalTorchSettings):
     """``dpo_basic``: DPO on the bundled preference pairs with the local torch backend.

@@ -29,7 +29,8 @@ on first use (a module ``__getattr__``); all but :class:`LocalTokenizer`,
 - :class:`DistributedGroup`: this process's rank under ``torchrun`` (data-parallel training:
   ``LocalTorchTrainingClient(distributed=...)``, see ``docs/scaling.md``), and
   :class:`FannedOutSamplingClient`, the sampling client it then makes (requests spread over
-  the ranks).
+  the ranks), or with ``parallelism="fsdp"`` :class:`ShardedSamplingClient` (it keeps only
+  this rank's shards of its weights and generates through the sharded model).
 
 The engine lives in private modules (``_config``, ``_model``, ``_lora``, ``_sampling``,
 ``_optim``, ``_checkpoint``, ``_trainer``, ``_hf_checkpoint``).
@@ -72,6 +73,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._sampling_client import (
         LocalTorchSamplingClient as LocalTorchSamplingClient,
     )
+    from crucible_kitchen.adapters.local_torch._sharded_sampling import (
+        ShardedSamplingClient as ShardedSamplingClient,
+    )
     from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer as LocalTokenizer
     from crucible_kitchen.adapters.local_torch._trainer import StepOptions as StepOptions
     from crucible_kitchen.adapters.local_torch._training_client import (
@@ -91,6 +95,7 @@ __all__ = (
     "LoraConfig",
     "ModelConfig",
     "RopeScaling",
+    "ShardedSamplingClient",
     "StepOptions",
     "cached_gguf_model",
     "convert_gguf",
@@ -114,6 +119,7 @@ _LAZY: Final = {
     "parameter_count": "_model",
     "ModelConfig": "_config",
     "RopeScaling": "_config",
+    "ShardedSamplingClient": "_sharded_sampling",
     "cached_gguf_model": "_gguf",
     "convert_gguf": "_gguf",
     "export_hf": "_hf_export",

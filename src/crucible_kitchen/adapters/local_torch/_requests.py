@@ -9,7 +9,8 @@ request sequences have equal effects. One thread per device, not per client: tor
 spreads one op over all of a device's cores, so two clients computing at once would only fight
 over them, and every new thread that calls torch builds its own OpenMP thread pool. Before each
 request the worker sets torch's intra-op thread count to the client's (``threads``, see
-``_threads``).
+``_threads``). A client may name a ``lane`` instead: its requests then run in that lane's own
+worker thread of the device (the data-parallel samplers, whose ranks wait for each other).
 
 Awaiting a future only waits for its request, so the event loop stays free while torch
 computes, and cancelling a waiter never cancels the request. Futures may be awaited from any
@@ -49,9 +50,10 @@ if TYPE_CHECKING:
 
     from crucible_kitchen.ports import Capabilities
 
-__all__ = ("CallCounters", "LocalFuture", "RequestQueue", "device_worker")
+__all__ = ("CallCounters", "LocalFuture", "RequestQueue", "device_worker", "keep_recent")
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 _QUEUED: Final = 0
@@ -186,17 +188,26 @@ class RequestQueue:
             thread before each one (clients sharing the worker may use different counts);
             ``None`` leaves the worker's count as it is.
         retain: how many answered requests with an id keep their result for re-sends.
+        lane: run in another worker thread of the device, the one of this name, instead of
+            its shared one (data-parallel samplers: their ranks wait for each other, and must
+            never queue behind a training request that waits for another rank).
     """
 
     def __init__(
-        self, port: str, *, device: str = "cpu", threads: int | None = None, retain: int = 256
+        self,
+        port: str,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        retain: int = 256,
+        lane: str = "",
     ) -> None:
         if retain < 1:
             raise ValueError(f"retain must be >= 1, got {retain}")
         self.port = port
         self.counters = CallCounters()
         self.threads = threads
-        self._worker = device_worker(device)
+        self._worker = device_worker(device, lane)
         self._retain = retain
         self._lock = threading.Lock()
         self._pending = 0
@@ -378,12 +389,21 @@ _workers: dict[str, ThreadPoolExecutor] = {}
 _workers_lock = threading.Lock()
 
 
-def device_worker(device: str) -> ThreadPoolExecutor:
-    """The single-thread executor that runs every local request on ``device``."""
+def device_worker(device: str, lane: str = "") -> ThreadPoolExecutor:
+    """The single-thread executor that runs every local request on ``device`` (or, given a
+    ``lane``, those of that lane)."""
+    key = f"{device} {lane}".strip()
     with _workers_lock:
-        worker = _workers.get(device)
+        worker = _workers.get(key)
         if worker is None:
-            worker = _workers[device] = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"crucible-kitchen {device}"
+            worker = _workers[key] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"crucible-kitchen {key}"
             )
         return worker
+
+
+def keep_recent(memo: dict[K, T], key: K, value: T, *, limit: int) -> None:
+    """Set ``memo[key]``, then drop the oldest entries beyond ``limit``."""
+    memo[key] = value
+    while len(memo) > limit:
+        del memo[next(iter(memo))]

@@ -109,7 +109,9 @@ def _check_prompt(model: Transformer, prompt: Sequence[int]) -> Tensor:
     return torch.tensor([list(prompt)], dtype=torch.int64, device=model.device)
 
 
-def _prompt_logprobs_from_logits(logits: Tensor, prompt: Tensor) -> tuple[float | None, ...]:
+def prompt_logprobs_from_logits(logits: Tensor, prompt: Tensor) -> tuple[float | None, ...]:
+    """``log p(prompt[i] | prompt[:i])`` from the model's ``logits`` of ``prompt`` (shape
+    ``(1, length)``); ``None`` at position 0."""
     logprobs = torch.log_softmax(logits[0, :-1].to(torch.float32), dim=-1)
     scored = logprobs.gather(-1, prompt[0, 1:, None])[:, 0]
     return (None, *scored.tolist())
@@ -123,7 +125,7 @@ def prompt_logprobs(model: Transformer, prompt: Sequence[int]) -> tuple[float | 
     """
     tokens = _check_prompt(model, prompt)
     with _evaluation_mode(model):
-        return _prompt_logprobs_from_logits(model(tokens), tokens)
+        return prompt_logprobs_from_logits(model(tokens), tokens)
 
 
 def _filter_logits(logits: Tensor, options: SamplingOptions) -> Tensor:
@@ -343,14 +345,21 @@ class DecodeBatch:
         if request.result is None and request.error is None:
             with _evaluation_mode(self.model):
                 while request.result is None and request.error is None:
-                    if not (self._running or self._waiting):
+                    if not self.busy:
                         raise RuntimeError("run_until: the request was never added")
-                    self._step()
+                    self.step()
         return request.outcome()
 
-    # ---------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Whether a request is running or waiting."""
+        return bool(self._running or self._waiting)
 
-    def _step(self) -> None:
+    def step(self) -> None:
+        """One step: admit waiting requests (one forward pass over each one's prompt), choose
+        every running row's next token, let finished requests leave, and decode (one forward
+        pass, if a request still runs). Call in eval mode without gradients, from one thread
+        at a time; :meth:`run_until` does."""
         self._admit()
         for running in list(self._running):
             try:
@@ -394,7 +403,7 @@ class DecodeBatch:
         cache = model.new_cache(1, capacity=prompt.shape[1]) if self.use_kv_cache else None
         logits = model(prompt, cache=cache)
         if request.options.include_prompt_logprobs:
-            request.prompt_scores = _prompt_logprobs_from_logits(logits, prompt)
+            request.prompt_scores = prompt_logprobs_from_logits(logits, prompt)
         request.next_logits = logits[:, -1].expand(request.rows, -1)
         if cache is None:
             return

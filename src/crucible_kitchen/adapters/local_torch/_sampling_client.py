@@ -22,6 +22,7 @@ from crucible_kitchen.adapters.local_torch._sampling import (
     DecodeBatch,
     DecodeRequest,
     GeneratedSequence,
+    GenerationResult,
     SamplingOptions,
     prompt_logprobs,
 )
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
     from crucible_kitchen.ports import Capabilities, ModelInput, SamplingParams, TopKLogprobs
 
-__all__ = ("LocalTorchSamplingClient",)
+__all__ = ("LocalTorchSamplingClient", "SampleRequests", "sample_response")
 
 _PORT: Final = "sampling_client"
 _SEED_MASK: Final = (1 << 63) - 1
@@ -92,6 +93,8 @@ class LocalTorchSamplingClient:
             (see ``LocalTorchTrainingClient``).
         max_batch: most samples decoded together; ``1`` decodes one request at a time (a
             request with more samples than this runs alone).
+        lane: compute in the device's worker thread of this name instead of its shared one
+            (see ``RequestQueue``); the training client's data-parallel samplers use one.
 
     Raises:
         ConfigError: the tokenizer has more ids than the model, or ``threads`` or
@@ -107,6 +110,7 @@ class LocalTorchSamplingClient:
         default_max_tokens: int = 128,
         threads: Threads = "auto",
         max_batch: int = DEFAULT_MAX_BATCH,
+        lane: str = "",
     ) -> None:
         problems = []
         if tokenizer.vocab_size > model.config.vocab_size:
@@ -119,10 +123,14 @@ class LocalTorchSamplingClient:
             raise ConfigError(problems, source="sampling client")
         self._model = model.eval()
         self._tokenizer = tokenizer
-        self._seed = seed
-        self._default_max_tokens = default_max_tokens
+        self._requests = SampleRequests(
+            model, tokenizer, seed=seed, default_max_tokens=default_max_tokens
+        )
         self._queue = RequestQueue(
-            _PORT, device=str(model.device), threads=resolve_threads(threads, model.config)
+            _PORT,
+            device=str(model.device),
+            threads=resolve_threads(threads, model.config),
+            lane=lane,
         )
         self._batch = DecodeBatch(self._model, max_rows=max_batch)
 
@@ -193,50 +201,23 @@ class LocalTorchSamplingClient:
                 the vocabulary or too long to leave room for ``max_tokens``.
         """
         method = "sample"
-        tokens = self._prompt_tokens(method, prompt)
-        if type(num_samples) is not int or num_samples < 1:
-            raise self._invalid(method, f"num_samples {num_samples!r} must be an int >= 1")
-        room = self._model.config.max_seq_len - len(tokens)
-        max_tokens = sampling_params.max_tokens
-        if max_tokens is None:
-            max_tokens = min(self._default_max_tokens, room)
-        if max_tokens > room:
-            raise self._invalid(
-                method,
-                f"a prompt of {len(tokens)} tokens plus max_tokens={max_tokens} exceeds "
-                f"max_seq_len={self._model.config.max_seq_len}",
-            )
-        stop_ids, stop_strings = self._stops(sampling_params)
+        decode = self._requests.decode(
+            prompt,
+            num_samples,
+            sampling_params,
+            include_prompt_logprobs=include_prompt_logprobs,
+            request_id=request_id,
+            call_number=self._queue.counters.calls[method],
+        )
         digest = b""
         if request_id is not None:
             payload = (prompt, num_samples, sampling_params, include_prompt_logprobs)
             digest = request_fingerprint(_PORT, method, payload)
-        call_number = self._queue.counters.calls[method]
-        if sampling_params.seed is not None:
-            seed = sampling_params.seed & _SEED_MASK
-        else:
-            stream = f"request:{request_id}" if request_id is not None else f"call:{call_number}"
-            seed = derive_seed(self._seed, stream)
-        options = SamplingOptions(
-            max_tokens=max_tokens,
-            temperature=sampling_params.temperature,
-            top_k=sampling_params.top_k,
-            top_p=sampling_params.top_p,
-            stop_token_ids=stop_ids,
-            num_samples=num_samples,
-            seed=seed,
-            include_prompt_logprobs=include_prompt_logprobs,
-        )
-        stop_when = self._stop_checker(stop_strings) if stop_strings else None
-        decode = DecodeRequest(self._model, tokens, options, stop_when)
 
         def work() -> SampleResponse:
             with translated(_PORT, method, request_id, atomic=True):
                 result = self._batch.run_until(decode)
-            return SampleResponse(
-                sequences=tuple(_sequence(generated) for generated in result.sequences),
-                prompt_logprobs=result.prompt_logprobs,
-            )
+            return sample_response(result)
 
         return self._queue.submit(
             method,
@@ -255,7 +236,7 @@ class LocalTorchSamplingClient:
             InvalidRequest: an empty prompt, or one too long or with ids outside the vocabulary.
         """
         method = "compute_logprobs"
-        tokens = self._prompt_tokens(method, prompt, allow_full=True)
+        tokens = self._requests.prompt_tokens(method, prompt, allow_full=True)
         digest = b"" if request_id is None else request_fingerprint(_PORT, method, prompt)
 
         def work() -> tuple[float | None, ...]:
@@ -285,9 +266,9 @@ class LocalTorchSamplingClient:
                 the vocabulary.
         """
         method = "topk_prompt_logprobs"
-        tokens = self._prompt_tokens(method, prompt, allow_full=True)
+        tokens = self._requests.prompt_tokens(method, prompt, allow_full=True)
         if type(k) is not int or k < 1:
-            raise self._invalid(method, f"k {k!r} must be an int >= 1")
+            raise self._requests.invalid(method, f"k {k!r} must be an int >= 1")
         digest = b"" if request_id is None else request_fingerprint(_PORT, method, (prompt, k))
         width = min(k, self._tokenizer.vocab_size)
 
@@ -297,26 +278,89 @@ class LocalTorchSamplingClient:
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
-    # ---------------------------------------------------------------------------------------
 
-    def _invalid(self, operation: str, message: str) -> InvalidRequest:
+class SampleRequests:
+    """Checks requests against a model's config and a tokenizer, and makes a sample request
+    into a :class:`DecodeRequest`: its stops and its seed (``sampling_params.seed``, else one
+    derived from ``seed`` and the ``request_id``, else the call number). Shared by the
+    samplers that decode in different ways."""
+
+    def __init__(
+        self, model: Transformer, tokenizer: LocalTokenizer, *, seed: int, default_max_tokens: int
+    ) -> None:
+        self._model = model
+        self._config = model.config
+        self._tokenizer = tokenizer
+        self._seed = seed
+        self._default_max_tokens = default_max_tokens
+
+    def decode(
+        self,
+        prompt: ModelInput,
+        num_samples: int,
+        sampling_params: SamplingParams,
+        *,
+        include_prompt_logprobs: bool,
+        request_id: str | None,
+        call_number: int,
+    ) -> DecodeRequest:
+        """The decode request of one ``sample`` call.
+
+        Raises:
+            InvalidRequest: ``num_samples`` < 1; an empty prompt, or one with ids outside
+                the vocabulary or too long to leave room for ``max_tokens``.
+        """
+        method = "sample"
+        tokens = self.prompt_tokens(method, prompt)
+        if type(num_samples) is not int or num_samples < 1:
+            raise self.invalid(method, f"num_samples {num_samples!r} must be an int >= 1")
+        room = self._config.max_seq_len - len(tokens)
+        max_tokens = sampling_params.max_tokens
+        if max_tokens is None:
+            max_tokens = min(self._default_max_tokens, room)
+        if max_tokens > room:
+            raise self.invalid(
+                method,
+                f"a prompt of {len(tokens)} tokens plus max_tokens={max_tokens} exceeds "
+                f"max_seq_len={self._config.max_seq_len}",
+            )
+        stop_ids, stop_strings = self._stops(sampling_params)
+        if sampling_params.seed is not None:
+            seed = sampling_params.seed & _SEED_MASK
+        else:
+            stream = f"request:{request_id}" if request_id is not None else f"call:{call_number}"
+            seed = derive_seed(self._seed, stream)
+        options = SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=sampling_params.temperature,
+            top_k=sampling_params.top_k,
+            top_p=sampling_params.top_p,
+            stop_token_ids=stop_ids,
+            num_samples=num_samples,
+            seed=seed,
+            include_prompt_logprobs=include_prompt_logprobs,
+        )
+        stop_when = self._stop_checker(stop_strings) if stop_strings else None
+        return DecodeRequest(self._model, tokens, options, stop_when)
+
+    def invalid(self, operation: str, message: str) -> InvalidRequest:
         return InvalidRequest(f"{operation}: {message}", port=_PORT, operation=operation)
 
-    def _prompt_tokens(
+    def prompt_tokens(
         self, operation: str, prompt: ModelInput, *, allow_full: bool = False
     ) -> list[int]:
         try:
             tokens = prompt.to_ints()
         except (ValueError, AttributeError) as exc:
-            raise self._invalid(operation, f"prompt: {exc}") from exc
+            raise self.invalid(operation, f"prompt: {exc}") from exc
         if not tokens:
-            raise self._invalid(operation, "the prompt is empty")
-        vocab = self._model.config.vocab_size
+            raise self.invalid(operation, "the prompt is empty")
+        vocab = self._config.vocab_size
         if min(tokens) < 0 or max(tokens) >= vocab:
-            raise self._invalid(operation, f"prompt token ids must be in [0, {vocab})")
-        limit = self._model.config.max_seq_len - (0 if allow_full else 1)
+            raise self.invalid(operation, f"prompt token ids must be in [0, {vocab})")
+        limit = self._config.max_seq_len - (0 if allow_full else 1)
         if len(tokens) > limit:
-            raise self._invalid(
+            raise self.invalid(
                 operation, f"the prompt has {len(tokens)} tokens; at most {limit} fit"
             )
         return tokens
@@ -364,6 +408,14 @@ def topk_logprobs(model: Transformer, tokens: Sequence[int], k: int, vocab: int)
             tuple(zip(row_ids, row_values, strict=True))
             for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
         ),
+    )
+
+
+def sample_response(result: GenerationResult) -> SampleResponse:
+    """The port's response for a finished decode."""
+    return SampleResponse(
+        sequences=tuple(_sequence(generated) for generated in result.sequences),
+        prompt_logprobs=result.prompt_logprobs,
     )
 
 

@@ -15,6 +15,7 @@ job then fails anyway).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -531,17 +532,14 @@ class Trainer:
     # Checkpoints and snapshots
 
     def gather(self, *, with_optimizer: bool) -> FullState | None:
-        """A sharded model's full state for :meth:`save`, gathered on every rank (a
-        collective): the weights and optimizer state onto rank 0's CPU for a checkpoint, the
-        weights onto every rank's device for a sampler (``with_optimizer=False``). ``None``
-        when the model is not sharded."""
+        """A sharded model's full state for :meth:`save`, gathered onto rank 0's CPU (a
+        collective that every rank runs): the weights, and the optimizer state unless
+        ``with_optimizer`` is false. ``None`` when the model is not sharded."""
         if not self.sharded:
             return None
-        if not with_optimizer:
-            return FullState(weights=full_weights(self.model, everywhere=True))
         return FullState(
             weights=full_weights(self.model, everywhere=False),
-            optimizer=self._full_optimizer_state(everywhere=False),
+            optimizer=self._full_optimizer_state(everywhere=False) if with_optimizer else None,
         )
 
     def save(
@@ -557,7 +555,8 @@ class Trainer:
 
         ``write=False`` (a rank other than 0 under data parallelism) only keeps the sampler
         copy a weights-only save keeps. A sharded model saves ``full``, what :meth:`gather`
-        returned.
+        returned, and keeps no sampler copy (its samplers keep shards, see
+        ``_sharded_sampling``).
         """
         if self.sharded and full is None:
             raise ValueError("a sharded model saves the full state that gather() returned")
@@ -571,25 +570,14 @@ class Trainer:
                 weights=None if full is None else full.weights,
                 optimizer_state=None if full is None else full.optimizer,
             )
-        if not with_optimizer:
-            sampler = (
-                snapshot_for_sampling(self.model) if full is None else self._frozen(full.weights)
-            )
-            self._remember_sampler(str(directory), sampler)
+        if not with_optimizer and not self.sharded:
+            self._remember_sampler(str(directory), snapshot_for_sampling(self.model))
 
     def _full_optimizer_state(self, *, everywhere: bool) -> dict[str, Any]:
         """A sharded optimizer's full name-keyed state (see ``full_optimizer_state``)."""
         if not self.optimizer.state:  # before the first step: nothing to gather
             return named_optimizer_state(self.model, self.optimizer)
         return full_optimizer_state(self.model, self.optimizer, everywhere=everywhere)
-
-    def _frozen(self, weights: Mapping[str, Tensor]) -> Transformer:
-        """A frozen unsharded model with full ``weights`` (LoRA merged), for sampling."""
-        model = build_model(self.config, seed=0, initialise=False)
-        if self.lora is not None:
-            apply_lora(model, self.lora)
-        model.load_state_dict(weights)
-        return frozen_for_sampling(model)
 
     def load(
         self, directory: str | os.PathLike[str], *, with_optimizer: bool
@@ -624,11 +612,7 @@ class Trainer:
         if cached is not None:
             self._samplers.move_to_end(directory)
             return cached
-        model = build_model(self.config, seed=0, initialise=False)
-        if self.lora is not None:
-            apply_lora(model, self.lora)
-        load_checkpoint(directory, model=model)
-        frozen_for_sampling(model)
+        model = frozen_for_sampling(self._saved_model(directory, self.config))
         self._remember_sampler(directory, model)
         return model
 
@@ -639,10 +623,30 @@ class Trainer:
             self._samplers.popitem(last=False)
 
     def snapshot(self) -> Transformer:
-        """A frozen copy of the current weights, for sampling (a collective when sharded)."""
+        """A frozen copy of the current weights, for sampling (of a model not sharded)."""
         if self.sharded:
-            return self._frozen(full_weights(self.model, everywhere=True))
+            raise ValueError("a sharded model's samplers keep shards (see _sharded_sampling)")
         return snapshot_for_sampling(self.model)
+
+    def host_weights(self, directory: str) -> dict[str, Tensor]:
+        """The full weights of the checkpoint in ``directory`` (one of this model's, LoRA
+        unmerged) in host memory, by the model's names: a sharded model's samplers take
+        their shards of them.
+
+        Raises:
+            CheckpointError: as :func:`load_checkpoint`.
+        """
+        model = self._saved_model(directory, dataclasses.replace(self.config, device="cpu"))
+        return dict(model.state_dict())
+
+    def _saved_model(self, directory: str, config: ModelConfig) -> Transformer:
+        """This model (and its LoRA) built from ``config`` with the weights saved in
+        ``directory``: built uninitialised, since every weight is loaded next."""
+        model = build_model(config, seed=0, initialise=False)
+        if self.lora is not None:
+            apply_lora(model, self.lora)
+        load_checkpoint(directory, model=model)
+        return model
 
     def state_tensors(self) -> dict[str, Tensor]:
         """CPU copies of everything that determines future training.

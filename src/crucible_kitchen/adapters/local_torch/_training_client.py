@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast, get_args
 
@@ -32,7 +33,13 @@ from crucible_kitchen.adapters.local_torch._distributed import (
     DistributedGroup,
     launched_world_size,
 )
-from crucible_kitchen.adapters.local_torch._fanout import FannedOutSamplingClient
+from crucible_kitchen.adapters.local_torch._fanout import (
+    SAMPLING_LANE,
+    FannedOutSamplingClient,
+    SamplerNames,
+    announce,
+    announcement,
+)
 from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     HFModelDirectory,
     is_hf_model_dir,
@@ -43,6 +50,10 @@ from crucible_kitchen.adapters.local_torch._requests import RequestQueue
 from crucible_kitchen.adapters.local_torch._sampling_client import (
     DEFAULT_MAX_BATCH,
     LocalTorchSamplingClient,
+)
+from crucible_kitchen.adapters.local_torch._sharded_sampling import (
+    SamplerShards,
+    ShardedSamplingClient,
 )
 from crucible_kitchen.adapters.local_torch._threads import resolve_threads
 from crucible_kitchen.adapters.local_torch._tokenizer import LocalTokenizer
@@ -79,15 +90,22 @@ from crucible_kitchen.training import derive_seed
 from crucible_kitchen.training.losses import builtin_loss
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from contextlib import AbstractContextManager
 
     from torch import Tensor
 
+    from crucible_kitchen.adapters.local_torch._model import Transformer
     from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
     from crucible_kitchen.adapters.local_torch._threads import Threads
     from crucible_kitchen.adapters.local_torch._trainer import Precision
     from crucible_kitchen.ports import Capabilities, CustomLossFn, LossFnType, OptimStepResponse
+
+LocalSampler: TypeAlias = (
+    "LocalTorchSamplingClient | FannedOutSamplingClient | ShardedSamplingClient"
+)
+"""The sampling clients a training client makes: in one process, fanned out over DDP ranks,
+or generating through FSDP shards."""
 
 Parallelism: TypeAlias = Literal["ddp", "fsdp"]
 """How data-parallel ranks share the model: whole on every rank, or sharded (FSDP)."""
@@ -97,6 +115,8 @@ __all__ = ("LocalTorchTrainingClient",)
 _PORT: Final = "training_client"
 _STATE_DIR: Final = "weights"
 _SAMPLER_DIR: Final = "sampler_weights"
+_SAMPLER_SHARDS_KEPT: Final = 2
+"""Under FSDP, the sampler weights saved last whose shards stay in memory."""
 _REQUIRED_INPUTS: Final[Mapping[str, tuple[str, ...]]] = {
     str(loss_fn): keys for loss_fn, keys in LOSS_FN_INPUTS.items()
 }
@@ -168,9 +188,9 @@ class LocalTorchTrainingClient:
         parallelism: how the ranks share the model: ``"ddp"`` (the default), every rank holds
             the whole model and optimizer state; ``"fsdp"``, each holds ``1/W`` of every
             parameter, gradient and AdamW moment (PyTorch's FSDP2), for a model whose
-            training does not fit one device (its sampling clients still hold the whole
-            model). ``"fsdp"`` needs data-parallel ranks and excludes ``compile``,
-            ``loss_chunk`` and ``microbatch_tokens``.
+            training does not fit one device (its sampling clients keep shards too).
+            ``"fsdp"`` needs data-parallel ranks and excludes ``compile``, ``loss_chunk`` and
+            ``microbatch_tokens``.
 
         On CUDA, AdamW runs fused. Every setting but the defaults changes float rounding, not
         what is computed; each keeps runs reproducible (equal seeds and requests give equal
@@ -188,7 +208,8 @@ class LocalTorchTrainingClient:
     With ``parallelism="fsdp"`` the gradients are reduce-scattered as sums during each
     backward pass instead, every rank updating its shards; checkpoints hold the full weights
     and optimizer state (gathered onto rank 0) in the same format, so they resume with FSDP,
-    DDP or one process alike, and samplers get the full weights on every rank.
+    DDP or one process alike, and samplers keep this rank's shards of their weights and
+    generate through the sharded model (a :class:`ShardedSamplingClient`).
 
     Raises:
         ConfigError: an unknown preset, an invalid config or LoRA config, a vocabulary
@@ -258,7 +279,9 @@ class LocalTorchTrainingClient:
                 [
                     "parallelism 'fsdp' shards the model across data-parallel ranks, and this "
                     "process has none: run it under torchrun with 2 or more processes "
-                    "(torchrun --nproc-per-node 2 ...), or use parallelism 'ddp'"
+                    "(torchrun --nproc-per-node 2 ...), or use parallelism 'ddp' (a run's "
+                    "directory resumes in one process with: kitchen resume RUN_DIR "
+                    "parallelism=ddp)"
                 ],
                 source="local torch parallelism",
             )
@@ -281,6 +304,9 @@ class LocalTorchTrainingClient:
         )
         self._reseed_dropout()  # each rank draws its own dropout masks
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
+        self._sampler_names = SamplerNames()
+        self._sampler_saves: set[str] = set()  # under DDP, paths rank 0 announces
+        self._sampler_shards: OrderedDict[str, SamplerShards] = OrderedDict()  # under FSDP
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if self._checkpoint_dir is not None:
@@ -573,22 +599,28 @@ class LocalTorchTrainingClient:
     ) -> LocalFuture[SaveWeightsForSamplerResponse]:
         """See :meth:`crucible_kitchen.ports.TrainingClient.save_weights_for_sampler`.
 
-        Writes ``checkpoint_dir/sampler_weights/<name>`` and keeps a frozen in-memory copy,
-        so :meth:`create_sampling_client` on it does not read the disk.
+        Writes ``checkpoint_dir/sampler_weights/<name>`` and keeps a frozen in-memory copy
+        (under FSDP, of this rank's shards), so :meth:`create_sampling_client` on it does not
+        read the disk. Under DDP it is no collective (see :meth:`_save_sampler_weights`).
         """
         method = "save_weights_for_sampler"
         path = self._checkpoint_path(method, _SAMPLER_DIR, name)
         digest = request_fingerprint(_PORT, method, str(path))
+        if self._group is not None and not self._fsdp:
+            self._sampler_saves.add(str(path))
 
         def work() -> SaveWeightsForSamplerResponse:
-            self._save(method, path, request_id, digest, with_optimizer=False, user=None)
+            if self._group is not None and not self._fsdp:
+                self._save_sampler_weights(method, path, request_id, digest)
+            else:
+                self._save(method, path, request_id, digest, with_optimizer=False, user=None)
+                if self._fsdp:
+                    self._remember_shards(str(path), SamplerShards.current(self._trainer.model))
             return SaveWeightsForSamplerResponse(path=str(path))
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
-    async def create_sampling_client(
-        self, model_path: str
-    ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
+    async def create_sampling_client(self, model_path: str) -> LocalSampler:
         """See :meth:`crucible_kitchen.ports.TrainingClient.create_sampling_client`.
 
         The sampling client owns a frozen copy of the weights saved at ``model_path`` (LoRA
@@ -596,29 +628,29 @@ class LocalTorchTrainingClient:
         submitted before it.
 
         Under data parallelism its ``sample`` requests are spread over the ranks (a
-        :class:`FannedOutSamplingClient`).
+        :class:`FannedOutSamplingClient`; under FSDP a :class:`ShardedSamplingClient`,
+        which keeps only this rank's shards of the weights).
 
         Raises:
             ResourceNotFound: nothing was saved at ``model_path``.
             CheckpointError: the checkpoint is corrupt or does not fit this model.
         """
         method = "create_sampling_client"
+        await self._written_by_rank_zero(model_path)
+        name = None if self._group is None else self._sampler_names.next(str(model_path))
 
-        def work() -> LocalTorchSamplingClient | FannedOutSamplingClient:
+        def work() -> LocalSampler:
+            stream = f"sampler:{Path(model_path).name}"
+            if self._fsdp and model_path in self._sampler_shards:
+                self._sampler_shards.move_to_end(model_path)
+                return self._sharded_sampling_client(self._sampler_shards[model_path], stream)
             self._require_checkpoint(method, model_path)
             with translated(_PORT, method):
                 self._check_tokenizer(model_path)
+                if self._fsdp:
+                    return self._sharded_sampling_client(self._shards_of(model_path), stream)
                 model = self._trainer.sampler_model(model_path)
-            return self._fanned_out(
-                LocalTorchSamplingClient(
-                    model,
-                    self._tokenizer,
-                    seed=derive_seed(self._seed, f"sampler:{Path(model_path).name}"),
-                    default_max_tokens=self._default_max_tokens,
-                    threads=self.threads,
-                    max_batch=self._sampling_max_batch,
-                )
-            )
+            return self._sampling_client(model, stream, name)
 
         return await self._queue.call(method, work, record=False)
 
@@ -637,23 +669,18 @@ class LocalTorchTrainingClient:
         """See :meth:`crucible_kitchen.ports.TrainingClient.get_tokenizer`."""
         return self._tokenizer
 
-    def _initial_sampling_client(self) -> LocalTorchSamplingClient | FannedOutSamplingClient:
+    def _initial_sampling_client(self) -> LocalSampler:
         """A sampling client of the current weights, made synchronously.
 
         Only for a client no request has been submitted to (the bundle's initial sampler).
         """
         if self._queue.pending or sum(self._queue.counters.calls.values()):
             raise RuntimeError("_initial_sampling_client needs a client with no requests")
-        return self._fanned_out(
-            LocalTorchSamplingClient(
-                self._trainer.snapshot(),
-                self._tokenizer,
-                seed=derive_seed(self._seed, "sampler:initial"),
-                default_max_tokens=self._default_max_tokens,
-                threads=self.threads,
-                max_batch=self._sampling_max_batch,
-            )
-        )
+        if self._fsdp:
+            shards = SamplerShards.current(self._trainer.model)
+            return self._sharded_sampling_client(shards, "sampler:initial")
+        name = None if self._group is None else self._sampler_names.next("initial")
+        return self._sampling_client(self._trainer.snapshot(), "sampler:initial", name)
 
     def _collectives(self, method: str, request_id: str | None) -> AbstractContextManager[None]:
         """Under FSDP, the trainer's passes, steps and loads run collectives: a failed or
@@ -662,10 +689,103 @@ class LocalTorchTrainingClient:
             return contextlib.nullcontext()
         return self._group.collectives(method, request_id)
 
-    def _fanned_out(
-        self, client: LocalTorchSamplingClient
-    ) -> LocalTorchSamplingClient | FannedOutSamplingClient:
-        return client if self._group is None else FannedOutSamplingClient(client, self._group)
+    def _sampling_client(self, model: Transformer, stream: str, name: str | None) -> LocalSampler:
+        """A sampling client of ``model`` (seeded by ``stream``); under data parallelism a
+        :class:`FannedOutSamplingClient` named ``name``, computing in the sampling lane."""
+        client = LocalTorchSamplingClient(
+            model,
+            self._tokenizer,
+            seed=derive_seed(self._seed, stream),
+            default_max_tokens=self._default_max_tokens,
+            threads=self.threads,
+            max_batch=self._sampling_max_batch,
+            lane="" if self._group is None else SAMPLING_LANE,
+        )
+        if self._group is None or name is None:
+            return client
+        return FannedOutSamplingClient(client, self._group, name)
+
+    # ---------------------------------------------------------------------------------------
+    # Samplers under FSDP: shards of the weights, sampled through the sharded model
+
+    def _sharded_sampling_client(self, shards: SamplerShards, stream: str) -> ShardedSamplingClient:
+        """A sampler of ``shards`` that generates through the sharded model, collectively, in
+        requests of this client (see ``_sharded_sampling``)."""
+        assert self._group is not None
+
+        async def run(method: str, work: Callable[[], None]) -> None:
+            await self._queue.call(method, work, record=False)
+
+        return ShardedSamplingClient(
+            self._trainer.model,
+            shards,
+            self._tokenizer,
+            group=self._group,
+            run=run,
+            seed=derive_seed(self._seed, stream),
+            default_max_tokens=self._default_max_tokens,
+            max_batch=self._sampling_max_batch,
+        )
+
+    def _remember_shards(self, path: str, shards: SamplerShards) -> None:
+        self._sampler_shards[path] = shards
+        self._sampler_shards.move_to_end(path)
+        while len(self._sampler_shards) > _SAMPLER_SHARDS_KEPT:
+            self._sampler_shards.popitem(last=False)
+
+    def _shards_of(self, path: str) -> SamplerShards:
+        """This rank's shards of the weights saved at ``path`` (read from the disk: each rank
+        holds the full weights in host memory while it takes its shards)."""
+        group = self._group
+        assert group is not None
+        weights = self._trainer.host_weights(path)
+        return SamplerShards.of_full(self._trainer.model, weights, group.rank, group.world_size)
+
+    # ---------------------------------------------------------------------------------------
+    # Sampler weights under DDP: no collective (worker thread, but for the last one)
+
+    def _save_sampler_weights(
+        self, method: str, path: Path, request_id: str, digest: bytes
+    ) -> None:
+        """Under DDP, ``save_weights_for_sampler`` without a collective: every rank keeps a
+        frozen copy of its weights for its samplers, and rank 0 writes them and announces how
+        that ended (see :meth:`_written_by_rank_zero`). So a sampler may be saved by a task
+        running beside the one that trains (the producer of an asynchronous RL loop), in
+        another order relative to the training requests on each rank: the ranks' copies may
+        then be of different steps, and fanned-out samples come from the copy of the rank
+        that draws them (the same samples on every rank, see ``_fanout``)."""
+        assert self._group is not None
+        if not self._group.is_writer:
+            self._trainer.save(path, with_optimizer=False, payload={}, write=False)
+            return
+        failure: str | None = None
+        try:
+            self._write(method, path, request_id, digest, with_optimizer=False, user=None)
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            announce(str(path), failure)
+
+    async def _written_by_rank_zero(self, model_path: str) -> None:
+        """On a rank above 0 under DDP, wait until rank 0 has written the sampler weights
+        this client saved at ``model_path`` (off the worker thread: rank 0 may be waiting
+        for this rank's training requests first).
+
+        Raises:
+            PermanentBackendError: rank 0 failed to write them.
+            CollectiveError: rank 0 did not say within the collective timeout.
+        """
+        group = self._group
+        if group is None or group.is_writer or model_path not in self._sampler_saves:
+            return
+        failure = await announcement(group, model_path)
+        if failure is not None:
+            raise PermanentBackendError(
+                f"create_sampling_client: rank 0 could not write {model_path}: {failure}",
+                port=_PORT,
+                operation="create_sampling_client",
+            )
 
     # ---------------------------------------------------------------------------------------
     # Checkpoint helpers (worker thread)

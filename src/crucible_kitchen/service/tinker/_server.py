@@ -28,6 +28,7 @@ from crucible_kitchen.adapters.local_torch import (
     LocalTorchSamplingClient,
     LocalTorchTrainingClient,
     LoraConfig,
+    ShardedSamplingClient,
     local_torch_adapters,
 )
 from crucible_kitchen.ports import LOSS_FN_INPUTS, AdamParams
@@ -783,10 +784,10 @@ def _write_json(path: Path, value: object) -> None:
 
 
 def _in_process(
-    client: LocalTorchSamplingClient | FannedOutSamplingClient,
+    client: LocalTorchSamplingClient | FannedOutSamplingClient | ShardedSamplingClient,
 ) -> LocalTorchSamplingClient:
     """A model's sampling client: the server trains each model in this process alone
     (``distributed=None``), so its samplers are never spread over ranks."""
-    if isinstance(client, FannedOutSamplingClient):
+    if not isinstance(client, LocalTorchSamplingClient):
         raise TypeError("the Tinker server's models train in one process, not across ranks")
     return client
