@@ -257,7 +257,8 @@ class GradientSum:
     """Sums each backward pass's new gradients over the ranks while the pass runs, as DDP does.
 
     The trainable ``parameters`` are split, last first (the order a backward pass produces
-    their gradients), into buckets of about 1 MiB of float32. During :meth:`reduce`'s
+    their gradients), into buckets of about ``bucket_elements`` values (1 MiB of float32; a
+    larger parameter gets a bucket of its own). During :meth:`reduce`'s
     backward pass a hook on each parameter copies its gradient into its bucket, and a bucket
     whose gradients have all arrived is all-reduced (``SUM``, asynchronously) at once, while
     the pass goes on with the earlier layers; buckets start in bucket order on every rank (a
@@ -278,14 +279,20 @@ class GradientSum:
     rank without data sends zeros.
     """
 
-    def __init__(self, group: DistributedGroup, parameters: Sequence[Tensor]) -> None:
+    def __init__(
+        self,
+        group: DistributedGroup,
+        parameters: Sequence[Tensor],
+        *,
+        bucket_elements: int = _BUCKET_ELEMENTS,
+    ) -> None:
         self._group = group
         self._parameters = list(parameters)
         buckets: list[list[int]] = []
-        filled = _BUCKET_ELEMENTS
+        filled = 0
         for index in reversed(range(len(self._parameters))):
             size = self._parameters[index].numel()
-            if filled + size > _BUCKET_ELEMENTS and (not buckets or buckets[-1]):
+            if not buckets or filled + size > bucket_elements:
                 buckets.append([])
                 filled = 0
             buckets[-1].append(index)
@@ -304,6 +311,7 @@ class GradientSum:
                 self._place[index] = (bucket, start, offset + position)
             self._widths.append(offset + len(indices))
         self._pass: _Pass | None = None
+        # Hooks on the parameters themselves: they also run in torch.autograd.grad passes.
         for index, parameter in enumerate(self._parameters):
             parameter.register_hook(functools.partial(self._arrived, index))  # type: ignore[no-untyped-call]
 
