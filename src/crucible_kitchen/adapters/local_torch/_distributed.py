@@ -154,9 +154,10 @@ class DistributedGroup:
         link = self._chain + f"{method}\0{request_id}".encode()
         self._chain = hashlib.blake2b(link, digest_size=7).digest()
 
-    def agree(self, method: str, request_id: str | None) -> None:
+    def agree(self, method: str, request_id: str | None, *, payload: float = 0.0) -> list[float]:
         """Check that every rank is at the same request, after the same ones, before its
-        collectives (it counts the request, as :meth:`note` does).
+        collectives (it counts the request, as :meth:`note` does). The same all-gather
+        carries one float per rank: every rank's ``payload``, in rank order, is returned.
 
         Raises:
             CollectiveDesync: a rank is at another request, or executed other requests
@@ -165,10 +166,14 @@ class DistributedGroup:
         """
         self.note(method, request_id)
         chain = int.from_bytes(self._chain, "big")
-        mine = torch.tensor([self._sequence, chain], dtype=torch.int64)
+        # One int64 shape for every agreement, so that ranks at different requests pair theirs.
+        bits = torch.tensor([payload], dtype=torch.float64).view(torch.int64)
+        mine = torch.cat([torch.tensor([self._sequence, chain], dtype=torch.int64), bits])
         gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
         self._collective(method, request_id, lambda: dist.all_gather(gathered, mine))
-        others = [rank for rank, theirs in enumerate(gathered) if not torch.equal(theirs, mine)]
+        others = [
+            rank for rank, theirs in enumerate(gathered) if not torch.equal(theirs[:2], mine[:2])
+        ]
         if others:
             raise CollectiveDesync(
                 f"rank {self.rank} of {self.world_size}: at {method} request {request_id!r} "
@@ -182,6 +187,7 @@ class DistributedGroup:
                 rank=self.rank,
                 world_size=self.world_size,
             )
+        return torch.stack(gathered)[:, 2].contiguous().view(torch.float64).tolist()
 
     def gather(self, method: str, request_id: str | None, value: T) -> list[T]:
         """Every rank's ``value`` (picklable), in rank order."""

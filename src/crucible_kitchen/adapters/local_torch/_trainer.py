@@ -546,9 +546,12 @@ class Trainer:
                         parameter.grad.add_(grad)
         self.pending_gradients += 1
 
-    def optim_step(self, adam: AdamParams) -> OptimStepResponse:
-        """One AdamW step with the accumulated gradients, which are then cleared."""
-        metrics = optimizer_step(self.optimizer, adam)
+    def optim_step(
+        self, adam: AdamParams, *, sum_over_shards: Callable[[float], float] | None = None
+    ) -> OptimStepResponse:
+        """One AdamW step with the accumulated gradients, which are then cleared. A sharded
+        model needs ``sum_over_shards`` (see ``optimizer_step``)."""
+        metrics = optimizer_step(self.optimizer, adam, sum_over_shards=sum_over_shards)
         applied = self.pending_gradients
         self.step += 1
         self.pending_gradients = 0

@@ -528,10 +528,14 @@ class LocalTorchTrainingClient:
                 if not self._fsdp:  # the backward requests summed the gradients already
                     self._group.note(method, request_id)
                     return self._trainer.optim_step(adam_params)
-                # FSDP's gradient norm is a collective over the shards.
-                self._group.agree(method, request_id)
+                group = self._group
+
+                def sum_over_shards(squares: float) -> float:
+                    # FSDP's gradient norm, folded into the request's agreement.
+                    return math.fsum(group.agree(method, request_id, payload=squares))
+
                 with self._collectives(method, request_id):
-                    return self._trainer.optim_step(adam_params)
+                    return self._trainer.optim_step(adam_params, sum_over_shards=sum_over_shards)
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
