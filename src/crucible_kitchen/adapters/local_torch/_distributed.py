@@ -169,8 +169,7 @@ class DistributedGroup:
         # One int64 shape for every agreement, so that ranks at different requests pair theirs.
         bits = torch.tensor([payload], dtype=torch.float64).view(torch.int64)
         mine = torch.cat([torch.tensor([self._sequence, chain], dtype=torch.int64), bits])
-        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
-        self._collective(method, request_id, lambda: dist.all_gather(gathered, mine))
+        gathered = self._all_gather(method, request_id, mine)
         others = [
             rank for rank, theirs in enumerate(gathered) if not torch.equal(theirs[:2], mine[:2])
         ]
@@ -206,9 +205,16 @@ class DistributedGroup:
         width = max(1, *sizes)
         mine = torch.zeros(width, dtype=torch.float64)
         mine[: len(values)] = torch.tensor(values, dtype=torch.float64)
-        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
-        self._collective(method, request_id, lambda: dist.all_gather(gathered, mine))
+        gathered = self._all_gather(method, request_id, mine)
         return [part[:size].tolist() for part, size in zip(gathered, sizes, strict=True)]
+
+    def _all_gather(self, method: str, request_id: str | None, mine: Tensor) -> list[Tensor]:
+        """Every rank's ``mine`` (same shape everywhere), on the CPU: nccl gathers on the GPU."""
+        device = torch.device("cuda", self.local_rank) if self.backend == "nccl" else mine.device
+        sent = mine.to(device)
+        gathered = [torch.empty_like(sent) for _ in range(self.world_size)]
+        self._collective(method, request_id, lambda: dist.all_gather(gathered, sent))
+        return [part.cpu() for part in gathered]
 
     def broadcast(self, method: str, request_id: str | None, value: T) -> T:
         """Rank 0's ``value`` (picklable), on every rank."""

@@ -478,8 +478,9 @@ class LocalTorchTrainingClient:
                         method,
                         request_id,
                         data,
-                        [],
+                        (),
                         [{"logprobs": logprobs} for logprobs in local_logprobs],
+                        with_loss=False,
                     )[1]
                 ]
             )
@@ -830,7 +831,13 @@ class LocalTorchTrainingClient:
                     elif reduce is not None:
                         self._trainer.receive_gradients(reduce)
         heads, rows = _gathered(
-            group, method, request_id, data, [output.metrics["loss:sum"]], output.loss_fn_outputs
+            group,
+            method,
+            request_id,
+            data,
+            [output.metrics["loss:sum"]],
+            output.loss_fn_outputs,
+            with_loss=True,
         )
         return ForwardBackwardOutput(
             loss_fn_output_type=loss_fn,
@@ -1031,12 +1038,13 @@ def _gathered(
     data: Sequence[Datum],
     head: Sequence[float],
     rows: Sequence[Mapping[str, TensorData]],
+    *,
+    with_loss: bool,
 ) -> tuple[list[list[float]], list[dict[str, TensorData]]]:
     """Every rank's ``head`` (as many floats on every rank) and its ``rows`` (one per datum of
-    its slice of ``data``, each a ``"logprobs"`` shaped like the datum's targets and, when
-    ``head`` is not empty, a 0-d ``"loss"``), in rank order, through one all-gather of floats:
-    every rank knows every rank's sizes, since it holds the whole batch."""
-    with_loss = bool(head)
+    its slice of ``data``, each a ``"logprobs"`` shaped like the datum's targets and, if
+    ``with_loss``, a 0-d ``"loss"``), in rank order, through one all-gather of floats (exact:
+    float64): every rank knows every rank's sizes, since it holds the whole batch."""
     shards = group.shards(data)
     sizes = [
         len(head)
