@@ -164,29 +164,50 @@ class DistributedGroup:
                 before it (a one-sided retry or skip).
             CollectiveError: the all-gather failed or timed out.
         """
+        return self.start_agreement(method, request_id, payload=payload)()
+
+    def start_agreement(
+        self, method: str, request_id: str | None, *, payload: float = 0.0
+    ) -> Callable[[], list[float]]:
+        """:meth:`agree`, asynchronously: its all-gather starts now, as the request's first
+        collective, and the function returned waits for it and checks, raising what
+        :meth:`agree` raises (call it before the request's next collective; it may be called
+        again). The request's local work (a forward pass) can run in between."""
         self.note(method, request_id)
         chain = int.from_bytes(self._chain, "big")
         # One int64 shape for every agreement, so that ranks at different requests pair theirs.
         bits = torch.tensor([payload], dtype=torch.float64).view(torch.int64)
         mine = torch.cat([torch.tensor([self._sequence, chain], dtype=torch.int64), bits])
-        gathered = self._all_gather(method, request_id, mine)
-        others = [
-            rank for rank, theirs in enumerate(gathered) if not torch.equal(theirs[:2], mine[:2])
-        ]
-        if others:
-            raise CollectiveDesync(
-                f"rank {self.rank} of {self.world_size}: at {method} request {request_id!r} "
-                f"(request #{self._sequence}), ranks {others} are at another request or "
-                "executed other requests before it: a stage re-ran or skipped requests on "
-                "some ranks only; the job cannot continue (restart it, or resume it from its "
-                "run directory)",
-                port=_PORT,
-                operation=method,
-                request_id=request_id,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
-        return torch.stack(gathered)[:, 2].contiguous().view(torch.float64).tolist()
+        finish = self._all_gather(method, request_id, mine)
+        sequence = self._sequence
+        outcome: list[list[float]] = []
+
+        def check() -> list[float]:
+            if outcome:
+                return outcome[0]
+            gathered = finish()
+            others = [
+                rank
+                for rank, theirs in enumerate(gathered)
+                if not torch.equal(theirs[:2], mine[:2])
+            ]
+            if others:
+                raise CollectiveDesync(
+                    f"rank {self.rank} of {self.world_size}: at {method} request "
+                    f"{request_id!r} (request #{sequence}), ranks {others} are at another "
+                    "request or executed other requests before it: a stage re-ran or skipped "
+                    "requests on some ranks only; the job cannot continue (restart it, or "
+                    "resume it from its run directory)",
+                    port=_PORT,
+                    operation=method,
+                    request_id=request_id,
+                    rank=self.rank,
+                    world_size=self.world_size,
+                )
+            outcome.append(torch.stack(gathered)[:, 2].contiguous().view(torch.float64).tolist())
+            return outcome[0]
+
+        return check
 
     def gather(self, method: str, request_id: str | None, value: T) -> list[T]:
         """Every rank's ``value`` (picklable), in rank order."""
@@ -205,16 +226,27 @@ class DistributedGroup:
         width = max(1, *sizes)
         mine = torch.zeros(width, dtype=torch.float64)
         mine[: len(values)] = torch.tensor(values, dtype=torch.float64)
-        gathered = self._all_gather(method, request_id, mine)
+        gathered = self._all_gather(method, request_id, mine)()
         return [part[:size].tolist() for part, size in zip(gathered, sizes, strict=True)]
 
-    def _all_gather(self, method: str, request_id: str | None, mine: Tensor) -> list[Tensor]:
-        """Every rank's ``mine`` (same shape everywhere), on the CPU: nccl gathers on the GPU."""
+    def _all_gather(
+        self, method: str, request_id: str | None, mine: Tensor
+    ) -> Callable[[], list[Tensor]]:
+        """Start the all-gather of every rank's ``mine`` (same shape everywhere); the function
+        returned waits for it and gives them, on the CPU (nccl gathers on the GPU)."""
         device = torch.device("cuda", self.local_rank) if self.backend == "nccl" else mine.device
         sent = mine.to(device)
         gathered = [torch.empty_like(sent) for _ in range(self.world_size)]
-        self._collective(method, request_id, lambda: dist.all_gather(gathered, sent))
-        return [part.cpu() for part in gathered]
+        work = self._collective(
+            method, request_id, lambda: dist.all_gather(gathered, sent, async_op=True)
+        )
+
+        def finish() -> list[Tensor]:
+            if work is not None:
+                self._collective(method, request_id, work.wait)
+            return [part.cpu() for part in gathered]
+
+        return finish
 
     def broadcast(self, method: str, request_id: str | None, value: T) -> T:
         """Rank 0's ``value`` (picklable), on every rank."""
@@ -333,15 +365,20 @@ class GradientSum:
         request_id: str | None,
         total: Tensor | None,
         earlier: Sequence[Tensor | None] | None,
+        *,
+        agreed: Callable[[], object] | None = None,
     ) -> list[Tensor | None]:
         """The gradient of ``total`` (``None``, or one that needs none: this rank adds nothing)
         per parameter, plus ``earlier`` ones (the request's earlier micro-batches'), summed
         over the ranks: every rank calls it once per backward request, and gets the same
         float32-summed gradients, in the parameters' dtypes (``None`` where no rank has one).
+        ``agreed`` (the request's :meth:`DistributedGroup.start_agreement` check) runs first.
 
         Raises:
             CollectiveError: an all-reduce failed or timed out.
         """
+        if agreed is not None:
+            agreed()
         current = _Pass(
             method,
             request_id,

@@ -81,7 +81,7 @@ from crucible_kitchen.training import derive_seed
 from crucible_kitchen.training.losses import builtin_loss
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from contextlib import AbstractContextManager
 
     from torch import Tensor
@@ -454,10 +454,9 @@ class LocalTorchTrainingClient:
         def work() -> ForwardBackwardOutput:
             group = self._group
             local = data if group is None else group.shard(data)
-            reduce = self._reduce(method, request_id)
+            agreed = None if group is None else self._start_agreement(group, method, request_id)
+            reduce = self._reduce(method, request_id, agreed)
             with translated(_PORT, method, request_id, atomic=True):
-                if group is not None:
-                    group.agree(method, request_id)
                 if local:
                     with self._collectives(method, request_id):
                         batch, logprobs, local_logprobs = self._trainer.custom_forward(local)
@@ -468,6 +467,8 @@ class LocalTorchTrainingClient:
                             nothing = self._trainer.idle_forward(grad=True)
             # Under data parallelism every rank runs the loss on the whole batch's logprobs
             # (it may couple datums, e.g. preference pairs) and back-propagates its slice.
+            if agreed is not None:
+                agreed()
             logprob_data = (
                 local_logprobs
                 if group is None
@@ -812,9 +813,9 @@ class LocalTorchTrainingClient:
         with translated(_PORT, method, request_id, atomic=True):
             if group is None:
                 return self._trainer.forward(data, loss_fn, config, keys, backward=backward)
-            group.agree(method, request_id)
+            agreed = self._start_agreement(group, method, request_id)
             local = group.shard(data)
-            reduce = self._reduce(method, request_id) if backward else None
+            reduce = self._reduce(method, request_id, agreed) if backward else None
             with self._collectives(method, request_id):
                 if local:
                     output = self._trainer.forward(
@@ -830,6 +831,7 @@ class LocalTorchTrainingClient:
                             self._trainer.idle_backward(nothing)
                     elif reduce is not None:
                         self._trainer.receive_gradients(reduce)
+            agreed()
         heads, rows = _gathered(
             group,
             method,
@@ -845,11 +847,25 @@ class LocalTorchTrainingClient:
             metrics={"loss:sum": math.fsum(head[0] for head in heads)},
         )
 
-    def _reduce(self, method: str, request_id: str | None) -> Reduce | None:
-        """Under DDP, how a backward request's gradients are summed over the ranks."""
+    def _start_agreement(
+        self, group: DistributedGroup, method: str, request_id: str | None
+    ) -> Callable[[], object]:
+        """Start the request's agreement; the function returned checks it. Under DDP the
+        check waits until the request's next collective, so that the forward pass runs while
+        the ranks agree; FSDP's forward pass runs collectives, so it checks at once."""
+        agreed = group.start_agreement(method, request_id)
+        if self._fsdp:
+            agreed()
+        return agreed
+
+    def _reduce(
+        self, method: str, request_id: str | None, agreed: Callable[[], object] | None
+    ) -> Reduce | None:
+        """Under DDP, how a backward request's gradients are summed over the ranks (after
+        ``agreed`` checked the request's agreement)."""
         if self._gradient_sum is None:
             return None
-        return functools.partial(self._gradient_sum.reduce, method, request_id)
+        return functools.partial(self._gradient_sum.reduce, method, request_id, agreed=agreed)
 
     def _require_checkpoint(self, method: str, path: str, request_id: str | None = None) -> None:
         if not (isinstance(path, str) and path and Path(path).is_dir()):
