@@ -302,12 +302,12 @@ class GradientSum:
 
     The trainable ``parameters`` are split, last first (the order a backward pass produces
     their gradients), into buckets of about ``bucket_elements`` values (1 MiB of float32; a
-    larger parameter gets a bucket of its own). During :meth:`reduce`'s
-    backward pass a hook on each parameter copies its gradient into its bucket, and a bucket
-    whose gradients have all arrived is all-reduced (``SUM``, asynchronously) at once, while
-    the pass goes on with the earlier layers; buckets start in bucket order on every rank (a
-    ready bucket waits for the ones before it), and those still incomplete when the pass ends
-    (a parameter this rank's loss did not reach) start then. Each bucket also sums one
+    larger parameter gets a bucket of its own). During :meth:`reduce`'s backward pass a hook
+    on each parameter copies its gradient into its bucket, and a bucket whose gradients have
+    all arrived is all-reduced (``SUM``, asynchronously) at once, while the pass goes on with
+    the earlier layers; buckets start in bucket order on every rank (a ready bucket waits for
+    the ones before it), and those still incomplete when the pass ends (a parameter this
+    rank's loss did not reach) start then. Each bucket also sums one
     presence flag per parameter, so a parameter without a gradient on every rank keeps none
     (the optimizer skips it, as in one process) and one with a gradient somewhere counts as
     zeros where it has none.
