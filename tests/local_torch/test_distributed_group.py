@@ -85,8 +85,12 @@ def test_earlier_micro_batches_are_added_and_a_rank_without_data_sums_nothing(
     assert summed.reduce("forward_backward", "fb-3", None, None) == [None, None, None]
 
 
-def test_one_rank_always_agrees_with_itself_and_gathers_its_values(one_rank: DistributedGroup) -> None:
+def test_one_rank_always_agrees_with_itself_and_gathers_its_values(
+    one_rank: DistributedGroup,
+) -> None:
     one_rank.note("optim_step", "step-0")
     assert one_rank.agree("forward_backward", "fb-1") == [0.0]
     assert one_rank.agree("optim_step", "step-1", payload=2.5e-3) == [2.5e-3]
+    check = one_rank.start_agreement("forward_backward", "fb-2", payload=-1.0)
+    assert check() == check() == [-1.0]  # checked once, answered again
     assert one_rank.gather_values("forward", None, [1.5, -2.0], [2]) == [[1.5, -2.0]]
