@@ -13,7 +13,8 @@ Each variant runs under ``torchrun --standalone`` (gloo on the CPU, or nccl with
 
 - **kitchen**: ``LocalTorchTrainingClient`` (``forward_backward`` with cross-entropy, then
   ``optim_step``): each rank computes its slice of the global batch, the gradients are summed
-  over the ranks, and the requests agree across ranks first;
+  over the ranks during the backward pass (bucketed all-reduces, as DDP does), the outputs
+  are gathered in one all-gather, and ``forward_backward`` first agrees across ranks;
 - **plain**: a hand-written loop on the same model, the same loss and the same global batch:
   ``torch.nn.parallel.DistributedDataParallel``, each rank on its slice, AdamW;
 - **kitchen-fsdp** and **plain-fsdp** (``--nproc`` processes only): the same two with the

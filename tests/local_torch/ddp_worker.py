@@ -2,15 +2,16 @@
 
 ``python ddp_worker.py OUT MODE [CHECKPOINT]``, by MODE:
 
-- ``train``: the tiny model trains a few steps on one fixed global batch (the fourth step
-  through a custom loss that weighs each datum by its position in the batch, so that a rank
-  back-propagating another slice's gradients would show; the fifth on one datum, which
-  leaves rank 1 without a share, with clipped gradients); saves to ``OUT/rank<R>.pt`` the
-  per-step ``loss:sum`` and ``grad_norm`` and the final state tensors;
+- ``train``: the tiny model trains a few steps on one fixed global batch (the second step
+  accumulates the gradients of two ``forward_backward`` requests, on two parts of the batch;
+  the fourth goes through a custom loss that weighs each datum by its position in the batch,
+  so that a rank back-propagating another slice's gradients would show; the fifth on one
+  datum, which leaves rank 1 without a share, with clipped gradients); saves to
+  ``OUT/rank<R>.pt`` the per-step ``loss:sum`` and ``grad_norm`` and the final state tensors;
 - ``crash``: rank 1 raises before its second step (the others must fail with a
   ``CollectiveError``, not hang);
 - ``desync``: rank 1 re-sends a request the others do not (all must raise
-  ``CollectiveDesync``);
+  ``CollectiveDesync``); ``skip``: rank 1 skips an optimizer step the others take (likewise);
 - ``sample``: 5 seeded sample requests, submitted then awaited; saves the samples and how many
   this rank drew;
 - ``dropout``: alone, trains a model with dropout one step and saves it; under torchrun,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 STEPS = 5
+ACCUMULATED = 1
 MID = 2
 CUSTOM = 3
 GLOBAL_BATCH = 6
@@ -168,6 +170,7 @@ async def train(out: Path, mode: str) -> None:
         first = MID
     try:
         for step in range(first, STEPS):
+            part = 0.0  # the loss of the step's first request, when it accumulates two
             if mode == "fsdp" and step == MID:
                 await (await client.save_state("mid", request_id="save-mid")).result()
             if mode == "crash" and rank == 1 and step == 1:
@@ -179,6 +182,15 @@ async def train(out: Path, mode: str) -> None:
                 fb = await client.forward_backward_custom(
                     global_batch(step), weighted_loss, request_id=f"fb-{step}"
                 )
+            elif step == ACCUMULATED:
+                whole = global_batch(step)
+                first_part = await client.forward_backward(
+                    whole[:4], "cross_entropy", request_id=f"fb-{step}-a"
+                )
+                fb = await client.forward_backward(
+                    whole[4:], "cross_entropy", request_id=f"fb-{step}"
+                )
+                part = (await first_part.result()).metrics["loss:sum"]
             elif step == STEPS - 1:
                 one = global_batch(step)[:1]
                 first_half = await client.forward_backward(
@@ -191,7 +203,9 @@ async def train(out: Path, mode: str) -> None:
                 fb = await client.forward_backward(
                     global_batch(step), "cross_entropy", request_id=f"fb-{step}"
                 )
-            losses.append((await fb.result()).metrics["loss:sum"])
+            losses.append(part + (await fb.result()).metrics["loss:sum"])
+            if mode == "skip" and rank == 1 and step == 1:
+                continue  # a one-sided skip: rank 1 leaves out a step the others take
             stepped = await client.optim_step(adam, request_id=f"step-{step}")
             norms.append((await stepped.result()).metrics["grad_norm"])
         evaluation = await client.forward(global_batch(0)[:1], "cross_entropy")

@@ -84,11 +84,13 @@ def test_two_ranks_follow_the_one_process_loss_curve_with_identical_weights(
     for name, tensor in rank0["state"].items():
         assert torch.equal(tensor, rank1["state"][name]), name
     assert rank0["losses"] == rank1["losses"]
-    # Against 1 process (the fourth step through a custom loss): the same math on the same global
-    # batch, but each rank pads its own slice and the gradient is summed in another order, so
-    # float32 results differ in the last bits (seen: 1e-7 relative); 1e-5 relative over 4 steps
-    # leaves room for that and still fails on any real difference (a lost shard changes the
-    # loss by ~50%, a misaligned slice of the custom loss's gradients the last weights).
+    # Against 1 process (the second step accumulating two requests, each summed over the ranks
+    # once; the fourth through a custom loss): the same math on the same global batch, but each
+    # rank pads its own slice and the gradient is summed in another order, so float32 results
+    # differ in the last bits (seen: 1e-7 relative); 1e-5 relative over 4 steps leaves room for
+    # that and still fails on any real difference (a lost shard changes the loss by ~50%, a
+    # gradient summed twice the second step's update, a misaligned slice of the custom loss's
+    # gradients the last weights).
     assert rank0["losses"] == pytest.approx(single["losses"], rel=1e-5)
     for name, tensor in single["state"].items():
         if name.startswith("model/"):
@@ -187,13 +189,25 @@ def test_a_crash_on_one_rank_fails_the_other_with_a_collective_error(tmp_path: P
     assert not (tmp_path / "rank0.pt").exists()
 
 
-def test_a_one_sided_retry_stops_every_rank_with_collective_desync(tmp_path: Path) -> None:
-    outcomes = _two_ranks(tmp_path, "desync")
+@pytest.mark.parametrize(
+    ("mode", "at"),
+    [
+        pytest.param("desync", "fb-1-a", id="an-extra-optim_step"),
+        pytest.param("skip", "fb-2", id="a-skipped-optim_step"),
+    ],
+)
+def test_a_one_sided_retry_or_skip_stops_every_rank_with_collective_desync(
+    tmp_path: Path, mode: str, at: str
+) -> None:
+    """An optimizer step under DDP runs no collective of its own: rank 1's extra (a one-sided
+    retry) or missing step shows at the next request with collectives, on every rank."""
+    outcomes = _two_ranks(tmp_path, mode)
     assert [outcome.returncode for outcome in outcomes] == [3, 3]
-    assert "rank 0: CollectiveDesync: rank 0 of 2: at forward_backward request 'fb-1'" in (
+    assert f"rank 0: CollectiveDesync: rank 0 of 2: at forward_backward request '{at}'" in (
         outcomes[0].stderr
     )
-    assert "ranks [0] are at another request" in outcomes[1].stderr
+    assert "ranks [1] are at another request or executed other requests" in outcomes[0].stderr
+    assert "ranks [0] are at another request or executed other requests" in outcomes[1].stderr
 
 
 # --- The CLI under torchrun -----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""DistributedGroup's slicing and gradient sum, in one process (a gloo group of one rank)."""
+"""DistributedGroup's slicing, agreement and gradient sums, in one process (a gloo group of one
+rank)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from crucible_kitchen.adapters.local_torch import DistributedGroup
+from crucible_kitchen.adapters.local_torch._distributed import GradientSum
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,6 +25,7 @@ def test_the_ranks_slices_are_contiguous_cover_the_batch_in_order_and_may_be_emp
     items = list(range(7))
     assert [list(_group(r, 3).shard(items)) for r in range(3)] == [[0, 1], [2, 3], [4, 5, 6]]
     assert [list(_group(r, 3).shard(items[:2])) for r in range(3)] == [[], [0], [1]]
+    assert [list(part) for part in _group(1, 3).shards(items)] == [[0, 1], [2, 3], [4, 5, 6]]
 
 
 @pytest.fixture
@@ -36,11 +39,58 @@ def one_rank(tmp_path: Path) -> Iterator[DistributedGroup]:
         dist.destroy_process_group()
 
 
-def test_a_parameter_without_gradient_anywhere_keeps_none(one_rank: DistributedGroup) -> None:
-    used = torch.nn.Parameter(torch.zeros(3))
+def _model() -> tuple[torch.nn.Parameter, torch.nn.Parameter, torch.nn.Parameter]:
+    first = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    second = torch.nn.Parameter(torch.tensor([[0.5, -1.0], [2.0, 0.25]]))
     unused = torch.nn.Parameter(torch.zeros(2))
-    used.grad = torch.tensor([1.5, -2.0, 0.25])
-    one_rank.sum_gradients("optim_step", "step-0", [used, unused])
-    assert torch.equal(used.grad, torch.tensor([1.5, -2.0, 0.25]))
-    assert unused.grad is None
-    one_rank.agree("optim_step", "step-1")  # one rank always agrees with itself
+    return first, second, unused
+
+
+def _loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    return (first * first).sum() + (second * 3.0).sum() * first[0]
+
+
+@pytest.mark.parametrize("bucket_elements", [1, 6, 1 << 18], ids=["per-parameter", "2+1", "one"])
+def test_a_backward_pass_gradients_come_back_summed_and_an_unused_parameter_keeps_none(
+    one_rank: DistributedGroup, bucket_elements: int
+) -> None:
+    first, second, unused = _model()
+    summed = GradientSum(one_rank, [first, second, unused], bucket_elements=bucket_elements)
+    grads = summed.reduce("forward_backward", "fb-0", _loss(first, second), None)
+    # d/d first = 2 first + [3 * sum(second), 0, 0]; d/d second = 3 first[0]
+    assert torch.equal(grads[0], torch.tensor([2.0 + 5.25, 4.0, 6.0]))
+    assert torch.equal(grads[1], torch.full((2, 2), 3.0))
+    assert grads[2] is None
+    assert first.grad is None  # .grad is the caller's to change
+
+
+def test_earlier_micro_batches_are_added_and_a_rank_without_data_sums_nothing(
+    one_rank: DistributedGroup,
+) -> None:
+    first, second, unused = _model()
+    summed = GradientSum(one_rank, [first, second, unused], bucket_elements=4)
+    # A backward pass outside reduce (an earlier micro-batch) is left alone by the hooks.
+    earlier = list(
+        torch.autograd.grad((first * 2.0).sum(), [first, second, unused], allow_unused=True)
+    )
+    unused_earlier = [None, None, torch.tensor([0.5, 0.5])]
+    grads = summed.reduce("forward_backward", "fb-1", _loss(first, second), earlier)
+    assert torch.equal(grads[0], torch.tensor([2.0 + 5.25 + 2.0, 6.0, 8.0]))
+    assert torch.equal(grads[1], torch.full((2, 2), 3.0))
+    assert grads[2] is None
+    # Only earlier gradients (this pass reaches no parameter): they still count.
+    grads = summed.reduce("forward_backward", "fb-2", torch.tensor(1.0), unused_earlier)
+    assert grads[:2] == [None, None]
+    assert torch.equal(grads[2], torch.tensor([0.5, 0.5]))
+    assert summed.reduce("forward_backward", "fb-3", None, None) == [None, None, None]
+
+
+def test_one_rank_always_agrees_with_itself_and_gathers_its_values(
+    one_rank: DistributedGroup,
+) -> None:
+    one_rank.note("optim_step", "step-0")
+    assert one_rank.agree("forward_backward", "fb-1") == [0.0]
+    assert one_rank.agree("optim_step", "step-1", payload=2.5e-3) == [2.5e-3]
+    check = one_rank.start_agreement("forward_backward", "fb-2", payload=-1.0)
+    assert check() == check() == [-1.0]  # checked once, answered again
+    assert one_rank.gather_values("forward", None, [1.5, -2.0], [2]) == [[1.5, -2.0]]

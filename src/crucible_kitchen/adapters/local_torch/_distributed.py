@@ -1,13 +1,15 @@
 """Data-parallel training across processes: the ranks ``torchrun`` starts, and their collectives.
 
-Every rank runs the same workflow and so submits the same requests in the same order. A
-training request that needs the other ranks first checks, in one small all-gather, that every
-rank is at the same request (its sequence number and a digest of its method and request id):
-a rank that re-ran, skipped or deduplicated a request the others did not makes every rank
-raise :class:`~crucible_kitchen.errors.CollectiveDesync` instead of pairing mismatched
-collectives. Every collective runs under the process group's timeout, and a failed or timed-out
-one raises :class:`~crucible_kitchen.errors.CollectiveError` naming this rank: a job whose
-rank died or hangs fails, it never hangs.
+Every rank runs the same workflow and so submits the same requests in the same order. Each
+rank keeps a chain digest of every request it executed (its method and request id, folded in
+order). A request that needs the other ranks first checks, in one small all-gather, that every
+rank has executed as many requests with the same chain: a rank that re-ran, skipped or
+deduplicated a request the others did not (one with collectives of its own, or one without,
+such as a DDP optimizer step) makes every rank raise
+:class:`~crucible_kitchen.errors.CollectiveDesync` at its next agreement, instead of pairing
+mismatched collectives or silently diverging. Every collective runs under the process group's
+timeout, and a failed or timed-out one raises :class:`~crucible_kitchen.errors.CollectiveError`
+naming this rank: a job whose rank died or hangs fails, it never hangs.
 
 Backends: ``gloo`` on the CPU, ``nccl`` on CUDA (each rank on ``cuda:LOCAL_RANK``). The same
 code path runs on both.
@@ -16,6 +18,7 @@ code path runs on both.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ __all__ = (
     "DEFAULT_COLLECTIVE_TIMEOUT",
     "TIMEOUT_VARIABLE",
     "DistributedGroup",
+    "GradientSum",
     "launched_world_size",
 )
 
@@ -48,6 +52,10 @@ DEFAULT_COLLECTIVE_TIMEOUT: Final = 300.0
 TIMEOUT_VARIABLE: Final = "CRUCIBLE_KITCHEN_COLLECTIVE_TIMEOUT"
 
 _PORT: Final = "training_client"
+
+_BUCKET_ELEMENTS: Final = 1 << 18
+"""Gradient values per all-reduce of :class:`GradientSum` (1 MiB of float32, DDP's first
+bucket): small enough that the first buckets are summed while the backward pass goes on."""
 
 
 def launched_world_size() -> int:
@@ -69,6 +77,7 @@ class DistributedGroup:
     backend: str
     timeout: float
     _sequence: int = field(default=0, init=False, repr=False)
+    _chain: bytes = field(default=b"", init=False, repr=False)
 
     @classmethod
     def from_environment(
@@ -128,39 +137,77 @@ class DistributedGroup:
     def shard(self, items: Sequence[T]) -> Sequence[T]:
         """This rank's contiguous slice of ``items`` (the slices of all ranks, in rank order,
         are ``items``; a rank may get none when there are fewer items than ranks)."""
-        count = len(items)
-        start = count * self.rank // self.world_size
-        stop = count * (self.rank + 1) // self.world_size
-        return items[start:stop]
+        return self.shards(items)[self.rank]
+
+    def shards(self, items: Sequence[T]) -> list[Sequence[T]]:
+        """Every rank's :meth:`shard` of ``items``, in rank order."""
+        count, ranks = len(items), self.world_size
+        return [items[count * rank // ranks : count * (rank + 1) // ranks] for rank in range(ranks)]
 
     # ---------------------------------------------------------------------------------------
     # Collectives (called in the client's worker thread)
 
-    def agree(self, method: str, request_id: str | None) -> None:
-        """Check that every rank is at the same request, before its collectives.
+    def note(self, method: str, request_id: str | None) -> None:
+        """Count a request this rank executes without collectives of its own (a DDP
+        optimizer step): the next :meth:`agree` checks that every rank executed it too."""
+        self._sequence += 1
+        link = self._chain + f"{method}\0{request_id}".encode()
+        self._chain = hashlib.blake2b(link, digest_size=7).digest()
+
+    def agree(self, method: str, request_id: str | None, *, payload: float = 0.0) -> list[float]:
+        """Check that every rank is at the same request, after the same ones, before its
+        collectives (it counts the request, as :meth:`note` does). The same all-gather
+        carries one float per rank: every rank's ``payload``, in rank order, is returned.
 
         Raises:
-            CollectiveDesync: a rank is at another request (a one-sided retry or skip).
+            CollectiveDesync: a rank is at another request, or executed other requests
+                before it (a one-sided retry or skip).
             CollectiveError: the all-gather failed or timed out.
         """
-        self._sequence += 1
-        digest = hashlib.blake2b(f"{method}\0{request_id}".encode(), digest_size=7).digest()
-        mine = torch.tensor([self._sequence, int.from_bytes(digest, "big")], dtype=torch.int64)
-        gathered = [torch.empty_like(mine) for _ in range(self.world_size)]
-        self._collective(method, request_id, lambda: dist.all_gather(gathered, mine))
-        others = [rank for rank, theirs in enumerate(gathered) if not torch.equal(theirs, mine)]
-        if others:
-            raise CollectiveDesync(
-                f"rank {self.rank} of {self.world_size}: at {method} request {request_id!r} "
-                f"(collective request #{self._sequence}), ranks {others} are at another "
-                "request: a stage re-ran or skipped requests on some ranks only; the job "
-                "cannot continue (restart it, or resume it from its run directory)",
-                port=_PORT,
-                operation=method,
-                request_id=request_id,
-                rank=self.rank,
-                world_size=self.world_size,
-            )
+        return self.start_agreement(method, request_id, payload=payload)()
+
+    def start_agreement(
+        self, method: str, request_id: str | None, *, payload: float = 0.0
+    ) -> Callable[[], list[float]]:
+        """:meth:`agree`, asynchronously: its all-gather starts now, as the request's first
+        collective, and the function returned waits for it and checks, raising what
+        :meth:`agree` raises (call it before the request's next collective; it may be called
+        again). The request's local work (a forward pass) can run in between."""
+        self.note(method, request_id)
+        chain = int.from_bytes(self._chain, "big")
+        # One int64 shape for every agreement, so that ranks at different requests pair theirs.
+        bits = torch.tensor([payload], dtype=torch.float64).view(torch.int64)
+        mine = torch.cat([torch.tensor([self._sequence, chain], dtype=torch.int64), bits])
+        finish = self._all_gather(method, request_id, mine)
+        sequence = self._sequence
+        outcome: list[list[float]] = []
+
+        def check() -> list[float]:
+            if outcome:
+                return outcome[0]
+            gathered = finish()
+            others = [
+                rank
+                for rank, theirs in enumerate(gathered)
+                if not torch.equal(theirs[:2], mine[:2])
+            ]
+            if others:
+                raise CollectiveDesync(
+                    f"rank {self.rank} of {self.world_size}: at {method} request "
+                    f"{request_id!r} (request #{sequence}), ranks {others} are at another "
+                    "request or executed other requests before it: a stage re-ran or skipped "
+                    "requests on some ranks only; the job cannot continue (restart it, or "
+                    "resume it from its run directory)",
+                    port=_PORT,
+                    operation=method,
+                    request_id=request_id,
+                    rank=self.rank,
+                    world_size=self.world_size,
+                )
+            outcome.append(torch.stack(gathered)[:, 2].contiguous().view(torch.float64).tolist())
+            return outcome[0]
+
+        return check
 
     def gather(self, method: str, request_id: str | None, value: T) -> list[T]:
         """Every rank's ``value`` (picklable), in rank order."""
@@ -168,35 +215,44 @@ class DistributedGroup:
         self._collective(method, request_id, lambda: dist.all_gather_object(gathered, value))
         return gathered
 
+    def gather_values(
+        self, method: str, request_id: str | None, values: Sequence[float], sizes: Sequence[int]
+    ) -> list[list[float]]:
+        """Every rank's ``values`` (floats, exact as float64), in rank order, in one
+        all-gather: ``sizes`` is how many values each rank sends, which every rank computes
+        alike (from the request's data, which every rank holds)."""
+        if len(values) != sizes[self.rank]:
+            raise ValueError(f"rank {self.rank} sends {len(values)} values, not {sizes[self.rank]}")
+        width = max(1, *sizes)
+        mine = torch.zeros(width, dtype=torch.float64)
+        mine[: len(values)] = torch.tensor(values, dtype=torch.float64)
+        gathered = self._all_gather(method, request_id, mine)()
+        return [part[:size].tolist() for part, size in zip(gathered, sizes, strict=True)]
+
+    def _all_gather(
+        self, method: str, request_id: str | None, mine: Tensor
+    ) -> Callable[[], list[Tensor]]:
+        """Start the all-gather of every rank's ``mine`` (same shape everywhere); the function
+        returned waits for it and gives them, on the CPU (nccl gathers on the GPU)."""
+        device = torch.device("cuda", self.local_rank) if self.backend == "nccl" else mine.device
+        sent = mine.to(device)
+        gathered = [torch.empty_like(sent) for _ in range(self.world_size)]
+        work = self._collective(
+            method, request_id, lambda: dist.all_gather(gathered, sent, async_op=True)
+        )
+
+        def finish() -> list[Tensor]:
+            if work is not None:
+                self._collective(method, request_id, work.wait)
+            return [part.cpu() for part in gathered]
+
+        return finish
+
     def broadcast(self, method: str, request_id: str | None, value: T) -> T:
         """Rank 0's ``value`` (picklable), on every rank."""
         box: list[Any] = [value]
         self._collective(method, request_id, lambda: dist.broadcast_object_list(box, src=0))
         return box[0]  # type: ignore[no-any-return]
-
-    def sum_gradients(
-        self, method: str, request_id: str | None, parameters: Sequence[Tensor]
-    ) -> None:
-        """Sum every parameter's ``.grad`` over the ranks in place, in one flat all-reduce:
-        afterwards every rank holds the same gradients. A parameter without a gradient on some
-        ranks counts as zeros there; one without a gradient on every rank keeps none (so the
-        optimizer skips it, as in one process)."""
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
-        device = grads[0].device
-        present = torch.tensor([p.grad is not None for p in parameters], device=device)
-        # One float32 buffer: one collective whatever the parameters' dtypes.
-        flat = torch.cat(
-            [*(grad.reshape(-1).to(torch.float32) for grad in grads), present.to(torch.float32)]
-        )
-        self._collective(method, request_id, lambda: dist.all_reduce(flat, op=dist.ReduceOp.SUM))
-        anywhere = flat[-len(parameters) :].tolist()
-        offset = 0
-        with torch.no_grad():
-            for parameter, grad, count in zip(parameters, grads, anywhere, strict=True):
-                size = grad.numel()
-                summed = flat[offset : offset + size].view_as(grad).to(grad.dtype, copy=True)
-                parameter.grad = summed if count > 0 else None
-                offset += size
 
     @contextlib.contextmanager
     def collectives(self, method: str, request_id: str | None) -> Iterator[None]:
@@ -209,9 +265,9 @@ class DistributedGroup:
                 raise
             raise self._failure(method, request_id, exc) from exc
 
-    def _collective(self, method: str, request_id: str | None, call: Callable[[], object]) -> None:
+    def _collective(self, method: str, request_id: str | None, call: Callable[[], T]) -> T:
         try:
-            call()
+            return call()
         except (RuntimeError, ValueError) as exc:  # DistBackendError is a RuntimeError
             raise self._failure(method, request_id, exc) from exc
 
@@ -225,3 +281,177 @@ class DistributedGroup:
             rank=self.rank,
             world_size=self.world_size,
         )
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One backward pass of :class:`GradientSum`: its buckets and their all-reduces."""
+
+    method: str
+    request_id: str | None
+    earlier: Sequence[Tensor | None] | None
+    flats: list[Tensor]
+    missing: list[int]
+    arrived: list[bool]
+    works: list[dist.Work] = field(default_factory=list)
+    failure: CollectiveError | None = None
+
+
+class GradientSum:
+    """Sums each backward pass's new gradients over the ranks while the pass runs, as DDP does.
+
+    The trainable ``parameters`` are split, last first (the order a backward pass produces
+    their gradients), into buckets of about ``bucket_elements`` values (1 MiB of float32; a
+    larger parameter gets a bucket of its own). During :meth:`reduce`'s backward pass a hook
+    on each parameter copies its gradient into its bucket, and a bucket whose gradients have
+    all arrived is all-reduced (``SUM``, asynchronously) at once, while the pass goes on with
+    the earlier layers; buckets start in bucket order on every rank (a ready bucket waits for
+    the ones before it), and those still incomplete when the pass ends (a parameter this
+    rank's loss did not reach) start then. Each bucket also sums one
+    presence flag per parameter, so a parameter without a gradient on every rank keeps none
+    (the optimizer skips it, as in one process) and one with a gradient somewhere counts as
+    zeros where it has none.
+
+    Why not torch's ``DistributedDataParallel``: its reducer hooks the accumulation into
+    ``.grad`` (``Tensor.backward``), while the trainer computes a request's gradients with
+    ``torch.autograd.grad`` and adds them to ``.grad`` only once its whole backward pass has
+    succeeded (a failed request leaves no partial gradient); it would also need ``no_sync``
+    for accumulation over requests, ``find_unused_parameters`` for losses that skip
+    parameters, and a rank with no data in a request would still have to run a pass. Here a
+    request's contribution alone is summed (gradients accumulated by earlier requests were
+    summed by theirs), so accumulation over several requests never sums anything twice, and a
+    rank without data sends zeros.
+    """
+
+    def __init__(
+        self,
+        group: DistributedGroup,
+        parameters: Sequence[Tensor],
+        *,
+        bucket_elements: int = _BUCKET_ELEMENTS,
+    ) -> None:
+        self._group = group
+        self._parameters = list(parameters)
+        buckets: list[list[int]] = []
+        filled = 0
+        for index in reversed(range(len(self._parameters))):
+            size = self._parameters[index].numel()
+            if not buckets or filled + size > bucket_elements:
+                buckets.append([])
+                filled = 0
+            buckets[-1].append(index)
+            filled += size
+        self._buckets = buckets
+        # Where each parameter's values and presence flag sit in its bucket's flat buffer.
+        self._place: dict[int, tuple[int, int, int]] = {}
+        self._widths: list[int] = []
+        for number, indices in enumerate(buckets):
+            offset = 0
+            for index in indices:
+                self._place[index] = (number, offset, 0)
+                offset += self._parameters[index].numel()
+            for position, index in enumerate(indices):
+                bucket, start, _ = self._place[index]
+                self._place[index] = (bucket, start, offset + position)
+            self._widths.append(offset + len(indices))
+        self._pass: _Pass | None = None
+        # Hooks on the parameters themselves: they also run in torch.autograd.grad passes.
+        for index, parameter in enumerate(self._parameters):
+            parameter.register_hook(functools.partial(self._arrived, index))  # type: ignore[no-untyped-call]
+
+    def reduce(
+        self,
+        method: str,
+        request_id: str | None,
+        total: Tensor | None,
+        earlier: Sequence[Tensor | None] | None,
+        *,
+        agreed: Callable[[], object] | None = None,
+    ) -> list[Tensor | None]:
+        """The gradient of ``total`` (``None``, or one that needs none: this rank adds nothing)
+        per parameter, plus ``earlier`` ones (the request's earlier micro-batches'), summed
+        over the ranks: every rank calls it once per backward request, and gets the same
+        float32-summed gradients, in the parameters' dtypes (``None`` where no rank has one).
+        ``agreed`` (the request's :meth:`DistributedGroup.start_agreement` check) runs first.
+
+        Raises:
+            CollectiveError: an all-reduce failed or timed out.
+        """
+        if agreed is not None:
+            agreed()
+        current = _Pass(
+            method,
+            request_id,
+            earlier,
+            flats=[torch.zeros(width, device=self._device) for width in self._widths],
+            missing=[len(indices) for indices in self._buckets],
+            arrived=[False] * len(self._parameters),
+        )
+        self._pass = current
+        try:
+            if total is not None and total.requires_grad:
+                torch.autograd.grad(total, self._parameters, allow_unused=True)
+        finally:
+            self._pass = None
+        for number, indices in enumerate(self._buckets[len(current.works) :], len(current.works)):
+            for index in indices:
+                if not current.arrived[index]:
+                    self._fill(current, index, None)
+            current.missing[number] = 0
+        self._launch_ready(current)
+        if current.failure is not None:
+            raise current.failure
+        for work in current.works:
+            self._group._collective(method, request_id, work.wait)
+        return [self._summed(current, index) for index in range(len(self._parameters))]
+
+    @property
+    def _device(self) -> torch.device:
+        return self._parameters[0].device
+
+    def _arrived(self, index: int, grad: Tensor) -> None:
+        current = self._pass
+        if current is None:  # a backward pass outside reduce (an earlier micro-batch)
+            return
+        self._fill(current, index, grad)
+        current.missing[self._place[index][0]] -= 1
+        self._launch_ready(current)
+
+    def _fill(self, current: _Pass, index: int, grad: Tensor | None) -> None:
+        """Write parameter ``index``'s gradient (this pass's plus earlier micro-batches')
+        and its presence flag into its bucket."""
+        earlier = None if current.earlier is None else current.earlier[index]
+        current.arrived[index] = True
+        if grad is None and earlier is None:
+            return
+        bucket, start, flag = self._place[index]
+        flat = current.flats[bucket]
+        size = self._parameters[index].numel()
+        with torch.no_grad():
+            values = flat[start : start + size]
+            for part in (grad, earlier):
+                if part is not None:
+                    values.add_(part.reshape(-1))
+            flat[flag] = 1.0
+
+    def _launch_ready(self, current: _Pass) -> None:
+        """Start the all-reduce of each complete bucket whose predecessors have started."""
+        while len(current.works) < len(self._buckets) and current.missing[len(current.works)] == 0:
+            flat = current.flats[len(current.works)]
+            try:
+                work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+            except (RuntimeError, ValueError) as exc:  # raised after the pass, not in its hook
+                if current.failure is None:
+                    current.failure = self._group._failure(current.method, current.request_id, exc)
+                return
+            assert work is not None
+            current.works.append(work)
+
+    def _summed(self, current: _Pass, index: int) -> Tensor | None:
+        bucket, start, flag = self._place[index]
+        flat = current.flats[bucket]
+        if not flat[flag] > 0:
+            return None
+        parameter = self._parameters[index]
+        values = flat[start : start + parameter.numel()].view_as(parameter)
+        return values if values.dtype == parameter.dtype else values.to(parameter.dtype)

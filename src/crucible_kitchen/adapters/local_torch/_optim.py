@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class AdamHyperparams(Protocol):
@@ -79,12 +82,20 @@ def _check(hyperparams: AdamHyperparams) -> None:
         raise ValueError("invalid Adam parameters:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def optimizer_step(optimizer: torch.optim.AdamW, hyperparams: AdamHyperparams) -> StepMetrics:
+def optimizer_step(
+    optimizer: torch.optim.AdamW,
+    hyperparams: AdamHyperparams,
+    *,
+    sum_over_shards: Callable[[float], float] | None = None,
+) -> StepMetrics:
     """Apply the gradients accumulated since the last step, then clear them.
 
     Gradients add up across any number of backward passes until this call. The global norm is
     measured first and, if ``grad_clip_norm > 0``, the gradients are scaled down to it. Then one
     AdamW step runs with ``hyperparams`` (``torch.optim.AdamW`` semantics).
+
+    Sharded gradients (FSDP's) need ``sum_over_shards``: given this rank's sum of squares of
+    its shards, the sum over every rank (a collective the caller runs; called exactly once).
 
     Raises:
         ValueError: a hyperparameter is out of range or not finite.
@@ -92,11 +103,15 @@ def optimizer_step(optimizer: torch.optim.AdamW, hyperparams: AdamHyperparams) -
     _check(hyperparams)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     gradients = [p.grad for p in parameters if p.grad is not None]
+    if sum_over_shards is not None:
+        # The local shards' norms: one scalar crosses the ranks, no DTensor op per gradient.
+        gradients = [g.to_local() if isinstance(g, DTensor) else g for g in gradients]
     # Accumulate in float32 even for half-precision gradients, without copying them.
     norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in gradients]
     total_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
-    if isinstance(total_norm, DTensor):  # FSDP's sharded gradients: a norm over every shard
-        total_norm = total_norm.full_tensor()
+    if sum_over_shards is not None:
+        squares = sum_over_shards(float(total_norm) ** 2)
+        total_norm = torch.tensor(math.sqrt(squares), dtype=torch.float32)
     grad_norm = float(total_norm)
     clipped = 0 < hyperparams.grad_clip_norm < grad_norm
     if clipped:

@@ -10,6 +10,10 @@ gradients as they were. A model sharded with FSDP (``fsdp_ranks``) back-propagat
 ``Tensor.backward`` instead, the path FSDP's hooks follow: its gradient shards accumulate in
 place (a request that fails part-way leaves part of its gradient; under data parallelism the
 job then fails anyway).
+
+Under DDP the caller passes a :data:`Reduce` to a backward request: the trainer computes the
+request's last backward pass through it, and adds what it returns (the request's gradients
+summed over the ranks) to ``.grad``.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from crucible_kitchen.training.losses import builtin_loss, compute_target_logpro
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from torch import Tensor
 
@@ -59,7 +63,15 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._model import Transformer
     from crucible_kitchen.ports import AdamParams, Datum
 
-__all__ = ("Batch", "FullState", "Precision", "StepOptions", "Trainer", "chunked_target_logprobs")
+__all__ = (
+    "Batch",
+    "FullState",
+    "Precision",
+    "Reduce",
+    "StepOptions",
+    "Trainer",
+    "chunked_target_logprobs",
+)
 
 _SAMPLER_CACHE_SIZE: Final = 2
 
@@ -68,6 +80,11 @@ Precision: TypeAlias = Literal["pure", "mixed"]
 state, forward and backward passes under bfloat16 autocast."""
 
 _PRECISIONS: Final = ("pure", "mixed")
+
+Reduce: TypeAlias = "Callable[[Tensor | None, list[Tensor | None] | None], list[Tensor | None]]"
+"""Computes a request's last backward pass: given its loss (``None`` on a rank without data)
+and the gradients of its earlier micro-batches, the request's gradients per trainable
+parameter, summed over the data-parallel ranks (``GradientSum.reduce``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -393,8 +410,10 @@ class Trainer:
         keys: Sequence[str],
         *,
         backward: bool,
+        reduce: Reduce | None = None,
     ) -> ForwardBackwardOutput:
-        """Logprobs and loss of ``data``; with ``backward``, add the loss's gradient.
+        """Logprobs and loss of ``data``; with ``backward``, add the loss's gradient (summed
+        over the ranks by ``reduce``, if given).
 
         A forward-only pass runs in eval mode without gradients, so it neither draws dropout
         masks nor advances the dropout generator: evaluating never changes training.
@@ -402,7 +421,8 @@ class Trainer:
         outputs: list[dict[str, TensorData]] = [{} for _ in data]
         totals: list[Tensor] = []
         gradients: list[Tensor | None] | None = None
-        for group in self._micro_batches(data):
+        groups = self._micro_batches(data)
+        for number, group in enumerate(groups, 1):
             batch = self.batch([data[index] for index in group], keys)
             if backward:
                 logprobs = self._target_logprobs(batch)
@@ -413,6 +433,8 @@ class Trainer:
                     # reduce-scatters must run on every rank.
                     total = totals[-1] if totals[-1].requires_grad else logprobs.sum() * 0.0
                     torch.autograd.backward(total)
+                elif reduce is not None and number == len(groups):
+                    gradients = reduce(totals[-1], gradients)
                 else:
                     gradients = self._gradients(totals[-1], gradients)
             else:
@@ -450,18 +472,31 @@ class Trainer:
         return batch, logprobs, [output["logprobs"] for output in outputs]
 
     def custom_backward(
-        self, batch: Batch, logprobs: Tensor, logprob_grads: Sequence[TensorData]
+        self,
+        batch: Batch,
+        logprobs: Tensor,
+        logprob_grads: Sequence[TensorData],
+        reduce: Reduce | None = None,
     ) -> None:
-        """Phase two: back-propagate ``sum(grad * logprobs)``, whose gradient is the caller's."""
+        """Phase two: back-propagate ``sum(grad * logprobs)``, whose gradient is the caller's
+        (summed over the ranks by ``reduce``, if given)."""
         per_position = 1 if logprobs.dim() == 2 else logprobs.shape[2]
         grads = _padded(
             [grad.data for grad in logprob_grads], batch.lengths, torch.float32, per_position
         ).to(self.device)
+        total = (grads * logprobs).sum()
         if self.sharded:
-            torch.autograd.backward((grads * logprobs).sum())
+            torch.autograd.backward(total)
             self._apply(None)
+        elif reduce is not None:
+            self._apply(reduce(total, None))
         else:
-            self._apply(self._gradients((grads * logprobs).sum(), None))
+            self._apply(self._gradients(total, None))
+
+    def receive_gradients(self, reduce: Reduce) -> None:
+        """A backward request in which this rank has no data: add the other ranks' summed
+        gradients (``reduce`` of nothing), counted as a request."""
+        self._apply(reduce(None, None))
 
     def idle_forward(self, *, grad: bool) -> Tensor:
         """A sharded model's pass over one token that weighs nothing: a rank without data in a
@@ -512,9 +547,12 @@ class Trainer:
                         parameter.grad.add_(grad)
         self.pending_gradients += 1
 
-    def optim_step(self, adam: AdamParams) -> OptimStepResponse:
-        """One AdamW step with the accumulated gradients, which are then cleared."""
-        metrics = optimizer_step(self.optimizer, adam)
+    def optim_step(
+        self, adam: AdamParams, *, sum_over_shards: Callable[[float], float] | None = None
+    ) -> OptimStepResponse:
+        """One AdamW step with the accumulated gradients, which are then cleared. A sharded
+        model needs ``sum_over_shards`` (see ``optimizer_step``)."""
+        metrics = optimizer_step(self.optimizer, adam, sum_over_shards=sum_over_shards)
         applied = self.pending_gradients
         self.step += 1
         self.pending_gradients = 0

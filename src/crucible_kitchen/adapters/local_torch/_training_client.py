@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from crucible_kitchen.adapters.local_torch._config import (
 )
 from crucible_kitchen.adapters.local_torch._distributed import (
     DistributedGroup,
+    GradientSum,
     launched_world_size,
 )
 from crucible_kitchen.adapters.local_torch._fanout import (
@@ -98,7 +100,7 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._model import Transformer
     from crucible_kitchen.adapters.local_torch._requests import CallCounters, LocalFuture
     from crucible_kitchen.adapters.local_torch._threads import Threads
-    from crucible_kitchen.adapters.local_torch._trainer import Precision
+    from crucible_kitchen.adapters.local_torch._trainer import Precision, Reduce
     from crucible_kitchen.ports import Capabilities, CustomLossFn, LossFnType, OptimStepResponse
 
 LocalSampler: TypeAlias = (
@@ -197,13 +199,16 @@ class LocalTorchTrainingClient:
         weights).
 
     Data parallelism. Every rank submits the same requests (it runs the same workflow); each
-    rank computes its contiguous slice of every request's data and the outputs are gathered,
-    so every rank gets the whole batch's outputs, in order. ``optim_step`` first sums the
-    gradients over the ranks: losses are sum-reduced, so the step is the one a single process
-    takes on the whole batch (equal up to float summation order) and every rank ends with
-    bit-identical weights. Rank 0 alone writes checkpoints; the others wait for it and load
-    from the same ``checkpoint_dir`` (a shared filesystem across machines). Requests first
-    check that every rank is at the same request (see ``_distributed``).
+    rank computes its contiguous slice of every request's data and the outputs are gathered
+    (one all-gather), so every rank gets the whole batch's outputs, in order. Each backward
+    request's gradients are summed over the ranks while its backward pass runs (bucketed
+    asynchronous all-reduces, as DDP does; see ``GradientSum``) and then accumulate;
+    ``optim_step`` needs no collective. Losses are sum-reduced, so the step is the one a
+    single process takes on the whole batch (equal up to float summation order) and every
+    rank ends with bit-identical weights. Rank 0 alone writes checkpoints; the others wait
+    for it and load from the same ``checkpoint_dir`` (a shared filesystem across machines).
+    Requests with collectives first check that every rank is at the same request, after the
+    same ones (see ``_distributed``).
 
     With ``parallelism="fsdp"`` the gradients are reduce-scattered as sums during each
     backward pass instead, every rank updating its shards; checkpoints hold the full weights
@@ -301,6 +306,11 @@ class LocalTorchTrainingClient:
             weights=None if pretrained is None else load_hf_weights(pretrained),
             options=options,
             fsdp_ranks=self._group.world_size if self._group is not None and self._fsdp else None,
+        )
+        self._gradient_sum = (
+            GradientSum(self._group, self._trainer.parameters)
+            if self._group is not None and not self._fsdp
+            else None
         )
         self._reseed_dropout()  # each rank draws its own dropout masks
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
@@ -470,9 +480,9 @@ class LocalTorchTrainingClient:
         def work() -> ForwardBackwardOutput:
             group = self._group
             local = data if group is None else group.shard(data)
+            agreed = None if group is None else self._start_agreement(group, method, request_id)
+            reduce = self._reduce(method, request_id, agreed)
             with translated(_PORT, method, request_id, atomic=True):
-                if group is not None:
-                    group.agree(method, request_id)
                 if local:
                     with self._collectives(method, request_id):
                         batch, logprobs, local_logprobs = self._trainer.custom_forward(local)
@@ -483,11 +493,22 @@ class LocalTorchTrainingClient:
                             nothing = self._trainer.idle_forward(grad=True)
             # Under data parallelism every rank runs the loss on the whole batch's logprobs
             # (it may couple datums, e.g. preference pairs) and back-propagates its slice.
+            if agreed is not None:
+                agreed()
             logprob_data = (
                 local_logprobs
                 if group is None
                 else [
-                    lp for part in group.gather(method, request_id, local_logprobs) for lp in part
+                    row["logprobs"]
+                    for row in _gathered(
+                        group,
+                        method,
+                        request_id,
+                        data,
+                        (),
+                        [{"logprobs": logprobs} for logprobs in local_logprobs],
+                        with_loss=False,
+                    )[1]
                 ]
             )
             custom = loss_fn(data, logprob_data)
@@ -501,11 +522,11 @@ class LocalTorchTrainingClient:
                     grads = (
                         custom.logprob_grads if group is None else group.shard(custom.logprob_grads)
                     )
-                    self._trainer.custom_backward(batch, logprobs, grads)
+                    self._trainer.custom_backward(batch, logprobs, grads, reduce)
                 elif self._fsdp:
                     self._trainer.idle_backward(nothing)
-                else:
-                    self._trainer.pending_gradients += 1
+                elif reduce is not None:
+                    self._trainer.receive_gradients(reduce)
             return ForwardBackwardOutput(
                 loss_fn_output_type="custom",
                 loss_fn_outputs=tuple({"logprobs": lp} for lp in logprob_data),
@@ -532,12 +553,17 @@ class LocalTorchTrainingClient:
             with translated(_PORT, method, request_id):
                 if self._group is None:
                     return self._trainer.optim_step(adam_params)
-                self._group.agree(method, request_id)
-                if self._fsdp:  # the backward passes reduce-scattered them already
-                    with self._collectives(method, request_id):
-                        return self._trainer.optim_step(adam_params)
-                self._group.sum_gradients(method, request_id, self._trainer.parameters)
-                return self._trainer.optim_step(adam_params)
+                if not self._fsdp:  # the backward requests summed the gradients already
+                    self._group.note(method, request_id)
+                    return self._trainer.optim_step(adam_params)
+                group = self._group
+
+                def sum_over_shards(squares: float) -> float:
+                    # FSDP's gradient norm, folded into the request's agreement.
+                    return math.fsum(group.agree(method, request_id, payload=squares))
+
+                with self._collectives(method, request_id):
+                    return self._trainer.optim_step(adam_params, sum_over_shards=sum_over_shards)
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
 
@@ -907,11 +933,14 @@ class LocalTorchTrainingClient:
         with translated(_PORT, method, request_id, atomic=True):
             if group is None:
                 return self._trainer.forward(data, loss_fn, config, keys, backward=backward)
-            group.agree(method, request_id)
+            agreed = self._start_agreement(group, method, request_id)
             local = group.shard(data)
+            reduce = self._reduce(method, request_id, agreed) if backward else None
             with self._collectives(method, request_id):
                 if local:
-                    output = self._trainer.forward(local, loss_fn, config, keys, backward=backward)
+                    output = self._trainer.forward(
+                        local, loss_fn, config, keys, backward=backward, reduce=reduce
+                    )
                 else:
                     output = ForwardBackwardOutput(
                         loss_fn_output_type=loss_fn, loss_fn_outputs=(), metrics={"loss:sum": 0.0}
@@ -920,14 +949,43 @@ class LocalTorchTrainingClient:
                         nothing = self._trainer.idle_forward(grad=backward)
                         if backward:
                             self._trainer.idle_backward(nothing)
-                    else:
-                        self._trainer.pending_gradients += backward
-        parts = group.gather(method, request_id, output)
+                    elif reduce is not None:
+                        self._trainer.receive_gradients(reduce)
+            agreed()
+        heads, rows = _gathered(
+            group,
+            method,
+            request_id,
+            data,
+            [output.metrics["loss:sum"]],
+            output.loss_fn_outputs,
+            with_loss=True,
+        )
         return ForwardBackwardOutput(
             loss_fn_output_type=loss_fn,
-            loss_fn_outputs=tuple(row for part in parts for row in part.loss_fn_outputs),
-            metrics={"loss:sum": math.fsum(part.metrics["loss:sum"] for part in parts)},
+            loss_fn_outputs=tuple(rows),
+            metrics={"loss:sum": math.fsum(head[0] for head in heads)},
         )
+
+    def _start_agreement(
+        self, group: DistributedGroup, method: str, request_id: str | None
+    ) -> Callable[[], object]:
+        """Start the request's agreement; the function returned checks it. Under DDP the
+        check waits until the request's next collective, so that the forward pass runs while
+        the ranks agree; FSDP's forward pass runs collectives, so it checks at once."""
+        agreed = group.start_agreement(method, request_id)
+        if self._fsdp:
+            agreed()
+        return agreed
+
+    def _reduce(
+        self, method: str, request_id: str | None, agreed: Callable[[], object] | None
+    ) -> Reduce | None:
+        """Under DDP, how a backward request's gradients are summed over the ranks (after
+        ``agreed`` checked the request's agreement)."""
+        if self._gradient_sum is None:
+            return None
+        return functools.partial(self._gradient_sum.reduce, method, request_id, agreed=agreed)
 
     def _require_checkpoint(self, method: str, path: str, request_id: str | None = None) -> None:
         if not (isinstance(path, str) and path and Path(path).is_dir()):
@@ -1107,6 +1165,52 @@ def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
     except CheckpointError:
         return False
     return payload.get("request_id") == request_id and payload.get("fingerprint") == digest.hex()
+
+
+def _gathered(
+    group: DistributedGroup,
+    method: str,
+    request_id: str | None,
+    data: Sequence[Datum],
+    head: Sequence[float],
+    rows: Sequence[Mapping[str, TensorData]],
+    *,
+    with_loss: bool,
+) -> tuple[list[list[float]], list[dict[str, TensorData]]]:
+    """Every rank's ``head`` (as many floats on every rank) and its ``rows`` (one per datum of
+    its slice of ``data``, each a ``"logprobs"`` shaped like the datum's targets and, if
+    ``with_loss``, a 0-d ``"loss"``), in rank order, through one all-gather of floats (exact:
+    float64): every rank knows every rank's sizes, since it holds the whole batch."""
+    shards = group.shards(data)
+    sizes = [
+        len(head)
+        + sum(len(datum.loss_fn_inputs["target_tokens"].data) + with_loss for datum in shard)
+        for shard in shards
+    ]
+    values = list(head)
+    for row in rows:
+        values.extend(row["logprobs"].data)
+        if with_loss:
+            values.extend(row["loss"].data)
+    heads: list[list[float]] = []
+    gathered: list[dict[str, TensorData]] = []
+    parts = group.gather_values(method, request_id, values, sizes)
+    for part, shard in zip(parts, shards, strict=True):
+        heads.append(part[: len(head)])
+        position = len(head)
+        for datum in shard:
+            targets = datum.loss_fn_inputs["target_tokens"]
+            end = position + len(targets.data)
+            logprobs = TensorData(
+                dtype="float32", data=tuple(part[position:end]), shape=targets.shape
+            )
+            if with_loss:
+                loss = TensorData(dtype="float32", data=(part[end],), shape=())
+                gathered.append({"logprobs": logprobs, "loss": loss})
+            else:
+                gathered.append({"logprobs": logprobs})
+            position = end + with_loss
+    return heads, gathered
 
 
 def _join(
