@@ -5,6 +5,7 @@ Run::
     .venv/bin/python benchmarks/service_bench.py            # 10,000 runs, 100 concurrent, sl_basic
     .venv/bin/python benchmarks/service_bench.py --quick    # a smoke run of a few seconds
     .venv/bin/python benchmarks/service_bench.py --json out.json
+    .venv/bin/python benchmarks/service_bench.py --only load --repeat 3  # both kitchens in turn
     .venv/bin/python benchmarks/service_bench.py --only load --repeat 3 \
         --variant "kitchen_niceness=0,gc_young_threshold=None,switch_interval_s=None" --variant ""
 
@@ -26,14 +27,18 @@ What it measures, in one process:
    clients see it, with the verdict on the target (p99 < 50 ms); the p99 lag of the host's
    event loop and of the clients' (each a probe that sleeps 10 ms again and again and records
    the overshoot); the load average when the part started; events delivered over SSE against
-   events emitted (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS
-   growth per run.
+   events emitted (counted by each run's telemetry handler where the Kitchen runs; they must
+   be equal) and RSS growth per run (of the service's process and the Kitchen's worker
+   process, if any).
 3. ``lag``: while one ``sl_basic`` run trains on local torch in the same process (started
    over HTTP), a probe sleeps 10 ms again and again and records the overshoot (the event
    loop's lag; target p99 < 50 ms), and a client asks ``GET /health`` every 50 ms.
 
 ``--variant name=value,...`` runs the load and the lag with those service settings
 (repeatable: the variants alternate, ``--repeat`` times), for side-by-side comparisons.
+Without it the two kitchens alternate: ``kitchen='thread'`` (the Kitchen on a thread of the
+service's process) and ``kitchen='process'`` (in a worker process); a last line per variant
+gives the median p99 and how many runs met the target.
 
 Importing this module has no side effects; :func:`main` runs it. It is a benchmark, never a
 timed test.
@@ -66,8 +71,6 @@ from crucible_kitchen.service import SERVICE_KEY, create_app
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from crucible_kitchen.telemetry import TelemetryEvent
-
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
 NOOP_RUN: dict[str, Any] = {"recipe": "supervised", "adapters": "noop"}
@@ -83,9 +86,15 @@ class Config:
     train_steps: int = 400
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
+def rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * PAGE / MIB
+
+
+def service_rss_mib(app: web.Application) -> float:
+    """The RSS of this process, plus that of the Kitchen's worker process if it has one."""
+    worker = app[SERVICE_KEY].worker_pid
+    return rss_mib() + (0.0 if worker is None else rss_mib(worker))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -146,16 +155,6 @@ async def served(**settings: Any) -> AsyncIterator[tuple[str, web.Application]]:
 
 
 # --------------------------------------------------------------------------- 2. load
-
-
-class EventCounter:
-    """A Kitchen-wide telemetry handler: how many events each run emitted."""
-
-    def __init__(self) -> None:
-        self.emitted: Counter[str] = Counter()
-
-    def __call__(self, event: TelemetryEvent) -> None:
-        self.emitted[event.run_id] += 1
 
 
 async def poll(
@@ -242,32 +241,33 @@ async def clients(base: str, config: Config) -> dict[str, Any]:
 async def load(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
     """The service in this process; its clients in another one (as real clients are), so
     that their own work does not share this process's event loop and interpreter lock.
-    ``settings`` go to the service (``kitchen_niceness``, ...)."""
-    counter = EventCounter()
-    Kitchen.attach_telemetry(counter)
+    ``settings`` go to the service (``kitchen``, ``kitchen_niceness``, ...).
+
+    Events emitted are counted by each run's own telemetry handler where the Kitchen runs
+    (this process, or its worker process: ``TrackedRun.emitted``), before they travel to the
+    event streams."""
     load_average = os.getloadavg()[0]
     host_lags: list[float] = []
-    try:
-        async with served(root=root, max_runs_per_client=None, **settings) as (base, app):
-            before = rss_mib()
-            client = await asyncio.create_subprocess_exec(
-                sys.executable,
-                __file__,
-                "--clients-of",
-                base,
-                "--client-config",
-                json.dumps(asdict(config)),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            communicating = asyncio.ensure_future(client.communicate())
-            await asyncio.gather(communicating, lag_probe(host_lags, communicating))
-            output, _ = communicating.result()
-            assert client.returncode == 0, f"the clients failed (exit {client.returncode})"
-            seen = json.loads(output)
-            after = rss_mib()
-            settings_used = app[SERVICE_KEY].settings
-    finally:
-        Kitchen.detach_telemetry()
+    async with served(root=root, max_runs_per_client=None, **settings) as (base, app):
+        before = service_rss_mib(app)
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--clients-of",
+            base,
+            "--client-config",
+            json.dumps(asdict(config)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        communicating = asyncio.ensure_future(client.communicate())
+        await asyncio.gather(communicating, lag_probe(host_lags, communicating))
+        output, _ = communicating.result()
+        assert client.returncode == 0, f"the clients failed (exit {client.returncode})"
+        seen = json.loads(output)
+        after = service_rss_mib(app)
+        service = app[SERVICE_KEY]
+        settings_used = service.settings
+        emitted = sum(service.run(run_id).emitted for run_id in seen["run_ids"])
     latencies, client_lags = seen["latencies"], seen["client_lags"]
     return {
         "concurrent": config.concurrent,
@@ -280,7 +280,7 @@ async def load(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
         "host_loop_lag_p99_ms": percentile(host_lags, 0.99) * 1000,
         "client_loop_lag_p99_ms": percentile(client_lags, 0.99) * 1000,
         "events_delivered": seen["events_delivered"],
-        "events_emitted": sum(counter.emitted[run_id] for run_id in seen["run_ids"]),
+        "events_emitted": emitted,
         "final_statuses": seen["final_statuses"],
         "rss_growth_kib_per_run": (after - before) * 1024 / config.concurrent,
         "wall_s": seen["wall_s"],
@@ -370,7 +370,7 @@ async def lag_while_training(config: Config, root: Path, **settings: Any) -> dic
 # --------------------------------------------------------------------------- the run
 
 PARTS = ("memory", "service_memory", "load", "lag")
-TUNING = ("kitchen_niceness", "gc_young_threshold", "switch_interval_s")
+TUNING = ("kitchen", "kitchen_niceness", "gc_young_threshold", "switch_interval_s")
 """The service settings that the load report shows."""
 P99_TARGET_MS = 50.0
 
@@ -455,8 +455,23 @@ def report(figures: dict[str, Any]) -> str:
             f"run summaries kept: {service['summaries_kept']}",
         ]
     lines += [report_load(load_) for load_ in figures.get("load", ())]
+    lines += summarize_loads(figures.get("load", ()))
     lines += [report_lag(lag) for lag in figures.get("lag", ())]
     return "\n".join(lines)
+
+
+def summarize_loads(loads: Sequence[dict[str, Any]]) -> list[str]:
+    """Per variant of the load: the median p99 over the repetitions and the runs that met
+    the target."""
+    by_variant: dict[str, list[float]] = {}
+    for load_ in loads:
+        by_variant.setdefault(tuning(load_), []).append(load_["get_run_p99_ms"])
+    return [
+        f"   {variant}: GET /runs/{{id}} p99 median {percentile(p99s, 0.5):.1f} ms over "
+        f"{len(p99s)} runs ({', '.join(f'{p99:.1f}' for p99 in p99s)}); target met in "
+        f"{sum(p99 < P99_TARGET_MS for p99 in p99s)} of {len(p99s)}"
+        for variant, p99s in by_variant.items()
+    ]
 
 
 def variant_settings(text: str) -> dict[str, Any]:
@@ -480,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=variant_settings,
         action="append",
         help="service settings of the load and lag parts, as name=value,... (Python literals); "
-        "repeatable: the variants alternate. Default: the service's defaults",
+        "repeatable: the variants alternate. Default: kitchen='thread', then kitchen='process'",
     )
     parser.add_argument("--repeat", type=int, default=1, help="times to run the load and lag")
     parser.add_argument("--clients-of", help=argparse.SUPPRESS)  # the load's client process
@@ -495,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, runs=200, concurrent=10, load_steps=5, train_steps=3)
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"config: {asdict(config)}")
-    variants = args.variant or [{}]
+    variants = args.variant or [{"kitchen": "thread"}, {"kitchen": "process"}]
     figures = asyncio.run(measure(config, args.only or PARTS, variants, args.repeat))
     print(report(figures))
     if args.json is not None:

@@ -381,7 +381,7 @@ class KitchenService:
             return self.kitchen.recipe(recipe).adapters
         known = {info.name: info.adapters for info in self._worker.recipes}
         if recipe not in known:
-            raise RecipeNotFound(recipe, known=list(known))
+            raise RecipeNotFound(recipe, known=sorted(known))
         return known[recipe]
 
     async def on_kitchen(self, coroutine: Coroutine[Any, Any, T]) -> T:

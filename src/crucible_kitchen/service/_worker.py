@@ -8,7 +8,8 @@ msgpack frames:
 
 - service → worker: :class:`StartRun`, :class:`ResumeRun`, :class:`StopRun`, :class:`StopAll`,
   :class:`Close`;
-- worker → service: :class:`Ready` (the recipes it knows), :class:`Started` or
+- worker → service: :class:`Ready` (the recipes it knows; or :class:`Unready`, why it
+  cannot open its Kitchen), :class:`Started` or
   :class:`Refused` (the answer to a start or a resume), :class:`Progress` (every run's news:
   its new events, stage, steps and latest metrics), :class:`Ended` (a run's result, after
   its last news).
@@ -29,6 +30,7 @@ import os
 import socket
 import struct
 import sys
+from contextlib import AsyncExitStack
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -114,6 +116,12 @@ ToWorker = StartRun | ResumeRun | StopRun | StopAll | Close
 
 class Ready(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     recipes: list[RecipeInfo]
+
+
+class Unready(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The worker could not open its Kitchen: why."""
+
+    error: str
 
 
 class Started(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -207,7 +215,7 @@ class KitchenWorker:
         """Start the worker and wait until its Kitchen is open.
 
         Raises:
-            RuntimeError: the worker exited before its Kitchen was open.
+            RuntimeError: the worker could not open its Kitchen, or exited before.
         """
         ours, theirs = socket.socketpair()
         package_root = str(Path(crucible_kitchen.__file__).parent.parent)
@@ -233,7 +241,11 @@ class KitchenWorker:
             raise RuntimeError(
                 f"the kitchen's worker process exited with status {code} before it was ready"
             )
-        ready = msgspec.msgpack.decode(payload, type=Ready)
+        ready = msgspec.msgpack.decode(payload, type=Ready | Unready)
+        if isinstance(ready, Unready):
+            writer.close()
+            await _exit_code(process, STOP_TIMEOUT_S)
+            raise RuntimeError(f"the kitchen's worker process failed to start: {ready.error}")
         return cls(process, reader, writer, ready.recipes)
 
     def send(self, message: ToWorker) -> None:
@@ -334,14 +346,22 @@ async def _serve_worker(connection: socket.socket) -> None:
     settings = msgspec.msgpack.decode(payload, type=WorkerSettings)
     if settings.niceness and sys.platform == "linux":
         os.nice(settings.niceness)  # before any thread starts: they all inherit it
-    provider = configure_tracing(settings.tracing) if settings.tracing else None
     try:
-        async with Kitchen.open(runs_root=Path(settings.root), tracer_provider=provider) as kitchen:
+        async with AsyncExitStack() as opened:
+            try:
+                provider = configure_tracing(settings.tracing) if settings.tracing else None
+                if provider is not None:
+                    opened.callback(provider.shutdown)  # after the Kitchen closed: flushes
+                kitchen = await opened.enter_async_context(
+                    Kitchen.open(runs_root=Path(settings.root), tracer_provider=provider)
+                )
+            except Exception as exc:
+                writer.write(_frame(Unready(error=f"{type(exc).__name__}: {exc}")))
+                await writer.drain()
+                return
             await _Worker(kitchen, reader, writer, settings).serve()
     finally:
         writer.close()
-        if provider is not None:
-            provider.shutdown()
 
 
 class _Worker:
