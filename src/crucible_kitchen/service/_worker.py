@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import struct
 import sys
@@ -334,6 +335,11 @@ async def _exit_code(process: asyncio.subprocess.Process, timeout_s: float) -> i
 def worker_main() -> None:
     """The worker process: serve the service at the other end of the socket whose file
     descriptor is the first argument, until it closes its end or sends :class:`Close`."""
+    # The service stops its runs when it is told to stop (Ctrl-C reaches the whole process
+    # group, a service manager may signal every process of the service): the worker follows
+    # the service, and ends its runs when the service says so or goes away.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     connection = socket.socket(fileno=int(sys.argv[1]))
     anyio.run(_serve_worker, connection, backend="asyncio")
 
