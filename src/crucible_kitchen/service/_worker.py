@@ -25,6 +25,7 @@ worker's end closes first, the worker has died: the service fails the runs that 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -40,7 +41,6 @@ import anyio
 import msgspec
 from opentelemetry import context as otel_context
 
-import crucible_kitchen
 from crucible_kitchen import Kitchen, RunResult
 from crucible_kitchen.errors import RunDirectoryError
 from crucible_kitchen.kitchen import RecipeInfo
@@ -71,6 +71,12 @@ STOP_TIMEOUT_S = 10.0
 before it kills it."""
 
 _HEADER = struct.Struct(">I")
+_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from crucible_kitchen.service._worker import worker_main; worker_main()"
+)
+"""The worker's program: the service's import path (as multiprocessing's spawn passes it),
+then :func:`worker_main`."""
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -219,17 +225,15 @@ class KitchenWorker:
             RuntimeError: the worker could not open its Kitchen, or exited before.
         """
         ours, theirs = socket.socketpair()
-        package_root = str(Path(crucible_kitchen.__file__).parent.parent)
-        python_path = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
-                "from crucible_kitchen.service._worker import worker_main; worker_main()",
+                _BOOTSTRAP,
+                json.dumps(sys.path),
                 str(theirs.fileno()),
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
-                env={**os.environ, "PYTHONPATH": python_path},
             )
         finally:
             theirs.close()
@@ -334,13 +338,13 @@ async def _exit_code(process: asyncio.subprocess.Process, timeout_s: float) -> i
 
 def worker_main() -> None:
     """The worker process: serve the service at the other end of the socket whose file
-    descriptor is the first argument, until it closes its end or sends :class:`Close`."""
+    descriptor is the second argument, until it closes its end or sends :class:`Close`."""
     # The service stops its runs when it is told to stop (Ctrl-C reaches the whole process
     # group, a service manager may signal every process of the service): the worker follows
     # the service, and ends its runs when the service says so or goes away.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    connection = socket.socket(fileno=int(sys.argv[1]))
+    connection = socket.socket(fileno=int(sys.argv[2]))
     anyio.run(_serve_worker, connection, backend="asyncio")
 
 
