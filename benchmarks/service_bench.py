@@ -49,14 +49,16 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import gc
 import json
 import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,7 +71,9 @@ from crucible_kitchen import Kitchen
 from crucible_kitchen.service import SERVICE_KEY, create_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
+
+    from aiohttp.typedefs import Handler
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
@@ -141,8 +145,11 @@ def memory_figures(samples: list[tuple[int, float]], elapsed_s: float) -> dict[s
 
 
 @asynccontextmanager
-async def served(**settings: Any) -> AsyncIterator[tuple[str, web.Application]]:
+async def served(
+    middlewares: Sequence[Any] = (), **settings: Any
+) -> AsyncIterator[tuple[str, web.Application]]:
     app = create_app(**settings)
+    app.middlewares[:0] = middlewares
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -155,6 +162,76 @@ async def served(**settings: Any) -> AsyncIterator[tuple[str, web.Application]]:
 
 
 # --------------------------------------------------------------------------- 2. load
+
+
+class PauseRecorder:
+    """What holds up requests in the service's process during the load: how long the
+    ``GET /runs/{id}`` handler took (a middleware), the garbage collector's pauses
+    (``gc.callbacks``), and how late a thread that sleeps 1 ms again and again wakes up (it
+    waits for the interpreter lock and for a core)."""
+
+    def __init__(self) -> None:
+        self.handler: list[float] = []
+        self.collections: list[tuple[int, float]] = []
+        self.thread_lags: list[float] = []
+        self._collecting_since = 0.0
+        self._stop = threading.Event()
+
+    @web.middleware
+    async def timing(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            resource = request.match_info.route.resource
+            if resource is not None and resource.canonical == "/runs/{run_id}":
+                self.handler.append(time.perf_counter() - started)
+
+    def _collector(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._collecting_since = time.perf_counter()
+        else:
+            self.collections.append(
+                (info["generation"], time.perf_counter() - self._collecting_since)
+            )
+
+    def _probe(self) -> None:
+        while not self._stop.is_set():
+            sent = time.perf_counter()
+            time.sleep(0.001)
+            self.thread_lags.append(time.perf_counter() - sent - 0.001)
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        gc.callbacks.append(self._collector)
+        probe = threading.Thread(target=self._probe, name="pause-probe")
+        probe.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            probe.join()
+            gc.callbacks.remove(self._collector)
+
+    def figures(self) -> dict[str, Any]:
+        by_generation = {
+            f"gc{generation}": [d for g, d in self.collections if g == generation]
+            for generation in (0, 1, 2)
+        }
+        return {
+            "handler_p99_ms": percentile(self.handler, 0.99) * 1000,
+            "handler_max_ms": max(self.handler) * 1000,
+            "thread_lag_p99_ms": percentile(self.thread_lags, 0.99) * 1000,
+            "thread_lag_max_ms": max(self.thread_lags) * 1000,
+            **{
+                name: {
+                    "count": len(pauses),
+                    "total_ms": sum(pauses) * 1000,
+                    "longest_ms": max(pauses, default=0.0) * 1000,
+                }
+                for name, pauses in by_generation.items()
+            },
+        }
 
 
 async def poll(
@@ -238,17 +315,24 @@ async def clients(base: str, config: Config) -> dict[str, Any]:
     }
 
 
-async def load(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
+async def load(
+    config: Config, root: Path, *, pauses: bool = False, **settings: Any
+) -> dict[str, Any]:
     """The service in this process; its clients in another one (as real clients are), so
     that their own work does not share this process's event loop and interpreter lock.
     ``settings`` go to the service (``kitchen``, ``kitchen_niceness``, ...).
 
     Events emitted are counted by each run's own telemetry handler where the Kitchen runs
     (this process, or its worker process: ``TrackedRun.emitted``), before they travel to the
-    event streams."""
+    event streams. ``pauses``: record what holds up requests in this process
+    (:class:`PauseRecorder`)."""
     load_average = os.getloadavg()[0]
     host_lags: list[float] = []
-    async with served(root=root, max_runs_per_client=None, **settings) as (base, app):
+    recorder = PauseRecorder()
+    middlewares = [recorder.timing] if pauses else []
+    async with (
+        served(middlewares, root=root, max_runs_per_client=None, **settings) as (base, app),
+    ):
         before = service_rss_mib(app)
         client = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -260,7 +344,8 @@ async def load(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
             stdout=asyncio.subprocess.PIPE,
         )
         communicating = asyncio.ensure_future(client.communicate())
-        await asyncio.gather(communicating, lag_probe(host_lags, communicating))
+        with recorder.recording() if pauses else nullcontext():
+            await asyncio.gather(communicating, lag_probe(host_lags, communicating))
         output, _ = communicating.result()
         assert client.returncode == 0, f"the clients failed (exit {client.returncode})"
         seen = json.loads(output)
@@ -284,6 +369,7 @@ async def load(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
         "final_statuses": seen["final_statuses"],
         "rss_growth_kib_per_run": (after - before) * 1024 / config.concurrent,
         "wall_s": seen["wall_s"],
+        **({"pauses": recorder.figures()} if pauses else {}),
     }
 
 
@@ -376,10 +462,15 @@ P99_TARGET_MS = 50.0
 
 
 async def measure(
-    config: Config, parts: Sequence[str], variants: Sequence[dict[str, Any]], repeat: int
+    config: Config,
+    parts: Sequence[str],
+    variants: Sequence[dict[str, Any]],
+    repeat: int,
+    *,
+    pauses: bool = False,
 ) -> dict[str, Any]:
     """The ``parts`` asked for; the load and the lag once per variant (service settings)
-    and repetition, the variants alternating."""
+    and repetition, the variants alternating; ``pauses``: see :func:`load`."""
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         root = Path(tmp)
@@ -389,7 +480,7 @@ async def measure(
             figures["service_memory"] = await service_memory(config, root / "service-memory")
         if "load" in parts:
             figures["load"] = [
-                await load(config, root / f"load-{index}-{number}", **settings)
+                await load(config, root / f"load-{index}-{number}", pauses=pauses, **settings)
                 for index in range(repeat)
                 for number, settings in enumerate(variants)
             ]
@@ -415,6 +506,21 @@ def report_load(load_: dict[str, Any]) -> str:
         f"{load_['client_loop_lag_p99_ms']:.1f} ms; events delivered "
         f"{load_['events_delivered']} / emitted {load_['events_emitted']}; "
         f"final {load_['final_statuses']}; RSS +{load_['rss_growth_kib_per_run']:.1f} KiB per run"
+    )
+
+
+def report_pauses(pauses: dict[str, Any]) -> str:
+    collections = "; ".join(
+        f"gen {generation}: {pauses[f'gc{generation}']['count']} in "
+        f"{pauses[f'gc{generation}']['total_ms']:.1f} ms, longest "
+        f"{pauses[f'gc{generation}']['longest_ms']:.1f} ms"
+        for generation in (0, 1, 2)
+    )
+    return (
+        f"   in the service's process: GET /runs/{{id}} handler p99 "
+        f"{pauses['handler_p99_ms']:.2f} ms (max {pauses['handler_max_ms']:.1f}); collections "
+        f"{collections}; a thread sleeping 1 ms wakes late by p99 "
+        f"{pauses['thread_lag_p99_ms']:.1f} ms (max {pauses['thread_lag_max_ms']:.1f})"
     )
 
 
@@ -454,7 +560,10 @@ def report(figures: dict[str, Any]) -> str:
             f"{service['growth_kib_per_run']:.2f} KiB per run; "
             f"run summaries kept: {service['summaries_kept']}",
         ]
-    lines += [report_load(load_) for load_ in figures.get("load", ())]
+    for load_ in figures.get("load", ()):
+        lines.append(report_load(load_))
+        if "pauses" in load_:
+            lines.append(report_pauses(load_["pauses"]))
     lines += summarize_loads(figures.get("load", ()))
     lines += [report_lag(lag) for lag in figures.get("lag", ())]
     return "\n".join(lines)
@@ -498,6 +607,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeatable: the variants alternate. Default: kitchen='thread', then kitchen='process'",
     )
     parser.add_argument("--repeat", type=int, default=1, help="times to run the load and lag")
+    parser.add_argument(
+        "--pauses",
+        action="store_true",
+        help="load: also record, in the service's process, the GET /runs/{id} handler's time, "
+        "the garbage collector's pauses and how late a sleeping thread wakes up",
+    )
     parser.add_argument("--clients-of", help=argparse.SUPPRESS)  # the load's client process
     parser.add_argument("--client-config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -511,7 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"config: {asdict(config)}")
     variants = args.variant or [{"kitchen": "thread"}, {"kitchen": "process"}]
-    figures = asyncio.run(measure(config, args.only or PARTS, variants, args.repeat))
+    figures = asyncio.run(
+        measure(config, args.only or PARTS, variants, args.repeat, pauses=args.pauses)
+    )
     print(report(figures))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
