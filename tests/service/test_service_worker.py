@@ -13,7 +13,17 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _service_support import NOOP_RUN, EventReader, Gate, follow, gated_recipe, problem, serving
+from _service_support import (
+    NOOP_RUN,
+    RECONNECTIONS,
+    EventReader,
+    Gate,
+    follow,
+    follow_by,
+    gated_recipe,
+    problem,
+    serving,
+)
 from _service_support import start as start_run
 from aiohttp import web
 
@@ -28,7 +38,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
-IN_WORKER = {"kitchen": "process"}
 ENDLESS = {"recipe": "supervised", "adapters": "noop", "config": {"epochs": 10_000}}
 """A noop run that goes on (for minutes) until it is stopped."""
 STEP = "crucible_kitchen.training.step"
@@ -81,7 +90,7 @@ async def test_a_run_in_the_worker_answers_as_a_run_in_a_thread(tmp_path: Path) 
 
 
 async def test_the_worker_is_a_process_of_its_own(tmp_path: Path) -> None:
-    async with serving(tmp_path, **IN_WORKER) as (client, service):
+    async with serving(tmp_path, kitchen="process") as (client, service):
         assert service.worker_pid not in (None, os.getpid())
         with pytest.raises(RuntimeError, match="worker process"):
             service.kitchen  # noqa: B018
@@ -91,7 +100,7 @@ async def test_the_worker_is_a_process_of_its_own(tmp_path: Path) -> None:
 
 
 async def test_bad_starts_are_refused_by_the_worker_as_by_a_thread(tmp_path: Path) -> None:
-    async with serving(tmp_path, **IN_WORKER) as (client, _):
+    async with serving(tmp_path, kitchen="process") as (client, _):
         body = await problem(
             await client.post("/runs", json={"recipe": "nope"}), 422, "unknown-recipe"
         )
@@ -104,7 +113,7 @@ async def test_bad_starts_are_refused_by_the_worker_as_by_a_thread(tmp_path: Pat
 
 
 async def test_a_run_in_the_worker_is_followed_live_and_cancelled(tmp_path: Path) -> None:
-    async with serving(tmp_path, **IN_WORKER) as (client, service):
+    async with serving(tmp_path, kitchen="process") as (client, service):
         run_id = await start_run(client, ENDLESS)
         events = await follow(client, run_id)
         await until_a_step(events)
@@ -122,8 +131,30 @@ async def test_a_run_in_the_worker_is_followed_live_and_cancelled(tmp_path: Path
         assert frames[-1].data == {"status": "cancelled"}
 
 
+@pytest.mark.parametrize("way", RECONNECTIONS)
+async def test_a_client_that_reconnects_to_a_live_run_in_the_worker_misses_nothing(
+    tmp_path: Path, way: str
+) -> None:
+    async with serving(tmp_path, kitchen="process") as (client, service):
+        run_id = await start_run(client, ENDLESS)
+        first = await follow(client, run_id)
+        await until_a_step(first)
+        await first.close()  # gone mid-stream, having seen events 1, 2, ...
+        again = await follow_by(client, run_id, way, after=2)
+        frames = [await again.next()]
+        assert (await client.post(f"/runs/{run_id}/cancel")).status == 202
+        frames += await again.rest()
+        await again.close()
+        result = await service.result(service.run(run_id))
+    assert frames[-1] is not None
+    assert (frames[-1].event, frames[-1].data) == ("end", {"status": "cancelled"})
+    seqs = [frame.id for frame in frames[:-1] if frame is not None]
+    assert seqs == list(range(3, service.run(run_id).emitted + 1))
+    assert result.status == "cancelled"
+
+
 async def test_a_killed_worker_fails_its_runs_and_never_hangs(tmp_path: Path) -> None:
-    async with serving(tmp_path, **IN_WORKER, max_runs_per_client=None) as (client, service):
+    async with serving(tmp_path, kitchen="process", max_runs_per_client=None) as (client, service):
         runs = [await start_run(client, ENDLESS) for _ in range(2)]
         streams = [await follow(client, run_id) for run_id in runs]
         for events in streams:
@@ -144,7 +175,7 @@ async def test_a_killed_worker_fails_its_runs_and_never_hangs(tmp_path: Path) ->
 
 
 async def test_shutdown_stops_every_run_in_the_worker_with_a_final_status(tmp_path: Path) -> None:
-    async with serving(tmp_path, **IN_WORKER, max_runs_per_client=None) as (client, service):
+    async with serving(tmp_path, kitchen="process", max_runs_per_client=None) as (client, service):
         runs = [await start_run(client, ENDLESS) for _ in range(3)]
         for run_id in runs:
             await until_a_step(await follow(client, run_id))
@@ -157,8 +188,8 @@ async def test_the_request_span_parents_the_run_span_in_the_worker(tmp_path: Pat
     provider = configure_tracing("memory")
     assert provider is not None
     spans_file = tmp_path / "worker-spans.jsonl"
-    settings = {**IN_WORKER, "tracer_provider": provider, "worker_tracing": f"jsonl:{spans_file}"}
-    async with serving(tmp_path, **settings) as (client, service):
+    tracing = {"tracer_provider": provider, "worker_tracing": f"jsonl:{spans_file}"}
+    async with serving(tmp_path, kitchen="process", **tracing) as (client, service):
         run_id = await start_run(client, NOOP_RUN)
         await service.result(service.run(run_id))
     request = next(
