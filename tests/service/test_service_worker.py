@@ -174,6 +174,18 @@ async def test_a_killed_worker_fails_its_runs_and_never_hangs(tmp_path: Path) ->
         await problem(await client.post("/runs", json=NOOP_RUN), 503, "kitchen-worker-died")
 
 
+async def test_a_worker_that_dies_while_idle_is_reported_and_refuses_runs(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, kitchen="process") as (client, service):
+        assert service.worker_pid is not None
+        os.kill(service.worker_pid, signal.SIGKILL)
+        await problem(await client.post("/runs", json=NOOP_RUN), 503, "kitchen-worker-died")
+        health = await client.get("/health")
+        assert (health.status, (await health.json())["status"]) == (503, "failed")
+        assert f"exited with status {-signal.SIGKILL}" in (service.failure or "")
+
+
 async def test_shutdown_stops_every_run_in_the_worker_with_a_final_status(tmp_path: Path) -> None:
     async with serving(tmp_path, kitchen="process", max_runs_per_client=None) as (client, service):
         runs = [await start_run(client, ENDLESS) for _ in range(3)]

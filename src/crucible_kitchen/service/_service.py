@@ -294,7 +294,9 @@ class KitchenService:
 
     :meth:`lifespan` is the application's ``cleanup_ctx``: it starts the Kitchen on an event
     loop of its own in a new thread (its anyio scopes are entered and left in one task there)
-    and, at cleanup, stops it and waits for the thread. :meth:`shutdown` stops every run
+    and, at cleanup, stops it and waits for the thread; with ``kitchen="process"`` it starts
+    the Kitchen's worker process instead, and at cleanup waits for it to exit (see
+    ``_worker``). :meth:`shutdown` stops every run
     gracefully; it runs on the application's ``on_shutdown``, before aiohttp waits for open
     requests, so that event streams see their runs end.
 
@@ -466,14 +468,13 @@ class KitchenService:
 
     async def _hear(self, worker: KitchenWorker) -> None:
         """Keep the records of the worker's runs from its news; if it dies, fail every run
-        that had not ended."""
+        that had not ended, and refuse new ones."""
         code = await worker.receive(self._progressed, self._run_ended)
-        if not self._live:
+        if self._stopping and not self._live:  # it was told to exit
             return
-        self._failure = (
-            f"the kitchen's worker process (pid {worker.pid}) exited with status {code} "
-            "while runs were running"
-        )
+        self._failure = f"the kitchen's worker process (pid {worker.pid}) exited with status {code}"
+        if self._live:
+            self._failure += " while runs were running"
         for run in list(self._live.values()):
             failed = RunResult(
                 run_id=run.run_id,
