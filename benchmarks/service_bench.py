@@ -15,7 +15,8 @@ What it measures, in one process:
    other; the resident set size (RSS, from ``/proc/self/statm``) is sampled ten times. Flat
    means last ÷ first (after the first tenth, the warm-up) stays near 1. ``service_memory``:
    the same number of runs one after the other through the service, each started with
-   ``POST /runs`` and followed over its event stream to its end.
+   ``POST /runs`` and followed over its event stream to its end, once per variant (below;
+   the RSS adds the Kitchen's worker process's to the service's).
 2. ``load``: the service (``create_app``) on 127.0.0.1, started with aiohttp's ``AppRunner``;
    ``--concurrent`` noop runs are started with ``POST /runs`` at once, and for each run one
    client polls ``GET /runs/{id}`` until the run ended while another reads its
@@ -373,14 +374,19 @@ async def load(
     }
 
 
-async def service_memory(config: Config, root: Path) -> dict[str, Any]:
+async def service_memory(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
     """``--runs`` noop runs one after the other through the service: each started with
-    ``POST /runs`` and followed over its event stream to its end; RSS sampled ten times."""
+    ``POST /runs`` and followed over its event stream to its end; RSS (of the service's
+    process and the Kitchen's worker process, if any) sampled ten times. ``settings`` go to
+    the service."""
     every = max(1, config.runs // 10)
     samples: list[tuple[int, float]] = []
     body = {**NOOP_RUN, "config": {"max_steps": config.noop_steps}}
     started = time.perf_counter()
-    async with served(root=root) as (base, app), aiohttp.ClientSession(base) as session:
+    async with (
+        served(root=root, **settings) as (base, app),
+        aiohttp.ClientSession(base) as session,
+    ):
         for index in range(1, config.runs + 1):
             async with session.post("/runs", json=body) as response:
                 assert response.status == 202, await response.text()
@@ -388,9 +394,14 @@ async def service_memory(config: Config, root: Path) -> dict[str, Any]:
             delivered, final = await stream(session, f"/runs/{run_id}/events")
             assert (final, delivered > 0) == ("completed", True), (final, delivered)
             if index % every == 0:
-                samples.append((index, rss_mib()))
+                samples.append((index, service_rss_mib(app)))
         kept = len(app[SERVICE_KEY].runs())
-    return {**memory_figures(samples, time.perf_counter() - started), "summaries_kept": kept}
+        settings_used = app[SERVICE_KEY].settings
+    return {
+        **memory_figures(samples, time.perf_counter() - started),
+        "summaries_kept": kept,
+        "settings": {name: getattr(settings_used, name, None) for name in TUNING},
+    }
 
 
 # --------------------------------------------------------------------------- 3. lag
@@ -469,15 +480,19 @@ async def measure(
     *,
     pauses: bool = False,
 ) -> dict[str, Any]:
-    """The ``parts`` asked for; the load and the lag once per variant (service settings)
-    and repetition, the variants alternating; ``pauses``: see :func:`load`."""
+    """The ``parts`` asked for; the service memory once per variant (service settings), the
+    load and the lag once per variant and repetition, the variants alternating; ``pauses``:
+    see :func:`load`."""
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         root = Path(tmp)
         if "memory" in parts:
             figures["memory"] = await long_lived_memory(config, root / "memory")
         if "service_memory" in parts:
-            figures["service_memory"] = await service_memory(config, root / "service-memory")
+            figures["service_memory"] = [
+                await service_memory(config, root / f"service-memory-{number}", **settings)
+                for number, settings in enumerate(variants)
+            ]
         if "load" in parts:
             figures["load"] = [
                 await load(config, root / f"load-{index}-{number}", pauses=pauses, **settings)
@@ -550,12 +565,11 @@ def report(figures: dict[str, Any]) -> str:
             f"{memory['growth_kib_per_run']:.2f} KiB per run; "
             f"finished results kept: {memory['finished_kept']}",
         ]
-    if "service_memory" in figures:
-        service = figures["service_memory"]
+    for service in figures.get("service_memory", ()):
         service_samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in service["rss_mib"])
         lines += [
-            f"1b. service memory: {service['runs']} sequential noop runs over HTTP "
-            f"({service['runs_per_s']:.0f} runs/s); RSS MiB by run: {service_samples}",
+            f"1b. service memory ({tuning(service)}): {service['runs']} sequential noop runs "
+            f"over HTTP ({service['runs_per_s']:.0f} runs/s); RSS MiB by run: {service_samples}",
             f"   last/first {service['last_over_first']:.3f}, "
             f"{service['growth_kib_per_run']:.2f} KiB per run; "
             f"run summaries kept: {service['summaries_kept']}",
