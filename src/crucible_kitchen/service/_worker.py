@@ -186,7 +186,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
     try:
         header = await reader.readexactly(_HEADER.size)
         return await reader.readexactly(_HEADER.unpack(header)[0])
-    except (asyncio.IncompleteReadError, ConnectionResetError):
+    except (asyncio.IncompleteReadError, ConnectionError):
         return None
 
 
