@@ -622,6 +622,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=1, help="times to run the load and lag")
     parser.add_argument(
+        "--runs", type=int, default=Config.runs, help="sequential runs of the memory parts"
+    )
+    parser.add_argument(
         "--pauses",
         action="store_true",
         help="load: also record, in the service's process, the GET /runs/{id} handler's time, "
@@ -634,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config(**json.loads(args.client_config))
         print(json.dumps(asyncio.run(clients(args.clients_of, config))))
         return 0
-    config = Config(poll_interval_s=args.poll_interval)
+    config = Config(runs=args.runs, poll_interval_s=args.poll_interval)
     if args.quick:
         config = replace(config, runs=200, concurrent=10, load_steps=5, train_steps=3)
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")

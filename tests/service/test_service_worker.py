@@ -12,6 +12,7 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from _service_support import (
     NOOP_RUN,
@@ -27,8 +28,16 @@ from _service_support import (
 from _service_support import start as start_run
 from aiohttp import web
 
+from crucible_kitchen import RunResult
 from crucible_kitchen.errors import ConfigError
-from crucible_kitchen.service import ServiceSettings, create_app
+from crucible_kitchen.service import (
+    KitchenService,
+    ServiceSettings,
+    StoredEvent,
+    TrackedRun,
+    create_app,
+)
+from crucible_kitchen.service._worker import RunProgress
 from crucible_kitchen.telemetry import configure_tracing, get_span_exporter
 
 if TYPE_CHECKING:
@@ -226,6 +235,41 @@ async def test_a_worker_that_cannot_start_fails_the_application_start(tmp_path: 
     failure = "worker process failed to start: TelemetryError: unknown span exporter"
     with pytest.raises(RuntimeError, match=failure):
         await runner.setup()
+
+
+async def test_a_follower_that_read_the_last_event_sees_the_end_that_comes_alone() -> None:
+    """The end of a run can come in a message of its own, while an event stream's follower
+    is away handing on the run's last events: the follower must end, not wait for news."""
+    service = KitchenService(ServiceSettings(kitchen="process"))
+    run = TrackedRun(
+        run_id="r",
+        recipe=None,
+        workflow="w",
+        run_dir=None,
+        client="c",
+        adapters=None,
+        handle=None,
+        history=[],
+        events=[],
+    )
+    service._live[run.run_id] = service._runs[run.run_id] = run
+    last = StoredEvent(1, "crucible_kitchen.workflow.run.stop", b"{}")
+    service._progressed(RunProgress(run.run_id, [last], [], None, 1, {}, 1))
+    batches = service.event_batches(run.run_id, 0)
+    assert await anext(batches) == [last]  # the follower is away, at its yield
+    result = RunResult(
+        run_id="r",
+        workflow="w",
+        recipe=None,
+        status="completed",
+        metrics={},
+        artifacts={},
+        steps=1,
+        duration_s=0.0,
+    )
+    service._finish_live(run, result)
+    with anyio.fail_after(10), pytest.raises(StopAsyncIteration):
+        await anext(batches)
 
 
 def test_settings_that_a_worker_process_cannot_honour_are_refused() -> None:

@@ -978,11 +978,12 @@ class KitchenService:
             position += len(new)
             if batch := [stored for stored in new if stored.seq > after]:
                 yield batch
-            if position < len(events):
-                continue
-            if ended:
+            if ended and position == len(events):
                 return
-            await self._news.setdefault(run.run_id, asyncio.Event()).wait()
+            # Checked again after the yield, without a suspension before the wait: news that
+            # came meanwhile (the run's end among them) is read now, not waited for.
+            if position == len(events) and run.result is None:
+                await self._news.setdefault(run.run_id, asyncio.Event()).wait()
 
     async def final_status(self, run_id: str) -> RunStatus:
         """The status of the run ``run_id`` once it has ended (waiting for that).
