@@ -5,6 +5,7 @@ Run::
     .venv/bin/python benchmarks/service_bench.py            # 10,000 runs, 100 concurrent, sl_basic
     .venv/bin/python benchmarks/service_bench.py --quick    # a smoke run of a few seconds
     .venv/bin/python benchmarks/service_bench.py --json out.json
+    .venv/bin/python benchmarks/service_bench.py --only load --repeat 3  # both kitchens in turn
     .venv/bin/python benchmarks/service_bench.py --only load --repeat 3 \
         --variant "kitchen_niceness=0,gc_young_threshold=None,switch_interval_s=None" --variant ""
 
@@ -14,7 +15,8 @@ What it measures, in one process:
    other; the resident set size (RSS, from ``/proc/self/statm``) is sampled ten times. Flat
    means last ÷ first (after the first tenth, the warm-up) stays near 1. ``service_memory``:
    the same number of runs one after the other through the service, each started with
-   ``POST /runs`` and followed over its event stream to its end.
+   ``POST /runs`` and followed over its event stream to its end, once per variant (below;
+   the RSS adds the Kitchen's worker process's to the service's).
 2. ``load``: the service (``create_app``) on 127.0.0.1, started with aiohttp's ``AppRunner``;
    ``--concurrent`` noop runs are started with ``POST /runs`` at once, and for each run one
    client polls ``GET /runs/{id}`` until the run ended while another reads its
@@ -26,14 +28,18 @@ What it measures, in one process:
    clients see it, with the verdict on the target (p99 < 50 ms); the p99 lag of the host's
    event loop and of the clients' (each a probe that sleeps 10 ms again and again and records
    the overshoot); the load average when the part started; events delivered over SSE against
-   events emitted (counted by a Kitchen-wide telemetry handler; they must be equal) and RSS
-   growth per run.
+   events emitted (counted by each run's telemetry handler where the Kitchen runs; they must
+   be equal) and RSS growth per run (of the service's process and the Kitchen's worker
+   process, if any).
 3. ``lag``: while one ``sl_basic`` run trains on local torch in the same process (started
    over HTTP), a probe sleeps 10 ms again and again and records the overshoot (the event
    loop's lag; target p99 < 50 ms), and a client asks ``GET /health`` every 50 ms.
 
 ``--variant name=value,...`` runs the load and the lag with those service settings
 (repeatable: the variants alternate, ``--repeat`` times), for side-by-side comparisons.
+Without it the two kitchens alternate: ``kitchen='thread'`` (the Kitchen on a thread of the
+service's process) and ``kitchen='process'`` (in a worker process); a last line per variant
+gives the median p99 and how many runs met the target.
 
 Importing this module has no side effects; :func:`main` runs it. It is a benchmark, never a
 timed test.
@@ -44,14 +50,16 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import gc
 import json
 import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,9 +72,9 @@ from crucible_kitchen import Kitchen
 from crucible_kitchen.service import SERVICE_KEY, create_app
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
 
-    from crucible_kitchen.telemetry import TelemetryEvent
+    from aiohttp.typedefs import Handler
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
@@ -83,9 +91,15 @@ class Config:
     train_steps: int = 400
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
+def rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * PAGE / MIB
+
+
+def service_rss_mib(app: web.Application) -> float:
+    """The RSS of this process, plus that of the Kitchen's worker process if it has one."""
+    worker = app[SERVICE_KEY].worker_pid
+    return rss_mib() + (0.0 if worker is None else rss_mib(worker))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -132,8 +146,11 @@ def memory_figures(samples: list[tuple[int, float]], elapsed_s: float) -> dict[s
 
 
 @asynccontextmanager
-async def served(**settings: Any) -> AsyncIterator[tuple[str, web.Application]]:
+async def served(
+    middlewares: Sequence[Any] = (), **settings: Any
+) -> AsyncIterator[tuple[str, web.Application]]:
     app = create_app(**settings)
+    app.middlewares[:0] = middlewares
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -148,14 +165,74 @@ async def served(**settings: Any) -> AsyncIterator[tuple[str, web.Application]]:
 # --------------------------------------------------------------------------- 2. load
 
 
-class EventCounter:
-    """A Kitchen-wide telemetry handler: how many events each run emitted."""
+class PauseRecorder:
+    """What holds up requests in the service's process during the load: how long the
+    ``GET /runs/{id}`` handler took (a middleware), the garbage collector's pauses
+    (``gc.callbacks``), and how late a thread that sleeps 1 ms again and again wakes up (it
+    waits for the interpreter lock and for a core)."""
 
     def __init__(self) -> None:
-        self.emitted: Counter[str] = Counter()
+        self.handler: list[float] = []
+        self.collections: list[tuple[int, float]] = []
+        self.thread_lags: list[float] = []
+        self._collecting_since = 0.0
+        self._stop = threading.Event()
 
-    def __call__(self, event: TelemetryEvent) -> None:
-        self.emitted[event.run_id] += 1
+    @web.middleware
+    async def timing(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            resource = request.match_info.route.resource
+            if resource is not None and resource.canonical == "/runs/{run_id}":
+                self.handler.append(time.perf_counter() - started)
+
+    def _collector(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._collecting_since = time.perf_counter()
+        else:
+            self.collections.append(
+                (info["generation"], time.perf_counter() - self._collecting_since)
+            )
+
+    def _probe(self) -> None:
+        while not self._stop.is_set():
+            sent = time.perf_counter()
+            time.sleep(0.001)
+            self.thread_lags.append(time.perf_counter() - sent - 0.001)
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        gc.callbacks.append(self._collector)
+        probe = threading.Thread(target=self._probe, name="pause-probe")
+        probe.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            probe.join()
+            gc.callbacks.remove(self._collector)
+
+    def figures(self) -> dict[str, Any]:
+        by_generation = {
+            f"gc{generation}": [d for g, d in self.collections if g == generation]
+            for generation in (0, 1, 2)
+        }
+        return {
+            "handler_p99_ms": percentile(self.handler, 0.99) * 1000,
+            "handler_max_ms": max(self.handler) * 1000,
+            "thread_lag_p99_ms": percentile(self.thread_lags, 0.99) * 1000,
+            "thread_lag_max_ms": max(self.thread_lags) * 1000,
+            **{
+                name: {
+                    "count": len(pauses),
+                    "total_ms": sum(pauses) * 1000,
+                    "longest_ms": max(pauses, default=0.0) * 1000,
+                }
+                for name, pauses in by_generation.items()
+            },
+        }
 
 
 async def poll(
@@ -239,35 +316,44 @@ async def clients(base: str, config: Config) -> dict[str, Any]:
     }
 
 
-async def load(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
+async def load(
+    config: Config, root: Path, *, pauses: bool = False, **settings: Any
+) -> dict[str, Any]:
     """The service in this process; its clients in another one (as real clients are), so
     that their own work does not share this process's event loop and interpreter lock.
-    ``settings`` go to the service (``kitchen_niceness``, ...)."""
-    counter = EventCounter()
-    Kitchen.attach_telemetry(counter)
+    ``settings`` go to the service (``kitchen``, ``kitchen_niceness``, ...).
+
+    Events emitted are counted by each run's own telemetry handler where the Kitchen runs
+    (this process, or its worker process: ``TrackedRun.emitted``), before they travel to the
+    event streams. ``pauses``: record what holds up requests in this process
+    (:class:`PauseRecorder`)."""
     load_average = os.getloadavg()[0]
     host_lags: list[float] = []
-    try:
-        async with served(root=root, max_runs_per_client=None, **settings) as (base, app):
-            before = rss_mib()
-            client = await asyncio.create_subprocess_exec(
-                sys.executable,
-                __file__,
-                "--clients-of",
-                base,
-                "--client-config",
-                json.dumps(asdict(config)),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            communicating = asyncio.ensure_future(client.communicate())
+    recorder = PauseRecorder()
+    middlewares = [recorder.timing] if pauses else []
+    async with (
+        served(middlewares, root=root, max_runs_per_client=None, **settings) as (base, app),
+    ):
+        before = service_rss_mib(app)
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--clients-of",
+            base,
+            "--client-config",
+            json.dumps(asdict(config)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        communicating = asyncio.ensure_future(client.communicate())
+        with recorder.recording() if pauses else nullcontext():
             await asyncio.gather(communicating, lag_probe(host_lags, communicating))
-            output, _ = communicating.result()
-            assert client.returncode == 0, f"the clients failed (exit {client.returncode})"
-            seen = json.loads(output)
-            after = rss_mib()
-            settings_used = app[SERVICE_KEY].settings
-    finally:
-        Kitchen.detach_telemetry()
+        output, _ = communicating.result()
+        assert client.returncode == 0, f"the clients failed (exit {client.returncode})"
+        seen = json.loads(output)
+        after = service_rss_mib(app)
+        service = app[SERVICE_KEY]
+        settings_used = service.settings
+        emitted = sum(service.run(run_id).emitted for run_id in seen["run_ids"])
     latencies, client_lags = seen["latencies"], seen["client_lags"]
     return {
         "concurrent": config.concurrent,
@@ -280,21 +366,27 @@ async def load(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
         "host_loop_lag_p99_ms": percentile(host_lags, 0.99) * 1000,
         "client_loop_lag_p99_ms": percentile(client_lags, 0.99) * 1000,
         "events_delivered": seen["events_delivered"],
-        "events_emitted": sum(counter.emitted[run_id] for run_id in seen["run_ids"]),
+        "events_emitted": emitted,
         "final_statuses": seen["final_statuses"],
         "rss_growth_kib_per_run": (after - before) * 1024 / config.concurrent,
         "wall_s": seen["wall_s"],
+        **({"pauses": recorder.figures()} if pauses else {}),
     }
 
 
-async def service_memory(config: Config, root: Path) -> dict[str, Any]:
+async def service_memory(config: Config, root: Path, **settings: Any) -> dict[str, Any]:
     """``--runs`` noop runs one after the other through the service: each started with
-    ``POST /runs`` and followed over its event stream to its end; RSS sampled ten times."""
+    ``POST /runs`` and followed over its event stream to its end; RSS (of the service's
+    process and the Kitchen's worker process, if any) sampled ten times. ``settings`` go to
+    the service."""
     every = max(1, config.runs // 10)
     samples: list[tuple[int, float]] = []
     body = {**NOOP_RUN, "config": {"max_steps": config.noop_steps}}
     started = time.perf_counter()
-    async with served(root=root) as (base, app), aiohttp.ClientSession(base) as session:
+    async with (
+        served(root=root, **settings) as (base, app),
+        aiohttp.ClientSession(base) as session,
+    ):
         for index in range(1, config.runs + 1):
             async with session.post("/runs", json=body) as response:
                 assert response.status == 202, await response.text()
@@ -302,9 +394,14 @@ async def service_memory(config: Config, root: Path) -> dict[str, Any]:
             delivered, final = await stream(session, f"/runs/{run_id}/events")
             assert (final, delivered > 0) == ("completed", True), (final, delivered)
             if index % every == 0:
-                samples.append((index, rss_mib()))
+                samples.append((index, service_rss_mib(app)))
         kept = len(app[SERVICE_KEY].runs())
-    return {**memory_figures(samples, time.perf_counter() - started), "summaries_kept": kept}
+        settings_used = app[SERVICE_KEY].settings
+    return {
+        **memory_figures(samples, time.perf_counter() - started),
+        "summaries_kept": kept,
+        "settings": {name: getattr(settings_used, name, None) for name in TUNING},
+    }
 
 
 # --------------------------------------------------------------------------- 3. lag
@@ -370,26 +467,35 @@ async def lag_while_training(config: Config, root: Path, **settings: Any) -> dic
 # --------------------------------------------------------------------------- the run
 
 PARTS = ("memory", "service_memory", "load", "lag")
-TUNING = ("kitchen_niceness", "gc_young_threshold", "switch_interval_s")
+TUNING = ("kitchen", "kitchen_niceness", "gc_young_threshold", "switch_interval_s")
 """The service settings that the load report shows."""
 P99_TARGET_MS = 50.0
 
 
 async def measure(
-    config: Config, parts: Sequence[str], variants: Sequence[dict[str, Any]], repeat: int
+    config: Config,
+    parts: Sequence[str],
+    variants: Sequence[dict[str, Any]],
+    repeat: int,
+    *,
+    pauses: bool = False,
 ) -> dict[str, Any]:
-    """The ``parts`` asked for; the load and the lag once per variant (service settings)
-    and repetition, the variants alternating."""
+    """The ``parts`` asked for; the service memory once per variant (service settings), the
+    load and the lag once per variant and repetition, the variants alternating; ``pauses``:
+    see :func:`load`."""
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         root = Path(tmp)
         if "memory" in parts:
             figures["memory"] = await long_lived_memory(config, root / "memory")
         if "service_memory" in parts:
-            figures["service_memory"] = await service_memory(config, root / "service-memory")
+            figures["service_memory"] = [
+                await service_memory(config, root / f"service-memory-{number}", **settings)
+                for number, settings in enumerate(variants)
+            ]
         if "load" in parts:
             figures["load"] = [
-                await load(config, root / f"load-{index}-{number}", **settings)
+                await load(config, root / f"load-{index}-{number}", pauses=pauses, **settings)
                 for index in range(repeat)
                 for number, settings in enumerate(variants)
             ]
@@ -415,6 +521,21 @@ def report_load(load_: dict[str, Any]) -> str:
         f"{load_['client_loop_lag_p99_ms']:.1f} ms; events delivered "
         f"{load_['events_delivered']} / emitted {load_['events_emitted']}; "
         f"final {load_['final_statuses']}; RSS +{load_['rss_growth_kib_per_run']:.1f} KiB per run"
+    )
+
+
+def report_pauses(pauses: dict[str, Any]) -> str:
+    collections = "; ".join(
+        f"gen {generation}: {pauses[f'gc{generation}']['count']} in "
+        f"{pauses[f'gc{generation}']['total_ms']:.1f} ms, longest "
+        f"{pauses[f'gc{generation}']['longest_ms']:.1f} ms"
+        for generation in (0, 1, 2)
+    )
+    return (
+        f"   in the service's process: GET /runs/{{id}} handler p99 "
+        f"{pauses['handler_p99_ms']:.2f} ms (max {pauses['handler_max_ms']:.1f}); collections "
+        f"{collections}; a thread sleeping 1 ms wakes late by p99 "
+        f"{pauses['thread_lag_p99_ms']:.1f} ms (max {pauses['thread_lag_max_ms']:.1f})"
     )
 
 
@@ -444,19 +565,36 @@ def report(figures: dict[str, Any]) -> str:
             f"{memory['growth_kib_per_run']:.2f} KiB per run; "
             f"finished results kept: {memory['finished_kept']}",
         ]
-    if "service_memory" in figures:
-        service = figures["service_memory"]
+    for service in figures.get("service_memory", ()):
         service_samples = ", ".join(f"{n}: {mib:.1f}" for n, mib in service["rss_mib"])
         lines += [
-            f"1b. service memory: {service['runs']} sequential noop runs over HTTP "
-            f"({service['runs_per_s']:.0f} runs/s); RSS MiB by run: {service_samples}",
+            f"1b. service memory ({tuning(service)}): {service['runs']} sequential noop runs "
+            f"over HTTP ({service['runs_per_s']:.0f} runs/s); RSS MiB by run: {service_samples}",
             f"   last/first {service['last_over_first']:.3f}, "
             f"{service['growth_kib_per_run']:.2f} KiB per run; "
             f"run summaries kept: {service['summaries_kept']}",
         ]
-    lines += [report_load(load_) for load_ in figures.get("load", ())]
+    for load_ in figures.get("load", ()):
+        lines.append(report_load(load_))
+        if "pauses" in load_:
+            lines.append(report_pauses(load_["pauses"]))
+    lines += summarize_loads(figures.get("load", ()))
     lines += [report_lag(lag) for lag in figures.get("lag", ())]
     return "\n".join(lines)
+
+
+def summarize_loads(loads: Sequence[dict[str, Any]]) -> list[str]:
+    """Per variant of the load: the median p99 over the repetitions and the runs that met
+    the target."""
+    by_variant: dict[str, list[float]] = {}
+    for load_ in loads:
+        by_variant.setdefault(tuning(load_), []).append(load_["get_run_p99_ms"])
+    return [
+        f"   {variant}: GET /runs/{{id}} p99 median {percentile(p99s, 0.5):.1f} ms over "
+        f"{len(p99s)} runs ({', '.join(f'{p99:.1f}' for p99 in p99s)}); target met in "
+        f"{sum(p99 < P99_TARGET_MS for p99 in p99s)} of {len(p99s)}"
+        for variant, p99s in by_variant.items()
+    ]
 
 
 def variant_settings(text: str) -> dict[str, Any]:
@@ -480,9 +618,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=variant_settings,
         action="append",
         help="service settings of the load and lag parts, as name=value,... (Python literals); "
-        "repeatable: the variants alternate. Default: the service's defaults",
+        "repeatable: the variants alternate. Default: kitchen='thread', then kitchen='process'",
     )
     parser.add_argument("--repeat", type=int, default=1, help="times to run the load and lag")
+    parser.add_argument(
+        "--runs", type=int, default=Config.runs, help="sequential runs of the memory parts"
+    )
+    parser.add_argument(
+        "--pauses",
+        action="store_true",
+        help="load: also record, in the service's process, the GET /runs/{id} handler's time, "
+        "the garbage collector's pauses and how late a sleeping thread wakes up",
+    )
     parser.add_argument("--clients-of", help=argparse.SUPPRESS)  # the load's client process
     parser.add_argument("--client-config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -490,13 +637,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = Config(**json.loads(args.client_config))
         print(json.dumps(asyncio.run(clients(args.clients_of, config))))
         return 0
-    config = Config(poll_interval_s=args.poll_interval)
+    config = Config(runs=args.runs, poll_interval_s=args.poll_interval)
     if args.quick:
         config = replace(config, runs=200, concurrent=10, load_steps=5, train_steps=3)
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"config: {asdict(config)}")
-    variants = args.variant or [{}]
-    figures = asyncio.run(measure(config, args.only or PARTS, variants, args.repeat))
+    variants = args.variant or [{"kitchen": "thread"}, {"kitchen": "process"}]
+    figures = asyncio.run(
+        measure(config, args.only or PARTS, variants, args.repeat, pauses=args.pauses)
+    )
     print(report(figures))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))

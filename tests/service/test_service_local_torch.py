@@ -37,11 +37,12 @@ FEW_STEPS = {
 }
 
 
+@pytest.mark.parametrize("kitchen", ["thread", "process"])
 async def test_a_run_stopped_by_a_shutdown_resumes_over_http_bit_identically(
-    tmp_path: Path,
+    tmp_path: Path, kitchen: str
 ) -> None:
     root = tmp_path / "runs"
-    async with serving(tmp_path) as (client, service):
+    async with serving(tmp_path, kitchen=kitchen) as (client, service):
         run_id = await start(client, {"recipe": "sl_basic", "config": FEW_STEPS, "seed": 5})
         events = EventReader(await client.get(f"/runs/{run_id}/events"))
         while (frame := await events.next()) is not None:
@@ -58,7 +59,7 @@ async def test_a_run_stopped_by_a_shutdown_resumes_over_http_bit_identically(
     saved = (run_dir / "checkpoints" / "weights").iterdir()
     assert [path.name for path in saved if path.is_dir()]
 
-    async with serving(tmp_path) as (client, service):  # the server again, on the same root
+    async with serving(tmp_path, kitchen=kitchen) as (client, service):  # again, same root
         listed = (await (await client.get("/runs")).json())["runs"]
         assert [(run["run_id"], run["status"]) for run in listed] == [(run_id, "cancelled")]
         response = await client.post(f"/runs/{run_id}/resume")

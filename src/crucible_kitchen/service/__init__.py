@@ -26,6 +26,10 @@ cancelled after ``stop_grace_s``. :func:`create_app` is the same application sta
     GET  /recipes, GET /health
     GET  /                      the dashboard: runs, a start form, live charts, cancel
 
+With ``kitchen="process"`` (``kitchen serve``'s default) the Kitchen runs in a worker process
+of its own, so that its work never holds up the host's requests; the service keeps its record
+of every run from the news the worker sends.
+
 Runs with a run directory outlive the service: after a restart ``GET /runs`` lists them
 from ``<root>`` and a stopped one can be resumed.
 

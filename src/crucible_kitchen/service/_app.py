@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import msgspec
@@ -13,18 +13,12 @@ from aiohttp import WSMsgType, web
 from opentelemetry.trace import SpanKind
 
 import crucible_kitchen
-from crucible_kitchen.errors import (
-    AdapterSetNotFound,
-    ConfigError,
-    PortError,
-    RecipeNotFound,
-    RunDirectoryError,
-)
+from crucible_kitchen.errors import KitchenError
 from crucible_kitchen.telemetry import extract_context, get_tracer
 
 from ._dashboard import add_dashboard
 from ._past import StoredEvent
-from ._problems import Problem, problem_middleware
+from ._problems import Problem, problem_middleware, start_problem
 from ._schema import (
     Health,
     MetricsHistory,
@@ -212,18 +206,21 @@ def _service(request: web.Request) -> KitchenService:
 
 async def _health(request: web.Request) -> web.Response:
     service = _service(request)
+    status: Literal["ok", "stopping", "failed"] = (
+        "stopping" if service.stopping else "failed" if service.failure else "ok"
+    )
     health = Health(
-        status="stopping" if service.stopping else "ok",
+        status=status,
         version=crucible_kitchen.__version__,
         runs_running=len(service.runs("running")),
     )
-    return _json(health, status=503 if service.stopping else 200)
+    return _json(health, status=200 if status == "ok" else 503)
 
 
 async def _recipes(request: web.Request) -> web.Response:
     service = _service(request)
     allowed = service.settings.adapter_sets
-    recipes = service.kitchen.recipes()
+    recipes = service.recipes()
     return _json(
         RecipeList(recipes=recipes, adapter_sets=None if allowed is None else sorted(allowed))
     )
@@ -246,25 +243,11 @@ async def _start_run(request: web.Request) -> web.Response:
             adapters=start.adapters,
             seed=start.seed,
         )
-    except RecipeNotFound as exc:
-        raise Problem(
-            422,
-            "unknown-recipe",
-            f"no recipe named {exc.name!r}; known: {', '.join(exc.known)}",
-        ) from None
-    except ConfigError as exc:
-        raise Problem(
-            422,
-            "invalid-config",
-            f"invalid config for recipe {start.recipe!r}: {len(exc.problems)} problem(s)",
-            errors=exc.problems,
-        ) from None
-    except AdapterSetNotFound as exc:
-        raise Problem(422, "unknown-adapter-set", str(exc)) from None
-    except PortError as exc:
-        raise Problem(422, "adapters-do-not-fit", str(exc), errors=exc.problems) from None
-    except RunDirectoryError as exc:
-        raise Problem(409, "run-directory-taken", str(exc)) from None
+    except KitchenError as exc:
+        problem = start_problem(exc, start.recipe)
+        if problem is None:
+            raise
+        raise problem from None
     location = request.app.router["run"].url_for(run_id=run.run_id)
     return _json(run.view(), status=202, headers={"Location": str(location)})
 

@@ -9,12 +9,20 @@ from typing import TYPE_CHECKING
 import msgspec
 from aiohttp import web
 
+from crucible_kitchen.errors import (
+    AdapterSetNotFound,
+    ConfigError,
+    PortError,
+    RecipeNotFound,
+    RunDirectoryError,
+)
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from aiohttp.typedefs import Handler
 
-__all__ = ("PROBLEM_CONTENT_TYPE", "Problem", "problem_middleware")
+__all__ = ("PROBLEM_CONTENT_TYPE", "Problem", "problem_middleware", "start_problem")
 
 logger = logging.getLogger("crucible_kitchen.service")
 
@@ -108,3 +116,29 @@ def _from_http_error(request: web.Request, exc: web.HTTPException) -> Problem:
     if exc.status == 413:
         return Problem(413, "body-too-large", exc.text or exc.reason)
     return Problem(exc.status, "http-error", exc.text or exc.reason)
+
+
+def start_problem(exc: Exception, recipe: str) -> Problem | None:
+    """The problem that starting a run of ``recipe`` answers with when :meth:`Kitchen.start`
+    raised ``exc``; ``None`` for an unexpected error."""
+    match exc:
+        case RecipeNotFound():
+            return Problem(
+                422,
+                "unknown-recipe",
+                f"no recipe named {exc.name!r}; known: {', '.join(exc.known)}",
+            )
+        case ConfigError():
+            return Problem(
+                422,
+                "invalid-config",
+                f"invalid config for recipe {recipe!r}: {len(exc.problems)} problem(s)",
+                errors=exc.problems,
+            )
+        case AdapterSetNotFound():
+            return Problem(422, "unknown-adapter-set", str(exc))
+        case PortError():
+            return Problem(422, "adapters-do-not-fit", str(exc), errors=exc.problems)
+        case RunDirectoryError():
+            return Problem(409, "run-directory-taken", str(exc))
+    return None

@@ -84,8 +84,9 @@ class RecipeList(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
-    """``GET /health``: ``ok`` while runs are accepted, ``stopping`` once shutdown began."""
+    """``GET /health``: ``ok`` while runs are accepted, ``stopping`` once shutdown began,
+    ``failed`` once the Kitchen's worker process died (no runs can start)."""
 
-    status: Literal["ok", "stopping"]
+    status: Literal["ok", "stopping", "failed"]
     version: str
     runs_running: int

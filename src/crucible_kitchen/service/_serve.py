@@ -27,7 +27,8 @@ def serve(
     **settings: Any,
 ) -> None:
     """Serve the kitchen on ``host:port`` until SIGINT or SIGTERM, then stop every run
-    gracefully (see :class:`ServiceSettings` for ``settings``).
+    gracefully (see :class:`ServiceSettings` for ``settings``). The Kitchen runs in a worker
+    process of its own unless ``kitchen="thread"`` is given.
 
     Raises:
         ConfigError: ``host`` is not a loopback address and no ``token`` was given.
@@ -40,5 +41,5 @@ def serve(
             ],
             source="kitchen serve settings",
         )
-    app = create_app(root=root, token=token, **settings)
+    app = create_app(root=root, token=token, **{"kitchen": "process", **settings})
     web.run_app(app, host=host, port=port, print=print)

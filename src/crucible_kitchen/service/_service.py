@@ -1,13 +1,15 @@
 """The Kitchen behind the HTTP API: its lifetime, the runs it started, stopping them.
 
-The Kitchen runs on an event loop of its own, in a thread of its own (the *kitchen loop*); the
-host application's loop only serves HTTP. A run's work (its actors, its stages, what the
-adapters compute in Python) thus never queues the host's requests behind it, and the host's
-loop stays the host's. Whatever touches the Kitchen or a run's handle runs on the kitchen loop
-(:meth:`KitchenService.on_kitchen`); the service's own records of the runs
-(:class:`TrackedRun`, the index of runs) change on the host's loop only, except for what a
-run's telemetry handler writes into its record (its stage, step and latest metrics, and the
-events and metrics rows of a run without a run directory).
+With ``kitchen="process"`` the Kitchen runs in a worker process (see ``_worker``), and this
+process keeps its record of each run from the news the worker sends. By default
+(``kitchen="thread"``) the Kitchen runs on an event loop of its own, in a thread of its own
+(the *kitchen loop*); the host application's loop only serves HTTP. A run's work (its
+actors, its stages, what the adapters compute in Python) thus never queues the host's
+requests behind it, and the host's loop stays the host's. Whatever touches the Kitchen or a
+run's handle runs on the kitchen loop (:meth:`KitchenService.on_kitchen`); the service's own
+records of the runs (:class:`TrackedRun`, the index of runs) change on the host's loop only,
+except for what a run's telemetry handler writes into its record (its stage, step and latest
+metrics, and the events and metrics rows of a run without a run directory).
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ import threading
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 import anyio
+from opentelemetry import trace
 
-from crucible_kitchen import Kitchen
-from crucible_kitchen.errors import ConfigError, RunDirectoryError
+from crucible_kitchen import Kitchen, RunResult
+from crucible_kitchen.errors import ConfigError, RecipeNotFound, RunDirectoryError
 from crucible_kitchen.telemetry import (
     EvalComplete,
     StageException,
@@ -38,6 +41,7 @@ from crucible_kitchen.telemetry import (
     StageStop,
     encode_event,
     event_name,
+    inject_context,
     metrics_row,
 )
 
@@ -68,8 +72,11 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from crucible_kitchen import Recipe, RunHandle, RunResult
+    from crucible_kitchen import Recipe, RunHandle
+    from crucible_kitchen.kitchen import RecipeInfo
     from crucible_kitchen.telemetry import TelemetryEvent
+
+    from ._worker import Ended, KitchenWorker, ResumeRun, RunProgress, Started, StartRun
 
 __all__ = ("KitchenService", "ServiceSettings", "TrackedRun")
 
@@ -80,6 +87,18 @@ T = TypeVar("T")
 class ServiceSettings:
     """How the embedded service behaves.
 
+    - ``kitchen``: where the Kitchen runs. ``"thread"``: in this process, on an event loop
+      of its own in a thread of its own (the host may then reach it from Python:
+      :attr:`KitchenService.kitchen`, :meth:`KitchenService.on_kitchen`, adapters and
+      telemetry registered in this process). ``"process"``: in a worker process of its own
+      (started with multiprocessing's *spawn* method), so that its work, its interpreter lock
+      and its garbage collector never hold up the host's requests; recipes and adapter sets
+      are then those registered by installed packages (entry points), and the runs' spans go
+      to ``worker_tracing``.
+    - ``worker_tracing``: with ``kitchen="process"``, where the worker's spans (runs and
+      stages) go: an exporter spec of :func:`~crucible_kitchen.telemetry.configure_tracing`
+      (``"otlp:<endpoint>"``, ``"jsonl:<path>"``, ``"console"``). The run span of a
+      ``POST /runs`` is a child of the request's span (with ``tracer_provider``) all the same.
     - ``root``: run directories go to ``<root>/<run_id>`` (for recipes that keep one).
     - ``token``: bearer token(s). One string, or ``{client name: token}`` to tell clients
       apart for the per-client limit. Without a token only loopback peers are served.
@@ -99,9 +118,9 @@ class ServiceSettings:
     - ``keep_finished``: how many finished runs keep their summary in memory. An older run
       with a run directory is then read from it when asked for (its view, metrics and
       events); an older run without one is forgotten.
-    - ``kitchen_niceness``: on Linux, the Kitchen's thread (and the threads it starts, such
-      as those computing a local torch step) runs this many niceness steps below the
-      process (0: the same priority; at most 19), so that when the cores are busy the
+    - ``kitchen_niceness``: on Linux, the Kitchen's thread or worker process (and the threads
+      it starts, such as those computing a local torch step) runs this many niceness steps
+      below the process (0: the same priority; at most 19), so that when the cores are busy the
       operating system serves the host's HTTP thread first. Elsewhere it is ignored.
     - ``gc_young_threshold``: while the service runs, Python's garbage collector leaves the
       objects that existed when it started alone (``gc.freeze()``) and collects its youngest
@@ -135,9 +154,20 @@ class ServiceSettings:
     kitchen_niceness: int = 10
     gc_young_threshold: int | None = 10_000
     switch_interval_s: float | None = 0.0005
+    kitchen: Literal["thread", "process"] = "thread"
+    worker_tracing: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.kitchen not in ("thread", "process"):
+            problems.append(f"kitchen: must be 'thread' or 'process', got {self.kitchen!r}")
+        elif self.kitchen == "process" and self.recipes:
+            problems.append(
+                "recipes: the host's own recipes cannot reach a worker process; register them "
+                "by entry point, or use kitchen='thread'"
+            )
+        elif self.kitchen == "thread" and self.worker_tracing is not None:
+            problems.append("worker_tracing: only a kitchen='process' has a worker to trace")
         tokens = {"token": self.token} if isinstance(self.token, str) else dict(self.token or {})
         problems += [f"{name}: a token must not be empty" for name, t in tokens.items() if not t]
         for name in ("max_body_bytes", "page_size", "max_page_size", "keep_finished"):
@@ -175,6 +205,9 @@ class TrackedRun:
     A run without one keeps them here, compactly (each event as its JSON); the service keeps
     that only for its ``keep_finished`` newest finished runs. Once the run has ended,
     ``handle`` is dropped, and with it the run's telemetry history and state.
+
+    With the Kitchen in a worker process, the worker keeps such a record of each run and sends
+    its news; the service's record has no ``handle`` and keeps the events of a running run.
     """
 
     run_id: str
@@ -188,6 +221,8 @@ class TrackedRun:
     stage: str | None = None
     steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    emitted: int = 0
+    """How many events the run has emitted so far."""
     history: list[dict[str, Any]] | None = None
     events: list[StoredEvent] | None = None
     result: RunResult | None = None
@@ -195,6 +230,7 @@ class TrackedRun:
     """Set on the host's loop once ``result`` is recorded."""
 
     def __call__(self, event: TelemetryEvent) -> None:
+        self.emitted += 1
         match event:
             case StageStart():
                 self.stage = event.stage
@@ -219,7 +255,8 @@ class TrackedRun:
     def status(self) -> RunStatus:
         if self.result is not None:
             return self.result.status
-        assert self.handle is not None  # dropped only once the result is recorded
+        if self.handle is None:  # in a worker process: running until its result comes
+            return "running"
         return self.handle.status
 
     def view(self) -> RunView:
@@ -257,7 +294,9 @@ class KitchenService:
 
     :meth:`lifespan` is the application's ``cleanup_ctx``: it starts the Kitchen on an event
     loop of its own in a new thread (its anyio scopes are entered and left in one task there)
-    and, at cleanup, stops it and waits for the thread. :meth:`shutdown` stops every run
+    and, at cleanup, stops it and waits for the thread; with ``kitchen="process"`` it starts
+    the Kitchen's worker process instead, and at cleanup waits for it to exit (see
+    ``_worker``). :meth:`shutdown` stops every run
     gracefully; it runs on the application's ``on_shutdown``, before aiohttp waits for open
     requests, so that event streams see their runs end.
 
@@ -282,6 +321,10 @@ class KitchenService:
         self._streams = 0
         self._streams_closed = anyio.Event()
         self._streams_closed.set()
+        self._worker: KitchenWorker | None = None
+        self._live: dict[str, TrackedRun] = {}  # runs in the worker that have not ended
+        self._news: dict[str, asyncio.Event] = {}  # set when a run in the worker has news
+        self._failure: str | None = None
 
     @property
     def kitchen(self) -> Kitchen:
@@ -289,16 +332,59 @@ class KitchenService:
         coroutines (and those of its run handles) through :meth:`on_kitchen`.
 
         Raises:
-            RuntimeError: the application has not started or has stopped.
+            RuntimeError: the application has not started or has stopped, or the Kitchen
+                runs in a worker process (``kitchen="process"``).
         """
         if self._kitchen is None:
-            raise RuntimeError("the kitchen service is not running (start its application)")
+            raise self._not_here()
         return self._kitchen
+
+    def _not_here(self) -> RuntimeError:
+        if self.settings.kitchen == "process":
+            return RuntimeError(
+                "the Kitchen runs in a worker process (kitchen='process'): reach it over "
+                "HTTP, or serve it with kitchen='thread'"
+            )
+        return RuntimeError("the kitchen service is not running (start its application)")
 
     @property
     def stopping(self) -> bool:
         """Whether shutdown began (new runs are refused)."""
         return self._stopping
+
+    @property
+    def failure(self) -> str | None:
+        """Why the service can start no more runs (its worker process died), else ``None``."""
+        return self._failure
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The process id of the Kitchen's worker process (``kitchen="process"``, while the
+        application runs), else ``None``."""
+        return None if self._worker is None else self._worker.pid
+
+    def recipes(self) -> list[RecipeInfo]:
+        """The recipes runs may be started of, while the application runs.
+
+        Raises:
+            RuntimeError: the application has not started or has stopped.
+        """
+        if self._worker is not None:
+            return list(self._worker.recipes)
+        return self.kitchen.recipes()
+
+    def _default_adapters(self, recipe: str) -> str:
+        """The adapter set of the recipe named ``recipe``.
+
+        Raises:
+            RecipeNotFound: no such recipe.
+        """
+        if self._worker is None:
+            return self.kitchen.recipe(recipe).adapters
+        known = {info.name: info.adapters for info in self._worker.recipes}
+        if recipe not in known:
+            raise RecipeNotFound(recipe, known=sorted(known))
+        return known[recipe]
 
     async def on_kitchen(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the kitchen loop and return its result here, on the host's
@@ -311,15 +397,27 @@ class KitchenService:
         loop = self._kitchen_loop
         if loop is None:
             coroutine.close()
-            raise RuntimeError("the kitchen service is not running (start its application)")
+            raise self._not_here()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
 
     # ------------------------------------------------------------------ lifetime
 
     async def lifespan(self, _app: object) -> AsyncIterator[None]:
-        """The ``cleanup_ctx`` of the application: start the Kitchen on its own loop, and at
-        cleanup stop every run, close the Kitchen and wait for its thread."""
+        """The ``cleanup_ctx`` of the application: start the Kitchen (on its own loop, or in
+        its worker process), and at cleanup stop every run, close the Kitchen and wait for its
+        thread (or process)."""
         self._host_loop = asyncio.get_running_loop()
+        owned = self._in_worker() if self.settings.kitchen == "process" else self._in_thread()
+        async with owned:
+            with (
+                _tuned_collector(self.settings.gc_young_threshold),
+                _switch_interval(self.settings.switch_interval_s),
+            ):
+                yield
+
+    @asynccontextmanager
+    async def _in_thread(self) -> AsyncIterator[None]:
+        assert self._host_loop is not None
         self._wakeups = _Wakeups(self._host_loop)
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         closing: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -333,17 +431,91 @@ class KitchenService:
             await asyncio.wait((owner, asyncio.wrap_future(ready)), return_when=FIRST_COMPLETED)
             if owner.done():
                 owner.result()  # raises what failed the start
-            with (
-                _tuned_collector(self.settings.gc_young_threshold),
-                _switch_interval(self.settings.switch_interval_s),
-            ):
-                yield
+            yield
         finally:
             closing.set_result(None)  # whenever the Kitchen gets there, it stops
             try:
                 await asyncio.shield(owner)
             finally:
                 thread.join()
+
+    @asynccontextmanager
+    async def _in_worker(self) -> AsyncIterator[None]:
+        from ._worker import KitchenWorker, WorkerSettings
+
+        settings = self.settings
+        past = await anyio.to_thread.run_sync(scan_past_runs, Path(settings.root))
+        self._past = {run.run_id: run for run in past}
+        worker = await KitchenWorker.start(
+            WorkerSettings(
+                root=os.fspath(settings.root),
+                stop_grace_s=settings.stop_grace_s,
+                niceness=settings.kitchen_niceness,
+                tracing=settings.worker_tracing,
+            )
+        )
+        self._worker = worker
+        hearing = asyncio.ensure_future(self._hear(worker))
+        try:
+            yield
+        finally:
+            try:
+                await self.shutdown()
+                await worker.close()
+            finally:
+                await hearing
+                self._worker = None
+
+    async def _hear(self, worker: KitchenWorker) -> None:
+        """Keep the records of the worker's runs from its news; if it dies, fail every run
+        that had not ended, and refuse new ones."""
+        code = await worker.receive(self._progressed, self._run_ended)
+        if self._stopping and not self._live:  # it was told to exit
+            return
+        self._failure = f"the kitchen's worker process (pid {worker.pid}) exited with status {code}"
+        if self._live:
+            self._failure += " while runs were running"
+        for run in list(self._live.values()):
+            failed = RunResult(
+                run_id=run.run_id,
+                workflow=run.workflow,
+                recipe=run.recipe,
+                status="failed",
+                metrics=dict(run.metrics),
+                artifacts={},
+                steps=run.steps,
+                duration_s=time.time() - run.created,
+                error=self._failure,
+                failed_stage=run.stage,
+            )
+            self._finish_live(run, failed)
+
+    def _progressed(self, progress: RunProgress) -> None:
+        run = self._live.get(progress.run_id)
+        if run is None:
+            return
+        run.stage, run.steps, run.emitted = progress.stage, progress.steps, progress.emitted
+        run.metrics = progress.metrics
+        assert run.events is not None  # kept while the run is live
+        run.events.extend(progress.events)
+        if run.history is not None:
+            run.history.extend(progress.rows)
+        self._tell_followers(run.run_id)
+
+    def _run_ended(self, ended: Ended) -> None:
+        if (run := self._live.get(ended.run_id)) is not None:
+            self._finish_live(run, ended.result)
+
+    def _finish_live(self, run: TrackedRun, result: RunResult) -> None:
+        del self._live[run.run_id]
+        if run.run_dir is not None:  # its events are read back from there from now on
+            run.events = None
+        self._ended(run, result)
+        self._tell_followers(run.run_id)
+
+    def _tell_followers(self, run_id: str) -> None:
+        if (news := self._news.pop(run_id, None)) is not None:
+            news.set()
 
     def _kitchen_thread(
         self,
@@ -386,7 +558,13 @@ class KitchenService:
         """Refuse new runs, then stop every run (see :meth:`stop_run`) and wait until each
         has ended with its final status. Idempotent."""
         self._stopping = True
-        if self._kitchen_loop is not None:
+        if self._worker is not None:
+            from ._worker import StopAll
+
+            self._worker.send(StopAll())
+            for run in list(self._live.values()):
+                await run.ended.wait()
+        elif self._kitchen_loop is not None:
             await self.on_kitchen(self._stop_runs())
 
     async def _stop_runs(self) -> None:
@@ -399,10 +577,7 @@ class KitchenService:
         """Ask the run to stop at its next step boundary (its checkpoint stage runs when the
         recipe checkpoints), and cancel it if it has not ended after ``stop_grace_s``. On the
         kitchen loop."""
-        handle.request_stop()
-        with anyio.move_on_after(self.settings.stop_grace_s):
-            return await handle.result()
-        return await handle.cancel()
+        return await stop_gracefully(handle, self.settings.stop_grace_s)
 
     # ------------------------------------------------------------------ runs
 
@@ -423,10 +598,26 @@ class KitchenService:
             ConfigError, PortError, RecipeNotFound: from :meth:`Kitchen.start`.
         """
         self._accepting()
-        kitchen = self.kitchen
-        adapter_set = adapters or kitchen.recipe(recipe).adapters
+        adapter_set = adapters or self._default_adapters(recipe)
         self._check_adapter_set(adapter_set)
         self._check_client_limit(client)
+        if self._worker is not None:
+            from ._worker import StartRun
+
+            trace = _trace_carrier()
+            return await self._start_in_worker(
+                lambda request: StartRun(
+                    request=request,
+                    recipe=recipe,
+                    config=dict(config),
+                    adapters=adapter_set,
+                    seed=seed,
+                    trace=trace,
+                ),
+                client=client,
+                adapters=adapter_set,
+            )
+        kitchen = self.kitchen
 
         async def start(tracker: _Tracker) -> RunHandle:
             return await kitchen.start(
@@ -458,6 +649,17 @@ class KitchenService:
             if past.adapters is not None:
                 self._check_adapter_set(past.adapters)
             self._check_client_limit(client)
+            if self._worker is not None:
+                from ._worker import ResumeRun
+
+                trace = _trace_carrier()
+                return await self._start_in_worker(
+                    lambda request: ResumeRun(
+                        request=request, run_dir=os.fspath(directory), trace=trace
+                    ),
+                    client=client,
+                    adapters=past.adapters,
+                )
             kitchen = self.kitchen
 
             async def start(tracker: _Tracker) -> RunHandle:
@@ -473,7 +675,9 @@ class KitchenService:
 
     def _accepting(self) -> None:
         """Raise unless new runs are accepted."""
-        if self._stopping or self._kitchen_loop is None:
+        if self._failure is not None:
+            raise Problem(503, "kitchen-worker-died", f"{self._failure}; it takes no new runs")
+        if self._stopping or (self._kitchen_loop is None and self._worker is None):
             raise Problem(503, "stopping", "the kitchen is shutting down and takes no new runs")
 
     def _check_adapter_set(self, adapter_set: str) -> None:
@@ -530,6 +734,34 @@ class KitchenService:
             task_group.start_soon(self.stop_run, handle)
         return run
 
+    async def _start_in_worker(
+        self,
+        message: Callable[[int], StartRun | ResumeRun],
+        *,
+        client: str,
+        adapters: str | None,
+    ) -> TrackedRun:
+        """Have the worker start the run that ``message`` asks for, and track it."""
+        assert self._worker is not None
+
+        def track(started: Started) -> TrackedRun:  # before any news of the run is heard
+            run = TrackedRun(
+                run_id=started.run_id,
+                recipe=started.recipe,
+                workflow=started.workflow,
+                run_dir=None if started.run_dir is None else Path(started.run_dir),
+                client=client,
+                adapters=adapters,
+                handle=None,
+                history=[] if started.run_dir is None else None,
+                events=[],
+            )
+            self._live[run.run_id] = run
+            self._add(run)
+            return run
+
+        return await self._worker.start_run(message, track)
+
     async def _watch(
         self, run: TrackedRun, handle: RunHandle, host: asyncio.AbstractEventLoop
     ) -> None:
@@ -572,10 +804,15 @@ class KitchenService:
         Raises:
             Problem: the run has ended already (409).
         """
-        handle, loop = run.handle, self._kitchen_loop
-        if run.result is not None or handle is None or loop is None:
+        if run.result is not None:
             raise Problem(409, "run-ended", f"run {run.run_id!r} has ended already ({run.status})")
-        asyncio.run_coroutine_threadsafe(self.stop_run(handle), loop)
+        if self._worker is not None:
+            from ._worker import StopRun
+
+            self._worker.send(StopRun(run_id=run.run_id))
+            return
+        assert run.handle is not None  # dropped only once the result is recorded
+        asyncio.run_coroutine_threadsafe(self.stop_run(run.handle), self._loop())
 
     def run(self, run_id: str) -> TrackedRun:
         """A run started through the service whose summary is kept here.
@@ -685,6 +922,8 @@ class KitchenService:
         if isinstance(entry, TrackedRun):
             if entry.handle is not None:
                 return self._live_events(entry.handle, after, self._loop(), self._host_wakeups())
+            if entry.result is None:
+                return self._followed_events(entry, after)
             if entry.events is not None:
                 return _kept_events(entry.events, after)
         return self._stored_events(self._stored_directory(run_id), after)
@@ -725,6 +964,26 @@ class KitchenService:
                 yield cast("list[StoredEvent]", batch)
         finally:
             forwarding.cancel()
+
+    async def _followed_events(
+        self, run: TrackedRun, after: int
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        """The events of a run in the worker, from its record, as its news arrive."""
+        events = run.events
+        assert events is not None  # kept while the run is live
+        position = 0
+        while True:
+            ended = run.result is not None  # then every event of the run is in ``events``
+            new = events[position:]
+            position += len(new)
+            if batch := [stored for stored in new if stored.seq > after]:
+                yield batch
+            if ended and position == len(events):
+                return
+            # Checked again after the yield, without a suspension before the wait: news that
+            # came meanwhile (the run's end among them) is read now, not waited for.
+            if position == len(events) and run.result is None:
+                await self._news.setdefault(run.run_id, asyncio.Event()).wait()
 
     async def final_status(self, run_id: str) -> RunStatus:
         """The status of the run ``run_id`` once it has ended (waiting for that).
@@ -772,6 +1031,20 @@ class KitchenService:
             self._streams -= 1
             if self._streams == 0:
                 self._streams_closed.set()
+
+
+async def stop_gracefully(handle: RunHandle, grace_s: float) -> RunResult:
+    """Ask the run to stop at its next step boundary, and cancel it if it has not ended after
+    ``grace_s`` seconds; its result."""
+    handle.request_stop()
+    with anyio.move_on_after(grace_s):
+        return await handle.result()
+    return await handle.cancel()
+
+
+def _trace_carrier() -> dict[str, str]:
+    """The W3C trace context of the current span (the request's), for a worker process."""
+    return inject_context(trace.get_current_span())
 
 
 @contextmanager
@@ -891,10 +1164,10 @@ class _Tracker:
     kept until the :class:`TrackedRun` exists, then handed to it."""
 
     def __init__(self) -> None:
-        self._run: TrackedRun | None = None
+        self._run: Callable[[TelemetryEvent], None] | None = None
         self._early: list[TelemetryEvent] = []
 
-    def attach(self, run: TrackedRun) -> None:
+    def attach(self, run: Callable[[TelemetryEvent], None]) -> None:
         self._run = run
         for event in self._early:
             run(event)
