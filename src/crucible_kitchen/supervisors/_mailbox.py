@@ -144,12 +144,14 @@ class FutureEvent(anyio.Event):
 
     __slots__ = ("_flag", "_waiters")
 
-    def __new__(cls) -> FutureEvent:
-        return object.__new__(cls)
+    _flag: bool
+    _waiters: list[asyncio.Future[None]]
 
-    def __init__(self) -> None:
+    def __new__(cls) -> FutureEvent:  # made in one call: two are made per actor call
+        self = object.__new__(cls)
         self._flag = False
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters = []
+        return self
 
     def set(self) -> None:
         if not self._flag:
