@@ -164,13 +164,19 @@ class FutureEvent(anyio.Event):
         return self._flag
 
     async def wait(self) -> None:
-        await self.waiter()
+        waiter = self.waiter()
+        try:
+            await waiter
+        finally:
+            if waiter in self._waiters:  # a long-lived event keeps no finished waiters
+                self._waiters.remove(waiter)
 
     def waiter(self) -> Awaitable[None]:
-        """What :meth:`wait` awaits: a future that the event completes (a checkpoint if set).
+        """A future that the event completes (a checkpoint if it is set already).
 
-        Awaiting it directly saves a coroutine. A waiter that is cancelled cancels its own
-        future only, which :meth:`set` then skips.
+        Awaiting it directly saves :meth:`wait`'s coroutine; the mailbox's one-shot events do
+        (:func:`wait_event`), and their finished futures go with them. A waiter that is
+        cancelled cancels its own future only, which :meth:`set` then skips.
         """
         if self._flag:
             return anyio.lowlevel.checkpoint()
