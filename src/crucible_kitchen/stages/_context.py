@@ -116,6 +116,8 @@ class Context(Generic[ConfigT]):
     """
 
     __slots__ = (
+        "_position",
+        "_position_of",
         "_request_counts",
         "attempt",
         "items",
@@ -148,6 +150,9 @@ class Context(Generic[ConfigT]):
         self.path = path
         self.attempt = attempt
         self._request_counts: dict[str, int] | None = None
+        self._position_of: dict[str, int] | None = None if self.loops else self.loops
+        self._position = ""
+        """The loop position as ``request_id`` writes it, for the ``loops`` dict it was made of."""
 
     def __repr__(self) -> str:
         return (
@@ -170,30 +175,41 @@ class Context(Generic[ConfigT]):
         ``loops`` and ``items`` are shared: the engine replaces them, never changes them in
         place (:meth:`enter_loop`, :meth:`leave_loop`), and stages only read them.
         """
-        return Context(
-            self.run,
-            state=dict(self.state),
-            metrics=dict(self.metrics),
-            loops=self.loops,
-            items=self.items,
-            step=self.step,
-            path=self.path if path is None else path,
-            attempt=self.attempt if attempt is None else attempt,
-        )
+        ctx: Context[ConfigT] = object.__new__(Context)  # one per stage: skip __init__'s defaults
+        ctx.run = self.run
+        ctx.state = dict(self.state)
+        ctx.metrics = dict(self.metrics)
+        ctx.loops = self.loops
+        ctx.items = self.items
+        ctx.step = self.step
+        ctx.path = self.path if path is None else path
+        ctx.attempt = self.attempt if attempt is None else attempt
+        ctx._request_counts = None
+        ctx._position_of = self._position_of
+        ctx._position = self._position
+        return ctx
 
     def enter_loop(self, name: str, index: int, item: Any) -> Context[ConfigT]:
         """A copy positioned at ``index`` (with ``item``) of the loop ``name``."""
         ctx = self.fork()
-        ctx.loops = {**self.loops, name: index}
+        loops = ctx.loops = {**self.loops, name: index}
         ctx.items = {**self.items, name: item}
+        if self._position_of is self.loops and name not in self.loops:  # extend it in place
+            head = self._position
+            ctx._position = f"{head},{name}={index}" if head else f"{name}={index}"
+            ctx._position_of = loops
         return ctx
 
     def leave_loop(self, name: str) -> None:
         """Forget the position in loop ``name`` (this context only)."""
         if name in self.loops:
-            self.loops = {k: v for k, v in self.loops.items() if k != name}
+            loops = dict(self.loops)
+            del loops[name]
+            self.loops = loops
         if name in self.items:
-            self.items = {k: v for k, v in self.items.items() if k != name}
+            items = dict(self.items)
+            del items[name]
+            self.items = items
 
     def item(self, loop: str) -> Any:
         """The current item of the enclosing loop ``loop``."""
@@ -265,8 +281,11 @@ class Context(Generic[ConfigT]):
             counts = self._request_counts = {}
         n = counts.get(operation, 0)
         counts[operation] = n + 1
-        position = ",".join(f"{k}={v}" for k, v in self.loops.items())
-        return f"{self.run.run_id}/{self.path}[{position}]/{operation}#{n}"
+        loops = self.loops
+        if self._position_of is not loops:  # made once per loop position, shared by forks
+            self._position = ",".join(f"{k}={v}" for k, v in loops.items())
+            self._position_of = loops
+        return f"{self.run.run_id}/{self.path}[{self._position}]/{operation}#{n}"
 
     def rng(self, name: str) -> random.Random:
         """A random stream named ``name``, fixed by the run seed, stage path and loop position.

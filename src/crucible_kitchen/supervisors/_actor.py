@@ -26,11 +26,11 @@ from crucible_kitchen.errors import (
 )
 
 from ._exit import NOPROC, ExitKind, ExitReason, classify_exit
-from ._mailbox import Mailbox
+from ._mailbox import Mailbox, wait_event
 from ._messages import ActorStatistics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from anyio import TaskHandle
 
@@ -82,6 +82,12 @@ class _Call:
         if not self.done.is_set():
             self.error = error
             self.done.set()
+
+    def result(self) -> Any:
+        """The reply, or the error raised in its place (once ``done`` is set)."""
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class _Startup:
@@ -274,7 +280,10 @@ class Incarnation:
 class Child:
     """What a supervisor can run: an :class:`Actor` or a :class:`Supervisor`. Internal protocol."""
 
-    async def _ck_run(self, incarnation: Incarnation, ready: Callable[[], None]) -> None:
+    async def _ck_run(
+        self, incarnation: Incarnation, ready: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Start, call ``ready()``, and return what runs next (awaited one level up), if any."""
         raise NotImplementedError
 
     async def _ck_cleanup(self, incarnation: Incarnation, reason: ExitReason) -> ExitReason:
@@ -299,7 +308,9 @@ async def run_incarnation(
     child = incarnation.instance
     escaping: BaseException | None = None
     try:
-        await child._ck_run(incarnation, startup.ready)
+        body = await child._ck_run(incarnation, startup.ready)
+        if body is not None:  # awaited here, not inside _ck_run: one frame less to suspend
+            await body()
         reason = incarnation.reason_when_returned()
     except BaseException as exc:
         try:
@@ -456,13 +467,15 @@ class Actor(Child, Generic[M]):
         incarnation.deferred.add(call)
         return ReplyHandle(call, incarnation)
 
-    async def _ck_run(self, incarnation: Incarnation, ready: Callable[[], None]) -> None:
+    async def _ck_run(
+        self, incarnation: Incarnation, ready: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]]:
         self._ck_incarnation = incarnation
         starting = _SELF.set(incarnation.slot)
         await self.on_start()
         _SELF.reset(starting)  # tasks that a custom run() starts may call this actor
         ready()
-        await self.run()
+        return self.run
 
     async def _ck_cleanup(self, incarnation: Incarnation, reason: ExitReason) -> ExitReason:
         slot = incarnation.slot
@@ -488,7 +501,7 @@ async def _reply(call: _Call, actor: str, timeout: float | None) -> Any:
     """Wait for a call's outcome; on timeout, abandon it and raise CallTimeout."""
     try:
         if timeout is None:
-            await call.done.wait()
+            await wait_event(call.done)
         else:
             with anyio.move_on_after(timeout):
                 await call.done.wait()
@@ -500,9 +513,7 @@ async def _reply(call: _Call, actor: str, timeout: float | None) -> Any:
         raise CallTimeout(
             f"actor {actor!r} did not reply within {timeout} s", actor=actor, timeout=timeout
         )
-    if call.error is not None:
-        raise call.error
-    return call.value
+    return call.result()
 
 
 @final
@@ -672,7 +683,14 @@ class ActorRef(Generic[M]):
                 timeout = max(0.0, timeout - (anyio.current_time() - start))
         except anyio.ClosedResourceError:
             raise ActorNotRunning(f"actor {slot.id!r} is gone", actor=slot.id) from None
-        return await _reply(call, slot.id, timeout)
+        if timeout is not None:
+            return await _reply(call, slot.id, timeout)
+        try:  # the common case, awaited here: one coroutine less than _reply
+            await wait_event(call.done)
+        except BaseException:  # the caller was cancelled: don't run its request late
+            call.abandoned = True
+            raise
+        return call.result()
 
     async def cast(self, message: M, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> None:
         """Queue a fire-and-forget message, waiting up to ``timeout`` for room in the mailbox."""

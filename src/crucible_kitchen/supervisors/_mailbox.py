@@ -22,9 +22,9 @@ import anyio
 import anyio.lowlevel
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
-__all__ = ("FutureEvent", "Mailbox")
+__all__ = ("FutureEvent", "Mailbox", "wait_event")
 
 T = TypeVar("T")
 
@@ -117,7 +117,7 @@ class Mailbox(Generic[T]):
                 raise anyio.EndOfStream
             arrived = self._reader = self.new_event()
             try:
-                await arrived.wait()
+                await wait_event(arrived)
             finally:
                 if self._reader is arrived:
                     self._reader = None
@@ -144,12 +144,14 @@ class FutureEvent(anyio.Event):
 
     __slots__ = ("_flag", "_waiters")
 
-    def __new__(cls) -> FutureEvent:
-        return object.__new__(cls)
+    _flag: bool
+    _waiters: list[asyncio.Future[None]]
 
-    def __init__(self) -> None:
+    def __new__(cls) -> FutureEvent:  # made in one call: two are made per actor call
+        self = object.__new__(cls)
         self._flag = False
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters = []
+        return self
 
     def set(self) -> None:
         if not self._flag:
@@ -162,18 +164,35 @@ class FutureEvent(anyio.Event):
         return self._flag
 
     async def wait(self) -> None:
-        if self._flag:
-            await anyio.lowlevel.checkpoint()
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        waiter = self.waiter()
         try:
             await waiter
         finally:
-            self._waiters.remove(waiter)
+            if waiter in self._waiters:  # a long-lived event keeps no finished waiters
+                self._waiters.remove(waiter)
+
+    def waiter(self) -> Awaitable[None]:
+        """A future that the event completes (a checkpoint if it is set already).
+
+        Awaiting it directly saves :meth:`wait`'s coroutine; the mailbox's one-shot events do
+        (:func:`wait_event`), and their finished futures go with them. A waiter that is
+        cancelled cancels its own future only, which :meth:`set` then skips.
+        """
+        if self._flag:
+            return anyio.lowlevel.checkpoint()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def statistics(self) -> anyio.EventStatistics:
-        return anyio.EventStatistics(len(self._waiters))
+        return anyio.EventStatistics(sum(not waiter.done() for waiter in self._waiters))
+
+
+def wait_event(event: anyio.Event) -> Awaitable[None]:
+    """``event.wait()``, without a coroutine of its own for a :class:`FutureEvent`."""
+    if type(event) is FutureEvent:
+        return event.waiter()
+    return event.wait()
 
 
 def _in_asyncio_task() -> bool:

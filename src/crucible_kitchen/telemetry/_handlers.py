@@ -574,8 +574,7 @@ class JsonlHandler(_JsonLinesFile):
 
     default_name = "events.jsonl"
 
-    def __call__(self, event: TelemetryEvent) -> None:
-        self._write(event)
+    __call__ = _JsonLinesFile._write  # writes the event as one line; no wrapper call per event
 
 
 class MetricsJsonlHandler(_JsonLinesFile):

@@ -95,7 +95,9 @@ def configure_tracing(
     (finished spans as JSON lines, see ``JsonlSpanExporter``; a directory gets ``spans.jsonl``),
     or any ``SpanExporter`` instance.
     An in-memory exporter sits behind a ``SimpleSpanProcessor``, every other one behind a
-    ``BatchSpanProcessor``. The global provider is never set. Call ``provider.shutdown()`` at
+    ``BatchSpanProcessor``. The sampler is the SDK's default, ``ParentBased(ALWAYS_ON)``, in a
+    version with less work per span, unless ``OTEL_TRACES_SAMPLER`` names another one. The
+    global provider is never set. Call ``provider.shutdown()`` at
     the end to flush the batch and close the exporter.
 
     Raises:
@@ -128,7 +130,11 @@ def configure_tracing(
             f"unknown span exporter {exporter!r}: expected 'memory', 'console', 'otlp', "
             "'otlp:<endpoint>', 'jsonl:<path>' or a SpanExporter"
         )
-    provider = SdkProvider(resource=Resource.create({"service.name": service_name}))
+    from ._sampler import default_sampler
+
+    provider = SdkProvider(
+        resource=Resource.create({"service.name": service_name}), sampler=default_sampler()
+    )
     if isinstance(span_exporter, InMemorySpanExporter):
         provider.add_span_processor(SimpleSpanProcessor(span_exporter))
     else:

@@ -343,14 +343,23 @@ class WorkflowActor(Actor[Any]):
         self, nodes: tuple[Node, ...], ctx: Context, *, commit: bool = True
     ) -> Context:
         for node in nodes:
-            if isinstance(node, StageNode):  # the common case, without a coroutine of its own
-                ctx = await self._execute(node, ctx, commit)
+            if isinstance(node, StageNode):  # the common case: its first attempt awaited here
+                started = time.perf_counter()
+                try:
+                    result: Context = await self.refs[node.name].call(
+                        Execute(context=ctx, attempt=1, trace=self.trace), timeout=node.timeout
+                    )
+                except (CallTimeout, ActorExited, ActorNotRunning) as exc:
+                    result = await self._retry(node, ctx, exc, time.perf_counter() - started)
+                if commit:
+                    self.committed = result
+                ctx = result
             else:
                 ctx = await self._run_node(node, ctx, commit)
         return ctx
 
     async def _run_node(self, node: Node, ctx: Context, commit: bool) -> Context:
-        """A node that holds other nodes (stage nodes go straight to :meth:`_execute`)."""
+        """A node that holds other nodes (:meth:`_run_nodes` runs stage nodes itself)."""
         match node:
             case LoopNode(name=name, over=over, body=body):
                 items = range(over) if isinstance(over, int) else over(ctx)
@@ -385,35 +394,27 @@ class WorkflowActor(Actor[Any]):
         index = self.resume.pop(loop)
         return index if self.resume else index + 1  # the innermost loop resumes after it
 
-    async def _execute(self, node: StageNode, ctx: Context, commit: bool) -> Context:
-        """Run a stage node until an attempt succeeds or its retry policy says no more.
-
-        Each attempt is one ``Execute`` call to the stage's actor, awaited here directly (one
-        coroutine less per stage execution than a helper per attempt).
+    async def _retry(
+        self,
+        node: StageNode,
+        ctx: Context,
+        exc: CallTimeout | ActorExited | ActorNotRunning,
+        duration: float,
+    ) -> Context:
+        """After the first attempt of a stage node failed with ``exc``, after ``duration`` s:
+        retry it (one ``Execute`` call to the stage's actor per attempt) until an attempt
+        succeeds or its retry policy says no more.
 
         Raises:
             StageFailed: the stage failed for good (after its ``cleanup`` hook ran).
         """
         ref = self.refs[node.name]
-        attempt = 0
+        attempt = 1
         while True:
-            attempt += 1
-            started = time.perf_counter()
-            try:
-                result: Context = await ref.call(
-                    Execute(context=ctx, attempt=attempt, trace=self.trace), timeout=node.timeout
-                )
-            except (CallTimeout, ActorExited, ActorNotRunning) as exc:
-                failed = _failed_attempt(node, ref, exc)
-            else:
-                if commit:
-                    self.committed = result
-                return result
+            failed = _failed_attempt(node, ref, exc)
             error = failed.error
             will_retry = failed.retryable and node.retry.retries(error, attempt)
-            self._report_failure(
-                node, ctx, attempt, error, will_retry, time.perf_counter() - started
-            )
+            self._report_failure(node, ctx, attempt, error, will_retry, duration)
             if not will_retry:
                 path = self.plan.workflow.paths[node.name]
                 await _rollback(node, ctx.fork(path=path, attempt=attempt), error)
@@ -426,6 +427,17 @@ class WorkflowActor(Actor[Any]):
             delay = node.retry.delay(error, attempt)
             if delay > 0:
                 await anyio.sleep(delay)
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                result: Context = await ref.call(
+                    Execute(context=ctx, attempt=attempt, trace=self.trace), timeout=node.timeout
+                )
+            except (CallTimeout, ActorExited, ActorNotRunning) as caught:
+                exc = caught
+                duration = time.perf_counter() - started
+            else:
+                return result
 
     def _report_failure(
         self,
