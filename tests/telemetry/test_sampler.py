@@ -49,7 +49,7 @@ def test_decisions_match_the_sdk_default_sampler(context: Context | None) -> Non
     ours = ParentBasedAlwaysOn().should_sample(context, TRACE_ID, "stage", attributes=attributes)
     sdk = ParentBased(ALWAYS_ON).should_sample(context, TRACE_ID, "stage", attributes=attributes)
     assert ours.decision is sdk.decision
-    assert dict(ours.attributes or {}) == dict(sdk.attributes)
+    assert dict(ours.attributes) == dict(sdk.attributes)
     assert ours.trace_state == sdk.trace_state
 
 

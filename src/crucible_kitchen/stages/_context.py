@@ -152,7 +152,8 @@ class Context(Generic[ConfigT]):
         self._request_counts: dict[str, int] | None = None
         self._position_of: dict[str, int] | None = None if self.loops else self.loops
         self._position = ""
-        """The loop position as ``request_id`` writes it, for the ``loops`` dict it was made of."""
+        """The loop position as ``request_id`` writes it; ``_position_of`` is the ``loops`` dict
+        it was built from (``None``: build it again)."""
 
     def __repr__(self) -> str:
         return (
@@ -194,7 +195,7 @@ class Context(Generic[ConfigT]):
         ctx = self.fork()
         loops = ctx.loops = {**self.loops, name: index}
         ctx.items = {**self.items, name: item}
-        if self._position_of is self.loops and name not in self.loops:  # extend it in place
+        if self._position_of is self.loops and name not in self.loops:  # the parent's + this
             head = self._position
             ctx._position = f"{head},{name}={index}" if head else f"{name}={index}"
             ctx._position_of = loops

@@ -685,7 +685,7 @@ class ActorRef(Generic[M]):
             raise ActorNotRunning(f"actor {slot.id!r} is gone", actor=slot.id) from None
         if timeout is not None:
             return await _reply(call, slot.id, timeout)
-        try:  # the common case, awaited here: one coroutine less than _reply
+        try:  # no timeout (the engine's stage calls): awaited here, one coroutine less
             await wait_event(call.done)
         except BaseException:  # the caller was cancelled: don't run its request late
             call.abandoned = True

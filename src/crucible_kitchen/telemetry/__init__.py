@@ -19,9 +19,8 @@ The names re-exported here but not in ``__all__`` (the bus, span helpers and att
 are shared with the library's other packages, not public.
 
 This package imports only ``crucible_kitchen.errors`` and the root's bottom-level helpers from
-crucible-kitchen. rich is imported
-when a :class:`ConsoleHandler` is made, and the OpenTelemetry SDK by :func:`configure_tracing`
-or on first use of :class:`JsonlSpanExporter`.
+crucible-kitchen. rich is imported when a :class:`ConsoleHandler` is made, and the OpenTelemetry
+SDK by :func:`configure_tracing` or on first use of :class:`JsonlSpanExporter`.
 """
 
 from __future__ import annotations

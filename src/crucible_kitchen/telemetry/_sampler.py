@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.environment_variables import OTEL_TRACES_SAMPLER
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, SamplingResult
@@ -19,15 +20,16 @@ if TYPE_CHECKING:
 
 __all__ = ("ParentBasedAlwaysOn", "default_sampler")
 
+_NO_ATTRIBUTES: MappingProxyType[str, Any] = MappingProxyType({})
+
 
 class ParentBasedAlwaysOn(ParentBased):
     """``ParentBased(ALWAYS_ON)``, the SDK's default sampler, with the same decisions.
 
     A span under a sampled parent, or without a parent, is recorded and sampled with the
     parent's trace state; under a parent that is not sampled it is dropped. It looks the parent
-    up once, where the SDK's looks it up twice and delegates with keyword arguments, and it
-    hands the attributes on as given instead of wrapping them in a read-only view (the span
-    copies them): about 5% of the SDK's work per span.
+    up once, where the SDK's looks it up twice and delegates with keyword arguments: a stage
+    span costs about 5 % fewer instructions than with the SDK's sampler.
     """
 
     def __init__(self) -> None:
@@ -51,7 +53,7 @@ class ParentBasedAlwaysOn(ParentBased):
             state = parent.trace_state
         result = SamplingResult.__new__(SamplingResult)
         result.decision = Decision.RECORD_AND_SAMPLE
-        result.attributes = attributes  # type: ignore[assignment]  # read only by the span
+        result.attributes = _NO_ATTRIBUTES if attributes is None else MappingProxyType(attributes)
         result.trace_state = state
         return result
 

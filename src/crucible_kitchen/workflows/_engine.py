@@ -99,6 +99,11 @@ _STAGE_RESTARTS_UNBOUNDED = sys.maxsize
 """The stage supervisors' restart intensity: the stages' retry policies bound their restarts
 (see the module docstring)."""
 
+_AttemptFailure = CallTimeout | ActorExited | ActorNotRunning
+_ATTEMPT_FAILURES = (CallTimeout, ActorExited, ActorNotRunning)
+"""How an ``Execute`` call to a stage's actor fails: the stage overran, or its actor exited
+(the stage's error is the exit reason) or was not running; see ``_failed_attempt``."""
+
 
 class _StopRequested(Exception):
     """Unwinds the interpreter when a stop was requested at a loop iteration boundary."""
@@ -349,8 +354,15 @@ class WorkflowActor(Actor[Any]):
                     result: Context = await self.refs[node.name].call(
                         Execute(context=ctx, attempt=1, trace=self.trace), timeout=node.timeout
                     )
-                except (CallTimeout, ActorExited, ActorNotRunning) as exc:
-                    result = await self._retry(node, ctx, exc, time.perf_counter() - started)
+                except _ATTEMPT_FAILURES as exc:
+                    failed: tuple[_AttemptFailure, float] | None = (
+                        exc,
+                        time.perf_counter() - started,
+                    )
+                else:
+                    failed = None
+                if failed is not None:  # retried outside the handler: no exception in flight
+                    result = await self._retry(node, ctx, *failed)
                 if commit:
                     self.committed = result
                 ctx = result
@@ -398,7 +410,7 @@ class WorkflowActor(Actor[Any]):
         self,
         node: StageNode,
         ctx: Context,
-        exc: CallTimeout | ActorExited | ActorNotRunning,
+        exc: _AttemptFailure,
         duration: float,
     ) -> Context:
         """After the first attempt of a stage node failed with ``exc``, after ``duration`` s:
@@ -433,7 +445,7 @@ class WorkflowActor(Actor[Any]):
                 result: Context = await ref.call(
                     Execute(context=ctx, attempt=attempt, trace=self.trace), timeout=node.timeout
                 )
-            except (CallTimeout, ActorExited, ActorNotRunning) as caught:
+            except _ATTEMPT_FAILURES as caught:
                 exc = caught
                 duration = time.perf_counter() - started
             else:
@@ -577,9 +589,7 @@ class _Failed:
     retryable: bool = True
 
 
-def _failed_attempt(
-    node: StageNode, ref: ActorRef[Execute], exc: CallTimeout | ActorExited | ActorNotRunning
-) -> _Failed:
+def _failed_attempt(node: StageNode, ref: ActorRef[Execute], exc: _AttemptFailure) -> _Failed:
     """Why an ``Execute`` call to a stage's actor failed; an overrun kills the actor."""
     if isinstance(exc, CallTimeout):
         ref.kill()
