@@ -457,8 +457,8 @@ class DecodeBatch:
 
     def _allocate(self, slots: int, positions: int) -> None:
         """A cache of ``slots`` rows of ``positions``, unless the current one (empty) is one."""
-        cache = self._cache
-        if cache is not None and (cache.batch_size, cache.capacity) == (slots, positions):
+        shape = None if self._cache is None else (self._cache.batch_size, self._cache.capacity)
+        if shape == (slots, positions):
             return
         self._cache = None  # freed before the new one is allocated
         device = self.model.device
