@@ -270,16 +270,25 @@ class Transformer(nn.Module):
         """Device of the parameters."""
         return self.embed.weight.device
 
-    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
-        """An empty :class:`KVCache` for ``batch_size`` rows (capacity defaults to max_seq_len)."""
+    def new_cache(
+        self, batch_size: int, capacity: int | None = None, *, zeroed: bool = False
+    ) -> KVCache:
+        """An empty :class:`KVCache` for ``batch_size`` rows (capacity defaults to max_seq_len).
+
+        Its positions are uninitialised unless ``zeroed``: a forward pass reads only the
+        positions it filled, but attention over the whole cache under a mask reads every one
+        (and uninitialised memory may hold NaN, which a mask does not cancel).
+        """
         config = self.config
         capacity = config.max_seq_len if capacity is None else capacity
         shape = (batch_size, config.kv_heads, capacity, config.head_dim)
         weight = self.embed.weight
-        return KVCache(
-            [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers],
-            [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers],
-        )
+        allocate = torch.zeros if zeroed else torch.empty
+
+        def layers() -> list[Tensor]:
+            return [allocate(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers]
+
+        return KVCache(layers(), layers())
 
     @property
     def output_weight(self) -> Tensor:

@@ -8,7 +8,7 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from crucible_kitchen.adapters.local_torch._model import KVCache, Transformer
 
 StopReason = Literal["stop", "length"]
+
+MIN_CACHE_POSITIONS: Final = 64
+"""Fewest positions a :class:`DecodeBatch` with grouped attention allocates per slot."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,7 +266,7 @@ class DecodeRequest:
 
 class DecodeBatch:
     """Continuous batching: the rows of every running request decoded together, one token per
-    row per step, over one preallocated key/value cache of a fixed shape.
+    row per step, over one key/value cache of a fixed number of slots.
 
     Requests :meth:`add`-ed from any thread wait in a queue; each step (:meth:`run_until`, in
     the thread that computes) first admits waiting requests in order while their rows fit in
@@ -272,15 +275,22 @@ class DecodeBatch:
     request picks its rows' tokens with its own generator, a finished request leaves (freeing
     its slots), and one forward pass feeds every slot its token at its own position.
 
-    The cache always has ``max_rows`` slots (more only while a larger request runs alone) of
-    ``capacity`` positions, a request's rows take consecutive slots, and every step decodes
-    all slots. So the step's matrix products have one shape whatever requests come and go, and
-    a row's numbers do not depend on its neighbours: a request's samples and logprobs are the
-    same, bit for bit, whichever requests it was batched with (a product of a fixed shape
-    computes each row alike). Attention is row-local either way: with ``grouped_attention``
-    (the default on CPU, where memory traffic dominates) each request's rows attend over their
-    own filled prefix; without (the default on GPUs: one kernel, static shapes) every row
-    attends over the whole cache under a mask.
+    The cache always has ``max_rows`` slots (more only while a larger request runs alone), a
+    request's rows take consecutive slots, and every step decodes all slots. So the step's
+    matrix products have one shape whatever requests come and go, and a row's numbers do not
+    depend on its neighbours: a request's samples and logprobs are the same, bit for bit,
+    whichever requests it was batched with (a product of a fixed shape computes each row
+    alike). Attention is row-local either way: with ``grouped_attention`` (the default on CPU,
+    where memory traffic dominates) each request's rows attend over their own filled prefix;
+    without (the default on GPUs: one kernel, static shapes) every row attends over the whole
+    cache under a mask.
+
+    ``capacity`` (default ``max_seq_len``) is the most positions a request may fill. With
+    grouped attention, where the cache's length changes no number, the cache holds only what
+    the running requests need: a power of two of at least :data:`MIN_CACHE_POSITIONS`
+    positions, fitted to the first request admitted into an empty batch, and grown (the filled
+    prefix copied) when a longer request joins. Under a mask the cache's length is part of
+    the attention's shape, so it keeps ``capacity`` positions (zero-filled) for every request.
 
     ``use_kv_cache=False`` recomputes each request's whole sequence at every step, one request
     at a time (slow; a reference for tests).
@@ -327,6 +337,11 @@ class DecodeBatch:
             )
         with self._lock:
             self._waiting.append(request)
+
+    @property
+    def cache_positions(self) -> int:
+        """Positions per slot of the cache now allocated (0 before the first request)."""
+        return 0 if self._cache is None else self._cache.capacity
 
     @property
     def running_rows(self) -> int:
@@ -407,8 +422,11 @@ class DecodeBatch:
         request.next_logits = logits[:, -1].expand(request.rows, -1)
         if cache is None:
             return
+        positions = self._positions_for(request.length)
         if not self._running:
-            self._allocate(max(self.max_rows, request.rows))
+            self._allocate(max(self.max_rows, request.rows), positions)
+        elif self.cache_positions < positions:
+            self._grow(positions)
         assert self._cache is not None
         first = self._free_run(request.rows)
         assert first is not None
@@ -431,16 +449,35 @@ class DecodeBatch:
                 return slot - rows + 1
         return None
 
-    def _allocate(self, slots: int) -> None:
-        """A cache of ``slots`` rows, unless the current one (empty) has that many."""
-        if self._cache is not None and self._cache.batch_size == slots:
+    def _positions_for(self, length: int) -> int:
+        """Cache positions per slot for a request of ``length`` positions."""
+        if not self.grouped_attention:
+            return self.capacity
+        return min(self.capacity, max(MIN_CACHE_POSITIONS, 1 << (length - 1).bit_length()))
+
+    def _allocate(self, slots: int, positions: int) -> None:
+        """A cache of ``slots`` rows of ``positions``, unless the current one (empty) is one."""
+        shape = None if self._cache is None else (self._cache.batch_size, self._cache.capacity)
+        if shape == (slots, positions):
             return
+        self._cache = None  # freed before the new one is allocated
         device = self.model.device
-        self._cache = self.model.new_cache(slots, capacity=self.capacity)
+        zeroed = not self.grouped_attention  # masked attention reads every position
+        self._cache = self.model.new_cache(slots, capacity=positions, zeroed=zeroed)
         self._positions = torch.zeros(slots, dtype=torch.int64, device=device)
         self._active = torch.zeros(slots, dtype=torch.int64, device=device)
         self._tokens = torch.zeros((slots, 1), dtype=torch.int64, device=device)
         self._taken = [False] * slots
+
+    def _grow(self, positions: int) -> None:
+        """Replace the cache with one of ``positions`` per slot holding the filled prefix."""
+        old = self._cache
+        assert old is not None
+        filled = max(running.position for running in self._running)
+        grown = self.model.new_cache(old.batch_size, capacity=positions)
+        for new, kept in zip(grown.keys + grown.values, old.keys + old.values, strict=True):
+            new[:, :, :filled] = kept[:, :, :filled]
+        self._cache = grown
 
     def _leave(self, request: DecodeRequest) -> None:
         self._running.remove(request)
