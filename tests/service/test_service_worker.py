@@ -13,6 +13,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 import pytest
 from _service_support import (
     NOOP_RUN,
@@ -37,7 +38,14 @@ from crucible_kitchen.service import (
     TrackedRun,
     create_app,
 )
-from crucible_kitchen.service._worker import RunProgress
+from crucible_kitchen.service._worker import (
+    Refused,
+    RunProgress,
+    StartRun,
+    ToService,
+    WorkerSettings,
+    _Worker,
+)
 from crucible_kitchen.telemetry import configure_tracing, get_span_exporter
 
 if TYPE_CHECKING:
@@ -205,6 +213,9 @@ async def test_shutdown_stops_every_run_in_the_worker_with_a_final_status(tmp_pa
     assert all(result and result.steps > 0 for result in results)
 
 
+SETTINGS = WorkerSettings(root="runs", stop_grace_s=1.0, niceness=0, tracing=None)
+
+
 async def test_the_request_span_parents_the_run_span_in_the_worker(tmp_path: Path) -> None:
     provider = configure_tracing("memory")
     assert provider is not None
@@ -270,6 +281,31 @@ async def test_a_follower_that_read_the_last_event_sees_the_end_that_comes_alone
     service._finish_live(run, result)
     with anyio.fail_after(10), pytest.raises(StopAsyncIteration):
         await anext(batches)
+
+
+class FailingKitchen:
+    """A Kitchen whose every start fails unexpectedly, with internals in the message."""
+
+    async def start(self, *_: object, **__: object) -> object:
+        raise RuntimeError("cannot open /srv/secret/runs/r1/lock")
+
+
+async def test_an_unexpected_start_failure_in_the_worker_answers_without_its_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = _Worker(FailingKitchen(), None, None, SETTINGS)  # type: ignore[arg-type]
+    request = StartRun(request=7, recipe="supervised", config={}, adapters="noop", seed=0, trace={})
+    await worker._run(request)
+    (frame,) = worker._outbox
+    refused = msgspec.msgpack.decode(frame[4:], type=ToService)
+    assert refused == Refused(
+        request=7,
+        status=500,
+        kind="internal-error",
+        detail="the service failed to handle the request; its log has the details",
+        errors=[],
+    )
+    assert "/srv/secret/runs/r1/lock" in caplog.text  # logged where it happened
 
 
 def test_settings_that_a_worker_process_cannot_honour_are_refused() -> None:

@@ -47,7 +47,7 @@ from crucible_kitchen.kitchen import RecipeInfo
 from crucible_kitchen.telemetry import configure_tracing, extract_context
 
 from ._past import StoredEvent
-from ._problems import Problem, start_problem
+from ._problems import INTERNAL_ERROR_DETAIL, Problem, start_problem
 from ._service import TrackedRun, _Tracker, stop_gracefully
 
 if TYPE_CHECKING:
@@ -544,9 +544,10 @@ def _progress(run: TrackedRun) -> RunProgress:
 
 
 def _refusal(exc: Exception, request: StartRun | ResumeRun) -> Problem:
-    """The problem a failed start answers with."""
+    """The problem a failed start answers with; an unexpected failure is logged here, and
+    the service hears only that one happened (its text may hold paths and internals)."""
     recipe = request.recipe if isinstance(request, StartRun) else request.run_dir
     if (problem := start_problem(exc, recipe)) is not None:
         return problem
     logger.exception("the kitchen failed to start a run")
-    return Problem(500, "internal-error", f"the kitchen failed to start the run: {exc}")
+    return Problem(500, "internal-error", INTERNAL_ERROR_DETAIL)
