@@ -283,6 +283,40 @@ async def test_a_follower_that_read_the_last_event_sees_the_end_that_comes_alone
         await anext(batches)
 
 
+async def test_a_stream_asked_for_before_its_run_ends_reads_every_event(tmp_path: Path) -> None:
+    """The run can end (and its record drop its events: its run directory has them) between
+    the moment a stream is asked for and its first read: the stream still reads them all."""
+    service = KitchenService(ServiceSettings(kitchen="process"))
+    run = TrackedRun(
+        run_id="r",
+        recipe=None,
+        workflow="w",
+        run_dir=tmp_path / "r",
+        client="c",
+        adapters=None,
+        handle=None,
+        events=[],
+    )
+    service._live[run.run_id] = service._runs[run.run_id] = run
+    events = [StoredEvent(seq, "crucible_kitchen.workflow.run.stop", b"{}") for seq in (1, 2)]
+    service._progressed(RunProgress(run.run_id, events, [], None, 1, {}, 2))
+    batches = service.event_batches(run.run_id, 1)
+    result = RunResult(
+        run_id="r",
+        workflow="w",
+        recipe=None,
+        status="completed",
+        metrics={},
+        artifacts={},
+        steps=1,
+        duration_s=0.0,
+    )
+    service._finish_live(run, result)
+    assert run.events is None
+    with anyio.fail_after(10):
+        assert [batch async for batch in batches] == [events[1:]]
+
+
 class FailingKitchen:
     """A Kitchen whose every start fails unexpectedly, with internals in the message."""
 

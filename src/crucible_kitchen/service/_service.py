@@ -922,9 +922,9 @@ class KitchenService:
         if isinstance(entry, TrackedRun):
             if entry.handle is not None:
                 return self._live_events(entry.handle, after, self._loop(), self._host_wakeups())
-            if entry.result is None:
-                return self._followed_events(entry, after)
             if entry.events is not None:
+                if entry.result is None:  # a live run in the worker
+                    return self._followed_events(entry, entry.events, after)
                 return _kept_events(entry.events, after)
         return self._stored_events(self._stored_directory(run_id), after)
 
@@ -966,11 +966,11 @@ class KitchenService:
             forwarding.cancel()
 
     async def _followed_events(
-        self, run: TrackedRun, after: int
+        self, run: TrackedRun, events: list[StoredEvent], after: int
     ) -> AsyncGenerator[list[StoredEvent], None]:
-        """The events of a run in the worker, from its record, as its news arrive."""
-        events = run.events
-        assert events is not None  # kept while the run is live
+        """The events of a run in the worker, from its record's ``events`` (taken when the
+        stream is asked for: the record drops them once the run has ended), as its news
+        arrive."""
         position = 0
         while True:
             ended = run.result is not None  # then every event of the run is in ``events``
