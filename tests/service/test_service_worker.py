@@ -7,6 +7,7 @@ aiohttp's ``TestServer`` on 127.0.0.1. Each test starts a real worker process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -36,9 +37,12 @@ from crucible_kitchen.service import (
     ServiceSettings,
     StoredEvent,
     TrackedRun,
+    _worker,
     create_app,
 )
+from crucible_kitchen.service._problems import Problem
 from crucible_kitchen.service._worker import (
+    KitchenWorker,
     Refused,
     RunProgress,
     StartRun,
@@ -213,7 +217,95 @@ async def test_shutdown_stops_every_run_in_the_worker_with_a_final_status(tmp_pa
     assert all(result and result.steps > 0 for result in results)
 
 
+async def test_shutdown_waits_for_a_run_whose_start_the_worker_has_not_answered(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path, kitchen="process") as (_, service):
+        starting = asyncio.ensure_future(
+            service.start_run(
+                client="c", recipe="supervised", config={"epochs": 10_000}, adapters="noop", seed=0
+            )
+        )
+        await anyio.wait_all_tasks_blocked()  # the start is sent; the worker has not answered
+        assert not starting.done()
+        await service.shutdown()
+        assert starting.done()
+        run = starting.result()
+        assert run.result is not None
+        assert run.result.status == "cancelled"
+
+
 SETTINGS = WorkerSettings(root="runs", stop_grace_s=1.0, niceness=0, tracing=None)
+
+
+async def test_a_worker_whose_news_cannot_be_read_is_killed_and_fails_its_starts(
+    tmp_path: Path,
+) -> None:
+    worker = await KitchenWorker.start(
+        WorkerSettings(root=str(tmp_path), stop_grace_s=1.0, niceness=0, tracing=None)
+    )
+    worker._reader.feed_data(b"\x00\x00\x00\x01\xc1")  # a frame that is no msgpack
+    starting = asyncio.ensure_future(
+        worker.start_run(
+            lambda request: StartRun(
+                request=request, recipe="nope", config={}, adapters="noop", seed=0, trace={}
+            ),
+            lambda started: started,
+        )
+    )
+    await anyio.wait_all_tasks_blocked()
+    with pytest.raises(msgspec.DecodeError):
+        await worker.receive(lambda _: None, lambda _: None)
+    with pytest.raises(Problem, match="worker process was killed") as caught:
+        await starting
+    assert caught.value.kind == "kitchen-worker-died"
+    assert await worker.process.wait() == -signal.SIGKILL
+    await worker.starts_settled()
+
+
+async def test_a_service_that_cannot_read_its_worker_fails_the_live_runs() -> None:
+    class UnreadableWorker:
+        pid = 4242
+
+        async def receive(self, *_: object) -> int:
+            raise msgspec.DecodeError("garbage")
+
+    service = KitchenService(ServiceSettings(kitchen="process"))
+    run = TrackedRun(
+        run_id="r",
+        recipe=None,
+        workflow="w",
+        run_dir=None,
+        client="c",
+        adapters=None,
+        handle=None,
+        history=[],
+        events=[],
+    )
+    service._live[run.run_id] = service._runs[run.run_id] = run
+    await service._hear(UnreadableWorker())  # type: ignore[arg-type]
+    assert run.ended.is_set()
+    assert run.result is not None
+    assert (run.result.status, run.result.error) == (
+        "failed",
+        "the kitchen's worker process (pid 4242) was killed while runs were running",
+    )
+    assert service.failure == run.result.error
+
+
+async def test_a_worker_not_ready_in_time_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    spawned: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def spied(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        spawned.append(await spawn(*args, **kwargs))
+        return spawned[-1]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spied)
+    monkeypatch.setattr(_worker, "READY_TIMEOUT_S", 0.001)  # no interpreter starts that fast
+    with pytest.raises(RuntimeError, match=r"was not ready within 0\.001 s"):
+        await KitchenWorker.start(SETTINGS)
+    assert await spawned[0].wait() == -signal.SIGKILL
 
 
 async def test_the_request_span_parents_the_run_span_in_the_worker(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import logging
 import math
 import os
 import sys
@@ -81,6 +82,8 @@ if TYPE_CHECKING:
 __all__ = ("KitchenService", "ServiceSettings", "TrackedRun")
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -467,12 +470,23 @@ class KitchenService:
                 self._worker = None
 
     async def _hear(self, worker: KitchenWorker) -> None:
-        """Keep the records of the worker's runs from its news; if it dies, fail every run
-        that had not ended, and refuse new ones."""
-        code = await worker.receive(self._progressed, self._run_ended)
-        if self._stopping and not self._live:  # it was told to exit
-            return
-        self._failure = f"the kitchen's worker process (pid {worker.pid}) exited with status {code}"
+        """Keep the records of the worker's runs from its news; if it dies, or sends what
+        cannot be handled (it is killed then), fail every run that had not ended, and refuse
+        new ones."""
+        code: int | None = None
+        try:
+            code = await worker.receive(self._progressed, self._run_ended)
+        except Exception:
+            logger.exception("the service could not handle what its kitchen's worker sent")
+        finally:
+            if code is None or self._live or not self._stopping:  # not told to exit
+                self._lose_worker(worker.pid, code)
+
+    def _lose_worker(self, pid: int, code: int | None) -> None:
+        """The worker has exited with status ``code`` (``None``: it was killed because what
+        it sent could not be handled): fail every run that had not ended."""
+        how = "was killed" if code is None else f"exited with status {code}"
+        self._failure = f"the kitchen's worker process (pid {pid}) {how}"
         if self._live:
             self._failure += " while runs were running"
         for run in list(self._live.values()):
@@ -562,8 +576,9 @@ class KitchenService:
             from ._worker import StopAll
 
             self._worker.send(StopAll())
-            for run in list(self._live.values()):
-                await run.ended.wait()
+            await self._worker.starts_settled()  # a run that starts now is tracked by then
+            while self._live:
+                await next(iter(self._live.values())).ended.wait()
         elif self._kitchen_loop is not None:
             await self.on_kitchen(self._stop_runs())
 
@@ -742,6 +757,7 @@ class KitchenService:
         adapters: str | None,
     ) -> TrackedRun:
         """Have the worker start the run that ``message`` asks for, and track it."""
+        self._accepting()  # again: shutdown may have begun while the caller awaited
         assert self._worker is not None
 
         def track(started: Started) -> TrackedRun:  # before any news of the run is heard
