@@ -30,7 +30,7 @@ from _service_support import (
 from _service_support import start as start_run
 from aiohttp import web
 
-from crucible_kitchen import RunResult
+from crucible_kitchen import Kitchen, RunResult
 from crucible_kitchen.errors import ConfigError
 from crucible_kitchen.service import (
     KitchenService,
@@ -131,6 +131,20 @@ async def test_bad_starts_are_refused_by_the_worker_as_by_a_thread(tmp_path: Pat
         assert len(body["errors"]) == 2
         unknown_set = {**NOOP_RUN, "adapters": "nowhere"}
         await problem(await client.post("/runs", json=unknown_set), 422, "unknown-adapter-set")
+
+
+async def test_the_worker_says_why_a_run_cannot_resume_without_showing_server_paths(
+    tmp_path: Path,
+) -> None:
+    kept = tmp_path / "runs" / "kept"
+    done = await Kitchen.run("supervised", NOOP_RUN["config"], adapters="noop", run_dir=kept)
+    assert done.status == "completed"
+    kept.rename(kept.parent / done.run_id)  # where the service looks for the run
+    async with serving(tmp_path, kitchen="process") as (client, _):
+        resuming = await client.post(f"/runs/{done.run_id}/resume")
+        body = await problem(resuming, 409, "cannot-resume")
+    assert f"in <root>/{done.run_id} completed already" in body["detail"]
+    assert str(tmp_path) not in body["detail"]
 
 
 async def test_a_run_in_the_worker_is_followed_live_and_cancelled(tmp_path: Path) -> None:

@@ -232,6 +232,33 @@ class TrackedRun:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     """Set on the host's loop once ``result`` is recorded."""
 
+    @classmethod
+    def begun(
+        cls,
+        run: RunHandle | Started,
+        *,
+        handle: RunHandle | None,
+        client: str = "",
+        adapters: str | None = None,
+        keep_events: bool = False,
+    ) -> TrackedRun:
+        """The record of ``run``, just started: its handle, or (in the service's process,
+        the Kitchen in a worker) the worker's word that it started. A run without a run
+        directory keeps its metrics rows and events here; ``keep_events``: a run with one
+        keeps its events too (until the worker sends them, or the run ends)."""
+        run_dir = None if run.run_dir is None else Path(run.run_dir)
+        return cls(
+            run_id=run.run_id,
+            recipe=run.recipe,
+            workflow=run.workflow,
+            run_dir=run_dir,
+            client=client,
+            adapters=adapters,
+            handle=handle,
+            history=[] if run_dir is None else None,
+            events=[] if keep_events or run_dir is None else None,
+        )
+
     def __call__(self, event: TelemetryEvent) -> None:
         self.emitted += 1
         match event:
@@ -678,11 +705,7 @@ class KitchenService:
             kitchen = self.kitchen
 
             async def start(tracker: _Tracker) -> RunHandle:
-                try:
-                    return await kitchen.start_resumed(directory, telemetry=[tracker])
-                except RunDirectoryError as exc:  # the server's paths are no business of clients
-                    detail = str(exc).replace(str(directory.parent), "<root>")
-                    raise Problem(409, "cannot-resume", detail) from None
+                return await start_resumed(kitchen, directory, tracker)
 
             return await self.on_kitchen(self._launch(start, client=client, adapters=past.adapters))
         finally:
@@ -731,17 +754,7 @@ class KitchenService:
             raise Problem(503, "stopping", "the kitchen is shutting down and takes no new runs")
         tracker = _Tracker()
         handle = await start(tracker)
-        run = TrackedRun(
-            run_id=handle.run_id,
-            recipe=handle.recipe,
-            workflow=handle.workflow,
-            run_dir=handle.run_dir,
-            client=client,
-            adapters=adapters,
-            handle=handle,
-            history=[] if handle.run_dir is None else None,
-            events=[] if handle.run_dir is None else None,
-        )
+        run = TrackedRun.begun(handle, handle=handle, client=client, adapters=adapters)
         tracker.attach(run)
         host.call_soon_threadsafe(self._add, run)  # before the result is: callbacks keep order
         task_group.start_soon(self._watch, run, handle, host)
@@ -761,16 +774,8 @@ class KitchenService:
         assert self._worker is not None
 
         def track(started: Started) -> TrackedRun:  # before any news of the run is heard
-            run = TrackedRun(
-                run_id=started.run_id,
-                recipe=started.recipe,
-                workflow=started.workflow,
-                run_dir=None if started.run_dir is None else Path(started.run_dir),
-                client=client,
-                adapters=adapters,
-                handle=None,
-                history=[] if started.run_dir is None else None,
-                events=[],
+            run = TrackedRun.begun(
+                started, handle=None, client=client, adapters=adapters, keep_events=True
             )
             self._live[run.run_id] = run
             self._add(run)
@@ -1056,6 +1061,21 @@ async def stop_gracefully(handle: RunHandle, grace_s: float) -> RunResult:
     with anyio.move_on_after(grace_s):
         return await handle.result()
     return await handle.cancel()
+
+
+async def start_resumed(kitchen: Kitchen, directory: Path, tracker: _Tracker) -> RunHandle:
+    """Start the run in ``directory`` again where its newest checkpoint left it
+    (:meth:`Kitchen.start_resumed`), its events told to ``tracker``.
+
+    Raises:
+        Problem: it cannot be resumed (409 ``cannot-resume``; the detail shows the runs'
+            root as ``<root>``: the server's paths are no business of clients).
+    """
+    try:
+        return await kitchen.start_resumed(directory, telemetry=[tracker])
+    except RunDirectoryError as exc:
+        detail = str(exc).replace(str(directory.parent), "<root>")
+        raise Problem(409, "cannot-resume", detail) from None
 
 
 def _trace_carrier() -> dict[str, str]:

@@ -42,13 +42,12 @@ import msgspec
 from opentelemetry import context as otel_context
 
 from crucible_kitchen import Kitchen, RunResult
-from crucible_kitchen.errors import RunDirectoryError
 from crucible_kitchen.kitchen import RecipeInfo
 from crucible_kitchen.telemetry import configure_tracing, extract_context
 
 from ._past import StoredEvent
 from ._problems import INTERNAL_ERROR_DETAIL, Problem, start_problem
-from ._service import TrackedRun, _Tracker, stop_gracefully
+from ._service import TrackedRun, _Tracker, start_resumed, stop_gracefully
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -511,17 +510,7 @@ class _Worker:
             return
         finally:
             otel_context.detach(attached)
-        run = TrackedRun(
-            run_id=handle.run_id,
-            recipe=handle.recipe,
-            workflow=handle.workflow,
-            run_dir=handle.run_dir,
-            client="",
-            adapters=None,
-            handle=handle,
-            history=[] if handle.run_dir is None else None,
-            events=[],
-        )
+        run = TrackedRun.begun(handle, handle=handle, keep_events=True)
         self._handles[run.run_id] = handle
         self._post(
             Started(
@@ -554,12 +543,7 @@ class _Worker:
                 seed=request.seed,
                 telemetry=[tracker],
             )
-        directory = Path(request.run_dir)
-        try:
-            return await self._kitchen.start_resumed(directory, telemetry=[tracker])
-        except RunDirectoryError as exc:  # the server's paths are no business of clients
-            detail = str(exc).replace(str(directory.parent), "<root>")
-            raise Problem(409, "cannot-resume", detail) from None
+        return await start_resumed(self._kitchen, Path(request.run_dir), tracker)
 
     # ------------------------------------------------------------------ sending
 
