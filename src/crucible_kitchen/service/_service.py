@@ -224,8 +224,6 @@ class TrackedRun:
     stage: str | None = None
     steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    emitted: int = 0
-    """How many events the run has emitted so far."""
     history: list[dict[str, Any]] | None = None
     events: list[StoredEvent] | None = None
     result: RunResult | None = None
@@ -260,7 +258,6 @@ class TrackedRun:
         )
 
     def __call__(self, event: TelemetryEvent) -> None:
-        self.emitted += 1
         match event:
             case StageStart():
                 self.stage = event.stage
@@ -535,7 +532,7 @@ class KitchenService:
         run = self._live.get(progress.run_id)
         if run is None:
             return
-        run.stage, run.steps, run.emitted = progress.stage, progress.steps, progress.emitted
+        run.stage, run.steps = progress.stage, progress.steps
         run.metrics = progress.metrics
         assert run.events is not None  # kept while the run is live
         run.events.extend(progress.events)

@@ -160,7 +160,6 @@ class RunProgress(msgspec.Struct, frozen=True, array_like=True):
     stage: str | None
     steps: int
     metrics: dict[str, float]
-    emitted: int
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -561,9 +560,9 @@ class _Worker:
         self._outbox.append(_frame(Progress(runs=runs)))
 
     async def _send(self) -> None:
-        """Send what is due: answers and results at once, news at most every
-        :data:`BATCH_S` (the news of every run in one frame); return once closing and all
-        is sent."""
+        """Send what is due, the news of every run in one frame: news alone wait
+        :data:`BATCH_S` for more to gather; an answer or a result goes without waiting, with
+        the news gathered so far. Return once closing and all is sent."""
         while True:
             await self._due.wait()
             if not self._outbox and not self._closing:  # news only: let more of it gather
@@ -587,9 +586,7 @@ def _progress(run: TrackedRun) -> RunProgress:
     rows: list[dict[str, Any]] = []
     if run.history is not None:
         rows, run.history = run.history, []
-    return RunProgress(
-        run.run_id, events, rows, run.stage, run.steps, dict(run.metrics), run.emitted
-    )
+    return RunProgress(run.run_id, events, rows, run.stage, run.steps, dict(run.metrics))
 
 
 def _refusal(exc: Exception, request: StartRun | ResumeRun) -> Problem:
