@@ -45,6 +45,7 @@ from crucible_kitchen.service._worker import (
     KitchenWorker,
     Refused,
     RunProgress,
+    Started,
     StartRun,
     ToService,
     WorkerSettings,
@@ -283,6 +284,28 @@ async def test_a_worker_whose_news_cannot_be_read_is_killed_and_fails_its_starts
     await worker.starts_settled()
 
 
+COMPLETED = RunResult(
+    run_id="r",
+    workflow="w",
+    recipe=None,
+    status="completed",
+    metrics={},
+    artifacts={},
+    steps=1,
+    duration_s=0.0,
+)
+"""The result of the run that :func:`live_run` makes."""
+
+
+def live_run(service: KitchenService, run_dir: Path | None = None) -> TrackedRun:
+    """A run ``r`` in ``service``'s worker, live, as ``service`` records it."""
+    directory = None if run_dir is None else str(run_dir)
+    started = Started(request=0, run_id="r", recipe=None, workflow="w", run_dir=directory)
+    run = TrackedRun.begun(started, handle=None, client="c", keep_events=True)
+    service._live[run.run_id] = service._runs[run.run_id] = run
+    return run
+
+
 async def test_a_service_that_cannot_read_its_worker_fails_the_live_runs() -> None:
     class UnreadableWorker:
         pid = 4242
@@ -291,18 +314,7 @@ async def test_a_service_that_cannot_read_its_worker_fails_the_live_runs() -> No
             raise msgspec.DecodeError("garbage")
 
     service = KitchenService(ServiceSettings(kitchen="process"))
-    run = TrackedRun(
-        run_id="r",
-        recipe=None,
-        workflow="w",
-        run_dir=None,
-        client="c",
-        adapters=None,
-        handle=None,
-        history=[],
-        events=[],
-    )
-    service._live[run.run_id] = service._runs[run.run_id] = run
+    run = live_run(service)
     await service._hear(UnreadableWorker())  # type: ignore[arg-type]
     assert run.ended.is_set()
     assert run.result is not None
@@ -364,33 +376,12 @@ async def test_a_follower_that_read_the_last_event_sees_the_end_that_comes_alone
     """The end of a run can come in a message of its own, while an event stream's follower
     is away handing on the run's last events: the follower must end, not wait for news."""
     service = KitchenService(ServiceSettings(kitchen="process"))
-    run = TrackedRun(
-        run_id="r",
-        recipe=None,
-        workflow="w",
-        run_dir=None,
-        client="c",
-        adapters=None,
-        handle=None,
-        history=[],
-        events=[],
-    )
-    service._live[run.run_id] = service._runs[run.run_id] = run
+    run = live_run(service)
     last = StoredEvent(1, "crucible_kitchen.workflow.run.stop", b"{}")
     service._progressed(RunProgress(run.run_id, [last], [], None, 1, {}))
     batches = service.event_batches(run.run_id, 0)
     assert await anext(batches) == [last]  # the follower is away, at its yield
-    result = RunResult(
-        run_id="r",
-        workflow="w",
-        recipe=None,
-        status="completed",
-        metrics={},
-        artifacts={},
-        steps=1,
-        duration_s=0.0,
-    )
-    service._finish_live(run, result)
+    service._finish_live(run, COMPLETED)
     with anyio.fail_after(10), pytest.raises(StopAsyncIteration):
         await anext(batches)
 
@@ -399,31 +390,11 @@ async def test_a_stream_asked_for_before_its_run_ends_reads_every_event(tmp_path
     """The run can end (and its record drop its events: its run directory has them) between
     the moment a stream is asked for and its first read: the stream still reads them all."""
     service = KitchenService(ServiceSettings(kitchen="process"))
-    run = TrackedRun(
-        run_id="r",
-        recipe=None,
-        workflow="w",
-        run_dir=tmp_path / "r",
-        client="c",
-        adapters=None,
-        handle=None,
-        events=[],
-    )
-    service._live[run.run_id] = service._runs[run.run_id] = run
+    run = live_run(service, tmp_path / "r")
     events = [StoredEvent(seq, "crucible_kitchen.workflow.run.stop", b"{}") for seq in (1, 2)]
     service._progressed(RunProgress(run.run_id, events, [], None, 1, {}))
     batches = service.event_batches(run.run_id, 1)
-    result = RunResult(
-        run_id="r",
-        workflow="w",
-        recipe=None,
-        status="completed",
-        metrics={},
-        artifacts={},
-        steps=1,
-        duration_s=0.0,
-    )
-    service._finish_live(run, result)
+    service._finish_live(run, COMPLETED)
     assert run.events is None
     with anyio.fail_after(10):
         assert [batch async for batch in batches] == [events[1:]]
