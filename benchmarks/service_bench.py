@@ -76,6 +76,8 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Handler
 
+    from crucible_kitchen.service import TrackedRun
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
 NOOP_RUN: dict[str, Any] = {"recipe": "supervised", "adapters": "noop"}
@@ -100,6 +102,13 @@ def service_rss_mib(app: web.Application) -> float:
     """The RSS of this process, plus that of the Kitchen's worker process if it has one."""
     worker = app[SERVICE_KEY].worker_pid
     return rss_mib() + (0.0 if worker is None else rss_mib(worker))
+
+
+def last_seq(run: TrackedRun) -> int:
+    """How many events ``run`` emitted: the number of its last event, kept in its record (a
+    run without a run directory keeps its events)."""
+    assert run.events, f"run {run.run_id} kept no events"
+    return run.events[-1].seq
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -323,10 +332,10 @@ async def load(
     that their own work does not share this process's event loop and interpreter lock.
     ``settings`` go to the service (``kitchen``, ``kitchen_niceness``, ...).
 
-    Events emitted are counted by each run's own telemetry handler where the Kitchen runs
-    (this process, or its worker process: ``TrackedRun.emitted``), before they travel to the
-    event streams. ``pauses``: record what holds up requests in this process
-    (:class:`PauseRecorder`)."""
+    Events emitted are counted where the Kitchen runs (this process, or its worker process),
+    which numbers each run's events from 1 in order: a run emitted as many as the number of
+    its last event (kept in the run's record: a noop run has no run directory). ``pauses``:
+    record what holds up requests in this process (:class:`PauseRecorder`)."""
     load_average = os.getloadavg()[0]
     host_lags: list[float] = []
     recorder = PauseRecorder()
@@ -353,7 +362,7 @@ async def load(
         after = service_rss_mib(app)
         service = app[SERVICE_KEY]
         settings_used = service.settings
-        emitted = sum(service.run(run_id).emitted for run_id in seen["run_ids"])
+        emitted = sum(last_seq(service.run(run_id)) for run_id in seen["run_ids"])
     latencies, client_lags = seen["latencies"], seen["client_lags"]
     return {
         "concurrent": config.concurrent,

@@ -22,12 +22,20 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Handler
 
-__all__ = ("PROBLEM_CONTENT_TYPE", "Problem", "problem_middleware", "start_problem")
+__all__ = (
+    "INTERNAL_ERROR_DETAIL",
+    "PROBLEM_CONTENT_TYPE",
+    "Problem",
+    "problem_middleware",
+    "start_problem",
+)
 
 logger = logging.getLogger("crucible_kitchen.service")
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:crucible-kitchen:problem:"
+INTERNAL_ERROR_DETAIL = "the service failed to handle the request; its log has the details"
+"""The detail of every unexpected failure (500): what failed is logged, never sent."""
 
 
 class ProblemBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -98,8 +106,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _from_http_error(request, exc).response()
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
-        detail = "the service failed to handle the request; its log has the details"
-        return Problem(500, "internal-error", detail).response()
+        return Problem(500, "internal-error", INTERNAL_ERROR_DETAIL).response()
 
 
 def _from_http_error(request: web.Request, exc: web.HTTPException) -> Problem:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import logging
 import math
 import os
 import sys
@@ -81,6 +82,8 @@ if TYPE_CHECKING:
 __all__ = ("KitchenService", "ServiceSettings", "TrackedRun")
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,16 +224,40 @@ class TrackedRun:
     stage: str | None = None
     steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    emitted: int = 0
-    """How many events the run has emitted so far."""
     history: list[dict[str, Any]] | None = None
     events: list[StoredEvent] | None = None
     result: RunResult | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     """Set on the host's loop once ``result`` is recorded."""
 
+    @classmethod
+    def begun(
+        cls,
+        run: RunHandle | Started,
+        *,
+        handle: RunHandle | None,
+        client: str = "",
+        adapters: str | None = None,
+        keep_events: bool = False,
+    ) -> TrackedRun:
+        """The record of ``run``, just started: its handle, or (in the service's process,
+        the Kitchen in a worker) the worker's word that it started. A run without a run
+        directory keeps its metrics rows and events here; ``keep_events``: a run with one
+        keeps its events too (until the worker sends them, or the run ends)."""
+        run_dir = None if run.run_dir is None else Path(run.run_dir)
+        return cls(
+            run_id=run.run_id,
+            recipe=run.recipe,
+            workflow=run.workflow,
+            run_dir=run_dir,
+            client=client,
+            adapters=adapters,
+            handle=handle,
+            history=[] if run_dir is None else None,
+            events=[] if keep_events or run_dir is None else None,
+        )
+
     def __call__(self, event: TelemetryEvent) -> None:
-        self.emitted += 1
         match event:
             case StageStart():
                 self.stage = event.stage
@@ -467,12 +494,23 @@ class KitchenService:
                 self._worker = None
 
     async def _hear(self, worker: KitchenWorker) -> None:
-        """Keep the records of the worker's runs from its news; if it dies, fail every run
-        that had not ended, and refuse new ones."""
-        code = await worker.receive(self._progressed, self._run_ended)
-        if self._stopping and not self._live:  # it was told to exit
-            return
-        self._failure = f"the kitchen's worker process (pid {worker.pid}) exited with status {code}"
+        """Keep the records of the worker's runs from its news; if it dies, or sends what
+        cannot be handled (it is killed then), fail every run that had not ended, and refuse
+        new ones."""
+        code: int | None = None
+        try:
+            code = await worker.receive(self._progressed, self._run_ended)
+        except Exception:
+            logger.exception("the service could not handle what its kitchen's worker sent")
+        finally:
+            if code is None or self._live or not self._stopping:  # not told to exit
+                self._lose_worker(worker.pid, code)
+
+    def _lose_worker(self, pid: int, code: int | None) -> None:
+        """The worker has exited with status ``code`` (``None``: it was killed because what
+        it sent could not be handled): fail every run that had not ended."""
+        how = "was killed" if code is None else f"exited with status {code}"
+        self._failure = f"the kitchen's worker process (pid {pid}) {how}"
         if self._live:
             self._failure += " while runs were running"
         for run in list(self._live.values()):
@@ -494,7 +532,7 @@ class KitchenService:
         run = self._live.get(progress.run_id)
         if run is None:
             return
-        run.stage, run.steps, run.emitted = progress.stage, progress.steps, progress.emitted
+        run.stage, run.steps = progress.stage, progress.steps
         run.metrics = progress.metrics
         assert run.events is not None  # kept while the run is live
         run.events.extend(progress.events)
@@ -562,8 +600,9 @@ class KitchenService:
             from ._worker import StopAll
 
             self._worker.send(StopAll())
-            for run in list(self._live.values()):
-                await run.ended.wait()
+            await self._worker.starts_settled()  # a run that starts now is tracked by then
+            while self._live:
+                await next(iter(self._live.values())).ended.wait()
         elif self._kitchen_loop is not None:
             await self.on_kitchen(self._stop_runs())
 
@@ -663,11 +702,7 @@ class KitchenService:
             kitchen = self.kitchen
 
             async def start(tracker: _Tracker) -> RunHandle:
-                try:
-                    return await kitchen.start_resumed(directory, telemetry=[tracker])
-                except RunDirectoryError as exc:  # the server's paths are no business of clients
-                    detail = str(exc).replace(str(directory.parent), "<root>")
-                    raise Problem(409, "cannot-resume", detail) from None
+                return await start_resumed(kitchen, directory, tracker)
 
             return await self.on_kitchen(self._launch(start, client=client, adapters=past.adapters))
         finally:
@@ -716,17 +751,7 @@ class KitchenService:
             raise Problem(503, "stopping", "the kitchen is shutting down and takes no new runs")
         tracker = _Tracker()
         handle = await start(tracker)
-        run = TrackedRun(
-            run_id=handle.run_id,
-            recipe=handle.recipe,
-            workflow=handle.workflow,
-            run_dir=handle.run_dir,
-            client=client,
-            adapters=adapters,
-            handle=handle,
-            history=[] if handle.run_dir is None else None,
-            events=[] if handle.run_dir is None else None,
-        )
+        run = TrackedRun.begun(handle, handle=handle, client=client, adapters=adapters)
         tracker.attach(run)
         host.call_soon_threadsafe(self._add, run)  # before the result is: callbacks keep order
         task_group.start_soon(self._watch, run, handle, host)
@@ -742,19 +767,12 @@ class KitchenService:
         adapters: str | None,
     ) -> TrackedRun:
         """Have the worker start the run that ``message`` asks for, and track it."""
+        self._accepting()  # again: shutdown may have begun while the caller awaited
         assert self._worker is not None
 
         def track(started: Started) -> TrackedRun:  # before any news of the run is heard
-            run = TrackedRun(
-                run_id=started.run_id,
-                recipe=started.recipe,
-                workflow=started.workflow,
-                run_dir=None if started.run_dir is None else Path(started.run_dir),
-                client=client,
-                adapters=adapters,
-                handle=None,
-                history=[] if started.run_dir is None else None,
-                events=[],
+            run = TrackedRun.begun(
+                started, handle=None, client=client, adapters=adapters, keep_events=True
             )
             self._live[run.run_id] = run
             self._add(run)
@@ -922,9 +940,9 @@ class KitchenService:
         if isinstance(entry, TrackedRun):
             if entry.handle is not None:
                 return self._live_events(entry.handle, after, self._loop(), self._host_wakeups())
-            if entry.result is None:
-                return self._followed_events(entry, after)
             if entry.events is not None:
+                if entry.result is None:  # a live run in the worker
+                    return self._followed_events(entry, entry.events, after)
                 return _kept_events(entry.events, after)
         return self._stored_events(self._stored_directory(run_id), after)
 
@@ -966,11 +984,11 @@ class KitchenService:
             forwarding.cancel()
 
     async def _followed_events(
-        self, run: TrackedRun, after: int
+        self, run: TrackedRun, events: list[StoredEvent], after: int
     ) -> AsyncGenerator[list[StoredEvent], None]:
-        """The events of a run in the worker, from its record, as its news arrive."""
-        events = run.events
-        assert events is not None  # kept while the run is live
+        """The events of a run in the worker, from its record's ``events`` (taken when the
+        stream is asked for: the record drops them once the run has ended), as its news
+        arrive."""
         position = 0
         while True:
             ended = run.result is not None  # then every event of the run is in ``events``
@@ -1040,6 +1058,21 @@ async def stop_gracefully(handle: RunHandle, grace_s: float) -> RunResult:
     with anyio.move_on_after(grace_s):
         return await handle.result()
     return await handle.cancel()
+
+
+async def start_resumed(kitchen: Kitchen, directory: Path, tracker: _Tracker) -> RunHandle:
+    """Start the run in ``directory`` again where its newest checkpoint left it
+    (:meth:`Kitchen.start_resumed`), its events told to ``tracker``.
+
+    Raises:
+        Problem: it cannot be resumed (409 ``cannot-resume``; the detail shows the runs'
+            root as ``<root>``: the server's paths are no business of clients).
+    """
+    try:
+        return await kitchen.start_resumed(directory, telemetry=[tracker])
+    except RunDirectoryError as exc:
+        detail = str(exc).replace(str(directory.parent), "<root>")
+        raise Problem(409, "cannot-resume", detail) from None
 
 
 def _trace_carrier() -> dict[str, str]:

@@ -32,7 +32,7 @@ import signal
 import socket
 import struct
 import sys
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,13 +42,12 @@ import msgspec
 from opentelemetry import context as otel_context
 
 from crucible_kitchen import Kitchen, RunResult
-from crucible_kitchen.errors import RunDirectoryError
 from crucible_kitchen.kitchen import RecipeInfo
 from crucible_kitchen.telemetry import configure_tracing, extract_context
 
 from ._past import StoredEvent
-from ._problems import Problem, start_problem
-from ._service import TrackedRun, _Tracker, stop_gracefully
+from ._problems import INTERNAL_ERROR_DETAIL, Problem, start_problem
+from ._service import TrackedRun, _Tracker, start_resumed, stop_gracefully
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -67,8 +66,10 @@ T = TypeVar("T")
 BATCH_S = 0.01
 """The longest a run's news wait in the worker for others to travel with them."""
 STOP_TIMEOUT_S = 10.0
-"""How long the service waits for a worker told to close (every run has ended by then)
-before it kills it."""
+"""How long the service waits for a worker to exit, beyond the time its runs may take to stop
+(``stop_grace_s``, when it is told to close), before it kills it."""
+READY_TIMEOUT_S = 120.0
+"""How long the service waits for a new worker to open its Kitchen before it kills it."""
 
 _HEADER = struct.Struct(">I")
 _BOOTSTRAP = (
@@ -159,7 +160,6 @@ class RunProgress(msgspec.Struct, frozen=True, array_like=True):
     stage: str | None
     steps: int
     metrics: dict[str, float]
-    emitted: int
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -203,13 +203,17 @@ class KitchenWorker:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         recipes: list[RecipeInfo],
+        stop_grace_s: float,
     ) -> None:
         self.process = process
         self.recipes = recipes
         self._reader = reader
         self._writer = writer
+        self._stop_grace_s = stop_grace_s
         self._requests = count()
         self._pending: dict[int, tuple[Callable[[Started], Any], asyncio.Future[Any]]] = {}
+        self._settled = asyncio.Event()  # set while no start waits for the worker's answer
+        self._settled.set()
         self._open = True
         self._decoder = msgspec.msgpack.Decoder(ToService)
 
@@ -222,7 +226,9 @@ class KitchenWorker:
         """Start the worker and wait until its Kitchen is open.
 
         Raises:
-            RuntimeError: the worker could not open its Kitchen, or exited before.
+            RuntimeError: the worker could not open its Kitchen, exited before, or was not
+                ready within :data:`READY_TIMEOUT_S` (then it is killed, as it is when the
+                caller is cancelled meanwhile).
         """
         ours, theirs = socket.socketpair()
         try:
@@ -235,23 +241,39 @@ class KitchenWorker:
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        writer.write(_frame(settings))
-        payload = await _read_frame(reader)
-        if payload is None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+        except BaseException:
+            ours.close()
+            _kill(process)
+            raise
+        try:
+            writer.write(_frame(settings))
+            with anyio.move_on_after(READY_TIMEOUT_S) as waiting:
+                payload = await _read_frame(reader)
+            if waiting.cancelled_caught:
+                raise RuntimeError(
+                    f"the kitchen's worker process was not ready within {READY_TIMEOUT_S} s"
+                )
+            if payload is None:
+                code = await _exit_code(process, STOP_TIMEOUT_S)
+                raise RuntimeError(
+                    f"the kitchen's worker process exited with status {code} before it was ready"
+                )
+            ready = msgspec.msgpack.decode(payload, type=Ready | Unready)
+            if isinstance(ready, Unready):
+                await _exit_code(process, STOP_TIMEOUT_S)
+                raise RuntimeError(f"the kitchen's worker process failed to start: {ready.error}")
+        except BaseException:
             writer.close()
-            code = await _exit_code(process, STOP_TIMEOUT_S)
-            raise RuntimeError(
-                f"the kitchen's worker process exited with status {code} before it was ready"
-            )
-        ready = msgspec.msgpack.decode(payload, type=Ready | Unready)
-        if isinstance(ready, Unready):
-            writer.close()
-            await _exit_code(process, STOP_TIMEOUT_S)
-            raise RuntimeError(f"the kitchen's worker process failed to start: {ready.error}")
-        return cls(process, reader, writer, ready.recipes)
+            _kill(process)
+            raise
+        return cls(process, reader, writer, ready.recipes, settings.stop_grace_s)
 
     def send(self, message: ToWorker) -> None:
         if self._open:
@@ -272,65 +294,106 @@ class KitchenWorker:
         request = next(self._requests)
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending[request] = (track, answer)
+        self._settled.clear()
         self.send(message(request))
         return await answer
+
+    async def starts_settled(self) -> None:
+        """Wait until every start sent so far has been answered (a started run is tracked
+        by then), or failed because the worker died; even those whose callers stopped
+        waiting."""
+        await self._settled.wait()
 
     async def receive(
         self, on_progress: Callable[[RunProgress], None], on_ended: Callable[[Ended], None]
     ) -> int:
         """Hand the worker's news to the callbacks until its end of the socket closes; then
-        fail every start still waiting and return the worker's exit status."""
-        while (payload := await _read_frame(self._reader)) is not None:
-            match self._decoder.decode(payload):
-                case Progress(runs=runs):
-                    for progress in runs:
-                        on_progress(progress)
-                case Ended() as ended:
-                    on_ended(ended)
-                case Started(request=request) as started:
-                    track, answer = self._pending.pop(request)
-                    tracked = track(started)
-                    if not answer.done():
-                        answer.set_result(tracked)
-                case Refused(request=request) as refused:
-                    _, answer = self._pending.pop(request)
-                    if not answer.done():
-                        answer.set_exception(
-                            Problem(
-                                refused.status, refused.kind, refused.detail, errors=refused.errors
-                            )
-                        )
+        fail every start still waiting and return the worker's exit status.
+
+        Raises:
+            Exception: what the worker sent could not be handled (undecodable, an answer to
+                no request, a callback failed): the worker is killed and every start still
+                waiting fails first.
+        """
+        try:
+            while (payload := await _read_frame(self._reader)) is not None:
+                self._hand_on(self._decoder.decode(payload), on_progress, on_ended)
+        except BaseException:
+            self._open = False
+            self._writer.close()
+            _kill(self.process)
+            self._fail_pending(None)
+            raise
         self._open = False
         self._writer.close()
         code = await _exit_code(self.process, STOP_TIMEOUT_S)
+        self._fail_pending(code)
+        return code
+
+    def _hand_on(
+        self,
+        message: ToService,
+        on_progress: Callable[[RunProgress], None],
+        on_ended: Callable[[Ended], None],
+    ) -> None:
+        match message:
+            case Progress(runs=runs):
+                for progress in runs:
+                    on_progress(progress)
+            case Ended() as ended:
+                on_ended(ended)
+            case Started(request=request) as started:
+                track, answer = self._pending[request]
+                tracked = track(started)
+                del self._pending[request]
+                if not answer.done():
+                    answer.set_result(tracked)
+            case Refused(request=request) as refused:
+                _, answer = self._pending.pop(request)
+                if not answer.done():
+                    answer.set_exception(
+                        Problem(refused.status, refused.kind, refused.detail, errors=refused.errors)
+                    )
+        if not self._pending:
+            self._settled.set()
+
+    def _fail_pending(self, code: int | None) -> None:
         for _, answer in self._pending.values():
             if not answer.done():
                 answer.set_exception(_worker_died(code))
         self._pending.clear()
-        return code
+        self._settled.set()
 
     async def close(self) -> None:
-        """Tell the worker to exit (once every run has ended) and wait for it; kill it if it
-        has not exited after :data:`STOP_TIMEOUT_S`."""
+        """Tell the worker to exit once every run has ended (it stops those still running,
+        as :class:`StopAll` does) and wait for it; kill it if it has not exited after
+        ``stop_grace_s`` plus :data:`STOP_TIMEOUT_S`."""
         self.send(Close())
-        await _exit_code(self.process, STOP_TIMEOUT_S)
+        await _exit_code(self.process, self._stop_grace_s + STOP_TIMEOUT_S)
 
 
 def _worker_died(code: int | None) -> Problem:
+    """``code``: the worker's exit status, ``None`` if it was killed because what it sent
+    could not be handled."""
+    how = "was killed" if code is None else f"exited (status {code})"
     return Problem(
-        503,
-        "kitchen-worker-died",
-        f"the kitchen's worker process exited (status {code}); it runs no more runs",
+        503, "kitchen-worker-died", f"the kitchen's worker process {how}; it runs no more runs"
     )
 
 
 async def _exit_code(process: asyncio.subprocess.Process, timeout_s: float) -> int:
-    """Wait for ``process`` to exit, killing it after ``timeout_s``; its exit status (minus
-    the signal that ended it, if one did)."""
+    """Wait for ``process`` to exit, killing it after ``timeout_s``; its exit status (the
+    negated number of the signal that ended it, if one did)."""
     with anyio.move_on_after(timeout_s):
         return await process.wait()
-    process.kill()
+    _kill(process)
     return await process.wait()
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    """Kill ``process`` unless it has exited already."""
+    with suppress(ProcessLookupError):  # it exited (and was reaped) meanwhile
+        process.kill()
 
 
 # ---------------------------------------------------------------------- the worker's end
@@ -446,17 +509,7 @@ class _Worker:
             return
         finally:
             otel_context.detach(attached)
-        run = TrackedRun(
-            run_id=handle.run_id,
-            recipe=handle.recipe,
-            workflow=handle.workflow,
-            run_dir=handle.run_dir,
-            client="",
-            adapters=None,
-            handle=handle,
-            history=[] if handle.run_dir is None else None,
-            events=[],
-        )
+        run = TrackedRun.begun(handle, handle=handle, keep_events=True)
         self._handles[run.run_id] = handle
         self._post(
             Started(
@@ -489,12 +542,7 @@ class _Worker:
                 seed=request.seed,
                 telemetry=[tracker],
             )
-        directory = Path(request.run_dir)
-        try:
-            return await self._kitchen.start_resumed(directory, telemetry=[tracker])
-        except RunDirectoryError as exc:  # the server's paths are no business of clients
-            detail = str(exc).replace(str(directory.parent), "<root>")
-            raise Problem(409, "cannot-resume", detail) from None
+        return await start_resumed(self._kitchen, Path(request.run_dir), tracker)
 
     # ------------------------------------------------------------------ sending
 
@@ -512,9 +560,9 @@ class _Worker:
         self._outbox.append(_frame(Progress(runs=runs)))
 
     async def _send(self) -> None:
-        """Send what is due: answers and results at once, news at most every
-        :data:`BATCH_S` (the news of every run in one frame); return once closing and all
-        is sent."""
+        """Send what is due, the news of every run in one frame: news alone wait
+        :data:`BATCH_S` for more to gather; an answer or a result goes without waiting, with
+        the news gathered so far. Return once closing and all is sent."""
         while True:
             await self._due.wait()
             if not self._outbox and not self._closing:  # news only: let more of it gather
@@ -538,15 +586,14 @@ def _progress(run: TrackedRun) -> RunProgress:
     rows: list[dict[str, Any]] = []
     if run.history is not None:
         rows, run.history = run.history, []
-    return RunProgress(
-        run.run_id, events, rows, run.stage, run.steps, dict(run.metrics), run.emitted
-    )
+    return RunProgress(run.run_id, events, rows, run.stage, run.steps, dict(run.metrics))
 
 
 def _refusal(exc: Exception, request: StartRun | ResumeRun) -> Problem:
-    """The problem a failed start answers with."""
+    """The problem a failed start answers with; an unexpected failure is logged here, and
+    the service hears only that one happened (its text may hold paths and internals)."""
     recipe = request.recipe if isinstance(request, StartRun) else request.run_dir
     if (problem := start_problem(exc, recipe)) is not None:
         return problem
     logger.exception("the kitchen failed to start a run")
-    return Problem(500, "internal-error", f"the kitchen failed to start the run: {exc}")
+    return Problem(500, "internal-error", INTERNAL_ERROR_DETAIL)
