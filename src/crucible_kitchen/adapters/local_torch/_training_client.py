@@ -669,12 +669,13 @@ class LocalTorchTrainingClient:
             stream = f"sampler:{Path(model_path).name}"
             if self._fsdp and model_path in self._sampler_shards:
                 self._sampler_shards.move_to_end(model_path)
-                return self._sharded_sampling_client(self._sampler_shards[model_path], stream)
+                shards = self._sampler_shards[model_path]
+                return self._sharded_sampling_client(shards, stream, name)
             self._require_checkpoint(method, model_path)
             with translated(_PORT, method):
                 self._check_tokenizer(model_path)
                 if self._fsdp:
-                    return self._sharded_sampling_client(self._shards_of(model_path), stream)
+                    return self._sharded_sampling_client(self._shards_of(model_path), stream, name)
                 model = self._trainer.sampler_model(model_path)
             return self._sampling_client(model, stream, name)
 
@@ -702,10 +703,10 @@ class LocalTorchTrainingClient:
         """
         if self._queue.pending or sum(self._queue.counters.calls.values()):
             raise RuntimeError("_initial_sampling_client needs a client with no requests")
+        name = None if self._group is None else self._sampler_names.next("initial")
         if self._fsdp:
             shards = SamplerShards.current(self._trainer.model)
-            return self._sharded_sampling_client(shards, "sampler:initial")
-        name = None if self._group is None else self._sampler_names.next("initial")
+            return self._sharded_sampling_client(shards, "sampler:initial", name)
         return self._sampling_client(self._trainer.snapshot(), "sampler:initial", name)
 
     def _collectives(self, method: str, request_id: str | None) -> AbstractContextManager[None]:
@@ -734,10 +735,13 @@ class LocalTorchTrainingClient:
     # ---------------------------------------------------------------------------------------
     # Samplers under FSDP: shards of the weights, sampled through the sharded model
 
-    def _sharded_sampling_client(self, shards: SamplerShards, stream: str) -> ShardedSamplingClient:
-        """A sampler of ``shards`` that generates through the sharded model, collectively, in
-        requests of this client (see ``_sharded_sampling``)."""
+    def _sharded_sampling_client(
+        self, shards: SamplerShards, stream: str, name: str | None
+    ) -> ShardedSamplingClient:
+        """A sampler of ``shards`` named ``name`` that generates through the sharded model,
+        collectively, in requests of this client (see ``_sharded_sampling``)."""
         assert self._group is not None
+        assert name is not None
 
         async def run(method: str, work: Callable[[], None]) -> None:
             await self._queue.call(method, work, record=False)
@@ -748,6 +752,7 @@ class LocalTorchTrainingClient:
             self._tokenizer,
             group=self._group,
             run=run,
+            name=name,
             seed=derive_seed(self._seed, stream),
             default_max_tokens=self._default_max_tokens,
             max_batch=self._sampling_max_batch,
