@@ -5,8 +5,7 @@ its requests."""
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -20,6 +19,9 @@ from crucible_kitchen.adapters.local_torch._sharded_sampling import (
     ShardedSamplingClient,
 )
 from crucible_kitchen.ports import ModelInput, SamplingParams
+
+if TYPE_CHECKING:
+    from functools import partial
 
 CONFIG = ModelConfig(
     vocab_size=300, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=32, device="cpu"
@@ -52,6 +54,45 @@ def _sampler(run: Any, name: str, group: DistributedGroup | None = None) -> Shar
         run=run,
         name=name,
     )
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_awaiter_leaves_the_run_in_flight_to_the_next_one() -> None:
+    """The first awaiter starts the run, then is cancelled: the next awaiter waits for that
+    run instead of starting an empty one of its own (a collective on this rank alone)."""
+    runs: list[int] = []
+    started, release = anyio.Event(), anyio.Event()
+
+    async def run(method: str, work: partial[None]) -> None:
+        batch = work.args[0]
+        runs.append(len(batch))
+        started.set()
+        await release.wait()
+        for request in batch:
+            request.ran, request.value = True, "sampled"
+
+    sampler = _sampler(run, "s")
+    future = await sampler.sample(ModelInput.from_ints([1, 2]), 1, PARAMS)
+    got: list[object] = []
+
+    async def second() -> None:
+        got.append(await future.result())
+
+    async with anyio.create_task_group() as tasks:
+        first = anyio.CancelScope()
+
+        async def cancelled() -> None:
+            with first:
+                await future.result()
+
+        tasks.start_soon(cancelled)
+        await started.wait()
+        first.cancel()
+        tasks.start_soon(second)
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+    assert runs == [1]
+    assert got == ["sampled"]
 
 
 @pytest.mark.anyio

@@ -257,7 +257,10 @@ class ShardedSamplingClient:
             if not request.ran:
                 batch, self._pending = self._pending, []
                 try:
-                    await self._run("sample", partial(self._compute, batch))
+                    # The run goes on if this awaiter is cancelled: the lock is held until it
+                    # ends, so that no other awaiter starts a run of its own on this rank alone.
+                    with anyio.CancelScope(shield=True):
+                        await self._run("sample", partial(self._compute, batch))
                 except Exception as exc:  # the run failed: so does every request of it
                     for queued in batch:
                         queued.ran, queued.error = True, f"{type(exc).__name__}: {exc}"
