@@ -242,9 +242,13 @@ class FannedOutSamplingClient:
             return data
 
         try:
-            # Abandoned if cancelled: the thread gives up within the timeout.
-            data = await anyio.to_thread.run_sync(self._store_call, read, abandon_on_cancel=True)
-            self._keep(index, msgspec.msgpack.decode(data, type=_Outcome))
+            # Shielded (the wait ends within the group's timeout): the read counts towards the
+            # key's removal, so its result must be kept even if the awaiter is cancelled; a
+            # second read would count this rank twice and remove the key before the other
+            # ranks read it.
+            with anyio.CancelScope(shield=True):
+                data = await anyio.to_thread.run_sync(self._store_call, read)
+                self._keep(index, msgspec.msgpack.decode(data, type=_Outcome))
         finally:
             del self._reading[index]
             reading.set()
