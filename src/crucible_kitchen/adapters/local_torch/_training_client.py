@@ -315,7 +315,7 @@ class LocalTorchTrainingClient:
         self._reseed_dropout()  # each rank draws its own dropout masks
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
         self._sampler_names = SamplerNames()
-        self._sampler_saves: set[str] = set()  # under DDP, paths rank 0 announces
+        self._sampler_saves: dict[str, str] = {}  # under DDP: path -> the request saving it
         self._sampler_shards: OrderedDict[str, SamplerShards] = OrderedDict()  # under FSDP
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -633,7 +633,7 @@ class LocalTorchTrainingClient:
         path = self._checkpoint_path(method, _SAMPLER_DIR, name)
         digest = request_fingerprint(_PORT, method, str(path))
         if self._group is not None and not self._fsdp:
-            self._sampler_saves.add(str(path))
+            self._sampler_saves.setdefault(str(path), request_id)
 
         def work() -> SaveWeightsForSamplerResponse:
             if self._group is not None and not self._fsdp:
@@ -784,8 +784,24 @@ class LocalTorchTrainingClient:
         running beside the one that trains (the producer of an asynchronous RL loop), in
         another order relative to the training requests on each rank: the ranks' copies may
         then be of different steps, and fanned-out samples come from the copy of the rank
-        that draws them (the same samples on every rank, see ``_fanout``)."""
+        that draws them (the same samples on every rank, see ``_fanout``).
+
+        A path is saved by the first request for it alone: every rank refuses another request
+        id for it alike (rank 0 alone sees the disk), even if the first one failed.
+
+        Raises:
+            InvalidRequest: sampler weights were saved at ``path`` by another request.
+        """
         assert self._group is not None
+        first = self._sampler_saves[str(path)]
+        if first != request_id:
+            raise InvalidRequest(
+                f"{method}: sampler weights were saved at {path} already (request {first!r}); "
+                "choose another name",
+                port=_PORT,
+                operation=method,
+                request_id=request_id,
+            )
         if not self._group.is_writer:
             self._trainer.save(path, with_optimizer=False, payload={}, write=False)
             return
@@ -796,7 +812,7 @@ class LocalTorchTrainingClient:
             failure = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            announce(str(path), failure)
+            announce(_save_subject(str(path), request_id), failure)
 
     async def _written_by_rank_zero(self, model_path: str) -> None:
         """On a rank above 0 under DDP, wait until rank 0 has written the sampler weights
@@ -808,9 +824,10 @@ class LocalTorchTrainingClient:
             CollectiveError: rank 0 did not say within the collective timeout.
         """
         group = self._group
-        if group is None or group.is_writer or model_path not in self._sampler_saves:
+        request_id = self._sampler_saves.get(model_path)
+        if group is None or group.is_writer or request_id is None:
             return
-        failure = await announcement(group, model_path)
+        failure = await announcement(group, _save_subject(model_path, request_id))
         if failure is not None:
             raise PermanentBackendError(
                 f"create_sampling_client: rank 0 could not write {model_path}: {failure}",
@@ -1156,6 +1173,11 @@ class LocalTorchTrainingClient:
                 raise invalid(f"gradient {index} is not finite")
         if not math.isfinite(custom.loss):
             raise invalid(f"loss {custom.loss} is not finite")
+
+
+def _save_subject(path: str, request_id: str) -> str:
+    """What rank 0 announces the outcome of: the save of ``path`` by ``request_id``."""
+    return f"{path} (request {request_id!r})"
 
 
 def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
