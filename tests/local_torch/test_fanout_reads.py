@@ -76,7 +76,7 @@ async def test_a_cancelled_awaiter_does_not_read_the_result_twice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = _Store()
-    monkeypatch.setattr(_fanout, "_thread_store", lambda: store)
+    monkeypatch.setattr(_fanout, "_thread_store", lambda group: store)
     group = DistributedGroup(rank=1, world_size=3, local_rank=1, backend="gloo", timeout=5.0)
     # Request 0 is rank 0's: this rank never computes it (no inner client is used).
     client = FannedOutSamplingClient(None, group, "1/initial#0")  # type: ignore[arg-type]

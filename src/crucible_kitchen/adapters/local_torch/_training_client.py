@@ -812,7 +812,7 @@ class LocalTorchTrainingClient:
             failure = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            announce(_save_subject(str(path), request_id), failure)
+            announce(self._group, _save_subject(str(path), request_id), failure)
 
     async def _written_by_rank_zero(self, model_path: str) -> None:
         """On a rank above 0 under DDP, wait until rank 0 has written the sampler weights
