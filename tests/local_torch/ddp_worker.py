@@ -14,7 +14,7 @@
   ``CollectiveDesync``); ``skip``: rank 1 skips an optimizer step the others take (likewise);
 - ``sample``: 5 seeded sample requests, submitted then awaited; then saves ``s0`` again, by
   another request (refused) and by the first one's id (its answer), and samples the first
-  prompt again from ``s0``; saves the samples, how many this rank drew and the outcomes;
+  two prompts again from ``s0``; saves the samples, how many this rank drew and the outcomes;
 - ``dropout``: alone, trains a model with dropout one step and saves it; under torchrun,
   loads that checkpoint (every rank must raise ``WorldSizeMismatch``);
 - ``fsdp``: ``train`` with the model sharded (FSDP), saving a checkpoint ``mid`` after step
@@ -127,10 +127,16 @@ async def sample(client: LocalTorchTrainingClient, out: Path, rank: int) -> None
         resaved = f"{type(exc).__name__}: {exc}"
     resent = await (await client.save_weights_for_sampler("s0", request_id="save-s0")).result()
     again = await client.create_sampling_client(resent.path)
-    first = await again.sample(
-        ModelInput.from_ints([1, 2, 3]), 2, SamplingParams(max_tokens=6, temperature=1.0, seed=100)
-    )
-    resampled = [s.tokens for s in (await first.result()).sequences]
+    resampled = []
+    # Each awaited before the next is submitted: rank 1 publishes the second only once it has
+    # read the first, so rank 0 (which hosts the store) waits for that before it exits.
+    for group in range(2):
+        future = await again.sample(
+            ModelInput.from_ints([1 + group, 2, 3]),
+            2,
+            SamplingParams(max_tokens=6, temperature=1.0, seed=100 + group),
+        )
+        resampled.append([s.tokens for s in (await future.result()).sequences])
     torch.save(
         {
             "samples": samples,
