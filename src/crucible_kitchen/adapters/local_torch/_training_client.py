@@ -319,8 +319,10 @@ class LocalTorchTrainingClient:
         self._sampler_shards: OrderedDict[str, SamplerShards] = OrderedDict()  # under FSDP
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        if self._checkpoint_dir is not None:
-            remove_partial_checkpoints(self._checkpoint_dir)  # what a killed process left
+        if self._checkpoint_dir is not None and (self._group is None or self._group.is_writer):
+            # What a killed process left; rank 0 alone writes, and a later rank's clearing
+            # would remove what rank 0 is writing now.
+            remove_partial_checkpoints(self._checkpoint_dir)
         lora_part = "" if lora_config is None else f"-lora{lora_config.rank}"
         base_name = self._base_model if pretrained is None else pretrained.path.name
         self._model_id = f"local-torch-{base_name}-seed{seed}{lora_part}"
