@@ -5,11 +5,13 @@ which would remove the result before rank 2 reads it."""
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import pytest
+from _cancelled_awaiter import await_after_a_cancelled_awaiter
 
 from crucible_kitchen.adapters.local_torch import _fanout
 from crucible_kitchen.adapters.local_torch._distributed import DistributedGroup
@@ -81,26 +83,13 @@ async def test_a_cancelled_awaiter_does_not_read_the_result_twice(
     # Request 0 is rank 0's: this rank never computes it (no inner client is used).
     client = FannedOutSamplingClient(None, group, "1/initial#0")  # type: ignore[arg-type]
     future = await client.sample(ModelInput.from_ints([1]), 1, SamplingParams(max_tokens=2))
-    got: list[SampleResponse] = []
-
-    async def second() -> None:
-        got.append(await future.result())
-
-    async with anyio.create_task_group() as tasks:
-        first = anyio.CancelScope()
-
-        async def cancelled() -> None:
-            with first:
-                await future.result()
-
-        tasks.start_soon(cancelled)
-        await anyio.to_thread.run_sync(store.waiting.wait)
-        first.cancel()
-        tasks.start_soon(second)
-        await anyio.wait_all_tasks_blocked()
-        store.publish(client._key(0), msgspec.msgpack.encode(RESPONSE))
+    got = await await_after_a_cancelled_awaiter(
+        future.result,
+        partial(anyio.to_thread.run_sync, store.waiting.wait),
+        partial(store.publish, client._key(0), msgspec.msgpack.encode(RESPONSE)),
+    )
     await anyio.to_thread.run_sync(store.finished)
-    assert got == [RESPONSE]
+    assert got == RESPONSE
     key = client._key(0)
     assert store.values[f"{key}/read"] == 1  # this rank's read, counted once
     assert key in store.values  # left for rank 2

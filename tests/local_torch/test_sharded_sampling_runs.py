@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 import pytest
+from _cancelled_awaiter import await_after_a_cancelled_awaiter
 
 from crucible_kitchen.adapters.local_torch import LocalTokenizer, ModelConfig
 from crucible_kitchen.adapters.local_torch._distributed import DistributedGroup
@@ -73,26 +74,9 @@ async def test_a_cancelled_awaiter_leaves_the_run_in_flight_to_the_next_one() ->
 
     sampler = _sampler(run, "s")
     future = await sampler.sample(ModelInput.from_ints([1, 2]), 1, PARAMS)
-    got: list[object] = []
-
-    async def second() -> None:
-        got.append(await future.result())
-
-    async with anyio.create_task_group() as tasks:
-        first = anyio.CancelScope()
-
-        async def cancelled() -> None:
-            with first:
-                await future.result()
-
-        tasks.start_soon(cancelled)
-        await started.wait()
-        first.cancel()
-        tasks.start_soon(second)
-        await anyio.wait_all_tasks_blocked()
-        release.set()
+    got = await await_after_a_cancelled_awaiter(future.result, started.wait, release.set)
     assert runs == [1]
-    assert got == ["sampled"]
+    assert got == "sampled"
 
 
 @pytest.mark.anyio
