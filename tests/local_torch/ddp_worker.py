@@ -12,8 +12,9 @@
   ``CollectiveError``, not hang);
 - ``desync``: rank 1 re-sends a request the others do not (all must raise
   ``CollectiveDesync``); ``skip``: rank 1 skips an optimizer step the others take (likewise);
-- ``sample``: 5 seeded sample requests, submitted then awaited; saves the samples and how many
-  this rank drew;
+- ``sample``: 5 seeded sample requests, submitted then awaited; then saves ``s0`` again, by
+  another request (refused) and by the first one's id (its answer), and samples the first
+  two prompts again from ``s0``; saves the samples, how many this rank drew and the outcomes;
 - ``dropout``: alone, trains a model with dropout one step and saves it; under torchrun,
   loads that checkpoint (every rank must raise ``WorldSizeMismatch``);
 - ``fsdp``: ``train`` with the model sharded (FSDP), saving a checkpoint ``mid`` after step
@@ -40,7 +41,12 @@ from crucible_kitchen.adapters.local_torch import (
     LocalTorchTrainingClient,
     ModelConfig,
 )
-from crucible_kitchen.errors import CollectiveError, PermanentBackendError, WorldSizeMismatch
+from crucible_kitchen.errors import (
+    CollectiveError,
+    InvalidRequest,
+    PermanentBackendError,
+    WorldSizeMismatch,
+)
 from crucible_kitchen.ports import (
     AdamParams,
     CustomLossOutput,
@@ -114,7 +120,33 @@ async def sample(client: LocalTorchTrainingClient, out: Path, rank: int) -> None
             refused = str(exc)
     inner = sampler if isinstance(sampler, LocalTorchSamplingClient) else sampler.inner
     drawn = inner.counters.applied["sample"]
-    torch.save({"samples": samples, "drawn": drawn, "refused": refused}, out / f"rank{rank}.pt")
+    try:
+        await (await client.save_weights_for_sampler("s0", request_id="save-s0-again")).result()
+        resaved = "saved"
+    except InvalidRequest as exc:
+        resaved = f"{type(exc).__name__}: {exc}"
+    resent = await (await client.save_weights_for_sampler("s0", request_id="save-s0")).result()
+    again = await client.create_sampling_client(resent.path)
+    resampled = []
+    # Each awaited before the next is submitted: rank 1 publishes the second only once it has
+    # read the first, so rank 0 (which hosts the store) waits for that before it exits.
+    for group in range(2):
+        future = await again.sample(
+            ModelInput.from_ints([1 + group, 2, 3]),
+            2,
+            SamplingParams(max_tokens=6, temperature=1.0, seed=100 + group),
+        )
+        resampled.append([s.tokens for s in (await future.result()).sequences])
+    torch.save(
+        {
+            "samples": samples,
+            "drawn": drawn,
+            "refused": refused,
+            "resaved": resaved,
+            "resampled": resampled,
+        },
+        out / f"rank{rank}.pt",
+    )
 
 
 async def dropout(client: LocalTorchTrainingClient, rank: int) -> None:

@@ -168,6 +168,13 @@ def test_two_ranks_share_the_sample_requests_and_get_the_one_process_samples(
     for rank in (rank0, rank1):
         assert "the rank that computed request #5 failed: InvalidRequest" in rank["refused"]
         assert "exceeds max_seq_len" in rank["refused"]
+        # Another request saving s0 again is refused on every rank alike (rank 1 used to
+        # replace its copy), and s0's sampler stays the same one on every rank.
+        assert rank["resaved"].startswith("InvalidRequest: save_weights_for_sampler: ")
+        assert "already (request 'save-s0')" in rank["resaved"]
+        assert rank["resampled"] == single["samples"][:2]
+    assert single["resaved"].startswith("InvalidRequest: ")
+    assert single["resampled"] == single["samples"][:2]
 
 
 def test_a_checkpoint_with_dropout_resumes_only_on_its_rank_count(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ rank)."""
 
 from __future__ import annotations
 
+import re
+import socket
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,6 +13,7 @@ import torch.distributed as dist
 
 from crucible_kitchen.adapters.local_torch import DistributedGroup
 from crucible_kitchen.adapters.local_torch._distributed import GradientSum
+from crucible_kitchen.errors import CollectiveError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -94,3 +97,32 @@ def test_one_rank_always_agrees_with_itself_and_gathers_its_values(
     check = one_rank.start_agreement("forward_backward", "fb-2", payload=-1.0)
     assert check() == check() == [-1.0]  # checked once, answered again
     assert one_rank.gather_values("forward", None, [1.5, -2.0], [2]) == [[1.5, -2.0]]
+
+
+def test_a_group_that_joins_the_ranks_keeps_their_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    group = DistributedGroup.from_environment(timeout=10.0)
+    try:
+        assert dist.is_initialized()
+        group.key_value_store().set("kept", "yes")
+        # Another connection to it (a thread's own) sees the key.
+        assert group.key_value_store().clone().get("kept") == b"yes"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_store_of_a_group_initialised_before_comes_from_torch_or_a_clear_error(
+    one_rank: DistributedGroup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert one_rank.store is None
+    one_rank.key_value_store().set("found", "yes")
+    monkeypatch.delattr(dist.distributed_c10d, "_get_default_store")
+    torch_version = re.escape(f"torch {torch.__version__} does not give")
+    with pytest.raises(CollectiveError, match=torch_version):
+        one_rank.key_value_store()

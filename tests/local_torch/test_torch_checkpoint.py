@@ -210,9 +210,10 @@ def test_optimizer_state_is_required_only_when_asked_for(
 def test_an_existing_checkpoint_is_never_overwritten(trained: tuple[Transformer, Path]) -> None:
     model, directory = trained
     before = (directory / MODEL_FILE).read_bytes()
-    with pytest.raises(CheckpointExists) as caught:
+    with pytest.raises(CheckpointExists, match="already exists") as caught:
         save_checkpoint(directory, model=model, step=3)
     assert isinstance(caught.value, FileExistsError)
+    assert "appeared while" not in str(caught.value)  # a collision up front, not a race
     assert (directory / MODEL_FILE).read_bytes() == before
 
 

@@ -223,9 +223,7 @@ def save_checkpoint(
     try:
         atomic_write_directory(target, contents)
     except FileExistsError as exc:
-        raise CheckpointExists(
-            f"checkpoint {target} appeared while it was being written", path=str(target)
-        ) from exc
+        raise CheckpointExists(f"checkpoint {exc}", path=str(target)) from exc
     return manifest
 
 

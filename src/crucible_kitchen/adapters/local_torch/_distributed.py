@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.distributed_c10d import PrefixStore
+from torch.distributed.rendezvous import rendezvous
 
 from crucible_kitchen.errors import CollectiveDesync, CollectiveError
 
@@ -76,6 +78,9 @@ class DistributedGroup:
     local_rank: int
     backend: str
     timeout: float
+    store: Any = field(default=None, repr=False, compare=False)
+    """The ranks' key-value store (a ``torch.distributed.Store``) when this group joined them;
+    ``None`` when the process group was initialised before (see :meth:`key_value_store`)."""
     _sequence: int = field(default=0, init=False, repr=False)
     _chain: bytes = field(default=b"", init=False, repr=False)
 
@@ -97,17 +102,24 @@ class DistributedGroup:
         world_size = launched_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", "0") or "0")
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        store = None
         if not dist.is_initialized():
             try:
                 if timeout is None:
                     timeout = float(os.environ.get(TIMEOUT_VARIABLE, DEFAULT_COLLECTIVE_TIMEOUT))
                 if backend == "nccl":
                     torch.cuda.set_device(local_rank)
+                # The rendezvous init_process_group makes of env:// (it connects to the store
+                # that torchrun's agent hosts, else rank 0 hosts one), done here to keep the
+                # store: the samplers exchange their results in it.
+                waited = timedelta(seconds=timeout)
+                joined, rank, world_size = next(
+                    rendezvous("env://", rank, world_size, timeout=waited)
+                )
+                joined.set_timeout(waited)
+                store = PrefixStore("default_pg", joined)
                 dist.init_process_group(
-                    backend=backend,
-                    rank=rank,
-                    world_size=world_size,
-                    timeout=timedelta(seconds=timeout),
+                    backend=backend, store=store, rank=rank, world_size=world_size, timeout=waited
                 )
             except (RuntimeError, ValueError) as exc:
                 raise CollectiveError(
@@ -121,7 +133,30 @@ class DistributedGroup:
         else:
             backend = str(dist.get_backend())
             rank, world_size = dist.get_rank(), dist.get_world_size()
-        return cls(rank, world_size, local_rank, backend, timeout or DEFAULT_COLLECTIVE_TIMEOUT)
+        timeout = timeout or DEFAULT_COLLECTIVE_TIMEOUT
+        return cls(rank, world_size, local_rank, backend, timeout, store)
+
+    def key_value_store(self) -> Any:
+        """The ranks' key-value store: :attr:`store`, else that of the process group
+        initialised before this group (through a private torch function).
+
+        Raises:
+            CollectiveError: neither is available.
+        """
+        if self.store is not None:
+            return self.store
+        default_store = getattr(dist.distributed_c10d, "_get_default_store", None)
+        if default_store is None:
+            raise CollectiveError(
+                f"rank {self.rank} of {self.world_size}: the process group was initialised "
+                f"before this one joined it, and torch {torch.__version__} does not give its "
+                "key-value store: leave initialising it to DistributedGroup.from_environment",
+                port=_PORT,
+                operation="key_value_store",
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+        return default_store()
 
     @property
     def is_writer(self) -> bool:

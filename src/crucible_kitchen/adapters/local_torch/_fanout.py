@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 import anyio
 import anyio.to_thread
 import msgspec
-import torch.distributed as dist
 
 from crucible_kitchen.adapters.local_torch._requests import keep_recent
 from crucible_kitchen.errors import CollectiveError, KitchenError, PermanentBackendError
@@ -242,9 +241,13 @@ class FannedOutSamplingClient:
             return data
 
         try:
-            # Abandoned if cancelled: the thread gives up within the timeout.
-            data = await anyio.to_thread.run_sync(self._store_call, read, abandon_on_cancel=True)
-            self._keep(index, msgspec.msgpack.decode(data, type=_Outcome))
+            # Shielded (the wait ends within the group's timeout): the read counts towards the
+            # key's removal, so its result must be kept even if the awaiter is cancelled; a
+            # second read would count this rank twice and remove the key before the other
+            # ranks read it.
+            with anyio.CancelScope(shield=True):
+                data = await anyio.to_thread.run_sync(self._store_call, read)
+                self._keep(index, msgspec.msgpack.decode(data, type=_Outcome))
         finally:
             del self._reading[index]
             reading.set()
@@ -257,7 +260,7 @@ class FannedOutSamplingClient:
     def _store_call(self, call: Callable[[_Store], T]) -> T:
         """``call`` on this thread's connection to the group's store (worker thread)."""
         try:
-            return call(_thread_store())
+            return call(_thread_store(self._group))
         except (RuntimeError, ValueError) as exc:  # DistStoreError is a RuntimeError
             group = self._group
             raise CollectiveError(
@@ -274,12 +277,12 @@ class FannedOutSamplingClient:
 _local = threading.local()
 
 
-def _thread_store() -> _Store:
-    """This thread's own connection to the default process group's store: a blocking wait
-    on a shared connection would hold up every other thread's calls."""
+def _thread_store(group: DistributedGroup) -> _Store:
+    """This thread's own connection to the ranks' store: a blocking wait on a shared
+    connection would hold up every other thread's calls."""
     store: _Store | None = getattr(_local, "store", None)
     if store is None:
-        shared: _Store = dist.distributed_c10d._get_default_store()
+        shared: _Store = group.key_value_store()
         store = _local.store = shared.clone()
     return store
 
@@ -307,10 +310,10 @@ class _SharedSample:
         return await self._client._result(self._index)
 
 
-def announce(subject: str, failure: str | None) -> None:
+def announce(group: DistributedGroup, subject: str, failure: str | None) -> None:
     """Tell the other ranks how ``subject`` (a rank-0 effect: a file written) ended: ``None``
     for success, else what failed. Not a collective: it returns at once."""
-    _thread_store().set(f"{_ANNOUNCED}/{subject}", "" if failure is None else f"!{failure}")
+    _thread_store(group).set(f"{_ANNOUNCED}/{subject}", "" if failure is None else f"!{failure}")
 
 
 async def announcement(group: DistributedGroup, subject: str) -> str | None:
@@ -323,8 +326,8 @@ async def announcement(group: DistributedGroup, subject: str) -> str | None:
     timeout = timedelta(seconds=group.timeout)
 
     def wait() -> bytes:
-        store = _thread_store()
         try:
+            store = _thread_store(group)
             store.wait([key], timeout)
             said: bytes = store.get(key)
             return said

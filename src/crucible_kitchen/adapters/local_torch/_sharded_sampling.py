@@ -21,6 +21,7 @@ rounding of the gathered weights' products).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
@@ -128,11 +129,17 @@ class _Request:
     """A request waiting for the next collective run, then its outcome: a sample request
     (``decode``, computed by rank ``owner``) or a prompt to score (``tokens``, every rank)."""
 
-    __slots__ = ("decode", "error", "owner", "ran", "tokens", "value")
+    __slots__ = ("decode", "error", "owner", "ran", "request_id", "tokens", "value")
 
     def __init__(
-        self, *, decode: DecodeRequest | None = None, owner: int = 0, tokens: Tensor | None = None
+        self,
+        *,
+        request_id: str | None,
+        decode: DecodeRequest | None = None,
+        owner: int = 0,
+        tokens: Tensor | None = None,
     ) -> None:
+        self.request_id = request_id
         self.decode = decode
         self.owner = owner
         self.tokens = tokens
@@ -146,8 +153,9 @@ class ShardedSamplingClient:
     sharded ``model`` that a training client trains (see the module's docstring).
 
     ``run`` runs a function as a request of the training client (in its worker thread, in
-    order with its training requests); ``group`` are the ranks. Stops, seeds and validation
-    are those of :class:`LocalTorchSamplingClient`.
+    order with its training requests); ``group`` are the ranks; ``name`` must be this
+    sampler's on every rank, and no other sampler's (see ``_fanout.SamplerNames``). Stops,
+    seeds and validation are those of :class:`LocalTorchSamplingClient`.
     """
 
     def __init__(
@@ -158,6 +166,7 @@ class ShardedSamplingClient:
         *,
         group: DistributedGroup,
         run: Callable[[str, Callable[[], None]], Awaitable[None]],
+        name: str,
         seed: int = 0,
         default_max_tokens: int = 128,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -167,6 +176,7 @@ class ShardedSamplingClient:
         self._tokenizer = tokenizer
         self._group = group
         self._run = run
+        self._name = name
         self._max_batch = max_batch
         self._requests = SampleRequests(
             model, tokenizer, seed=seed, default_max_tokens=default_max_tokens
@@ -208,7 +218,9 @@ class ShardedSamplingClient:
         )
         owner = self._submitted % self._group.world_size
         self._submitted += 1
-        future: _Future[SampleResponse] = self._queue(_Request(decode=decode, owner=owner))
+        future: _Future[SampleResponse] = self._queue(
+            _Request(request_id=request_id, decode=decode, owner=owner)
+        )
         if request_id is not None:
             keep_recent(self._by_request, request_id, future, limit=_RETAIN)
         return future
@@ -225,7 +237,8 @@ class ShardedSamplingClient:
         self.counters.calls[method] += 1
         tokens = self._requests.prompt_tokens(method, prompt, allow_full=True)
         device = self._model.device
-        return self._queue(_Request(tokens=torch.tensor([tokens], device=device)))
+        request = _Request(request_id=request_id, tokens=torch.tensor([tokens], device=device))
+        return self._queue(request)
 
     def get_tokenizer(self) -> LocalTokenizer:
         """See :meth:`crucible_kitchen.ports.SamplingClient.get_tokenizer`."""
@@ -244,7 +257,10 @@ class ShardedSamplingClient:
             if not request.ran:
                 batch, self._pending = self._pending, []
                 try:
-                    await self._run("sample", partial(self._compute, batch))
+                    # The run goes on if this awaiter is cancelled: the lock is held until it
+                    # ends, so that no other awaiter starts a run of its own on this rank alone.
+                    with anyio.CancelScope(shield=True):
+                        await self._run("sample", partial(self._compute, batch))
                 except Exception as exc:  # the run failed: so does every request of it
                     for queued in batch:
                         queued.ran, queued.error = True, f"{type(exc).__name__}: {exc}"
@@ -261,7 +277,10 @@ class ShardedSamplingClient:
         """Every rank's part of ``batch``, then every result on every rank (worker thread,
         a collective)."""
         group = self._group
-        group.agree("sample", f"{len(batch)} sampling requests")
+        ids = hashlib.blake2b(digest_size=8)
+        for request in batch:
+            ids.update(f"{request.tokens is None}\0{request.request_id}\0".encode())
+        group.agree("sample", f"{self._name}: {len(batch)} requests {ids.hexdigest()}")
         model = self._model
         passes = _PairedPasses(model)
         was_training = model.training

@@ -315,12 +315,14 @@ class LocalTorchTrainingClient:
         self._reseed_dropout()  # each rank draws its own dropout masks
         self._queue = RequestQueue(_PORT, device=str(self._trainer.device), threads=self._threads)
         self._sampler_names = SamplerNames()
-        self._sampler_saves: set[str] = set()  # under DDP, paths rank 0 announces
+        self._sampler_saves: dict[str, str] = {}  # under DDP: path -> the request saving it
         self._sampler_shards: OrderedDict[str, SamplerShards] = OrderedDict()  # under FSDP
         self._valid_losses: set[tuple[str, tuple[tuple[str, float], ...]]] = set()
         self._checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-        if self._checkpoint_dir is not None:
-            remove_partial_checkpoints(self._checkpoint_dir)  # what a killed process left
+        if self._checkpoint_dir is not None and (self._group is None or self._group.is_writer):
+            # What a killed process left; rank 0 alone writes, and a later rank's clearing
+            # would remove what rank 0 is writing now.
+            remove_partial_checkpoints(self._checkpoint_dir)
         lora_part = "" if lora_config is None else f"-lora{lora_config.rank}"
         base_name = self._base_model if pretrained is None else pretrained.path.name
         self._model_id = f"local-torch-{base_name}-seed{seed}{lora_part}"
@@ -633,7 +635,7 @@ class LocalTorchTrainingClient:
         path = self._checkpoint_path(method, _SAMPLER_DIR, name)
         digest = request_fingerprint(_PORT, method, str(path))
         if self._group is not None and not self._fsdp:
-            self._sampler_saves.add(str(path))
+            self._sampler_saves.setdefault(str(path), request_id)
 
         def work() -> SaveWeightsForSamplerResponse:
             if self._group is not None and not self._fsdp:
@@ -669,12 +671,13 @@ class LocalTorchTrainingClient:
             stream = f"sampler:{Path(model_path).name}"
             if self._fsdp and model_path in self._sampler_shards:
                 self._sampler_shards.move_to_end(model_path)
-                return self._sharded_sampling_client(self._sampler_shards[model_path], stream)
+                shards = self._sampler_shards[model_path]
+                return self._sharded_sampling_client(shards, stream, name)
             self._require_checkpoint(method, model_path)
             with translated(_PORT, method):
                 self._check_tokenizer(model_path)
                 if self._fsdp:
-                    return self._sharded_sampling_client(self._shards_of(model_path), stream)
+                    return self._sharded_sampling_client(self._shards_of(model_path), stream, name)
                 model = self._trainer.sampler_model(model_path)
             return self._sampling_client(model, stream, name)
 
@@ -702,10 +705,10 @@ class LocalTorchTrainingClient:
         """
         if self._queue.pending or sum(self._queue.counters.calls.values()):
             raise RuntimeError("_initial_sampling_client needs a client with no requests")
+        name = None if self._group is None else self._sampler_names.next("initial")
         if self._fsdp:
             shards = SamplerShards.current(self._trainer.model)
-            return self._sharded_sampling_client(shards, "sampler:initial")
-        name = None if self._group is None else self._sampler_names.next("initial")
+            return self._sharded_sampling_client(shards, "sampler:initial", name)
         return self._sampling_client(self._trainer.snapshot(), "sampler:initial", name)
 
     def _collectives(self, method: str, request_id: str | None) -> AbstractContextManager[None]:
@@ -734,10 +737,13 @@ class LocalTorchTrainingClient:
     # ---------------------------------------------------------------------------------------
     # Samplers under FSDP: shards of the weights, sampled through the sharded model
 
-    def _sharded_sampling_client(self, shards: SamplerShards, stream: str) -> ShardedSamplingClient:
-        """A sampler of ``shards`` that generates through the sharded model, collectively, in
-        requests of this client (see ``_sharded_sampling``)."""
+    def _sharded_sampling_client(
+        self, shards: SamplerShards, stream: str, name: str | None
+    ) -> ShardedSamplingClient:
+        """A sampler of ``shards`` named ``name`` that generates through the sharded model,
+        collectively, in requests of this client (see ``_sharded_sampling``)."""
         assert self._group is not None
+        assert name is not None
 
         async def run(method: str, work: Callable[[], None]) -> None:
             await self._queue.call(method, work, record=False)
@@ -748,6 +754,7 @@ class LocalTorchTrainingClient:
             self._tokenizer,
             group=self._group,
             run=run,
+            name=name,
             seed=derive_seed(self._seed, stream),
             default_max_tokens=self._default_max_tokens,
             max_batch=self._sampling_max_batch,
@@ -779,8 +786,24 @@ class LocalTorchTrainingClient:
         running beside the one that trains (the producer of an asynchronous RL loop), in
         another order relative to the training requests on each rank: the ranks' copies may
         then be of different steps, and fanned-out samples come from the copy of the rank
-        that draws them (the same samples on every rank, see ``_fanout``)."""
+        that draws them (the same samples on every rank, see ``_fanout``).
+
+        A path is saved by the first request for it alone: every rank refuses another request
+        id for it alike (rank 0 alone sees the disk), even if the first one failed.
+
+        Raises:
+            InvalidRequest: sampler weights were saved at ``path`` by another request.
+        """
         assert self._group is not None
+        first = self._sampler_saves[str(path)]
+        if first != request_id:
+            raise InvalidRequest(
+                f"{method}: sampler weights were saved at {path} already (request {first!r}); "
+                "choose another name",
+                port=_PORT,
+                operation=method,
+                request_id=request_id,
+            )
         if not self._group.is_writer:
             self._trainer.save(path, with_optimizer=False, payload={}, write=False)
             return
@@ -791,7 +814,7 @@ class LocalTorchTrainingClient:
             failure = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            announce(str(path), failure)
+            announce(self._group, _save_subject(str(path), request_id), failure)
 
     async def _written_by_rank_zero(self, model_path: str) -> None:
         """On a rank above 0 under DDP, wait until rank 0 has written the sampler weights
@@ -803,9 +826,10 @@ class LocalTorchTrainingClient:
             CollectiveError: rank 0 did not say within the collective timeout.
         """
         group = self._group
-        if group is None or group.is_writer or model_path not in self._sampler_saves:
+        request_id = self._sampler_saves.get(model_path)
+        if group is None or group.is_writer or request_id is None:
             return
-        failure = await announcement(group, model_path)
+        failure = await announcement(group, _save_subject(model_path, request_id))
         if failure is not None:
             raise PermanentBackendError(
                 f"create_sampling_client: rank 0 could not write {model_path}: {failure}",
@@ -1151,6 +1175,11 @@ class LocalTorchTrainingClient:
                 raise invalid(f"gradient {index} is not finite")
         if not math.isfinite(custom.loss):
             raise invalid(f"loss {custom.loss} is not finite")
+
+
+def _save_subject(path: str, request_id: str) -> str:
+    """What rank 0 announces the outcome of: the save of ``path`` by ``request_id``."""
+    return f"{path} (request {request_id!r})"
 
 
 def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
