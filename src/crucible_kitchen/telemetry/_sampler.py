@@ -28,8 +28,9 @@ class ParentBasedAlwaysOn(ParentBased):
 
     A span under a sampled parent, or without a parent, is recorded and sampled with the
     parent's trace state; under a parent that is not sampled it is dropped. It looks the parent
-    up once, where the SDK's looks it up twice and delegates with keyword arguments: a stage
-    span costs about 5 % fewer instructions than with the SDK's sampler.
+    up once, where the SDK's looks it up twice and delegates with keyword arguments, and it
+    hands the attributes on without a read-only view: a stage span costs about 5 % fewer
+    instructions than with the SDK's sampler.
     """
 
     def __init__(self) -> None:
@@ -53,7 +54,9 @@ class ParentBasedAlwaysOn(ParentBased):
             state = parent.trace_state
         result = SamplingResult.__new__(SamplingResult)
         result.decision = Decision.RECORD_AND_SAMPLE
-        result.attributes = _NO_ATTRIBUTES if attributes is None else MappingProxyType(attributes)
+        # As given, unwrapped: the span copies them, and a MappingProxyType's Mapping check is
+        # never cached by CPython. None becomes an empty mapping, as the SDK's result has.
+        result.attributes = _NO_ATTRIBUTES if attributes is None else attributes  # type: ignore[assignment]
         result.trace_state = state
         return result
 
