@@ -72,6 +72,21 @@ def _is_number(value: object) -> bool:
     return type(value) is int or type(value) is float
 
 
+_FLOAT_TYPES: Final = frozenset((int, float))
+_INT_TYPES: Final = frozenset((int,))
+
+
+def _plain_values(data: tuple[int | float, ...], dtype: str) -> bool:
+    """Whether every value fits ``dtype``, checked in C (a per-value loop in Python costs more
+    than the tensor math of a small training step); if not, the caller finds the first."""
+    kinds = set(map(type, data))
+    if dtype != "int64":
+        return kinds <= _FLOAT_TYPES
+    if not kinds <= _INT_TYPES:
+        return False
+    return not data or (min(data) >= _INT64_MIN and max(data) <= _INT64_MAX)
+
+
 def _check_token_ids(owner: str, tokens: Sequence[int]) -> None:
     for index, token in enumerate(tokens):
         if type(token) is not int or token < 0:
@@ -201,6 +216,8 @@ class TensorData(msgspec.Struct, frozen=True, kw_only=True):
                     f"TensorData: shape {self.shape} holds {math.prod(self.shape)} values, "
                     f"data has {len(self.data)}"
                 )
+        if _plain_values(self.data, self.dtype):
+            return
         if self.dtype == "int64":
             for index, value in enumerate(self.data):
                 if not _is_int(value) or not _INT64_MIN <= value <= _INT64_MAX:
