@@ -377,18 +377,17 @@ class GradientSum:
             buckets[-1].append(index)
             filled += size
         self._buckets = buckets
-        # Where each parameter's values and presence flag sit in its bucket's flat buffer.
+        # Where each parameter's values and presence flag sit in its bucket's flat buffer: the
+        # values one after the other, then one flag per parameter.
         self._place: dict[int, tuple[int, int, int]] = {}
         self._widths: list[int] = []
         for number, indices in enumerate(buckets):
+            flags = sum(self._parameters[index].numel() for index in indices)
             offset = 0
-            for index in indices:
-                self._place[index] = (number, offset, 0)
-                offset += self._parameters[index].numel()
             for position, index in enumerate(indices):
-                bucket, start, _ = self._place[index]
-                self._place[index] = (bucket, start, offset + position)
-            self._widths.append(offset + len(indices))
+                self._place[index] = (number, offset, flags + position)
+                offset += self._parameters[index].numel()
+            self._widths.append(flags + len(indices))
         self._pass: _Pass | None = None
         # Hooks on the parameters themselves: they also run in torch.autograd.grad passes.
         for index, parameter in enumerate(self._parameters):
