@@ -1,5 +1,5 @@
 """DistributedGroup's slicing, agreement and gradient sums, in one process (a gloo group of one
-rank)."""
+rank), and the outputs a rank shares with the others."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from crucible_kitchen.adapters.local_torch import DistributedGroup
+from crucible_kitchen.adapters.local_torch import (
+    DistributedGroup,
+    LocalTorchTrainingClient,
+    StepOptions,
+)
 from crucible_kitchen.adapters.local_torch._distributed import GradientSum
+from crucible_kitchen.adapters.local_torch._trainer import Trainer
+from crucible_kitchen.adapters.local_torch._training_client import _unpacked
 from crucible_kitchen.errors import CollectiveError
+from crucible_kitchen.ports import Datum, ModelInput, TensorData
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -126,3 +133,53 @@ def test_the_store_of_a_group_initialised_before_comes_from_torch_or_a_clear_err
     torch_version = re.escape(f"torch {torch.__version__} does not give")
     with pytest.raises(CollectiveError, match=torch_version):
         one_rank.key_value_store()
+
+
+@pytest.mark.parametrize("microbatch_tokens", [None, 40], ids=["one pass", "micro-batches"])
+@pytest.mark.parametrize("top_k", [False, True], ids=["one target", "top-K targets"])
+def test_shared_outputs_unpack_to_the_outputs_built_in_one_process(
+    microbatch_tokens: int | None, top_k: bool
+) -> None:
+    # What a DDP rank sends to the others' all-gather (one flat tensor, started before the
+    # backward pass) unpacks to the outputs one process builds, datum by datum, in order,
+    # also when micro-batches (sorted by length) reorder the datums.
+    lengths = (9, 3, 14, 6, 3)
+    k = 3 if top_k else 1
+    data = []
+    for number, length in enumerate(lengths):
+        tokens = [(7 * number + 3 * position) % 250 for position in range(length + 1)]
+        targets = [tokens[1:][i // k] + i % k for i in range(length * k)]
+        shape = (length, k) if top_k else None
+        weights = tuple(0.5 + (i % 4) / 8 for i in range(length * k))
+        data.append(
+            Datum(
+                model_input=ModelInput.from_ints(tokens[:-1]),
+                loss_fn_inputs={
+                    "target_tokens": TensorData(dtype="int64", data=tuple(targets), shape=shape),
+                    "weights": TensorData(dtype="float32", data=weights, shape=shape),
+                },
+            )
+        )
+    config = LocalTorchTrainingClient().config
+    options = StepOptions(microbatch_tokens=microbatch_tokens)
+    outputs = []
+    for backward in (True, False):
+        alone = Trainer(config, seed=5, lora=None, options=options)
+        expected = alone.forward(data, "cross_entropy", {}, ("weights",), backward=backward)
+        shared: list[torch.Tensor] = []
+        trainer = Trainer(config, seed=5, lora=None, options=options)
+        output = trainer.forward(
+            data, "cross_entropy", {}, ("weights",), backward=backward, share=shared.append
+        )
+        assert output.loss_fn_outputs == ()
+        assert output.metrics == expected.metrics
+        [values] = shared
+        assert values.dtype == torch.float64
+        heads, rows = _unpacked([values.tolist()], [data], head=1, with_loss=True)
+        assert heads == [[pytest.approx(expected.metrics["loss:sum"], rel=1e-6)]]
+        assert rows == list(expected.loss_fn_outputs)
+        outputs.append(rows)
+        if backward:  # the same gradients either way
+            for mine, theirs in zip(trainer.parameters, alone.parameters, strict=True):
+                assert torch.equal(mine.grad, theirs.grad)  # type: ignore[arg-type]
+    assert outputs[0] == outputs[1]  # forward and forward_backward report the same values

@@ -678,9 +678,10 @@ class RlBasicConfig(ReinforcementConfig, LocalTorchSettings):
     """``rl_basic``: GRPO on the bundled arithmetic problems with the local torch backend.
 
     A supervised warm-up teaches the answer format first (skipped with ``init_from``), then
-    GRPO trains on the first 192 problems; the last 64 are held out and scored greedily
-    before and after RL by the local arithmetic evaluator (``eval/correct``,
-    ``eval/reward``).
+    GRPO trains on the first 192 problems; the last 64 are held out and scored before and
+    after RL by the local arithmetic evaluator: greedily (``eval/correct``,
+    ``eval/reward``) and on 8 replies each sampled as the rollouts are
+    (``eval/sampled_correct``, what GRPO raises).
     """
 
     split: str = _trained_split(64, "Problems")

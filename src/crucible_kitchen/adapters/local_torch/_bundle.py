@@ -135,7 +135,7 @@ def local_torch_adapters(
         "sampling_client": training_client._initial_sampling_client(),
         "tokenizer": local_tokenizer,
         "renderer": local_renderer,
-        "evaluator": ArithmeticEvaluator(local_renderer),
+        "evaluator": ArithmeticEvaluator(local_renderer, samples=8),
     }
     if teacher is not None:
         ports["teacher_sampling_client"] = LocalTorchSamplingClient.from_checkpoint(

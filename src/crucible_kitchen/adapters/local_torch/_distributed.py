@@ -55,9 +55,12 @@ TIMEOUT_VARIABLE: Final = "CRUCIBLE_KITCHEN_COLLECTIVE_TIMEOUT"
 
 _PORT: Final = "training_client"
 
-_BUCKET_ELEMENTS: Final = 1 << 18
-"""Gradient values per all-reduce of :class:`GradientSum` (1 MiB of float32, DDP's first
-bucket): small enough that the first buckets are summed while the backward pass goes on."""
+_BUCKET_ELEMENTS: Final = 25 << 18
+"""Gradient values per all-reduce of :class:`GradientSum`: 25 MiB of float32, DDP's default
+bucket. Unlike DDP there is no small first bucket: with gloo on the CPU, an all-reduce in flight
+takes the cores the backward pass runs on, so a model of a few MiB is summed in one all-reduce
+after its pass (measured faster than 1 MiB buckets that overlap the pass), while a large model's
+buckets still overlap its pass."""
 
 
 def launched_world_size() -> int:
@@ -256,13 +259,22 @@ class DistributedGroup:
         """Every rank's ``values`` (floats, exact as float64), in rank order, in one
         all-gather: ``sizes`` is how many values each rank sends, which every rank computes
         alike (from the request's data, which every rank holds)."""
-        if len(values) != sizes[self.rank]:
-            raise ValueError(f"rank {self.rank} sends {len(values)} values, not {sizes[self.rank]}")
-        width = max(1, *sizes)
-        mine = torch.zeros(width, dtype=torch.float64)
-        mine[: len(values)] = torch.tensor(values, dtype=torch.float64)
-        gathered = self._all_gather(method, request_id, mine)()
-        return [part[:size].tolist() for part, size in zip(gathered, sizes, strict=True)]
+        sent = torch.tensor(values, dtype=torch.float64)
+        return self.start_gather_values(method, request_id, sent, sizes)()
+
+    def start_gather_values(
+        self, method: str, request_id: str | None, values: Tensor, sizes: Sequence[int]
+    ) -> Callable[[], list[list[float]]]:
+        """:meth:`gather_values` of a 1-d float64 tensor (on the device), asynchronously: the
+        all-gather starts now, and the function returned waits for it and gives the values."""
+        if values.numel() != sizes[self.rank]:
+            raise ValueError(
+                f"rank {self.rank} sends {values.numel()} values, not {sizes[self.rank]}"
+            )
+        mine = torch.zeros(max(1, *sizes), dtype=torch.float64, device=values.device)
+        mine[: values.numel()] = values
+        finish = self._all_gather(method, request_id, mine)
+        return lambda: [part[:size].tolist() for part, size in zip(finish(), sizes, strict=True)]
 
     def _all_gather(
         self, method: str, request_id: str | None, mine: Tensor
@@ -320,14 +332,15 @@ class DistributedGroup:
 
 @dataclass(slots=True)
 class _Pass:
-    """One backward pass of :class:`GradientSum`: its buckets and their all-reduces."""
+    """One backward pass of :class:`GradientSum`: the gradients so far, the buckets and their
+    all-reduces."""
 
     method: str
     request_id: str | None
     earlier: Sequence[Tensor | None] | None
-    flats: list[Tensor]
+    grads: list[Tensor | None]
     missing: list[int]
-    arrived: list[bool]
+    flats: list[Tensor] = field(default_factory=list)
     works: list[dist.Work] = field(default_factory=list)
     failure: CollectiveError | None = None
 
@@ -336,16 +349,17 @@ class GradientSum:
     """Sums each backward pass's new gradients over the ranks while the pass runs, as DDP does.
 
     The trainable ``parameters`` are split, last first (the order a backward pass produces
-    their gradients), into buckets of about ``bucket_elements`` values (1 MiB of float32; a
-    larger parameter gets a bucket of its own). During :meth:`reduce`'s backward pass a hook
-    on each parameter copies its gradient into its bucket, and a bucket whose gradients have
-    all arrived is all-reduced (``SUM``, asynchronously) at once, while the pass goes on with
-    the earlier layers; buckets start in bucket order on every rank (a ready bucket waits for
-    the ones before it), and those still incomplete when the pass ends (a parameter this
-    rank's loss did not reach) start then. Each bucket also sums one
-    presence flag per parameter, so a parameter without a gradient on every rank keeps none
-    (the optimizer skips it, as in one process) and one with a gradient somewhere counts as
-    zeros where it has none.
+    their gradients), into buckets of about ``bucket_elements`` values (25 MiB of float32; a
+    larger parameter gets a bucket of its own). With several buckets, a hook on each
+    parameter notes its gradient during :meth:`reduce`'s backward pass, and a bucket whose
+    gradients have all arrived is flattened into one float32 buffer and all-reduced (``SUM``,
+    asynchronously) at once, while the pass goes on with the earlier layers; buckets start in
+    bucket order on every rank (a ready bucket waits for the ones before it), and those still
+    incomplete when the pass ends (a parameter this rank's loss did not reach) start then. A
+    single bucket is flattened and all-reduced once the pass is done, without hooks. Each
+    buffer ends with one presence flag per parameter, so a parameter without a gradient on
+    every rank keeps none (the optimizer skips it, as in one process) and one with a gradient
+    somewhere counts as zeros where it has none.
 
     Why not torch's ``DistributedDataParallel``: its reducer hooks the accumulation into
     ``.grad`` (``Tensor.backward``), while the trainer computes a request's gradients with
@@ -380,18 +394,19 @@ class GradientSum:
         # Where each parameter's values and presence flag sit in its bucket's flat buffer: the
         # values one after the other, then one flag per parameter.
         self._place: dict[int, tuple[int, int, int]] = {}
-        self._widths: list[int] = []
+        self._flags_at: list[int] = []
         for number, indices in enumerate(buckets):
             flags = sum(self._parameters[index].numel() for index in indices)
             offset = 0
             for position, index in enumerate(indices):
                 self._place[index] = (number, offset, flags + position)
                 offset += self._parameters[index].numel()
-            self._widths.append(flags + len(indices))
+            self._flags_at.append(flags)
         self._pass: _Pass | None = None
-        # Hooks on the parameters themselves: they also run in torch.autograd.grad passes.
-        for index, parameter in enumerate(self._parameters):
-            parameter.register_hook(functools.partial(self._arrived, index))  # type: ignore[no-untyped-call]
+        if len(buckets) > 1:
+            # Hooks on the parameters themselves: they also run in torch.autograd.grad passes.
+            for index, parameter in enumerate(self._parameters):
+                parameter.register_hook(functools.partial(self._arrived, index))  # type: ignore[no-untyped-call]
 
     def reduce(
         self,
@@ -413,65 +428,62 @@ class GradientSum:
         """
         if agreed is not None:
             agreed()
+        count = len(self._parameters)
         current = _Pass(
             method,
             request_id,
             earlier,
-            flats=[torch.zeros(width, device=self._device) for width in self._widths],
+            grads=[None] * count,
             missing=[len(indices) for indices in self._buckets],
-            arrived=[False] * len(self._parameters),
         )
-        self._pass = current
-        try:
-            if total is not None and total.requires_grad:
-                torch.autograd.grad(total, self._parameters, allow_unused=True)
-        finally:
-            self._pass = None
-        for number, indices in enumerate(self._buckets[len(current.works) :], len(current.works)):
-            for index in indices:
-                if not current.arrived[index]:
-                    self._fill(current, index, None)
-            current.missing[number] = 0
+        if total is not None and total.requires_grad:
+            self._pass = current
+            try:
+                current.grads = list(
+                    torch.autograd.grad(total, self._parameters, allow_unused=True)
+                )
+            finally:
+                self._pass = None
+        current.missing = [0] * len(self._buckets)
         self._launch_ready(current)
         if current.failure is not None:
             raise current.failure
         for work in current.works:
             self._group._collective(method, request_id, work.wait)
-        return [self._summed(current, index) for index in range(len(self._parameters))]
-
-    @property
-    def _device(self) -> torch.device:
-        return self._parameters[0].device
+        flags = zip(current.flats, self._flags_at, strict=True)
+        present = [flat[start:].tolist() for flat, start in flags]
+        return [self._summed(current, index, present) for index in range(count)]
 
     def _arrived(self, index: int, grad: Tensor) -> None:
         current = self._pass
         if current is None:  # a backward pass outside reduce (an earlier micro-batch)
             return
-        self._fill(current, index, grad)
+        current.grads[index] = grad
         current.missing[self._place[index][0]] -= 1
         self._launch_ready(current)
 
-    def _fill(self, current: _Pass, index: int, grad: Tensor | None) -> None:
-        """Write parameter ``index``'s gradient (this pass's plus earlier micro-batches')
-        and its presence flag into its bucket."""
-        earlier = None if current.earlier is None else current.earlier[index]
-        current.arrived[index] = True
-        if grad is None and earlier is None:
-            return
-        bucket, start, flag = self._place[index]
-        flat = current.flats[bucket]
-        size = self._parameters[index].numel()
-        with torch.no_grad():
-            values = flat[start : start + size]
-            for part in (grad, earlier):
-                if part is not None:
-                    values.add_(part.reshape(-1))
-            flat[flag] = 1.0
+    def _flat(self, current: _Pass, bucket: int) -> Tensor:
+        """Bucket ``bucket``'s buffer: each parameter's gradient (this pass's plus earlier
+        micro-batches'; zeros if none) as float32, then one presence flag per parameter."""
+        values: list[Tensor] = []
+        flags: list[float] = []
+        for index in self._buckets[bucket]:
+            grad = current.grads[index]
+            if current.earlier is not None and (earlier := current.earlier[index]) is not None:
+                grad = earlier if grad is None else grad + earlier
+            parameter = self._parameters[index]
+            if grad is None:
+                values.append(parameter.new_zeros(parameter.numel(), dtype=torch.float32))
+            else:
+                values.append(grad.reshape(-1).to(torch.float32))
+            flags.append(0.0 if grad is None else 1.0)
+        device = self._parameters[0].device
+        return torch.cat([*values, torch.tensor(flags, device=device)])
 
     def _launch_ready(self, current: _Pass) -> None:
         """Start the all-reduce of each complete bucket whose predecessors have started."""
         while len(current.works) < len(self._buckets) and current.missing[len(current.works)] == 0:
-            flat = current.flats[len(current.works)]
+            flat = self._flat(current, len(current.works))
             try:
                 work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
             except (RuntimeError, ValueError) as exc:  # raised after the pass, not in its hook
@@ -479,13 +491,15 @@ class GradientSum:
                     current.failure = self._group._failure(current.method, current.request_id, exc)
                 return
             assert work is not None
+            current.flats.append(flat)
             current.works.append(work)
 
-    def _summed(self, current: _Pass, index: int) -> Tensor | None:
+    def _summed(self, current: _Pass, index: int, present: list[list[float]]) -> Tensor | None:
+        """Parameter ``index``'s summed gradient, ``None`` if no rank had one (``present``:
+        each bucket's summed presence flags, read once)."""
         bucket, start, flag = self._place[index]
-        flat = current.flats[bucket]
-        if not flat[flag] > 0:
+        if not present[bucket][flag - self._flags_at[bucket]] > 0:
             return None
         parameter = self._parameters[index]
-        values = flat[start : start + parameter.numel()].view_as(parameter)
+        values = current.flats[bucket][start : start + parameter.numel()].view_as(parameter)
         return values if values.dtype == parameter.dtype else values.to(parameter.dtype)

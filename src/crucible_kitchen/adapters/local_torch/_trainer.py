@@ -411,23 +411,36 @@ class Trainer:
         *,
         backward: bool,
         reduce: Reduce | None = None,
+        share: Callable[[Tensor], None] | None = None,
     ) -> ForwardBackwardOutput:
         """Logprobs and loss of ``data``; with ``backward``, add the loss's gradient (summed
         over the ranks by ``reduce``, if given).
+
+        With ``share``, the outputs are not built here (``loss_fn_outputs`` is empty): once
+        the last forward pass is done, and before its backward pass, ``share`` gets them as
+        one float64 tensor on the device (see :meth:`_flat_outputs`), so that the ranks can
+        gather them while the backward pass runs.
 
         A forward-only pass runs in eval mode without gradients, so it neither draws dropout
         masks nor advances the dropout generator: evaluating never changes training.
         """
         outputs: list[dict[str, TensorData]] = [{} for _ in data]
         totals: list[Tensor] = []
+        passes: list[tuple[list[int], Batch, Tensor, Tensor]] = []
         gradients: list[Tensor | None] | None = None
         groups = self._micro_batches(data)
         for number, group in enumerate(groups, 1):
             batch = self.batch([data[index] for index in group], keys)
-            if backward:
+            mode = contextlib.nullcontext() if backward else self._evaluating()
+            with mode, torch.set_grad_enabled(backward):
                 logprobs = self._target_logprobs(batch)
                 losses = self._row_losses(loss_fn, batch, logprobs, config)
                 totals.append(losses.sum())
+            if share is not None:
+                passes.append((group, batch, logprobs.detach(), losses.detach()))
+                if number == len(groups):
+                    share(self._flat_outputs(passes, totals))
+            if backward:
                 if self.sharded:
                     # Through logprobs when the loss does not depend on the model: FSDP's
                     # reduce-scatters must run on every rank.
@@ -437,23 +450,44 @@ class Trainer:
                     gradients = reduce(totals[-1], gradients)
                 else:
                     gradients = self._gradients(totals[-1], gradients)
-            else:
-                with self._evaluating(), torch.no_grad():
-                    logprobs = self._target_logprobs(batch)
-                    losses = self._row_losses(loss_fn, batch, logprobs, config)
-                    totals.append(losses.sum())
-            row_losses = losses.detach().to("cpu", torch.float64).tolist()
-            for index, output in zip(
-                group, self._outputs(batch, logprobs, row_losses), strict=True
-            ):
-                outputs[index] = output
+            if share is None:
+                row_losses = losses.detach().to("cpu", torch.float64).tolist()
+                for index, output in zip(
+                    group, self._outputs(batch, logprobs, row_losses), strict=True
+                ):
+                    outputs[index] = output
         if backward:
             self._apply(gradients)
         return ForwardBackwardOutput(
             loss_fn_output_type=loss_fn,
-            loss_fn_outputs=tuple(outputs),
+            loss_fn_outputs=() if share is not None else tuple(outputs),
             metrics={"loss:sum": sum(float(total.detach()) for total in totals)},
         )
+
+    @staticmethod
+    def _flat_outputs(
+        passes: Sequence[tuple[list[int], Batch, Tensor, Tensor]], totals: Sequence[Tensor]
+    ) -> Tensor:
+        """A request's outputs as one float64 tensor on the device (exact: every value is a
+        float32): the loss sum, then every datum's logprobs (its real positions, row-major),
+        then every datum's loss, datums in request order. ``passes``: each micro-batch's
+        datum indices, batch, logprobs and row losses."""
+        order = [index for group, *_ in passes for index in group]
+        segments = [logprobs[batch.mask].flatten() for _, batch, logprobs, _ in passes]
+        losses = torch.cat([row_losses for *_, row_losses in passes])
+        if order != sorted(order):  # micro-batches sorted by length: back to request order
+            rows = [
+                row
+                for (_, batch, logprobs, _), segment in zip(passes, segments, strict=True)
+                for row in torch.split(
+                    segment, [length * logprobs[0, 0].numel() for length in batch.lengths]
+                )
+            ]
+            inverse = sorted(range(len(order)), key=order.__getitem__)
+            segments = [rows[position] for position in inverse]
+            losses = losses[inverse]
+        head = torch.stack([total.detach() for total in totals]).to(torch.float64).sum()
+        return torch.cat([head[None], *(s.to(torch.float64) for s in segments), losses.double()])
 
     @contextlib.contextmanager
     def _evaluating(self) -> Iterator[None]:

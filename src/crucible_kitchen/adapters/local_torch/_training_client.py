@@ -497,22 +497,14 @@ class LocalTorchTrainingClient:
             # (it may couple datums, e.g. preference pairs) and back-propagates its slice.
             if agreed is not None:
                 agreed()
-            logprob_data = (
-                local_logprobs
-                if group is None
-                else [
-                    row["logprobs"]
-                    for row in _gathered(
-                        group,
-                        method,
-                        request_id,
-                        data,
-                        (),
-                        [{"logprobs": logprobs} for logprobs in local_logprobs],
-                        with_loss=False,
-                    )[1]
-                ]
-            )
+            if group is None:
+                logprob_data = local_logprobs
+            else:
+                values = [value for logprobs in local_logprobs for value in logprobs.data]
+                sizes = _output_sizes(group, data, head=0, with_loss=False)
+                parts = group.gather_values(method, request_id, values, sizes)
+                rows = _unpacked(parts, group.shards(data), head=0, with_loss=False)[1]
+                logprob_data = [row["logprobs"] for row in rows]
             custom = loss_fn(data, logprob_data)
             self._check_custom_output(request_id, custom, logprob_data)
             with (
@@ -960,31 +952,27 @@ class LocalTorchTrainingClient:
             agreed = self._start_agreement(group, method, request_id)
             local = group.shard(data)
             reduce = self._reduce(method, request_id, agreed) if backward else None
+            sizes = _output_sizes(group, data, head=1, with_loss=True)
+            gathering: list[Callable[[], list[list[float]]]] = []
+
+            def share(values: Tensor) -> None:
+                agreed()  # before the request's next collective
+                gathering.append(group.start_gather_values(method, request_id, values, sizes))
+
             with self._collectives(method, request_id):
                 if local:
-                    output = self._trainer.forward(
-                        local, loss_fn, config, keys, backward=backward, reduce=reduce
+                    self._trainer.forward(
+                        local, loss_fn, config, keys, backward=backward, reduce=reduce, share=share
                     )
                 else:
-                    output = ForwardBackwardOutput(
-                        loss_fn_output_type=loss_fn, loss_fn_outputs=(), metrics={"loss:sum": 0.0}
-                    )
-                    if self._fsdp:
-                        nothing = self._trainer.idle_forward(grad=backward)
-                        if backward:
-                            self._trainer.idle_backward(nothing)
+                    nothing = self._trainer.idle_forward(grad=backward) if self._fsdp else None
+                    share(torch.zeros(1, dtype=torch.float64, device=self._trainer.device))
+                    if nothing is not None and backward:
+                        self._trainer.idle_backward(nothing)
                     elif reduce is not None:
                         self._trainer.receive_gradients(reduce)
-            agreed()
-        heads, rows = _gathered(
-            group,
-            method,
-            request_id,
-            data,
-            [output.metrics["loss:sum"]],
-            output.loss_fn_outputs,
-            with_loss=True,
-        )
+                parts = gathering[0]()
+        heads, rows = _unpacked(parts, group.shards(data), head=1, with_loss=True)
         return ForwardBackwardOutput(
             loss_fn_output_type=loss_fn,
             loss_fn_outputs=tuple(rows),
@@ -1196,50 +1184,47 @@ def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
     return payload.get("request_id") == request_id and payload.get("fingerprint") == digest.hex()
 
 
-def _gathered(
-    group: DistributedGroup,
-    method: str,
-    request_id: str | None,
-    data: Sequence[Datum],
-    head: Sequence[float],
-    rows: Sequence[Mapping[str, TensorData]],
+def _output_sizes(
+    group: DistributedGroup, data: Sequence[Datum], *, head: int, with_loss: bool
+) -> list[int]:
+    """How many output values each rank sends for its slice of ``data`` (see
+    :func:`_unpacked`); every rank computes them alike, since it holds the whole batch."""
+    return [
+        head + sum(len(datum.loss_fn_inputs["target_tokens"].data) + with_loss for datum in shard)
+        for shard in group.shards(data)
+    ]
+
+
+def _unpacked(
+    parts: Sequence[Sequence[float]],
+    shards: Sequence[Sequence[Datum]],
     *,
+    head: int,
     with_loss: bool,
 ) -> tuple[list[list[float]], list[dict[str, TensorData]]]:
-    """Every rank's ``head`` (as many floats on every rank) and its ``rows`` (one per datum of
-    its slice of ``data``, each a ``"logprobs"`` shaped like the datum's targets and, if
-    ``with_loss``, a 0-d ``"loss"``), in rank order, through one all-gather of floats (exact:
-    float64): every rank knows every rank's sizes, since it holds the whole batch."""
-    shards = group.shards(data)
-    sizes = [
-        len(head)
-        + sum(len(datum.loss_fn_inputs["target_tokens"].data) + with_loss for datum in shard)
-        for shard in shards
-    ]
-    values = list(head)
-    for row in rows:
-        values.extend(row["logprobs"].data)
-        if with_loss:
-            values.extend(row["loss"].data)
+    """Every rank's gathered outputs, in rank order: its ``head`` floats, and one output per
+    datum of its shard, a ``"logprobs"`` shaped like the datum's targets and, if
+    ``with_loss``, a 0-d ``"loss"``. A rank's part holds the head, then every datum's
+    logprobs, then every datum's loss."""
     heads: list[list[float]] = []
-    gathered: list[dict[str, TensorData]] = []
-    parts = group.gather_values(method, request_id, values, sizes)
+    rows: list[dict[str, TensorData]] = []
     for part, shard in zip(parts, shards, strict=True):
-        heads.append(part[: len(head)])
-        position = len(head)
+        heads.append(list(part[:head]))
+        position = head
+        losses = iter(part[len(part) - len(shard) :] if with_loss else ())
         for datum in shard:
             targets = datum.loss_fn_inputs["target_tokens"]
             end = position + len(targets.data)
-            logprobs = TensorData(
-                dtype="float32", data=tuple(part[position:end]), shape=targets.shape
-            )
+            row = {
+                "logprobs": TensorData(
+                    dtype="float32", data=tuple(part[position:end]), shape=targets.shape
+                )
+            }
             if with_loss:
-                loss = TensorData(dtype="float32", data=(part[end],), shape=())
-                gathered.append({"logprobs": logprobs, "loss": loss})
-            else:
-                gathered.append({"logprobs": logprobs})
-            position = end + with_loss
-    return heads, gathered
+                row["loss"] = TensorData(dtype="float32", data=(next(losses),), shape=())
+            rows.append(row)
+            position = end
+    return heads, rows
 
 
 def _join(
