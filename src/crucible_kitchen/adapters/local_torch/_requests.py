@@ -403,7 +403,10 @@ def device_worker(device: str, lane: str = "") -> ThreadPoolExecutor:
 
 
 def keep_recent(memo: dict[K, T], key: K, value: T, *, limit: int) -> None:
-    """Set ``memo[key]``, then drop the oldest entries beyond ``limit``."""
+    """Set ``memo[key]`` as its newest entry (an existing key moves to the end), then drop
+    the oldest entries beyond ``limit``: with ``move_to_end`` on reads, a least-recently-used
+    cache."""
+    memo.pop(key, None)
     memo[key] = value
     while len(memo) > limit:
         del memo[next(iter(memo))]

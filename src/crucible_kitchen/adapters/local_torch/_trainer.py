@@ -44,6 +44,7 @@ from crucible_kitchen.adapters.local_torch._fsdp import (
 from crucible_kitchen.adapters.local_torch._lora import apply_lora
 from crucible_kitchen.adapters.local_torch._model import build_model, target_logprobs
 from crucible_kitchen.adapters.local_torch._optim import build_optimizer, optimizer_step
+from crucible_kitchen.adapters.local_torch._requests import keep_recent
 from crucible_kitchen.adapters.local_torch._sampling import (
     frozen_for_sampling,
     snapshot_for_sampling,
@@ -643,7 +644,12 @@ class Trainer:
                 optimizer_state=None if full is None else full.optimizer,
             )
         if not with_optimizer and not self.sharded:
-            self._remember_sampler(str(directory), snapshot_for_sampling(self.model))
+            keep_recent(
+                self._samplers,
+                str(directory),
+                snapshot_for_sampling(self.model),
+                limit=_SAMPLER_CACHE_SIZE,
+            )
 
     def _full_optimizer_state(self, *, everywhere: bool) -> dict[str, Any]:
         """A sharded optimizer's full name-keyed state (see ``full_optimizer_state``)."""
@@ -685,14 +691,8 @@ class Trainer:
             self._samplers.move_to_end(directory)
             return cached
         model = frozen_for_sampling(self._saved_model(directory, self.config))
-        self._remember_sampler(directory, model)
+        keep_recent(self._samplers, directory, model, limit=_SAMPLER_CACHE_SIZE)
         return model
-
-    def _remember_sampler(self, directory: str, model: Transformer) -> None:
-        self._samplers[directory] = model
-        self._samplers.move_to_end(directory)
-        while len(self._samplers) > _SAMPLER_CACHE_SIZE:
-            self._samplers.popitem(last=False)
 
     def snapshot(self) -> Transformer:
         """A frozen copy of the current weights, for sampling (of a model not sharded)."""

@@ -48,7 +48,7 @@ from crucible_kitchen.adapters.local_torch._hf_checkpoint import (
     load_hf_weights,
     read_hf_model,
 )
-from crucible_kitchen.adapters.local_torch._requests import RequestQueue
+from crucible_kitchen.adapters.local_torch._requests import RequestQueue, keep_recent
 from crucible_kitchen.adapters.local_torch._sampling_client import (
     DEFAULT_MAX_BATCH,
     LocalTorchSamplingClient,
@@ -501,9 +501,10 @@ class LocalTorchTrainingClient:
                 logprob_data = local_logprobs
             else:
                 values = [value for logprobs in local_logprobs for value in logprobs.data]
-                sizes = _output_sizes(group, data, head=0, with_loss=False)
+                shards = group.shards(data)
+                sizes = _output_sizes(shards, head=0, with_loss=False)
                 parts = group.gather_values(method, request_id, values, sizes)
-                rows = _unpacked(parts, group.shards(data), head=0, with_loss=False)[1]
+                rows = _unpacked(parts, shards, head=0, with_loss=False)[1]
                 logprob_data = [row["logprobs"] for row in rows]
             custom = loss_fn(data, logprob_data)
             self._check_custom_output(request_id, custom, logprob_data)
@@ -635,7 +636,8 @@ class LocalTorchTrainingClient:
             else:
                 self._save(method, path, request_id, digest, with_optimizer=False, user=None)
                 if self._fsdp:
-                    self._remember_shards(str(path), SamplerShards.current(self._trainer.model))
+                    shards = SamplerShards.current(self._trainer.model)
+                    keep_recent(self._sampler_shards, str(path), shards, limit=_SAMPLER_SHARDS_KEPT)
             return SaveWeightsForSamplerResponse(path=str(path))
 
         return self._queue.submit(method, work, request_id=request_id, fingerprint=digest)
@@ -751,12 +753,6 @@ class LocalTorchTrainingClient:
             default_max_tokens=self._default_max_tokens,
             max_batch=self._sampling_max_batch,
         )
-
-    def _remember_shards(self, path: str, shards: SamplerShards) -> None:
-        self._sampler_shards[path] = shards
-        self._sampler_shards.move_to_end(path)
-        while len(self._sampler_shards) > _SAMPLER_SHARDS_KEPT:
-            self._sampler_shards.popitem(last=False)
 
     def _shards_of(self, path: str) -> SamplerShards:
         """This rank's shards of the weights saved at ``path`` (read from the disk: each rank
@@ -950,9 +946,10 @@ class LocalTorchTrainingClient:
             if group is None:
                 return self._trainer.forward(data, loss_fn, config, keys, backward=backward)
             agreed = self._start_agreement(group, method, request_id)
-            local = group.shard(data)
+            shards = group.shards(data)
+            local = shards[group.rank]
             reduce = self._reduce(method, request_id, agreed) if backward else None
-            sizes = _output_sizes(group, data, head=1, with_loss=True)
+            sizes = _output_sizes(shards, head=1, with_loss=True)
             gathering: list[Callable[[], list[list[float]]]] = []
 
             def share(values: Tensor) -> None:
@@ -972,7 +969,7 @@ class LocalTorchTrainingClient:
                     elif reduce is not None:
                         self._trainer.receive_gradients(reduce)
                 parts = gathering[0]()
-        heads, rows = _unpacked(parts, group.shards(data), head=1, with_loss=True)
+        heads, rows = _unpacked(parts, shards, head=1, with_loss=True)
         return ForwardBackwardOutput(
             loss_fn_output_type=loss_fn,
             loss_fn_outputs=tuple(rows),
@@ -1184,14 +1181,12 @@ def _saved_by(path: Path, request_id: str, digest: bytes) -> bool:
     return payload.get("request_id") == request_id and payload.get("fingerprint") == digest.hex()
 
 
-def _output_sizes(
-    group: DistributedGroup, data: Sequence[Datum], *, head: int, with_loss: bool
-) -> list[int]:
-    """How many output values each rank sends for its slice of ``data`` (see
+def _output_sizes(shards: Sequence[Sequence[Datum]], *, head: int, with_loss: bool) -> list[int]:
+    """How many output values each rank sends for its shard of a request (see
     :func:`_unpacked`); every rank computes them alike, since it holds the whole batch."""
     return [
         head + sum(len(datum.loss_fn_inputs["target_tokens"].data) + with_loss for datum in shard)
-        for shard in group.shards(data)
+        for shard in shards
     ]
 
 
